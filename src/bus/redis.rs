@@ -1,0 +1,246 @@
+//! Redis Pub/Sub bus on fred.
+//!
+//! Two connections: a subscriber, whose channel set fred re-subscribes after
+//! every reconnect, and a publisher. Known fred pitfalls handled here:
+//! - Pub/Sub messages arrive through a broadcast channel (default capacity
+//!   32): we size it from config, and a lagging reader is counted in
+//!   `confab_pubsub_lagged_total` and logged, never dropped silently.
+//! - fred re-sends in-flight commands after a reconnect, so a PUBLISH can
+//!   arrive twice: events are de-duplicated by id before delivery.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bson::oid::ObjectId;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::Message as RedisMessage;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{wire, Bus, BusError, Inbox};
+
+/// Channel-name prefix of room topics.
+const ROOM_PREFIX: &str = "confab:room:";
+
+pub struct RedisBus {
+    publisher: Client,
+    subscriber: SubscriberClient,
+}
+
+fn room_channel(room_id: ObjectId) -> String {
+    format!("{ROOM_PREFIX}{}", room_id.to_hex())
+}
+
+fn bus_err(e: fred::error::Error) -> BusError {
+    BusError(e.to_string())
+}
+
+/// Builds a fred client config that reconnects forever and bounds how long a
+/// command may wait, so a Redis outage fails calls instead of hanging them.
+pub fn builder(url: &str, broadcast_capacity: usize) -> Result<Builder, BusError> {
+    let config = Config::from_url(url).map_err(bus_err)?;
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_performance_config(|p| {
+            p.broadcast_channel_capacity = broadcast_capacity;
+            p.default_command_timeout = Duration::from_secs(3);
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(3);
+            c.internal_command_timeout = Duration::from_secs(3);
+            c.tcp.nodelay = Some(true);
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2));
+    Ok(builder)
+}
+
+impl RedisBus {
+    /// Starts both connections and the reader task that feeds `inbox`. A
+    /// Redis that is down at start is not fatal: fred keeps reconnecting and
+    /// `/readyz` reports the node not ready meanwhile.
+    pub async fn connect(
+        url: &str,
+        broadcast_capacity: usize,
+        inbox: Arc<dyn Inbox>,
+    ) -> Result<Arc<Self>, BusError> {
+        let b = builder(url, broadcast_capacity)?;
+        let publisher = b.build().map_err(bus_err)?;
+        let subscriber = b.build_subscriber_client().map_err(bus_err)?;
+        publisher.connect();
+        subscriber.connect();
+        for (name, client) in [
+            ("publisher", &publisher as &dyn ClientLikeExt),
+            ("subscriber", &subscriber),
+        ] {
+            if tokio::time::timeout(Duration::from_secs(5), client.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    connection = name,
+                    "redis not reachable yet; will keep retrying"
+                );
+            }
+        }
+        subscriber.manage_subscriptions();
+        let rx = subscriber.message_rx();
+        tokio::spawn(read_loop(rx, inbox));
+        let mut reconnects = subscriber.reconnect_rx();
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                metrics::counter!("confab_redis_reconnects_total").increment(1);
+                tracing::info!("redis subscriber reconnected; channels resubscribed");
+            }
+        });
+        Ok(Arc::new(RedisBus {
+            publisher,
+            subscriber,
+        }))
+    }
+}
+
+/// Lets the connect loop wait on either client type.
+trait ClientLikeExt {
+    fn wait(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
+impl<T: ClientLike + Sync> ClientLikeExt for T {
+    fn wait(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let _ = self.wait_for_connect().await;
+        })
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(
+        &self,
+        room_id: ObjectId,
+        event_id: Option<ObjectId>,
+        frame: &[u8],
+    ) -> Result<(), BusError> {
+        let start = Instant::now();
+        let payload = wire::encode(event_id, frame);
+        let out: Result<i64, _> = self.publisher.publish(room_channel(room_id), payload).await;
+        metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
+        out.map(|_| ()).map_err(bus_err)
+    }
+
+    async fn subscribe(&self, room_id: ObjectId) -> Result<(), BusError> {
+        self.subscriber
+            .subscribe(room_channel(room_id))
+            .await
+            .map_err(bus_err)
+    }
+
+    async fn unsubscribe(&self, room_id: ObjectId) -> Result<(), BusError> {
+        self.subscriber
+            .unsubscribe(room_channel(room_id))
+            .await
+            .map_err(bus_err)
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let _: String = self.publisher.ping(None).await.map_err(bus_err)?;
+        let _: () = self.subscriber.ping(None).await.map_err(bus_err)?;
+        Ok(())
+    }
+}
+
+async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, inbox: Arc<dyn Inbox>) {
+    let mut seen = RecentIds::new(65_536);
+    loop {
+        let message = match rx.recv().await {
+            Ok(m) => m,
+            Err(RecvError::Lagged(n)) => {
+                metrics::counter!("confab_pubsub_lagged_total").increment(n);
+                tracing::warn!(
+                    lost = n,
+                    "pub/sub reader lagged; clients recover the gap from history"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let Some(room) = message
+            .channel
+            .strip_prefix(ROOM_PREFIX)
+            .and_then(|hex| ObjectId::parse_str(hex).ok())
+        else {
+            continue;
+        };
+        let Some(payload) = message
+            .value
+            .as_bytes()
+            .map(bytes::Bytes::copy_from_slice)
+            .or_else(|| match message.value {
+                Value::Bytes(b) => Some(b),
+                Value::String(s) => Some(s.into_inner()),
+                _ => None,
+            })
+        else {
+            continue;
+        };
+        let Some((event_id, frame)) = wire::decode(payload) else {
+            metrics::counter!("confab_pubsub_malformed_total").increment(1);
+            continue;
+        };
+        if let Some(id) = event_id {
+            if !seen.insert(id) {
+                metrics::counter!("confab_pubsub_duplicates_total").increment(1);
+                continue;
+            }
+        }
+        inbox.deliver(room, frame);
+    }
+}
+
+/// A bounded set of the most recent event ids: old ids fall out first.
+struct RecentIds {
+    set: HashSet<ObjectId>,
+    order: VecDeque<ObjectId>,
+    cap: usize,
+}
+
+impl RecentIds {
+    fn new(cap: usize) -> Self {
+        RecentIds {
+            set: HashSet::with_capacity(cap),
+            order: VecDeque::with_capacity(cap),
+            cap,
+        }
+    }
+
+    /// False when `id` was seen recently.
+    fn insert(&mut self, id: ObjectId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        if self.order.len() == self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(id);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_ids_drop_repeats_and_forget_the_oldest() {
+        let mut seen = RecentIds::new(2);
+        let (a, b, c) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+        assert!(seen.insert(a));
+        assert!(!seen.insert(a));
+        assert!(seen.insert(b));
+        assert!(seen.insert(c));
+        assert!(seen.insert(a), "a fell out of the window");
+    }
+}

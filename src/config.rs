@@ -1,0 +1,390 @@
+//! Node configuration: one typed struct, filled from command-line flags, then
+//! environment variables (clap reads both), then a TOML file, then defaults.
+//!
+//! Every setting is validated before the node touches the network, and a bad
+//! one stops start-up with a single line naming the setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// `confab serve` flags. Each is optional here so that the TOML file and the
+/// defaults can fill whatever the command line and environment left out.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys are the flag names with `_`).
+    #[arg(long, env = "CONFAB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for HTTP and WebSocket traffic.
+    #[arg(long, env = "CONFAB_LISTEN")]
+    pub listen: Option<String>,
+    /// Redis URL (Pub/Sub fan-out, presence, rate limits).
+    #[arg(long, env = "CONFAB_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// MongoDB URL (durable history).
+    #[arg(long, env = "CONFAB_MONGO_URL")]
+    pub mongo_url: Option<String>,
+    /// MongoDB database name.
+    #[arg(long, env = "CONFAB_MONGO_DB")]
+    pub mongo_db: Option<String>,
+    /// Secret that signs access tokens (at least 32 bytes); all nodes share it.
+    #[arg(long, env = "CONFAB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// This node's id in logs and metrics (default: random).
+    #[arg(long, env = "CONFAB_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "CONFAB_TOKEN_TTL_SECS")]
+    pub token_ttl_secs: Option<u64>,
+    /// Largest WebSocket message accepted, in bytes (whole message, all fragments).
+    #[arg(long, env = "CONFAB_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Frames queued for one connection before it is cut off as a slow consumer.
+    #[arg(long, env = "CONFAB_OUTBOUND_QUEUE")]
+    pub outbound_queue: Option<usize>,
+    /// Seconds between server pings; two unanswered pings drop the connection.
+    #[arg(long, env = "CONFAB_PING_INTERVAL_SECS")]
+    pub ping_interval_secs: Option<u64>,
+    /// Comma-separated Origins allowed to open WebSockets (empty: any).
+    #[arg(long, env = "CONFAB_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+    /// Pub/Sub messages buffered between Redis and the fan-out task.
+    #[arg(long, env = "CONFAB_PUBSUB_BUFFER")]
+    pub pubsub_buffer: Option<usize>,
+    /// Serve the RFC 6455 conformance echo endpoint at /ws/echo (for test runs).
+    #[arg(long, env = "CONFAB_ECHO_ENDPOINT")]
+    pub echo_endpoint: Option<bool>,
+}
+
+/// The same settings as they appear in a TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    redis_url: Option<String>,
+    mongo_url: Option<String>,
+    mongo_db: Option<String>,
+    jwt_secret: Option<String>,
+    node_id: Option<String>,
+    token_ttl_secs: Option<u64>,
+    max_message_bytes: Option<usize>,
+    outbound_queue: Option<usize>,
+    ping_interval_secs: Option<u64>,
+    allowed_origins: Option<String>,
+    pubsub_buffer: Option<usize>,
+    echo_endpoint: Option<bool>,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub redis_url: String,
+    pub mongo_url: String,
+    pub mongo_db: String,
+    pub jwt_secret: String,
+    pub node_id: String,
+    pub token_ttl: Duration,
+    pub max_message_bytes: usize,
+    pub outbound_queue: usize,
+    pub ping_interval: Duration,
+    pub allowed_origins: Vec<String>,
+    pub pubsub_buffer: usize,
+    pub echo_endpoint: bool,
+}
+
+/// A setting that is missing or invalid; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn invalid(flag: &str, env: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("invalid setting --{flag} ({env}): {why}"))
+}
+
+fn missing(flag: &str, env: &str) -> ConfigError {
+    ConfigError(format!(
+        "missing setting --{flag} ({env}); set the flag, the variable, or `{}` in the config file",
+        flag.replace('-', "_")
+    ))
+}
+
+impl ServeArgs {
+    /// Merges the flags/environment with the config file and validates the result.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        "config",
+                        "CONFAB_CONFIG",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    let msg = e.message().to_string();
+                    invalid(
+                        "config",
+                        "CONFAB_CONFIG",
+                        format!("{}: {msg}", path.display()),
+                    )
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "listen",
+                "CONFAB_LISTEN",
+                format!("`{listen}` is not host:port"),
+            )
+        })?;
+
+        let redis_url = self
+            .redis_url
+            .or(file.redis_url)
+            .ok_or_else(|| missing("redis-url", "CONFAB_REDIS_URL"))?;
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            return Err(invalid(
+                "redis-url",
+                "CONFAB_REDIS_URL",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        let mongo_url = self
+            .mongo_url
+            .or(file.mongo_url)
+            .ok_or_else(|| missing("mongo-url", "CONFAB_MONGO_URL"))?;
+        if !(mongo_url.starts_with("mongodb://") || mongo_url.starts_with("mongodb+srv://")) {
+            return Err(invalid(
+                "mongo-url",
+                "CONFAB_MONGO_URL",
+                "must start with mongodb:// or mongodb+srv://",
+            ));
+        }
+        let mongo_db = self
+            .mongo_db
+            .or(file.mongo_db)
+            .unwrap_or_else(|| "confab".into());
+        if mongo_db.is_empty()
+            || mongo_db.len() > 63
+            || mongo_db.contains(['/', '\\', '.', ' ', '"', '$'])
+        {
+            return Err(invalid(
+                "mongo-db",
+                "CONFAB_MONGO_DB",
+                "must be 1-63 characters without / \\ . space \" $",
+            ));
+        }
+        let jwt_secret = self
+            .jwt_secret
+            .or(file.jwt_secret)
+            .ok_or_else(|| missing("jwt-secret", "CONFAB_JWT_SECRET"))?;
+        if jwt_secret.len() < 32 {
+            return Err(invalid(
+                "jwt-secret",
+                "CONFAB_JWT_SECRET",
+                "must be at least 32 bytes",
+            ));
+        }
+        let node_id = self.node_id.or(file.node_id).unwrap_or_else(random_node_id);
+        if node_id.is_empty()
+            || node_id.len() > 64
+            || !node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                "node-id",
+                "CONFAB_NODE_ID",
+                "must be 1-64 of [A-Za-z0-9_.-]",
+            ));
+        }
+        let token_ttl_secs = self.token_ttl_secs.or(file.token_ttl_secs).unwrap_or(3600);
+        if !(60..=30 * 86_400).contains(&token_ttl_secs) {
+            return Err(invalid(
+                "token-ttl-secs",
+                "CONFAB_TOKEN_TTL_SECS",
+                "must be between 60 and 2592000",
+            ));
+        }
+        let max_message_bytes = self
+            .max_message_bytes
+            .or(file.max_message_bytes)
+            .unwrap_or(64 * 1024);
+        if !(1024..=64 << 20).contains(&max_message_bytes) {
+            return Err(invalid(
+                "max-message-bytes",
+                "CONFAB_MAX_MESSAGE_BYTES",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        let outbound_queue = self.outbound_queue.or(file.outbound_queue).unwrap_or(1024);
+        if !(8..=1_000_000).contains(&outbound_queue) {
+            return Err(invalid(
+                "outbound-queue",
+                "CONFAB_OUTBOUND_QUEUE",
+                "must be between 8 and 1000000",
+            ));
+        }
+        let ping_interval_secs = self
+            .ping_interval_secs
+            .or(file.ping_interval_secs)
+            .unwrap_or(25);
+        if !(1..=3600).contains(&ping_interval_secs) {
+            return Err(invalid(
+                "ping-interval-secs",
+                "CONFAB_PING_INTERVAL_SECS",
+                "must be between 1 and 3600",
+            ));
+        }
+        let allowed_origins = self
+            .allowed_origins
+            .or(file.allowed_origins)
+            .unwrap_or_default()
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect::<Vec<_>>();
+        if let Some(bad) = allowed_origins
+            .iter()
+            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+        {
+            return Err(invalid(
+                "allowed-origins",
+                "CONFAB_ALLOWED_ORIGINS",
+                format!("`{bad}` is not an http(s) origin"),
+            ));
+        }
+        let pubsub_buffer = self.pubsub_buffer.or(file.pubsub_buffer).unwrap_or(16_384);
+        if !(64..=4_194_304).contains(&pubsub_buffer) {
+            return Err(invalid(
+                "pubsub-buffer",
+                "CONFAB_PUBSUB_BUFFER",
+                "must be between 64 and 4194304",
+            ));
+        }
+        Ok(Config {
+            listen,
+            redis_url,
+            mongo_url,
+            mongo_db,
+            jwt_secret,
+            node_id,
+            token_ttl: Duration::from_secs(token_ttl_secs),
+            max_message_bytes,
+            outbound_queue,
+            ping_interval: Duration::from_secs(ping_interval_secs),
+            allowed_origins,
+            pubsub_buffer,
+            echo_endpoint: self.echo_endpoint.or(file.echo_endpoint).unwrap_or(false),
+        })
+    }
+}
+
+fn random_node_id() -> String {
+    format!("node-{:08x}", rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ServeArgs {
+        ServeArgs {
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            mongo_url: Some("mongodb://127.0.0.1:27017".into()),
+            jwt_secret: Some("x".repeat(32)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_given() {
+        let c = base().resolve().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.mongo_db, "confab");
+        assert_eq!(c.max_message_bytes, 65536);
+        assert!(c.node_id.starts_with("node-"));
+    }
+
+    #[test]
+    fn missing_secret_names_the_setting() {
+        let err = ServeArgs {
+            jwt_secret: None,
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("--jwt-secret (CONFAB_JWT_SECRET)"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_and_urls_are_rejected() {
+        let err = ServeArgs {
+            listen: Some("nope".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("--listen"), "{err}");
+        let err = ServeArgs {
+            redis_url: Some("http://x".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("--redis-url"), "{err}");
+        let err = ServeArgs {
+            jwt_secret: Some("short".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.0.contains("at least 32"), "{err}");
+    }
+
+    #[test]
+    fn file_fills_gaps_but_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\nmongo_db = \"fromfile\"\n",
+        )
+        .unwrap();
+        let c = ServeArgs {
+            config: Some(path),
+            mongo_db: Some("fromflag".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.mongo_db, "fromflag");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "lissten = \"x\"\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            err.0.contains("--config") && err.0.contains("lissten"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! The socket edge of a node: live WebSocket connections, the registry that
+//! maps rooms to local connections, and fan-out of bus events to them.
+//!
+//! - `socket`: one connection's reader/writer pair, limits, pings, close codes.
+//! - `assembler`: joins fragmented messages under a size cap, checking UTF-8.
+//! - `registry`: sharded maps room → local connections, connection → queue.
+//! - `subscriptions`: keeps the node subscribed to a room's bus topic exactly
+//!   while it has local subscribers, off the delivery path.
+//! - `protocol`: the JSON envelope of client and server frames.
+//! - `session`: what a chat connection does with each client frame.
+//! - `echo`: the RFC 6455 conformance endpoint, on the same socket code.
+
+pub mod assembler;
+pub mod echo;
+pub mod protocol;
+pub mod registry;
+pub mod session;
+pub mod socket;
+pub mod subscriptions;
+
+use std::sync::Arc;
+
+use bson::oid::ObjectId;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+pub use registry::{ConnId, Outbound, Outbox, Registry};
+pub use subscriptions::Subscriptions;
+
+use crate::bus::Inbox;
+
+/// The node's gateway: registry plus subscription keeper. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    pub registry: Arc<Registry>,
+    pub subscriptions: Subscriptions,
+    /// Cancelled at shutdown; every connection's own token is a child.
+    pub shutdown: CancellationToken,
+}
+
+/// The registry is what the bus delivers into.
+pub struct GatewayInbox(pub Arc<Registry>);
+
+impl Inbox for GatewayInbox {
+    fn deliver(&self, room_id: ObjectId, frame: Bytes) {
+        self.0.fan_out(room_id, Outbound::Text(frame));
+    }
+}
+
+use fastwebsockets::WebSocket;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::auth::Caller;
+use crate::node::App;
+
+fn limits(app: &App) -> socket::Limits {
+    socket::Limits {
+        max_message_bytes: app.config.max_message_bytes,
+        ping_interval: app.config.ping_interval,
+    }
+}
+
+/// Serves one authenticated chat connection until it ends.
+pub async fn run_chat<S>(app: Arc<App>, caller: Caller, ws: WebSocket<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let gateway = app.gateway.clone();
+    let (outbox, queues) = Outbox::new(
+        Some(caller.user_id),
+        app.config.outbound_queue,
+        gateway.shutdown.child_token(),
+    );
+    gateway.registry.register(outbox.clone());
+    let session = session::ChatSession::new(app.clone(), caller, outbox.clone());
+    socket::drive(ws, outbox, queues, limits(&app), session).await;
+}
+
+/// Serves one conformance-echo connection until it ends.
+pub async fn run_echo<S>(app: Arc<App>, ws: WebSocket<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (outbox, queues) = Outbox::new(
+        None,
+        app.config.outbound_queue,
+        app.gateway.shutdown.child_token(),
+    );
+    let echo = echo::Echo {
+        outbox: outbox.clone(),
+    };
+    socket::drive(ws, outbox, queues, limits(&app), echo).await;
+}
+
+impl Gateway {
+    /// Says goodbye (1001) to every connection, then cuts off the stragglers.
+    pub async fn close_all(&self) {
+        for outbox in self.registry.connections() {
+            outbox.close(1001, "server shutting down");
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.registry.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.shutdown.cancel();
+    }
+}

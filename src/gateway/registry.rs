@@ -1,0 +1,249 @@
+//! Who is connected to this node, and to which rooms.
+//!
+//! Two sharded maps (DashMap): room → local connections, and connection →
+//! its outbound queue. Fan-out takes one shard's read lock, offers the shared
+//! frame bytes to each queue without waiting, and cuts off any connection
+//! whose queue is full: a slow client loses its connection, the room loses
+//! nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bson::oid::ObjectId;
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub type ConnId = u64;
+
+/// A frame on its way to one socket. Message frames are encoded once per node
+/// and the same `Bytes` is shared by every receiver.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Text(Bytes),
+    Binary(Bytes),
+}
+
+/// Control frames that must not wait behind data: pongs, close.
+#[derive(Debug)]
+pub enum Control {
+    Pong(Vec<u8>),
+    Close(u16, String),
+    /// A close frame the protocol obliges us to echo, already encoded.
+    CloseEcho(Vec<u8>),
+}
+
+/// WebSocket close code for a client cut off for not reading fast enough
+/// (1013, "try again later": reconnect and catch up from history).
+pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
+
+/// The sending side of one connection.
+pub struct Outbox {
+    pub id: ConnId,
+    pub user_id: Option<ObjectId>,
+    data: mpsc::Sender<Outbound>,
+    control: mpsc::Sender<Control>,
+    /// Cancelled to drop the connection at once, whatever it is doing.
+    pub kill: CancellationToken,
+}
+
+/// The receiving ends, owned by the connection's writer.
+pub struct OutboxReceivers {
+    pub data: mpsc::Receiver<Outbound>,
+    pub control: mpsc::Receiver<Control>,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+impl Outbox {
+    pub fn new(
+        user_id: Option<ObjectId>,
+        capacity: usize,
+        kill: CancellationToken,
+    ) -> (Arc<Outbox>, OutboxReceivers) {
+        let (data_tx, data_rx) = mpsc::channel(capacity);
+        let (control_tx, control_rx) = mpsc::channel(16);
+        let outbox = Outbox {
+            id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+            user_id,
+            data: data_tx,
+            control: control_tx,
+            kill,
+        };
+        (
+            Arc::new(outbox),
+            OutboxReceivers {
+                data: data_rx,
+                control: control_rx,
+            },
+        )
+    }
+
+    /// Queues a frame without waiting; false if the queue is full or closed.
+    pub fn offer(&self, frame: Outbound) -> bool {
+        self.data.try_send(frame).is_ok()
+    }
+
+    /// Queues a frame, waiting for room (for replies to this client's own
+    /// requests, where waiting slows only this client).
+    pub async fn send(&self, frame: Outbound) -> bool {
+        self.data.send(frame).await.is_ok()
+    }
+
+    pub async fn control(&self, c: Control) -> bool {
+        self.control.send(c).await.is_ok()
+    }
+
+    pub fn control_sender(&self) -> mpsc::Sender<Control> {
+        self.control.clone()
+    }
+
+    /// Asks the writer to send a close frame, then drop the connection. If
+    /// even the control queue is full the connection is dropped at once.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self
+            .control
+            .try_send(Control::Close(code, reason.into()))
+            .is_err()
+        {
+            self.kill.cancel();
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    rooms: DashMap<ObjectId, HashMap<ConnId, Arc<Outbox>>>,
+    conns: DashMap<ConnId, Arc<Outbox>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self, outbox: Arc<Outbox>) {
+        self.conns.insert(outbox.id, outbox);
+        metrics::gauge!("confab_connections_active").set(self.conns.len() as f64);
+    }
+
+    pub fn unregister(&self, conn: ConnId) {
+        self.conns.remove(&conn);
+        metrics::gauge!("confab_connections_active").set(self.conns.len() as f64);
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Every live connection (for shutdown).
+    pub fn connections(&self) -> Vec<Arc<Outbox>> {
+        self.conns.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Adds a connection to a room; true if it is the room's first local one.
+    pub fn join(&self, room: ObjectId, outbox: &Arc<Outbox>) -> bool {
+        let mut entry = self.rooms.entry(room).or_default();
+        let first = entry.is_empty();
+        entry.insert(outbox.id, outbox.clone());
+        first
+    }
+
+    /// Removes a connection from a room; true if the room has no local one left.
+    pub fn leave(&self, room: ObjectId, conn: ConnId) -> bool {
+        let removed = self.rooms.remove_if_mut(&room, |_, members| {
+            members.remove(&conn);
+            members.is_empty()
+        });
+        removed.is_some()
+    }
+
+    pub fn has_local(&self, room: ObjectId) -> bool {
+        self.rooms.get(&room).is_some_and(|m| !m.is_empty())
+    }
+
+    pub fn local_subscribers(&self, room: ObjectId) -> usize {
+        self.rooms.get(&room).map_or(0, |m| m.len())
+    }
+
+    /// Offers one frame to every local subscriber of `room`; connections whose
+    /// queue is full are cut off as slow consumers. Returns how many got it.
+    pub fn fan_out(&self, room: ObjectId, frame: Outbound) -> usize {
+        let mut slow: Vec<Arc<Outbox>> = Vec::new();
+        let mut delivered = 0;
+        if let Some(members) = self.rooms.get(&room) {
+            for outbox in members.values() {
+                if outbox.offer(frame.clone()) {
+                    delivered += 1;
+                } else if !outbox.kill.is_cancelled() {
+                    slow.push(outbox.clone());
+                }
+            }
+        }
+        for outbox in slow {
+            metrics::counter!("confab_slow_consumer_disconnects_total").increment(1);
+            tracing::info!(conn = outbox.id, "slow consumer cut off");
+            outbox.close(CLOSE_SLOW_CONSUMER, "slow consumer");
+            // The writer may be stuck on a full socket: don't wait for it.
+            let kill = outbox.kill.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                kill.cancel();
+            });
+        }
+        metrics::counter!("confab_messages_delivered_total").increment(delivered as u64);
+        delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(cap: usize) -> (Arc<Outbox>, OutboxReceivers) {
+        Outbox::new(None, cap, CancellationToken::new())
+    }
+
+    #[test]
+    fn join_and_leave_report_first_and_last() {
+        let reg = Registry::new();
+        let room = ObjectId::new();
+        let (a, _ra) = outbox(4);
+        let (b, _rb) = outbox(4);
+        assert!(reg.join(room, &a));
+        assert!(!reg.join(room, &b));
+        assert!(!reg.leave(room, a.id));
+        assert!(reg.has_local(room));
+        assert!(reg.leave(room, b.id));
+        assert!(!reg.has_local(room));
+        assert!(!reg.leave(room, b.id), "leaving an empty room is a no-op");
+    }
+
+    #[tokio::test]
+    async fn fan_out_shares_bytes_and_cuts_off_full_queues() {
+        let reg = Registry::new();
+        let room = ObjectId::new();
+        let (fast, mut fast_rx) = outbox(8);
+        let (slow, mut slow_rx) = outbox(1);
+        reg.join(room, &fast);
+        reg.join(room, &slow);
+        let frame = Bytes::from_static(b"{\"type\":\"message\"}");
+        assert_eq!(reg.fan_out(room, Outbound::Text(frame.clone())), 2);
+        assert_eq!(
+            reg.fan_out(room, Outbound::Text(frame.clone())),
+            1,
+            "slow queue is full"
+        );
+        let Some(Outbound::Text(got)) = fast_rx.data.recv().await else {
+            panic!("no frame")
+        };
+        assert_eq!(got.as_ptr(), frame.as_ptr(), "the same bytes, not a copy");
+        assert!(matches!(
+            slow_rx.control.recv().await,
+            Some(Control::Close(CLOSE_SLOW_CONSUMER, _))
+        ));
+        assert!(slow_rx.data.recv().await.is_some());
+    }
+}

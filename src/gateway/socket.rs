@@ -1,0 +1,298 @@
+//! One WebSocket connection: a reader and a writer task over the split socket.
+//!
+//! The reader parses frames, joins fragments under the message cap and hands
+//! whole messages to a [`Handler`]; protocol violations fail the connection
+//! with the RFC 6455 close code (1002 protocol, 1007 invalid UTF-8, 1009 too
+//! big). The writer drains the connection's queues: control frames first,
+//! then data, and pings the client every interval; a client that misses two
+//! pings, or a socket that stops taking bytes, is dropped. Either side
+//! cancelling the connection's token ends both.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fastwebsockets::{
+    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::time::{interval_at, timeout, Instant};
+
+use super::assembler::{Assembler, DataMessage};
+use super::registry::{Control, Outbound, Outbox, OutboxReceivers};
+
+/// What a connection does with whole messages.
+#[async_trait]
+pub trait Handler: Send + 'static {
+    /// Handles one message; `Err((code, reason))` closes the connection.
+    async fn on_message(&mut self, message: DataMessage) -> Result<(), (u16, String)>;
+    /// Runs once when the connection ends, however it ends.
+    async fn on_close(&mut self);
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub ping_interval: Duration,
+}
+
+/// How the read side ended.
+enum Exit {
+    /// The peer sent a close frame (already echoed).
+    PeerClosed,
+    /// We fail the connection with this code.
+    Fail(u16, String),
+    /// The transport is gone or the connection was cancelled.
+    Gone,
+}
+
+/// Runs a connection to its end.
+pub async fn drive<S, H>(
+    ws: WebSocket<S>,
+    outbox: Arc<Outbox>,
+    queues: OutboxReceivers,
+    limits: Limits,
+    mut handler: H,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let (mut reader, writer) = ws.split(tokio::io::split);
+    reader.set_max_message_size(limits.max_message_bytes.saturating_add(1));
+    reader.set_auto_pong(true);
+    reader.set_auto_close(true);
+    let missed = Arc::new(AtomicU32::new(0));
+    let kill = outbox.kill.clone();
+    let writer = tokio::spawn(write_loop(
+        writer,
+        queues,
+        missed.clone(),
+        limits.ping_interval,
+        kill.clone(),
+    ));
+
+    let mut assembler = Assembler::new(limits.max_message_bytes);
+    let exit = tokio::select! {
+        exit = read_loop(&mut reader, &outbox, &missed, &mut assembler, &mut handler) => exit,
+        _ = kill.cancelled() => Exit::Gone,
+    };
+    if let Exit::Fail(code, reason) = exit {
+        let _ = timeout(
+            Duration::from_secs(1),
+            outbox.control(Control::Close(code, reason)),
+        )
+        .await;
+        // Give the peer a moment to answer our close, as RFC 6455 asks.
+        let _ = timeout(Duration::from_secs(2), async {
+            tokio::select! {
+                _ = drain_until_close(&mut reader, &outbox) => {},
+                _ = kill.cancelled() => {},
+            }
+        })
+        .await;
+    }
+    handler.on_close().await;
+    kill.cancel();
+    let _ = writer.await;
+}
+
+type Reader<S> = WebSocketRead<ReadHalf<S>>;
+type Writer<S> = WebSocketWrite<WriteHalf<S>>;
+
+/// Turns the frames the protocol obliges us to send (pong, close echo) into
+/// control-queue entries for the writer.
+fn obligations(
+    outbox: &Outbox,
+) -> impl FnMut(Frame<'_>) -> futures::future::BoxFuture<'static, std::io::Result<()>> {
+    let control = outbox.control_sender();
+    move |frame: Frame<'_>| {
+        let control = control.clone();
+        let item = match frame.opcode {
+            OpCode::Close => Control::CloseEcho(frame.payload.to_vec()),
+            _ => Control::Pong(frame.payload.to_vec()),
+        };
+        Box::pin(async move {
+            control
+                .send(item)
+                .await
+                .map_err(|_| std::io::Error::other("connection closing"))
+        })
+    }
+}
+
+async fn read_loop<S, H>(
+    reader: &mut Reader<S>,
+    outbox: &Outbox,
+    missed: &AtomicU32,
+    assembler: &mut Assembler,
+    handler: &mut H,
+) -> Exit
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut send = obligations(outbox);
+    loop {
+        let frame = match reader.read_frame(&mut send).await {
+            Ok(frame) => frame,
+            Err(e) => return exit_for(e),
+        };
+        missed.store(0, Ordering::Relaxed);
+        match frame.opcode {
+            OpCode::Close => return Exit::PeerClosed,
+            OpCode::Ping | OpCode::Pong => continue,
+            _ => {}
+        }
+        match assembler.push(frame) {
+            Err(v) => return Exit::Fail(v.close_code(), v.reason().into()),
+            Ok(None) => {}
+            Ok(Some(message)) => {
+                if let Err((code, reason)) = handler.on_message(message).await {
+                    return Exit::Fail(code, reason);
+                }
+            }
+        }
+    }
+}
+
+async fn drain_until_close<S>(reader: &mut Reader<S>, outbox: &Outbox)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut send = obligations(outbox);
+    while let Ok(frame) = reader.read_frame(&mut send).await {
+        if frame.opcode == OpCode::Close {
+            return;
+        }
+    }
+}
+
+fn exit_for(e: WebSocketError) -> Exit {
+    use WebSocketError::*;
+    match e {
+        FrameTooLarge => Exit::Fail(1009, "message too big".into()),
+        InvalidUTF8 => Exit::Fail(1007, "invalid utf-8".into()),
+        InvalidFragment
+        | InvalidContinuationFrame
+        | InvalidCloseFrame
+        | InvalidCloseCode
+        | ReservedBitsNotZero
+        | ControlFrameFragmented
+        | PingFrameTooLarge
+        | InvalidValue => Exit::Fail(1002, "protocol error".into()),
+        _ => Exit::Gone,
+    }
+}
+
+async fn write_loop<S>(
+    mut w: Writer<S>,
+    mut queues: OutboxReceivers,
+    missed: Arc<AtomicU32>,
+    ping_interval: Duration,
+    kill: tokio_util::sync::CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ticker = interval_at(Instant::now() + ping_interval, ping_interval);
+    // A socket that takes no bytes for this long is dead to us.
+    let stall_limit = (ping_interval * 2).max(Duration::from_secs(10));
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = kill.cancelled() => break,
+            c = queues.control.recv() => match c { Some(c) => Event::Control(c), None => break },
+            d = queues.data.recv() => match d { Some(d) => Event::Data(d), None => break },
+            _ = ticker.tick() => Event::Tick,
+        };
+        let step = tokio::select! {
+            biased;
+            _ = kill.cancelled() => break,
+            r = timeout(stall_limit, write_event(&mut w, &mut queues, event, &missed)) => r,
+        };
+        match step {
+            Ok(Ok(Step::Continue)) => {}
+            Ok(Ok(Step::SentClose)) => {
+                // Wait (briefly) for the reader to see the peer's close reply.
+                let _ = timeout(Duration::from_secs(2), kill.cancelled()).await;
+                break;
+            }
+            Ok(Ok(Step::Done)) | Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    kill.cancel();
+}
+
+enum Event {
+    Control(Control),
+    Data(Outbound),
+    Tick,
+}
+
+enum Step {
+    Continue,
+    SentClose,
+    Done,
+}
+
+/// Most frames written before one flush when a queue has a backlog.
+const BATCH: usize = 256;
+
+async fn write_event<S>(
+    w: &mut Writer<S>,
+    queues: &mut OutboxReceivers,
+    event: Event,
+    missed: &AtomicU32,
+) -> Result<Step, WebSocketError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match event {
+        Event::Control(Control::Pong(p)) => w.write_frame(Frame::pong(Payload::Owned(p))).await?,
+        Event::Control(Control::CloseEcho(p)) => {
+            w.write_frame(Frame::close_raw(Payload::Owned(p))).await?;
+            w.flush().await?;
+            return Ok(Step::Done);
+        }
+        Event::Control(Control::Close(code, reason)) => {
+            w.write_frame(Frame::close(code, reason.as_bytes())).await?;
+            w.flush().await?;
+            return Ok(Step::SentClose);
+        }
+        Event::Data(first) => {
+            write_data(w, first).await?;
+            for _ in 0..BATCH {
+                match queues.data.try_recv() {
+                    Ok(next) => write_data(w, next).await?,
+                    Err(_) => break,
+                }
+            }
+        }
+        Event::Tick => {
+            if missed.fetch_add(1, Ordering::Relaxed) >= 2 {
+                w.write_frame(Frame::close(1008, b"ping timeout")).await?;
+                w.flush().await?;
+                return Ok(Step::Done);
+            }
+            w.write_frame(Frame::new(
+                true,
+                OpCode::Ping,
+                None,
+                Payload::Borrowed(b"confab"),
+            ))
+            .await?;
+        }
+    }
+    w.flush().await?;
+    Ok(Step::Continue)
+}
+
+async fn write_data<S>(w: &mut Writer<S>, frame: Outbound) -> Result<(), WebSocketError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match frame {
+        Outbound::Text(b) => w.write_frame(Frame::text(Payload::Borrowed(&b))).await,
+        Outbound::Binary(b) => w.write_frame(Frame::binary(Payload::Borrowed(&b))).await,
+    }
+}

@@ -1,0 +1,69 @@
+//! Extractors: authentication and JSON/query parsing with our error body, so
+//! no handler repeats either and every rejection has the same shape.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::auth::Caller;
+use crate::error::Error;
+use crate::node::App;
+
+/// The authenticated caller, from `Authorization: Bearer <token>`.
+pub struct Auth(pub Caller);
+
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl FromRequestParts<Arc<App>> for Auth {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Error> {
+        let token = bearer(&parts.headers)
+            .ok_or_else(|| Error::Unauthorized("missing bearer token".into()))?;
+        Ok(Auth(app.tokens.verify(token)?))
+    }
+}
+
+/// A JSON body. Unparsable JSON is 400; JSON of the wrong shape (missing or
+/// mistyped fields) is 422. The Content-Type header is not required.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                Error::BadRequest(format!(
+                    "could not read the request body: {}",
+                    e.body_text()
+                ))
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => Error::invalid("body", e.to_string()),
+                _ => Error::BadRequest(format!("request body is not valid JSON: {e}")),
+            })
+    }
+}
+
+/// Query-string parameters; a malformed query string is 400.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| Params(q.0))
+            .map_err(|e| Error::BadRequest(format!("invalid query string: {}", e.body_text())))
+    }
+}

@@ -1,0 +1,112 @@
+//! `POST /messages`, `GET /messages`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Auth, Body, Params};
+use crate::error::{Error, Result};
+use crate::messages::{self, Draft, Page, DEFAULT_PAGE, MAX_PAGE};
+use crate::node::App;
+use crate::store::model::MessageView;
+use crate::validate;
+
+#[derive(Deserialize)]
+pub struct NewMessage {
+    room_id: String,
+    content: String,
+    #[serde(default)]
+    client_msg_id: Option<String>,
+}
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Body(m): Body<NewMessage>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let room_id = validate::object_id("room_id", &m.room_id)?;
+    let draft = Draft {
+        content: m.content,
+        client_msg_id: m.client_msg_id,
+    };
+    let sent = messages::send(&app, &caller, room_id, draft, false).await?;
+    let status = if sent.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!(MessageView::from(&sent.message)))))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryParams {
+    room_id: Option<String>,
+    limit: Option<String>,
+    before: Option<String>,
+    after: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+fn instant(field: &'static str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>> {
+    raw.map(|s| {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                Error::invalid(
+                    field,
+                    "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z",
+                )
+            })
+    })
+    .transpose()
+}
+
+fn page(p: HistoryParams) -> Result<Page> {
+    let room_id = p
+        .room_id
+        .as_deref()
+        .ok_or_else(|| Error::invalid("room_id", "is required"))?;
+    let limit = match p.limit.as_deref() {
+        None => DEFAULT_PAGE,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(Error::invalid(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_PAGE}"),
+                ))
+            }
+        },
+    };
+    let id = |field, raw: Option<String>| raw.map(|s| validate::object_id(field, &s)).transpose();
+    let page = Page {
+        room_id: validate::object_id("room_id", room_id)?,
+        limit,
+        before: id("before", p.before)?,
+        after: id("after", p.after)?,
+        since: instant("since", p.since.as_deref())?,
+        until: instant("until", p.until.as_deref())?,
+    };
+    if let (Some(s), Some(u)) = (page.since, page.until) {
+        if s > u {
+            return Err(Error::invalid("since", "must not be later than until"));
+        }
+    }
+    Ok(page)
+}
+
+pub async fn history(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Params(p): Params<HistoryParams>,
+) -> Result<Json<Value>> {
+    let (messages, has_more) = messages::history(&app, &caller, page(p)?).await?;
+    let views: Vec<MessageView> = messages.iter().map(MessageView::from).collect();
+    Ok(Json(json!({ "messages": views, "has_more": has_more })))
+}

@@ -1,0 +1,84 @@
+//! The REST edge: routes, the JSON error body, and request metrics.
+//!
+//! Handlers are thin: an extractor authenticates and parses, a domain service
+//! does the work, and [`Error`] becomes `{"error":{"code","message"}}` with
+//! its status in exactly one place (`IntoResponse` below).
+
+mod accounts;
+mod extract;
+mod health;
+mod messages;
+mod rooms;
+mod ws;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+pub use extract::{Auth, Body, Params};
+
+use crate::error::Error;
+use crate::node::App;
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = Json(json!({"error": {"code": self.code(), "message": self.public_message()}}));
+        let mut response = (status, body).into_response();
+        if status == http::StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let mut router = Router::new()
+        .route("/register", post(accounts::register))
+        .route("/login", post(accounts::login))
+        .route("/rooms", get(rooms::list).post(rooms::create))
+        .route("/rooms/{id}/join", post(rooms::join))
+        .route("/messages", get(messages::history).post(messages::create))
+        .route("/ws", get(ws::chat))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics));
+    if app.config.echo_endpoint {
+        router = router.route("/ws/echo", get(ws::echo));
+    }
+    router
+        .fallback(|| async { Error::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            (http::StatusCode::METHOD_NOT_ALLOWED, Json(json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this endpoint"}})))
+        })
+        .layer(middleware::from_fn(track))
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(app)
+}
+
+/// Counts and times every request by route template (bounded cardinality:
+/// no ids in labels).
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("confab_http_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("confab_http_request_seconds", "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    response
+}

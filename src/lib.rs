@@ -1,0 +1,22 @@
+//! Confab: a horizontally scaled real-time chat backend.
+//!
+//! The module tree mirrors the architecture: HTTP and WebSocket edges (`http`,
+//! `gateway`) call the domain services (`users`, `rooms`, `messages`), which
+//! talk to the backends only through the `Store` (MongoDB) and `Bus`
+//! (Redis Pub/Sub) traits. `node` wires one running node together.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod http;
+pub mod messages;
+pub mod metrics;
+pub mod node;
+pub mod rooms;
+pub mod store;
+pub mod users;
+pub mod validate;
+
+pub use error::{Error, Result};

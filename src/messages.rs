@@ -1,0 +1,154 @@
+//! The send path and history.
+//!
+//! Send: validate → store (seq from the room document, then the message) →
+//! publish the encoded frame on the bus → acknowledge with the stored
+//! message. Nothing is published that is not stored; a failed publish does
+//! not un-store the message, whose readers then find it in history.
+
+use bson::oid::ObjectId;
+use chrono::{DateTime, Utc};
+
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::gateway::protocol;
+use crate::node::App;
+use crate::rooms;
+use crate::store::{HistoryQuery, Message, StoreError};
+use crate::validate;
+
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub content: String,
+    pub client_msg_id: Option<String>,
+}
+
+/// The outcome of a send: the stored message, and whether this call stored it
+/// (false when a retry with the same `client_msg_id` found the original).
+pub struct Sent {
+    pub message: Message,
+    pub created: bool,
+}
+
+/// Stores and publishes a message. `known_member` skips the membership
+/// lookup when the caller's socket has already joined the room.
+pub async fn send(
+    app: &App,
+    caller: &Caller,
+    room_id: ObjectId,
+    draft: Draft,
+    known_member: bool,
+) -> Result<Sent> {
+    validate::content(&draft.content)?;
+    if let Some(id) = &draft.client_msg_id {
+        validate::client_msg_id(id)?;
+    }
+    if !known_member {
+        rooms::require_member(app, caller, room_id).await?;
+    }
+    if let Some(id) = &draft.client_msg_id {
+        if let Some(original) = app.store.message_by_client_id(caller.user_id, id).await? {
+            return replay(original, room_id);
+        }
+    }
+    let seq = app
+        .store
+        .next_seq(room_id)
+        .await?
+        .ok_or_else(|| Error::NotFound("room not found".into()))?;
+    let id = ObjectId::new();
+    let message = Message {
+        id,
+        room_id,
+        seq,
+        sender_id: caller.user_id,
+        content: draft.content,
+        dedup_key: draft.client_msg_id.clone().unwrap_or_else(|| id.to_hex()),
+        client_msg_id: draft.client_msg_id,
+        timestamp: Utc::now(),
+    };
+    match app.store.insert_message(&message).await {
+        Ok(()) => {}
+        Err(StoreError::Duplicate) => {
+            // A concurrent retry with the same client_msg_id won the race.
+            let key = &message.dedup_key;
+            let original = app.store.message_by_client_id(caller.user_id, key).await?;
+            return replay(
+                original.ok_or_else(|| Error::Internal("duplicate message vanished".into()))?,
+                room_id,
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
+    metrics::counter!("confab_messages_sent_total").increment(1);
+    let frame = protocol::message(&message);
+    if let Err(e) = app.bus.publish(room_id, Some(message.id), &frame).await {
+        metrics::counter!("confab_bus_publish_failures_total").increment(1);
+        tracing::warn!(message = %message.id, error = %e, "stored message not published; readers catch up from history");
+    }
+    Ok(Sent {
+        message,
+        created: true,
+    })
+}
+
+fn replay(original: Message, room_id: ObjectId) -> Result<Sent> {
+    if original.room_id != room_id {
+        return Err(Error::Conflict {
+            code: "client_msg_id_reused",
+            message: "client_msg_id was already used for a message in another room".into(),
+        });
+    }
+    Ok(Sent {
+        message: original,
+        created: false,
+    })
+}
+
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 200;
+
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub room_id: ObjectId,
+    pub limit: i64,
+    pub before: Option<ObjectId>,
+    pub after: Option<ObjectId>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// One page of a room's history in chronological order, and whether more
+/// lies beyond it. Reads back from the newest match, or forward from the
+/// oldest when `after` (or `since` without `before`) is given.
+pub async fn history(app: &App, caller: &Caller, page: Page) -> Result<(Vec<Message>, bool)> {
+    rooms::readable(app, caller, page.room_id).await?;
+    let before_seq = match page.before {
+        Some(id) => Some(cursor_seq(app, page.room_id, id, "before").await?),
+        None => None,
+    };
+    let after_seq = match page.after {
+        Some(id) => Some(cursor_seq(app, page.room_id, id, "after").await?),
+        None => None,
+    };
+    let forward = page.after.is_some() || (page.since.is_some() && page.before.is_none());
+    let query = HistoryQuery {
+        room_id: page.room_id,
+        before_seq,
+        after_seq,
+        since: page.since,
+        until: page.until,
+        forward,
+        limit: page.limit,
+    };
+    Ok(app.store.history(&query).await?)
+}
+
+/// The seq of a cursor message, which must belong to the room.
+async fn cursor_seq(app: &App, room_id: ObjectId, id: ObjectId, field: &str) -> Result<i64> {
+    match app.store.message(id).await? {
+        Some(m) if m.room_id == room_id => Ok(m.seq),
+        _ => Err(Error::NotFound(format!(
+            "{field}: no such message in this room"
+        ))),
+    }
+}

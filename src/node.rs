@@ -1,0 +1,136 @@
+//! One running node: connects the backends, builds the shared [`App`], serves
+//! HTTP and WebSocket traffic, and shuts down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
+
+use crate::auth::Tokens;
+use crate::bus::redis::RedisBus;
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::gateway::{Gateway, GatewayInbox, Registry, Subscriptions};
+use crate::store::mongo::MongoStore;
+use crate::store::Store;
+
+/// Everything a request handler or socket needs. Shared as one `Arc`.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub tokens: Tokens,
+    pub gateway: Gateway,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Set once the store's indexes exist; until then the node is not ready.
+    pub indexes_ready: AtomicBool,
+}
+
+/// A node that is serving; dropping it does not stop it, `shutdown` does.
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Backend(String),
+}
+
+impl RunningNode {
+    /// Connects to Redis and MongoDB and starts serving on `config.listen`.
+    pub async fn start(config: Config) -> Result<RunningNode, StartError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Listen(config.listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Listen(config.listen, e))?;
+        let store: Arc<dyn Store> = Arc::new(
+            MongoStore::connect(&config.mongo_url, &config.mongo_db)
+                .await
+                .map_err(|e| StartError::Backend(e.to_string()))?,
+        );
+        let registry = Arc::new(Registry::new());
+        let bus: Arc<dyn Bus> = RedisBus::connect(
+            &config.redis_url,
+            config.pubsub_buffer,
+            Arc::new(GatewayInbox(registry.clone())),
+        )
+        .await
+        .map_err(|e| StartError::Backend(e.to_string()))?;
+        let gateway = Gateway {
+            subscriptions: Subscriptions::spawn(bus.clone(), registry.clone()),
+            registry,
+            shutdown: CancellationToken::new(),
+        };
+        let app = Arc::new(App {
+            tokens: Tokens::new(&config.jwt_secret, config.token_ttl),
+            config,
+            store,
+            bus,
+            gateway,
+            metrics: crate::metrics::handle(),
+            indexes_ready: AtomicBool::new(false),
+        });
+        tokio::spawn(ensure_indexes(app.clone()));
+
+        let stop = CancellationToken::new();
+        let service =
+            NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(app.clone()));
+        let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(service);
+        let graceful = stop.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, service)
+                .with_graceful_shutdown(async move { graceful.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "server stopped");
+            }
+        });
+        tracing::info!(node = %app.config.node_id, %addr, "confab node serving");
+        Ok(RunningNode {
+            addr,
+            app,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops accepting, closes every socket with 1001, and waits for the
+    /// server task to finish.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.app.gateway.close_all().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// Creates the indexes, retrying while MongoDB is unreachable.
+async fn ensure_indexes(app: Arc<App>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match app.store.ensure_indexes().await {
+            Ok(()) => {
+                app.indexes_ready.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "creating indexes failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

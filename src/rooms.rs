@@ -1,0 +1,110 @@
+//! Rooms and membership rules: who may see, join and read a room.
+
+use bson::oid::ObjectId;
+use chrono::Utc;
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::node::App;
+use crate::store::{Member, Role, Room, RoomKind, StoreError};
+use crate::validate;
+
+#[derive(Debug, Deserialize)]
+pub struct NewRoom {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+pub async fn create(app: &App, caller: &Caller, r: NewRoom) -> Result<Room> {
+    validate::room_name(&r.name)?;
+    let kind = match r.kind.as_str() {
+        "public" => RoomKind::Public,
+        "private" => RoomKind::Private,
+        _ => return Err(Error::invalid("type", "must be \"public\" or \"private\"")),
+    };
+    if app.store.room_name_taken(&r.name).await? {
+        return Err(name_taken());
+    }
+    let room = Room {
+        id: ObjectId::new(),
+        name: r.name,
+        kind,
+        created_by: caller.user_id,
+        created_at: Utc::now(),
+        last_seq: 0,
+    };
+    match app.store.insert_room(&room).await {
+        Ok(()) => {}
+        Err(StoreError::Duplicate) => return Err(name_taken()),
+        Err(e) => return Err(e.into()),
+    }
+    let owner = Member {
+        room_id: room.id,
+        user_id: caller.user_id,
+        role: Role::Owner,
+        joined_at: room.created_at,
+    };
+    app.store.add_member(&owner).await?;
+    Ok(room)
+}
+
+fn name_taken() -> Error {
+    Error::Conflict {
+        code: "room_name_taken",
+        message: "a room with this name already exists".into(),
+    }
+}
+
+pub async fn list(app: &App, caller: &Caller) -> Result<Vec<Room>> {
+    Ok(app.store.rooms_visible_to(caller.user_id).await?)
+}
+
+async fn existing(app: &App, room_id: ObjectId) -> Result<Room> {
+    app.store
+        .room(room_id)
+        .await?
+        .ok_or_else(|| Error::NotFound("room not found".into()))
+}
+
+/// Joins a public room (idempotent); a private room only confirms an
+/// existing membership.
+pub async fn join(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Member> {
+    let room = existing(app, room_id).await?;
+    if let Some(member) = app.store.member(room_id, caller.user_id).await? {
+        return Ok(member);
+    }
+    if room.kind == RoomKind::Private {
+        return Err(Error::Forbidden(
+            "this room is private: members join by invitation".into(),
+        ));
+    }
+    let member = Member {
+        room_id,
+        user_id: caller.user_id,
+        role: Role::Member,
+        joined_at: Utc::now(),
+    };
+    Ok(app.store.add_member(&member).await?)
+}
+
+/// The room, if the caller may read its history: public rooms to anyone
+/// signed in, private rooms to members.
+pub async fn readable(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Room> {
+    let room = existing(app, room_id).await?;
+    if room.kind == RoomKind::Private && app.store.member(room_id, caller.user_id).await?.is_none()
+    {
+        return Err(Error::Forbidden("you are not a member of this room".into()));
+    }
+    Ok(room)
+}
+
+/// Fails unless the caller is a member (only members may post).
+pub async fn require_member(app: &App, caller: &Caller, room_id: ObjectId) -> Result<()> {
+    if app.store.member(room_id, caller.user_id).await?.is_some() {
+        return Ok(());
+    }
+    existing(app, room_id).await?;
+    Err(Error::Forbidden("you are not a member of this room".into()))
+}

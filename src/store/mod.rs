@@ -1,0 +1,89 @@
+//! Durable state: users, rooms, members and messages.
+//!
+//! Domain services see only the [`Store`] trait; [`mongo::MongoStore`] is the
+//! real implementation. The trait asks for nothing a MongoDB-compatible server
+//! without multi-document transactions cannot do: every write is a single
+//! document operation, and uniqueness comes from unique indexes.
+
+pub mod model;
+pub mod mongo;
+
+use async_trait::async_trait;
+use bson::oid::ObjectId;
+use chrono::{DateTime, Utc};
+
+pub use model::{Member, Message, Role, Room, RoomKind, User};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The server could not be reached or did not answer in time.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A unique index refused the write.
+    #[error("duplicate key")]
+    Duplicate,
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which slice of a room's history to read. Pages are cut on `seq`, which is
+/// the room's storage order; ObjectIds made on different nodes are not.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub room_id: ObjectId,
+    /// Only messages with a smaller seq.
+    pub before_seq: Option<i64>,
+    /// Only messages with a larger seq.
+    pub after_seq: Option<i64>,
+    /// Only messages stored at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Only messages stored at or before this instant.
+    pub until: Option<DateTime<Utc>>,
+    /// Read from the oldest matching message forward (else from the newest back).
+    pub forward: bool,
+    pub limit: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates the indexes the queries rely on; safe to run on every start.
+    async fn ensure_indexes(&self) -> StoreResult<()>;
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn insert_user(&self, user: &User) -> StoreResult<()>;
+    /// Which of username (case-insensitively) or email is already taken, if any.
+    async fn taken_user_field(
+        &self,
+        username_key: &str,
+        email: &str,
+    ) -> StoreResult<Option<&'static str>>;
+    /// A user by lower-cased username or email.
+    async fn user_by_login(&self, login_key: &str) -> StoreResult<Option<User>>;
+
+    async fn insert_room(&self, room: &Room) -> StoreResult<()>;
+    async fn room(&self, id: ObjectId) -> StoreResult<Option<Room>>;
+    async fn room_name_taken(&self, name: &str) -> StoreResult<bool>;
+    /// Public rooms and the private rooms `user_id` belongs to, oldest first.
+    async fn rooms_visible_to(&self, user_id: ObjectId) -> StoreResult<Vec<Room>>;
+
+    /// Adds a member unless already there; returns the membership as stored.
+    async fn add_member(&self, member: &Member) -> StoreResult<Member>;
+    async fn member(&self, room_id: ObjectId, user_id: ObjectId) -> StoreResult<Option<Member>>;
+
+    /// Hands out the room's next seq (atomic on the room document, so it
+    /// survives Redis restarts and is never handed out twice); `None` if the
+    /// room does not exist.
+    async fn next_seq(&self, room_id: ObjectId) -> StoreResult<Option<i64>>;
+    async fn insert_message(&self, message: &Message) -> StoreResult<()>;
+    async fn message(&self, id: ObjectId) -> StoreResult<Option<Message>>;
+    async fn message_by_client_id(
+        &self,
+        sender_id: ObjectId,
+        client_msg_id: &str,
+    ) -> StoreResult<Option<Message>>;
+    /// Up to `limit` messages in chronological order, and whether more match
+    /// beyond the page (older when reading back, newer when reading forward).
+    async fn history(&self, query: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)>;
+}

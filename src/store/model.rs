@@ -1,0 +1,165 @@
+//! Documents as stored, and their JSON views as clients see them.
+
+use bson::oid::ObjectId;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub username: String,
+    /// Lower-cased username: uniqueness and login ignore case.
+    pub username_key: String,
+    /// Stored lower-cased.
+    pub email: String,
+    pub password_hash: String,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomKind {
+    Public,
+    Private,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Room {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: RoomKind,
+    pub created_by: ObjectId,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    /// The last seq handed out in this room.
+    #[serde(default)]
+    pub last_seq: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Member,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    pub room_id: ObjectId,
+    pub user_id: ObjectId,
+    pub role: Role,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub joined_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub room_id: ObjectId,
+    pub seq: i64,
+    pub sender_id: ObjectId,
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    /// `client_msg_id`, or the message's own id when the client gave none:
+    /// the unique (sender_id, dedup_key) index makes retries idempotent
+    /// without partial indexes, which not every compatible server has.
+    pub dedup_key: String,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// RFC 3339, UTC, millisecond precision (what BSON dates hold).
+pub fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserView {
+    pub id: String,
+    pub username: String,
+    pub email: String,
+    pub created_at: String,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        UserView {
+            id: u.id.to_hex(),
+            username: u.username.clone(),
+            email: u.email.clone(),
+            created_at: rfc3339(&u.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RoomView {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: RoomKind,
+    pub created_by: String,
+    pub created_at: String,
+}
+
+impl From<&Room> for RoomView {
+    fn from(r: &Room) -> Self {
+        RoomView {
+            id: r.id.to_hex(),
+            name: r.name.clone(),
+            kind: r.kind,
+            created_by: r.created_by.to_hex(),
+            created_at: rfc3339(&r.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    pub room_id: String,
+    pub user_id: String,
+    pub role: Role,
+    pub joined_at: String,
+}
+
+impl From<&Member> for MemberView {
+    fn from(m: &Member) -> Self {
+        MemberView {
+            room_id: m.room_id.to_hex(),
+            user_id: m.user_id.to_hex(),
+            role: m.role,
+            joined_at: rfc3339(&m.joined_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessageView<'a> {
+    pub id: String,
+    pub room_id: String,
+    pub seq: i64,
+    pub sender_id: String,
+    pub content: &'a str,
+    pub client_msg_id: Option<&'a str>,
+    pub timestamp: String,
+}
+
+impl<'a> From<&'a Message> for MessageView<'a> {
+    fn from(m: &'a Message) -> Self {
+        MessageView {
+            id: m.id.to_hex(),
+            room_id: m.room_id.to_hex(),
+            seq: m.seq,
+            sender_id: m.sender_id.to_hex(),
+            content: &m.content,
+            client_msg_id: m.client_msg_id.as_deref(),
+            timestamp: rfc3339(&m.timestamp),
+        }
+    }
+}

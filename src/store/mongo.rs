@@ -1,0 +1,301 @@
+//! The MongoDB implementation of [`Store`], kept to single-document operations
+//! and plain unique indexes so it runs unchanged on mongod and on compatible
+//! servers such as FerretDB.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bson::{doc, oid::ObjectId, Document};
+use futures::TryStreamExt;
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Collection, Database, IndexModel};
+
+use super::{HistoryQuery, Member, Message, Room, Store, StoreError, StoreResult, User};
+
+#[derive(Clone)]
+pub struct MongoStore {
+    db: Database,
+    users: Collection<User>,
+    rooms: Collection<Room>,
+    members: Collection<Member>,
+    messages: Collection<Message>,
+}
+
+impl MongoStore {
+    /// Connects lazily: the driver dials on first use, so a node can start
+    /// (and report not-ready) while MongoDB is still coming up.
+    pub async fn connect(url: &str, db_name: &str) -> StoreResult<Self> {
+        let mut options = ClientOptions::parse(url)
+            .await
+            .map_err(|e| StoreError::Other(format!("bad mongo url: {e}")))?;
+        options.app_name = Some("confab".into());
+        options.server_selection_timeout = Some(Duration::from_secs(5));
+        options.connect_timeout = Some(Duration::from_secs(5));
+        let client = mongodb::Client::with_options(options).map_err(map_err)?;
+        let db = client.database(db_name);
+        Ok(MongoStore {
+            users: db.collection("users"),
+            rooms: db.collection("rooms"),
+            members: db.collection("room_members"),
+            messages: db.collection("messages"),
+            db,
+        })
+    }
+}
+
+fn map_err(e: mongodb::error::Error) -> StoreError {
+    match *e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == 11000 => {
+            StoreError::Duplicate
+        }
+        ErrorKind::Command(ref c) if c.code == 11000 => StoreError::Duplicate,
+        ErrorKind::ServerSelection { .. }
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. } => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+/// Times one store operation into `confab_mongo_op_seconds{op}`.
+async fn timed<T>(
+    op: &'static str,
+    fut: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+) -> StoreResult<T> {
+    let start = Instant::now();
+    let out = fut.into_future().await.map_err(map_err);
+    metrics::histogram!("confab_mongo_op_seconds", "op" => op)
+        .record(start.elapsed().as_secs_f64());
+    out
+}
+
+fn index(keys: Document, name: &str, unique: bool) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(
+            IndexOptions::builder()
+                .name(name.to_string())
+                .unique(unique)
+                .build(),
+        )
+        .build()
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn ensure_indexes(&self) -> StoreResult<()> {
+        timed(
+            "create_index",
+            self.users.create_indexes([
+                index(doc! {"username": 1}, "users_username_unique", true),
+                index(doc! {"username_key": 1}, "users_username_key_unique", true),
+                index(doc! {"email": 1}, "users_email_unique", true),
+            ]),
+        )
+        .await?;
+        timed(
+            "create_index",
+            self.rooms
+                .create_indexes([index(doc! {"name": 1}, "rooms_name_unique", true)]),
+        )
+        .await?;
+        timed(
+            "create_index",
+            self.members.create_indexes([
+                index(
+                    doc! {"room_id": 1, "user_id": 1},
+                    "members_room_user_unique",
+                    true,
+                ),
+                index(doc! {"user_id": 1}, "members_user", false),
+            ]),
+        )
+        .await?;
+        timed(
+            "create_index",
+            self.messages.create_indexes([
+                index(doc! {"room_id": 1, "_id": 1}, "messages_room_id", false),
+                index(
+                    doc! {"room_id": 1, "seq": 1},
+                    "messages_room_seq_unique",
+                    true,
+                ),
+                index(
+                    doc! {"sender_id": 1, "dedup_key": 1},
+                    "messages_sender_client_msg_id_unique",
+                    true,
+                ),
+            ]),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        timed("ping", self.db.run_command(doc! {"ping": 1}))
+            .await
+            .map(|_| ())
+    }
+
+    async fn insert_user(&self, user: &User) -> StoreResult<()> {
+        timed("insert_user", self.users.insert_one(user))
+            .await
+            .map(|_| ())
+    }
+
+    async fn taken_user_field(
+        &self,
+        username_key: &str,
+        email: &str,
+    ) -> StoreResult<Option<&'static str>> {
+        let filter = doc! {"$or": [{"username_key": username_key}, {"email": email}]};
+        let found = timed("find_user", self.users.find_one(filter)).await?;
+        Ok(found.map(|u| {
+            if u.username_key == username_key {
+                "username"
+            } else {
+                "email"
+            }
+        }))
+    }
+
+    async fn user_by_login(&self, login_key: &str) -> StoreResult<Option<User>> {
+        let filter = doc! {"$or": [{"username_key": login_key}, {"email": login_key}]};
+        timed("find_user", self.users.find_one(filter)).await
+    }
+
+    async fn insert_room(&self, room: &Room) -> StoreResult<()> {
+        timed("insert_room", self.rooms.insert_one(room))
+            .await
+            .map(|_| ())
+    }
+
+    async fn room(&self, id: ObjectId) -> StoreResult<Option<Room>> {
+        timed("find_room", self.rooms.find_one(doc! {"_id": id})).await
+    }
+
+    async fn room_name_taken(&self, name: &str) -> StoreResult<bool> {
+        Ok(timed("find_room", self.rooms.find_one(doc! {"name": name}))
+            .await?
+            .is_some())
+    }
+
+    async fn rooms_visible_to(&self, user_id: ObjectId) -> StoreResult<Vec<Room>> {
+        let memberships: Vec<Member> = timed("find_members", async {
+            self.members
+                .find(doc! {"user_id": user_id})
+                .await?
+                .try_collect()
+                .await
+        })
+        .await?;
+        let ids: Vec<ObjectId> = memberships.iter().map(|m| m.room_id).collect();
+        let filter = doc! {"$or": [{"type": "public"}, {"_id": {"$in": ids}}]};
+        timed("find_rooms", async {
+            self.rooms
+                .find(filter)
+                .sort(doc! {"created_at": 1, "_id": 1})
+                .await?
+                .try_collect()
+                .await
+        })
+        .await
+    }
+
+    async fn add_member(&self, member: &Member) -> StoreResult<Member> {
+        match timed("insert_member", self.members.insert_one(member)).await {
+            Ok(_) => Ok(member.clone()),
+            Err(StoreError::Duplicate) => self
+                .member(member.room_id, member.user_id)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Other("membership vanished after a duplicate insert".into())
+                }),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn member(&self, room_id: ObjectId, user_id: ObjectId) -> StoreResult<Option<Member>> {
+        timed(
+            "find_member",
+            self.members
+                .find_one(doc! {"room_id": room_id, "user_id": user_id}),
+        )
+        .await
+    }
+
+    async fn next_seq(&self, room_id: ObjectId) -> StoreResult<Option<i64>> {
+        let room = timed(
+            "next_seq",
+            self.rooms
+                .find_one_and_update(doc! {"_id": room_id}, doc! {"$inc": {"last_seq": 1_i64}})
+                .return_document(ReturnDocument::After),
+        )
+        .await?;
+        Ok(room.map(|r| r.last_seq))
+    }
+
+    async fn insert_message(&self, message: &Message) -> StoreResult<()> {
+        timed("insert_message", self.messages.insert_one(message))
+            .await
+            .map(|_| ())
+    }
+
+    async fn message(&self, id: ObjectId) -> StoreResult<Option<Message>> {
+        timed("find_message", self.messages.find_one(doc! {"_id": id})).await
+    }
+
+    async fn message_by_client_id(
+        &self,
+        sender_id: ObjectId,
+        client_msg_id: &str,
+    ) -> StoreResult<Option<Message>> {
+        timed(
+            "find_message",
+            self.messages
+                .find_one(doc! {"sender_id": sender_id, "dedup_key": client_msg_id}),
+        )
+        .await
+    }
+
+    async fn history(&self, q: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)> {
+        let mut filter = doc! {"room_id": q.room_id};
+        let mut seq = Document::new();
+        if let Some(b) = q.before_seq {
+            seq.insert("$lt", b);
+        }
+        if let Some(a) = q.after_seq {
+            seq.insert("$gt", a);
+        }
+        if !seq.is_empty() {
+            filter.insert("seq", seq);
+        }
+        let mut ts = Document::new();
+        if let Some(s) = q.since {
+            ts.insert("$gte", bson::DateTime::from_chrono(s));
+        }
+        if let Some(u) = q.until {
+            ts.insert("$lte", bson::DateTime::from_chrono(u));
+        }
+        if !ts.is_empty() {
+            filter.insert("timestamp", ts);
+        }
+        let order = if q.forward { 1 } else { -1 };
+        let mut page: Vec<Message> = timed("history", async {
+            self.messages
+                .find(filter)
+                .sort(doc! {"seq": order})
+                .limit(q.limit + 1)
+                .await?
+                .try_collect()
+                .await
+        })
+        .await?;
+        let has_more = page.len() as i64 > q.limit;
+        page.truncate(q.limit as usize);
+        if !q.forward {
+            page.reverse();
+        }
+        Ok((page, has_more))
+    }
+}

@@ -1,0 +1,176 @@
+//! Input rules shared by REST handlers and WebSocket frames, so that a rule
+//! lives in one place and both edges reject the same input the same way.
+
+use bson::oid::ObjectId;
+
+use crate::error::{Error, Result};
+
+/// Longest message content, in Unicode scalar values.
+pub const MAX_CONTENT_CHARS: usize = 4000;
+
+pub fn object_id(field: &'static str, raw: &str) -> Result<ObjectId> {
+    ObjectId::parse_str(raw).map_err(|_| {
+        Error::BadRequest(format!(
+            "{field}: `{}` is not a valid id",
+            truncate(raw, 40)
+        ))
+    })
+}
+
+pub fn username(raw: &str) -> Result<()> {
+    let len = raw.chars().count();
+    if !(3..=32).contains(&len) {
+        return Err(Error::invalid("username", "must be 3 to 32 characters"));
+    }
+    if !raw
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(Error::invalid(
+            "username",
+            "may contain only letters, digits, '_', '.' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// A pragmatic address check: one `@`, a non-empty local part, and a dotted
+/// domain of letters, digits and hyphens. Deliverability is not our business.
+pub fn email(raw: &str) -> Result<()> {
+    let bad = || Error::invalid("email", "must be a valid email address");
+    if raw.len() > 254 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (local, domain) = raw.split_once('@').ok_or_else(bad)?;
+    if local.is_empty() || local.len() > 64 || domain.contains('@') {
+        return Err(bad());
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+pub fn password(raw: &str) -> Result<()> {
+    let len = raw.chars().count();
+    if len < 8 {
+        return Err(Error::invalid("password", "must be at least 8 characters"));
+    }
+    if raw.len() > 1024 {
+        return Err(Error::invalid("password", "must be at most 1024 bytes"));
+    }
+    Ok(())
+}
+
+pub fn room_name(raw: &str) -> Result<()> {
+    let len = raw.chars().count();
+    if len == 0 || raw.trim().is_empty() {
+        return Err(Error::invalid("name", "must not be empty"));
+    }
+    if len > 64 {
+        return Err(Error::invalid("name", "must be at most 64 characters"));
+    }
+    if raw.trim() != raw || raw.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "name",
+            "must not start or end with spaces or contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+pub fn content(raw: &str) -> Result<()> {
+    if raw.trim().is_empty() {
+        return Err(Error::invalid("content", "must not be empty"));
+    }
+    if raw.chars().count() > MAX_CONTENT_CHARS {
+        return Err(Error::invalid(
+            "content",
+            format!("must be at most {MAX_CONTENT_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn client_msg_id(raw: &str) -> Result<()> {
+    if raw.is_empty() || raw.len() > 64 || !raw.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Error::invalid(
+            "client_msg_id",
+            "must be 1 to 64 printable ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        assert!(username("bob").is_ok());
+        assert!(username("a.b-c_9").is_ok());
+        assert!(username("ab").is_err());
+        assert!(username(&"a".repeat(33)).is_err());
+        assert!(username("bob smith").is_err());
+        assert!(username("bøb").is_err());
+    }
+
+    #[test]
+    fn emails() {
+        assert!(email("bob@example.com").is_ok());
+        assert!(email("b.o+b@mail.example.org").is_ok());
+        for bad in [
+            "bob",
+            "@example.com",
+            "bob@",
+            "bob@example",
+            "bob@@example.com",
+            "bo b@example.com",
+            "bob@-x.com",
+            "bob@x..com",
+        ] {
+            assert!(email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_limits_count_characters_not_bytes() {
+        assert!(content("hi").is_ok());
+        assert!(content("").is_err());
+        assert!(content("   \n").is_err());
+        assert!(content(&"é".repeat(4000)).is_ok());
+        assert!(content(&"é".repeat(4001)).is_err());
+    }
+
+    #[test]
+    fn ids() {
+        assert!(object_id("room_id", "507f1f77bcf86cd799439011").is_ok());
+        let e = object_id("room_id", "nope").unwrap_err();
+        assert_eq!(e.status().as_u16(), 400);
+    }
+
+    #[test]
+    fn passwords_and_names() {
+        assert!(password("12345678").is_ok());
+        assert!(password("1234567").is_err());
+        assert!(room_name("general").is_ok());
+        assert!(room_name(" general").is_err());
+        assert!(room_name("").is_err());
+        assert!(room_name(&"r".repeat(65)).is_err());
+    }
+}
