@@ -61,7 +61,9 @@ pub async fn drive<S, H>(
     let (mut reader, writer) = ws.split(tokio::io::split);
     reader.set_max_message_size(limits.max_message_bytes.saturating_add(1));
     reader.set_auto_pong(true);
-    reader.set_auto_close(true);
+    // Close frames are checked here, not by the parser, so that a bad close
+    // reason fails with 1002 while bad text fails with 1007.
+    reader.set_auto_close(false);
     let missed = Arc::new(AtomicU32::new(0));
     let kill = outbox.kill.clone();
     let writer = tokio::spawn(write_loop(
@@ -77,10 +79,10 @@ pub async fn drive<S, H>(
         exit = read_loop(&mut reader, &outbox, &missed, &mut assembler, &mut handler) => exit,
         _ = kill.cancelled() => Exit::Gone,
     };
-    if let Exit::Fail(code, reason) = exit {
+    if let Exit::Fail(code, reason) = &exit {
         let _ = timeout(
             Duration::from_secs(1),
-            outbox.control(Control::Close(code, reason)),
+            outbox.control(Control::Close(*code, reason.clone())),
         )
         .await;
         // Give the peer a moment to answer our close, as RFC 6455 asks.
@@ -93,6 +95,11 @@ pub async fn drive<S, H>(
         .await;
     }
     handler.on_close().await;
+    let mut writer = writer;
+    if matches!(exit, Exit::PeerClosed) {
+        // Let the writer send the close echo before the socket goes away.
+        let _ = timeout(Duration::from_secs(1), &mut writer).await;
+    }
     kill.cancel();
     let _ = writer.await;
 }
@@ -140,7 +147,11 @@ where
         };
         missed.store(0, Ordering::Relaxed);
         match frame.opcode {
-            OpCode::Close => return Exit::PeerClosed,
+            // Control frames carry at most 125 bytes; the parser checks pings only.
+            OpCode::Close | OpCode::Pong if frame.payload.len() > 125 => {
+                return Exit::Fail(1002, "control frame too long".into())
+            }
+            OpCode::Close => return answer_close(&frame.payload, outbox).await,
             OpCode::Ping | OpCode::Pong => continue,
             _ => {}
         }
@@ -154,6 +165,25 @@ where
             }
         }
     }
+}
+
+/// Echoes a valid close frame (its code only); fails a malformed one.
+async fn answer_close(payload: &[u8], outbox: &Outbox) -> Exit {
+    let echo = match payload.len() {
+        0 => Vec::new(),
+        1 => return Exit::Fail(1002, "malformed close frame".into()),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !fastwebsockets::CloseCode::from(code).is_allowed()
+                || std::str::from_utf8(&payload[2..]).is_err()
+            {
+                return Exit::Fail(1002, "malformed close frame".into());
+            }
+            payload[..2].to_vec()
+        }
+    };
+    let _ = outbox.control(Control::CloseEcho(echo)).await;
+    Exit::PeerClosed
 }
 
 async fn drain_until_close<S>(reader: &mut Reader<S>, outbox: &Outbox)
