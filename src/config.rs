@@ -117,133 +117,59 @@ impl ServeArgs {
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let file = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid(
-                        "config",
-                        "CONFAB_CONFIG",
-                        format!("{}: {e}", path.display()),
-                    )
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid("config", "CONFAB_CONFIG", format!("{}: {e}", path.display())))?;
                 toml::from_str::<FileConfig>(&text).map_err(|e| {
                     let msg = e.message().to_string();
-                    invalid(
-                        "config",
-                        "CONFAB_CONFIG",
-                        format!("{}: {msg}", path.display()),
-                    )
+                    invalid("config", "CONFAB_CONFIG", format!("{}: {msg}", path.display()))
                 })?
             }
             None => FileConfig::default(),
         };
-        let listen = self
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen = listen.parse::<SocketAddr>().map_err(|_| {
-            invalid(
-                "listen",
-                "CONFAB_LISTEN",
-                format!("`{listen}` is not host:port"),
-            )
-        })?;
+        let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen
+            .parse::<SocketAddr>()
+            .map_err(|_| invalid("listen", "CONFAB_LISTEN", format!("`{listen}` is not host:port")))?;
 
-        let redis_url = self
-            .redis_url
-            .or(file.redis_url)
-            .ok_or_else(|| missing("redis-url", "CONFAB_REDIS_URL"))?;
+        let redis_url = self.redis_url.or(file.redis_url).ok_or_else(|| missing("redis-url", "CONFAB_REDIS_URL"))?;
         if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-            return Err(invalid(
-                "redis-url",
-                "CONFAB_REDIS_URL",
-                "must start with redis:// or rediss://",
-            ));
+            return Err(invalid("redis-url", "CONFAB_REDIS_URL", "must start with redis:// or rediss://"));
         }
-        let mongo_url = self
-            .mongo_url
-            .or(file.mongo_url)
-            .ok_or_else(|| missing("mongo-url", "CONFAB_MONGO_URL"))?;
+        let mongo_url = self.mongo_url.or(file.mongo_url).ok_or_else(|| missing("mongo-url", "CONFAB_MONGO_URL"))?;
         if !(mongo_url.starts_with("mongodb://") || mongo_url.starts_with("mongodb+srv://")) {
-            return Err(invalid(
-                "mongo-url",
-                "CONFAB_MONGO_URL",
-                "must start with mongodb:// or mongodb+srv://",
-            ));
+            return Err(invalid("mongo-url", "CONFAB_MONGO_URL", "must start with mongodb:// or mongodb+srv://"));
         }
-        let mongo_db = self
-            .mongo_db
-            .or(file.mongo_db)
-            .unwrap_or_else(|| "confab".into());
-        if mongo_db.is_empty()
-            || mongo_db.len() > 63
-            || mongo_db.contains(['/', '\\', '.', ' ', '"', '$'])
-        {
-            return Err(invalid(
-                "mongo-db",
-                "CONFAB_MONGO_DB",
-                "must be 1-63 characters without / \\ . space \" $",
-            ));
+        let mongo_db = self.mongo_db.or(file.mongo_db).unwrap_or_else(|| "confab".into());
+        if mongo_db.is_empty() || mongo_db.len() > 63 || mongo_db.contains(['/', '\\', '.', ' ', '"', '$']) {
+            return Err(invalid("mongo-db", "CONFAB_MONGO_DB", "must be 1-63 characters without / \\ . space \" $"));
         }
-        let jwt_secret = self
-            .jwt_secret
-            .or(file.jwt_secret)
-            .ok_or_else(|| missing("jwt-secret", "CONFAB_JWT_SECRET"))?;
+        let jwt_secret =
+            self.jwt_secret.or(file.jwt_secret).ok_or_else(|| missing("jwt-secret", "CONFAB_JWT_SECRET"))?;
         if jwt_secret.len() < 32 {
-            return Err(invalid(
-                "jwt-secret",
-                "CONFAB_JWT_SECRET",
-                "must be at least 32 bytes",
-            ));
+            return Err(invalid("jwt-secret", "CONFAB_JWT_SECRET", "must be at least 32 bytes"));
         }
         let node_id = self.node_id.or(file.node_id).unwrap_or_else(random_node_id);
         if node_id.is_empty()
             || node_id.len() > 64
-            || !node_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || !node_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return Err(invalid(
-                "node-id",
-                "CONFAB_NODE_ID",
-                "must be 1-64 of [A-Za-z0-9_.-]",
-            ));
+            return Err(invalid("node-id", "CONFAB_NODE_ID", "must be 1-64 of [A-Za-z0-9_.-]"));
         }
         let token_ttl_secs = self.token_ttl_secs.or(file.token_ttl_secs).unwrap_or(3600);
         if !(60..=30 * 86_400).contains(&token_ttl_secs) {
-            return Err(invalid(
-                "token-ttl-secs",
-                "CONFAB_TOKEN_TTL_SECS",
-                "must be between 60 and 2592000",
-            ));
+            return Err(invalid("token-ttl-secs", "CONFAB_TOKEN_TTL_SECS", "must be between 60 and 2592000"));
         }
-        let max_message_bytes = self
-            .max_message_bytes
-            .or(file.max_message_bytes)
-            .unwrap_or(64 * 1024);
+        let max_message_bytes = self.max_message_bytes.or(file.max_message_bytes).unwrap_or(64 * 1024);
         if !(1024..=64 << 20).contains(&max_message_bytes) {
-            return Err(invalid(
-                "max-message-bytes",
-                "CONFAB_MAX_MESSAGE_BYTES",
-                "must be between 1024 and 67108864",
-            ));
+            return Err(invalid("max-message-bytes", "CONFAB_MAX_MESSAGE_BYTES", "must be between 1024 and 67108864"));
         }
         let outbound_queue = self.outbound_queue.or(file.outbound_queue).unwrap_or(1024);
         if !(8..=1_000_000).contains(&outbound_queue) {
-            return Err(invalid(
-                "outbound-queue",
-                "CONFAB_OUTBOUND_QUEUE",
-                "must be between 8 and 1000000",
-            ));
+            return Err(invalid("outbound-queue", "CONFAB_OUTBOUND_QUEUE", "must be between 8 and 1000000"));
         }
-        let ping_interval_secs = self
-            .ping_interval_secs
-            .or(file.ping_interval_secs)
-            .unwrap_or(25);
+        let ping_interval_secs = self.ping_interval_secs.or(file.ping_interval_secs).unwrap_or(25);
         if !(1..=3600).contains(&ping_interval_secs) {
-            return Err(invalid(
-                "ping-interval-secs",
-                "CONFAB_PING_INTERVAL_SECS",
-                "must be between 1 and 3600",
-            ));
+            return Err(invalid("ping-interval-secs", "CONFAB_PING_INTERVAL_SECS", "must be between 1 and 3600"));
         }
         let allowed_origins = self
             .allowed_origins
@@ -253,10 +179,7 @@ impl ServeArgs {
             .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
             .filter(|o| !o.is_empty())
             .collect::<Vec<_>>();
-        if let Some(bad) = allowed_origins
-            .iter()
-            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
-        {
+        if let Some(bad) = allowed_origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://"))) {
             return Err(invalid(
                 "allowed-origins",
                 "CONFAB_ALLOWED_ORIGINS",
@@ -265,11 +188,7 @@ impl ServeArgs {
         }
         let pubsub_buffer = self.pubsub_buffer.or(file.pubsub_buffer).unwrap_or(16_384);
         if !(64..=4_194_304).contains(&pubsub_buffer) {
-            return Err(invalid(
-                "pubsub-buffer",
-                "CONFAB_PUBSUB_BUFFER",
-                "must be between 64 and 4194304",
-            ));
+            return Err(invalid("pubsub-buffer", "CONFAB_PUBSUB_BUFFER", "must be between 64 and 4194304"));
         }
         Ok(Config {
             listen,
@@ -317,37 +236,17 @@ mod tests {
 
     #[test]
     fn missing_secret_names_the_setting() {
-        let err = ServeArgs {
-            jwt_secret: None,
-            ..base()
-        }
-        .resolve()
-        .unwrap_err();
+        let err = ServeArgs { jwt_secret: None, ..base() }.resolve().unwrap_err();
         assert!(err.0.contains("--jwt-secret (CONFAB_JWT_SECRET)"), "{err}");
     }
 
     #[test]
     fn bad_listen_and_urls_are_rejected() {
-        let err = ServeArgs {
-            listen: Some("nope".into()),
-            ..base()
-        }
-        .resolve()
-        .unwrap_err();
+        let err = ServeArgs { listen: Some("nope".into()), ..base() }.resolve().unwrap_err();
         assert!(err.0.contains("--listen"), "{err}");
-        let err = ServeArgs {
-            redis_url: Some("http://x".into()),
-            ..base()
-        }
-        .resolve()
-        .unwrap_err();
+        let err = ServeArgs { redis_url: Some("http://x".into()), ..base() }.resolve().unwrap_err();
         assert!(err.0.contains("--redis-url"), "{err}");
-        let err = ServeArgs {
-            jwt_secret: Some("short".into()),
-            ..base()
-        }
-        .resolve()
-        .unwrap_err();
+        let err = ServeArgs { jwt_secret: Some("short".into()), ..base() }.resolve().unwrap_err();
         assert!(err.0.contains("at least 32"), "{err}");
     }
 
@@ -355,18 +254,8 @@ mod tests {
     fn file_fills_gaps_but_flags_win() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(
-            &path,
-            "listen = \"127.0.0.1:9999\"\nmongo_db = \"fromfile\"\n",
-        )
-        .unwrap();
-        let c = ServeArgs {
-            config: Some(path),
-            mongo_db: Some("fromflag".into()),
-            ..base()
-        }
-        .resolve()
-        .unwrap();
+        std::fs::write(&path, "listen = \"127.0.0.1:9999\"\nmongo_db = \"fromfile\"\n").unwrap();
+        let c = ServeArgs { config: Some(path), mongo_db: Some("fromflag".into()), ..base() }.resolve().unwrap();
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.mongo_db, "fromflag");
     }
@@ -376,15 +265,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
         std::fs::write(&path, "lissten = \"x\"\n").unwrap();
-        let err = ServeArgs {
-            config: Some(path),
-            ..base()
-        }
-        .resolve()
-        .unwrap_err();
-        assert!(
-            err.0.contains("--config") && err.0.contains("lissten"),
-            "{err}"
-        );
+        let err = ServeArgs { config: Some(path), ..base() }.resolve().unwrap_err();
+        assert!(err.0.contains("--config") && err.0.contains("lissten"), "{err}");
     }
 }

@@ -2,6 +2,8 @@
 //! HTTP status and a machine-readable code (used by REST bodies and by
 //! WebSocket `error` frames alike).
 
+use std::borrow::Cow;
+
 use http::StatusCode;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -13,10 +15,7 @@ pub enum Error {
     BadRequest(String),
     /// Well-formed input that breaks a rule; `field` names the culprit.
     #[error("{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: Cow<'static, str>, message: String },
     /// A socket frame whose `type` this server does not know.
     #[error("unknown frame type `{0}`")]
     UnknownType(String),
@@ -36,11 +35,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        Error::Invalid {
-            field,
-            message: message.into(),
-        }
+    pub fn invalid(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Error::Invalid { field: field.into(), message: message.into() }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -87,10 +83,7 @@ impl From<crate::store::StoreError> for Error {
                 tracing::warn!(error = %m, "store unavailable");
                 Error::Unavailable("the message store is unavailable, try again".into())
             }
-            StoreError::Duplicate => Error::Conflict {
-                code: "conflict",
-                message: "already exists".into(),
-            },
+            StoreError::Duplicate => Error::Conflict { code: "conflict", message: "already exists".into() },
             StoreError::Other(m) => {
                 tracing::error!(error = %m, "store error");
                 Error::Internal(m)
@@ -108,14 +101,8 @@ mod tests {
         let e = Error::invalid("username", "too short");
         assert_eq!((e.status().as_u16(), e.code()), (422, "validation_failed"));
         assert_eq!(e.public_message(), "username: too short");
-        let e = Error::Conflict {
-            code: "email_taken",
-            message: "taken".into(),
-        };
+        let e = Error::Conflict { code: "email_taken", message: "taken".into() };
         assert_eq!((e.status().as_u16(), e.code()), (409, "email_taken"));
-        assert_eq!(
-            Error::Internal("secret detail".into()).public_message(),
-            "internal error"
-        );
+        assert_eq!(Error::Internal("secret detail".into()).public_message(), "internal error");
     }
 }

@@ -31,13 +31,7 @@ pub struct Sent {
 
 /// Stores and publishes a message. `known_member` skips the membership
 /// lookup when the caller's socket has already joined the room.
-pub async fn send(
-    app: &App,
-    caller: &Caller,
-    room_id: ObjectId,
-    draft: Draft,
-    known_member: bool,
-) -> Result<Sent> {
+pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, known_member: bool) -> Result<Sent> {
     validate::content(&draft.content)?;
     if let Some(id) = &draft.client_msg_id {
         validate::client_msg_id(id)?;
@@ -50,11 +44,7 @@ pub async fn send(
             return replay(original, room_id);
         }
     }
-    let seq = app
-        .store
-        .next_seq(room_id)
-        .await?
-        .ok_or_else(|| Error::NotFound("room not found".into()))?;
+    let seq = app.store.next_seq(room_id).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
     let id = ObjectId::new();
     let message = Message {
         id,
@@ -72,10 +62,7 @@ pub async fn send(
             // A concurrent retry with the same client_msg_id won the race.
             let key = &message.dedup_key;
             let original = app.store.message_by_client_id(caller.user_id, key).await?;
-            return replay(
-                original.ok_or_else(|| Error::Internal("duplicate message vanished".into()))?,
-                room_id,
-            );
+            return replay(original.ok_or_else(|| Error::Internal("duplicate message vanished".into()))?, room_id);
         }
         Err(e) => return Err(e.into()),
     }
@@ -85,10 +72,7 @@ pub async fn send(
         metrics::counter!("confab_bus_publish_failures_total").increment(1);
         tracing::warn!(message = %message.id, error = %e, "stored message not published; readers catch up from history");
     }
-    Ok(Sent {
-        message,
-        created: true,
-    })
+    Ok(Sent { message, created: true })
 }
 
 fn replay(original: Message, room_id: ObjectId) -> Result<Sent> {
@@ -98,10 +82,7 @@ fn replay(original: Message, room_id: ObjectId) -> Result<Sent> {
             message: "client_msg_id was already used for a message in another room".into(),
         });
     }
-    Ok(Sent {
-        message: original,
-        created: false,
-    })
+    Ok(Sent { message: original, created: false })
 }
 
 pub const DEFAULT_PAGE: i64 = 50;
@@ -147,8 +128,6 @@ pub async fn history(app: &App, caller: &Caller, page: Page) -> Result<(Vec<Mess
 async fn cursor_seq(app: &App, room_id: ObjectId, id: ObjectId, field: &str) -> Result<i64> {
     match app.store.message(id).await? {
         Some(m) if m.room_id == room_id => Ok(m.seq),
-        _ => Err(Error::NotFound(format!(
-            "{field}: no such message in this room"
-        ))),
+        _ => Err(Error::NotFound(format!("{field}: no such message in this room"))),
     }
 }

@@ -51,25 +51,18 @@ pub enum StartError {
 impl RunningNode {
     /// Connects to Redis and MongoDB and starts serving on `config.listen`.
     pub async fn start(config: Config) -> Result<RunningNode, StartError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| StartError::Listen(config.listen, e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| StartError::Listen(config.listen, e))?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Listen(config.listen, e))?;
+        let addr = listener.local_addr().map_err(|e| StartError::Listen(config.listen, e))?;
         let store: Arc<dyn Store> = Arc::new(
             MongoStore::connect(&config.mongo_url, &config.mongo_db)
                 .await
                 .map_err(|e| StartError::Backend(e.to_string()))?,
         );
         let registry = Arc::new(Registry::new());
-        let bus: Arc<dyn Bus> = RedisBus::connect(
-            &config.redis_url,
-            config.pubsub_buffer,
-            Arc::new(GatewayInbox(registry.clone())),
-        )
-        .await
-        .map_err(|e| StartError::Backend(e.to_string()))?;
+        let bus: Arc<dyn Bus> =
+            RedisBus::connect(&config.redis_url, config.pubsub_buffer, Arc::new(GatewayInbox(registry.clone())))
+                .await
+                .map_err(|e| StartError::Backend(e.to_string()))?;
         let gateway = Gateway {
             subscriptions: Subscriptions::spawn(bus.clone(), registry.clone()),
             registry,
@@ -87,25 +80,18 @@ impl RunningNode {
         tokio::spawn(ensure_indexes(app.clone()));
 
         let stop = CancellationToken::new();
-        let service =
-            NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(app.clone()));
+        let service = NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(app.clone()));
         let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(service);
         let graceful = stop.clone();
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, service)
-                .with_graceful_shutdown(async move { graceful.cancelled().await })
-                .await;
+            let served =
+                axum::serve(listener, service).with_graceful_shutdown(async move { graceful.cancelled().await }).await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "server stopped");
             }
         });
         tracing::info!(node = %app.config.node_id, %addr, "confab node serving");
-        Ok(RunningNode {
-            addr,
-            app,
-            stop,
-            task,
-        })
+        Ok(RunningNode { addr, app, stop, task })
     }
 
     /// Stops accepting, closes every socket with 1001, and waits for the

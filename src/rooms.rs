@@ -40,21 +40,13 @@ pub async fn create(app: &App, caller: &Caller, r: NewRoom) -> Result<Room> {
         Err(StoreError::Duplicate) => return Err(name_taken()),
         Err(e) => return Err(e.into()),
     }
-    let owner = Member {
-        room_id: room.id,
-        user_id: caller.user_id,
-        role: Role::Owner,
-        joined_at: room.created_at,
-    };
+    let owner = Member { room_id: room.id, user_id: caller.user_id, role: Role::Owner, joined_at: room.created_at };
     app.store.add_member(&owner).await?;
     Ok(room)
 }
 
 fn name_taken() -> Error {
-    Error::Conflict {
-        code: "room_name_taken",
-        message: "a room with this name already exists".into(),
-    }
+    Error::Conflict { code: "room_name_taken", message: "a room with this name already exists".into() }
 }
 
 pub async fn list(app: &App, caller: &Caller) -> Result<Vec<Room>> {
@@ -62,10 +54,7 @@ pub async fn list(app: &App, caller: &Caller) -> Result<Vec<Room>> {
 }
 
 async fn existing(app: &App, room_id: ObjectId) -> Result<Room> {
-    app.store
-        .room(room_id)
-        .await?
-        .ok_or_else(|| Error::NotFound("room not found".into()))
+    app.store.room(room_id).await?.ok_or_else(|| Error::NotFound("room not found".into()))
 }
 
 /// Joins a public room (idempotent); a private room only confirms an
@@ -76,16 +65,9 @@ pub async fn join(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Membe
         return Ok(member);
     }
     if room.kind == RoomKind::Private {
-        return Err(Error::Forbidden(
-            "this room is private: members join by invitation".into(),
-        ));
+        return Err(Error::Forbidden("this room is private: members join by invitation".into()));
     }
-    let member = Member {
-        room_id,
-        user_id: caller.user_id,
-        role: Role::Member,
-        joined_at: Utc::now(),
-    };
+    let member = Member { room_id, user_id: caller.user_id, role: Role::Member, joined_at: Utc::now() };
     Ok(app.store.add_member(&member).await?)
 }
 
@@ -93,8 +75,7 @@ pub async fn join(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Membe
 /// signed in, private rooms to members.
 pub async fn readable(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Room> {
     let room = existing(app, room_id).await?;
-    if room.kind == RoomKind::Private && app.store.member(room_id, caller.user_id).await?.is_none()
-    {
+    if room.kind == RoomKind::Private && app.store.member(room_id, caller.user_id).await?.is_none() {
         return Err(Error::Forbidden("you are not a member of this room".into()));
     }
     Ok(room)

@@ -44,11 +44,7 @@ pub async fn register(app: &App, r: Registration) -> Result<User> {
         Ok(()) => Ok(user),
         // Lost a race with a concurrent registration: say which field.
         Err(crate::store::StoreError::Duplicate) => {
-            let field = app
-                .store
-                .taken_user_field(&user.username_key, &user.email)
-                .await?
-                .unwrap_or("username");
+            let field = app.store.taken_user_field(&user.username_key, &user.email).await?.unwrap_or("username");
             Err(taken(field))
         }
         Err(e) => Err(e.into()),
@@ -57,15 +53,9 @@ pub async fn register(app: &App, r: Registration) -> Result<User> {
 
 fn taken(field: &str) -> Error {
     if field == "email" {
-        Error::Conflict {
-            code: "email_taken",
-            message: "email is already registered".into(),
-        }
+        Error::Conflict { code: "email_taken", message: "email is already registered".into() }
     } else {
-        Error::Conflict {
-            code: "username_taken",
-            message: "username is already taken".into(),
-        }
+        Error::Conflict { code: "username_taken", message: "username is already taken".into() }
     }
 }
 
@@ -73,11 +63,7 @@ fn taken(field: &str) -> Error {
 /// passwords fail identically, in the same time.
 pub async fn login(app: &App, l: Login) -> Result<String> {
     let key = l.username.trim().to_lowercase();
-    let user = if key.is_empty() || key.len() > 254 {
-        None
-    } else {
-        app.store.user_by_login(&key).await?
-    };
+    let user = if key.is_empty() || key.len() > 254 { None } else { app.store.user_by_login(&key).await? };
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     if !verify_password(l.password, hash).await {
         return Err(Error::Unauthorized("invalid username or password".into()));

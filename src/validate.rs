@@ -9,12 +9,8 @@ use crate::error::{Error, Result};
 pub const MAX_CONTENT_CHARS: usize = 4000;
 
 pub fn object_id(field: &'static str, raw: &str) -> Result<ObjectId> {
-    ObjectId::parse_str(raw).map_err(|_| {
-        Error::BadRequest(format!(
-            "{field}: `{}` is not a valid id",
-            truncate(raw, 40)
-        ))
-    })
+    ObjectId::parse_str(raw)
+        .map_err(|_| Error::BadRequest(format!("{field}: `{}` is not a valid id", truncate(raw, 40))))
 }
 
 pub fn username(raw: &str) -> Result<()> {
@@ -22,14 +18,8 @@ pub fn username(raw: &str) -> Result<()> {
     if !(3..=32).contains(&len) {
         return Err(Error::invalid("username", "must be 3 to 32 characters"));
     }
-    if !raw
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    {
-        return Err(Error::invalid(
-            "username",
-            "may contain only letters, digits, '_', '.' and '-'",
-        ));
+    if !raw.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(Error::invalid("username", "may contain only letters, digits, '_', '.' and '-'"));
     }
     Ok(())
 }
@@ -47,10 +37,7 @@ pub fn email(raw: &str) -> Result<()> {
     }
     let labels: Vec<&str> = domain.split('.').collect();
     let label_ok = |l: &&str| {
-        !l.is_empty()
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+        !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_alphanumeric() || c == '-')
     };
     if labels.len() < 2 || !labels.iter().all(label_ok) {
         return Err(bad());
@@ -78,10 +65,7 @@ pub fn room_name(raw: &str) -> Result<()> {
         return Err(Error::invalid("name", "must be at most 64 characters"));
     }
     if raw.trim() != raw || raw.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "name",
-            "must not start or end with spaces or contain control characters",
-        ));
+        return Err(Error::invalid("name", "must not start or end with spaces or contain control characters"));
     }
     Ok(())
 }
@@ -91,20 +75,14 @@ pub fn content(raw: &str) -> Result<()> {
         return Err(Error::invalid("content", "must not be empty"));
     }
     if raw.chars().count() > MAX_CONTENT_CHARS {
-        return Err(Error::invalid(
-            "content",
-            format!("must be at most {MAX_CONTENT_CHARS} characters"),
-        ));
+        return Err(Error::invalid("content", format!("must be at most {MAX_CONTENT_CHARS} characters")));
     }
     Ok(())
 }
 
 pub fn client_msg_id(raw: &str) -> Result<()> {
     if raw.is_empty() || raw.len() > 64 || !raw.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(Error::invalid(
-            "client_msg_id",
-            "must be 1 to 64 printable ASCII characters",
-        ));
+        return Err(Error::invalid("client_msg_id", "must be 1 to 64 printable ASCII characters"));
     }
     Ok(())
 }

@@ -1,9 +1,7 @@
 //! Password hashing with argon2id. Hashing is deliberately slow, so it runs on
 //! the blocking pool and never stalls the socket reactor.
 
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
 use crate::error::{Error, Result};
@@ -12,10 +10,7 @@ use crate::error::{Error, Result};
 /// does not exist makes "unknown user" cost as much as "wrong password".
 static DECOY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     Argon2::default()
-        .hash_password(
-            b"decoy password never matches",
-            &SaltString::generate(&mut OsRng),
-        )
+        .hash_password(b"decoy password never matches", &SaltString::generate(&mut OsRng))
         .map(|h| h.to_string())
         .unwrap_or_default()
 });
@@ -38,11 +33,7 @@ pub async fn verify_password(password: String, hash: Option<String>) -> bool {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| DECOY_HASH.clone());
         let ok = PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
+            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
             .unwrap_or(false);
         ok && known
     })

@@ -52,12 +52,8 @@ impl Tokens {
 
     pub fn issue(&self, user_id: ObjectId, username: &str) -> Result<String> {
         let now = jsonwebtoken::get_current_timestamp();
-        let claims = Claims {
-            sub: user_id.to_hex(),
-            username: username.to_string(),
-            iat: now,
-            exp: now + self.ttl.as_secs(),
-        };
+        let claims =
+            Claims { sub: user_id.to_hex(), username: username.to_string(), iat: now, exp: now + self.ttl.as_secs() };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| Error::Internal(format!("token signing failed: {e}")))
     }
@@ -67,10 +63,7 @@ impl Tokens {
             .map_err(|_| Error::Unauthorized("invalid or expired access token".into()))?;
         let user_id = ObjectId::parse_str(&data.claims.sub)
             .map_err(|_| Error::Unauthorized("invalid or expired access token".into()))?;
-        Ok(Caller {
-            user_id,
-            username: data.claims.username,
-        })
+        Ok(Caller { user_id, username: data.claims.username })
     }
 }
 
@@ -92,14 +85,8 @@ mod tests {
     #[test]
     fn expired_tokens_are_refused() {
         let tokens = Tokens::new(&"s".repeat(32), Duration::from_secs(60));
-        let claims = Claims {
-            sub: ObjectId::new().to_hex(),
-            username: "bob".into(),
-            iat: 0,
-            exp: 1,
-        };
-        let stale = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &tokens.encoding)
-            .unwrap();
+        let claims = Claims { sub: ObjectId::new().to_hex(), username: "bob".into(), iat: 0, exp: 1 };
+        let stale = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &tokens.encoding).unwrap();
         assert_eq!(tokens.verify(&stale).unwrap_err().status().as_u16(), 401);
     }
 }

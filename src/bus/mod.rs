@@ -27,12 +27,7 @@ pub trait Inbox: Send + Sync + 'static {
 pub trait Bus: Send + Sync + 'static {
     /// Publishes an already-encoded client frame to every node subscribed to
     /// the room. `event_id` (a message id) lets receivers drop re-deliveries.
-    async fn publish(
-        &self,
-        room_id: ObjectId,
-        event_id: Option<ObjectId>,
-        frame: &[u8],
-    ) -> Result<(), BusError>;
+    async fn publish(&self, room_id: ObjectId, event_id: Option<ObjectId>, frame: &[u8]) -> Result<(), BusError>;
     async fn subscribe(&self, room_id: ObjectId) -> Result<(), BusError>;
     async fn unsubscribe(&self, room_id: ObjectId) -> Result<(), BusError>;
     async fn ping(&self) -> Result<(), BusError>;
@@ -63,11 +58,7 @@ pub mod wire {
             return None;
         }
         let head = &payload[..HEADER];
-        let id = if head == NO_ID {
-            None
-        } else {
-            Some(ObjectId::parse_str(std::str::from_utf8(head).ok()?).ok()?)
-        };
+        let id = if head == NO_ID { None } else { Some(ObjectId::parse_str(std::str::from_utf8(head).ok()?).ok()?) };
         Some((id, payload.slice(HEADER..)))
     }
 

@@ -60,28 +60,15 @@ impl RedisBus {
     /// Starts both connections and the reader task that feeds `inbox`. A
     /// Redis that is down at start is not fatal: fred keeps reconnecting and
     /// `/readyz` reports the node not ready meanwhile.
-    pub async fn connect(
-        url: &str,
-        broadcast_capacity: usize,
-        inbox: Arc<dyn Inbox>,
-    ) -> Result<Arc<Self>, BusError> {
+    pub async fn connect(url: &str, broadcast_capacity: usize, inbox: Arc<dyn Inbox>) -> Result<Arc<Self>, BusError> {
         let b = builder(url, broadcast_capacity)?;
         let publisher = b.build().map_err(bus_err)?;
         let subscriber = b.build_subscriber_client().map_err(bus_err)?;
         publisher.connect();
         subscriber.connect();
-        for (name, client) in [
-            ("publisher", &publisher as &dyn ClientLikeExt),
-            ("subscriber", &subscriber),
-        ] {
-            if tokio::time::timeout(Duration::from_secs(5), client.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    connection = name,
-                    "redis not reachable yet; will keep retrying"
-                );
+        for (name, client) in [("publisher", &publisher as &dyn ClientLikeExt), ("subscriber", &subscriber)] {
+            if tokio::time::timeout(Duration::from_secs(5), client.wait()).await.is_err() {
+                tracing::warn!(connection = name, "redis not reachable yet; will keep retrying");
             }
         }
         subscriber.manage_subscriptions();
@@ -94,10 +81,7 @@ impl RedisBus {
                 tracing::info!("redis subscriber reconnected; channels resubscribed");
             }
         });
-        Ok(Arc::new(RedisBus {
-            publisher,
-            subscriber,
-        }))
+        Ok(Arc::new(RedisBus { publisher, subscriber }))
     }
 }
 
@@ -116,12 +100,7 @@ impl<T: ClientLike + Sync> ClientLikeExt for T {
 
 #[async_trait]
 impl Bus for RedisBus {
-    async fn publish(
-        &self,
-        room_id: ObjectId,
-        event_id: Option<ObjectId>,
-        frame: &[u8],
-    ) -> Result<(), BusError> {
+    async fn publish(&self, room_id: ObjectId, event_id: Option<ObjectId>, frame: &[u8]) -> Result<(), BusError> {
         let start = Instant::now();
         let payload = wire::encode(event_id, frame);
         let out: Result<i64, _> = self.publisher.publish(room_channel(room_id), payload).await;
@@ -130,17 +109,11 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self, room_id: ObjectId) -> Result<(), BusError> {
-        self.subscriber
-            .subscribe(room_channel(room_id))
-            .await
-            .map_err(bus_err)
+        self.subscriber.subscribe(room_channel(room_id)).await.map_err(bus_err)
     }
 
     async fn unsubscribe(&self, room_id: ObjectId) -> Result<(), BusError> {
-        self.subscriber
-            .unsubscribe(room_channel(room_id))
-            .await
-            .map_err(bus_err)
+        self.subscriber.unsubscribe(room_channel(room_id)).await.map_err(bus_err)
     }
 
     async fn ping(&self) -> Result<(), BusError> {
@@ -157,26 +130,16 @@ async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, inbox
             Ok(m) => m,
             Err(RecvError::Lagged(n)) => {
                 metrics::counter!("confab_pubsub_lagged_total").increment(n);
-                tracing::warn!(
-                    lost = n,
-                    "pub/sub reader lagged; clients recover the gap from history"
-                );
+                tracing::warn!(lost = n, "pub/sub reader lagged; clients recover the gap from history");
                 continue;
             }
             Err(RecvError::Closed) => return,
         };
-        let Some(room) = message
-            .channel
-            .strip_prefix(ROOM_PREFIX)
-            .and_then(|hex| ObjectId::parse_str(hex).ok())
-        else {
+        let Some(room) = message.channel.strip_prefix(ROOM_PREFIX).and_then(|hex| ObjectId::parse_str(hex).ok()) else {
             continue;
         };
-        let Some(payload) = message
-            .value
-            .as_bytes()
-            .map(bytes::Bytes::copy_from_slice)
-            .or_else(|| match message.value {
+        let Some(payload) =
+            message.value.as_bytes().map(bytes::Bytes::copy_from_slice).or_else(|| match message.value {
                 Value::Bytes(b) => Some(b),
                 Value::String(s) => Some(s.into_inner()),
                 _ => None,
@@ -207,11 +170,7 @@ struct RecentIds {
 
 impl RecentIds {
     fn new(cap: usize) -> Self {
-        RecentIds {
-            set: HashSet::with_capacity(cap),
-            order: VecDeque::with_capacity(cap),
-            cap,
-        }
+        RecentIds { set: HashSet::with_capacity(cap), order: VecDeque::with_capacity(cap), cap }
     }
 
     /// False when `id` was seen recently.

@@ -58,11 +58,7 @@ fn into_bytes(payload: Payload<'_>) -> BytesMut {
 
 impl Assembler {
     pub fn new(max: usize) -> Self {
-        Assembler {
-            max,
-            partial: None,
-            checked: 0,
-        }
+        Assembler { max, partial: None, checked: 0 }
     }
 
     /// Feeds one data or continuation frame; returns a message once complete.
@@ -130,10 +126,7 @@ mod tests {
     fn joins_fragments_in_order() {
         let mut a = Assembler::new(100);
         assert_eq!(a.push(frame(false, OpCode::Text, b"he")).unwrap(), None);
-        assert_eq!(
-            a.push(frame(false, OpCode::Continuation, b"l")).unwrap(),
-            None
-        );
+        assert_eq!(a.push(frame(false, OpCode::Continuation, b"l")).unwrap(), None);
         let got = a.push(frame(true, OpCode::Continuation, b"lo")).unwrap();
         assert_eq!(got, Some(DataMessage::Text(Bytes::from_static(b"hello"))));
     }
@@ -142,24 +135,15 @@ mod tests {
     fn caps_the_whole_message_not_just_a_frame() {
         let mut a = Assembler::new(4);
         a.push(frame(false, OpCode::Binary, b"abc")).unwrap();
-        assert_eq!(
-            a.push(frame(true, OpCode::Continuation, b"de")),
-            Err(Violation::TooBig)
-        );
+        assert_eq!(a.push(frame(true, OpCode::Continuation, b"de")), Err(Violation::TooBig));
     }
 
     #[test]
     fn rejects_out_of_order_fragments() {
         let mut a = Assembler::new(100);
-        assert_eq!(
-            a.push(frame(true, OpCode::Continuation, b"x")),
-            Err(Violation::Protocol)
-        );
+        assert_eq!(a.push(frame(true, OpCode::Continuation, b"x")), Err(Violation::Protocol));
         a.push(frame(false, OpCode::Text, b"x")).unwrap();
-        assert_eq!(
-            a.push(frame(true, OpCode::Text, b"y")),
-            Err(Violation::Protocol)
-        );
+        assert_eq!(a.push(frame(true, OpCode::Text, b"y")), Err(Violation::Protocol));
     }
 
     #[test]
@@ -167,24 +151,13 @@ mod tests {
         let euro = "€".as_bytes();
         let mut a = Assembler::new(100);
         a.push(frame(false, OpCode::Text, &euro[..1])).unwrap();
-        let got = a
-            .push(frame(true, OpCode::Continuation, &euro[1..]))
-            .unwrap();
-        assert_eq!(
-            got,
-            Some(DataMessage::Text(Bytes::from_static("€".as_bytes())))
-        );
+        let got = a.push(frame(true, OpCode::Continuation, &euro[1..])).unwrap();
+        assert_eq!(got, Some(DataMessage::Text(Bytes::from_static("€".as_bytes()))));
 
         let mut a = Assembler::new(100);
-        assert_eq!(
-            a.push(frame(false, OpCode::Text, b"ok\xff")),
-            Err(Violation::InvalidUtf8)
-        );
+        assert_eq!(a.push(frame(false, OpCode::Text, b"ok\xff")), Err(Violation::InvalidUtf8));
         let mut a = Assembler::new(100);
         a.push(frame(false, OpCode::Text, &euro[..2])).unwrap();
-        assert_eq!(
-            a.push(frame(true, OpCode::Continuation, b"")),
-            Err(Violation::InvalidUtf8)
-        );
+        assert_eq!(a.push(frame(true, OpCode::Continuation, b"")), Err(Violation::InvalidUtf8));
     }
 }

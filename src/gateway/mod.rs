@@ -54,10 +54,7 @@ use crate::auth::Caller;
 use crate::node::App;
 
 fn limits(app: &App) -> socket::Limits {
-    socket::Limits {
-        max_message_bytes: app.config.max_message_bytes,
-        ping_interval: app.config.ping_interval,
-    }
+    socket::Limits { max_message_bytes: app.config.max_message_bytes, ping_interval: app.config.ping_interval }
 }
 
 /// Serves one authenticated chat connection until it ends.
@@ -66,11 +63,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let gateway = app.gateway.clone();
-    let (outbox, queues) = Outbox::new(
-        Some(caller.user_id),
-        app.config.outbound_queue,
-        gateway.shutdown.child_token(),
-    );
+    let (outbox, queues) = Outbox::new(Some(caller.user_id), app.config.outbound_queue, gateway.shutdown.child_token());
     gateway.registry.register(outbox.clone());
     let session = session::ChatSession::new(app.clone(), caller, outbox.clone());
     socket::drive(ws, outbox, queues, limits(&app), session).await;
@@ -81,14 +74,8 @@ pub async fn run_echo<S>(app: Arc<App>, ws: WebSocket<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (outbox, queues) = Outbox::new(
-        None,
-        app.config.outbound_queue,
-        app.gateway.shutdown.child_token(),
-    );
-    let echo = echo::Echo {
-        outbox: outbox.clone(),
-    };
+    let (outbox, queues) = Outbox::new(None, app.config.outbound_queue, app.gateway.shutdown.child_token());
+    let echo = echo::Echo { outbox: outbox.clone() };
     socket::drive(ws, outbox, queues, limits(&app), echo).await;
 }
 

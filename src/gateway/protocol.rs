@@ -64,20 +64,8 @@ pub fn message(m: &Message) -> Bytes {
     })
 }
 
-pub fn ack<D: Serialize>(
-    reference: Option<&Value>,
-    channel: Option<&str>,
-    data: D,
-    user_id: &str,
-) -> Bytes {
-    encode(&ServerFrame {
-        kind: "ack",
-        channel,
-        data,
-        timestamp: now_ms(),
-        user_id: Some(user_id),
-        reference,
-    })
+pub fn ack<D: Serialize>(reference: Option<&Value>, channel: Option<&str>, data: D, user_id: &str) -> Bytes {
+    encode(&ServerFrame { kind: "ack", channel, data, timestamp: now_ms(), user_id: Some(user_id), reference })
 }
 
 pub fn pong(reference: Option<&Value>) -> Bytes {
@@ -98,18 +86,8 @@ struct ErrorBody<'a> {
 }
 
 pub fn error(reference: Option<&Value>, channel: Option<&str>, err: &Error) -> Bytes {
-    let data = ErrorBody {
-        code: err.code(),
-        message: err.public_message(),
-    };
-    encode(&ServerFrame {
-        kind: "error",
-        channel,
-        data,
-        timestamp: now_ms(),
-        user_id: None,
-        reference,
-    })
+    let data = ErrorBody { code: err.code(), message: err.public_message() };
+    encode(&ServerFrame { kind: "error", channel, data, timestamp: now_ms(), user_id: None, reference })
 }
 
 #[cfg(test)]

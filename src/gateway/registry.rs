@@ -58,27 +58,12 @@ pub struct OutboxReceivers {
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 impl Outbox {
-    pub fn new(
-        user_id: Option<ObjectId>,
-        capacity: usize,
-        kill: CancellationToken,
-    ) -> (Arc<Outbox>, OutboxReceivers) {
+    pub fn new(user_id: Option<ObjectId>, capacity: usize, kill: CancellationToken) -> (Arc<Outbox>, OutboxReceivers) {
         let (data_tx, data_rx) = mpsc::channel(capacity);
         let (control_tx, control_rx) = mpsc::channel(16);
-        let outbox = Outbox {
-            id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
-            user_id,
-            data: data_tx,
-            control: control_tx,
-            kill,
-        };
-        (
-            Arc::new(outbox),
-            OutboxReceivers {
-                data: data_rx,
-                control: control_rx,
-            },
-        )
+        let outbox =
+            Outbox { id: NEXT_CONN.fetch_add(1, Ordering::Relaxed), user_id, data: data_tx, control: control_tx, kill };
+        (Arc::new(outbox), OutboxReceivers { data: data_rx, control: control_rx })
     }
 
     /// Queues a frame without waiting; false if the queue is full or closed.
@@ -103,11 +88,7 @@ impl Outbox {
     /// Asks the writer to send a close frame, then drop the connection. If
     /// even the control queue is full the connection is dropped at once.
     pub fn close(&self, code: u16, reason: &str) {
-        if self
-            .control
-            .try_send(Control::Close(code, reason.into()))
-            .is_err()
-        {
+        if self.control.try_send(Control::Close(code, reason.into())).is_err() {
             self.kill.cancel();
         }
     }
@@ -231,19 +212,10 @@ mod tests {
         reg.join(room, &slow);
         let frame = Bytes::from_static(b"{\"type\":\"message\"}");
         assert_eq!(reg.fan_out(room, Outbound::Text(frame.clone())), 2);
-        assert_eq!(
-            reg.fan_out(room, Outbound::Text(frame.clone())),
-            1,
-            "slow queue is full"
-        );
-        let Some(Outbound::Text(got)) = fast_rx.data.recv().await else {
-            panic!("no frame")
-        };
+        assert_eq!(reg.fan_out(room, Outbound::Text(frame.clone())), 1, "slow queue is full");
+        let Some(Outbound::Text(got)) = fast_rx.data.recv().await else { panic!("no frame") };
         assert_eq!(got.as_ptr(), frame.as_ptr(), "the same bytes, not a copy");
-        assert!(matches!(
-            slow_rx.control.recv().await,
-            Some(Control::Close(CLOSE_SLOW_CONSUMER, _))
-        ));
+        assert!(matches!(slow_rx.control.recv().await, Some(Control::Close(CLOSE_SLOW_CONSUMER, _))));
         assert!(slow_rx.data.recv().await.is_some());
     }
 }

@@ -43,13 +43,7 @@ struct SendData {
 impl ChatSession {
     pub fn new(app: Arc<App>, caller: Caller, outbox: Arc<Outbox>) -> Self {
         let user_hex = caller.user_id.to_hex();
-        ChatSession {
-            app,
-            caller,
-            user_hex,
-            outbox,
-            rooms: HashSet::new(),
-        }
+        ChatSession { app, caller, user_hex, outbox, rooms: HashSet::new() }
     }
 
     async fn reply(&self, frame: Bytes) -> Result<(), (u16, String)> {
@@ -61,10 +55,7 @@ impl ChatSession {
     }
 
     async fn handle(&mut self, frame: &ClientFrame) -> Result<Option<Bytes>> {
-        let kind = frame
-            .kind
-            .as_deref()
-            .ok_or_else(|| Error::BadRequest("missing field `type`".into()))?;
+        let kind = frame.kind.as_deref().ok_or_else(|| Error::BadRequest("missing field `type`".into()))?;
         let r = frame.reference.as_ref();
         metrics::counter!("confab_ws_frames_in_total", "type" => frame_label(kind)).increment(1);
         match kind {
@@ -72,45 +63,21 @@ impl ChatSession {
             "join_channel" => {
                 let (room, channel) = channel_of(frame)?;
                 self.join(room).await?;
-                Ok(r.map(|r| {
-                    protocol::ack(
-                        Some(r),
-                        Some(channel),
-                        json!({ "room_id": channel }),
-                        &self.user_hex,
-                    )
-                }))
+                Ok(r.map(|r| protocol::ack(Some(r), Some(channel), json!({ "room_id": channel }), &self.user_hex)))
             }
             "leave_channel" => {
                 let (room, channel) = channel_of(frame)?;
                 self.leave(room);
-                Ok(r.map(|r| {
-                    protocol::ack(
-                        Some(r),
-                        Some(channel),
-                        json!({ "room_id": channel }),
-                        &self.user_hex,
-                    )
-                }))
+                Ok(r.map(|r| protocol::ack(Some(r), Some(channel), json!({ "room_id": channel }), &self.user_hex)))
             }
             "send_message" => {
                 let (room, channel) = channel_of(frame)?;
                 let data = SendData::deserialize(frame.data.as_ref().unwrap_or(&Value::Null))
                     .map_err(|e| Error::BadRequest(format!("data: {e}")))?;
-                let draft = Draft {
-                    content: data.content,
-                    client_msg_id: data.client_msg_id,
-                };
+                let draft = Draft { content: data.content, client_msg_id: data.client_msg_id };
                 let known = self.rooms.contains(&room);
                 let sent = messages::send(&self.app, &self.caller, room, draft, known).await?;
-                Ok(r.map(|r| {
-                    protocol::ack(
-                        Some(r),
-                        Some(channel),
-                        MessageView::from(&sent.message),
-                        &self.user_hex,
-                    )
-                }))
+                Ok(r.map(|r| protocol::ack(Some(r), Some(channel), MessageView::from(&sent.message), &self.user_hex)))
             }
             other => Err(Error::UnknownType(other.chars().take(40).collect())),
         }
@@ -133,9 +100,7 @@ impl ChatSession {
         if let Err(e) = gateway.subscriptions.ensure(room).await {
             self.leave(room);
             tracing::warn!(error = %e, "join failed: bus subscription");
-            return Err(Error::Unavailable(
-                "real-time delivery is unavailable, try again".into(),
-            ));
+            return Err(Error::Unavailable("real-time delivery is unavailable, try again".into()));
         }
         Ok(())
     }
@@ -149,10 +114,7 @@ impl ChatSession {
 
 /// The room a frame addresses: `channel` must be a room id.
 fn channel_of(frame: &ClientFrame) -> Result<(ObjectId, &str)> {
-    let channel = frame
-        .channel
-        .as_deref()
-        .ok_or_else(|| Error::BadRequest("missing field `channel`".into()))?;
+    let channel = frame.channel.as_deref().ok_or_else(|| Error::BadRequest("missing field `channel`".into()))?;
     Ok((validate::object_id("channel", channel)?, channel))
 }
 
@@ -185,14 +147,7 @@ impl Handler for ChatSession {
         match self.handle(&frame).await {
             Ok(Some(reply)) => self.reply(reply).await,
             Ok(None) => Ok(()),
-            Err(e) => {
-                self.reply(protocol::error(
-                    frame.reference.as_ref(),
-                    frame.channel.as_deref(),
-                    &e,
-                ))
-                .await
-            }
+            Err(e) => self.reply(protocol::error(frame.reference.as_ref(), frame.channel.as_deref(), &e)).await,
         }
     }
 

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fastwebsockets::{
-    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::time::{interval_at, timeout, Instant};
 
@@ -48,13 +46,8 @@ enum Exit {
 }
 
 /// Runs a connection to its end.
-pub async fn drive<S, H>(
-    ws: WebSocket<S>,
-    outbox: Arc<Outbox>,
-    queues: OutboxReceivers,
-    limits: Limits,
-    mut handler: H,
-) where
+pub async fn drive<S, H>(ws: WebSocket<S>, outbox: Arc<Outbox>, queues: OutboxReceivers, limits: Limits, mut handler: H)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
@@ -66,13 +59,7 @@ pub async fn drive<S, H>(
     reader.set_auto_close(false);
     let missed = Arc::new(AtomicU32::new(0));
     let kill = outbox.kill.clone();
-    let writer = tokio::spawn(write_loop(
-        writer,
-        queues,
-        missed.clone(),
-        limits.ping_interval,
-        kill.clone(),
-    ));
+    let writer = tokio::spawn(write_loop(writer, queues, missed.clone(), limits.ping_interval, kill.clone()));
 
     let mut assembler = Assembler::new(limits.max_message_bytes);
     let exit = tokio::select! {
@@ -80,11 +67,7 @@ pub async fn drive<S, H>(
         _ = kill.cancelled() => Exit::Gone,
     };
     if let Exit::Fail(code, reason) = &exit {
-        let _ = timeout(
-            Duration::from_secs(1),
-            outbox.control(Control::Close(*code, reason.clone())),
-        )
-        .await;
+        let _ = timeout(Duration::from_secs(1), outbox.control(Control::Close(*code, reason.clone()))).await;
         // Give the peer a moment to answer our close, as RFC 6455 asks.
         let _ = timeout(Duration::from_secs(2), async {
             tokio::select! {
@@ -109,9 +92,7 @@ type Writer<S> = WebSocketWrite<WriteHalf<S>>;
 
 /// Turns the frames the protocol obliges us to send (pong, close echo) into
 /// control-queue entries for the writer.
-fn obligations(
-    outbox: &Outbox,
-) -> impl FnMut(Frame<'_>) -> futures::future::BoxFuture<'static, std::io::Result<()>> {
+fn obligations(outbox: &Outbox) -> impl FnMut(Frame<'_>) -> futures::future::BoxFuture<'static, std::io::Result<()>> {
     let control = outbox.control_sender();
     move |frame: Frame<'_>| {
         let control = control.clone();
@@ -119,12 +100,7 @@ fn obligations(
             OpCode::Close => Control::CloseEcho(frame.payload.to_vec()),
             _ => Control::Pong(frame.payload.to_vec()),
         };
-        Box::pin(async move {
-            control
-                .send(item)
-                .await
-                .map_err(|_| std::io::Error::other("connection closing"))
-        })
+        Box::pin(async move { control.send(item).await.map_err(|_| std::io::Error::other("connection closing")) })
     }
 }
 
@@ -174,9 +150,7 @@ async fn answer_close(payload: &[u8], outbox: &Outbox) -> Exit {
         1 => return Exit::Fail(1002, "malformed close frame".into()),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            if !fastwebsockets::CloseCode::from(code).is_allowed()
-                || std::str::from_utf8(&payload[2..]).is_err()
-            {
+            if !fastwebsockets::CloseCode::from(code).is_allowed() || std::str::from_utf8(&payload[2..]).is_err() {
                 return Exit::Fail(1002, "malformed close frame".into());
             }
             payload[..2].to_vec()
@@ -304,13 +278,7 @@ where
                 w.flush().await?;
                 return Ok(Step::Done);
             }
-            w.write_frame(Frame::new(
-                true,
-                OpCode::Ping,
-                None,
-                Payload::Borrowed(b"confab"),
-            ))
-            .await?;
+            w.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"confab"))).await?;
         }
     }
     w.flush().await?;

@@ -34,11 +34,8 @@ impl Subscriptions {
     /// the local subscriber).
     pub async fn ensure(&self, room: ObjectId) -> Result<(), BusError> {
         let (reply, done) = oneshot::channel();
-        self.tx
-            .send((room, Some(reply)))
-            .map_err(|_| BusError("subscription keeper stopped".into()))?;
-        done.await
-            .map_err(|_| BusError("subscription keeper stopped".into()))?
+        self.tx.send((room, Some(reply))).map_err(|_| BusError("subscription keeper stopped".into()))?;
+        done.await.map_err(|_| BusError("subscription keeper stopped".into()))?
     }
 
     /// Lets the keeper drop the subscription if nobody local is left.

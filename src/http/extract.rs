@@ -24,8 +24,7 @@ impl FromRequestParts<Arc<App>> for Auth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Error> {
-        let token = bearer(&parts.headers)
-            .ok_or_else(|| Error::Unauthorized("missing bearer token".into()))?;
+        let token = bearer(&parts.headers).ok_or_else(|| Error::Unauthorized("missing bearer token".into()))?;
         Ok(Auth(app.tokens.verify(token)?))
     }
 }
@@ -40,18 +39,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| {
-                Error::BadRequest(format!(
-                    "could not read the request body: {}",
-                    e.body_text()
-                ))
-            })?;
-        serde_json::from_slice(&bytes)
-            .map(Body)
-            .map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => Error::invalid("body", e.to_string()),
-                _ => Error::BadRequest(format!("request body is not valid JSON: {e}")),
-            })
+            .map_err(|e| Error::BadRequest(format!("could not read the request body: {}", e.body_text())))?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data if path == "." => Error::invalid("body", inner.to_string()),
+                serde_json::error::Category::Data => Error::invalid(path, inner.to_string()),
+                _ => Error::BadRequest(format!("request body is not valid JSON: {inner}")),
+            }
+        })?;
+        de.end().map_err(|e| Error::BadRequest(format!("request body is not valid JSON: {e}")))?;
+        Ok(Body(value))
     }
 }
 

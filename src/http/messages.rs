@@ -30,16 +30,9 @@ pub async fn create(
     Body(m): Body<NewMessage>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let room_id = validate::object_id("room_id", &m.room_id)?;
-    let draft = Draft {
-        content: m.content,
-        client_msg_id: m.client_msg_id,
-    };
+    let draft = Draft { content: m.content, client_msg_id: m.client_msg_id };
     let sent = messages::send(&app, &caller, room_id, draft, false).await?;
-    let status = if sent.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if sent.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(json!(MessageView::from(&sent.message)))))
 }
 
@@ -57,31 +50,18 @@ fn instant(field: &'static str, raw: Option<&str>) -> Result<Option<DateTime<Utc
     raw.map(|s| {
         DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| {
-                Error::invalid(
-                    field,
-                    "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z",
-                )
-            })
+            .map_err(|_| Error::invalid(field, "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z"))
     })
     .transpose()
 }
 
 fn page(p: HistoryParams) -> Result<Page> {
-    let room_id = p
-        .room_id
-        .as_deref()
-        .ok_or_else(|| Error::invalid("room_id", "is required"))?;
+    let room_id = p.room_id.as_deref().ok_or_else(|| Error::invalid("room_id", "is required"))?;
     let limit = match p.limit.as_deref() {
         None => DEFAULT_PAGE,
         Some(raw) => match raw.parse::<i64>() {
             Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => {
-                return Err(Error::invalid(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_PAGE}"),
-                ))
-            }
+            _ => return Err(Error::invalid("limit", format!("must be a whole number from 1 to {MAX_PAGE}"))),
         },
     };
     let id = |field, raw: Option<String>| raw.map(|s| validate::object_id(field, &s)).transpose();

@@ -32,10 +32,7 @@ impl IntoResponse for Error {
         let body = Json(json!({"error": {"code": self.code(), "message": self.public_message()}}));
         let mut response = (status, body).into_response();
         if status == http::StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
+            response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -58,7 +55,12 @@ pub fn router(app: Arc<App>) -> Router {
     router
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
-            (http::StatusCode::METHOD_NOT_ALLOWED, Json(json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this endpoint"}})))
+            (
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                Json(
+                    json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this endpoint"}}),
+                ),
+            )
         })
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(64 * 1024))
@@ -68,17 +70,12 @@ pub fn router(app: Arc<App>) -> Router {
 /// Counts and times every request by route template (bounded cardinality:
 /// no ids in labels).
 async fn track(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let start = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("confab_http_requests_total", "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("confab_http_request_seconds", "route" => route)
-        .record(start.elapsed().as_secs_f64());
+    metrics::counter!("confab_http_requests_total", "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("confab_http_request_seconds", "route" => route).record(start.elapsed().as_secs_f64());
     response
 }

@@ -29,11 +29,7 @@ pub async fn list(State(app): State<Arc<App>>, Auth(caller): Auth) -> Result<Jso
     Ok(Json(json!({ "rooms": views })))
 }
 
-pub async fn join(
-    State(app): State<Arc<App>>,
-    Auth(caller): Auth,
-    Path(id): Path<String>,
-) -> Result<Json<MemberView>> {
+pub async fn join(State(app): State<Arc<App>>, Auth(caller): Auth, Path(id): Path<String>) -> Result<Json<MemberView>> {
     let room_id = validate::object_id("id", &id)?;
     let member = rooms::join(&app, &caller, room_id).await?;
     Ok(Json(MemberView::from(&member)))

@@ -27,19 +27,11 @@ fn check_origin(app: &App, req: &Request) -> Result<()> {
     if app.config.allowed_origins.is_empty() {
         return Ok(());
     }
-    match req
-        .headers()
-        .get(http::header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-    {
+    match req.headers().get(http::header::ORIGIN).and_then(|o| o.to_str().ok()) {
         // Non-browser clients send no Origin; browsers always do.
         None => Ok(()),
         Some(origin)
-            if app
-                .config
-                .allowed_origins
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/'))) =>
+            if app.config.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/'))) =>
         {
             Ok(())
         }
@@ -49,9 +41,7 @@ fn check_origin(app: &App, req: &Request) -> Result<()> {
 
 fn upgrade(mut req: Request) -> Result<(Response, fastwebsockets::upgrade::UpgradeFut)> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return Err(Error::BadRequest(
-            "expected a WebSocket upgrade request".into(),
-        ));
+        return Err(Error::BadRequest("expected a WebSocket upgrade request".into()));
     }
     let (response, fut) = fastwebsockets::upgrade::upgrade(&mut req)
         .map_err(|e| Error::BadRequest(format!("WebSocket handshake: {e}")))?;

@@ -54,11 +54,7 @@ pub trait Store: Send + Sync + 'static {
 
     async fn insert_user(&self, user: &User) -> StoreResult<()>;
     /// Which of username (case-insensitively) or email is already taken, if any.
-    async fn taken_user_field(
-        &self,
-        username_key: &str,
-        email: &str,
-    ) -> StoreResult<Option<&'static str>>;
+    async fn taken_user_field(&self, username_key: &str, email: &str) -> StoreResult<Option<&'static str>>;
     /// A user by lower-cased username or email.
     async fn user_by_login(&self, login_key: &str) -> StoreResult<Option<User>>;
 
@@ -78,11 +74,7 @@ pub trait Store: Send + Sync + 'static {
     async fn next_seq(&self, room_id: ObjectId) -> StoreResult<Option<i64>>;
     async fn insert_message(&self, message: &Message) -> StoreResult<()>;
     async fn message(&self, id: ObjectId) -> StoreResult<Option<Message>>;
-    async fn message_by_client_id(
-        &self,
-        sender_id: ObjectId,
-        client_msg_id: &str,
-    ) -> StoreResult<Option<Message>>;
+    async fn message_by_client_id(&self, sender_id: ObjectId, client_msg_id: &str) -> StoreResult<Option<Message>>;
     /// Up to `limit` messages in chronological order, and whether more match
     /// beyond the page (older when reading back, newer when reading forward).
     async fn history(&self, query: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)>;

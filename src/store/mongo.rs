@@ -26,9 +26,8 @@ impl MongoStore {
     /// Connects lazily: the driver dials on first use, so a node can start
     /// (and report not-ready) while MongoDB is still coming up.
     pub async fn connect(url: &str, db_name: &str) -> StoreResult<Self> {
-        let mut options = ClientOptions::parse(url)
-            .await
-            .map_err(|e| StoreError::Other(format!("bad mongo url: {e}")))?;
+        let mut options =
+            ClientOptions::parse(url).await.map_err(|e| StoreError::Other(format!("bad mongo url: {e}")))?;
         options.app_name = Some("confab".into());
         options.server_selection_timeout = Some(Duration::from_secs(5));
         options.connect_timeout = Some(Duration::from_secs(5));
@@ -46,13 +45,11 @@ impl MongoStore {
 
 fn map_err(e: mongodb::error::Error) -> StoreError {
     match *e.kind {
-        ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == 11000 => {
-            StoreError::Duplicate
-        }
+        ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == 11000 => StoreError::Duplicate,
         ErrorKind::Command(ref c) if c.code == 11000 => StoreError::Duplicate,
-        ErrorKind::ServerSelection { .. }
-        | ErrorKind::Io(_)
-        | ErrorKind::ConnectionPoolCleared { .. } => StoreError::Unavailable(e.to_string()),
+        ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
+            StoreError::Unavailable(e.to_string())
+        }
         _ => StoreError::Other(e.to_string()),
     }
 }
@@ -64,20 +61,14 @@ async fn timed<T>(
 ) -> StoreResult<T> {
     let start = Instant::now();
     let out = fut.into_future().await.map_err(map_err);
-    metrics::histogram!("confab_mongo_op_seconds", "op" => op)
-        .record(start.elapsed().as_secs_f64());
+    metrics::histogram!("confab_mongo_op_seconds", "op" => op).record(start.elapsed().as_secs_f64());
     out
 }
 
 fn index(keys: Document, name: &str, unique: bool) -> IndexModel {
     IndexModel::builder()
         .keys(keys)
-        .options(
-            IndexOptions::builder()
-                .name(name.to_string())
-                .unique(unique)
-                .build(),
-        )
+        .options(IndexOptions::builder().name(name.to_string()).unique(unique).build())
         .build()
 }
 
@@ -93,20 +84,11 @@ impl Store for MongoStore {
             ]),
         )
         .await?;
-        timed(
-            "create_index",
-            self.rooms
-                .create_indexes([index(doc! {"name": 1}, "rooms_name_unique", true)]),
-        )
-        .await?;
+        timed("create_index", self.rooms.create_indexes([index(doc! {"name": 1}, "rooms_name_unique", true)])).await?;
         timed(
             "create_index",
             self.members.create_indexes([
-                index(
-                    doc! {"room_id": 1, "user_id": 1},
-                    "members_room_user_unique",
-                    true,
-                ),
+                index(doc! {"room_id": 1, "user_id": 1}, "members_room_user_unique", true),
                 index(doc! {"user_id": 1}, "members_user", false),
             ]),
         )
@@ -115,16 +97,8 @@ impl Store for MongoStore {
             "create_index",
             self.messages.create_indexes([
                 index(doc! {"room_id": 1, "_id": 1}, "messages_room_id", false),
-                index(
-                    doc! {"room_id": 1, "seq": 1},
-                    "messages_room_seq_unique",
-                    true,
-                ),
-                index(
-                    doc! {"sender_id": 1, "dedup_key": 1},
-                    "messages_sender_client_msg_id_unique",
-                    true,
-                ),
+                index(doc! {"room_id": 1, "seq": 1}, "messages_room_seq_unique", true),
+                index(doc! {"sender_id": 1, "dedup_key": 1}, "messages_sender_client_msg_id_unique", true),
             ]),
         )
         .await?;
@@ -132,31 +106,17 @@ impl Store for MongoStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        timed("ping", self.db.run_command(doc! {"ping": 1}))
-            .await
-            .map(|_| ())
+        timed("ping", self.db.run_command(doc! {"ping": 1})).await.map(|_| ())
     }
 
     async fn insert_user(&self, user: &User) -> StoreResult<()> {
-        timed("insert_user", self.users.insert_one(user))
-            .await
-            .map(|_| ())
+        timed("insert_user", self.users.insert_one(user)).await.map(|_| ())
     }
 
-    async fn taken_user_field(
-        &self,
-        username_key: &str,
-        email: &str,
-    ) -> StoreResult<Option<&'static str>> {
+    async fn taken_user_field(&self, username_key: &str, email: &str) -> StoreResult<Option<&'static str>> {
         let filter = doc! {"$or": [{"username_key": username_key}, {"email": email}]};
         let found = timed("find_user", self.users.find_one(filter)).await?;
-        Ok(found.map(|u| {
-            if u.username_key == username_key {
-                "username"
-            } else {
-                "email"
-            }
-        }))
+        Ok(found.map(|u| if u.username_key == username_key { "username" } else { "email" }))
     }
 
     async fn user_by_login(&self, login_key: &str) -> StoreResult<Option<User>> {
@@ -165,9 +125,7 @@ impl Store for MongoStore {
     }
 
     async fn insert_room(&self, room: &Room) -> StoreResult<()> {
-        timed("insert_room", self.rooms.insert_one(room))
-            .await
-            .map(|_| ())
+        timed("insert_room", self.rooms.insert_one(room)).await.map(|_| ())
     }
 
     async fn room(&self, id: ObjectId) -> StoreResult<Option<Room>> {
@@ -175,29 +133,17 @@ impl Store for MongoStore {
     }
 
     async fn room_name_taken(&self, name: &str) -> StoreResult<bool> {
-        Ok(timed("find_room", self.rooms.find_one(doc! {"name": name}))
-            .await?
-            .is_some())
+        Ok(timed("find_room", self.rooms.find_one(doc! {"name": name})).await?.is_some())
     }
 
     async fn rooms_visible_to(&self, user_id: ObjectId) -> StoreResult<Vec<Room>> {
-        let memberships: Vec<Member> = timed("find_members", async {
-            self.members
-                .find(doc! {"user_id": user_id})
-                .await?
-                .try_collect()
-                .await
-        })
-        .await?;
+        let memberships: Vec<Member> =
+            timed("find_members", async { self.members.find(doc! {"user_id": user_id}).await?.try_collect().await })
+                .await?;
         let ids: Vec<ObjectId> = memberships.iter().map(|m| m.room_id).collect();
         let filter = doc! {"$or": [{"type": "public"}, {"_id": {"$in": ids}}]};
         timed("find_rooms", async {
-            self.rooms
-                .find(filter)
-                .sort(doc! {"created_at": 1, "_id": 1})
-                .await?
-                .try_collect()
-                .await
+            self.rooms.find(filter).sort(doc! {"created_at": 1, "_id": 1}).await?.try_collect().await
         })
         .await
     }
@@ -208,20 +154,13 @@ impl Store for MongoStore {
             Err(StoreError::Duplicate) => self
                 .member(member.room_id, member.user_id)
                 .await?
-                .ok_or_else(|| {
-                    StoreError::Other("membership vanished after a duplicate insert".into())
-                }),
+                .ok_or_else(|| StoreError::Other("membership vanished after a duplicate insert".into())),
             Err(e) => Err(e),
         }
     }
 
     async fn member(&self, room_id: ObjectId, user_id: ObjectId) -> StoreResult<Option<Member>> {
-        timed(
-            "find_member",
-            self.members
-                .find_one(doc! {"room_id": room_id, "user_id": user_id}),
-        )
-        .await
+        timed("find_member", self.members.find_one(doc! {"room_id": room_id, "user_id": user_id})).await
     }
 
     async fn next_seq(&self, room_id: ObjectId) -> StoreResult<Option<i64>> {
@@ -236,26 +175,15 @@ impl Store for MongoStore {
     }
 
     async fn insert_message(&self, message: &Message) -> StoreResult<()> {
-        timed("insert_message", self.messages.insert_one(message))
-            .await
-            .map(|_| ())
+        timed("insert_message", self.messages.insert_one(message)).await.map(|_| ())
     }
 
     async fn message(&self, id: ObjectId) -> StoreResult<Option<Message>> {
         timed("find_message", self.messages.find_one(doc! {"_id": id})).await
     }
 
-    async fn message_by_client_id(
-        &self,
-        sender_id: ObjectId,
-        client_msg_id: &str,
-    ) -> StoreResult<Option<Message>> {
-        timed(
-            "find_message",
-            self.messages
-                .find_one(doc! {"sender_id": sender_id, "dedup_key": client_msg_id}),
-        )
-        .await
+    async fn message_by_client_id(&self, sender_id: ObjectId, client_msg_id: &str) -> StoreResult<Option<Message>> {
+        timed("find_message", self.messages.find_one(doc! {"sender_id": sender_id, "dedup_key": client_msg_id})).await
     }
 
     async fn history(&self, q: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)> {
@@ -282,13 +210,7 @@ impl Store for MongoStore {
         }
         let order = if q.forward { 1 } else { -1 };
         let mut page: Vec<Message> = timed("history", async {
-            self.messages
-                .find(filter)
-                .sort(doc! {"seq": order})
-                .limit(q.limit + 1)
-                .await?
-                .try_collect()
-                .await
+            self.messages.find(filter).sort(doc! {"seq": order}).limit(q.limit + 1).await?.try_collect().await
         })
         .await?;
         let has_more = page.len() as i64 > q.limit;

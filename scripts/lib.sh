@@ -1,0 +1,92 @@
+# Shared helpers for scripts/test.sh and scripts/cluster.sh: install what is
+# missing, find free ports, start and stop Redis and FerretDB in a directory.
+# Source it; it defines functions only.
+
+CONFAB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FERRETDB_VERSION="v1.24.2"
+GOBIN="${GOBIN:-$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin}"
+FERRETDB_BIN="${FERRETDB_BIN:-$GOBIN/ferretdb}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+  # apt_install PKG... : installs the Debian packages that are missing.
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_redis() { command -v redis-server >/dev/null || apt_install redis-server; }
+ensure_nginx() { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx; }
+
+# FerretDB's module source lacks the version file its build embeds, so
+# `go install` gives a binary that refuses to start. Build it from the module
+# cache with the version written in.
+ensure_ferretdb() {
+  if [ -x "$FERRETDB_BIN" ] && "$FERRETDB_BIN" --version >/dev/null 2>&1; then return 0; fi
+  command -v go >/dev/null || die "Go is needed to build FerretDB (apt-get install golang-go)"
+  log "building FerretDB $FERRETDB_VERSION"
+  local modcache src tmp
+  GOFLAGS=-mod=mod go mod download "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" >/dev/null 2>&1 || true
+  modcache="$(go env GOMODCACHE)"
+  src="$modcache/github.com/!ferret!d!b/!ferret!d!b@$FERRETDB_VERSION"
+  [ -d "$src" ] || die "FerretDB $FERRETDB_VERSION source not found in the Go module cache"
+  tmp="$(mktemp -d)"
+  cp -r "$src" "$tmp/ferretdb" && chmod -R u+w "$tmp/ferretdb"
+  echo "$FERRETDB_VERSION" > "$tmp/ferretdb/build/version/version.txt"
+  mkdir -p "$(dirname "$FERRETDB_BIN")"
+  (cd "$tmp/ferretdb" && go build -o "$FERRETDB_BIN" ./cmd/ferretdb) || die "building FerretDB failed"
+  rm -rf "$tmp"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() {
+  # wait_port PORT [SECONDS]
+  local port=$1 secs=${2:-30} i
+  for ((i = 0; i < secs * 10; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+start_redis() {
+  # start_redis DIR PORT : a throwaway Redis (no persistence), pid in DIR/redis.pid
+  local dir=$1 port=$2
+  mkdir -p "$dir"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir" >/dev/null
+  wait_port "$port" 20 || die "redis did not start (see $dir/redis.log)"
+}
+
+start_ferretdb() {
+  # start_ferretdb DIR PORT : FerretDB on SQLite files in DIR/ferretdb, pid in DIR/ferretdb.pid
+  local dir=$1 port=$2
+  mkdir -p "$dir/ferretdb"
+  "$FERRETDB_BIN" --handler=sqlite --sqlite-url="file:$dir/ferretdb/" --listen-addr="127.0.0.1:$port" \
+    --telemetry=disable --debug-addr=- --state-dir="$dir/ferretdb" --log-level=warn \
+    >"$dir/ferretdb.log" 2>&1 &
+  echo $! > "$dir/ferretdb.pid"
+  wait_port "$port" 30 || die "FerretDB did not start (see $dir/ferretdb.log)"
+}
+
+stop_pidfile() {
+  # stop_pidfile FILE : TERM the process, KILL it if it lingers
+  local f=$1 pid i
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill "$pid" 2>/dev/null; then
+    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}

@@ -1,0 +1,290 @@
+//! The shared test harness: real nodes (in this process, on port 0) against
+//! the real Redis and MongoDB-compatible server that `scripts/test.sh` starts
+//! (`REDIS_URL`, `MONGO_URL`). Each test gets its own database, so tests run
+//! in parallel without seeing each other's users and rooms.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use confab::config::Config;
+use confab::node::RunningNode;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").expect("REDIS_URL is not set: run the tests with scripts/test.sh")
+}
+
+pub fn mongo_url() -> String {
+    std::env::var("MONGO_URL").expect("MONGO_URL is not set: run the tests with scripts/test.sh")
+}
+
+pub fn unique_db() -> String {
+    format!("confab_test_{:016x}", rand::random::<u64>())
+}
+
+pub fn config(db: &str) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        redis_url: redis_url(),
+        mongo_url: mongo_url(),
+        mongo_db: db.to_string(),
+        jwt_secret: SECRET.to_string(),
+        node_id: format!("test-{:06x}", rand::random::<u32>() & 0xffffff),
+        token_ttl: Duration::from_secs(3600),
+        max_message_bytes: 64 * 1024,
+        outbound_queue: 1024,
+        ping_interval: Duration::from_secs(25),
+        allowed_origins: vec![],
+        pubsub_buffer: 16_384,
+        echo_endpoint: false,
+    }
+}
+
+/// A running node and an HTTP client for it.
+pub struct Node {
+    pub running: Option<RunningNode>,
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+impl Node {
+    pub async fn start(config: Config) -> Node {
+        let running = RunningNode::start(config).await.expect("node starts");
+        let addr = running.addr;
+        let node = Node { running: Some(running), addr, http: reqwest::Client::new() };
+        node.wait_ready().await;
+        node
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node {} never became ready", self.addr);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    /// Sends a request; returns (status, JSON body or Null).
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        call(&self.http, &self.url(path), method, token, body).await
+    }
+
+    pub async fn register(&self, username: &str) -> User {
+        register_at(&self.http, &format!("http://{}", self.addr), username).await
+    }
+
+    pub async fn create_room(&self, user: &User, name: &str, kind: &str) -> String {
+        let (status, body) =
+            self.call("POST", "/rooms", Some(&user.token), Some(json!({"name": name, "type": kind}))).await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn post_message(&self, user: &User, room: &str, content: &str) -> Value {
+        let (status, body) =
+            self.call("POST", "/messages", Some(&user.token), Some(json!({"room_id": room, "content": content}))).await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    pub async fn connect(&self, user: &User) -> Client {
+        Client::connect(&format!("ws://{}/ws?token={}", self.addr, user.token)).await
+    }
+}
+
+pub async fn call(
+    http: &reqwest::Client,
+    url: &str,
+    method: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = http.request(method.parse().unwrap(), url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub token: String,
+}
+
+pub async fn register_at(http: &reqwest::Client, base: &str, username: &str) -> User {
+    let body = json!({"username": username, "email": format!("{username}@example.com"), "password": "correct horse"});
+    let (status, reg) = call(http, &format!("{base}/register"), "POST", None, Some(body)).await;
+    assert_eq!(status, 201, "{reg}");
+    let (status, login) = call(
+        http,
+        &format!("{base}/login"),
+        "POST",
+        None,
+        Some(json!({"username": username, "password": "correct horse"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{login}");
+    User {
+        id: reg["id"].as_str().unwrap().into(),
+        username: username.into(),
+        token: login["access_token"].as_str().unwrap().into(),
+    }
+}
+
+/// Two or more nodes sharing one Redis and one database.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub db: String,
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Cluster {
+        let db = unique_db();
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            nodes.push(Node::start(config(&db)).await);
+        }
+        Cluster { nodes, db }
+    }
+
+    pub async fn shutdown(self) {
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// A WebSocket client speaking Confab's JSON envelope.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_ref: u64,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, PartialEq)]
+pub enum Ended {
+    Close(Option<u16>),
+    Eof,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        Client { ws, next_ref: 0 }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws.send(WsMessage::Text(frame.to_string().into())).await.expect("frame sent");
+    }
+
+    pub async fn send_raw(&mut self, msg: WsMessage) {
+        self.ws.send(msg).await.expect("frame sent");
+    }
+
+    /// Sends a frame with a fresh `ref` and returns the reply carrying it.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        self.next_ref += 1;
+        let r = format!("r{}", self.next_ref);
+        frame["ref"] = json!(r);
+        self.send(frame).await;
+        loop {
+            let reply = self.recv().await;
+            if reply["ref"] == json!(r) {
+                return reply;
+            }
+        }
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        let reply = self.request(json!({"type": "join_channel", "channel": room})).await;
+        assert_eq!(reply["type"], "ack", "join failed: {reply}");
+        reply
+    }
+
+    pub async fn say(&mut self, room: &str, content: &str) -> Value {
+        let reply = self.request(json!({"type": "send_message", "channel": room, "data": {"content": content}})).await;
+        assert_eq!(reply["type"], "ack", "send failed: {reply}");
+        reply["data"].clone()
+    }
+
+    /// The next text frame as JSON (fails the test after `WAIT`).
+    pub async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT).await.expect("a frame arrives in time")
+    }
+
+    pub async fn try_recv(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            match next.ok()? {
+                WsMessage::Text(t) => return Some(serde_json::from_str(&t).expect("server frames are JSON")),
+                WsMessage::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame of the given type, skipping others.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let f = self.recv().await;
+            if f["type"] == kind {
+                return f;
+            }
+        }
+    }
+
+    /// Asserts no message frame arrives within `within`.
+    pub async fn assert_silent(&mut self, within: Duration) {
+        if let Some(f) = self.try_recv(within).await {
+            panic!("unexpected frame: {f}");
+        }
+    }
+
+    /// Reads until the connection ends; returns how.
+    pub async fn ended(&mut self) -> Ended {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("connection ends in time") {
+                Some(Ok(WsMessage::Close(frame))) => return Ended::Close(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ended::Eof,
+            }
+        }
+    }
+}
+
+pub fn close_code(code: CloseCode) -> u16 {
+    u16::from(code)
+}
