@@ -66,10 +66,13 @@ impl Error {
         }
     }
 
-    /// The text shown to clients; internal details stay in the log.
+    /// The text shown to clients; internal details go to the log instead.
     pub fn public_message(&self) -> String {
         match self {
-            Error::Internal(_) => "internal error".into(),
+            Error::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                "internal error".into()
+            }
             other => other.to_string(),
         }
     }

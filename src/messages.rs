@@ -44,28 +44,10 @@ pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, k
             return replay(original, room_id);
         }
     }
-    let seq = app.store.next_seq(room_id).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
-    let id = ObjectId::new();
-    let message = Message {
-        id,
-        room_id,
-        seq,
-        sender_id: caller.user_id,
-        content: draft.content,
-        dedup_key: draft.client_msg_id.clone().unwrap_or_else(|| id.to_hex()),
-        client_msg_id: draft.client_msg_id,
-        timestamp: Utc::now(),
+    let message = match store_new(app, caller, room_id, draft).await? {
+        Stored::New(m) => m,
+        Stored::Existing(original) => return replay(original, room_id),
     };
-    match app.store.insert_message(&message).await {
-        Ok(()) => {}
-        Err(StoreError::Duplicate) => {
-            // A concurrent retry with the same client_msg_id won the race.
-            let key = &message.dedup_key;
-            let original = app.store.message_by_client_id(caller.user_id, key).await?;
-            return replay(original.ok_or_else(|| Error::Internal("duplicate message vanished".into()))?, room_id);
-        }
-        Err(e) => return Err(e.into()),
-    }
     metrics::counter!("confab_messages_sent_total").increment(1);
     let frame = protocol::message(&message);
     if let Err(e) = app.bus.publish(room_id, Some(message.id), &frame).await {
@@ -73,6 +55,47 @@ pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, k
         tracing::warn!(message = %message.id, error = %e, "stored message not published; readers catch up from history");
     }
     Ok(Sent { message, created: true })
+}
+
+enum Stored {
+    New(Message),
+    /// A concurrent retry with the same client_msg_id stored it first.
+    Existing(Message),
+}
+
+/// Most attempts at a fresh seq when the room's counter handed out one
+/// already taken. On MongoDB `$inc` is atomic and the first attempt wins;
+/// some compatible servers lose concurrent increments, and the unique
+/// (room_id, seq) index turns that into a retry instead of a duplicate.
+const SEQ_ATTEMPTS: usize = 8;
+
+async fn store_new(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft) -> Result<Stored> {
+    let id = ObjectId::new();
+    let mut message = Message {
+        id,
+        room_id,
+        seq: 0,
+        sender_id: caller.user_id,
+        content: draft.content,
+        dedup_key: draft.client_msg_id.clone().unwrap_or_else(|| id.to_hex()),
+        client_msg_id: draft.client_msg_id,
+        timestamp: Utc::now(),
+    };
+    for _ in 0..SEQ_ATTEMPTS {
+        message.seq = app.store.next_seq(room_id).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
+        message.timestamp = Utc::now();
+        match app.store.insert_message(&message).await {
+            Ok(()) => return Ok(Stored::New(message)),
+            Err(StoreError::Duplicate) => {
+                if let Some(original) = app.store.message_by_client_id(caller.user_id, &message.dedup_key).await? {
+                    return Ok(Stored::Existing(original));
+                }
+                metrics::counter!("confab_seq_collisions_total").increment(1);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Unavailable("could not allocate a sequence number, try again".into()))
 }
 
 fn replay(original: Message, room_id: ObjectId) -> Result<Sent> {

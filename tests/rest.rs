@@ -345,3 +345,16 @@ async fn unavailable_backend_gives_503() {
     assert_eq!((s, b["mongo"].as_str(), b["redis"].as_str()), (503, Some("unavailable"), Some("ok")));
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_node_restarts_against_its_existing_database() {
+    let db = common::unique_db();
+    let first = Node::start(common::config(&db)).await;
+    let alice = first.register("alice").await;
+    first.shutdown().await;
+    // Index creation runs again on existing indexes; the node must get ready.
+    let again = Node::start(common::config(&db)).await;
+    let (s, b) = again.call("GET", "/rooms", Some(&alice.token), None).await;
+    assert_eq!((s, b["rooms"].as_array().map(Vec::len)), (200, Some(0)));
+    again.shutdown().await;
+}

@@ -165,9 +165,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut send = obligations(outbox);
-    while let Ok(frame) = reader.read_frame(&mut send).await {
-        if frame.opcode == OpCode::Close {
-            return;
+    loop {
+        match reader.read_frame(&mut send).await {
+            Ok(frame) if frame.opcode == OpCode::Close => return,
+            Ok(_) => {}
+            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => return,
+            // After a violation the byte stream may be out of step: stop
+            // parsing but keep the socket open until the caller's deadline,
+            // so that closing it with unread input (a TCP reset) cannot
+            // destroy our close frame before the peer reads it.
+            Err(_) => std::future::pending::<()>().await,
         }
     }
 }

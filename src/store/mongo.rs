@@ -75,33 +75,33 @@ fn index(keys: Document, name: &str, unique: bool) -> IndexModel {
 #[async_trait]
 impl Store for MongoStore {
     async fn ensure_indexes(&self) -> StoreResult<()> {
-        timed(
-            "create_index",
-            self.users.create_indexes([
-                index(doc! {"username": 1}, "users_username_unique", true),
-                index(doc! {"username_key": 1}, "users_username_key_unique", true),
-                index(doc! {"email": 1}, "users_email_unique", true),
-            ]),
-        )
-        .await?;
-        timed("create_index", self.rooms.create_indexes([index(doc! {"name": 1}, "rooms_name_unique", true)])).await?;
-        timed(
-            "create_index",
-            self.members.create_indexes([
-                index(doc! {"room_id": 1, "user_id": 1}, "members_room_user_unique", true),
-                index(doc! {"user_id": 1}, "members_user", false),
-            ]),
-        )
-        .await?;
-        timed(
-            "create_index",
-            self.messages.create_indexes([
-                index(doc! {"room_id": 1, "_id": 1}, "messages_room_id", false),
-                index(doc! {"room_id": 1, "seq": 1}, "messages_room_seq_unique", true),
-                index(doc! {"sender_id": 1, "dedup_key": 1}, "messages_sender_client_msg_id_unique", true),
-            ]),
-        )
-        .await?;
+        // One index per command: FerretDB 1.x fails a multi-index
+        // createIndexes when the indexes already exist, and a node must be
+        // able to restart against its own database.
+        let users = [
+            index(doc! {"username": 1}, "users_username_unique", true),
+            index(doc! {"username_key": 1}, "users_username_key_unique", true),
+            index(doc! {"email": 1}, "users_email_unique", true),
+        ];
+        for model in users {
+            timed("create_index", self.users.create_index(model)).await?;
+        }
+        timed("create_index", self.rooms.create_index(index(doc! {"name": 1}, "rooms_name_unique", true))).await?;
+        let members = [
+            index(doc! {"room_id": 1, "user_id": 1}, "members_room_user_unique", true),
+            index(doc! {"user_id": 1}, "members_user", false),
+        ];
+        for model in members {
+            timed("create_index", self.members.create_index(model)).await?;
+        }
+        let messages = [
+            index(doc! {"room_id": 1, "_id": 1}, "messages_room_id", false),
+            index(doc! {"room_id": 1, "seq": 1}, "messages_room_seq_unique", true),
+            index(doc! {"sender_id": 1, "dedup_key": 1}, "messages_sender_client_msg_id_unique", true),
+        ];
+        for model in messages {
+            timed("create_index", self.messages.create_index(model)).await?;
+        }
         Ok(())
     }
 

@@ -50,18 +50,37 @@ pub fn config(db: &str) -> Config {
     }
 }
 
-/// A running node and an HTTP client for it.
+/// A running node and an HTTP client for it. Each node runs on its own
+/// thread and runtime, as a separate process would, so test clients and
+/// nodes never compete for one scheduler; dropping the handle stops it.
 pub struct Node {
-    pub running: Option<RunningNode>,
     pub addr: SocketAddr,
     pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Node {
     pub async fn start(config: Config) -> Node {
-        let running = RunningNode::start(config).await.expect("node starts");
-        let addr = running.addr;
-        let node = Node { running: Some(running), addr, http: reqwest::Client::new() };
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("CONFAB_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let running = RunningNode::start(config).await.expect("node starts");
+                let _ = ready_tx.send(running.addr);
+                let _ = stopped.await;
+                running.shutdown().await;
+            });
+        });
+        let addr = ready_rx.await.expect("node thread started");
+        let node = Node { addr, http: reqwest::Client::new(), stop: Some(stop), thread: Some(thread) };
         node.wait_ready().await;
         node
     }
@@ -83,8 +102,11 @@ impl Node {
     }
 
     pub async fn shutdown(mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown().await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            tokio::task::spawn_blocking(move || thread.join()).await.unwrap().expect("node thread ends cleanly");
         }
     }
 
@@ -163,6 +185,14 @@ pub async fn register_at(http: &reqwest::Client, base: &str, username: &str) -> 
     }
 }
 
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// Two or more nodes sharing one Redis and one database.
 pub struct Cluster {
     pub nodes: Vec<Node>,
@@ -189,7 +219,9 @@ impl Cluster {
 /// A WebSocket client speaking Confab's JSON envelope.
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_ref: u64,
+    pub next_ref: u64,
+    /// Frames that arrived while waiting for a reply, kept for `recv`.
+    pub pending: std::collections::VecDeque<Value>,
 }
 
 /// How a connection ended, as the client saw it.
@@ -202,11 +234,11 @@ pub enum Ended {
 impl Client {
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
-        Client { ws, next_ref: 0 }
+        Client { ws, next_ref: 0, pending: Default::default() }
     }
 
     pub async fn send(&mut self, frame: Value) {
-        self.ws.send(WsMessage::Text(frame.to_string().into())).await.expect("frame sent");
+        self.ws.send(WsMessage::Text(frame.to_string())).await.expect("frame sent");
     }
 
     pub async fn send_raw(&mut self, msg: WsMessage) {
@@ -220,10 +252,11 @@ impl Client {
         frame["ref"] = json!(r);
         self.send(frame).await;
         loop {
-            let reply = self.recv().await;
-            if reply["ref"] == json!(r) {
-                return reply;
+            let frame = self.read_socket(WAIT).await.expect("a reply arrives in time");
+            if frame["ref"] == json!(r) {
+                return frame;
             }
+            self.pending.push_back(frame);
         }
     }
 
@@ -245,6 +278,13 @@ impl Client {
     }
 
     pub async fn try_recv(&mut self, within: Duration) -> Option<Value> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Some(frame);
+        }
+        self.read_socket(within).await
+    }
+
+    async fn read_socket(&mut self, within: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let next = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
