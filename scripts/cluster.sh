@@ -1,0 +1,341 @@
+#!/usr/bin/env bash
+# Runs Confab locally: Redis, FerretDB (MongoDB wire protocol), N `confab serve`
+# nodes and nginx in front of them, all as the current user, all state in one
+# directory.
+#
+#   scripts/cluster.sh up       build, start everything, print the URL
+#   scripts/cluster.sh status   list what runs (exit 0 all up, 1 partly, 3 nothing)
+#   scripts/cluster.sh down     stop everything this script started
+#
+# Environment (all optional):
+#   CONFAB_CLUSTER_DIR  state directory (default: .cluster in the repository)
+#   CONFAB_NODES        number of nodes (default 2)
+#   CONFAB_HTTP_PORT    nginx port on 127.0.0.1 (default 8080; 0 picks a free one)
+#   CONFAB_BIN          use this confab binary instead of `cargo build --release`
+#   REDIS_URL           use this Redis instead of starting one
+#   MONGO_URL           use this MongoDB instead of starting FerretDB
+#   CONFAB_MONGO_DB     database name (default confab)
+#   CONFAB_JWT_SECRET   token secret (default: random, kept in the state directory)
+# Other CONFAB_* node settings (e.g. CONFAB_LOG, CONFAB_TOKEN_TTL_SECS) pass
+# through to the nodes. Progress goes to stderr; `up` prints one line on stdout.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+STATE="${CONFAB_CLUSTER_DIR:-$CONFAB_ROOT/.cluster}"
+TEMPLATE="$CONFAB_ROOT/nginx/confab.conf.template"
+
+usage() {
+  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
+  exit 2
+}
+
+nginx_bin() { command -v nginx 2>/dev/null || echo /usr/sbin/nginx; }
+
+# pid_alive FILE NAME : the pid in FILE runs and is a NAME process.
+pid_alive() {
+  local file=$1 name=$2 pid comm
+  [ -f "$file" ] || return 1
+  pid=$(cat "$file" 2>/dev/null) || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  comm=$(ps -o comm= -p "$pid" 2>/dev/null) || return 1
+  [ "$comm" = "$name" ]
+}
+
+# stop_owned FILE NAME : stop the process in FILE if it is still ours; a stale
+# pid file (process gone, or the pid reused by something else) is just removed.
+stop_owned() {
+  local file=$1 name=$2
+  [ -f "$file" ] || return 0
+  if pid_alive "$file" "$name"; then
+    log "stopping $name ($(basename "$file" .pid), pid $(cat "$file"))"
+    stop_pidfile "$file"
+  else
+    rm -f "$file"
+  fi
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# http_status URL : prints the HTTP status code (000 when nothing answers).
+http_status() { curl -s -o /dev/null -m 3 -w '%{http_code}' "$1" 2>/dev/null || true; }
+
+sed_escape() { printf '%s' "$1" | sed -e 's/[\\|&]/\\&/g'; }
+
+confab_binary() {
+  if [ -n "${CONFAB_BIN:-}" ]; then
+    [ -x "$CONFAB_BIN" ] || die "CONFAB_BIN=$CONFAB_BIN is not an executable file"
+    printf '%s\n' "$CONFAB_BIN"
+    return
+  fi
+  command -v cargo >/dev/null || die "cargo is needed to build confab (or set CONFAB_BIN)"
+  log "building confab (cargo build --release)"
+  (cd "$CONFAB_ROOT" && cargo build --release --bin confab >&2) || die "cargo build failed"
+  local target
+  target=$(cd "$CONFAB_ROOT" && cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])') ||
+    die "cargo metadata failed"
+  [ -x "$target/release/confab" ] || die "built binary not found at $target/release/confab"
+  printf '%s\n' "$target/release/confab"
+}
+
+jwt_secret() {
+  if [ -n "${CONFAB_JWT_SECRET:-}" ]; then
+    printf '%s\n' "$CONFAB_JWT_SECRET"
+    return
+  fi
+  local file="$STATE/jwt_secret"
+  if [ ! -s "$file" ]; then
+    (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$file")
+    log "generated a JWT secret in $file (kept across restarts)"
+  fi
+  cat "$file"
+}
+
+# nginx refuses to run its workers as an unprivileged user that cannot reach
+# the temp directories; as root, keep workers as root only when needed.
+user_directive() {
+  [ "$(id -u)" = 0 ] || { echo "# (not root: nginx workers run as $(id -un))"; return; }
+  if command -v runuser >/dev/null && runuser -u nobody -- test -x "$STATE/nginx-tmp" 2>/dev/null; then
+    echo "# (root: workers run as nginx's default user, which can reach the state dir)"
+  else
+    echo "user root;"
+  fi
+}
+
+render_nginx_conf() {
+  # render_nginx_conf PORT NODE_PORT... : writes $STATE/nginx.conf
+  local port=$1 servers="" p state_esc
+  shift
+  for p in "$@"; do
+    [ -n "$servers" ] && servers+=$'\\\n        '
+    servers+="server 127.0.0.1:$p;"
+  done
+  state_esc=$(sed_escape "$STATE")
+  sed -e "s|@USER_DIRECTIVE@|$(user_directive)|" \
+    -e "s|@STATE_DIR@|$state_esc|g" \
+    -e "s|@LISTEN_PORT@|$port|g" \
+    -e "s|@UPSTREAM_SERVERS@|$servers|" \
+    "$TEMPLATE" >"$STATE/nginx.conf"
+}
+
+wait_ready() {
+  # wait_ready NAME URL PIDFILE PROCNAME LOG : up to 60 s for 200 from URL
+  local name=$1 url=$2 pidfile=$3 proc=$4 logfile=$5 i code=000
+  for ((i = 0; i < 120; i++)); do
+    code=$(http_status "$url")
+    [ "$code" = 200 ] && return 0
+    pid_alive "$pidfile" "$proc" || {
+      printf '%s exited; last lines of %s:\n' "$name" "$logfile" >&2
+      tail -n 30 "$logfile" >&2 || true
+      return 1
+    }
+    sleep 0.5
+  done
+  printf '%s did not answer 200 on %s within 60 s (last status %s); last lines of %s:\n' \
+    "$name" "$url" "$code" "$logfile" >&2
+  tail -n 30 "$logfile" >&2 || true
+  return 1
+}
+
+cluster_running() {
+  local f
+  for f in "$STATE"/nginx.pid "$STATE"/node-*.pid "$STATE"/ferretdb.pid "$STATE"/redis.pid; do
+    [ -f "$f" ] || continue
+    case "$(basename "$f")" in
+      nginx.pid) pid_alive "$f" nginx && return 0 ;;
+      node-*) pid_alive "$f" confab && return 0 ;;
+      ferretdb.pid) pid_alive "$f" ferretdb && return 0 ;;
+      redis.pid) pid_alive "$f" redis-server && return 0 ;;
+    esac
+  done
+  return 1
+}
+
+up_failed() {
+  local rc=$1
+  [ "$rc" = 0 ] && return 0
+  log "start-up failed; stopping what was started (logs stay in $STATE)"
+  down >/dev/null 2>&1 || true
+  exit "$rc"
+}
+
+up() {
+  mkdir -p "$STATE"
+  STATE=$(cd "$STATE" && pwd)
+  if cluster_running; then
+    if pid_alive "$STATE/nginx.pid" nginx && [ -s "$STATE/url" ] &&
+      [ "$(http_status "$(cat "$STATE/url")/readyz")" = 200 ]; then
+      local url
+      url=$(cat "$STATE/url")
+      log "already running (scripts/cluster.sh down stops it)"
+      printf 'Confab is up: %s (ws://%s/ws)\n' "$url" "${url#http://}"
+      return 0
+    fi
+    die "a partly running cluster is in $STATE; run scripts/cluster.sh down first"
+  fi
+  trap 'up_failed $?' EXIT
+
+  local nodes=${CONFAB_NODES:-2}
+  [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "CONFAB_NODES must be a positive integer (got '$nodes')"
+  local http_port=${CONFAB_HTTP_PORT:-8080}
+  if ! [[ "$http_port" =~ ^[0-9]{1,5}$ ]] || [ "$http_port" -gt 65535 ]; then
+    die "CONFAB_HTTP_PORT must be a port number or 0 (got '$http_port')"
+  fi
+  if [ "$http_port" = 0 ]; then
+    http_port=$(free_port)
+  elif port_busy "$http_port"; then
+    die "port $http_port is already in use; set CONFAB_HTTP_PORT to another port, or 0 for a free one"
+  fi
+  [ -f "$TEMPLATE" ] || die "missing $TEMPLATE"
+  command -v curl >/dev/null || apt_install curl
+
+  local bin
+  bin=$(confab_binary)
+  rm -f "$STATE/url" "$STATE/cluster.env"
+
+  local redis_url mongo_url port
+  if [ -n "${REDIS_URL:-}" ]; then
+    redis_url=$REDIS_URL
+    log "using Redis at $redis_url"
+  else
+    ensure_redis
+    port=$(free_port)
+    log "starting Redis on 127.0.0.1:$port"
+    start_redis "$STATE" "$port"
+    redis_url="redis://127.0.0.1:$port"
+  fi
+  if [ -n "${MONGO_URL:-}" ]; then
+    mongo_url=$MONGO_URL
+    log "using MongoDB at $mongo_url"
+  else
+    ensure_ferretdb
+    port=$(free_port)
+    log "starting FerretDB on 127.0.0.1:$port (data in $STATE/ferretdb)"
+    start_ferretdb "$STATE" "$port"
+    mongo_url="mongodb://127.0.0.1:$port"
+  fi
+
+  local secret mongo_db=${CONFAB_MONGO_DB:-confab}
+  secret=$(jwt_secret)
+  {
+    printf 'REDIS_URL=%s\nMONGO_URL=%s\nMONGO_DB=%s\n' "$redis_url" "$mongo_url" "$mongo_db"
+  } >"$STATE/cluster.env"
+
+  local i node_ports=()
+  for ((i = 1; i <= nodes; i++)); do
+    port=$(free_port)
+    while [[ " ${node_ports[*]} " == *" $port "* ]] || [ "$port" = "$http_port" ]; do port=$(free_port); done
+    node_ports+=("$port")
+    log "starting node-$i on 127.0.0.1:$port"
+    CONFAB_LISTEN="127.0.0.1:$port" \
+      CONFAB_REDIS_URL="$redis_url" \
+      CONFAB_MONGO_URL="$mongo_url" \
+      CONFAB_MONGO_DB="$mongo_db" \
+      CONFAB_JWT_SECRET="$secret" \
+      CONFAB_NODE_ID="node-$i" \
+      nohup "$bin" serve </dev/null >"$STATE/node-$i.log" 2>&1 &
+    echo $! >"$STATE/node-$i.pid"
+    echo "NODE_$i=127.0.0.1:$port" >>"$STATE/cluster.env"
+  done
+  for ((i = 1; i <= nodes; i++)); do
+    wait_ready "node-$i" "http://127.0.0.1:${node_ports[i - 1]}/readyz" \
+      "$STATE/node-$i.pid" confab "$STATE/node-$i.log" || exit 1
+  done
+  log "all $nodes node(s) ready"
+
+  ensure_nginx
+  local nginx
+  nginx=$(nginx_bin)
+  mkdir -p "$STATE/nginx-tmp"
+  render_nginx_conf "$http_port" "${node_ports[@]}"
+  # -e (nginx >= 1.19.5) keeps nginx from opening its compiled-in error log
+  # before it has read the configuration.
+  local early_log=()
+  case "$("$nginx" -h 2>&1)" in *"-e filename"*) early_log=(-e "$STATE/nginx-error.log") ;; esac
+  local out
+  out=$("$nginx" -t -q -c "$STATE/nginx.conf" -p "$STATE/" "${early_log[@]}" 2>&1) || {
+    printf '%s\n' "$out" >&2
+    die "nginx rejected $STATE/nginx.conf"
+  }
+  log "starting nginx on 127.0.0.1:$http_port"
+  "$nginx" -c "$STATE/nginx.conf" -p "$STATE/" "${early_log[@]}" >&2 ||
+    { tail -n 20 "$STATE/nginx-error.log" >&2 || true; die "nginx did not start"; }
+  local url="http://127.0.0.1:$http_port"
+  for ((i = 0; i < 50; i++)); do [ -s "$STATE/nginx.pid" ] && break; sleep 0.1; done
+  wait_ready nginx "$url/readyz" "$STATE/nginx.pid" nginx "$STATE/nginx-error.log" || exit 1
+  echo "HTTP_PORT=$http_port" >>"$STATE/cluster.env"
+  echo "$url" >"$STATE/url"
+  trap - EXIT
+  printf 'Confab is up: %s (ws://127.0.0.1:%s/ws)\n' "$url" "$http_port"
+}
+
+down() {
+  [ -d "$STATE" ] || { log "nothing to stop ($STATE does not exist)"; return 0; }
+  local f
+  stop_owned "$STATE/nginx.pid" nginx
+  for f in "$STATE"/node-*.pid; do
+    [ -e "$f" ] || continue
+    stop_owned "$f" confab
+  done
+  stop_owned "$STATE/ferretdb.pid" ferretdb
+  stop_owned "$STATE/redis.pid" redis-server
+  rm -f "$STATE/url" "$STATE/cluster.env"
+  log "stopped (state, data and logs stay in $STATE)"
+}
+
+status() {
+  if [ ! -d "$STATE" ]; then
+    echo "not running ($STATE does not exist)"
+    return 3
+  fi
+  local f name proc up=0 total=0 addr
+  for f in "$STATE"/redis.pid "$STATE"/ferretdb.pid "$STATE"/node-*.pid "$STATE"/nginx.pid; do
+    [ -e "$f" ] || continue
+    name=$(basename "$f" .pid)
+    case "$name" in
+      redis) proc=redis-server addr=$(sed -n 's/^REDIS_URL=//p' "$STATE/cluster.env" 2>/dev/null) ;;
+      ferretdb) proc=ferretdb addr=$(sed -n 's/^MONGO_URL=//p' "$STATE/cluster.env" 2>/dev/null) ;;
+      node-*) proc=confab addr=$(sed -n "s/^NODE_${name#node-}=//p" "$STATE/cluster.env" 2>/dev/null) ;;
+      nginx) proc=nginx addr=$(cat "$STATE/url" 2>/dev/null || true) ;;
+      *) continue ;;
+    esac
+    total=$((total + 1))
+    if pid_alive "$f" "$proc"; then
+      up=$((up + 1))
+      printf '%-10s running  pid %-8s %s\n' "$name" "$(cat "$f")" "$addr"
+    else
+      printf '%-10s stopped  (stale pid file)\n' "$name"
+    fi
+  done
+  if [ -f "$STATE/cluster.env" ]; then
+    grep -q '^REDIS_URL=' "$STATE/cluster.env" && [ ! -e "$STATE/redis.pid" ] &&
+      printf '%-10s external %s\n' redis "$(sed -n 's/^REDIS_URL=//p' "$STATE/cluster.env")"
+    grep -q '^MONGO_URL=' "$STATE/cluster.env" && [ ! -e "$STATE/ferretdb.pid" ] &&
+      printf '%-10s external %s\n' mongo "$(sed -n 's/^MONGO_URL=//p' "$STATE/cluster.env")"
+  fi
+  if [ "$total" = 0 ] || [ "$up" = 0 ]; then
+    echo "not running"
+    return 3
+  fi
+  if [ "$up" = "$total" ] && pid_alive "$STATE/nginx.pid" nginx; then
+    echo "Confab is up: $(cat "$STATE/url" 2>/dev/null || echo '(url unknown)')"
+    return 0
+  fi
+  echo "partly running (scripts/cluster.sh down, then up)"
+  return 1
+}
+
+[ $# -eq 1 ] || usage
+case "$1" in
+  up) up ;;
+  down) down ;;
+  status)
+    rc=0
+    status || rc=$?
+    exit "$rc"
+    ;;
+  -h | --help | help) usage ;;
+  *) usage ;;
+esac

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The whole test suite, against real services: installs what is missing
+# (Redis, nginx, FerretDB, the Autobahn runner), starts Redis and FerretDB on
+# free ports in a temporary directory, runs lints, unit and integration tests
+# and the RFC 6455 conformance cases, then stops everything it started.
+#
+# Set REDIS_URL / MONGO_URL to test against servers of your own instead
+# (a real mongod works unchanged).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$CONFAB_ROOT"
+
+work="$(mktemp -d -t confab-test.XXXXXX)"
+cleanup() {
+  local rc=$?
+  stop_pidfile "$work/echo-node.pid"
+  stop_pidfile "$work/ferretdb.pid"
+  stop_pidfile "$work/redis.pid"
+  if [ $rc -ne 0 ]; then
+    for f in "$work"/*.log; do [ -f "$f" ] && { echo "--- tail of $f"; tail -n 30 "$f"; }; done
+  fi
+  rm -rf "$work"
+  exit $rc
+}
+trap cleanup EXIT
+
+log "checking tools"
+ensure_redis
+ensure_nginx
+command -v kosoku >/dev/null || { log "installing kosoku (Autobahn cases)"; python3 -m pip install --quiet kosoku; }
+command -v kosoku >/dev/null || die "kosoku is not on PATH after installing it"
+
+if [ -z "${REDIS_URL:-}" ]; then
+  port=$(free_port)
+  start_redis "$work" "$port"
+  export REDIS_URL="redis://127.0.0.1:$port"
+fi
+if [ -z "${MONGO_URL:-}" ]; then
+  ensure_ferretdb
+  port=$(free_port)
+  start_ferretdb "$work" "$port"
+  export MONGO_URL="mongodb://127.0.0.1:$port"
+fi
+log "Redis at $REDIS_URL, MongoDB-compatible server at $MONGO_URL"
+
+log "lints: cargo fmt --check, cargo clippy"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+log "unit and integration tests"
+cargo test --all-targets
+
+log "RFC 6455 conformance (Autobahn cases) against a node's echo endpoint"
+bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/confab"
+port=$(free_port)
+# The cases send messages of up to 16 MiB; this node allows 20 MB.
+CONFAB_LISTEN="127.0.0.1:$port" CONFAB_REDIS_URL="$REDIS_URL" CONFAB_MONGO_URL="$MONGO_URL" \
+  CONFAB_MONGO_DB="confab_conformance" CONFAB_JWT_SECRET="conformance-run-secret-0123456789abcdef" \
+  CONFAB_ECHO_ENDPOINT=true CONFAB_MAX_MESSAGE_BYTES=20000000 CONFAB_LOG=warn \
+  "$bin" serve >"$work/echo-node.log" 2>&1 &
+echo $! >"$work/echo-node.pid"
+wait_port "$port" 30 || die "the conformance node did not start"
+# 12.* and 13.* test permessage-deflate, an extension Confab does not offer.
+kosoku "ws://127.0.0.1:$port/ws/echo" -p 2 -x '12.*' -x '13.*' -o "$work/autobahn" | tail -n 3
+stop_pidfile "$work/echo-node.pid"
+log "all tests passed"
