@@ -1,0 +1,66 @@
+//! The `confab` command line: bad or missing configuration stops a node at
+//! start with one clear line naming the setting — never a panic.
+
+use std::process::Command;
+
+fn serve(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
+    cmd.arg("serve").args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("confab runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+const GOOD: &[(&str, &str)] = &[
+    ("CONFAB_REDIS_URL", "redis://127.0.0.1:1"),
+    ("CONFAB_MONGO_URL", "mongodb://127.0.0.1:1"),
+    ("CONFAB_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+    ("CONFAB_LISTEN", "127.0.0.1:1"),
+];
+
+fn with(overrides: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut env: Vec<_> = GOOD.iter().filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k)).copied().collect();
+    env.extend(overrides.iter().filter(|(_, v)| !v.is_empty()).copied());
+    env
+}
+
+#[test]
+fn missing_and_invalid_settings_name_themselves_in_one_line() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("CONFAB_JWT_SECRET", "")], "--jwt-secret (CONFAB_JWT_SECRET)"),
+        (&[("CONFAB_JWT_SECRET", "short")], "--jwt-secret (CONFAB_JWT_SECRET)"),
+        (&[("CONFAB_REDIS_URL", "")], "--redis-url (CONFAB_REDIS_URL)"),
+        (&[("CONFAB_MONGO_URL", "postgres://x")], "--mongo-url (CONFAB_MONGO_URL)"),
+        (&[("CONFAB_LISTEN", "everywhere")], "--listen (CONFAB_LISTEN)"),
+        (&[("CONFAB_NODE_ID", "no spaces please")], "--node-id (CONFAB_NODE_ID)"),
+        (&[("CONFAB_CONFIG", "/nonexistent/confab.toml")], "--config (CONFAB_CONFIG)"),
+    ];
+    for (overrides, needle) in cases {
+        let (code, stderr) = serve(&[], &with(overrides));
+        assert_eq!(code, 2, "{overrides:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line, got: {stderr}");
+        assert!(lines[0].starts_with("confab: ") && lines[0].contains(needle), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn an_address_in_use_is_one_clear_line_too() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let addr: &'static str = Box::leak(addr.into_boxed_str());
+    let (code, stderr) = serve(&[], &with(&[("CONFAB_LISTEN", addr)]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.trim().starts_with("confab: cannot listen on") && stderr.trim().lines().count() == 1, "{stderr}");
+}
+
+#[test]
+fn flags_override_the_environment() {
+    // The flag's bad value wins over a good environment variable.
+    let (code, stderr) = serve(&["--listen", "nope"], GOOD);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--listen"), "{stderr}");
+}
