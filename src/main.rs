@@ -17,6 +17,28 @@ struct Cli {
 enum Command {
     /// Run a node: HTTP API, WebSocket gateway, Redis fan-out.
     Serve(ServeArgs),
+    /// Mint access tokens with the cluster's secret (for load tests and
+    /// operators); prints `user_id username token`, one line per token.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The secret the nodes sign tokens with.
+    #[arg(long, env = "CONFAB_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    /// How many tokens (each for a fresh user id).
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// Usernames are this prefix plus a number.
+    #[arg(long, default_value = "loadtest")]
+    username_prefix: String,
+    /// Token lifetime in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    ttl_secs: u64,
+    /// Mint for this existing user id instead of fresh ones (with --count 1).
+    #[arg(long)]
+    user_id: Option<String>,
 }
 
 fn main() {
@@ -26,6 +48,7 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
     };
     if let Err(message) = result {
         eprintln!("confab: {message}");
@@ -60,4 +83,26 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+fn token(args: TokenArgs) -> Result<(), String> {
+    if args.jwt_secret.len() < 32 {
+        return Err("invalid setting --jwt-secret (CONFAB_JWT_SECRET): must be at least 32 bytes".into());
+    }
+    let tokens = confab::auth::Tokens::new(&args.jwt_secret, std::time::Duration::from_secs(args.ttl_secs));
+    let fixed = match &args.user_id {
+        Some(id) => {
+            Some(bson::oid::ObjectId::parse_str(id).map_err(|_| format!("--user-id: `{id}` is not a valid id"))?)
+        }
+        None => None,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for i in 0..args.count {
+        let user_id = fixed.unwrap_or_else(bson::oid::ObjectId::new);
+        let username = format!("{}{i}", args.username_prefix);
+        let token = tokens.issue(user_id, &username).map_err(|e| e.to_string())?;
+        use std::io::Write;
+        writeln!(out, "{} {username} {token}", user_id.to_hex()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

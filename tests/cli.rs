@@ -64,3 +64,24 @@ fn flags_override_the_environment() {
     assert_eq!(code, 2);
     assert!(stderr.contains("--listen"), "{stderr}");
 }
+
+#[test]
+fn token_mints_tokens_the_nodes_accept() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["token", "--count", "3", "--jwt-secret", secret, "--username-prefix", "lt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3);
+    let tokens = confab::auth::Tokens::new(secret, std::time::Duration::from_secs(60));
+    for (i, line) in lines.iter().enumerate() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let caller = tokens.verify(parts[2]).expect("a valid token");
+        assert_eq!((caller.user_id.to_hex().as_str(), caller.username.as_str()), (parts[0], format!("lt{i}").as_str()));
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_confab")).args(["token", "--jwt-secret", "short"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

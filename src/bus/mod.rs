@@ -20,46 +20,64 @@ pub struct BusError(pub String);
 pub trait Inbox: Send + Sync + 'static {
     /// Called once per event per node, after de-duplication, from the bus's
     /// reader task; must not block.
-    fn deliver(&self, room_id: ObjectId, frame: Bytes);
+    /// `stored_at_us` is when the event was stored (Unix microseconds, 0 if
+    /// unknown), for the delivery-latency metric.
+    fn deliver(&self, room_id: ObjectId, frame: Bytes, stored_at_us: u64);
 }
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Publishes an already-encoded client frame to every node subscribed to
     /// the room. `event_id` (a message id) lets receivers drop re-deliveries.
-    async fn publish(&self, room_id: ObjectId, event_id: Option<ObjectId>, frame: &[u8]) -> Result<(), BusError>;
+    async fn publish(&self, room_id: ObjectId, event: Event<'_>) -> Result<(), BusError>;
     async fn subscribe(&self, room_id: ObjectId) -> Result<(), BusError>;
     async fn unsubscribe(&self, room_id: ObjectId) -> Result<(), BusError>;
     async fn ping(&self) -> Result<(), BusError>;
 }
 
+/// One event for a room's subscribers.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    /// The message id, so receivers can drop re-deliveries.
+    pub id: Option<ObjectId>,
+    /// When it was stored, Unix microseconds (0 if not a stored message).
+    pub stored_at_us: u64,
+    /// The client frame, already encoded.
+    pub frame: &'a [u8],
+}
+
 /// Wire form of a bus event: 24 bytes of event id (hex ObjectId, or `-`
-/// padding when the event has none), then the client frame, untouched, so a
-/// receiver can hand the frame bytes to sockets without re-encoding.
+/// padding when the event has none), 16 hex digits of store time (Unix µs),
+/// then the client frame, untouched, so a receiver can hand the frame bytes
+/// to sockets without re-encoding.
 pub mod wire {
     use super::*;
 
-    pub const HEADER: usize = 24;
-    const NO_ID: &[u8; HEADER] = b"------------------------";
+    const ID: usize = 24;
+    pub const HEADER: usize = ID + 16;
+    const NO_ID: &[u8; ID] = b"------------------------";
 
-    pub fn encode(event_id: Option<ObjectId>, frame: &[u8]) -> Bytes {
-        let mut out = BytesMut::with_capacity(HEADER + frame.len());
-        match event_id {
+    pub fn encode(event: Event<'_>) -> Bytes {
+        let mut out = BytesMut::with_capacity(HEADER + event.frame.len());
+        match event.id {
             Some(id) => out.put_slice(id.to_hex().as_bytes()),
             None => out.put_slice(NO_ID),
         }
-        out.put_slice(frame);
+        out.put_slice(format!("{:016x}", event.stored_at_us).as_bytes());
+        out.put_slice(event.frame);
         out.freeze()
     }
 
-    /// Splits a payload into (event id, frame); `None` for a foreign payload.
-    pub fn decode(payload: Bytes) -> Option<(Option<ObjectId>, Bytes)> {
+    /// Splits a payload into (event id, store time, frame); `None` for a
+    /// foreign payload.
+    pub fn decode(payload: Bytes) -> Option<(Option<ObjectId>, u64, Bytes)> {
         if payload.len() < HEADER {
             return None;
         }
-        let head = &payload[..HEADER];
+        let head = &payload[..ID];
         let id = if head == NO_ID { None } else { Some(ObjectId::parse_str(std::str::from_utf8(head).ok()?).ok()?) };
-        Some((id, payload.slice(HEADER..)))
+        let stored = u64::from_str_radix(std::str::from_utf8(&payload[ID..HEADER]).ok()?, 16).ok()?;
+        Some((id, stored, payload.slice(HEADER..)))
     }
 
     #[cfg(test)]
@@ -69,12 +87,14 @@ pub mod wire {
         #[test]
         fn round_trips_with_and_without_id() {
             let id = ObjectId::new();
-            let (got, frame) = decode(encode(Some(id), b"{\"a\":1}")).unwrap();
-            assert_eq!((got, &frame[..]), (Some(id), &b"{\"a\":1}"[..]));
-            let (got, frame) = decode(encode(None, b"x")).unwrap();
-            assert_eq!((got, &frame[..]), (None, &b"x"[..]));
+            let event = Event { id: Some(id), stored_at_us: 1_795_554_095_663_123, frame: b"{\"a\":1}" };
+            let (got, at, frame) = decode(encode(event)).unwrap();
+            assert_eq!((got, at, &frame[..]), (Some(id), 1_795_554_095_663_123, &b"{\"a\":1}"[..]));
+            let (got, at, frame) = decode(encode(Event { id: None, stored_at_us: 0, frame: b"x" })).unwrap();
+            assert_eq!((got, at, &frame[..]), (None, 0, &b"x"[..]));
             assert!(decode(Bytes::from_static(b"short")).is_none());
-            assert!(decode(Bytes::from_static(b"zzzzzzzzzzzzzzzzzzzzzzzz{}")).is_none());
+            assert!(decode(Bytes::from_static(b"zzzzzzzzzzzzzzzzzzzzzzzz0000000000000000{}")).is_none());
+            assert!(decode(Bytes::from_static(b"------------------------zzzzzzzzzzzzzzzz{}")).is_none());
         }
     }
 }

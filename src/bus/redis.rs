@@ -19,7 +19,7 @@ use fred::prelude::*;
 use fred::types::Message as RedisMessage;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{wire, Bus, BusError, Inbox};
+use super::{wire, Bus, BusError, Event, Inbox};
 
 /// Channel-name prefix of room topics.
 const ROOM_PREFIX: &str = "confab:room:";
@@ -100,9 +100,9 @@ impl<T: ClientLike + Sync> ClientLikeExt for T {
 
 #[async_trait]
 impl Bus for RedisBus {
-    async fn publish(&self, room_id: ObjectId, event_id: Option<ObjectId>, frame: &[u8]) -> Result<(), BusError> {
+    async fn publish(&self, room_id: ObjectId, event: Event<'_>) -> Result<(), BusError> {
         let start = Instant::now();
-        let payload = wire::encode(event_id, frame);
+        let payload = wire::encode(event);
         let out: Result<i64, _> = self.publisher.publish(room_channel(room_id), payload).await;
         metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
         out.map(|_| ()).map_err(bus_err)
@@ -147,7 +147,7 @@ async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, inbox
         else {
             continue;
         };
-        let Some((event_id, frame)) = wire::decode(payload) else {
+        let Some((event_id, stored_at_us, frame)) = wire::decode(payload) else {
             metrics::counter!("confab_pubsub_malformed_total").increment(1);
             continue;
         };
@@ -157,7 +157,7 @@ async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, inbox
                 continue;
             }
         }
-        inbox.deliver(room, frame);
+        inbox.deliver(room, frame, stored_at_us);
     }
 }
 

@@ -42,8 +42,8 @@ pub struct Gateway {
 pub struct GatewayInbox(pub Arc<Registry>);
 
 impl Inbox for GatewayInbox {
-    fn deliver(&self, room_id: ObjectId, frame: Bytes) {
-        self.0.fan_out(room_id, Outbound::Text(frame));
+    fn deliver(&self, room_id: ObjectId, frame: Bytes, stored_at_us: u64) {
+        self.0.fan_out(room_id, Outbound::Delivery(frame, stored_at_us));
     }
 }
 

@@ -22,6 +22,9 @@ pub type ConnId = u64;
 /// and the same `Bytes` is shared by every receiver.
 #[derive(Debug, Clone)]
 pub enum Outbound {
+    /// A room event from the bus, with its store time (Unix µs) for the
+    /// delivery-latency metric.
+    Delivery(Bytes, u64),
     Text(Bytes),
     Binary(Bytes),
 }

@@ -297,6 +297,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match frame {
+        Outbound::Delivery(b, stored_at_us) => {
+            w.write_frame(Frame::text(Payload::Borrowed(&b))).await?;
+            if stored_at_us > 0 {
+                let latency = crate::metrics::now_us().saturating_sub(stored_at_us) as f64 / 1e6;
+                metrics::histogram!("confab_message_delivery_latency_seconds").record(latency);
+            }
+            Ok(())
+        }
         Outbound::Text(b) => w.write_frame(Frame::text(Payload::Borrowed(&b))).await,
         Outbound::Binary(b) => w.write_frame(Frame::binary(Payload::Borrowed(&b))).await,
     }
