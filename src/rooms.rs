@@ -40,7 +40,7 @@ pub async fn create(app: &App, caller: &Caller, r: NewRoom) -> Result<Room> {
         Err(StoreError::Duplicate) => return Err(name_taken()),
         Err(e) => return Err(e.into()),
     }
-    let owner = Member { room_id: room.id, user_id: caller.user_id, role: Role::Owner, joined_at: room.created_at };
+    let owner = Member::new(room.id, caller.user_id, Role::Owner, room.created_at);
     app.store.add_member(&owner).await?;
     Ok(room)
 }
@@ -67,7 +67,7 @@ pub async fn join(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Membe
     if room.kind == RoomKind::Private {
         return Err(Error::Forbidden("this room is private: members join by invitation".into()));
     }
-    let member = Member { room_id, user_id: caller.user_id, role: Role::Member, joined_at: Utc::now() };
+    let member = Member::new(room_id, caller.user_id, Role::Member, Utc::now());
     Ok(app.store.add_member(&member).await?)
 }
 

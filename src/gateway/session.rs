@@ -30,7 +30,11 @@ pub struct ChatSession {
     caller: Caller,
     user_hex: String,
     outbox: Arc<Outbox>,
+    /// Rooms this connection is subscribed to.
     rooms: HashSet<ObjectId>,
+    /// Rooms this connection has seen the user to be a member of, so that
+    /// repeated sends skip the membership lookup.
+    member_of: HashSet<ObjectId>,
 }
 
 #[derive(Deserialize)]
@@ -43,7 +47,7 @@ struct SendData {
 impl ChatSession {
     pub fn new(app: Arc<App>, caller: Caller, outbox: Arc<Outbox>) -> Self {
         let user_hex = caller.user_id.to_hex();
-        ChatSession { app, caller, user_hex, outbox, rooms: HashSet::new() }
+        ChatSession { app, caller, user_hex, outbox, rooms: HashSet::new(), member_of: HashSet::new() }
     }
 
     async fn reply(&self, frame: Bytes) -> Result<(), (u16, String)> {
@@ -75,8 +79,9 @@ impl ChatSession {
                 let data = SendData::deserialize(frame.data.as_ref().unwrap_or(&Value::Null))
                     .map_err(|e| Error::BadRequest(format!("data: {e}")))?;
                 let draft = Draft { content: data.content, client_msg_id: data.client_msg_id };
-                let known = self.rooms.contains(&room);
+                let known = self.member_of.contains(&room);
                 let sent = messages::send(&self.app, &self.caller, room, draft, known).await?;
+                self.member_of.insert(room);
                 Ok(r.map(|r| protocol::ack(Some(r), Some(channel), MessageView::from(&sent.message), &self.user_hex)))
             }
             other => Err(Error::UnknownType(other.chars().take(40).collect())),
@@ -94,6 +99,7 @@ impl ChatSession {
             ));
         }
         rooms::join(&self.app, &self.caller, room).await?;
+        self.member_of.insert(room);
         let gateway = &self.app.gateway;
         gateway.registry.join(room, &self.outbox);
         self.rooms.insert(room);

@@ -49,11 +49,25 @@ pub enum Role {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Member {
+    /// `<room id>:<user id>`: one membership per pair, found by primary key
+    /// (the cheapest lookup on every MongoDB-compatible server).
+    #[serde(rename = "_id")]
+    pub key: String,
     pub room_id: ObjectId,
     pub user_id: ObjectId,
     pub role: Role,
     #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
     pub joined_at: DateTime<Utc>,
+}
+
+impl Member {
+    pub fn key(room_id: ObjectId, user_id: ObjectId) -> String {
+        format!("{}:{}", room_id.to_hex(), user_id.to_hex())
+    }
+
+    pub fn new(room_id: ObjectId, user_id: ObjectId, role: Role, joined_at: DateTime<Utc>) -> Self {
+        Member { key: Member::key(room_id, user_id), room_id, user_id, role, joined_at }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -160,7 +160,7 @@ impl Store for MongoStore {
     }
 
     async fn member(&self, room_id: ObjectId, user_id: ObjectId) -> StoreResult<Option<Member>> {
-        timed("find_member", self.members.find_one(doc! {"room_id": room_id, "user_id": user_id})).await
+        timed("find_member", self.members.find_one(doc! {"_id": Member::key(room_id, user_id)})).await
     }
 
     async fn next_seq(&self, room_id: ObjectId) -> StoreResult<Option<i64>> {

@@ -1,0 +1,107 @@
+//! Micro-benchmarks of the hot path: parsing a client envelope, encoding a
+//! message frame, looking up a room's local subscribers, and fanning one
+//! frame out to 1, 100 and 10,000 local connection queues.
+//!
+//! `cargo bench --bench hot_path`; figures in docs/benchmarks.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bson::oid::ObjectId;
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tokio_util::sync::CancellationToken;
+
+use confab::gateway::protocol::{self, ClientFrame};
+use confab::gateway::registry::{Outbox, OutboxReceivers};
+use confab::gateway::{Outbound, Registry};
+use confab::store::Message;
+
+const SEND: &[u8] =
+    br#"{"type":"send_message","channel":"6b05f73b38ebee478010001e","data":{"content":"hello there, how is everyone doing today?","client_msg_id":"c-1842"},"ref":17}"#;
+
+fn message() -> Message {
+    let id = ObjectId::new();
+    Message {
+        id,
+        room_id: ObjectId::new(),
+        seq: 123_456,
+        sender_id: ObjectId::new(),
+        content: "hello there, how is everyone doing today?".into(),
+        client_msg_id: Some("c-1842".into()),
+        dedup_key: "c-1842".into(),
+        timestamp: chrono::Utc::now(),
+    }
+}
+
+fn envelope(c: &mut Criterion) {
+    c.bench_function("envelope_parse", |b| b.iter(|| serde_json::from_slice::<ClientFrame>(black_box(SEND)).unwrap()));
+    let m = message();
+    c.bench_function("frame_encode", |b| b.iter(|| protocol::message(black_box(&m))));
+}
+
+fn registry_lookup(c: &mut Criterion) {
+    let reg = Registry::new();
+    let rooms: Vec<ObjectId> = (0..10_000).map(|_| ObjectId::new()).collect();
+    let mut keep = Vec::new();
+    for r in &rooms {
+        let (o, rx) = Outbox::new(None, 8, CancellationToken::new());
+        reg.join(*r, &o);
+        keep.push((o, rx));
+    }
+    let mut i = 0;
+    c.bench_function("registry_lookup_10k_rooms", |b| {
+        b.iter(|| {
+            i = (i + 1) % rooms.len();
+            black_box(reg.local_subscribers(rooms[i]))
+        })
+    });
+}
+
+fn fan_out(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _guard = runtime.enter();
+    let frame = Bytes::from(protocol::message(&message()).to_vec());
+    let mut group = c.benchmark_group("fan_out");
+    for n in [1usize, 100, 10_000] {
+        let reg = Registry::new();
+        let room = ObjectId::new();
+        let mut queues: Vec<(Arc<Outbox>, OutboxReceivers)> = Vec::new();
+        for _ in 0..n {
+            let (o, rx) = Outbox::new(None, 1024, CancellationToken::new());
+            reg.join(room, &o);
+            queues.push((o, rx));
+        }
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    // Fan out up to 512 frames, timed; then drain the queues
+                    // (the writers' work), untimed.
+                    let batch = (iters - done).min(512);
+                    let start = Instant::now();
+                    for _ in 0..batch {
+                        black_box(reg.fan_out(room, Outbound::Delivery(frame.clone(), 0)));
+                    }
+                    spent += start.elapsed();
+                    for (_, rx) in queues.iter_mut() {
+                        while rx.data.try_recv().is_ok() {}
+                    }
+                    done += batch;
+                }
+                spent
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = envelope, registry_lookup, fan_out
+}
+criterion_main!(benches);

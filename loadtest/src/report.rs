@@ -1,0 +1,99 @@
+//! Results on disk: `results.json` (machine-readable), `summary.md` (for
+//! humans and docs), and `latency.png` (the latency distribution).
+
+use std::path::Path;
+
+use anyhow::Result;
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+use serde::Serialize;
+
+pub fn write_json<T: Serialize>(dir: &Path, result: &T) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(result)?)?;
+    Ok(())
+}
+
+pub fn write_markdown(dir: &Path, text: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("summary.md"), text)?;
+    Ok(())
+}
+
+/// Fonts looked for (in this order) to label the plot; without one the plot
+/// is drawn unlabelled.
+const FONTS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+fn load_font() -> bool {
+    for path in FONTS {
+        if let Ok(bytes) = std::fs::read(path) {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The percentile spectrum: latency (ms) against "nines" (1 / (1 − q)) on a
+/// log axis, the usual way to show a latency distribution's tail.
+pub fn write_latency_png(dir: &Path, title: &str, h: &Histogram<u64>) -> Result<()> {
+    if h.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let labelled = load_font();
+    let path = dir.join("latency.png");
+    let root = BitMapBackend::new(&path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let points: Vec<(f64, f64)> = [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999]
+        .iter()
+        .map(|&q| (1.0 / (1.0 - q), h.value_at_quantile(q) as f64 / 1000.0))
+        .chain(std::iter::once((1e5, h.max() as f64 / 1000.0)))
+        .collect();
+    let ymax = points.iter().map(|p| p.1).fold(0.0, f64::max) * 1.1 + 0.001;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(20);
+    if labelled {
+        builder.caption(title, ("sans-serif", 22)).x_label_area_size(40).y_label_area_size(60);
+    }
+    let mut chart = builder.build_cartesian_2d((1.0f64..1e5f64).log_scale(), 0.0..ymax)?;
+    if labelled {
+        chart
+            .configure_mesh()
+            .x_desc("percentile")
+            .y_desc("latency (ms)")
+            .x_label_formatter(&|x| format!("{:.3}%", 100.0 * (1.0 - 1.0 / x)))
+            .draw()?;
+    }
+    chart.draw_series(LineSeries::new(points.clone(), &BLUE))?;
+    chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))?;
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_all_three_files() {
+        let dir = std::env::temp_dir().join(format!("lt-report-{}", std::process::id()));
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for v in [800, 900, 1000, 1500, 4000] {
+            h.record(v).unwrap();
+        }
+        write_json(&dir, &serde_json::json!({"a": 1})).unwrap();
+        write_markdown(&dir, "# hi\n").unwrap();
+        write_latency_png(&dir, "test", &h).unwrap();
+        for f in ["results.json", "summary.md", "latency.png"] {
+            assert!(std::fs::metadata(dir.join(f)).unwrap().len() > 0, "{f}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

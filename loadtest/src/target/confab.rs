@@ -1,0 +1,255 @@
+//! Confab: REST to prepare rooms and memberships, WebSocket to subscribe and
+//! publish (`send_message`, acknowledged with the stored message).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use async_trait::async_trait;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::{connect_spread, socket_addr, Publisher, Subscriber, Target};
+
+/// Identities for the run: minted locally with the cluster secret, or
+/// registered over REST.
+#[derive(Clone)]
+struct Identity {
+    token: String,
+}
+
+pub struct Confab {
+    /// Base URLs of the nodes (or of nginx), e.g. http://127.0.0.1:8081.
+    urls: Vec<String>,
+    secret: Option<String>,
+    http: reqwest::Client,
+    rooms: Vec<String>,
+    owner: Option<Identity>,
+    run_id: String,
+}
+
+impl Confab {
+    pub fn new(urls: Vec<String>, secret: Option<String>) -> Self {
+        Confab {
+            urls,
+            secret,
+            http: reqwest::Client::new(),
+            rooms: Vec::new(),
+            owner: None,
+            run_id: format!("{:08x}", rand::random::<u32>()),
+        }
+    }
+
+    fn url(&self, idx: usize) -> &str {
+        &self.urls[idx % self.urls.len()]
+    }
+
+    async fn identity(&self, name: &str) -> Result<Identity> {
+        if let Some(secret) = &self.secret {
+            let tokens = confab::auth::Tokens::new(secret, Duration::from_secs(86_400));
+            let id = bson::oid::ObjectId::new();
+            return Ok(Identity { token: tokens.issue(id, name).map_err(|e| anyhow!("{e}"))? });
+        }
+        let base = self.url(0);
+        let password = "loadtest-password";
+        let body = json!({"username": name, "email": format!("{name}@loadtest.invalid"), "password": password});
+        let reg: Value = self.http.post(format!("{base}/register")).json(&body).send().await?.json().await?;
+        reg["id"].as_str().ok_or_else(|| anyhow!("register failed: {reg}"))?;
+        let login: Value = self
+            .http
+            .post(format!("{base}/login"))
+            .json(&json!({"username": name, "password": password}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let token = login["access_token"].as_str().ok_or_else(|| anyhow!("login failed: {login}"))?.to_string();
+        Ok(Identity { token })
+    }
+
+    async fn socket(&self, idx: usize, token: &str) -> Result<WebSocketStream<TcpStream>> {
+        let base = self.url(idx);
+        let addr = socket_addr(base)?;
+        let stream = connect_spread(addr, idx).await?;
+        let ws_url = format!("{}/ws?token={token}", base.replacen("http", "ws", 1));
+        let (ws, _) = tokio_tungstenite::client_async(ws_url, stream).await.context("websocket handshake")?;
+        Ok(ws)
+    }
+}
+
+#[async_trait]
+impl Target for Confab {
+    fn name(&self) -> &str {
+        "confab"
+    }
+
+    async fn prepare(&mut self, rooms: usize) -> Result<()> {
+        let owner = self.identity(&format!("lt{}owner", self.run_id)).await?;
+        for r in 0..rooms {
+            let name = format!("loadtest-{}-{r}", self.run_id);
+            let resp: Value = self
+                .http
+                .post(format!("{}/rooms", self.url(0)))
+                .bearer_auth(&owner.token)
+                .json(&json!({"name": name, "type": "public"}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let id = resp["id"].as_str().ok_or_else(|| anyhow!("creating a room failed: {resp}"))?;
+            self.rooms.push(id.to_string());
+        }
+        self.owner = Some(owner);
+        Ok(())
+    }
+
+    async fn subscriber(&self, idx: usize, room: usize) -> Result<Box<dyn Subscriber>> {
+        let me = self.identity(&format!("lt{}s{idx}", self.run_id)).await?;
+        let mut ws = self.socket(idx, &me.token).await?;
+        let room_id = &self.rooms[room];
+        ws.send(Message::Text(json!({"type": "join_channel", "channel": room_id, "ref": 1}).to_string())).await?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("\"type\":\"ack\"") => break,
+                Some(Ok(Message::Text(t))) if t.contains("\"type\":\"error\"") => bail!("join failed: {t}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("closed while joining"),
+            }
+        }
+        Ok(Box::new(ConfabSubscriber { ws }))
+    }
+
+    async fn idle(&self, idx: usize) -> Result<Box<dyn Subscriber>> {
+        let me = self.identity(&format!("lt{}i{idx}", self.run_id)).await?;
+        let ws = self.socket(idx, &me.token).await?;
+        Ok(Box::new(ConfabSubscriber { ws }))
+    }
+
+    async fn publisher(&self, idx: usize, room: usize) -> Result<Box<dyn Publisher>> {
+        let me = self.identity(&format!("lt{}p{idx}", self.run_id)).await?;
+        let room_id = self.rooms[room].clone();
+        let join =
+            self.http.post(format!("{}/rooms/{room_id}/join", self.url(0))).bearer_auth(&me.token).send().await?;
+        if !join.status().is_success() {
+            bail!("publisher could not join the room: {}", join.status());
+        }
+        // Publishers connect to the node after the subscriber's, so traffic
+        // crosses the bus.
+        let ws = self.socket(idx + 1, &me.token).await?;
+        let (sink, stream) = ws.split();
+        let acked = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let reader = tokio::spawn(count_acks(stream, acked.clone(), failed.clone()));
+        Ok(Box::new(ConfabPublisher { sink, room_id, sent: 0, acked, failed, reader }))
+    }
+}
+
+struct ConfabSubscriber {
+    ws: WebSocketStream<TcpStream>,
+}
+
+/// The `content` of a `message` frame, without a full JSON parse (probe
+/// contents never contain quotes or escapes).
+pub fn message_content(frame: &str) -> Option<&str> {
+    if !frame.starts_with("{\"type\":\"message\"") {
+        return None;
+    }
+    let start = frame.find("\"content\":\"")? + 11;
+    let len = frame[start..].find('"')?;
+    Some(&frame[start..start + len])
+}
+
+#[async_trait]
+impl Subscriber for ConfabSubscriber {
+    async fn next(&mut self) -> Result<Option<String>> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    if let Some(c) = message_content(&t) {
+                        return Ok(Some(c.to_string()));
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => return Ok(None),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+struct ConfabPublisher {
+    sink: SplitSink<WebSocketStream<TcpStream>, Message>,
+    room_id: String,
+    sent: u64,
+    acked: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+async fn count_acks(
+    mut stream: SplitStream<WebSocketStream<TcpStream>>,
+    acked: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) {
+    while let Some(Ok(msg)) = stream.next().await {
+        if let Message::Text(t) = msg {
+            if t.starts_with("{\"type\":\"ack\"") {
+                acked.fetch_add(1, Ordering::Relaxed);
+            } else if t.starts_with("{\"type\":\"error\"") {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for ConfabPublisher {
+    async fn publish(&mut self, content: &str) -> Result<()> {
+        self.sent += 1;
+        let frame =
+            json!({"type": "send_message", "channel": self.room_id, "data": {"content": content}, "ref": self.sent});
+        self.sink.send(Message::Text(frame.to_string())).await?;
+        Ok(())
+    }
+
+    fn accepted(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    async fn settle(&mut self) {
+        // Wait for every outstanding ack, as long as acks keep coming.
+        let mut last = (0, tokio::time::Instant::now());
+        loop {
+            let done = self.acked.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+            if done >= self.sent {
+                break;
+            }
+            if done != last.0 {
+                last = (done, tokio::time::Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.sink.close().await;
+        self.reader.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_is_found_in_message_frames_only() {
+        let f = r#"{"type":"message","channel":"r","data":{"id":"x","content":"LT|1|2|3|pad","seq":1}}"#;
+        assert_eq!(message_content(f), Some("LT|1|2|3|pad"));
+        assert_eq!(message_content(r#"{"type":"ack","data":{"content":"x"}}"#), None);
+    }
+}
