@@ -36,7 +36,7 @@ LOADTEST="$target_dir/release/confab-loadtest"
 
 if [ -z "${BENCH_SKIP_MICRO:-}" ]; then
   log "micro-benchmarks (criterion)"
-  cargo bench -q --bench hot_path -- --noplot 2>/dev/null | grep -E "^[a-z_/0-9]+ +time:|time:" | tee "$OUT/micro.txt"
+  cargo bench -q --bench hot_path -- --noplot 2>/dev/null | grep -E -B1 "time:" | tee "$OUT/micro.txt"
 fi
 
 work=$(mktemp -d -t confab-bench.XXXXXX)
@@ -72,8 +72,9 @@ log "fan-out: $ROOMS rooms x $SUBS subscribers, $PUBS publishers, $RATE msgs/s, 
   --rooms "$ROOMS" --subscribers "$SUBS" --publishers "$PUBS" --rate "$RATE" --duration "$DURATION" \
   --out "$OUT/fanout" >/dev/null
 
-log "connections: $CONNECTIONS idle authenticated sockets on one node"
-"$LOADTEST" connections --url "http://127.0.0.1:$p1" --jwt-secret "$SECRET" --server-pid "$(cat "$work/bench-node-1.pid")" \
+log "connections: $CONNECTIONS idle authenticated sockets on a fresh node"
+p3=$(start_node bench-node-3)
+"$LOADTEST" connections --url "http://127.0.0.1:$p3" --jwt-secret "$SECRET" --server-pid "$(cat "$work/bench-node-3.pid")" \
   --connections "$CONNECTIONS" --hold 3 --out "$OUT/connections" >/dev/null
 
 log "history: REST reads"

@@ -16,9 +16,9 @@
 #
 # Environment (all optional):
 #   COMPARE_ROOMS        rooms (default 10)
-#   COMPARE_SUBSCRIBERS  subscribers per room (default 100)
+#   COMPARE_SUBSCRIBERS  subscribers per room (default 500)
 #   COMPARE_PUBLISHERS   publishers in all (default 10)
-#   COMPARE_RATE         messages per second over all publishers (default 100)
+#   COMPARE_RATE         messages per second over all publishers (default 20)
 #   COMPARE_DURATION     seconds of publishing (default 20)
 #   COMPARE_PAYLOAD      bytes of content per message (default 100)
 #   COMPARE_DIR          where logs and results go (default: a new temporary
@@ -43,9 +43,9 @@ SOCKETIO_DIR="$CONFAB_ROOT/loadtest/peers/socketio"
 CENTRIFUGO_CONFIG="$CONFAB_ROOT/loadtest/peers/centrifugo/config.yaml"
 
 ROOMS="${COMPARE_ROOMS:-10}"
-SUBSCRIBERS="${COMPARE_SUBSCRIBERS:-100}"
+SUBSCRIBERS="${COMPARE_SUBSCRIBERS:-500}"
 PUBLISHERS="${COMPARE_PUBLISHERS:-10}"
-RATE="${COMPARE_RATE:-100}"
+RATE="${COMPARE_RATE:-20}"
 DURATION="${COMPARE_DURATION:-20}"
 PAYLOAD="${COMPARE_PAYLOAD:-100}"
 

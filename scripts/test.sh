@@ -45,10 +45,10 @@ log "Redis at $REDIS_URL, MongoDB-compatible server at $MONGO_URL"
 
 log "lints: cargo fmt --check, cargo clippy"
 cargo fmt --all -- --check
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 log "unit and integration tests"
-cargo test --all-targets
+cargo test --workspace --all-targets
 
 log "RFC 6455 conformance (Autobahn cases) against a node's echo endpoint"
 bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/confab"

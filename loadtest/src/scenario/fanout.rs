@@ -203,7 +203,6 @@ pub async fn run(
         published += accepted;
     }
     tokio::time::sleep(Duration::from_secs(p.grace)).await;
-    let window = started.elapsed().as_secs_f64();
     let end = stats::sample(server_pids);
     stop.store(true, Ordering::Relaxed);
     bar.finish_and_clear();
@@ -236,7 +235,9 @@ pub async fn run(
         lost: expected.saturating_sub(distinct),
         duplicated,
         subscriber_disconnects: disconnects,
-        delivered_per_sec: distinct as f64 / window,
+        // Messages are published during `duration`; their deliveries trail
+        // by the latency, so the rate is over the publishing time.
+        delivered_per_sec: distinct as f64 / p.duration as f64,
         latency: Percentiles::of(&histogram),
         server_cpu_seconds: cpu,
         cpu_seconds_per_million: if distinct > 0 { cpu / (distinct as f64 / 1e6) } else { 0.0 },
