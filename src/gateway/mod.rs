@@ -48,7 +48,6 @@ impl Inbox for GatewayInbox {
 }
 
 use fastwebsockets::WebSocket;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::Caller;
 use crate::node::App;
@@ -57,26 +56,23 @@ fn limits(app: &App) -> socket::Limits {
     socket::Limits { max_message_bytes: app.config.max_message_bytes, ping_interval: app.config.ping_interval }
 }
 
+/// An upgraded WebSocket, as the HTTP layer hands it over.
+pub type Upgraded = WebSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
 /// Serves one authenticated chat connection until it ends.
-pub async fn run_chat<S>(app: Arc<App>, caller: Caller, ws: WebSocket<S>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+pub async fn run_chat(app: Arc<App>, caller: Caller, ws: Upgraded) {
     let gateway = app.gateway.clone();
     let (outbox, queues) = Outbox::new(Some(caller.user_id), app.config.outbound_queue, gateway.shutdown.child_token());
     gateway.registry.register(outbox.clone());
     let session = session::ChatSession::new(app.clone(), caller, outbox.clone());
-    socket::drive(ws, outbox, queues, limits(&app), session).await;
+    socket::drive(socket::split(ws), outbox, queues, limits(&app), session).await;
 }
 
 /// Serves one conformance-echo connection until it ends.
-pub async fn run_echo<S>(app: Arc<App>, ws: WebSocket<S>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+pub async fn run_echo(app: Arc<App>, ws: Upgraded) {
     let (outbox, queues) = Outbox::new(None, app.config.outbound_queue, app.gateway.shutdown.child_token());
     let echo = echo::Echo { outbox: outbox.clone() };
-    socket::drive(ws, outbox, queues, limits(&app), echo).await;
+    socket::drive(socket::split(ws), outbox, queues, limits(&app), echo).await;
 }
 
 impl Gateway {

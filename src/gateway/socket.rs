@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::{interval_at, timeout, Instant};
 
 use super::assembler::{Assembler, DataMessage};
@@ -45,13 +48,40 @@ enum Exit {
     Gone,
 }
 
+/// The two halves of a socket, each owned by one task.
+pub type ReadSide = Box<dyn AsyncRead + Unpin + Send>;
+pub type WriteSide = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// Splits an upgraded connection. When the upgraded stream is a plain TCP
+/// stream (the usual case) each half owns its side of the socket; otherwise
+/// the halves share the stream behind a lock (`tokio::io::split`), which
+/// costs a lock on every read and write.
+pub fn split(ws: WebSocket<TokioIo<Upgraded>>) -> (WebSocketRead<ReadSide>, WebSocketWrite<WriteSide>) {
+    let upgraded = ws.into_inner().into_inner();
+    let (read, write): (ReadSide, WriteSide) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            metrics::counter!("confab_socket_splits_total", "kind" => "owned").increment(1);
+            let (r, w) = parts.io.into_inner().into_split();
+            // Bytes read past the handshake come first.
+            (Box::new(std::io::Cursor::new(parts.read_buf).chain(r)), Box::new(w))
+        }
+        Err(upgraded) => {
+            metrics::counter!("confab_socket_splits_total", "kind" => "shared").increment(1);
+            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+            (Box::new(r), Box::new(w))
+        }
+    };
+    fastwebsockets::after_handshake_split(read, write, fastwebsockets::Role::Server)
+}
+
 /// Runs a connection to its end.
-pub async fn drive<S, H>(ws: WebSocket<S>, outbox: Arc<Outbox>, queues: OutboxReceivers, limits: Limits, mut handler: H)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Handler,
-{
-    let (mut reader, writer) = ws.split(tokio::io::split);
+pub async fn drive<H: Handler>(
+    (mut reader, writer): (WebSocketRead<ReadSide>, WebSocketWrite<WriteSide>),
+    outbox: Arc<Outbox>,
+    queues: OutboxReceivers,
+    limits: Limits,
+    mut handler: H,
+) {
     reader.set_max_message_size(limits.max_message_bytes.saturating_add(1));
     reader.set_auto_pong(true);
     // Close frames are checked here, not by the parser, so that a bad close
@@ -87,8 +117,8 @@ where
     let _ = writer.await;
 }
 
-type Reader<S> = WebSocketRead<ReadHalf<S>>;
-type Writer<S> = WebSocketWrite<WriteHalf<S>>;
+type Reader = WebSocketRead<ReadSide>;
+type Writer = WebSocketWrite<WriteSide>;
 
 /// Turns the frames the protocol obliges us to send (pong, close echo) into
 /// control-queue entries for the writer.
@@ -104,15 +134,14 @@ fn obligations(outbox: &Outbox) -> impl FnMut(Frame<'_>) -> futures::future::Box
     }
 }
 
-async fn read_loop<S, H>(
-    reader: &mut Reader<S>,
+async fn read_loop<H>(
+    reader: &mut Reader,
     outbox: &Outbox,
     missed: &AtomicU32,
     assembler: &mut Assembler,
     handler: &mut H,
 ) -> Exit
 where
-    S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
     let mut send = obligations(outbox);
@@ -160,10 +189,7 @@ async fn answer_close(payload: &[u8], outbox: &Outbox) -> Exit {
     Exit::PeerClosed
 }
 
-async fn drain_until_close<S>(reader: &mut Reader<S>, outbox: &Outbox)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn drain_until_close(reader: &mut Reader, outbox: &Outbox) {
     let mut send = obligations(outbox);
     loop {
         match reader.read_frame(&mut send).await {
@@ -196,18 +222,18 @@ fn exit_for(e: WebSocketError) -> Exit {
     }
 }
 
-async fn write_loop<S>(
-    mut w: Writer<S>,
+async fn write_loop(
+    mut w: Writer,
     mut queues: OutboxReceivers,
     missed: Arc<AtomicU32>,
     ping_interval: Duration,
     kill: tokio_util::sync::CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let mut ticker = interval_at(Instant::now() + ping_interval, ping_interval);
     // A socket that takes no bytes for this long is dead to us.
     let stall_limit = (ping_interval * 2).max(Duration::from_secs(10));
+    // Resolved once per connection: recording is then a few atomic adds.
+    let latency = metrics::histogram!("confab_message_delivery_latency_seconds");
     loop {
         let event = tokio::select! {
             biased;
@@ -219,7 +245,7 @@ async fn write_loop<S>(
         let step = tokio::select! {
             biased;
             _ = kill.cancelled() => break,
-            r = timeout(stall_limit, write_event(&mut w, &mut queues, event, &missed)) => r,
+            r = timeout(stall_limit, write_event(&mut w, &mut queues, event, &missed, &latency)) => r,
         };
         match step {
             Ok(Ok(Step::Continue)) => {}
@@ -249,15 +275,13 @@ enum Step {
 /// Most frames written before one flush when a queue has a backlog.
 const BATCH: usize = 256;
 
-async fn write_event<S>(
-    w: &mut Writer<S>,
+async fn write_event(
+    w: &mut Writer,
     queues: &mut OutboxReceivers,
     event: Event,
     missed: &AtomicU32,
-) -> Result<Step, WebSocketError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+    latency: &metrics::Histogram,
+) -> Result<Step, WebSocketError> {
     match event {
         Event::Control(Control::Pong(p)) => w.write_frame(Frame::pong(Payload::Owned(p))).await?,
         Event::Control(Control::CloseEcho(p)) => {
@@ -271,10 +295,10 @@ where
             return Ok(Step::SentClose);
         }
         Event::Data(first) => {
-            write_data(w, first).await?;
+            write_data(w, first, latency).await?;
             for _ in 0..BATCH {
                 match queues.data.try_recv() {
-                    Ok(next) => write_data(w, next).await?,
+                    Ok(next) => write_data(w, next, latency).await?,
                     Err(_) => break,
                 }
             }
@@ -292,16 +316,12 @@ where
     Ok(Step::Continue)
 }
 
-async fn write_data<S>(w: &mut Writer<S>, frame: Outbound) -> Result<(), WebSocketError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn write_data(w: &mut Writer, frame: Outbound, latency: &metrics::Histogram) -> Result<(), WebSocketError> {
     match frame {
         Outbound::Delivery(b, stored_at_us) => {
             w.write_frame(Frame::text(Payload::Borrowed(&b))).await?;
             if stored_at_us > 0 {
-                let latency = crate::metrics::now_us().saturating_sub(stored_at_us) as f64 / 1e6;
-                metrics::histogram!("confab_message_delivery_latency_seconds").record(latency);
+                latency.record(crate::metrics::now_us().saturating_sub(stored_at_us) as f64 / 1e6);
             }
             Ok(())
         }
