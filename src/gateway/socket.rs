@@ -230,31 +230,45 @@ async fn write_loop(
     kill: tokio_util::sync::CancellationToken,
 ) {
     let mut ticker = interval_at(Instant::now() + ping_interval, ping_interval);
-    // A socket that takes no bytes for this long is dead to us.
-    let stall_limit = (ping_interval * 2).max(Duration::from_secs(10));
     // Resolved once per connection: recording is then a few atomic adds.
     let latency = metrics::histogram!("confab_message_delivery_latency_seconds");
-    loop {
+    // Registered once, not on every loop turn: this loop runs per frame.
+    let cancelled = kill.cancelled();
+    tokio::pin!(cancelled);
+    'frames: loop {
         let event = tokio::select! {
             biased;
-            _ = kill.cancelled() => break,
+            _ = &mut cancelled => break,
             c = queues.control.recv() => match c { Some(c) => Event::Control(c), None => break },
             d = queues.data.recv() => match d { Some(d) => Event::Data(d), None => break },
             _ = ticker.tick() => Event::Tick,
         };
-        let step = tokio::select! {
-            biased;
-            _ = kill.cancelled() => break,
-            r = timeout(stall_limit, write_event(&mut w, &mut queues, event, &missed, &latency)) => r,
+        let write = write_event(&mut w, &mut queues, event, &missed, &latency);
+        tokio::pin!(write);
+        // A socket that takes no bytes across two ping ticks is dead to us;
+        // the ticker doubles as the watchdog, so no timer is set per write.
+        let mut ticks = 0;
+        let step = loop {
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => break 'frames,
+                r = &mut write => break r,
+                _ = ticker.tick() => {
+                    ticks += 1;
+                    if ticks == 2 {
+                        break 'frames;
+                    }
+                }
+            }
         };
         match step {
-            Ok(Ok(Step::Continue)) => {}
-            Ok(Ok(Step::SentClose)) => {
+            Ok(Step::Continue) => {}
+            Ok(Step::SentClose) => {
                 // Wait (briefly) for the reader to see the peer's close reply.
-                let _ = timeout(Duration::from_secs(2), kill.cancelled()).await;
+                let _ = timeout(Duration::from_secs(2), &mut cancelled).await;
                 break;
             }
-            Ok(Ok(Step::Done)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Step::Done) | Err(_) => break,
         }
     }
     kill.cancel();
