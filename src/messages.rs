@@ -69,7 +69,7 @@ enum Stored {
 /// already taken. On MongoDB `$inc` is atomic and the first attempt wins;
 /// some compatible servers lose concurrent increments, and the unique
 /// (room_id, seq) index turns that into a retry instead of a duplicate.
-const SEQ_ATTEMPTS: usize = 8;
+const SEQ_ATTEMPTS: u64 = 16;
 
 async fn store_new(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft) -> Result<Stored> {
     let id = ObjectId::new();
@@ -83,7 +83,7 @@ async fn store_new(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft) 
         client_msg_id: draft.client_msg_id,
         timestamp: Utc::now(),
     };
-    for _ in 0..SEQ_ATTEMPTS {
+    for attempt in 0..SEQ_ATTEMPTS {
         message.seq = app.store.next_seq(room_id).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
         message.timestamp = Utc::now();
         match app.store.insert_message(&message).await {
@@ -93,6 +93,10 @@ async fn store_new(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft) 
                     return Ok(Stored::Existing(original));
                 }
                 metrics::counter!("confab_seq_collisions_total").increment(1);
+                // Concurrent senders that collided once tend to collide again
+                // in lockstep: a little jitter breaks the tie.
+                let jitter = rand::random::<u64>() % (attempt + 2);
+                tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
             }
             Err(e) => return Err(e.into()),
         }

@@ -231,3 +231,31 @@ async fn a_token_from_one_node_works_on_another() {
     assert_eq!(s, 201, "{body}");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_sends_are_stored_and_joins_say_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = OwnRedis::start(port);
+    let mut cfg = common::config(&common::unique_db());
+    cfg.redis_url = format!("redis://127.0.0.1:{port}");
+    let n = Node::start(cfg).await;
+    let alice = n.register("alice").await;
+    let room = n.create_room(&alice, "general", "public").await;
+    let other = n.create_room(&alice, "other", "public").await;
+    let mut c = n.connect(&alice).await;
+    c.join(&room).await;
+
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+    // Stored and acknowledged even though it cannot be published.
+    let stored = c.say(&room, "while redis is down").await;
+    let (s, page) = n.call("GET", &format!("/messages?room_id={room}"), Some(&alice.token), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(page["messages"][0]["id"], stored["id"]);
+    // A new subscription cannot be made: the client is told to retry.
+    let reply = c.request(json!({"type": "join_channel", "channel": other})).await;
+    assert_eq!((reply["type"].as_str(), reply["data"]["code"].as_str()), (Some("error"), Some("unavailable")));
+    let (s, body) = n.call("GET", "/readyz", None, None).await;
+    assert_eq!((s, body["redis"].as_str()), (503, Some("unavailable")));
+    n.shutdown().await;
+}

@@ -272,3 +272,14 @@ async fn a_client_that_ignores_pings_is_dropped() {
     assert_eq!(pong["type"], "pong");
     n.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_says_going_away_with_1001() {
+    let n = node().await;
+    let alice = n.register("alice").await;
+    let room = n.create_room(&alice, "general", "public").await;
+    let mut c = n.connect(&alice).await;
+    c.join(&room).await;
+    n.shutdown().await;
+    assert_eq!(c.ended().await, Ended::Close(Some(1001)));
+}
