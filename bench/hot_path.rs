@@ -13,9 +13,10 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tokio_util::sync::CancellationToken;
 
+use confab::bus::Delivery;
 use confab::gateway::protocol::{self, ClientFrame};
 use confab::gateway::registry::{Outbox, OutboxReceivers};
-use confab::gateway::{Outbound, Registry};
+use confab::gateway::Registry;
 use confab::store::Message;
 
 const SEND: &[u8] =
@@ -62,7 +63,7 @@ fn registry_lookup(c: &mut Criterion) {
 fn fan_out(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _guard = runtime.enter();
-    let frame = Bytes::from(protocol::message(&message()).to_vec());
+    let delivery = Delivery { frame: Bytes::from(protocol::message(&message()).to_vec()), stored_at_us: 0, seq: 1 };
     let mut group = c.benchmark_group("fan_out");
     for n in [1usize, 100, 10_000] {
         let reg = Registry::new();
@@ -84,7 +85,7 @@ fn fan_out(c: &mut Criterion) {
                     let batch = (iters - done).min(512);
                     let start = Instant::now();
                     for _ in 0..batch {
-                        black_box(reg.fan_out(room, Outbound::Delivery(frame.clone(), 0)));
+                        black_box(reg.fan_out(room, &delivery));
                     }
                     spent += start.elapsed();
                     for (_, rx) in queues.iter_mut() {

@@ -51,7 +51,7 @@ pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, k
     };
     metrics::counter!("confab_messages_sent_total").increment(1);
     let frame = protocol::message(&message);
-    let event = Event { id: Some(message.id), stored_at_us: crate::metrics::now_us(), frame: &frame };
+    let event = Event { id: Some(message.id), stored_at_us: crate::metrics::now_us(), seq: message.seq, frame: &frame };
     if let Err(e) = app.bus.publish(room_id, event).await {
         metrics::counter!("confab_bus_publish_failures_total").increment(1);
         tracing::warn!(message = %message.id, error = %e, "stored message not published; readers catch up from history");
@@ -123,6 +123,8 @@ pub struct Page {
     pub limit: i64,
     pub before: Option<ObjectId>,
     pub after: Option<ObjectId>,
+    /// Like `after`, by seq: what a reconnecting client knows.
+    pub after_seq: Option<i64>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
 }
@@ -138,9 +140,9 @@ pub async fn history(app: &App, caller: &Caller, page: Page) -> Result<(Vec<Mess
     };
     let after_seq = match page.after {
         Some(id) => Some(cursor_seq(app, page.room_id, id, "after").await?),
-        None => None,
+        None => page.after_seq,
     };
-    let forward = page.after.is_some() || (page.since.is_some() && page.before.is_none());
+    let forward = after_seq.is_some() || (page.since.is_some() && page.before.is_none());
     let query = HistoryQuery {
         room_id: page.room_id,
         before_seq,

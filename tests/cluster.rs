@@ -259,3 +259,95 @@ async fn with_redis_down_sends_are_stored_and_joins_say_unavailable() {
     assert_eq!((s, body["redis"].as_str()), (503, Some("unavailable")));
     n.shutdown().await;
 }
+
+/// Reads message frames until `n` arrived; returns their seqs.
+async fn seqs(c: &mut Client, n: usize) -> Vec<i64> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let f = c.recv_type("message").await;
+        out.push(f["data"]["seq"].as_i64().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_replays_from_its_last_seq_then_continues_live() {
+    let c = Cluster::start(2).await;
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, "general", "public").await;
+    for i in 1..=5 {
+        a.post_message(&alice, &room, &format!("m{i}")).await;
+    }
+    let mut on_b = b.connect(&bob).await;
+    let ack = on_b.request(json!({"type": "join_channel", "channel": room, "data": {"after_seq": 2}})).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(seqs(&mut on_b, 3).await, [3, 4, 5]);
+    a.post_message(&alice, &room, "m6").await;
+    assert_eq!(seqs(&mut on_b, 1).await, [6]);
+    on_b.assert_silent(Duration::from_millis(300)).await;
+
+    // `after` with a message id resolves to its seq.
+    let (_, page) = a.call("GET", &format!("/messages?room_id={room}&after_seq=4"), Some(&alice.token), None).await;
+    let contents: Vec<&str> =
+        page["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(contents, ["m5", "m6"]);
+    let fifth = page["messages"][0]["id"].as_str().unwrap().to_string();
+    let mut again = b.connect(&bob).await;
+    let ack = again.request(json!({"type": "join_channel", "channel": room, "data": {"after": fifth}})).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(seqs(&mut again, 1).await, [6]);
+    again.assert_silent(Duration::from_millis(300)).await;
+
+    // Bad replay points.
+    let other = a.create_room(&alice, "other", "public").await;
+    let foreign = a.post_message(&alice, &other, "elsewhere").await;
+    let cases = [
+        (json!({"after_seq": -1}), "validation_failed"),
+        (json!({"after_seq": 1, "after": fifth}), "validation_failed"),
+        (json!({"after": "nope"}), "bad_request"),
+        (json!({"after": foreign["id"]}), "not_found"),
+        (json!({"after_seq": "x"}), "bad_request"),
+    ];
+    let mut probe = b.connect(&bob).await;
+    for (data, code) in cases {
+        let reply = probe.request(json!({"type": "join_channel", "channel": room, "data": data})).await;
+        assert_eq!((reply["type"].as_str(), reply["data"]["code"].as_str()), (Some("error"), Some(code)), "{data}");
+    }
+    for q in ["after_seq=-1", "after_seq=abc", &format!("after_seq=1&after={fifth}")] {
+        let (s, body) = a.call("GET", &format!("/messages?room_id={room}&{q}"), Some(&alice.token), None).await;
+        assert_eq!((s, body["error"]["code"].as_str()), (422, Some("validation_failed")), "{q}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_during_live_traffic_from_another_node_has_no_gap_and_no_duplicate() {
+    let c = Cluster::start(2).await;
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, "general", "public").await;
+    // More than one replay page of history.
+    let mut sender = a.connect(&alice).await;
+    for i in 0..250 {
+        sender.say(&room, &format!("h{i}")).await;
+    }
+    // Live traffic keeps flowing from node A while bob replays on node B.
+    let live = 40;
+    let room2 = room.clone();
+    let traffic = tokio::spawn(async move {
+        for i in 0..live {
+            sender.say(&room2, &format!("l{i}")).await;
+        }
+    });
+    let mut on_b = b.connect(&bob).await;
+    let ack = on_b.request(json!({"type": "join_channel", "channel": room, "data": {"after_seq": 0}})).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    traffic.await.unwrap();
+    let got = seqs(&mut on_b, 250 + live).await;
+    assert_eq!(got, (1..=(250 + live as i64)).collect::<Vec<_>>(), "every seq once, in order");
+    on_b.assert_silent(Duration::from_millis(300)).await;
+    c.shutdown().await;
+}

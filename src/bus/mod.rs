@@ -20,9 +20,7 @@ pub struct BusError(pub String);
 pub trait Inbox: Send + Sync + 'static {
     /// Called once per event per node, after de-duplication, from the bus's
     /// reader task; must not block.
-    /// `stored_at_us` is when the event was stored (Unix microseconds, 0 if
-    /// unknown), for the delivery-latency metric.
-    fn deliver(&self, room_id: ObjectId, frame: Bytes, stored_at_us: u64);
+    fn deliver(&self, room_id: ObjectId, delivery: Delivery);
 }
 
 #[async_trait]
@@ -42,19 +40,30 @@ pub struct Event<'a> {
     pub id: Option<ObjectId>,
     /// When it was stored, Unix microseconds (0 if not a stored message).
     pub stored_at_us: u64,
+    /// The message's seq in its room (0 if not a message).
+    pub seq: i64,
     /// The client frame, already encoded.
     pub frame: &'a [u8],
 }
 
+/// An event as it arrives at a node.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub frame: Bytes,
+    pub stored_at_us: u64,
+    pub seq: i64,
+}
+
 /// Wire form of a bus event: 24 bytes of event id (hex ObjectId, or `-`
 /// padding when the event has none), 16 hex digits of store time (Unix µs),
-/// then the client frame, untouched, so a receiver can hand the frame bytes
-/// to sockets without re-encoding.
+/// 16 hex digits of seq, then the client frame, untouched, so a receiver can
+/// hand the frame bytes to sockets without re-encoding.
 pub mod wire {
     use super::*;
 
     const ID: usize = 24;
-    pub const HEADER: usize = ID + 16;
+    const AT: usize = ID + 16;
+    pub const HEADER: usize = AT + 16;
     const NO_ID: &[u8; ID] = b"------------------------";
 
     pub fn encode(event: Event<'_>) -> Bytes {
@@ -63,21 +72,24 @@ pub mod wire {
             Some(id) => out.put_slice(id.to_hex().as_bytes()),
             None => out.put_slice(NO_ID),
         }
-        out.put_slice(format!("{:016x}", event.stored_at_us).as_bytes());
+        out.put_slice(format!("{:016x}{:016x}", event.stored_at_us, event.seq.max(0)).as_bytes());
         out.put_slice(event.frame);
         out.freeze()
     }
 
-    /// Splits a payload into (event id, store time, frame); `None` for a
+    /// Splits a payload into its event id and delivery; `None` for a
     /// foreign payload.
-    pub fn decode(payload: Bytes) -> Option<(Option<ObjectId>, u64, Bytes)> {
+    pub fn decode(payload: Bytes) -> Option<(Option<ObjectId>, Delivery)> {
         if payload.len() < HEADER {
             return None;
         }
         let head = &payload[..ID];
         let id = if head == NO_ID { None } else { Some(ObjectId::parse_str(std::str::from_utf8(head).ok()?).ok()?) };
-        let stored = u64::from_str_radix(std::str::from_utf8(&payload[ID..HEADER]).ok()?, 16).ok()?;
-        Some((id, stored, payload.slice(HEADER..)))
+        let hex =
+            |range: std::ops::Range<usize>| u64::from_str_radix(std::str::from_utf8(&payload[range]).ok()?, 16).ok();
+        let stored_at_us = hex(ID..AT)?;
+        let seq = i64::try_from(hex(AT..HEADER)?).ok()?;
+        Some((id, Delivery { frame: payload.slice(HEADER..), stored_at_us, seq }))
     }
 
     #[cfg(test)]
@@ -87,14 +99,19 @@ pub mod wire {
         #[test]
         fn round_trips_with_and_without_id() {
             let id = ObjectId::new();
-            let event = Event { id: Some(id), stored_at_us: 1_795_554_095_663_123, frame: b"{\"a\":1}" };
-            let (got, at, frame) = decode(encode(event)).unwrap();
-            assert_eq!((got, at, &frame[..]), (Some(id), 1_795_554_095_663_123, &b"{\"a\":1}"[..]));
-            let (got, at, frame) = decode(encode(Event { id: None, stored_at_us: 0, frame: b"x" })).unwrap();
-            assert_eq!((got, at, &frame[..]), (None, 0, &b"x"[..]));
+            let event = Event { id: Some(id), stored_at_us: 1_795_554_095_663_123, seq: 42, frame: b"{\"a\":1}" };
+            let (got, d) = decode(encode(event)).unwrap();
+            assert_eq!(
+                (got, d.stored_at_us, d.seq, &d.frame[..]),
+                (Some(id), 1_795_554_095_663_123, 42, &b"{\"a\":1}"[..])
+            );
+            let (got, d) = decode(encode(Event { id: None, stored_at_us: 0, seq: 0, frame: b"x" })).unwrap();
+            assert_eq!((got, d.stored_at_us, d.seq, &d.frame[..]), (None, 0, 0, &b"x"[..]));
             assert!(decode(Bytes::from_static(b"short")).is_none());
-            assert!(decode(Bytes::from_static(b"zzzzzzzzzzzzzzzzzzzzzzzz0000000000000000{}")).is_none());
-            assert!(decode(Bytes::from_static(b"------------------------zzzzzzzzzzzzzzzz{}")).is_none());
+            let zeros = "0".repeat(32);
+            assert!(decode(Bytes::from(format!("zzzzzzzzzzzzzzzzzzzzzzzz{zeros}{{}}"))).is_none());
+            assert!(decode(Bytes::from(format!("------------------------zzzzzzzzzzzzzzzz{}{{}}", "0".repeat(16))))
+                .is_none());
         }
     }
 }

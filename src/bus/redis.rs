@@ -147,7 +147,7 @@ async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, inbox
         else {
             continue;
         };
-        let Some((event_id, stored_at_us, frame)) = wire::decode(payload) else {
+        let Some((event_id, delivery)) = wire::decode(payload) else {
             metrics::counter!("confab_pubsub_malformed_total").increment(1);
             continue;
         };
@@ -157,7 +157,7 @@ async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, inbox
                 continue;
             }
         }
-        inbox.deliver(room, frame, stored_at_us);
+        inbox.deliver(room, delivery);
     }
 }
 

@@ -21,13 +21,12 @@ pub mod subscriptions;
 use std::sync::Arc;
 
 use bson::oid::ObjectId;
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 pub use registry::{ConnId, Outbound, Outbox, Registry};
 pub use subscriptions::Subscriptions;
 
-use crate::bus::Inbox;
+use crate::bus::{Delivery, Inbox};
 
 /// The node's gateway: registry plus subscription keeper. Cheap to clone.
 #[derive(Clone)]
@@ -42,8 +41,8 @@ pub struct Gateway {
 pub struct GatewayInbox(pub Arc<Registry>);
 
 impl Inbox for GatewayInbox {
-    fn deliver(&self, room_id: ObjectId, frame: Bytes, stored_at_us: u64) {
-        self.0.fan_out(room_id, Outbound::Delivery(frame, stored_at_us));
+    fn deliver(&self, room_id: ObjectId, delivery: Delivery) {
+        self.0.fan_out(room_id, &delivery);
     }
 }
 

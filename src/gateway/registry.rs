@@ -7,12 +7,15 @@
 //! nothing.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bson::oid::ObjectId;
 use bytes::Bytes;
 use dashmap::DashMap;
+
+use crate::bus::Delivery;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -50,7 +53,20 @@ pub struct Outbox {
     control: mpsc::Sender<Control>,
     /// Cancelled to drop the connection at once, whatever it is doing.
     pub kill: CancellationToken,
+    /// While a join replays a room's history, that room's live deliveries
+    /// wait here, so replay and live traffic reach the client in seq order.
+    holding: AtomicBool,
+    hold: Mutex<Option<Hold>>,
 }
+
+struct Hold {
+    room: ObjectId,
+    frames: Vec<(i64, Outbound)>,
+}
+
+/// Live frames one connection may hold while replaying before it counts as
+/// a slow consumer.
+pub const MAX_HELD: usize = 10_000;
 
 /// The receiving ends, owned by the connection's writer.
 pub struct OutboxReceivers {
@@ -64,14 +80,63 @@ impl Outbox {
     pub fn new(user_id: Option<ObjectId>, capacity: usize, kill: CancellationToken) -> (Arc<Outbox>, OutboxReceivers) {
         let (data_tx, data_rx) = mpsc::channel(capacity);
         let (control_tx, control_rx) = mpsc::channel(16);
-        let outbox =
-            Outbox { id: NEXT_CONN.fetch_add(1, Ordering::Relaxed), user_id, data: data_tx, control: control_tx, kill };
+        let outbox = Outbox {
+            id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+            user_id,
+            data: data_tx,
+            control: control_tx,
+            kill,
+            holding: AtomicBool::new(false),
+            hold: Mutex::new(None),
+        };
         (Arc::new(outbox), OutboxReceivers { data: data_rx, control: control_rx })
     }
 
     /// Queues a frame without waiting; false if the queue is full or closed.
     pub fn offer(&self, frame: Outbound) -> bool {
         self.data.try_send(frame).is_ok()
+    }
+
+    /// Queues a room delivery, or holds it while that room is replaying.
+    fn offer_delivery(&self, room: ObjectId, d: &Delivery) -> bool {
+        let frame = Outbound::Delivery(d.frame.clone(), d.stored_at_us);
+        if self.holding.load(Ordering::Acquire) {
+            let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(h) = hold.as_mut().filter(|h| h.room == room) {
+                if h.frames.len() >= MAX_HELD {
+                    return false;
+                }
+                h.frames.push((d.seq, frame));
+                return true;
+            }
+        }
+        self.offer(frame)
+    }
+
+    /// Starts holding `room`'s live deliveries (before subscribing to it).
+    pub fn start_hold(&self, room: ObjectId) {
+        *self.hold.lock().unwrap_or_else(|e| e.into_inner()) = Some(Hold { room, frames: Vec::new() });
+        self.holding.store(true, Ordering::Release);
+    }
+
+    /// Stops holding: queues the held deliveries with seq above `after`, in
+    /// seq order and once each, before any later delivery can overtake them.
+    /// False if they did not fit (the caller treats it as a slow consumer).
+    pub fn release_hold(&self, after: i64) -> bool {
+        let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ok = true;
+        if let Some(mut h) = hold.take() {
+            h.frames.sort_by_key(|(seq, _)| *seq);
+            let mut last = after;
+            for (seq, frame) in h.frames {
+                if seq > last {
+                    last = seq;
+                    ok &= self.offer(frame);
+                }
+            }
+        }
+        self.holding.store(false, Ordering::Release);
+        ok
     }
 
     /// Queues a frame, waiting for room (for replies to this client's own
@@ -86,6 +151,19 @@ impl Outbox {
 
     pub fn control_sender(&self) -> mpsc::Sender<Control> {
         self.control.clone()
+    }
+
+    /// Closes a connection that cannot keep up (1013) and drops it a moment
+    /// later, since its writer may be stuck on a full socket.
+    pub fn cut_off_slow(&self) {
+        metrics::counter!("confab_slow_consumer_disconnects_total").increment(1);
+        tracing::info!(conn = self.id, "slow consumer cut off");
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer");
+        let kill = self.kill.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            kill.cancel();
+        });
     }
 
     /// Asks the writer to send a close frame, then drop the connection. If
@@ -154,12 +232,12 @@ impl Registry {
 
     /// Offers one frame to every local subscriber of `room`; connections whose
     /// queue is full are cut off as slow consumers. Returns how many got it.
-    pub fn fan_out(&self, room: ObjectId, frame: Outbound) -> usize {
+    pub fn fan_out(&self, room: ObjectId, delivery: &Delivery) -> usize {
         let mut slow: Vec<Arc<Outbox>> = Vec::new();
         let mut delivered = 0;
         if let Some(members) = self.rooms.get(&room) {
             for outbox in members.values() {
-                if outbox.offer(frame.clone()) {
+                if outbox.offer_delivery(room, delivery) {
                     delivered += 1;
                 } else if !outbox.kill.is_cancelled() {
                     slow.push(outbox.clone());
@@ -167,15 +245,7 @@ impl Registry {
             }
         }
         for outbox in slow {
-            metrics::counter!("confab_slow_consumer_disconnects_total").increment(1);
-            tracing::info!(conn = outbox.id, "slow consumer cut off");
-            outbox.close(CLOSE_SLOW_CONSUMER, "slow consumer");
-            // The writer may be stuck on a full socket: don't wait for it.
-            let kill = outbox.kill.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                kill.cancel();
-            });
+            outbox.cut_off_slow();
         }
         metrics::counter!("confab_messages_delivered_total").increment(delivered as u64);
         delivered
@@ -185,6 +255,34 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seq_of(o: Outbound) -> i64 {
+        match o {
+            Outbound::Delivery(b, _) => std::str::from_utf8(&b).unwrap().parse().unwrap(),
+            _ => panic!("not a delivery"),
+        }
+    }
+
+    #[tokio::test]
+    async fn held_deliveries_are_released_in_seq_order_without_duplicates() {
+        let reg = Registry::new();
+        let (room, other) = (ObjectId::new(), ObjectId::new());
+        let (o, mut rx) = outbox(64);
+        o.start_hold(room);
+        reg.join(room, &o);
+        reg.join(other, &o);
+        let d = |seq: i64| Delivery { frame: Bytes::from(seq.to_string()), stored_at_us: 0, seq };
+        for seq in [7, 5, 6, 5] {
+            reg.fan_out(room, &d(seq));
+        }
+        reg.fan_out(other, &d(100)); // another room is not held
+        assert_eq!(seq_of(rx.data.try_recv().unwrap()), 100);
+        assert!(rx.data.try_recv().is_err(), "held frames wait");
+        assert!(o.release_hold(5)); // replay covered up to seq 5
+        reg.fan_out(room, &d(8));
+        let got: Vec<i64> = std::iter::from_fn(|| rx.data.try_recv().ok()).map(seq_of).collect();
+        assert_eq!(got, [6, 7, 8]);
+    }
 
     fn outbox(cap: usize) -> (Arc<Outbox>, OutboxReceivers) {
         Outbox::new(None, cap, CancellationToken::new())
@@ -214,9 +312,10 @@ mod tests {
         reg.join(room, &fast);
         reg.join(room, &slow);
         let frame = Bytes::from_static(b"{\"type\":\"message\"}");
-        assert_eq!(reg.fan_out(room, Outbound::Text(frame.clone())), 2);
-        assert_eq!(reg.fan_out(room, Outbound::Text(frame.clone())), 1, "slow queue is full");
-        let Some(Outbound::Text(got)) = fast_rx.data.recv().await else { panic!("no frame") };
+        let d = Delivery { frame: frame.clone(), stored_at_us: 0, seq: 1 };
+        assert_eq!(reg.fan_out(room, &d), 2);
+        assert_eq!(reg.fan_out(room, &d), 1, "slow queue is full");
+        let Some(Outbound::Delivery(got, _)) = fast_rx.data.recv().await else { panic!("no frame") };
         assert_eq!(got.as_ptr(), frame.as_ptr(), "the same bytes, not a copy");
         assert!(matches!(slow_rx.control.recv().await, Some(Control::Close(CLOSE_SLOW_CONSUMER, _))));
         assert!(slow_rx.data.recv().await.is_some());

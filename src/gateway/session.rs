@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::messages::{self, Draft};
 use crate::node::App;
 use crate::store::model::MessageView;
+use crate::store::HistoryQuery;
 use crate::{rooms, validate};
 
 /// Rooms one connection may be subscribed to at once.
@@ -66,8 +67,17 @@ impl ChatSession {
             "ping" => Ok(Some(protocol::pong(r))),
             "join_channel" => {
                 let (room, channel) = channel_of(frame)?;
-                self.join(room).await?;
-                Ok(r.map(|r| protocol::ack(Some(r), Some(channel), json!({ "room_id": channel }), &self.user_hex)))
+                let from = replay_from(frame.data.as_ref())?;
+                let replay_after = self.join(room, from).await?;
+                let ack =
+                    r.map(|r| protocol::ack(Some(r), Some(channel), json!({ "room_id": channel }), &self.user_hex));
+                let Some(after) = replay_after else { return Ok(ack) };
+                // Ack first: everything after it is the room's traffic, in seq order.
+                if let Some(ack) = ack {
+                    self.send(ack).await?;
+                }
+                self.replay(room, after).await?;
+                Ok(None)
             }
             "leave_channel" => {
                 let (room, channel) = channel_of(frame)?;
@@ -88,9 +98,15 @@ impl ChatSession {
         }
     }
 
-    async fn join(&mut self, room: ObjectId) -> Result<()> {
+    /// Subscribes this connection to `room` (joining it if public). With a
+    /// replay point, live deliveries of the room are held from before the
+    /// subscription on, and the seq to replay after is returned.
+    async fn join(&mut self, room: ObjectId, from: Option<ReplayFrom>) -> Result<Option<i64>> {
         if self.rooms.contains(&room) {
-            return Ok(());
+            if from.is_none() {
+                return Ok(None);
+            }
+            self.leave(room); // and re-subscribe below, replaying
         }
         if self.rooms.len() >= MAX_ROOMS_PER_CONNECTION {
             return Err(Error::invalid(
@@ -100,21 +116,114 @@ impl ChatSession {
         }
         rooms::join(&self.app, &self.caller, room).await?;
         self.member_of.insert(room);
+        let after = match from {
+            None => None,
+            Some(ReplayFrom::Seq(seq)) => Some(seq),
+            Some(ReplayFrom::Message(id)) => match self.app.store.message(id).await? {
+                Some(m) if m.room_id == room => Some(m.seq),
+                _ => return Err(Error::NotFound("after: no such message in this room".into())),
+            },
+        };
+        if after.is_some() {
+            self.outbox.start_hold(room);
+        }
         let gateway = &self.app.gateway;
         gateway.registry.join(room, &self.outbox);
         self.rooms.insert(room);
         if let Err(e) = gateway.subscriptions.ensure(room).await {
+            self.outbox.release_hold(i64::MAX);
             self.leave(room);
             tracing::warn!(error = %e, "join failed: bus subscription");
             return Err(Error::Unavailable("real-time delivery is unavailable, try again".into()));
         }
+        Ok(after)
+    }
+
+    /// Sends the room's stored messages with seq above `after`, then releases
+    /// the live deliveries held meanwhile, skipping what the replay covered:
+    /// no gap, no duplicate, seq order.
+    async fn replay(&mut self, room: ObjectId, after: i64) -> Result<()> {
+        let mut last = after;
+        let mut sent = 0;
+        loop {
+            let query =
+                HistoryQuery { room_id: room, after_seq: Some(last), forward: true, limit: 200, ..Default::default() };
+            let (page, more) = match self.app.store.history(&query).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.outbox.release_hold(i64::MAX);
+                    self.leave(room);
+                    return Err(e.into());
+                }
+            };
+            for m in &page {
+                self.send(protocol::message(m)).await?;
+                last = m.seq;
+            }
+            sent += page.len();
+            if !more {
+                break;
+            }
+            if sent >= MAX_REPLAY {
+                self.outbox.release_hold(i64::MAX);
+                self.leave(room);
+                return Err(Error::Conflict {
+                    code: "too_far_behind",
+                    message: format!(
+                        "more than {MAX_REPLAY} messages to replay: page them with GET /messages?after_seq={last}, then join again"
+                    ),
+                });
+            }
+        }
+        metrics::counter!("confab_replayed_messages_total").increment(sent as u64);
+        if !self.outbox.release_hold(last) {
+            self.outbox.cut_off_slow();
+        }
         Ok(())
+    }
+
+    async fn send(&self, frame: Bytes) -> Result<()> {
+        if self.outbox.send(Outbound::Text(frame)).await {
+            Ok(())
+        } else {
+            Err(Error::Unavailable("connection closing".into()))
+        }
     }
 
     fn leave(&mut self, room: ObjectId) {
         if self.rooms.remove(&room) && self.app.gateway.registry.leave(room, self.outbox.id) {
             self.app.gateway.subscriptions.release(room);
         }
+    }
+}
+
+/// Most messages one join replays; beyond, the client pages over REST.
+pub const MAX_REPLAY: usize = 10_000;
+
+/// Where a join's replay starts: after a seq, or after a message.
+enum ReplayFrom {
+    Seq(i64),
+    Message(ObjectId),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinData {
+    #[serde(default)]
+    after_seq: Option<i64>,
+    #[serde(default)]
+    after: Option<String>,
+}
+
+fn replay_from(data: Option<&Value>) -> Result<Option<ReplayFrom>> {
+    let Some(data) = data.filter(|d| !d.is_null()) else { return Ok(None) };
+    let d = JoinData::deserialize(data).map_err(|e| Error::BadRequest(format!("data: {e}")))?;
+    match (d.after_seq, d.after) {
+        (Some(_), Some(_)) => Err(Error::invalid("data", "give after_seq or after, not both")),
+        (Some(seq), None) if seq < 0 => Err(Error::invalid("after_seq", "must not be negative")),
+        (Some(seq), None) => Ok(Some(ReplayFrom::Seq(seq))),
+        (None, Some(id)) => Ok(Some(ReplayFrom::Message(validate::object_id("after", &id)?))),
+        (None, None) => Ok(None),
     }
 }
 

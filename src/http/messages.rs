@@ -42,6 +42,7 @@ pub struct HistoryParams {
     limit: Option<String>,
     before: Option<String>,
     after: Option<String>,
+    after_seq: Option<String>,
     since: Option<String>,
     until: Option<String>,
 }
@@ -70,9 +71,19 @@ fn page(p: HistoryParams) -> Result<Page> {
         limit,
         before: id("before", p.before)?,
         after: id("after", p.after)?,
+        after_seq: match p.after_seq.as_deref() {
+            None => None,
+            Some(raw) => match raw.parse::<i64>() {
+                Ok(n) if n >= 0 => Some(n),
+                _ => return Err(Error::invalid("after_seq", "must be a whole number, 0 or more")),
+            },
+        },
         since: instant("since", p.since.as_deref())?,
         until: instant("until", p.until.as_deref())?,
     };
+    if page.after.is_some() && page.after_seq.is_some() {
+        return Err(Error::invalid("after_seq", "give after or after_seq, not both"));
+    }
     if let (Some(s), Some(u)) = (page.since, page.until) {
         if s > u {
             return Err(Error::invalid("since", "must not be later than until"));
