@@ -6,20 +6,26 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 
-# Build the dependencies alone first, against a dummy crate, so that this
-# layer stays cached until Cargo.toml or Cargo.lock change.
+# Build the dependencies alone first, against dummy crates, so that this
+# layer stays cached until a Cargo.toml or Cargo.lock changes. The workspace
+# also holds the load generator and the benchmarks; the image builds only
+# the server, but cargo needs every member's manifest and target files.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY loadtest/Cargo.toml ./loadtest/
+RUN mkdir -p src bench loadtest/src/bin \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked --bin confab \
+    && echo 'fn main() {}' > bench/hot_path.rs \
+    && echo 'fn main() {}' > loadtest/src/main.rs \
+    && echo 'fn main() {}' > loadtest/src/bin/confab-baseline.rs \
+    && cargo build --release --locked -p confab --bin confab \
     && rm -rf src
 
 # Now the real sources. Touch the crate roots so cargo rebuilds the crate
 # even when the copied files are older than the dummy build.
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin confab \
+    && cargo build --release --locked -p confab --bin confab \
     && cp target/release/confab /usr/local/bin/confab
 
 FROM debian:bookworm-slim
