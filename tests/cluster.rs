@@ -9,14 +9,18 @@ use std::time::Duration;
 use common::{Client, Cluster, Node};
 use serde_json::{json, Value};
 
-/// Reads `n` message frames and returns their contents.
-async fn contents(c: &mut Client, n: usize) -> Vec<String> {
+/// Reads `n` message frames and returns their stored messages.
+async fn messages(c: &mut Client, n: usize) -> Vec<Value> {
     let mut out = Vec::new();
     while out.len() < n {
-        let f = c.recv_type("message").await;
-        out.push(f["data"]["content"].as_str().unwrap().to_string());
+        out.push(c.recv_type("message").await["data"].clone());
     }
     out
+}
+
+/// The contents of the next `n` messages.
+async fn contents(c: &mut Client, n: usize) -> Vec<String> {
+    messages(c, n).await.iter().map(|m| m["content"].as_str().unwrap().to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,14 +264,9 @@ async fn with_redis_down_sends_are_stored_and_joins_say_unavailable() {
     n.shutdown().await;
 }
 
-/// Reads message frames until `n` arrived; returns their seqs.
+/// The seqs of the next `n` messages.
 async fn seqs(c: &mut Client, n: usize) -> Vec<i64> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let f = c.recv_type("message").await;
-        out.push(f["data"]["seq"].as_i64().unwrap());
-    }
-    out
+    messages(c, n).await.iter().map(|m| m["seq"].as_i64().unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,19 +7,15 @@
 //!   publisher:  `ws://HOST:PORT/?publish=N`, sends the content as a text
 //!               frame, gets `{"type":"ack"}` for each
 
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use futures::stream::SplitStream;
+use futures::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use anyhow::{bail, Result};
 use async_trait::async_trait;
 
-use super::ws::{self, Acks};
+use super::ws::{self, AckedSender, Acks, Sink, Ws};
 use super::{Publisher, Subscriber, Target};
-
-type Ws = WebSocketStream<TcpStream>;
 
 pub struct Baseline {
     urls: Vec<String>,
@@ -63,10 +59,7 @@ impl Target for Baseline {
 
     async fn publisher(&self, idx: usize, room: usize) -> Result<Box<dyn Publisher>> {
         let ws = self.socket(idx + 1, &format!("publish={room}")).await?;
-        let (sink, stream) = ws.split();
-        let acks = Acks::default();
-        let reader = tokio::spawn(count_acks(stream, acks.clone()));
-        Ok(Box::new(BaselinePublisher { sink, sent: 0, acks, reader }))
+        Ok(Box::new(BaselinePublisher { out: AckedSender::spawn(ws, count_acks) }))
     }
 }
 
@@ -99,7 +92,7 @@ impl Subscriber for BaselineSubscriber {
     }
 }
 
-async fn count_acks(mut stream: SplitStream<Ws>, acks: Acks) {
+async fn count_acks(mut stream: SplitStream<Ws>, _sink: Sink, acks: Acks) {
     while let Some(Ok(msg)) = stream.next().await {
         if let Message::Text(t) = msg {
             if t == r#"{"type":"ack"}"# {
@@ -110,28 +103,21 @@ async fn count_acks(mut stream: SplitStream<Ws>, acks: Acks) {
 }
 
 struct BaselinePublisher {
-    sink: SplitSink<Ws, Message>,
-    sent: u64,
-    acks: Acks,
-    reader: tokio::task::JoinHandle<()>,
+    out: AckedSender,
 }
 
 #[async_trait]
 impl Publisher for BaselinePublisher {
     async fn publish(&mut self, content: &str) -> Result<()> {
-        self.sent += 1;
-        self.sink.send(Message::Text(content.to_string())).await?;
-        Ok(())
+        self.out.send(content.to_string()).await
     }
 
     fn accepted(&self) -> u64 {
-        self.acks.accepted()
+        self.out.accepted()
     }
 
     async fn settle(&mut self) {
-        self.acks.settle(self.sent).await;
-        let _ = self.sink.close().await;
-        self.reader.abort();
+        self.out.settle().await;
     }
 }
 

@@ -16,25 +16,19 @@
 //! Options: `--opt centrifugo_hmac_secret=S` (falls back to `--jwt-secret`).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
-use futures::stream::{SplitSink, SplitStream};
+use futures::stream::SplitStream;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
-use super::ws::{self, Acks};
+use super::ws::{self, AckedSender, Acks, Sink, Ws};
 use super::{Options, Publisher, Subscriber, Target};
 
 const PATH: &str = "/connection/websocket";
-
-type Ws = WebSocketStream<TcpStream>;
 
 pub struct Centrifugo {
     urls: Vec<String>,
@@ -129,11 +123,8 @@ impl Target for Centrifugo {
     async fn publisher(&self, idx: usize, room: usize) -> Result<Box<dyn Publisher>> {
         // The node after the subscriber's, so traffic crosses Redis.
         let ws = self.client(idx + 1, &format!("lt{}p{idx}", self.run_id)).await?;
-        let (sink, stream) = ws.split();
-        let sink = Arc::new(Mutex::new(sink));
-        let acks = Acks::default();
-        let reader = tokio::spawn(read_replies(stream, sink.clone(), acks.clone()));
-        Ok(Box::new(CentrifugoPublisher { sink, channel: format!("room{room}"), next_id: 100, sent: 0, acks, reader }))
+        let out = AckedSender::spawn(ws, read_replies);
+        Ok(Box::new(CentrifugoPublisher { out, channel: format!("room{room}") }))
     }
 }
 
@@ -181,8 +172,6 @@ impl Subscriber for CentrifugoSubscriber {
     }
 }
 
-type Sink = Arc<Mutex<SplitSink<Ws, Message>>>;
-
 async fn read_replies(mut stream: SplitStream<Ws>, sink: Sink, acks: Acks) {
     while let Some(Ok(msg)) = stream.next().await {
         let Message::Text(t) = msg else { continue };
@@ -201,32 +190,25 @@ async fn read_replies(mut stream: SplitStream<Ws>, sink: Sink, acks: Acks) {
 }
 
 struct CentrifugoPublisher {
-    sink: Sink,
+    out: AckedSender,
     channel: String,
-    next_id: u64,
-    sent: u64,
-    acks: Acks,
-    reader: tokio::task::JoinHandle<()>,
 }
 
 #[async_trait]
 impl Publisher for CentrifugoPublisher {
     async fn publish(&mut self, content: &str) -> Result<()> {
-        self.next_id += 1;
-        self.sent += 1;
-        let cmd = json!({"id": self.next_id, "publish": {"channel": self.channel, "data": {"c": content}}});
-        self.sink.lock().await.send(Message::Text(cmd.to_string())).await?;
-        Ok(())
+        // Command ids 1 and 2 were connect and subscribe; publishes follow.
+        let id = 100 + self.out.sent() + 1;
+        let cmd = json!({"id": id, "publish": {"channel": self.channel, "data": {"c": content}}});
+        self.out.send(cmd.to_string()).await
     }
 
     fn accepted(&self) -> u64 {
-        self.acks.accepted()
+        self.out.accepted()
     }
 
     async fn settle(&mut self) {
-        self.acks.settle(self.sent).await;
-        let _ = self.sink.lock().await.close().await;
-        self.reader.abort();
+        self.out.settle().await;
     }
 }
 

@@ -1,19 +1,18 @@
 //! Confab: REST to prepare rooms and memberships, WebSocket to subscribe and
 //! publish (`send_message`, acknowledged with the stored message).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
-use futures::stream::{SplitSink, SplitStream};
+use futures::stream::SplitStream;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::ws::{AckedSender, Acks, Sink, Ws};
 use super::{connect_spread, socket_addr, Publisher, Subscriber, Target};
 
 /// Identities for the run: minted locally with the cluster secret, or
@@ -142,11 +141,7 @@ impl Target for Confab {
         // Publishers connect to the node after the subscriber's, so traffic
         // crosses the bus.
         let ws = self.socket(idx + 1, &me.token).await?;
-        let (sink, stream) = ws.split();
-        let acked = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let reader = tokio::spawn(count_acks(stream, acked.clone(), failed.clone()));
-        Ok(Box::new(ConfabPublisher { sink, room_id, sent: 0, acked, failed, reader }))
+        Ok(Box::new(ConfabPublisher { out: AckedSender::spawn(ws, count_acks), room_id }))
     }
 }
 
@@ -184,25 +179,17 @@ impl Subscriber for ConfabSubscriber {
 }
 
 struct ConfabPublisher {
-    sink: SplitSink<WebSocketStream<TcpStream>, Message>,
+    out: AckedSender,
     room_id: String,
-    sent: u64,
-    acked: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    reader: tokio::task::JoinHandle<()>,
 }
 
-async fn count_acks(
-    mut stream: SplitStream<WebSocketStream<TcpStream>>,
-    acked: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-) {
+async fn count_acks(mut stream: SplitStream<Ws>, _sink: Sink, acks: Acks) {
     while let Some(Ok(msg)) = stream.next().await {
         if let Message::Text(t) = msg {
             if t.starts_with("{\"type\":\"ack\"") {
-                acked.fetch_add(1, Ordering::Relaxed);
+                acks.ack();
             } else if t.starts_with("{\"type\":\"error\"") {
-                failed.fetch_add(1, Ordering::Relaxed);
+                acks.fail();
             }
         }
     }
@@ -211,34 +198,17 @@ async fn count_acks(
 #[async_trait]
 impl Publisher for ConfabPublisher {
     async fn publish(&mut self, content: &str) -> Result<()> {
-        self.sent += 1;
-        let frame =
-            json!({"type": "send_message", "channel": self.room_id, "data": {"content": content}, "ref": self.sent});
-        self.sink.send(Message::Text(frame.to_string())).await?;
-        Ok(())
+        let r = self.out.sent() + 1;
+        let frame = json!({"type": "send_message", "channel": self.room_id, "data": {"content": content}, "ref": r});
+        self.out.send(frame.to_string()).await
     }
 
     fn accepted(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
+        self.out.accepted()
     }
 
     async fn settle(&mut self) {
-        // Wait for every outstanding ack, as long as acks keep coming.
-        let mut last = (0, tokio::time::Instant::now());
-        loop {
-            let done = self.acked.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
-            if done >= self.sent {
-                break;
-            }
-            if done != last.0 {
-                last = (done, tokio::time::Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(10) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let _ = self.sink.close().await;
-        self.reader.abort();
+        self.out.settle().await;
     }
 }
 

@@ -10,24 +10,17 @@
 //!   ← `42["msg",{"c":"…"}]`
 //!   ← `2` (ping), answered with → `3`
 
-use std::sync::Arc;
-
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
-use futures::stream::{SplitSink, SplitStream};
+use futures::stream::SplitStream;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::net::TcpStream;
-use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
-use super::ws::{self, Acks};
+use super::ws::{self, AckedSender, Acks, Sink, Ws};
 use super::{Publisher, Subscriber, Target};
 
 const PATH: &str = "/socket.io/?EIO=4&transport=websocket";
-
-type Ws = WebSocketStream<TcpStream>;
 
 pub struct SocketIo {
     urls: Vec<String>,
@@ -102,11 +95,8 @@ impl Target for SocketIo {
     async fn publisher(&self, idx: usize, room: usize) -> Result<Box<dyn Publisher>> {
         // The node after the subscriber's, so traffic crosses Redis.
         let ws = self.client(idx + 1).await?;
-        let (sink, stream) = ws.split();
-        let sink = Arc::new(Mutex::new(sink));
-        let acks = Acks::default();
-        let reader = tokio::spawn(read_acks(stream, sink.clone(), acks.clone()));
-        Ok(Box::new(SocketIoPublisher { sink, room: format!("room{room}"), sent: 0, acks, reader }))
+        let out = AckedSender::spawn(ws, read_acks);
+        Ok(Box::new(SocketIoPublisher { out, room: format!("room{room}") }))
     }
 }
 
@@ -143,8 +133,6 @@ impl Subscriber for SocketIoSubscriber {
     }
 }
 
-type Sink = Arc<Mutex<SplitSink<Ws, Message>>>;
-
 async fn read_acks(mut stream: SplitStream<Ws>, sink: Sink, acks: Acks) {
     while let Some(Ok(msg)) = stream.next().await {
         let Message::Text(t) = msg else { continue };
@@ -161,32 +149,25 @@ async fn read_acks(mut stream: SplitStream<Ws>, sink: Sink, acks: Acks) {
 }
 
 struct SocketIoPublisher {
-    sink: Sink,
+    out: AckedSender,
     room: String,
-    sent: u64,
-    acks: Acks,
-    reader: tokio::task::JoinHandle<()>,
 }
 
 #[async_trait]
 impl Publisher for SocketIoPublisher {
     async fn publish(&mut self, content: &str) -> Result<()> {
-        self.sent += 1;
         // Ack ids start after the join's (1); any id works since the count is
         // what matters.
-        let packet = format!("42{}{}", self.sent + 1, json!(["msg", {"room": self.room, "c": content}]));
-        self.sink.lock().await.send(Message::Text(packet)).await?;
-        Ok(())
+        let packet = format!("42{}{}", self.out.sent() + 2, json!(["msg", {"room": self.room, "c": content}]));
+        self.out.send(packet).await
     }
 
     fn accepted(&self) -> u64 {
-        self.acks.accepted()
+        self.out.accepted()
     }
 
     async fn settle(&mut self) {
-        self.acks.settle(self.sent).await;
-        let _ = self.sink.lock().await.close().await;
-        self.reader.abort();
+        self.out.settle().await;
     }
 }
 

@@ -3,12 +3,18 @@
 //! source address, pulling a string field out of a frame without a full
 //! parse, and waiting for acknowledgements at the end of a run.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::{connect_spread, socket_addr};
@@ -72,11 +78,17 @@ pub fn json_string_field(frame: &str, key: &str) -> Option<String> {
     }
 }
 
+/// A client WebSocket as the adapters use it.
+pub type Ws = WebSocketStream<TcpStream>;
+/// Its sending half, shared by a publisher and the reader task that answers
+/// the server's pings.
+pub type Sink = Arc<Mutex<SplitSink<Ws, Message>>>;
+
 /// Acknowledgement counters of one publisher, shared with its reader task.
 #[derive(Clone, Default)]
 pub struct Acks {
-    pub acked: Arc<AtomicU64>,
-    pub failed: Arc<AtomicU64>,
+    acked: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
 }
 
 impl Acks {
@@ -92,15 +104,68 @@ impl Acks {
         self.failed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Waits up to ten seconds until every one of `sent` messages was
-    /// acknowledged or refused.
+    /// Waits until every one of `sent` messages was acknowledged or refused,
+    /// as long as answers keep coming (gives up after ten quiet seconds).
     pub async fn settle(&self, sent: u64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.acked.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed) < sent
-            && tokio::time::Instant::now() < deadline
-        {
+        let mut last = (u64::MAX, tokio::time::Instant::now());
+        loop {
+            let done = self.acked.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+            if done >= sent {
+                return;
+            }
+            if done != last.0 {
+                last = (done, tokio::time::Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(10) {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// The sending side of a publisher: frames out, acknowledgements counted by
+/// a reader task over the receiving side.
+pub struct AckedSender {
+    sink: Sink,
+    acks: Acks,
+    sent: u64,
+    reader: JoinHandle<()>,
+}
+
+impl AckedSender {
+    /// Splits `ws` and spawns `read(stream, sink, acks)` to consume replies.
+    pub fn spawn<F, Fut>(ws: Ws, read: F) -> Self
+    where
+        F: FnOnce(SplitStream<Ws>, Sink, Acks) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (sink, stream) = ws.split();
+        let sink = Arc::new(Mutex::new(sink));
+        let acks = Acks::default();
+        let reader = tokio::spawn(read(stream, sink.clone(), acks.clone()));
+        AckedSender { sink, acks, sent: 0, reader }
+    }
+
+    /// Frames sent so far (the next frame is number `sent() + 1`).
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    pub async fn send(&mut self, text: String) -> Result<()> {
+        self.sent += 1;
+        self.sink.lock().await.send(Message::Text(text)).await?;
+        Ok(())
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.acks.accepted()
+    }
+
+    /// Waits for outstanding acknowledgements, then closes.
+    pub async fn settle(&mut self) {
+        self.acks.settle(self.sent).await;
+        let _ = self.sink.lock().await.close().await;
+        self.reader.abort();
     }
 }
 
