@@ -27,8 +27,11 @@ trap cleanup EXIT
 log "checking tools"
 ensure_redis
 ensure_nginx
-command -v kosoku >/dev/null || { log "installing kosoku (Autobahn cases)"; python3 -m pip install --quiet kosoku; }
-command -v kosoku >/dev/null || die "kosoku is not on PATH after installing it"
+python3 -c 'import kosoku' 2>/dev/null || { log "installing kosoku (Autobahn cases)"; python3 -m pip install --quiet kosoku; }
+# Run it through the interpreter: a fresh pip install may not be on PATH yet
+# (pyenv shims, ~/.local/bin).
+kosoku() { python3 -c 'import sys; from kosoku._cli import main; sys.argv[0] = "kosoku"; sys.exit(main())' "$@"; }
+python3 -c 'import kosoku' || die "kosoku did not install"
 
 if [ -z "${REDIS_URL:-}" ]; then
   port=$(free_port)
