@@ -59,7 +59,7 @@ impl Target for Baseline {
 
     async fn publisher(&self, idx: usize, room: usize) -> Result<Box<dyn Publisher>> {
         let ws = self.socket(idx + 1, &format!("publish={room}")).await?;
-        Ok(Box::new(BaselinePublisher { out: AckedSender::spawn(ws, count_acks) }))
+        Ok(AckedSender::spawn(ws, count_acks, |_, content| content.to_string()))
     }
 }
 
@@ -99,25 +99,6 @@ async fn count_acks(mut stream: SplitStream<Ws>, _sink: Sink, acks: Acks) {
                 acks.ack();
             }
         }
-    }
-}
-
-struct BaselinePublisher {
-    out: AckedSender,
-}
-
-#[async_trait]
-impl Publisher for BaselinePublisher {
-    async fn publish(&mut self, content: &str) -> Result<()> {
-        self.out.send(content.to_string()).await
-    }
-
-    fn accepted(&self) -> u64 {
-        self.out.accepted()
-    }
-
-    async fn settle(&mut self) {
-        self.out.settle().await;
     }
 }
 

@@ -123,8 +123,11 @@ impl Target for Centrifugo {
     async fn publisher(&self, idx: usize, room: usize) -> Result<Box<dyn Publisher>> {
         // The node after the subscriber's, so traffic crosses Redis.
         let ws = self.client(idx + 1, &format!("lt{}p{idx}", self.run_id)).await?;
-        let out = AckedSender::spawn(ws, read_replies);
-        Ok(Box::new(CentrifugoPublisher { out, channel: format!("room{room}") }))
+        let channel = format!("room{room}");
+        // Command ids 1 and 2 were connect and subscribe; publishes follow.
+        Ok(AckedSender::spawn(ws, read_replies, move |n, content| {
+            json!({"id": 100 + n, "publish": {"channel": channel, "data": {"c": content}}}).to_string()
+        }))
     }
 }
 
@@ -186,29 +189,6 @@ async fn read_replies(mut stream: SplitStream<Ws>, sink: Sink, acks: Acks) {
                 }
             }
         }
-    }
-}
-
-struct CentrifugoPublisher {
-    out: AckedSender,
-    channel: String,
-}
-
-#[async_trait]
-impl Publisher for CentrifugoPublisher {
-    async fn publish(&mut self, content: &str) -> Result<()> {
-        // Command ids 1 and 2 were connect and subscribe; publishes follow.
-        let id = 100 + self.out.sent() + 1;
-        let cmd = json!({"id": id, "publish": {"channel": self.channel, "data": {"c": content}}});
-        self.out.send(cmd.to_string()).await
-    }
-
-    fn accepted(&self) -> u64 {
-        self.out.accepted()
-    }
-
-    async fn settle(&mut self) {
-        self.out.settle().await;
     }
 }
 

@@ -141,7 +141,9 @@ impl Target for Confab {
         // Publishers connect to the node after the subscriber's, so traffic
         // crosses the bus.
         let ws = self.socket(idx + 1, &me.token).await?;
-        Ok(Box::new(ConfabPublisher { out: AckedSender::spawn(ws, count_acks), room_id }))
+        Ok(AckedSender::spawn(ws, count_acks, move |n, content| {
+            json!({"type": "send_message", "channel": room_id, "data": {"content": content}, "ref": n}).to_string()
+        }))
     }
 }
 
@@ -178,11 +180,6 @@ impl Subscriber for ConfabSubscriber {
     }
 }
 
-struct ConfabPublisher {
-    out: AckedSender,
-    room_id: String,
-}
-
 async fn count_acks(mut stream: SplitStream<Ws>, _sink: Sink, acks: Acks) {
     while let Some(Ok(msg)) = stream.next().await {
         if let Message::Text(t) = msg {
@@ -192,23 +189,6 @@ async fn count_acks(mut stream: SplitStream<Ws>, _sink: Sink, acks: Acks) {
                 acks.fail();
             }
         }
-    }
-}
-
-#[async_trait]
-impl Publisher for ConfabPublisher {
-    async fn publish(&mut self, content: &str) -> Result<()> {
-        let r = self.out.sent() + 1;
-        let frame = json!({"type": "send_message", "channel": self.room_id, "data": {"content": content}, "ref": r});
-        self.out.send(frame.to_string()).await
-    }
-
-    fn accepted(&self) -> u64 {
-        self.out.accepted()
-    }
-
-    async fn settle(&mut self) {
-        self.out.settle().await;
     }
 }
 

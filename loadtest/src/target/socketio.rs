@@ -95,8 +95,12 @@ impl Target for SocketIo {
     async fn publisher(&self, idx: usize, room: usize) -> Result<Box<dyn Publisher>> {
         // The node after the subscriber's, so traffic crosses Redis.
         let ws = self.client(idx + 1).await?;
-        let out = AckedSender::spawn(ws, read_acks);
-        Ok(Box::new(SocketIoPublisher { out, room: format!("room{room}") }))
+        let room = format!("room{room}");
+        // Ack ids start after the join's (1); any id works since the count is
+        // what matters.
+        Ok(AckedSender::spawn(ws, read_acks, move |n, content| {
+            format!("42{}{}", n + 1, json!(["msg", {"room": room, "c": content}]))
+        }))
     }
 }
 
@@ -145,29 +149,6 @@ async fn read_acks(mut stream: SplitStream<Ws>, sink: Sink, acks: Acks) {
                 acks.ack();
             }
         }
-    }
-}
-
-struct SocketIoPublisher {
-    out: AckedSender,
-    room: String,
-}
-
-#[async_trait]
-impl Publisher for SocketIoPublisher {
-    async fn publish(&mut self, content: &str) -> Result<()> {
-        // Ack ids start after the join's (1); any id works since the count is
-        // what matters.
-        let packet = format!("42{}{}", self.out.sent() + 2, json!(["msg", {"room": self.room, "c": content}]));
-        self.out.send(packet).await
-    }
-
-    fn accepted(&self) -> u64 {
-        self.out.accepted()
-    }
-
-    async fn settle(&mut self) {
-        self.out.settle().await;
     }
 }
 

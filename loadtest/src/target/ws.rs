@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use async_trait::async_trait;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{connect_spread, socket_addr};
+use super::{connect_spread, socket_addr, Publisher};
 
 /// The WebSocket URL for `base`: `http(s)://` becomes `ws(s)://`, and a URL
 /// without a path (or with `/` only) gets `default_path` (which may carry a
@@ -123,18 +124,23 @@ impl Acks {
     }
 }
 
-/// The sending side of a publisher: frames out, acknowledgements counted by
-/// a reader task over the receiving side.
+/// Turns (publish number, counting from 1; probe content) into the frame a
+/// system expects.
+type Encode = Box<dyn Fn(u64, &str) -> String + Send + Sync>;
+
+/// The publisher every adapter uses: frames made by the adapter's `encode`
+/// go out, and a reader task over the receiving side counts the replies.
 pub struct AckedSender {
     sink: Sink,
     acks: Acks,
     sent: u64,
+    encode: Encode,
     reader: JoinHandle<()>,
 }
 
 impl AckedSender {
     /// Splits `ws` and spawns `read(stream, sink, acks)` to consume replies.
-    pub fn spawn<F, Fut>(ws: Ws, read: F) -> Self
+    pub fn spawn<F, Fut>(ws: Ws, read: F, encode: impl Fn(u64, &str) -> String + Send + Sync + 'static) -> Box<Self>
     where
         F: FnOnce(SplitStream<Ws>, Sink, Acks) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
@@ -143,26 +149,25 @@ impl AckedSender {
         let sink = Arc::new(Mutex::new(sink));
         let acks = Acks::default();
         let reader = tokio::spawn(read(stream, sink.clone(), acks.clone()));
-        AckedSender { sink, acks, sent: 0, reader }
+        Box::new(AckedSender { sink, acks, sent: 0, encode: Box::new(encode), reader })
     }
+}
 
-    /// Frames sent so far (the next frame is number `sent() + 1`).
-    pub fn sent(&self) -> u64 {
-        self.sent
-    }
-
-    pub async fn send(&mut self, text: String) -> Result<()> {
+#[async_trait]
+impl Publisher for AckedSender {
+    async fn publish(&mut self, content: &str) -> Result<()> {
         self.sent += 1;
-        self.sink.lock().await.send(Message::Text(text)).await?;
+        let frame = (self.encode)(self.sent, content);
+        self.sink.lock().await.send(Message::Text(frame)).await?;
         Ok(())
     }
 
-    pub fn accepted(&self) -> u64 {
+    fn accepted(&self) -> u64 {
         self.acks.accepted()
     }
 
     /// Waits for outstanding acknowledgements, then closes.
-    pub async fn settle(&mut self) {
+    async fn settle(&mut self) {
         self.acks.settle(self.sent).await;
         let _ = self.sink.lock().await.close().await;
         self.reader.abort();
