@@ -51,12 +51,9 @@ impl ChatSession {
         ChatSession { app, caller, user_hex, outbox, rooms: HashSet::new(), member_of: HashSet::new() }
     }
 
+    /// `send`, for the socket handler: a closed queue ends the connection.
     async fn reply(&self, frame: Bytes) -> Result<(), (u16, String)> {
-        if self.outbox.send(Outbound::Text(frame)).await {
-            Ok(())
-        } else {
-            Err((1011, "connection closing".into()))
-        }
+        self.send(frame).await.map_err(|_| (1011, "connection closing".into()))
     }
 
     async fn handle(&mut self, frame: &ClientFrame) -> Result<Option<Bytes>> {
