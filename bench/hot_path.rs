@@ -63,7 +63,7 @@ fn registry_lookup(c: &mut Criterion) {
 fn fan_out(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _guard = runtime.enter();
-    let delivery = Delivery { frame: Bytes::from(protocol::message(&message()).to_vec()), stored_at_us: 0, seq: 1 };
+    let delivery = Delivery::message(Bytes::from(protocol::message(&message()).to_vec()), 1);
     let mut group = c.benchmark_group("fan_out");
     for n in [1usize, 100, 10_000] {
         let reg = Registry::new();

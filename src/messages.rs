@@ -9,7 +9,7 @@ use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 
 use crate::auth::Caller;
-use crate::bus::Event;
+use crate::bus::{Event, Topic};
 use crate::error::{Error, Result};
 use crate::gateway::protocol;
 use crate::node::App;
@@ -51,8 +51,8 @@ pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, k
     };
     metrics::counter!("confab_messages_sent_total").increment(1);
     let frame = protocol::message(&message);
-    let event = Event { id: Some(message.id), stored_at_us: crate::metrics::now_us(), seq: message.seq, frame: &frame };
-    if let Err(e) = app.bus.publish(room_id, event).await {
+    let event = Event::message(message.id, message.seq, crate::metrics::now_us(), &frame);
+    if let Err(e) = app.bus.publish(Topic::Room(room_id), event).await {
         metrics::counter!("confab_bus_publish_failures_total").increment(1);
         tracing::warn!(message = %message.id, error = %e, "stored message not published; readers catch up from history");
     }

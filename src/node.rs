@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -59,15 +59,13 @@ impl RunningNode {
                 .map_err(|e| StartError::Backend(e.to_string()))?,
         );
         let registry = Arc::new(Registry::new());
-        let bus: Arc<dyn Bus> =
-            RedisBus::connect(&config.redis_url, config.pubsub_buffer, Arc::new(GatewayInbox(registry.clone())))
-                .await
-                .map_err(|e| StartError::Backend(e.to_string()))?;
-        let gateway = Gateway {
-            subscriptions: Subscriptions::spawn(bus.clone(), registry.clone()),
-            registry,
-            shutdown: CancellationToken::new(),
-        };
+        let inbox = Arc::new(GatewayInbox { registry: registry.clone(), subscriptions: OnceLock::new() });
+        let bus: Arc<dyn Bus> = RedisBus::connect(&config.redis_url, config.pubsub_buffer, inbox.clone())
+            .await
+            .map_err(|e| StartError::Backend(e.to_string()))?;
+        let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone());
+        let _ = inbox.subscriptions.set(subscriptions.clone());
+        let gateway = Gateway { subscriptions, registry, shutdown: CancellationToken::new() };
         let app = Arc::new(App {
             tokens: Tokens::new(&config.jwt_secret, config.token_ttl),
             config,

@@ -19,18 +19,29 @@ use fred::prelude::*;
 use fred::types::Message as RedisMessage;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{wire, Bus, BusError, Event, Inbox};
+use super::{wire, Bus, BusError, Event, Inbox, Topic};
 
-/// Channel-name prefix of room topics.
+/// Channel-name prefixes of room and user topics.
 const ROOM_PREFIX: &str = "confab:room:";
+const USER_PREFIX: &str = "confab:user:";
 
 pub struct RedisBus {
     publisher: Client,
     subscriber: SubscriberClient,
 }
 
-fn room_channel(room_id: ObjectId) -> String {
-    format!("{ROOM_PREFIX}{}", room_id.to_hex())
+fn channel(topic: Topic) -> String {
+    match topic {
+        Topic::Room(id) => format!("{ROOM_PREFIX}{}", id.to_hex()),
+        Topic::User(id) => format!("{USER_PREFIX}{}", id.to_hex()),
+    }
+}
+
+fn topic_of(channel: &str) -> Option<Topic> {
+    if let Some(hex) = channel.strip_prefix(ROOM_PREFIX) {
+        return ObjectId::parse_str(hex).ok().map(Topic::Room);
+    }
+    ObjectId::parse_str(channel.strip_prefix(USER_PREFIX)?).ok().map(Topic::User)
 }
 
 fn bus_err(e: fred::error::Error) -> BusError {
@@ -100,20 +111,20 @@ impl<T: ClientLike + Sync> ClientLikeExt for T {
 
 #[async_trait]
 impl Bus for RedisBus {
-    async fn publish(&self, room_id: ObjectId, event: Event<'_>) -> Result<(), BusError> {
+    async fn publish(&self, topic: Topic, event: Event<'_>) -> Result<(), BusError> {
         let start = Instant::now();
         let payload = wire::encode(event);
-        let out: Result<i64, _> = self.publisher.publish(room_channel(room_id), payload).await;
+        let out: Result<i64, _> = self.publisher.publish(channel(topic), payload).await;
         metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
         out.map(|_| ()).map_err(bus_err)
     }
 
-    async fn subscribe(&self, room_id: ObjectId) -> Result<(), BusError> {
-        self.subscriber.subscribe(room_channel(room_id)).await.map_err(bus_err)
+    async fn subscribe(&self, topic: Topic) -> Result<(), BusError> {
+        self.subscriber.subscribe(channel(topic)).await.map_err(bus_err)
     }
 
-    async fn unsubscribe(&self, room_id: ObjectId) -> Result<(), BusError> {
-        self.subscriber.unsubscribe(room_channel(room_id)).await.map_err(bus_err)
+    async fn unsubscribe(&self, topic: Topic) -> Result<(), BusError> {
+        self.subscriber.unsubscribe(channel(topic)).await.map_err(bus_err)
     }
 
     async fn ping(&self) -> Result<(), BusError> {
@@ -135,7 +146,7 @@ async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, inbox
             }
             Err(RecvError::Closed) => return,
         };
-        let Some(room) = message.channel.strip_prefix(ROOM_PREFIX).and_then(|hex| ObjectId::parse_str(hex).ok()) else {
+        let Some(topic) = topic_of(&message.channel) else {
             continue;
         };
         let Some(payload) =
@@ -157,7 +168,7 @@ async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, inbox
                 continue;
             }
         }
-        inbox.deliver(room, delivery);
+        inbox.deliver(topic, delivery);
     }
 }
 
@@ -191,6 +202,16 @@ impl RecentIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_names_round_trip() {
+        let id = ObjectId::new();
+        for topic in [Topic::Room(id), Topic::User(id)] {
+            assert_eq!(topic_of(&channel(topic)), Some(topic));
+        }
+        assert_eq!(topic_of("confab:room:nope"), None);
+        assert_eq!(topic_of("other"), None);
+    }
 
     #[test]
     fn recent_ids_drop_repeats_and_forget_the_oldest() {

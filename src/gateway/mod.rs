@@ -1,11 +1,13 @@
 //! The socket edge of a node: live WebSocket connections, the registry that
-//! maps rooms to local connections, and fan-out of bus events to them.
+//! maps rooms and users to local connections, and fan-out of bus events to
+//! them.
 //!
 //! - `socket`: one connection's reader/writer pair, limits, pings, close codes.
 //! - `assembler`: joins fragmented messages under a size cap, checking UTF-8.
-//! - `registry`: sharded maps room → local connections, connection → queue.
-//! - `subscriptions`: keeps the node subscribed to a room's bus topic exactly
-//!   while it has local subscribers, off the delivery path.
+//! - `registry`: sharded maps room → local connections, user → local
+//!   connections, connection → queue.
+//! - `subscriptions`: keeps the node subscribed to a room's or user's bus
+//!   topic exactly while it has local listeners, off the delivery path.
 //! - `protocol`: the JSON envelope of client and server frames.
 //! - `session`: what a chat connection does with each client frame.
 //! - `echo`: the RFC 6455 conformance endpoint, on the same socket code.
@@ -18,15 +20,14 @@ pub mod session;
 pub mod socket;
 pub mod subscriptions;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use bson::oid::ObjectId;
 use tokio_util::sync::CancellationToken;
 
 pub use registry::{ConnId, Outbound, Outbox, Registry};
 pub use subscriptions::Subscriptions;
 
-use crate::bus::{Delivery, Inbox};
+use crate::bus::{Delivery, Inbox, Kind, Topic};
 
 /// The node's gateway: registry plus subscription keeper. Cheap to clone.
 #[derive(Clone)]
@@ -37,12 +38,30 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
 }
 
-/// The registry is what the bus delivers into.
-pub struct GatewayInbox(pub Arc<Registry>);
+/// What the bus delivers into: the registry, plus the subscription keeper
+/// (set once the bus exists) for rooms an eviction leaves empty.
+pub struct GatewayInbox {
+    pub registry: Arc<Registry>,
+    pub subscriptions: OnceLock<Subscriptions>,
+}
 
 impl Inbox for GatewayInbox {
-    fn deliver(&self, room_id: ObjectId, delivery: Delivery) {
-        self.0.fan_out(room_id, &delivery);
+    fn deliver(&self, topic: Topic, delivery: Delivery) {
+        match (topic, delivery.kind, delivery.subject) {
+            (Topic::Room(room), Kind::Evict, Some(user)) => {
+                if self.registry.evict(room, user, &delivery.frame) {
+                    if let Some(subscriptions) = self.subscriptions.get() {
+                        subscriptions.release(topic);
+                    }
+                }
+            }
+            (Topic::Room(room), _, _) => {
+                self.registry.fan_out(room, &delivery);
+            }
+            (Topic::User(user), _, _) => {
+                self.registry.send_to_user(user, &delivery.frame);
+            }
+        }
     }
 }
 
@@ -63,6 +82,10 @@ pub async fn run_chat(app: Arc<App>, caller: Caller, ws: Upgraded) {
     let gateway = app.gateway.clone();
     let (outbox, queues) = Outbox::new(Some(caller.user_id), app.config.outbound_queue, gateway.shutdown.child_token());
     gateway.registry.register(outbox.clone());
+    // Receipts and presence reach a user through their own topic.
+    if let Err(e) = gateway.subscriptions.ensure(Topic::User(caller.user_id)).await {
+        tracing::warn!(error = %e, "user topic not subscribed; receipts reach this connection late");
+    }
     let session = session::ChatSession::new(app.clone(), caller, outbox.clone());
     socket::drive(socket::split(ws), outbox, queues, limits(&app), session).await;
 }

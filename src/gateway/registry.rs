@@ -1,7 +1,7 @@
 //! Who is connected to this node, and to which rooms.
 //!
-//! Two sharded maps (DashMap): room → local connections, and connection →
-//! its outbound queue. Fan-out takes one shard's read lock, offers the shared
+//! Sharded maps (DashMap): room → local connections, user → local
+//! connections, and connection → its outbound queue. Fan-out takes one shard's read lock, offers the shared
 //! frame bytes to each queue without waiting, and cuts off any connection
 //! whose queue is full: a slow client loses its connection, the room loses
 //! nothing.
@@ -15,7 +15,7 @@ use bson::oid::ObjectId;
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use crate::bus::Delivery;
+use crate::bus::{Delivery, Kind, Topic};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -57,11 +57,16 @@ pub struct Outbox {
     /// wait here, so replay and live traffic reach the client in seq order.
     holding: AtomicBool,
     hold: Mutex<Option<Hold>>,
+    /// Rooms this connection was removed from by a membership change on some
+    /// node; the session drains them before acting on its next frame.
+    revoked: Mutex<Vec<ObjectId>>,
 }
 
 struct Hold {
     room: ObjectId,
-    frames: Vec<(i64, Outbound)>,
+    /// Live frames with their seq; events that are not messages have none
+    /// and follow the messages on release.
+    frames: Vec<(Option<i64>, Outbound)>,
 }
 
 /// Live frames one connection may hold while replaying before it counts as
@@ -88,6 +93,7 @@ impl Outbox {
             kill,
             holding: AtomicBool::new(false),
             hold: Mutex::new(None),
+            revoked: Mutex::new(Vec::new()),
         };
         (Arc::new(outbox), OutboxReceivers { data: data_rx, control: control_rx })
     }
@@ -106,7 +112,7 @@ impl Outbox {
                 if h.frames.len() >= MAX_HELD {
                     return false;
                 }
-                h.frames.push((d.seq, frame));
+                h.frames.push(((d.kind == Kind::Message).then_some(d.seq), frame));
                 return true;
             }
         }
@@ -126,17 +132,30 @@ impl Outbox {
         let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
         let mut ok = true;
         if let Some(mut h) = hold.take() {
-            h.frames.sort_by_key(|(seq, _)| *seq);
+            // Stable: events without a seq keep their order, after the messages.
+            h.frames.sort_by_key(|(seq, _)| seq.unwrap_or(i64::MAX));
             let mut last = after;
             for (seq, frame) in h.frames {
-                if seq > last {
-                    last = seq;
-                    ok &= self.offer(frame);
+                match seq {
+                    Some(seq) if seq <= last => continue,
+                    Some(seq) => last = seq,
+                    None => {}
                 }
+                ok &= self.offer(frame);
             }
         }
         self.holding.store(false, Ordering::Release);
         ok
+    }
+
+    /// Notes that the user was removed from `room` (see `take_revoked`).
+    fn revoke(&self, room: ObjectId) {
+        self.revoked.lock().unwrap_or_else(|e| e.into_inner()).push(room);
+    }
+
+    /// Rooms this connection lost since the last call.
+    pub fn take_revoked(&self) -> Vec<ObjectId> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Queues a frame, waiting for room (for replies to this client's own
@@ -175,9 +194,12 @@ impl Outbox {
     }
 }
 
+type Members = HashMap<ConnId, Arc<Outbox>>;
+
 #[derive(Default)]
 pub struct Registry {
-    rooms: DashMap<ObjectId, HashMap<ConnId, Arc<Outbox>>>,
+    rooms: DashMap<ObjectId, Members>,
+    users: DashMap<ObjectId, Members>,
     conns: DashMap<ConnId, Arc<Outbox>>,
 }
 
@@ -186,14 +208,34 @@ impl Registry {
         Self::default()
     }
 
-    pub fn register(&self, outbox: Arc<Outbox>) {
+    /// Adds a connection; true if it is its user's first on this node.
+    pub fn register(&self, outbox: Arc<Outbox>) -> bool {
+        let mut first = false;
+        if let Some(user) = outbox.user_id {
+            let mut entry = self.users.entry(user).or_default();
+            first = entry.is_empty();
+            entry.insert(outbox.id, outbox.clone());
+        }
         self.conns.insert(outbox.id, outbox);
         metrics::gauge!("confab_connections_active").set(self.conns.len() as f64);
+        first
     }
 
-    pub fn unregister(&self, conn: ConnId) {
-        self.conns.remove(&conn);
+    /// Removes a connection; true if it was its user's last on this node.
+    pub fn unregister(&self, conn: ConnId) -> bool {
+        let mut last = false;
+        if let Some((_, outbox)) = self.conns.remove(&conn) {
+            if let Some(user) = outbox.user_id {
+                last = remove_member(&self.users, user, conn);
+            }
+        }
         metrics::gauge!("confab_connections_active").set(self.conns.len() as f64);
+        last
+    }
+
+    /// How many connections `user` has on this node.
+    pub fn user_connections(&self, user: ObjectId) -> usize {
+        self.users.get(&user).map_or(0, |m| m.len())
     }
 
     pub fn connection_count(&self) -> usize {
@@ -215,41 +257,102 @@ impl Registry {
 
     /// Removes a connection from a room; true if the room has no local one left.
     pub fn leave(&self, room: ObjectId, conn: ConnId) -> bool {
-        let removed = self.rooms.remove_if_mut(&room, |_, members| {
-            members.remove(&conn);
-            members.is_empty()
-        });
-        removed.is_some()
+        remove_member(&self.rooms, room, conn)
     }
 
-    pub fn has_local(&self, room: ObjectId) -> bool {
-        self.rooms.get(&room).is_some_and(|m| !m.is_empty())
+    /// Whether any local connection listens to the topic.
+    pub fn has_local(&self, topic: Topic) -> bool {
+        let map = match topic {
+            Topic::Room(_) => &self.rooms,
+            Topic::User(_) => &self.users,
+        };
+        let (Topic::Room(id) | Topic::User(id)) = topic;
+        map.get(&id).is_some_and(|m| !m.is_empty())
     }
 
     pub fn local_subscribers(&self, room: ObjectId) -> usize {
         self.rooms.get(&room).map_or(0, |m| m.len())
     }
 
-    /// Offers one frame to every local subscriber of `room`; connections whose
-    /// queue is full are cut off as slow consumers. Returns how many got it.
+    /// Offers one frame to every local subscriber of `room` (except the
+    /// connections of an ephemeral event's own user); connections whose queue
+    /// is full are cut off as slow consumers. Returns how many got it.
     pub fn fan_out(&self, room: ObjectId, delivery: &Delivery) -> usize {
-        let mut slow: Vec<Arc<Outbox>> = Vec::new();
-        let mut delivered = 0;
-        if let Some(members) = self.rooms.get(&room) {
-            for outbox in members.values() {
-                if outbox.offer_delivery(room, delivery) {
-                    delivered += 1;
-                } else if !outbox.kill.is_cancelled() {
-                    slow.push(outbox.clone());
-                }
-            }
+        let skip = if delivery.kind == Kind::Ephemeral { delivery.subject } else { None };
+        let delivered = match self.rooms.get(&room) {
+            Some(members) => offer_all(
+                members.values(),
+                |o| skip.is_none() || o.user_id != skip,
+                |o| o.offer_delivery(room, delivery),
+            ),
+            None => 0,
+        };
+        if delivery.kind == Kind::Message {
+            metrics::counter!("confab_messages_delivered_total").increment(delivered as u64);
         }
-        for outbox in slow {
-            outbox.cut_off_slow();
-        }
-        metrics::counter!("confab_messages_delivered_total").increment(delivered as u64);
         delivered
     }
+
+    /// Offers one frame to every local connection of `user`.
+    pub fn send_to_user(&self, user: ObjectId, frame: &Bytes) -> usize {
+        match self.users.get(&user) {
+            Some(conns) => offer_all(conns.values(), |_| true, |o| o.offer(Outbound::Text(frame.clone()))),
+            None => 0,
+        }
+    }
+
+    /// Takes `user`'s local connections out of `room` and sends them `frame`.
+    /// Returns true if the room has no local subscriber left.
+    pub fn evict(&self, room: ObjectId, user: ObjectId, frame: &Bytes) -> bool {
+        let mut evicted = Vec::new();
+        let emptied = self.rooms.remove_if_mut(&room, |_, members| {
+            members.retain(|_, o| {
+                let keep = o.user_id != Some(user);
+                if !keep {
+                    evicted.push(o.clone());
+                }
+                keep
+            });
+            members.is_empty()
+        });
+        for outbox in evicted {
+            outbox.revoke(room);
+            if !outbox.offer(Outbound::Text(frame.clone())) {
+                outbox.cut_off_slow();
+            }
+        }
+        emptied.is_some()
+    }
+}
+
+/// Removes `conn` from the set under `key`; true if that emptied it.
+fn remove_member(map: &DashMap<ObjectId, Members>, key: ObjectId, conn: ConnId) -> bool {
+    map.remove_if_mut(&key, |_, members| {
+        members.remove(&conn);
+        members.is_empty()
+    })
+    .is_some()
+}
+
+/// Offers a frame to each wanted connection; cuts off those that are full.
+fn offer_all<'a>(
+    conns: impl Iterator<Item = &'a Arc<Outbox>>,
+    wanted: impl Fn(&Outbox) -> bool,
+    offer: impl Fn(&Outbox) -> bool,
+) -> usize {
+    let mut slow: Vec<Arc<Outbox>> = Vec::new();
+    let mut delivered = 0;
+    for outbox in conns.filter(|o| wanted(o)) {
+        if offer(outbox) {
+            delivered += 1;
+        } else if !outbox.kill.is_cancelled() {
+            slow.push(outbox.clone());
+        }
+    }
+    for outbox in slow {
+        outbox.cut_off_slow();
+    }
+    delivered
 }
 
 #[cfg(test)]
@@ -271,7 +374,7 @@ mod tests {
         o.start_hold(room);
         reg.join(room, &o);
         reg.join(other, &o);
-        let d = |seq: i64| Delivery { frame: Bytes::from(seq.to_string()), stored_at_us: 0, seq };
+        let d = |seq: i64| Delivery::message(Bytes::from(seq.to_string()), seq);
         for seq in [7, 5, 6, 5] {
             reg.fan_out(room, &d(seq));
         }
@@ -289,6 +392,44 @@ mod tests {
     }
 
     #[test]
+    fn ephemeral_events_skip_their_user_and_evictions_remove_only_theirs() {
+        let reg = Registry::new();
+        let room = ObjectId::new();
+        let (alice, bob) = (ObjectId::new(), ObjectId::new());
+        let (a1, mut ra1) = Outbox::new(Some(alice), 8, CancellationToken::new());
+        let (a2, mut ra2) = Outbox::new(Some(alice), 8, CancellationToken::new());
+        let (b, mut rb) = Outbox::new(Some(bob), 8, CancellationToken::new());
+        assert!(reg.register(a1.clone()), "alice's first connection");
+        assert!(!reg.register(a2.clone()));
+        assert!(reg.register(b.clone()));
+        for o in [&a1, &a2, &b] {
+            reg.join(room, o);
+        }
+        let typing = Delivery {
+            kind: Kind::Ephemeral,
+            subject: Some(alice),
+            frame: Bytes::from_static(b"typing"),
+            stored_at_us: 0,
+            seq: 0,
+        };
+        assert_eq!(reg.fan_out(room, &typing), 1, "only bob hears alice typing");
+        assert!(rb.data.try_recv().is_ok());
+        assert!(ra1.data.try_recv().is_err());
+
+        assert!(!reg.evict(room, alice, &Bytes::from_static(b"removed")), "bob is still here");
+        assert_eq!(a1.take_revoked(), [room]);
+        assert!(a1.take_revoked().is_empty(), "drained once");
+        assert!(matches!(ra2.data.try_recv(), Ok(Outbound::Text(f)) if &f[..] == b"removed"));
+        assert_eq!(reg.fan_out(room, &Delivery::message(Bytes::from_static(b"m"), 1)), 1, "alice gets no more");
+        assert!(reg.evict(room, bob, &Bytes::from_static(b"removed")), "room emptied");
+
+        assert_eq!(reg.send_to_user(alice, &Bytes::from_static(b"receipt")), 2);
+        assert!(!reg.unregister(a1.id));
+        assert!(reg.unregister(a2.id), "alice's last connection");
+        assert_eq!(reg.send_to_user(alice, &Bytes::from_static(b"receipt")), 0);
+    }
+
+    #[test]
     fn join_and_leave_report_first_and_last() {
         let reg = Registry::new();
         let room = ObjectId::new();
@@ -297,9 +438,9 @@ mod tests {
         assert!(reg.join(room, &a));
         assert!(!reg.join(room, &b));
         assert!(!reg.leave(room, a.id));
-        assert!(reg.has_local(room));
+        assert!(reg.has_local(Topic::Room(room)));
         assert!(reg.leave(room, b.id));
-        assert!(!reg.has_local(room));
+        assert!(!reg.has_local(Topic::Room(room)));
         assert!(!reg.leave(room, b.id), "leaving an empty room is a no-op");
     }
 
@@ -312,7 +453,7 @@ mod tests {
         reg.join(room, &fast);
         reg.join(room, &slow);
         let frame = Bytes::from_static(b"{\"type\":\"message\"}");
-        let d = Delivery { frame: frame.clone(), stored_at_us: 0, seq: 1 };
+        let d = Delivery::message(frame.clone(), 1);
         assert_eq!(reg.fan_out(room, &d), 2);
         assert_eq!(reg.fan_out(room, &d), 1, "slow queue is full");
         let Some(Outbound::Delivery(got, _)) = fast_rx.data.recv().await else { panic!("no frame") };

@@ -16,6 +16,7 @@ use super::protocol::{self, ClientFrame};
 use super::registry::{Outbound, Outbox};
 use super::socket::Handler;
 use crate::auth::Caller;
+use crate::bus::Topic;
 use crate::error::{Error, Result};
 use crate::messages::{self, Draft};
 use crate::node::App;
@@ -127,7 +128,7 @@ impl ChatSession {
         let gateway = &self.app.gateway;
         gateway.registry.join(room, &self.outbox);
         self.rooms.insert(room);
-        if let Err(e) = gateway.subscriptions.ensure(room).await {
+        if let Err(e) = gateway.subscriptions.ensure(Topic::Room(room)).await {
             self.outbox.release_hold(i64::MAX);
             self.leave(room);
             tracing::warn!(error = %e, "join failed: bus subscription");
@@ -189,7 +190,7 @@ impl ChatSession {
 
     fn leave(&mut self, room: ObjectId) {
         if self.rooms.remove(&room) && self.app.gateway.registry.leave(room, self.outbox.id) {
-            self.app.gateway.subscriptions.release(room);
+            self.app.gateway.subscriptions.release(Topic::Room(room));
         }
     }
 }
@@ -264,11 +265,14 @@ impl Handler for ChatSession {
     }
 
     async fn on_close(&mut self) {
+        let gateway = &self.app.gateway;
         for room in std::mem::take(&mut self.rooms) {
-            if self.app.gateway.registry.leave(room, self.outbox.id) {
-                self.app.gateway.subscriptions.release(room);
+            if gateway.registry.leave(room, self.outbox.id) {
+                gateway.subscriptions.release(Topic::Room(room));
             }
         }
-        self.app.gateway.registry.unregister(self.outbox.id);
+        if gateway.registry.unregister(self.outbox.id) {
+            gateway.subscriptions.release(Topic::User(self.caller.user_id));
+        }
     }
 }

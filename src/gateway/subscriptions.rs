@@ -1,26 +1,25 @@
-//! Keeps this node subscribed to a room's bus topic exactly while the room has
-//! local subscribers.
+//! Keeps this node subscribed to a bus topic (a room, a user) exactly while
+//! it has local listeners.
 //!
 //! One task owns the set of subscribed rooms and reconciles it with the
 //! registry on request, so concurrent joins and leaves of the same room can
-//! never leave it subscribed to nothing or to a room nobody here watches. The
+//! never leave it subscribed to nothing or to a topic nobody here watches. The
 //! fan-out path never waits on it; only a joining client waits for its own
 //! subscription, so that its ack means "you will receive what follows".
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bson::oid::ObjectId;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Registry;
-use crate::bus::{Bus, BusError};
+use crate::bus::{Bus, BusError, Topic};
 
 type Reply = oneshot::Sender<Result<(), BusError>>;
 
 #[derive(Clone)]
 pub struct Subscriptions {
-    tx: mpsc::UnboundedSender<(ObjectId, Option<Reply>)>,
+    tx: mpsc::UnboundedSender<(Topic, Option<Reply>)>,
 }
 
 impl Subscriptions {
@@ -30,40 +29,40 @@ impl Subscriptions {
         Subscriptions { tx }
     }
 
-    /// Waits until the node is subscribed to `room` (call after registering
-    /// the local subscriber).
-    pub async fn ensure(&self, room: ObjectId) -> Result<(), BusError> {
+    /// Waits until the node is subscribed to `topic` (call after registering
+    /// the local listener).
+    pub async fn ensure(&self, topic: Topic) -> Result<(), BusError> {
         let (reply, done) = oneshot::channel();
-        self.tx.send((room, Some(reply))).map_err(|_| BusError("subscription keeper stopped".into()))?;
+        self.tx.send((topic, Some(reply))).map_err(|_| BusError("subscription keeper stopped".into()))?;
         done.await.map_err(|_| BusError("subscription keeper stopped".into()))?
     }
 
     /// Lets the keeper drop the subscription if nobody local is left.
-    pub fn release(&self, room: ObjectId) {
-        let _ = self.tx.send((room, None));
+    pub fn release(&self, topic: Topic) {
+        let _ = self.tx.send((topic, None));
     }
 }
 
 async fn reconcile_loop(
-    mut rx: mpsc::UnboundedReceiver<(ObjectId, Option<Reply>)>,
+    mut rx: mpsc::UnboundedReceiver<(Topic, Option<Reply>)>,
     bus: Arc<dyn Bus>,
     registry: Arc<Registry>,
 ) {
-    let mut subscribed: HashSet<ObjectId> = HashSet::new();
-    while let Some((room, reply)) = rx.recv().await {
-        let wanted = registry.has_local(room);
-        let result = match (wanted, subscribed.contains(&room)) {
-            (true, false) => bus.subscribe(room).await.map(|_| {
-                subscribed.insert(room);
+    let mut subscribed: HashSet<Topic> = HashSet::new();
+    while let Some((topic, reply)) = rx.recv().await {
+        let wanted = registry.has_local(topic);
+        let result = match (wanted, subscribed.contains(&topic)) {
+            (true, false) => bus.subscribe(topic).await.map(|_| {
+                subscribed.insert(topic);
             }),
             (false, true) => {
-                subscribed.remove(&room);
-                bus.unsubscribe(room).await
+                subscribed.remove(&topic);
+                bus.unsubscribe(topic).await
             }
             _ => Ok(()),
         };
         if let Err(e) = &result {
-            tracing::warn!(room = %room, error = %e, "bus subscription change failed");
+            tracing::warn!(topic = ?topic, error = %e, "bus subscription change failed");
         }
         metrics::gauge!("confab_bus_subscriptions").set(subscribed.len() as f64);
         if let Some(reply) = reply {
