@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// Serve the RFC 6455 conformance echo endpoint at /ws/echo (for test runs).
     #[arg(long, env = "CONFAB_ECHO_ENDPOINT")]
     pub echo_endpoint: Option<bool>,
+    /// Seconds a cached room list or history page may live in Redis (0: no cache).
+    #[arg(long, env = "CONFAB_CACHE_TTL_SECS")]
+    pub cache_ttl_secs: Option<u64>,
 }
 
 /// The same settings as they appear in a TOML file.
@@ -76,6 +79,7 @@ struct FileConfig {
     allowed_origins: Option<String>,
     pubsub_buffer: Option<usize>,
     echo_endpoint: Option<bool>,
+    cache_ttl_secs: Option<u64>,
 }
 
 /// A validated node configuration.
@@ -94,6 +98,7 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub pubsub_buffer: usize,
     pub echo_endpoint: bool,
+    pub cache_ttl: Duration,
 }
 
 /// A setting that is missing or invalid; the message names it.
@@ -190,6 +195,10 @@ impl ServeArgs {
         if !(64..=4_194_304).contains(&pubsub_buffer) {
             return Err(invalid("pubsub-buffer", "CONFAB_PUBSUB_BUFFER", "must be between 64 and 4194304"));
         }
+        let cache_ttl_secs = self.cache_ttl_secs.or(file.cache_ttl_secs).unwrap_or(300);
+        if cache_ttl_secs > 86_400 {
+            return Err(invalid("cache-ttl-secs", "CONFAB_CACHE_TTL_SECS", "must be between 0 and 86400"));
+        }
         Ok(Config {
             listen,
             redis_url,
@@ -204,6 +213,7 @@ impl ServeArgs {
             allowed_origins,
             pubsub_buffer,
             echo_endpoint: self.echo_endpoint.or(file.echo_endpoint).unwrap_or(false),
+            cache_ttl: Duration::from_secs(cache_ttl_secs),
         })
     }
 }

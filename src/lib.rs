@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod gateway;
@@ -14,6 +15,7 @@ pub mod http;
 pub mod messages;
 pub mod metrics;
 pub mod node;
+pub mod receipts;
 pub mod rooms;
 pub mod store;
 pub mod users;

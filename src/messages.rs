@@ -8,12 +8,16 @@
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 
+use serde_json::{json, Value};
+
 use crate::auth::Caller;
 use crate::bus::{Event, Topic};
+use crate::cache::{Entry, Version};
 use crate::error::{Error, Result};
 use crate::gateway::protocol;
 use crate::node::App;
 use crate::rooms;
+use crate::store::model::MessageView;
 use crate::store::{HistoryQuery, Message, StoreError};
 use crate::validate;
 
@@ -52,11 +56,20 @@ pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, k
     metrics::counter!("confab_messages_sent_total").increment(1);
     let frame = protocol::message(&message);
     let event = Event::message(message.id, message.seq, crate::metrics::now_us(), &frame);
-    if let Err(e) = app.bus.publish(Topic::Room(room_id), event).await {
+    // The cache bump and the publish are independent: one round trip's wait.
+    let (published, ()) = tokio::join!(app.bus.publish(Topic::Room(room_id), event), app.cache.room_changed(room_id));
+    if let Err(e) = published {
         metrics::counter!("confab_bus_publish_failures_total").increment(1);
         tracing::warn!(message = %message.id, error = %e, "stored message not published; readers catch up from history");
     }
     Ok(Sent { message, created: true })
+}
+
+/// Sends a direct message to `peer`, in the pair's room (made on first use).
+pub async fn send_direct(app: &App, caller: &Caller, peer: ObjectId, draft: Draft) -> Result<Sent> {
+    validate::content(&draft.content)?;
+    let room = rooms::direct::open(app, caller, peer).await?;
+    send(app, caller, room.id, draft, true).await
 }
 
 enum Stored {
@@ -127,6 +140,40 @@ pub struct Page {
     pub after_seq: Option<i64>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+}
+
+/// One page of history as clients see it: `{"messages": [...], "has_more"}`.
+/// The newest page of a room (no cursor, default size) is served from the
+/// cache while fresh; access is always checked first.
+pub async fn history_page(app: &App, caller: &Caller, page: Page) -> Result<Value> {
+    let newest = page.before.is_none()
+        && page.after.is_none()
+        && page.after_seq.is_none()
+        && page.since.is_none()
+        && page.until.is_none()
+        && page.limit == DEFAULT_PAGE;
+    if !newest {
+        let (messages, has_more) = history(app, caller, page).await?;
+        return Ok(render(&messages, has_more));
+    }
+    rooms::readable(app, caller, page.room_id).await?;
+    let entry = Entry::History(page.room_id);
+    if let Some(cached) = app.cache.get::<Value>(entry).await {
+        return Ok(cached);
+    }
+    let snapshot = app.cache.snapshot(&[Version::Room(page.room_id)]).await;
+    let query = HistoryQuery { room_id: page.room_id, limit: page.limit, ..Default::default() };
+    let (messages, has_more) = app.store.history(&query).await?;
+    let body = render(&messages, has_more);
+    if let Some(snapshot) = snapshot {
+        app.cache.put(entry, snapshot, &body).await;
+    }
+    Ok(body)
+}
+
+fn render(messages: &[Message], has_more: bool) -> Value {
+    let views: Vec<MessageView> = messages.iter().map(MessageView::from).collect();
+    json!({ "messages": views, "has_more": has_more })
 }
 
 /// One page of a room's history in chronological order, and whether more

@@ -14,7 +14,8 @@ use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::auth::Tokens;
 use crate::bus::redis::RedisBus;
-use crate::bus::Bus;
+use crate::bus::{Bus, BusError};
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayInbox, Registry, Subscriptions};
 use crate::store::mongo::MongoStore;
@@ -27,6 +28,7 @@ pub struct App {
     pub bus: Arc<dyn Bus>,
     pub tokens: Tokens,
     pub gateway: Gateway,
+    pub cache: Cache,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set once the store's indexes exist; until then the node is not ready.
     pub indexes_ready: AtomicBool,
@@ -66,12 +68,15 @@ impl RunningNode {
         let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone());
         let _ = inbox.subscriptions.set(subscriptions.clone());
         let gateway = Gateway { subscriptions, registry, shutdown: CancellationToken::new() };
+        let cache =
+            Cache::new(cache_client(&config).map_err(|e| StartError::Backend(e.to_string()))?, config.cache_ttl);
         let app = Arc::new(App {
             tokens: Tokens::new(&config.jwt_secret, config.token_ttl),
             config,
             store,
             bus,
             gateway,
+            cache,
             metrics: crate::metrics::handle(),
             indexes_ready: AtomicBool::new(false),
         });
@@ -138,6 +143,19 @@ async fn accept_loop(listener: TcpListener, service: Service, stop: Cancellation
             }
         });
     }
+}
+
+/// The cache's own Redis connection, with short timeouts: a Redis outage
+/// must cost a request little before it falls back to MongoDB.
+fn cache_client(config: &Config) -> Result<Option<fred::clients::Client>, BusError> {
+    if config.cache_ttl.is_zero() {
+        return Ok(None);
+    }
+    let mut builder = crate::bus::redis::builder(&config.redis_url, 64)?;
+    builder.with_performance_config(|p| p.default_command_timeout = Duration::from_millis(500));
+    let client = builder.build().map_err(|e| BusError(e.to_string()))?;
+    fred::interfaces::ClientLike::connect(&client);
+    Ok(Some(client))
 }
 
 /// Creates the indexes, retrying while MongoDB is unreachable.

@@ -67,6 +67,9 @@ pub fn room_name(raw: &str) -> Result<()> {
     if raw.trim() != raw || raw.chars().any(char::is_control) {
         return Err(Error::invalid("name", "must not start or end with spaces or contain control characters"));
     }
+    if raw.get(..3).is_some_and(|p| p.eq_ignore_ascii_case(crate::store::model::DIRECT_PREFIX)) {
+        return Err(Error::invalid("name", "names starting with \"dm:\" are reserved for direct conversations"));
+    }
     Ok(())
 }
 
@@ -150,5 +153,7 @@ mod tests {
         assert!(room_name(" general").is_err());
         assert!(room_name("").is_err());
         assert!(room_name(&"r".repeat(65)).is_err());
+        assert!(room_name("DM:alice").is_err(), "reserved for direct rooms");
+        assert!(room_name("dms").is_ok());
     }
 }

@@ -122,54 +122,10 @@ async fn the_last_local_subscriber_leaving_stops_delivery_to_that_node() {
 }
 
 /// A Redis of our own, so the test can restart it.
-struct OwnRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: std::process::Child,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> OwnRedis {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Self::spawn(port, &dir);
-        OwnRedis { port, dir, child }
-    }
-
-    fn spawn(port: u16, dir: &tempfile::TempDir) -> std::process::Child {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child
-    }
-
-    fn restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        self.child = Self::spawn(self.port, &self.dir);
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_resubscribe_after_a_redis_restart() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut redis = OwnRedis::start(port);
+    let mut redis = common::OwnRedis::start(port);
     let db = common::unique_db();
     let mut nodes = Vec::new();
     for _ in 0..2 {
@@ -239,7 +195,7 @@ async fn a_token_from_one_node_works_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_sends_are_stored_and_joins_say_unavailable() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut redis = OwnRedis::start(port);
+    let mut redis = common::OwnRedis::start(port);
     let mut cfg = common::config(&common::unique_db());
     cfg.redis_url = format!("redis://127.0.0.1:{port}");
     let n = Node::start(cfg).await;
@@ -249,8 +205,7 @@ async fn with_redis_down_sends_are_stored_and_joins_say_unavailable() {
     let mut c = n.connect(&alice).await;
     c.join(&room).await;
 
-    redis.child.kill().unwrap();
-    redis.child.wait().unwrap();
+    redis.stop();
     // Stored and acknowledged even though it cannot be published.
     let stored = c.say(&room, "while redis is down").await;
     let (s, page) = n.call("GET", &format!("/messages?room_id={room}"), Some(&alice.token), None).await;

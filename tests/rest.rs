@@ -135,7 +135,7 @@ async fn rooms_create_list_join() {
         b["rooms"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_string()).collect()
     };
     let (_, b) = n.call("GET", "/rooms", Some(&alice.token), None).await;
-    assert_eq!(names(&b), ["general", "secret"]);
+    assert_eq!(names(&b), ["secret", "general"], "most recently active first");
     let (_, b) = n.call("GET", "/rooms", Some(&bob.token), None).await;
     assert_eq!(names(&b), ["general"], "private rooms are visible to members only");
 

@@ -64,6 +64,12 @@ pub fn message(m: &Message) -> Bytes {
     })
 }
 
+/// A server event that is not a stored message (membership changes,
+/// receipts): built once, sent to many.
+pub fn event<D: Serialize>(kind: &str, channel: Option<&str>, user_id: Option<&str>, data: D) -> Bytes {
+    encode(&ServerFrame { kind, channel, data, timestamp: now_ms(), user_id, reference: None })
+}
+
 pub fn ack<D: Serialize>(reference: Option<&Value>, channel: Option<&str>, data: D, user_id: &str) -> Bytes {
     encode(&ServerFrame { kind: "ack", channel, data, timestamp: now_ms(), user_id: Some(user_id), reference })
 }

@@ -301,8 +301,8 @@ impl Registry {
         }
     }
 
-    /// Takes `user`'s local connections out of `room` and sends them `frame`.
-    /// Returns true if the room has no local subscriber left.
+    /// Takes `user`'s local connections out of `room` and sends them `frame`
+    /// (if not empty). Returns true if the room has no local subscriber left.
     pub fn evict(&self, room: ObjectId, user: ObjectId, frame: &Bytes) -> bool {
         let mut evicted = Vec::new();
         let emptied = self.rooms.remove_if_mut(&room, |_, members| {
@@ -317,7 +317,7 @@ impl Registry {
         });
         for outbox in evicted {
             outbox.revoke(room);
-            if !outbox.offer(Outbound::Text(frame.clone())) {
+            if !frame.is_empty() && !outbox.offer(Outbound::Text(frame.clone())) {
                 outbox.cut_off_slow();
             }
         }

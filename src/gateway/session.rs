@@ -21,8 +21,8 @@ use crate::error::{Error, Result};
 use crate::messages::{self, Draft};
 use crate::node::App;
 use crate::store::model::MessageView;
-use crate::store::HistoryQuery;
-use crate::{rooms, validate};
+use crate::store::{Cursor, HistoryQuery};
+use crate::{receipts, rooms, validate};
 
 /// Rooms one connection may be subscribed to at once.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 1000;
@@ -37,6 +37,11 @@ pub struct ChatSession {
     /// Rooms this connection has seen the user to be a member of, so that
     /// repeated sends skip the membership lookup.
     member_of: HashSet<ObjectId>,
+}
+
+#[derive(Deserialize)]
+struct AckData {
+    message_id: String,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +63,7 @@ impl ChatSession {
     }
 
     async fn handle(&mut self, frame: &ClientFrame) -> Result<Option<Bytes>> {
+        self.forget_revoked();
         let kind = frame.kind.as_deref().ok_or_else(|| Error::BadRequest("missing field `type`".into()))?;
         let r = frame.reference.as_ref();
         metrics::counter!("confab_ws_frames_in_total", "type" => frame_label(kind)).increment(1);
@@ -92,7 +98,26 @@ impl ChatSession {
                 self.member_of.insert(room);
                 Ok(r.map(|r| protocol::ack(Some(r), Some(channel), MessageView::from(&sent.message), &self.user_hex)))
             }
+            "delivered" | "read" => {
+                let (room, channel) = channel_of(frame)?;
+                let data = AckData::deserialize(frame.data.as_ref().unwrap_or(&Value::Null))
+                    .map_err(|e| Error::BadRequest(format!("data: {e}")))?;
+                let message_id = validate::object_id("message_id", &data.message_id)?;
+                let cursor = if kind == "read" { Cursor::Read } else { Cursor::Delivered };
+                let cursors = receipts::acknowledge(&self.app, &self.caller, room, cursor, message_id).await?;
+                Ok(r.map(|r| protocol::ack(Some(r), Some(channel), cursors, &self.user_hex)))
+            }
             other => Err(Error::UnknownType(other.chars().take(40).collect())),
+        }
+    }
+
+    /// Forgets rooms the user was removed from (on any node) since the last
+    /// frame: the registry already stopped their traffic; the session must
+    /// stop assuming membership.
+    fn forget_revoked(&mut self) {
+        for room in self.outbox.take_revoked() {
+            self.rooms.remove(&room);
+            self.member_of.remove(&room);
         }
     }
 
@@ -238,6 +263,8 @@ fn frame_label(kind: &str) -> &'static str {
         "join_channel" => "join_channel",
         "leave_channel" => "leave_channel",
         "send_message" => "send_message",
+        "delivered" => "delivered",
+        "read" => "read",
         _ => "unknown",
     }
 }

@@ -1,10 +1,11 @@
-//! `POST /messages`, `GET /messages`.
+//! `POST /messages`, `GET /messages`, `GET /messages/{id}/status`.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -14,11 +15,15 @@ use crate::error::{Error, Result};
 use crate::messages::{self, Draft, Page, DEFAULT_PAGE, MAX_PAGE};
 use crate::node::App;
 use crate::store::model::MessageView;
-use crate::validate;
+use crate::{receipts, rooms, validate};
 
 #[derive(Deserialize)]
 pub struct NewMessage {
-    room_id: String,
+    #[serde(default)]
+    room_id: Option<String>,
+    /// A direct message: to this user instead of into a room.
+    #[serde(default)]
+    to_user_id: Option<String>,
     content: String,
     #[serde(default)]
     client_msg_id: Option<String>,
@@ -29,9 +34,17 @@ pub async fn create(
     Auth(caller): Auth,
     Body(m): Body<NewMessage>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let room_id = validate::object_id("room_id", &m.room_id)?;
     let draft = Draft { content: m.content, client_msg_id: m.client_msg_id };
-    let sent = messages::send(&app, &caller, room_id, draft, false).await?;
+    let sent = match (m.room_id, m.to_user_id) {
+        (Some(room), None) => {
+            messages::send(&app, &caller, validate::object_id("room_id", &room)?, draft, false).await?
+        }
+        (None, Some(peer)) => {
+            messages::send_direct(&app, &caller, validate::object_id("to_user_id", &peer)?, draft).await?
+        }
+        (Some(_), Some(_)) => return Err(Error::invalid("to_user_id", "give room_id or to_user_id, not both")),
+        (None, None) => return Err(Error::invalid("room_id", "is required (or to_user_id for a direct message)")),
+    };
     let status = if sent.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(json!(MessageView::from(&sent.message)))))
 }
@@ -39,6 +52,8 @@ pub async fn create(
 #[derive(Deserialize)]
 pub struct HistoryParams {
     room_id: Option<String>,
+    /// A direct conversation, by the other user's id.
+    peer: Option<String>,
     limit: Option<String>,
     before: Option<String>,
     after: Option<String>,
@@ -56,8 +71,7 @@ fn instant(field: &'static str, raw: Option<&str>) -> Result<Option<DateTime<Utc
     .transpose()
 }
 
-fn page(p: HistoryParams) -> Result<Page> {
-    let room_id = p.room_id.as_deref().ok_or_else(|| Error::invalid("room_id", "is required"))?;
+fn page(room_id: ObjectId, p: HistoryParams) -> Result<Page> {
     let limit = match p.limit.as_deref() {
         None => DEFAULT_PAGE,
         Some(raw) => match raw.parse::<i64>() {
@@ -67,7 +81,7 @@ fn page(p: HistoryParams) -> Result<Page> {
     };
     let id = |field, raw: Option<String>| raw.map(|s| validate::object_id(field, &s)).transpose();
     let page = Page {
-        room_id: validate::object_id("room_id", room_id)?,
+        room_id,
         limit,
         before: id("before", p.before)?,
         after: id("after", p.after)?,
@@ -97,7 +111,28 @@ pub async fn history(
     Auth(caller): Auth,
     Params(p): Params<HistoryParams>,
 ) -> Result<Json<Value>> {
-    let (messages, has_more) = messages::history(&app, &caller, page(p)?).await?;
-    let views: Vec<MessageView> = messages.iter().map(MessageView::from).collect();
-    Ok(Json(json!({ "messages": views, "has_more": has_more })))
+    let room_id = match (p.room_id.as_deref(), p.peer.as_deref()) {
+        (Some(room), None) => validate::object_id("room_id", room)?,
+        (None, Some(peer)) => {
+            let peer = validate::object_id("peer", peer)?;
+            match rooms::direct::find(&app, &caller, peer).await? {
+                Some(room) => room.id,
+                // Nobody has written yet: an empty conversation.
+                None => return Ok(Json(json!({ "messages": [], "has_more": false }))),
+            }
+        }
+        (Some(_), Some(_)) => return Err(Error::invalid("peer", "give room_id or peer, not both")),
+        (None, None) => return Err(Error::invalid("room_id", "is required (or peer for a direct conversation)")),
+    };
+    Ok(Json(messages::history_page(&app, &caller, page(room_id, p)?).await?))
+}
+
+/// `GET /messages/{id}/status`
+pub async fn status(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<receipts::Status>> {
+    let id = validate::object_id("id", &id)?;
+    Ok(Json(receipts::status(&app, &caller, id).await?))
 }

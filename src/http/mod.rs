@@ -17,7 +17,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -44,7 +44,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/login", post(accounts::login))
         .route("/rooms", get(rooms::list).post(rooms::create))
         .route("/rooms/{id}/join", post(rooms::join))
+        .route("/rooms/{id}/members", get(rooms::list_members).post(rooms::add_member))
+        .route("/rooms/{id}/members/{user_id}", patch(rooms::set_role).delete(rooms::remove_member))
+        .route("/rooms/{id}/read", post(rooms::read))
         .route("/messages", get(messages::history).post(messages::create))
+        .route("/messages/{id}/status", get(messages::status))
         .route("/ws", get(ws::chat))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

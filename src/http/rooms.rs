@@ -1,18 +1,21 @@
-//! `GET /rooms`, `POST /rooms`, `POST /rooms/{id}/join`.
+//! `GET /rooms`, `POST /rooms`, `POST /rooms/{id}/join`, members, and
+//! `POST /rooms/{id}/read`.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Auth, Body};
 use crate::error::Result;
 use crate::node::App;
-use crate::rooms::{self, NewRoom};
+use crate::rooms::{self, members, NewRoom};
 use crate::store::model::{MemberView, RoomView};
-use crate::validate;
+use crate::store::Cursor;
+use crate::{receipts, validate};
 
 pub async fn create(
     State(app): State<Arc<App>>,
@@ -24,13 +27,86 @@ pub async fn create(
 }
 
 pub async fn list(State(app): State<Arc<App>>, Auth(caller): Auth) -> Result<Json<Value>> {
-    let rooms = rooms::list(&app, &caller).await?;
-    let views: Vec<RoomView> = rooms.iter().map(RoomView::from).collect();
-    Ok(Json(json!({ "rooms": views })))
+    let rooms = rooms::list::list(&app, &caller).await?;
+    Ok(Json(json!({ "rooms": rooms })))
 }
 
 pub async fn join(State(app): State<Arc<App>>, Auth(caller): Auth, Path(id): Path<String>) -> Result<Json<MemberView>> {
     let room_id = validate::object_id("id", &id)?;
     let member = rooms::join(&app, &caller, room_id).await?;
     Ok(Json(MemberView::from(&member)))
+}
+
+#[derive(Deserialize)]
+pub struct NewMember {
+    user_id: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+pub async fn add_member(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(m): Body<NewMember>,
+) -> Result<(StatusCode, Json<MemberView>)> {
+    let room_id = validate::object_id("id", &id)?;
+    let user_id = validate::object_id("user_id", &m.user_id)?;
+    let role = members::parse_role(m.role.as_deref().unwrap_or("member"))?;
+    let (member, created) = members::add(&app, &caller, room_id, user_id, role).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(MemberView::from(&member))))
+}
+
+#[derive(Deserialize)]
+pub struct RoleChange {
+    role: String,
+}
+
+pub async fn set_role(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Path((id, user)): Path<(String, String)>,
+    Body(r): Body<RoleChange>,
+) -> Result<Json<MemberView>> {
+    let room_id = validate::object_id("id", &id)?;
+    let user_id = validate::object_id("user_id", &user)?;
+    let member = members::set_role(&app, &caller, room_id, user_id, members::parse_role(&r.role)?).await?;
+    Ok(Json(MemberView::from(&member)))
+}
+
+pub async fn remove_member(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Path((id, user)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    let room_id = validate::object_id("id", &id)?;
+    let user_id = validate::object_id("user_id", &user)?;
+    members::remove(&app, &caller, room_id, user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_members(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    let room_id = validate::object_id("id", &id)?;
+    Ok(Json(json!({ "members": members::list(&app, &caller, room_id).await? })))
+}
+
+#[derive(Deserialize)]
+pub struct ReadUpTo {
+    message_id: String,
+}
+
+pub async fn read(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(r): Body<ReadUpTo>,
+) -> Result<Json<receipts::Cursors>> {
+    let room_id = validate::object_id("id", &id)?;
+    let message_id = validate::object_id("message_id", &r.message_id)?;
+    Ok(Json(receipts::acknowledge(&app, &caller, room_id, Cursor::Read, message_id).await?))
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 
-pub use model::{Member, Message, Role, Room, RoomKind, User};
+pub use model::{Cursor, Member, Message, Role, Room, RoomKind, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,9 +64,34 @@ pub trait Store: Send + Sync + 'static {
     /// Public rooms and the private rooms `user_id` belongs to, oldest first.
     async fn rooms_visible_to(&self, user_id: ObjectId) -> StoreResult<Vec<Room>>;
 
+    async fn room_by_name(&self, name: &str) -> StoreResult<Option<Room>>;
+    async fn user(&self, id: ObjectId) -> StoreResult<Option<User>>;
+    /// Users by id, in no particular order; unknown ids are left out.
+    async fn users(&self, ids: &[ObjectId]) -> StoreResult<Vec<User>>;
+
     /// Adds a member unless already there; returns the membership as stored.
     async fn add_member(&self, member: &Member) -> StoreResult<Member>;
     async fn member(&self, room_id: ObjectId, user_id: ObjectId) -> StoreResult<Option<Member>>;
+    /// Whether there was a membership to remove.
+    async fn remove_member(&self, room_id: ObjectId, user_id: ObjectId) -> StoreResult<bool>;
+    /// Whether the member exists (and now has `role`).
+    async fn set_role(&self, room_id: ObjectId, user_id: ObjectId, role: Role) -> StoreResult<bool>;
+    /// A room's members, oldest first, at most `limit`.
+    async fn room_members(&self, room_id: ObjectId, limit: i64) -> StoreResult<Vec<Member>>;
+    /// Every membership of one user.
+    async fn memberships(&self, user_id: ObjectId) -> StoreResult<Vec<Member>>;
+    /// Moves a member's cursor forward to `seq` (never back); returns the
+    /// cursor's previous seq if it moved.
+    async fn advance_cursor(
+        &self,
+        room_id: ObjectId,
+        user_id: ObjectId,
+        cursor: Cursor,
+        seq: i64,
+        message_id: ObjectId,
+    ) -> StoreResult<Option<i64>>;
+    /// Messages after `after_seq` in the room that others sent, up to `cap`.
+    async fn count_unread(&self, room_id: ObjectId, user_id: ObjectId, after_seq: i64, cap: i64) -> StoreResult<i64>;
 
     /// Hands out the room's next seq (atomic on the room document, so it
     /// survives Redis restarts and is never handed out twice); `None` if the

@@ -23,6 +23,8 @@ pub struct User {
 pub enum RoomKind {
     Public,
     Private,
+    /// A conversation of exactly two users, made by the first direct message.
+    Direct,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,13 +40,41 @@ pub struct Room {
     /// The last seq handed out in this room.
     #[serde(default)]
     pub last_seq: i64,
+    /// A direct room's two users, lower id first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<ObjectId>,
 }
+
+impl Room {
+    /// The unique name of the direct room of two users: the unique index on
+    /// names makes "create once" safe under concurrent first messages.
+    pub fn direct_name(a: ObjectId, b: ObjectId) -> String {
+        let (lo, hi) = if a.bytes() <= b.bytes() { (a, b) } else { (b, a) };
+        format!("{DIRECT_PREFIX}{}:{}", lo.to_hex(), hi.to_hex())
+    }
+
+    /// The other user of a direct room.
+    pub fn peer_of(&self, user: ObjectId) -> Option<ObjectId> {
+        self.peers.iter().copied().find(|p| *p != user)
+    }
+}
+
+/// Names starting with this are reserved for direct rooms.
+pub const DIRECT_PREFIX: &str = "dm:";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,
+    Moderator,
     Member,
+}
+
+impl Role {
+    /// Owners and moderators manage members and delete others' messages.
+    pub fn manages(self) -> bool {
+        matches!(self, Role::Owner | Role::Moderator)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +88,32 @@ pub struct Member {
     pub role: Role,
     #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
     pub joined_at: DateTime<Utc>,
+    /// Delivery cursor: every message up to this seq reached the member.
+    #[serde(default)]
+    pub delivered_seq: i64,
+    #[serde(default)]
+    pub delivered_up_to: Option<ObjectId>,
+    /// Read cursor: every message up to this seq was read (implies delivered).
+    #[serde(default)]
+    pub read_seq: i64,
+    #[serde(default)]
+    pub read_up_to: Option<ObjectId>,
+}
+
+/// Which of a member's two cursors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    Delivered,
+    Read,
+}
+
+impl Cursor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cursor::Delivered => "delivered",
+            Cursor::Read => "read",
+        }
+    }
 }
 
 impl Member {
@@ -66,7 +122,17 @@ impl Member {
     }
 
     pub fn new(room_id: ObjectId, user_id: ObjectId, role: Role, joined_at: DateTime<Utc>) -> Self {
-        Member { key: Member::key(room_id, user_id), room_id, user_id, role, joined_at }
+        Member {
+            key: Member::key(room_id, user_id),
+            room_id,
+            user_id,
+            role,
+            joined_at,
+            delivered_seq: 0,
+            delivered_up_to: None,
+            read_seq: 0,
+            read_up_to: None,
+        }
     }
 }
 
@@ -140,6 +206,8 @@ pub struct MemberView {
     pub user_id: String,
     pub role: Role,
     pub joined_at: String,
+    pub delivered_up_to: Option<String>,
+    pub read_up_to: Option<String>,
 }
 
 impl From<&Member> for MemberView {
@@ -149,6 +217,8 @@ impl From<&Member> for MemberView {
             user_id: m.user_id.to_hex(),
             role: m.role,
             joined_at: rfc3339(&m.joined_at),
+            delivered_up_to: m.delivered_up_to.map(|id| id.to_hex()),
+            read_up_to: m.read_up_to.map(|id| id.to_hex()),
         }
     }
 }

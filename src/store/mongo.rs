@@ -11,7 +11,7 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 
-use super::{HistoryQuery, Member, Message, Room, Store, StoreError, StoreResult, User};
+use super::{Cursor, HistoryQuery, Member, Message, Role, Room, Store, StoreError, StoreResult, User};
 
 #[derive(Clone)]
 pub struct MongoStore {
@@ -148,6 +148,21 @@ impl Store for MongoStore {
         .await
     }
 
+    async fn room_by_name(&self, name: &str) -> StoreResult<Option<Room>> {
+        timed("find_room", self.rooms.find_one(doc! {"name": name})).await
+    }
+
+    async fn user(&self, id: ObjectId) -> StoreResult<Option<User>> {
+        timed("find_user", self.users.find_one(doc! {"_id": id})).await
+    }
+
+    async fn users(&self, ids: &[ObjectId]) -> StoreResult<Vec<User>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        timed("find_users", async { self.users.find(doc! {"_id": {"$in": ids}}).await?.try_collect().await }).await
+    }
+
     async fn add_member(&self, member: &Member) -> StoreResult<Member> {
         match timed("insert_member", self.members.insert_one(member)).await {
             Ok(_) => Ok(member.clone()),
@@ -161,6 +176,77 @@ impl Store for MongoStore {
 
     async fn member(&self, room_id: ObjectId, user_id: ObjectId) -> StoreResult<Option<Member>> {
         timed("find_member", self.members.find_one(doc! {"_id": Member::key(room_id, user_id)})).await
+    }
+
+    async fn remove_member(&self, room_id: ObjectId, user_id: ObjectId) -> StoreResult<bool> {
+        let out = timed("delete_member", self.members.delete_one(doc! {"_id": Member::key(room_id, user_id)})).await?;
+        Ok(out.deleted_count > 0)
+    }
+
+    async fn set_role(&self, room_id: ObjectId, user_id: ObjectId, role: Role) -> StoreResult<bool> {
+        let role = bson::to_bson(&role).map_err(|e| StoreError::Other(e.to_string()))?;
+        let filter = doc! {"_id": Member::key(room_id, user_id)};
+        let out = timed("update_member", self.members.update_one(filter, doc! {"$set": {"role": role}})).await?;
+        Ok(out.matched_count > 0)
+    }
+
+    async fn room_members(&self, room_id: ObjectId, limit: i64) -> StoreResult<Vec<Member>> {
+        timed("find_members", async {
+            self.members
+                .find(doc! {"room_id": room_id})
+                .sort(doc! {"joined_at": 1, "_id": 1})
+                .limit(limit)
+                .await?
+                .try_collect()
+                .await
+        })
+        .await
+    }
+
+    async fn memberships(&self, user_id: ObjectId) -> StoreResult<Vec<Member>> {
+        timed("find_members", async { self.members.find(doc! {"user_id": user_id}).await?.try_collect().await }).await
+    }
+
+    async fn advance_cursor(
+        &self,
+        room_id: ObjectId,
+        user_id: ObjectId,
+        cursor: Cursor,
+        seq: i64,
+        message_id: ObjectId,
+    ) -> StoreResult<Option<i64>> {
+        let (seq_field, id_field) = match cursor {
+            Cursor::Delivered => ("delivered_seq", "delivered_up_to"),
+            Cursor::Read => ("read_seq", "read_up_to"),
+        };
+        // The filter makes it forward-only and atomic: of two racing updates
+        // the older cursor simply matches nothing.
+        let filter = doc! {"_id": Member::key(room_id, user_id), "$or": [
+            {seq_field: {"$lt": seq}},
+            {seq_field: {"$exists": false}},
+        ]};
+        let before = timed(
+            "advance_cursor",
+            self.members
+                .find_one_and_update(filter, doc! {"$set": {seq_field: seq, id_field: message_id}})
+                .return_document(ReturnDocument::Before),
+        )
+        .await?;
+        Ok(before.map(|m| match cursor {
+            Cursor::Delivered => m.delivered_seq,
+            Cursor::Read => m.read_seq,
+        }))
+    }
+
+    async fn count_unread(&self, room_id: ObjectId, user_id: ObjectId, after_seq: i64, cap: i64) -> StoreResult<i64> {
+        let filter = doc! {
+            "room_id": room_id,
+            "seq": {"$gt": after_seq},
+            "sender_id": {"$ne": user_id},
+            "deleted": {"$ne": true},
+        };
+        let n = timed("count_unread", self.messages.count_documents(filter).limit(cap as u64)).await?;
+        Ok(n as i64)
     }
 
     async fn next_seq(&self, room_id: ObjectId) -> StoreResult<Option<i64>> {

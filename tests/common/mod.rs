@@ -47,6 +47,7 @@ pub fn config(db: &str) -> Config {
         allowed_origins: vec![],
         pubsub_buffer: 16_384,
         echo_endpoint: false,
+        cache_ttl: Duration::from_secs(300),
     }
 }
 
@@ -131,6 +132,13 @@ impl Node {
             self.call("POST", "/messages", Some(&user.token), Some(json!({"room_id": room, "content": content}))).await;
         assert_eq!(status, 201, "{body}");
         body
+    }
+
+    /// The sum of a metric's samples whose line starts with `prefix` (a name,
+    /// optionally with the start of its labels).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     }
 
     pub async fn connect(&self, user: &User) -> Client {
@@ -327,4 +335,60 @@ impl Client {
 
 pub fn close_code(code: CloseCode) -> u16 {
     u16::from(code)
+}
+
+/// A redis-server of a test's own, to stop and restart.
+pub struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    pub fn start(port: u16) -> OwnRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Self::spawn(port, &dir);
+        OwnRedis { port, dir, child }
+    }
+
+    fn spawn(port: u16, dir: &tempfile::TempDir) -> std::process::Child {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    /// Stops the server (its data is gone: no persistence).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port.
+    pub fn resume(&mut self) {
+        self.child = Self::spawn(self.port, &self.dir);
+    }
+
+    pub fn restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        self.child = Self::spawn(self.port, &self.dir);
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

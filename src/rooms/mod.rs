@@ -1,4 +1,12 @@
 //! Rooms and membership rules: who may see, join and read a room.
+//!
+//! - `direct`: the one room of a pair of users, made by their first message.
+//! - `members`: invitations, roles, removal (and its effect on live sockets).
+//! - `list`: a user's rooms with unread counts and last messages, cached.
+
+pub mod direct;
+pub mod list;
+pub mod members;
 
 use bson::oid::ObjectId;
 use chrono::Utc;
@@ -34,6 +42,7 @@ pub async fn create(app: &App, caller: &Caller, r: NewRoom) -> Result<Room> {
         created_by: caller.user_id,
         created_at: Utc::now(),
         last_seq: 0,
+        peers: Vec::new(),
     };
     match app.store.insert_room(&room).await {
         Ok(()) => {}
@@ -42,6 +51,11 @@ pub async fn create(app: &App, caller: &Caller, r: NewRoom) -> Result<Room> {
     }
     let owner = Member::new(room.id, caller.user_id, Role::Owner, room.created_at);
     app.store.add_member(&owner).await?;
+    if kind == RoomKind::Public {
+        app.cache.public_rooms_changed().await;
+    } else {
+        app.cache.user_changed(caller.user_id).await;
+    }
     Ok(room)
 }
 
@@ -49,11 +63,7 @@ fn name_taken() -> Error {
     Error::Conflict { code: "room_name_taken", message: "a room with this name already exists".into() }
 }
 
-pub async fn list(app: &App, caller: &Caller) -> Result<Vec<Room>> {
-    Ok(app.store.rooms_visible_to(caller.user_id).await?)
-}
-
-async fn existing(app: &App, room_id: ObjectId) -> Result<Room> {
+pub(crate) async fn existing(app: &App, room_id: ObjectId) -> Result<Room> {
     app.store.room(room_id).await?.ok_or_else(|| Error::NotFound("room not found".into()))
 }
 
@@ -64,27 +74,34 @@ pub async fn join(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Membe
     if let Some(member) = app.store.member(room_id, caller.user_id).await? {
         return Ok(member);
     }
-    if room.kind == RoomKind::Private {
-        return Err(Error::Forbidden("this room is private: members join by invitation".into()));
+    match room.kind {
+        RoomKind::Public => {}
+        RoomKind::Private => {
+            return Err(Error::Forbidden("this room is private: members join by invitation".into()));
+        }
+        RoomKind::Direct => return Err(Error::Forbidden("a direct conversation has only its two users".into())),
     }
     let member = Member::new(room_id, caller.user_id, Role::Member, Utc::now());
-    Ok(app.store.add_member(&member).await?)
+    let member = app.store.add_member(&member).await?;
+    app.cache.user_changed(caller.user_id).await;
+    Ok(member)
 }
 
 /// The room, if the caller may read its history: public rooms to anyone
-/// signed in, private rooms to members.
+/// signed in, private and direct rooms to members.
 pub async fn readable(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Room> {
     let room = existing(app, room_id).await?;
-    if room.kind == RoomKind::Private && app.store.member(room_id, caller.user_id).await?.is_none() {
+    if room.kind != RoomKind::Public && app.store.member(room_id, caller.user_id).await?.is_none() {
         return Err(Error::Forbidden("you are not a member of this room".into()));
     }
     Ok(room)
 }
 
-/// Fails unless the caller is a member (only members may post).
-pub async fn require_member(app: &App, caller: &Caller, room_id: ObjectId) -> Result<()> {
-    if app.store.member(room_id, caller.user_id).await?.is_some() {
-        return Ok(());
+/// The caller's membership; fails unless the caller is a member (only
+/// members may post, and acknowledge messages).
+pub async fn require_member(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Member> {
+    if let Some(member) = app.store.member(room_id, caller.user_id).await? {
+        return Ok(member);
     }
     existing(app, room_id).await?;
     Err(Error::Forbidden("you are not a member of this room".into()))

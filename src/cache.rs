@@ -1,0 +1,212 @@
+//! Read-through cache in Redis for what clients read most: a user's room list
+//! (with unread counts) and the newest page of each room's history.
+//!
+//! Freshness comes from versions, not from deleting entries. Every write that
+//! changes what an entry shows bumps a version counter in Redis (`INCR`)
+//! after the MongoDB write and before the write is acknowledged:
+//! - `room` versions: new, edited or deleted messages in the room;
+//! - `user` versions: the user's memberships and cursors;
+//! - the `public` version: the set of public rooms.
+//!
+//! A reader reads the versions *before* it reads MongoDB and stores the entry
+//! tagged with them; an entry is served only while every tag is still
+//! current. So an entry computed from data older than a write can never be
+//! served after that write's bump, however the reader and the writer
+//! interleave, on whichever nodes. A bump costs one round trip, however many
+//! users see the room.
+//!
+//! Redis trouble never fails a request: reads fall back to MongoDB. A bump
+//! that fails is retried in the background until Redis answers, and until
+//! then this node serves nothing from the cache.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use fred::prelude::*;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A version counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    Room(ObjectId),
+    User(ObjectId),
+    PublicRooms,
+}
+
+impl Version {
+    fn key(self) -> String {
+        match self {
+            Version::Room(id) => format!("confab:v:room:{}", id.to_hex()),
+            Version::User(id) => format!("confab:v:user:{}", id.to_hex()),
+            Version::PublicRooms => "confab:v:public".into(),
+        }
+    }
+}
+
+/// Which cached value.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry {
+    /// A user's room list.
+    Rooms(ObjectId),
+    /// The newest page of a room's history.
+    History(ObjectId),
+}
+
+impl Entry {
+    fn key(self) -> String {
+        match self {
+            Entry::Rooms(id) => format!("confab:c:rooms:{}", id.to_hex()),
+            Entry::History(id) => format!("confab:c:history:{}", id.to_hex()),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Entry::Rooms(_) => "rooms",
+            Entry::History(_) => "history",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored<T> {
+    /// The versions the value was computed at, in the order they were read.
+    versions: Vec<(String, i64)>,
+    value: T,
+}
+
+/// Versions read before computing a value; pass them back to `put`.
+pub struct Snapshot(Vec<(String, i64)>);
+
+impl Snapshot {
+    /// Both snapshots' versions (for values read in stages).
+    pub fn and(mut self, other: Snapshot) -> Snapshot {
+        self.0.extend(other.0);
+        self
+    }
+}
+
+#[derive(Clone)]
+pub struct Cache {
+    redis: Option<Client>,
+    ttl: i64,
+    /// Version keys whose bump failed, with a count of failures: retried
+    /// until Redis takes a bump made after the last failure.
+    pending: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl Cache {
+    /// A cache over `redis`; `None` (or a zero TTL) turns caching off.
+    pub fn new(redis: Option<Client>, ttl: Duration) -> Self {
+        let redis = redis.filter(|_| !ttl.is_zero());
+        Cache { redis, ttl: ttl.as_secs().max(1) as i64, pending: Default::default() }
+    }
+
+    pub async fn room_changed(&self, room: ObjectId) {
+        self.bump(Version::Room(room)).await;
+    }
+
+    pub async fn user_changed(&self, user: ObjectId) {
+        self.bump(Version::User(user)).await;
+    }
+
+    pub async fn public_rooms_changed(&self) {
+        self.bump(Version::PublicRooms).await;
+    }
+
+    async fn bump(&self, version: Version) {
+        let Some(redis) = &self.redis else { return };
+        let key = version.key();
+        let out: Result<i64, _> = redis.incr(&key).await;
+        if let Err(e) = out {
+            metrics::counter!("confab_cache_invalidation_failures_total").increment(1);
+            tracing::warn!(error = %e, key, "cache version bump failed; cache reads are off until it succeeds");
+            let first = {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let first = pending.is_empty();
+                *pending.entry(key).or_default() += 1;
+                first
+            };
+            if first {
+                tokio::spawn(retry_pending(redis.clone(), self.pending.clone()));
+            }
+        }
+    }
+
+    fn usable(&self) -> Option<&Client> {
+        let redis = self.redis.as_ref()?;
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty().then_some(redis)
+    }
+
+    /// Reads the versions a value is about to be computed from.
+    pub async fn snapshot(&self, versions: &[Version]) -> Option<Snapshot> {
+        let redis = self.usable()?;
+        let keys: Vec<String> = versions.iter().map(|v| v.key()).collect();
+        let values = current(redis, &keys).await?;
+        Some(Snapshot(keys.into_iter().zip(values).collect()))
+    }
+
+    /// The cached value, if every version it was computed at is current.
+    /// Counts a hit or a miss.
+    pub async fn get<T: DeserializeOwned>(&self, entry: Entry) -> Option<T> {
+        let found = self.lookup(entry).await;
+        let result = if found.is_some() { "hit" } else { "miss" };
+        metrics::counter!("confab_cache_requests_total", "cache" => entry.label(), "result" => result).increment(1);
+        found
+    }
+
+    async fn lookup<T: DeserializeOwned>(&self, entry: Entry) -> Option<T> {
+        let redis = self.usable()?;
+        let raw: Option<String> = redis.get(entry.key()).await.ok()?;
+        let stored: Stored<T> = serde_json::from_str(&raw?).ok()?;
+        let keys: Vec<String> = stored.versions.iter().map(|(k, _)| k.clone()).collect();
+        let now = current(redis, &keys).await?;
+        let fresh = stored.versions.iter().zip(&now).all(|((_, then), now)| then == now);
+        fresh.then_some(stored.value)
+    }
+
+    /// Stores a value computed after `snapshot` was taken.
+    pub async fn put<T: Serialize>(&self, entry: Entry, snapshot: Snapshot, value: &T) {
+        let Some(redis) = self.usable() else { return };
+        let Ok(json) = serde_json::to_string(&Stored { versions: snapshot.0, value }) else { return };
+        let out: Result<(), _> = redis.set(entry.key(), json, Some(Expiration::EX(self.ttl)), None, false).await;
+        if let Err(e) = out {
+            tracing::debug!(error = %e, "cache write failed");
+        }
+    }
+}
+
+/// Current values of version keys (a missing key is version 0).
+async fn current(redis: &Client, keys: &[String]) -> Option<Vec<i64>> {
+    if keys.is_empty() {
+        return Some(Vec::new());
+    }
+    let values: Vec<Option<i64>> =
+        if keys.len() == 1 { vec![redis.get(&keys[0]).await.ok()?] } else { redis.mget(keys.to_vec()).await.ok()? };
+    Some(values.into_iter().map(Option::unwrap_or_default).collect())
+}
+
+/// Bumps the failed versions until Redis takes them all. A key is done only
+/// if no bump of it failed again while its retry was under way.
+async fn retry_pending(redis: Client, pending: Arc<Mutex<HashMap<String, u64>>>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let keys: Vec<(String, u64)> =
+            pending.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, n)| (k.clone(), *n)).collect();
+        if keys.is_empty() {
+            return;
+        }
+        for (key, failures) in keys {
+            let out: Result<i64, _> = redis.incr(&key).await;
+            if out.is_ok() {
+                let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.get(&key) == Some(&failures) {
+                    pending.remove(&key);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Direct conversations: exactly one room per pair of users, created by the
+//! first message either sends. The room's name is derived from the pair and
+//! names are unique, so two first messages racing on two nodes still make
+//! one room. Direct rooms are visible only to their two members and cannot
+//! be joined by anyone else.
+
+use bson::oid::ObjectId;
+use chrono::Utc;
+
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::node::App;
+use crate::store::{Member, Role, Room, RoomKind, StoreError};
+
+async fn peer_exists(app: &App, caller: &Caller, peer: ObjectId, field: &'static str) -> Result<()> {
+    if peer == caller.user_id {
+        return Err(Error::invalid(field, "a direct conversation needs another user"));
+    }
+    app.store.user(peer).await?.ok_or_else(|| Error::NotFound("user not found".into()))?;
+    Ok(())
+}
+
+/// The direct room of the caller and `peer`, created on first use, with the
+/// caller's membership in place.
+pub async fn open(app: &App, caller: &Caller, peer: ObjectId) -> Result<Room> {
+    let name = Room::direct_name(caller.user_id, peer);
+    if let Some(room) = app.store.room_by_name(&name).await? {
+        // Both memberships are written after the room: heal a crash between.
+        if app.store.member(room.id, caller.user_id).await?.is_none() {
+            add_both(app, &room).await?;
+        }
+        return Ok(room);
+    }
+    peer_exists(app, caller, peer, "to_user_id").await?;
+    let mut peers = vec![caller.user_id, peer];
+    peers.sort_by_key(|id| id.bytes());
+    let room = Room {
+        id: ObjectId::new(),
+        name: name.clone(),
+        kind: RoomKind::Direct,
+        created_by: caller.user_id,
+        created_at: Utc::now(),
+        last_seq: 0,
+        peers,
+    };
+    let room = match app.store.insert_room(&room).await {
+        Ok(()) => room,
+        Err(StoreError::Duplicate) => app
+            .store
+            .room_by_name(&name)
+            .await?
+            .ok_or_else(|| Error::Internal("direct room vanished after a duplicate insert".into()))?,
+        Err(e) => return Err(e.into()),
+    };
+    add_both(app, &room).await?;
+    Ok(room)
+}
+
+async fn add_both(app: &App, room: &Room) -> Result<()> {
+    for user in &room.peers {
+        app.store.add_member(&Member::new(room.id, *user, Role::Member, room.created_at)).await?;
+        app.cache.user_changed(*user).await;
+    }
+    Ok(())
+}
+
+/// The direct room of the caller and `peer`, if they have talked.
+pub async fn find(app: &App, caller: &Caller, peer: ObjectId) -> Result<Option<Room>> {
+    let found = app.store.room_by_name(&Room::direct_name(caller.user_id, peer)).await?;
+    if found.is_none() {
+        peer_exists(app, caller, peer, "peer").await?;
+    }
+    Ok(found)
+}

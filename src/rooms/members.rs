@@ -1,0 +1,230 @@
+//! Membership management: owners and moderators invite and remove members,
+//! owners appoint moderators, members leave.
+//!
+//! Every change is one MongoDB write followed by the live effects: cache
+//! versions bumped, the room's subscribers told (`member_added`,
+//! `member_updated`, `member_removed`), the affected user told on their own
+//! topic (`room_added`, `room_removed`), and a removed user's sockets taken
+//! out of the room on every node by an evict event, so they stop receiving
+//! its traffic at once.
+
+use bson::oid::ObjectId;
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::auth::Caller;
+use crate::bus::{Event, Topic};
+use crate::error::{Error, Result};
+use crate::gateway::protocol;
+use crate::node::App;
+use crate::store::model::MemberView;
+use crate::store::{Member, Role, Room, RoomKind, User};
+
+/// Most members `GET /rooms/{id}/members` lists.
+pub const MAX_LISTED: i64 = 1000;
+
+/// Whether a member with role `actor` may give someone `role` (invite or
+/// change): owners appoint moderators and members; moderators invite members.
+pub fn may_assign(actor: Role, role: Role) -> bool {
+    match actor {
+        Role::Owner => role != Role::Owner,
+        Role::Moderator => role == Role::Member,
+        Role::Member => false,
+    }
+}
+
+/// Whether `actor` may remove a member with role `target` (not themselves).
+pub fn may_remove(actor: Role, target: Role) -> bool {
+    match actor {
+        Role::Owner => target != Role::Owner,
+        Role::Moderator => target == Role::Member,
+        Role::Member => false,
+    }
+}
+
+pub fn parse_role(raw: &str) -> Result<Role> {
+    match raw {
+        "member" => Ok(Role::Member),
+        "moderator" => Ok(Role::Moderator),
+        _ => Err(Error::invalid("role", "must be \"member\" or \"moderator\"")),
+    }
+}
+
+/// The room and the caller's membership, for a change of its members.
+async fn managed(app: &App, caller: &Caller, room_id: ObjectId) -> Result<(Room, Member)> {
+    let room = super::existing(app, room_id).await?;
+    if room.kind == RoomKind::Direct {
+        return Err(Error::Forbidden("a direct conversation's members cannot change".into()));
+    }
+    let member = super::require_member(app, caller, room_id).await?;
+    Ok((room, member))
+}
+
+async fn existing_user(app: &App, user_id: ObjectId) -> Result<User> {
+    app.store.user(user_id).await?.ok_or_else(|| Error::NotFound("user not found".into()))
+}
+
+/// Adds `user_id` to the room with `role`; returns the membership and
+/// whether it is new (an existing member is returned unchanged).
+pub async fn add(
+    app: &App,
+    caller: &Caller,
+    room_id: ObjectId,
+    user_id: ObjectId,
+    role: Role,
+) -> Result<(Member, bool)> {
+    let (_, actor) = managed(app, caller, room_id).await?;
+    if !may_assign(actor.role, role) {
+        return Err(Error::Forbidden(match actor.role {
+            Role::Member => "only the room's owner and moderators add members".into(),
+            _ => "only the room's owner appoints moderators".into(),
+        }));
+    }
+    existing_user(app, user_id).await?;
+    if let Some(member) = app.store.member(room_id, user_id).await? {
+        return Ok((member, false));
+    }
+    let member = app.store.add_member(&Member::new(room_id, user_id, role, Utc::now())).await?;
+    app.cache.user_changed(user_id).await;
+    announce(app, room_id, "member_added", &member, caller.user_id).await;
+    tell_user(app, user_id, "room_added", room_id, caller.user_id).await;
+    Ok((member, true))
+}
+
+/// Changes a member's role (owner only; the owner's own role is fixed).
+pub async fn set_role(app: &App, caller: &Caller, room_id: ObjectId, user_id: ObjectId, role: Role) -> Result<Member> {
+    let (_, actor) = managed(app, caller, room_id).await?;
+    if actor.role != Role::Owner {
+        return Err(Error::Forbidden("only the room's owner changes roles".into()));
+    }
+    let mut target = app.store.member(room_id, user_id).await?.ok_or_else(not_a_member)?;
+    if target.role == Role::Owner {
+        return Err(Error::Forbidden("the owner's role cannot change".into()));
+    }
+    if target.role != role {
+        if !app.store.set_role(room_id, user_id, role).await? {
+            return Err(not_a_member());
+        }
+        target.role = role;
+        app.cache.user_changed(user_id).await;
+        announce(app, room_id, "member_updated", &target, caller.user_id).await;
+    }
+    Ok(target)
+}
+
+/// Removes a member; a member removing themselves leaves the room.
+pub async fn remove(app: &App, caller: &Caller, room_id: ObjectId, user_id: ObjectId) -> Result<()> {
+    let (_, actor) = managed(app, caller, room_id).await?;
+    let target = if user_id == caller.user_id {
+        if actor.role == Role::Owner {
+            return Err(Error::Conflict {
+                code: "owner_cannot_leave",
+                message: "the owner cannot leave the room they own".into(),
+            });
+        }
+        actor
+    } else {
+        let target = app.store.member(room_id, user_id).await?.ok_or_else(not_a_member)?;
+        if !may_remove(actor.role, target.role) {
+            return Err(Error::Forbidden(match actor.role {
+                Role::Member => "only the room's owner and moderators remove members".into(),
+                _ => "moderators remove members, not moderators or the owner".into(),
+            }));
+        }
+        target
+    };
+    if !app.store.remove_member(room_id, user_id).await? {
+        return Err(not_a_member());
+    }
+    app.cache.user_changed(user_id).await;
+    // Out of the room's live traffic on every node first, then the news.
+    publish(app, Topic::Room(room_id), Event::evict(user_id, b"")).await;
+    announce(app, room_id, "member_removed", &target, caller.user_id).await;
+    tell_user(app, user_id, "room_removed", room_id, caller.user_id).await;
+    Ok(())
+}
+
+/// A room's members (up to [`MAX_LISTED`]) with their usernames.
+pub async fn list(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Vec<MemberEntry>> {
+    super::readable(app, caller, room_id).await?;
+    let members = app.store.room_members(room_id, MAX_LISTED).await?;
+    let ids: Vec<ObjectId> = members.iter().map(|m| m.user_id).collect();
+    let users = app.store.users(&ids).await?;
+    Ok(members
+        .iter()
+        .map(|m| MemberEntry {
+            username: users.iter().find(|u| u.id == m.user_id).map(|u| u.username.clone()),
+            member: MemberView::from(m),
+        })
+        .collect())
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberEntry {
+    #[serde(flatten)]
+    pub member: MemberView,
+    pub username: Option<String>,
+}
+
+fn not_a_member() -> Error {
+    Error::NotFound("that user is not a member of this room".into())
+}
+
+/// Tells the room's subscribers about a membership change.
+async fn announce(app: &App, room_id: ObjectId, kind: &str, member: &Member, by: ObjectId) {
+    let mut data = json!(MemberView::from(member));
+    data["by"] = json!(by.to_hex());
+    let frame = protocol::event(kind, Some(&room_id.to_hex()), Some(&by.to_hex()), &data);
+    publish(app, Topic::Room(room_id), Event::ephemeral(None, &frame)).await;
+}
+
+/// Tells a user, on all their connections, that they gained or lost a room.
+async fn tell_user(app: &App, user_id: ObjectId, kind: &str, room_id: ObjectId, by: ObjectId) {
+    let data = json!({"room_id": room_id.to_hex(), "by": by.to_hex()});
+    let frame = protocol::event(kind, Some(&room_id.to_hex()), Some(&by.to_hex()), &data);
+    publish(app, Topic::User(user_id), Event::ephemeral(None, &frame)).await;
+}
+
+/// Publishes a live effect of a stored change; a failure is logged, not an
+/// error: the change itself is stored, and clients catch up on reconnect.
+pub(crate) async fn publish(app: &App, topic: Topic, event: Event<'_>) {
+    if let Err(e) = app.bus.publish(topic, event).await {
+        metrics::counter!("confab_bus_publish_failures_total").increment(1);
+        tracing::warn!(error = %e, ?topic, "live update not published");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_appoint_moderators_invite_members() {
+        assert!(may_assign(Role::Owner, Role::Moderator));
+        assert!(may_assign(Role::Owner, Role::Member));
+        assert!(!may_assign(Role::Owner, Role::Owner));
+        assert!(may_assign(Role::Moderator, Role::Member));
+        assert!(!may_assign(Role::Moderator, Role::Moderator));
+        assert!(!may_assign(Role::Member, Role::Member));
+    }
+
+    #[test]
+    fn moderators_remove_members_only() {
+        assert!(may_remove(Role::Owner, Role::Moderator));
+        assert!(may_remove(Role::Owner, Role::Member));
+        assert!(!may_remove(Role::Owner, Role::Owner));
+        assert!(may_remove(Role::Moderator, Role::Member));
+        assert!(!may_remove(Role::Moderator, Role::Moderator));
+        assert!(!may_remove(Role::Moderator, Role::Owner));
+        assert!(!may_remove(Role::Member, Role::Member));
+    }
+
+    #[test]
+    fn only_member_and_moderator_are_assignable() {
+        assert_eq!(parse_role("moderator").unwrap(), Role::Moderator);
+        assert_eq!(parse_role("member").unwrap(), Role::Member);
+        assert!(parse_role("owner").is_err());
+        assert!(parse_role("Member").is_err());
+    }
+}
