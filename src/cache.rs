@@ -20,6 +20,7 @@
 //! then this node serves nothing from the cache.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +54,18 @@ pub enum Entry {
     Rooms(ObjectId),
     /// The newest page of a room's history.
     History(ObjectId),
+}
+
+/// Hits and lookups per kind of entry, for the hit-ratio gauge.
+static HIT_COUNTS: [[AtomicU64; 2]; 2] = [[AtomicU64::new(0), AtomicU64::new(0)], [AtomicU64::new(0), AtomicU64::new(0)]];
+
+impl From<Entry> for usize {
+    fn from(e: Entry) -> usize {
+        match e {
+            Entry::Rooms(_) => 0,
+            Entry::History(_) => 1,
+        }
+    }
 }
 
 impl Entry {
@@ -150,11 +163,15 @@ impl Cache {
     }
 
     /// The cached value, if every version it was computed at is current.
-    /// Counts a hit or a miss.
+    /// Counts a hit or a miss, and keeps the hit-ratio gauge current.
     pub async fn get<T: DeserializeOwned>(&self, entry: Entry) -> Option<T> {
         let found = self.lookup(entry).await;
         let result = if found.is_some() { "hit" } else { "miss" };
         metrics::counter!("confab_cache_requests_total", "cache" => entry.label(), "result" => result).increment(1);
+        let [hits, total] = &HIT_COUNTS[usize::from(entry)];
+        let h = hits.fetch_add(found.is_some() as u64, Ordering::Relaxed) + found.is_some() as u64;
+        let t = total.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("confab_cache_hit_ratio", "cache" => entry.label()).set(h as f64 / t as f64);
         found
     }
 
