@@ -44,6 +44,7 @@ pub struct Room {
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,
+    Moderator,
     Member,
 }
 
