@@ -82,6 +82,9 @@ async fn store_new(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft) 
         dedup_key: draft.client_msg_id.clone().unwrap_or_else(|| id.to_hex()),
         client_msg_id: draft.client_msg_id,
         timestamp: Utc::now(),
+        edited_at: None,
+        deleted: false,
+        deleted_at: None,
     };
     for attempt in 0..SEQ_ATTEMPTS {
         message.seq = app.store.next_seq(room_id).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
