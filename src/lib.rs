@@ -15,6 +15,7 @@ pub mod messages;
 pub mod metrics;
 pub mod node;
 pub mod rooms;
+pub mod search;
 pub mod store;
 pub mod users;
 pub mod validate;
