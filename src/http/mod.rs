@@ -17,7 +17,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -48,7 +48,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws", get(ws::chat))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics));
+        .route("/metrics", get(health::metrics))
+        .route("/messages/search", get(messages::search))
+        .route("/messages/{id}", patch(messages::edit).delete(messages::delete));
     if app.config.echo_endpoint {
         router = router.route("/ws/echo", get(ws::echo));
     }
