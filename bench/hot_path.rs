@@ -33,6 +33,9 @@ fn message() -> Message {
         client_msg_id: Some("c-1842".into()),
         dedup_key: "c-1842".into(),
         timestamp: chrono::Utc::now(),
+        edited_at: None,
+        deleted: false,
+        deleted_at: None,
     }
 }
 

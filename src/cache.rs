@@ -57,7 +57,8 @@ pub enum Entry {
 }
 
 /// Hits and lookups per kind of entry, for the hit-ratio gauge.
-static HIT_COUNTS: [[AtomicU64; 2]; 2] = [[AtomicU64::new(0), AtomicU64::new(0)], [AtomicU64::new(0), AtomicU64::new(0)]];
+static HIT_COUNTS: [[AtomicU64; 2]; 2] =
+    [[AtomicU64::new(0), AtomicU64::new(0)], [AtomicU64::new(0), AtomicU64::new(0)]];
 
 impl From<Entry> for usize {
     fn from(e: Entry) -> usize {

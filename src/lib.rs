@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod node;
 pub mod receipts;
 pub mod rooms;
+pub mod search;
 pub mod store;
 pub mod users;
 pub mod validate;

@@ -4,6 +4,10 @@
 //! publish the encoded frame on the bus → acknowledge with the stored
 //! message. Nothing is published that is not stored; a failed publish does
 //! not un-store the message, whose readers then find it in history.
+//!
+//! Edit and delete: check who may → one single-document update → publish a
+//! `message_updated` / `message_deleted` frame to the room. A deleted message
+//! stays as a tombstone in its place, so history and replays keep its seq.
 
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
@@ -18,7 +22,7 @@ use crate::gateway::protocol;
 use crate::node::App;
 use crate::rooms;
 use crate::store::model::MessageView;
-use crate::store::{HistoryQuery, Message, StoreError};
+use crate::store::{HistoryQuery, Message, Role, StoreError};
 use crate::validate;
 
 #[derive(Debug, Clone)]
@@ -95,6 +99,9 @@ async fn store_new(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft) 
         dedup_key: draft.client_msg_id.clone().unwrap_or_else(|| id.to_hex()),
         client_msg_id: draft.client_msg_id,
         timestamp: Utc::now(),
+        edited_at: None,
+        deleted: false,
+        deleted_at: None,
     };
     for attempt in 0..SEQ_ATTEMPTS {
         message.seq = app.store.next_seq(room_id).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
@@ -207,5 +214,97 @@ async fn cursor_seq(app: &App, room_id: ObjectId, id: ObjectId, field: &str) -> 
     match app.store.message(id).await? {
         Some(m) if m.room_id == room_id => Ok(m.seq),
         _ => Err(Error::NotFound(format!("{field}: no such message in this room"))),
+    }
+}
+
+async fn existing(app: &App, id: ObjectId) -> Result<Message> {
+    app.store.message(id).await?.ok_or_else(|| Error::NotFound("message not found".into()))
+}
+
+fn already_deleted() -> Error {
+    Error::Conflict { code: "message_deleted", message: "this message was deleted and cannot be edited".into() }
+}
+
+/// Replaces the content of the caller's own message and tells the room.
+/// Only the sender may edit, only while they can still read the room, and
+/// not once the message is deleted.
+pub async fn edit(app: &App, caller: &Caller, id: ObjectId, content: String) -> Result<Message> {
+    validate::content(&content)?;
+    let original = existing(app, id).await?;
+    if original.sender_id != caller.user_id {
+        return Err(Error::Forbidden("only the sender may edit a message".into()));
+    }
+    rooms::readable(app, caller, original.room_id).await?;
+    if original.deleted {
+        return Err(already_deleted());
+    }
+    // The update itself refuses a tombstone, so a delete racing this edit
+    // cannot be undone by it.
+    let edited = app.store.edit_message(id, &content, Utc::now()).await?.ok_or_else(already_deleted)?;
+    metrics::counter!("confab_messages_edited_total").increment(1);
+    announce(app, &edited, protocol::message_updated(&edited, caller.user_id)).await;
+    Ok(edited)
+}
+
+/// Who may delete a message: its sender, or an owner or moderator of its room.
+pub fn may_delete(caller: ObjectId, sender: ObjectId, role: Option<Role>) -> bool {
+    caller == sender || role.is_some_and(Role::manages)
+}
+
+/// Turns a message into a tombstone and tells the room. Idempotent: deleting
+/// a tombstone again returns it without a second frame. Senders may delete
+/// their own messages even after leaving the room: their words, their call.
+pub async fn delete(app: &App, caller: &Caller, id: ObjectId) -> Result<Message> {
+    let message = existing(app, id).await?;
+    let role = if message.sender_id == caller.user_id {
+        None
+    } else {
+        app.store.member(message.room_id, caller.user_id).await?.map(|m| m.role)
+    };
+    if !may_delete(caller.user_id, message.sender_id, role) {
+        return Err(Error::Forbidden("only the sender or a room owner or moderator may delete a message".into()));
+    }
+    if message.deleted {
+        return Ok(message);
+    }
+    match app.store.delete_message(id, Utc::now()).await? {
+        Some(tombstone) => {
+            metrics::counter!("confab_messages_deleted_total").increment(1);
+            announce(app, &tombstone, protocol::message_deleted(&tombstone, caller.user_id)).await;
+            Ok(tombstone)
+        }
+        // Someone deleted it in between; they told the room.
+        None => existing(app, id).await,
+    }
+}
+
+/// Publishes a change to a stored message to the room's live subscribers.
+/// The store already holds the change, so a failed publish is logged, not an
+/// error: readers find the change in history.
+async fn announce(app: &App, message: &Message, frame: bytes::Bytes) {
+    // The room's cached pages and lists show this message: bump with the publish.
+    let (published, ()) = tokio::join!(
+        app.bus.publish(Topic::Room(message.room_id), Event::ephemeral(None, &frame)),
+        app.cache.room_changed(message.room_id)
+    );
+    if let Err(e) = published {
+        metrics::counter!("confab_bus_publish_failures_total").increment(1);
+        tracing::warn!(message = %message.id, error = %e, "message change stored but not published");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn senders_owners_and_moderators_may_delete() {
+        let (sender, other) = (ObjectId::new(), ObjectId::new());
+        assert!(may_delete(sender, sender, None));
+        assert!(may_delete(sender, sender, Some(Role::Member)));
+        assert!(may_delete(other, sender, Some(Role::Owner)));
+        assert!(may_delete(other, sender, Some(Role::Moderator)));
+        assert!(!may_delete(other, sender, Some(Role::Member)));
+        assert!(!may_delete(other, sender, None));
     }
 }

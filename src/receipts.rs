@@ -184,6 +184,9 @@ mod tests {
             client_msg_id: None,
             dedup_key: String::new(),
             timestamp: Utc::now(),
+            edited_at: None,
+            deleted: false,
+            deleted_at: None,
         }
     }
 

@@ -42,7 +42,10 @@ async fn every_kind_of_change_on_one_node_is_seen_at_once_on_another() {
 
     // A new public room appears in everyone's list.
     let seen = entry_twice(a, &bob, &public).await.expect("public room listed");
-    assert_eq!((&seen["role"], &seen["unread_count"], &seen["last_message"]), (&Value::Null, &Value::Null, &Value::Null));
+    assert_eq!(
+        (&seen["role"], &seen["unread_count"], &seen["last_message"]),
+        (&Value::Null, &Value::Null, &Value::Null)
+    );
     let later = b.create_room(&alice, "later", "public").await;
     assert!(entry(a, &bob, &later).await.is_some(), "new public room visible at once");
 
@@ -64,9 +67,27 @@ async fn every_kind_of_change_on_one_node_is_seen_at_once_on_another() {
     assert_eq!(newest_contents(a, &bob, &public).await, ["hello"]);
     assert!(a.metric("confab_cache_requests_total{cache=\"history\",result=\"hit\"}").await > hits);
 
-    // Read cursor: unread drops to 0.
+    // Edit and delete: the page and the list show the change at once.
+    let id = sent["id"].as_str().unwrap();
     let (s, _) =
-        b.call("POST", &format!("/rooms/{public}/read"), Some(&bob.token), Some(json!({"message_id": sent["id"]}))).await;
+        b.call("PATCH", &format!("/messages/{id}"), Some(&alice.token), Some(json!({"content": "hello!"}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(newest_contents(a, &bob, &public).await, ["hello!"]);
+    assert_eq!(entry_twice(a, &bob, &public).await.unwrap()["last_message"]["content"], "hello!");
+    let extra = b.post_message(&alice, &public, "to be deleted").await;
+    assert_eq!(newest_contents(a, &bob, &public).await, ["hello!", "to be deleted"]);
+    assert_eq!(entry_twice(a, &bob, &public).await.unwrap()["unread_count"], 2);
+    let (s, _) =
+        b.call("DELETE", &format!("/messages/{}", extra["id"].as_str().unwrap()), Some(&alice.token), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(newest_contents(a, &bob, &public).await, ["hello!", ""], "a tombstone, without content");
+    let seen = entry_twice(a, &bob, &public).await.unwrap();
+    assert_eq!((&seen["last_message"]["deleted"], &seen["unread_count"]), (&json!(true), &json!(1)));
+
+    // Read cursor: unread drops to 0.
+    let (s, _) = b
+        .call("POST", &format!("/rooms/{public}/read"), Some(&bob.token), Some(json!({"message_id": sent["id"]})))
+        .await;
     assert_eq!(s, 200);
     assert_eq!(entry_twice(a, &bob, &public).await.unwrap()["unread_count"], 0);
 

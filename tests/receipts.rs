@@ -21,9 +21,9 @@ async fn cursors_move_forward_and_senders_get_receipts_on_any_node() {
     let carol = b.register("carol").await;
     let room = a.create_room(&alice, "team", "private").await;
     for user in [&bob, &carol] {
-        let (s, body) =
-            a.call("POST", &format!("/rooms/{room}/members"), Some(&alice.token), Some(json!({"user_id": user.id})))
-                .await;
+        let (s, body) = a
+            .call("POST", &format!("/rooms/{room}/members"), Some(&alice.token), Some(json!({"user_id": user.id})))
+            .await;
         assert_eq!(s, 201, "{body}");
     }
     // Alice listens on node A without joining the room: receipts come on her own topic.
@@ -32,9 +32,9 @@ async fn cursors_move_forward_and_senders_get_receipts_on_any_node() {
     let m2 = a.post_message(&alice, &room, "two").await;
     let (m1, m2) = (m1["id"].as_str().unwrap().to_string(), m2["id"].as_str().unwrap().to_string());
 
-    let unread = |body: &Value| body["rooms"].as_array().unwrap().iter().find(|r| r["id"] == room.as_str()).unwrap()
-        ["unread_count"]
-        .clone();
+    let unread = |body: &Value| {
+        body["rooms"].as_array().unwrap().iter().find(|r| r["id"] == room.as_str()).unwrap()["unread_count"].clone()
+    };
     let (_, list) = b.call("GET", "/rooms", Some(&bob.token), None).await;
     assert_eq!(unread(&list), 2);
     let (_, list) = a.call("GET", "/rooms", Some(&alice.token), None).await;
@@ -44,7 +44,10 @@ async fn cursors_move_forward_and_senders_get_receipts_on_any_node() {
     let mut bob_ws = b.connect(&bob).await;
     let ack = bob_ws.request(json!({"type": "delivered", "channel": room, "data": {"message_id": m1}})).await;
     assert_eq!(ack["type"], "ack", "{ack}");
-    assert_eq!((ack["data"]["delivered_up_to"].as_str(), &ack["data"]["read_up_to"]), (Some(m1.as_str()), &Value::Null));
+    assert_eq!(
+        (ack["data"]["delivered_up_to"].as_str(), &ack["data"]["read_up_to"]),
+        (Some(m1.as_str()), &Value::Null)
+    );
     let receipt = alice_ws.recv_type("receipt").await;
     assert_eq!(receipt["data"]["status"], "delivered");
     assert_eq!(receipt["data"]["message_id"], m1.as_str());
@@ -55,11 +58,20 @@ async fn cursors_move_forward_and_senders_get_receipts_on_any_node() {
     let (s, cursors) =
         b.call("POST", &format!("/rooms/{room}/read"), Some(&bob.token), Some(json!({"message_id": m2}))).await;
     assert_eq!(s, 200, "{cursors}");
-    assert_eq!((cursors["delivered_up_to"].as_str(), cursors["read_up_to"].as_str()), (Some(m2.as_str()), Some(m2.as_str())));
+    assert_eq!(
+        (cursors["delivered_up_to"].as_str(), cursors["read_up_to"].as_str()),
+        (Some(m2.as_str()), Some(m2.as_str()))
+    );
     let mut got = vec![alice_ws.recv_type("receipt").await, alice_ws.recv_type("receipt").await];
     got.sort_by_key(|r| r["data"]["status"].as_str().unwrap().to_string());
-    assert_eq!((got[0]["data"]["status"].as_str(), got[0]["data"]["message_id"].as_str()), (Some("delivered"), Some(m2.as_str())));
-    assert_eq!((got[1]["data"]["status"].as_str(), got[1]["data"]["message_id"].as_str()), (Some("read"), Some(m2.as_str())));
+    assert_eq!(
+        (got[0]["data"]["status"].as_str(), got[0]["data"]["message_id"].as_str()),
+        (Some("delivered"), Some(m2.as_str()))
+    );
+    assert_eq!(
+        (got[1]["data"]["status"].as_str(), got[1]["data"]["message_id"].as_str()),
+        (Some("read"), Some(m2.as_str()))
+    );
     let (_, list) = b.call("GET", "/rooms", Some(&bob.token), None).await;
     assert_eq!(unread(&list), 0);
 
@@ -83,13 +95,9 @@ async fn cursors_move_forward_and_senders_get_receipts_on_any_node() {
     // Errors.
     let other = a.create_room(&alice, "other", "public").await;
     let elsewhere = a.post_message(&alice, &other, "elsewhere").await;
-    let (s, body) = b.call(
-        "POST",
-        &format!("/rooms/{room}/read"),
-        Some(&bob.token),
-        Some(json!({"message_id": elsewhere["id"]})),
-    )
-    .await;
+    let (s, body) = b
+        .call("POST", &format!("/rooms/{room}/read"), Some(&bob.token), Some(json!({"message_id": elsewhere["id"]})))
+        .await;
     assert_error(s, &body, 404, "not_found");
     let dave = a.register("dave").await;
     let (s, body) =

@@ -5,7 +5,9 @@
 //! sending node travels the bus as-is and is written to every receiver's
 //! socket without being parsed or re-encoded.
 
+use bson::oid::ObjectId;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -70,6 +72,31 @@ pub fn event<D: Serialize>(kind: &str, channel: Option<&str>, user_id: Option<&s
     encode(&ServerFrame { kind, channel, data, timestamp: now_ms(), user_id, reference: None })
 }
 
+/// `{"type":"message_updated"}`: a stored message's new content; `user_id`
+/// is the editor.
+pub fn message_updated(m: &Message, editor: ObjectId) -> Bytes {
+    changed("message_updated", m, editor, m.edited_at)
+}
+
+/// `{"type":"message_deleted"}`: the tombstone that takes the message's place;
+/// `user_id` is who deleted it (the sender, an owner or a moderator).
+pub fn message_deleted(m: &Message, deleter: ObjectId) -> Bytes {
+    changed("message_deleted", m, deleter, m.deleted_at)
+}
+
+fn changed(kind: &str, m: &Message, actor: ObjectId, at: Option<DateTime<Utc>>) -> Bytes {
+    let room = m.room_id.to_hex();
+    let actor = actor.to_hex();
+    encode(&ServerFrame {
+        kind,
+        channel: Some(&room),
+        data: MessageView::from(m),
+        timestamp: at.map_or_else(now_ms, |t| t.timestamp_millis()),
+        user_id: Some(&actor),
+        reference: None,
+    })
+}
+
 pub fn ack<D: Serialize>(reference: Option<&Value>, channel: Option<&str>, data: D, user_id: &str) -> Bytes {
     encode(&ServerFrame { kind: "ack", channel, data, timestamp: now_ms(), user_id: Some(user_id), reference })
 }
@@ -106,6 +133,36 @@ mod tests {
         assert!(f.kind.is_none());
         assert_eq!(f.reference, Some(Value::from(7)));
         assert!(serde_json::from_str::<ClientFrame>("{nope").is_err());
+    }
+
+    #[test]
+    fn change_frames_name_the_actor_and_hide_deleted_content() {
+        let (sender, moderator) = (ObjectId::new(), ObjectId::new());
+        let id = ObjectId::new();
+        let mut m = Message {
+            id,
+            room_id: ObjectId::new(),
+            seq: 3,
+            sender_id: sender,
+            content: "fixed".into(),
+            client_msg_id: None,
+            dedup_key: id.to_hex(),
+            timestamp: Utc::now(),
+            edited_at: Some(Utc::now()),
+            deleted: false,
+            deleted_at: None,
+        };
+        let v: Value = serde_json::from_slice(&message_updated(&m, sender)).unwrap();
+        assert_eq!((v["type"].as_str(), v["data"]["content"].as_str()), (Some("message_updated"), Some("fixed")));
+        assert_eq!(v["user_id"].as_str(), Some(sender.to_hex().as_str()));
+        assert_eq!(v["channel"].as_str(), Some(m.room_id.to_hex().as_str()));
+        assert_eq!(v["timestamp"].as_i64(), m.edited_at.map(|t| t.timestamp_millis()));
+        m.deleted = true;
+        let v: Value = serde_json::from_slice(&message_deleted(&m, moderator)).unwrap();
+        assert_eq!((v["type"].as_str(), v["data"]["deleted"].as_bool()), (Some("message_deleted"), Some(true)));
+        assert!(v["data"]["content"].is_null());
+        assert_eq!(v["data"]["sender_id"].as_str(), Some(sender.to_hex().as_str()));
+        assert_eq!(v["user_id"].as_str(), Some(moderator.to_hex().as_str()));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `POST /messages`, `GET /messages`, `GET /messages/{id}/status`.
+//! `POST /messages`, `GET /messages`, `PATCH` and `DELETE /messages/{id}`,
+//! `GET /messages/{id}/status`, `GET /messages/search`.
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use super::{Auth, Body, Params};
 use crate::error::{Error, Result};
 use crate::messages::{self, Draft, Page, DEFAULT_PAGE, MAX_PAGE};
 use crate::node::App;
+use crate::search::{self, Search};
 use crate::store::model::MessageView;
 use crate::{receipts, rooms, validate};
 
@@ -135,4 +137,62 @@ pub async fn status(
 ) -> Result<Json<receipts::Status>> {
     let id = validate::object_id("id", &id)?;
     Ok(Json(receipts::status(&app, &caller, id).await?))
+}
+
+#[derive(Deserialize)]
+pub struct Edit {
+    content: String,
+}
+
+pub async fn edit(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(e): Body<Edit>,
+) -> Result<Json<Value>> {
+    let id = validate::object_id("id", &id)?;
+    let message = messages::edit(&app, &caller, id, e.content).await?;
+    Ok(Json(json!(MessageView::from(&message))))
+}
+
+/// Answers with the tombstone (200, not 204), also when it was deleted
+/// before: clients replace the message in place with what they get.
+pub async fn delete(State(app): State<Arc<App>>, Auth(caller): Auth, Path(id): Path<String>) -> Result<Json<Value>> {
+    let id = validate::object_id("id", &id)?;
+    let tombstone = messages::delete(&app, &caller, id).await?;
+    Ok(Json(json!(MessageView::from(&tombstone))))
+}
+
+#[derive(Deserialize)]
+pub struct SearchParams {
+    q: Option<String>,
+    room_id: Option<String>,
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+pub async fn search(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Params(p): Params<SearchParams>,
+) -> Result<Json<Value>> {
+    let limit = match p.limit.as_deref() {
+        None => search::DEFAULT_LIMIT,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (1..=search::MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(Error::invalid("limit", format!("must be a whole number from 1 to {}", search::MAX_LIMIT)))
+            }
+        },
+    };
+    let id = |field, raw: Option<String>| raw.map(|s| validate::object_id(field, &s)).transpose();
+    let s = Search {
+        q: p.q.ok_or_else(|| Error::invalid("q", "is required"))?,
+        room_id: id("room_id", p.room_id)?,
+        before: id("before", p.before)?,
+        limit,
+    };
+    let (messages, has_more) = search::search(&app, &caller, s).await?;
+    let views: Vec<MessageView> = messages.iter().map(MessageView::from).collect();
+    Ok(Json(json!({ "messages": views, "has_more": has_more })))
 }

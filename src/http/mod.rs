@@ -52,7 +52,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws", get(ws::chat))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics));
+        .route("/metrics", get(health::metrics))
+        .route("/messages/search", get(messages::search))
+        .route("/messages/{id}", patch(messages::edit).delete(messages::delete));
     if app.config.echo_endpoint {
         router = router.route("/ws/echo", get(ws::echo));
     }

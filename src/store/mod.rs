@@ -103,4 +103,29 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` messages in chronological order, and whether more match
     /// beyond the page (older when reading back, newer when reading forward).
     async fn history(&self, query: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)>;
+
+    /// Replaces a message's content and sets `edited_at`; returns the message
+    /// as stored, or `None` if there is no such message that is not deleted.
+    async fn edit_message(&self, id: ObjectId, content: &str, at: DateTime<Utc>) -> StoreResult<Option<Message>>;
+    /// Turns a message into a tombstone: content cleared (it must not linger
+    /// in the store), `deleted` and `deleted_at` set. Returns the tombstone,
+    /// or `None` if there is no such message that is not already deleted.
+    async fn delete_message(&self, id: ObjectId, at: DateTime<Utc>) -> StoreResult<Option<Message>>;
+    /// Up to `limit` messages matching the search, newest first, and whether
+    /// more match beyond the page.
+    async fn search_messages(&self, query: &SearchQuery) -> StoreResult<(Vec<Message>, bool)>;
+}
+
+/// A search over some rooms' messages. Tombstones never match.
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    /// The rooms to search; the caller decides which they may read.
+    pub rooms: Vec<ObjectId>,
+    /// Each must appear in the content, ignoring case, as a plain substring
+    /// (not a pattern).
+    pub words: Vec<String>,
+    /// Only messages older than this one, given as its (timestamp, id):
+    /// newest-first keyset pagination.
+    pub before: Option<(DateTime<Utc>, ObjectId)>,
+    pub limit: i64,
 }

@@ -152,6 +152,23 @@ pub struct Message {
     pub dedup_key: String,
     #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
     pub timestamp: DateTime<Utc>,
+    /// When the sender last replaced the content; `None` if never.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub edited_at: Option<DateTime<Utc>>,
+    /// A tombstone: the content is gone from the store, the message keeps
+    /// its place (id, seq) so history and replays have no holes.
+    #[serde(default)]
+    pub deleted: bool,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 /// RFC 3339, UTC, millisecond precision (what BSON dates hold).
@@ -229,9 +246,12 @@ pub struct MessageView<'a> {
     pub room_id: String,
     pub seq: i64,
     pub sender_id: String,
-    pub content: &'a str,
+    /// `None` for a tombstone.
+    pub content: Option<&'a str>,
     pub client_msg_id: Option<&'a str>,
     pub timestamp: String,
+    pub edited_at: Option<String>,
+    pub deleted: bool,
 }
 
 impl<'a> From<&'a Message> for MessageView<'a> {
@@ -241,9 +261,66 @@ impl<'a> From<&'a Message> for MessageView<'a> {
             room_id: m.room_id.to_hex(),
             seq: m.seq,
             sender_id: m.sender_id.to_hex(),
-            content: &m.content,
+            content: (!m.deleted).then_some(m.content.as_str()),
             client_msg_id: m.client_msg_id.as_deref(),
             timestamp: rfc3339(&m.timestamp),
+            edited_at: m.edited_at.as_ref().map(rfc3339),
+            deleted: m.deleted,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored() -> Message {
+        let id = ObjectId::new();
+        Message {
+            id,
+            room_id: ObjectId::new(),
+            seq: 7,
+            sender_id: ObjectId::new(),
+            content: "hello".into(),
+            client_msg_id: None,
+            dedup_key: id.to_hex(),
+            timestamp: Utc::now(),
+            edited_at: None,
+            deleted: false,
+            deleted_at: None,
+        }
+    }
+
+    #[test]
+    fn messages_stored_before_edits_existed_still_load() {
+        let mut doc = bson::to_document(&stored()).unwrap();
+        assert!(!doc.contains_key("edited_at") && !doc.contains_key("deleted_at"));
+        doc.remove("deleted");
+        let m: Message = bson::from_document(doc).unwrap();
+        assert!(!m.deleted && m.edited_at.is_none() && m.deleted_at.is_none());
+    }
+
+    #[test]
+    fn edit_times_round_trip_as_bson_dates() {
+        let mut m = stored();
+        m.edited_at = Some(Utc::now());
+        let doc = bson::to_document(&m).unwrap();
+        assert!(matches!(doc.get("edited_at"), Some(bson::Bson::DateTime(_))));
+        let back: Message = bson::from_document(doc).unwrap();
+        assert_eq!(back.edited_at.map(|t| t.timestamp_millis()), m.edited_at.map(|t| t.timestamp_millis()));
+    }
+
+    #[test]
+    fn a_tombstone_shows_no_content() {
+        let mut m = stored();
+        let v = serde_json::to_value(MessageView::from(&m)).unwrap();
+        assert_eq!(
+            (v["content"].as_str(), v["deleted"].as_bool(), v["edited_at"].is_null()),
+            (Some("hello"), Some(false), true)
+        );
+        m.deleted = true;
+        let v = serde_json::to_value(MessageView::from(&m)).unwrap();
+        assert!(v["content"].is_null());
+        assert_eq!((v["deleted"].as_bool(), v["seq"].as_i64()), (Some(true), Some(7)));
     }
 }

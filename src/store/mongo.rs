@@ -11,7 +11,9 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 
-use super::{Cursor, HistoryQuery, Member, Message, Role, Room, Store, StoreError, StoreResult, User};
+use chrono::{DateTime, Utc};
+
+use super::{Cursor, HistoryQuery, Member, Message, Role, Room, SearchQuery, Store, StoreError, StoreResult, User};
 
 #[derive(Clone)]
 pub struct MongoStore {
@@ -305,5 +307,89 @@ impl Store for MongoStore {
             page.reverse();
         }
         Ok((page, has_more))
+    }
+
+    async fn edit_message(&self, id: ObjectId, content: &str, at: DateTime<Utc>) -> StoreResult<Option<Message>> {
+        let update = doc! {"$set": {"content": content, "edited_at": bson::DateTime::from_chrono(at)}};
+        timed(
+            "edit_message",
+            self.messages
+                .find_one_and_update(doc! {"_id": id, "deleted": {"$ne": true}}, update)
+                .return_document(ReturnDocument::After),
+        )
+        .await
+    }
+
+    async fn delete_message(&self, id: ObjectId, at: DateTime<Utc>) -> StoreResult<Option<Message>> {
+        let update = doc! {
+            "$set": {"content": "", "deleted": true, "deleted_at": bson::DateTime::from_chrono(at)},
+            "$unset": {"edited_at": ""},
+        };
+        timed(
+            "delete_message",
+            self.messages
+                .find_one_and_update(doc! {"_id": id, "deleted": {"$ne": true}}, update)
+                .return_document(ReturnDocument::After),
+        )
+        .await
+    }
+
+    /// One query: every word as a case-insensitive `$regex` of its escaped
+    /// text (FerretDB has no text indexes; it scans, which is acceptable
+    /// for search), newest first with the id breaking timestamp ties.
+    async fn search_messages(&self, q: &SearchQuery) -> StoreResult<(Vec<Message>, bool)> {
+        if q.rooms.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let mut all: Vec<Document> =
+            q.words.iter().map(|w| doc! {"content": {"$regex": literal_pattern(w), "$options": "i"}}).collect();
+        if let Some((at, id)) = q.before {
+            let at = bson::DateTime::from_chrono(at);
+            all.push(doc! {"$or": [{"timestamp": {"$lt": at}}, {"timestamp": at, "_id": {"$lt": id}}]});
+        }
+        let mut filter = doc! {"room_id": {"$in": &q.rooms}, "deleted": {"$ne": true}};
+        if !all.is_empty() {
+            filter.insert("$and", all);
+        }
+        let mut page: Vec<Message> = timed("search_messages", async {
+            self.messages
+                .find(filter)
+                .sort(doc! {"timestamp": -1, "_id": -1})
+                .limit(q.limit + 1)
+                .await?
+                .try_collect()
+                .await
+        })
+        .await?;
+        let has_more = page.len() as i64 > q.limit;
+        page.truncate(q.limit as usize);
+        Ok((page, has_more))
+    }
+}
+
+/// A regular expression matching `text` literally: every ASCII character
+/// that is not a letter or digit is escaped, which both PCRE (MongoDB) and
+/// RE2 (FerretDB) read as the character itself.
+fn literal_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if c.is_ascii() && !c.is_ascii_alphanumeric() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literal_pattern;
+
+    #[test]
+    fn patterns_escape_every_ascii_symbol_and_keep_the_rest() {
+        assert_eq!(literal_pattern("a.b*c"), r"a\.b\*c");
+        assert_eq!(literal_pattern("(x|y)+[z]{2}^$?"), r"\(x\|y\)\+\[z\]\{2\}\^\$\?");
+        assert_eq!(literal_pattern(r"back\slash"), r"back\\slash");
+        assert_eq!(literal_pattern("Grüße_1"), r"Grüße\_1");
     }
 }
