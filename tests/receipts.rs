@@ -62,7 +62,7 @@ async fn cursors_move_forward_and_senders_get_receipts_on_any_node() {
         (cursors["delivered_up_to"].as_str(), cursors["read_up_to"].as_str()),
         (Some(m2.as_str()), Some(m2.as_str()))
     );
-    let mut got = vec![alice_ws.recv_type("receipt").await, alice_ws.recv_type("receipt").await];
+    let mut got = [alice_ws.recv_type("receipt").await, alice_ws.recv_type("receipt").await];
     got.sort_by_key(|r| r["data"]["status"].as_str().unwrap().to_string());
     assert_eq!(
         (got[0]["data"]["status"].as_str(), got[0]["data"]["message_id"].as_str()),
