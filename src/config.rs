@@ -60,6 +60,9 @@ pub struct ServeArgs {
     /// Seconds a cached room list or history page may live in Redis (0: no cache).
     #[arg(long, env = "CONFAB_CACHE_TTL_SECS")]
     pub cache_ttl_secs: Option<u64>,
+    /// Milliseconds a gap in a room's live seqs may stay open before it is filled from history.
+    #[arg(long, env = "CONFAB_GAP_WAIT_MS")]
+    pub gap_wait_ms: Option<u64>,
 }
 
 /// The same settings as they appear in a TOML file.
@@ -80,6 +83,7 @@ struct FileConfig {
     pubsub_buffer: Option<usize>,
     echo_endpoint: Option<bool>,
     cache_ttl_secs: Option<u64>,
+    gap_wait_ms: Option<u64>,
 }
 
 /// A validated node configuration.
@@ -99,6 +103,7 @@ pub struct Config {
     pub pubsub_buffer: usize,
     pub echo_endpoint: bool,
     pub cache_ttl: Duration,
+    pub gap_wait: Duration,
 }
 
 /// A setting that is missing or invalid; the message names it.
@@ -199,6 +204,10 @@ impl ServeArgs {
         if cache_ttl_secs > 86_400 {
             return Err(invalid("cache-ttl-secs", "CONFAB_CACHE_TTL_SECS", "must be between 0 and 86400"));
         }
+        let gap_wait_ms = self.gap_wait_ms.or(file.gap_wait_ms).unwrap_or(250);
+        if !(1..=10_000).contains(&gap_wait_ms) {
+            return Err(invalid("gap-wait-ms", "CONFAB_GAP_WAIT_MS", "must be between 1 and 10000"));
+        }
         Ok(Config {
             listen,
             redis_url,
@@ -214,6 +223,7 @@ impl ServeArgs {
             pubsub_buffer,
             echo_endpoint: self.echo_endpoint.or(file.echo_endpoint).unwrap_or(false),
             cache_ttl: Duration::from_secs(cache_ttl_secs),
+            gap_wait: Duration::from_millis(gap_wait_ms),
         })
     }
 }

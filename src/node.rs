@@ -17,7 +17,7 @@ use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusError};
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::gateway::{Gateway, GatewayInbox, Registry, Subscriptions};
+use crate::gateway::{Gateway, GatewayInbox, Registry, Sequencer, Subscriptions};
 use crate::store::mongo::MongoStore;
 use crate::store::Store;
 
@@ -61,11 +61,18 @@ impl RunningNode {
                 .map_err(|e| StartError::Backend(e.to_string()))?,
         );
         let registry = Arc::new(Registry::new());
-        let inbox = Arc::new(GatewayInbox { registry: registry.clone(), subscriptions: OnceLock::new() });
+        let sequencer = Arc::new(Sequencer::default());
+        let inbox = Arc::new(GatewayInbox {
+            registry: registry.clone(),
+            sequencer: sequencer.clone(),
+            subscriptions: OnceLock::new(),
+            store: store.clone(),
+            gap_wait: config.gap_wait,
+        });
         let bus: Arc<dyn Bus> = RedisBus::connect(&config.redis_url, config.pubsub_buffer, inbox.clone())
             .await
             .map_err(|e| StartError::Backend(e.to_string()))?;
-        let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone());
+        let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone(), sequencer);
         let _ = inbox.subscriptions.set(subscriptions.clone());
         let gateway = Gateway { subscriptions, registry, shutdown: CancellationToken::new() };
         let cache =

@@ -305,3 +305,38 @@ async fn replay_during_live_traffic_from_another_node_has_no_gap_and_no_duplicat
     on_b.assert_silent(Duration::from_millis(300)).await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_missing_from_the_live_stream_is_filled_from_history_in_order() {
+    // Nodes A and B share Redis; node C shares the database but publishes to
+    // a Redis of its own, so A never hears what C stores.
+    let c = Cluster::start(2).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _isolated = common::OwnRedis::start(port);
+    let mut cfg = common::config(&c.db);
+    cfg.redis_url = format!("redis://127.0.0.1:{port}");
+    let island = Node::start(cfg).await;
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let alice = a.register("alice").await;
+    let carol = a.register("carol").await;
+    let room = a.create_room(&alice, "general", "public").await;
+    let mut listener = a.connect(&carol).await;
+    listener.join(&room).await;
+
+    a.post_message(&alice, &room, "one").await;
+    assert_eq!(listener.recv_type("message").await["data"]["content"], "one");
+    let filled_before = a.metric("confab_seq_gap_filled_total").await;
+    island.post_message(&alice, &room, "two").await; // stored, never published where A listens
+    b.post_message(&alice, &room, "three").await;
+
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = listener.recv_type("message").await;
+        got.push((m["data"]["seq"].as_i64().unwrap(), m["data"]["content"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(got, [(2, "two".to_string()), (3, "three".to_string())], "the gap is filled, in seq order");
+    listener.assert_silent(Duration::from_millis(500)).await;
+    assert!(a.metric("confab_seq_gap_filled_total").await > filled_before);
+    island.shutdown().await;
+    c.shutdown().await;
+}

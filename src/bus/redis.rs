@@ -51,7 +51,9 @@ fn bus_err(e: fred::error::Error) -> BusError {
 /// Builds a fred client config that reconnects forever and bounds how long a
 /// command may wait, so a Redis outage fails calls instead of hanging them.
 pub fn builder(url: &str, broadcast_capacity: usize) -> Result<Builder, BusError> {
-    let config = Config::from_url(url).map_err(bus_err)?;
+    let mut config = Config::from_url(url).map_err(bus_err)?;
+    // Keep retrying even when Redis is down at start (fred's default gives up).
+    config.fail_fast = false;
     let mut builder = Builder::from_config(config);
     builder
         .with_performance_config(|p| {

@@ -8,6 +8,7 @@
 //!   connections, connection → queue.
 //! - `subscriptions`: keeps the node subscribed to a room's or user's bus
 //!   topic exactly while it has local listeners, off the delivery path.
+//! - `sequencer`: keeps each room's live messages in seq order, fills gaps.
 //! - `protocol`: the JSON envelope of client and server frames.
 //! - `session`: what a chat connection does with each client frame.
 //! - `echo`: the RFC 6455 conformance endpoint, on the same socket code.
@@ -16,18 +17,24 @@ pub mod assembler;
 pub mod echo;
 pub mod protocol;
 pub mod registry;
+pub mod sequencer;
 pub mod session;
 pub mod socket;
 pub mod subscriptions;
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use bson::oid::ObjectId;
 use tokio_util::sync::CancellationToken;
 
 pub use registry::{ConnId, Outbound, Outbox, Registry};
+pub use sequencer::Sequencer;
 pub use subscriptions::Subscriptions;
 
 use crate::bus::{Delivery, Inbox, Kind, Topic};
+use crate::store::{HistoryQuery, Message, Store};
+use sequencer::Accepted;
 
 /// The node's gateway: registry plus subscription keeper. Cheap to clone.
 #[derive(Clone)]
@@ -38,16 +45,37 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
 }
 
-/// What the bus delivers into: the registry, plus the subscription keeper
-/// (set once the bus exists) for rooms an eviction leaves empty.
+/// What the bus delivers into: the sequencer and registry, plus the
+/// subscription keeper (set once the bus exists) for rooms an eviction
+/// leaves empty, and the store that gap fills read.
 pub struct GatewayInbox {
     pub registry: Arc<Registry>,
+    pub sequencer: Arc<Sequencer>,
     pub subscriptions: OnceLock<Subscriptions>,
+    pub store: Arc<dyn Store>,
+    /// How long a gap in a room's seqs may stay open before history fills it.
+    pub gap_wait: Duration,
 }
 
 impl Inbox for GatewayInbox {
     fn deliver(&self, topic: Topic, delivery: Delivery) {
         match (topic, delivery.kind, delivery.subject) {
+            (Topic::Room(room), Kind::Message, _) => {
+                let lock = self.sequencer.room(room);
+                let mut order = lock.lock();
+                match order.accept(delivery) {
+                    Accepted::Deliver(ready) => {
+                        for d in &ready {
+                            self.registry.fan_out(room, d);
+                        }
+                    }
+                    Accepted::Wait { schedule_fill: true } => {
+                        metrics::counter!("confab_seq_gaps_total").increment(1);
+                        tokio::spawn(fill_gaps(self.fill_context(), room));
+                    }
+                    Accepted::Wait { schedule_fill: false } => {}
+                }
+            }
             (Topic::Room(room), Kind::Evict, Some(user)) => {
                 if self.registry.evict(room, user, &delivery.frame) {
                     if let Some(subscriptions) = self.subscriptions.get() {
@@ -62,6 +90,87 @@ impl Inbox for GatewayInbox {
                 self.registry.send_to_user(user, &delivery.frame);
             }
         }
+    }
+}
+
+impl GatewayInbox {
+    fn fill_context(&self) -> FillContext {
+        FillContext {
+            registry: self.registry.clone(),
+            sequencer: self.sequencer.clone(),
+            store: self.store.clone(),
+            wait: self.gap_wait,
+        }
+    }
+}
+
+struct FillContext {
+    registry: Arc<Registry>,
+    sequencer: Arc<Sequencer>,
+    store: Arc<dyn Store>,
+    wait: Duration,
+}
+
+/// Messages one gap fill reads at most; a wider gap is given up beyond them
+/// (clients page the rest from history).
+const MAX_FILL: usize = 2000;
+
+/// Waits, then reads a room's missing seqs from history and delivers them
+/// with the messages waiting behind them; repeats while gaps remain.
+async fn fill_gaps(ctx: FillContext, room: ObjectId) {
+    let lock = ctx.sequencer.room(room);
+    let mut read = 0;
+    let mut waited = false;
+    loop {
+        if !waited {
+            tokio::time::sleep(ctx.wait).await;
+            waited = true;
+        }
+        let Some((after, before)) = lock.lock().gap() else { break };
+        let limit = 500.min(MAX_FILL - read) as i64;
+        let query = HistoryQuery {
+            room_id: room,
+            after_seq: Some(after),
+            before_seq: Some(before),
+            forward: true,
+            limit,
+            ..Default::default()
+        };
+        let (found, more) = match ctx.store.history(&query).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, room = %room, "gap fill could not read history; moving on");
+                (Vec::new(), false)
+            }
+        };
+        read += found.len();
+        let partial = more && read < MAX_FILL;
+        let floor = if partial { found.last().map_or(before, |m| m.seq) } else { before };
+        let found: Vec<Delivery> = found.iter().map(from_history).collect();
+        metrics::counter!("confab_seq_gap_filled_total").increment(found.len() as u64);
+        let mut order = lock.lock();
+        for d in &order.filled(found, floor) {
+            ctx.registry.fan_out(room, d);
+        }
+        if !partial {
+            // The next gap, if any, gets its own wait.
+            waited = false;
+            if order.gap().is_none() {
+                break;
+            }
+        }
+    }
+    lock.lock().filling = false;
+}
+
+/// A stored message as a live delivery (the same frame its sender published).
+fn from_history(m: &Message) -> Delivery {
+    Delivery {
+        kind: Kind::Message,
+        subject: None,
+        frame: protocol::message(m),
+        stored_at_us: m.timestamp.timestamp_micros().max(0) as u64,
+        seq: m.seq,
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::Registry;
+use super::{Registry, Sequencer};
 use crate::bus::{Bus, BusError, Topic};
 
 type Reply = oneshot::Sender<Result<(), BusError>>;
@@ -23,9 +23,9 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    pub fn spawn(bus: Arc<dyn Bus>, registry: Arc<Registry>) -> Self {
+    pub fn spawn(bus: Arc<dyn Bus>, registry: Arc<Registry>, sequencer: Arc<Sequencer>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(reconcile_loop(rx, bus, registry));
+        tokio::spawn(reconcile_loop(rx, bus, registry, sequencer));
         Subscriptions { tx }
     }
 
@@ -47,6 +47,7 @@ async fn reconcile_loop(
     mut rx: mpsc::UnboundedReceiver<(Topic, Option<Reply>)>,
     bus: Arc<dyn Bus>,
     registry: Arc<Registry>,
+    sequencer: Arc<Sequencer>,
 ) {
     let mut subscribed: HashSet<Topic> = HashSet::new();
     while let Some((topic, reply)) = rx.recv().await {
@@ -57,6 +58,10 @@ async fn reconcile_loop(
             }),
             (false, true) => {
                 subscribed.remove(&topic);
+                if let Topic::Room(room) = topic {
+                    // Listening again later starts from a fresh baseline.
+                    sequencer.forget(room);
+                }
                 bus.unsubscribe(topic).await
             }
             _ => Ok(()),

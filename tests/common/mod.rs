@@ -48,6 +48,7 @@ pub fn config(db: &str) -> Config {
         pubsub_buffer: 16_384,
         echo_endpoint: false,
         cache_ttl: Duration::from_secs(300),
+        gap_wait: Duration::from_millis(250),
     }
 }
 
