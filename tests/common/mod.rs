@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use confab::config::Config;
+use confab::config::{Config, RateLimits};
 use confab::node::RunningNode;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -47,6 +47,9 @@ pub fn config(db: &str) -> Config {
         allowed_origins: vec![],
         pubsub_buffer: 16_384,
         echo_endpoint: false,
+        // The default limits, except a frame rate far above what tests that
+        // stream messages send; tests of the frame limit set their own.
+        rate_limits: RateLimits { socket_per_sec: 100_000, socket_burst: 100_000, ..RateLimits::default() },
     }
 }
 
