@@ -34,6 +34,9 @@ impl IntoResponse for Error {
         if status == http::StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         }
+        if let Some(secs) = self.retry_after_secs() {
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
         response
     }
 }
