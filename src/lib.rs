@@ -14,6 +14,7 @@ pub mod http;
 pub mod messages;
 pub mod metrics;
 pub mod node;
+pub mod ratelimit;
 pub mod rooms;
 pub mod store;
 pub mod users;

@@ -17,6 +17,7 @@ use crate::bus::redis::RedisBus;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayInbox, Registry, Subscriptions};
+use crate::ratelimit::SharedLimiter;
 use crate::store::mongo::MongoStore;
 use crate::store::Store;
 
@@ -28,6 +29,8 @@ pub struct App {
     pub tokens: Tokens,
     pub gateway: Gateway,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// REST and login limits, shared with every node through Redis.
+    pub limiter: SharedLimiter,
     /// Set once the store's indexes exist; until then the node is not ready.
     pub indexes_ready: AtomicBool,
 }
@@ -63,6 +66,9 @@ impl RunningNode {
             RedisBus::connect(&config.redis_url, config.pubsub_buffer, Arc::new(GatewayInbox(registry.clone())))
                 .await
                 .map_err(|e| StartError::Backend(e.to_string()))?;
+        let limiter = SharedLimiter::connect(&config.redis_url, config.rate_limits, &config.mongo_db)
+            .await
+            .map_err(StartError::Backend)?;
         let gateway = Gateway {
             subscriptions: Subscriptions::spawn(bus.clone(), registry.clone()),
             registry,
@@ -75,6 +81,7 @@ impl RunningNode {
             bus,
             gateway,
             metrics: crate::metrics::handle(),
+            limiter,
             indexes_ready: AtomicBool::new(false),
         });
         tokio::spawn(ensure_indexes(app.clone()));
