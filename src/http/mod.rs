@@ -7,6 +7,7 @@
 mod accounts;
 mod extract;
 mod health;
+mod limit;
 mod messages;
 mod rooms;
 mod ws;
@@ -65,6 +66,7 @@ pub fn router(app: Arc<App>) -> Router {
                 ),
             )
         })
+        .layer(middleware::from_fn_with_state(app.clone(), limit::per_user))
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(app)
