@@ -3,9 +3,15 @@
 //! - `shared`: limits all nodes agree on, kept in Redis — REST requests per
 //!   user (GCRA) and failed logins per username. They fail open when Redis
 //!   is unreachable.
+//! - `frames`: WebSocket frames per connection, on the connection's node.
+//!
+//! The REST limit is applied by a middleware in `http`, the login limit by
+//! `users::login`, the frame limit by the chat session.
 
+mod frames;
 mod shared;
 
+pub use frames::{AbuseMeter, Admit, FrameLimiter, ABUSE_WINDOW};
 pub use shared::{SharedLimiter, Verdict, COMMAND_TIMEOUT};
 
 use std::time::Duration;
