@@ -121,7 +121,7 @@ pub struct Config {
     pub rate_limits: RateLimits,
 }
 
-/// Rate limits (docs/adr/0005-rate-limits.md). A zero rate turns that limit off.
+/// Rate limits (docs/adr/0006-rate-limits.md). A zero rate turns that limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
     /// REST requests per user per minute, counted in Redis across nodes.

@@ -1,4 +1,4 @@
-//! Rate limits (docs/adr/0005-rate-limits.md):
+//! Rate limits (docs/adr/0006-rate-limits.md):
 //!
 //! - `shared`: limits all nodes agree on, kept in Redis — REST requests per
 //!   user (GCRA) and failed logins per username. They fail open when Redis
