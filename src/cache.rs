@@ -134,7 +134,11 @@ impl Cache {
     async fn bump(&self, version: Version) {
         let Some(redis) = &self.redis else { return };
         let key = version.key();
-        let out: Result<i64, _> = redis.incr(&key).await;
+        let out: Result<i64, _> = if redis.is_connected() {
+            redis.incr(&key).await
+        } else {
+            Err(fred::error::Error::new(fred::error::ErrorKind::IO, "not connected"))
+        };
         if let Err(e) = out {
             metrics::counter!("confab_cache_invalidation_failures_total").increment(1);
             tracing::warn!(error = %e, key, "cache version bump failed; cache reads are off until it succeeds");
@@ -150,8 +154,11 @@ impl Cache {
         }
     }
 
+    /// The client, unless it is known to be disconnected (then a request
+    /// goes straight to MongoDB instead of waiting for a timeout) or a bump
+    /// is pending.
     fn usable(&self) -> Option<&Client> {
-        let redis = self.redis.as_ref()?;
+        let redis = self.redis.as_ref().filter(|r| r.is_connected())?;
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty().then_some(redis)
     }
 

@@ -63,6 +63,24 @@ pub struct ServeArgs {
     /// Milliseconds a gap in a room's live seqs may stay open before it is filled from history.
     #[arg(long, env = "CONFAB_GAP_WAIT_MS")]
     pub gap_wait_ms: Option<u64>,
+    /// REST requests per user per minute, shared by all nodes (0: no limit).
+    #[arg(long, env = "CONFAB_REST_RATE_PER_MINUTE")]
+    pub rest_rate_per_minute: Option<u32>,
+    /// WebSocket frames per second per connection (0: no limit).
+    #[arg(long, env = "CONFAB_SOCKET_RATE_PER_SEC")]
+    pub socket_rate_per_sec: Option<u32>,
+    /// Most WebSocket frames a connection may send at once, before its rate applies.
+    #[arg(long, env = "CONFAB_SOCKET_BURST")]
+    pub socket_burst: Option<u32>,
+    /// Frames refused for rate within 10 s that close a connection with 1008.
+    #[arg(long, env = "CONFAB_SOCKET_MAX_REJECTIONS")]
+    pub socket_max_rejections: Option<u32>,
+    /// Failed logins per username per window before logins are refused (0: no limit).
+    #[arg(long, env = "CONFAB_LOGIN_MAX_FAILURES")]
+    pub login_max_failures: Option<u32>,
+    /// The window failed logins are counted in, in seconds.
+    #[arg(long, env = "CONFAB_LOGIN_WINDOW_SECS")]
+    pub login_window_secs: Option<u64>,
 }
 
 /// The same settings as they appear in a TOML file.
@@ -84,6 +102,12 @@ struct FileConfig {
     echo_endpoint: Option<bool>,
     cache_ttl_secs: Option<u64>,
     gap_wait_ms: Option<u64>,
+    rest_rate_per_minute: Option<u32>,
+    socket_rate_per_sec: Option<u32>,
+    socket_burst: Option<u32>,
+    socket_max_rejections: Option<u32>,
+    login_max_failures: Option<u32>,
+    login_window_secs: Option<u64>,
 }
 
 /// A validated node configuration.
@@ -104,6 +128,35 @@ pub struct Config {
     pub echo_endpoint: bool,
     pub cache_ttl: Duration,
     pub gap_wait: Duration,
+    pub rate_limits: RateLimits,
+}
+
+/// Rate limits (docs/adr/0006-rate-limits.md). A zero rate turns that limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// REST requests per user per minute, counted in Redis across nodes.
+    pub rest_per_minute: u32,
+    /// Frames per second per WebSocket connection, counted on its node.
+    pub socket_per_sec: u32,
+    pub socket_burst: u32,
+    /// Frames refused within ten seconds that close the connection (1008).
+    pub socket_max_rejections: u32,
+    /// Failed logins per username per `login_window`.
+    pub login_max_failures: u32,
+    pub login_window: Duration,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            rest_per_minute: 1000,
+            socket_per_sec: 20,
+            socket_burst: 40,
+            socket_max_rejections: 100,
+            login_max_failures: 10,
+            login_window: Duration::from_secs(900),
+        }
+    }
 }
 
 /// A setting that is missing or invalid; the message names it.
@@ -208,6 +261,48 @@ impl ServeArgs {
         if !(1..=10_000).contains(&gap_wait_ms) {
             return Err(invalid("gap-wait-ms", "CONFAB_GAP_WAIT_MS", "must be between 1 and 10000"));
         }
+        let d = RateLimits::default();
+        let rest_per_minute = self.rest_rate_per_minute.or(file.rest_rate_per_minute).unwrap_or(d.rest_per_minute);
+        if rest_per_minute > 1_000_000 {
+            return Err(invalid(
+                "rest-rate-per-minute",
+                "CONFAB_REST_RATE_PER_MINUTE",
+                "must be between 0 and 1000000",
+            ));
+        }
+        let socket_per_sec = self.socket_rate_per_sec.or(file.socket_rate_per_sec).unwrap_or(d.socket_per_sec);
+        if socket_per_sec > 1_000_000 {
+            return Err(invalid("socket-rate-per-sec", "CONFAB_SOCKET_RATE_PER_SEC", "must be between 0 and 1000000"));
+        }
+        let socket_burst = self.socket_burst.or(file.socket_burst).unwrap_or(d.socket_burst);
+        if !(1..=1_000_000).contains(&socket_burst) {
+            return Err(invalid("socket-burst", "CONFAB_SOCKET_BURST", "must be between 1 and 1000000"));
+        }
+        let socket_max_rejections =
+            self.socket_max_rejections.or(file.socket_max_rejections).unwrap_or(d.socket_max_rejections);
+        if !(1..=1_000_000).contains(&socket_max_rejections) {
+            return Err(invalid(
+                "socket-max-rejections",
+                "CONFAB_SOCKET_MAX_REJECTIONS",
+                "must be between 1 and 1000000",
+            ));
+        }
+        let login_max_failures = self.login_max_failures.or(file.login_max_failures).unwrap_or(d.login_max_failures);
+        if login_max_failures > 1_000_000 {
+            return Err(invalid("login-max-failures", "CONFAB_LOGIN_MAX_FAILURES", "must be between 0 and 1000000"));
+        }
+        let login_window_secs = self.login_window_secs.or(file.login_window_secs).unwrap_or(d.login_window.as_secs());
+        if !(1..=86_400).contains(&login_window_secs) {
+            return Err(invalid("login-window-secs", "CONFAB_LOGIN_WINDOW_SECS", "must be between 1 and 86400"));
+        }
+        let rate_limits = RateLimits {
+            rest_per_minute,
+            socket_per_sec,
+            socket_burst,
+            socket_max_rejections,
+            login_max_failures,
+            login_window: Duration::from_secs(login_window_secs),
+        };
         Ok(Config {
             listen,
             redis_url,
@@ -224,6 +319,7 @@ impl ServeArgs {
             echo_endpoint: self.echo_endpoint.or(file.echo_endpoint).unwrap_or(false),
             cache_ttl: Duration::from_secs(cache_ttl_secs),
             gap_wait: Duration::from_millis(gap_wait_ms),
+            rate_limits,
         })
     }
 }
@@ -278,6 +374,34 @@ mod tests {
         let c = ServeArgs { config: Some(path), mongo_db: Some("fromflag".into()), ..base() }.resolve().unwrap();
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.mongo_db, "fromflag");
+    }
+
+    #[test]
+    fn rate_limits_default_and_come_from_the_file() {
+        assert_eq!(base().resolve().unwrap().rate_limits, RateLimits::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "rest_rate_per_minute = 0\nsocket_burst = 5\nlogin_window_secs = 60\n").unwrap();
+        let c = ServeArgs { config: Some(path), socket_rate_per_sec: Some(7), ..base() }.resolve().unwrap();
+        let l = c.rate_limits;
+        assert_eq!((l.rest_per_minute, l.socket_per_sec, l.socket_burst), (0, 7, 5));
+        assert_eq!((l.login_max_failures, l.login_window), (10, Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn bad_rate_limits_name_the_setting() {
+        let cases = [
+            (ServeArgs { rest_rate_per_minute: Some(1_000_001), ..base() }, "--rest-rate-per-minute"),
+            (ServeArgs { socket_rate_per_sec: Some(1_000_001), ..base() }, "--socket-rate-per-sec"),
+            (ServeArgs { socket_burst: Some(0), ..base() }, "--socket-burst (CONFAB_SOCKET_BURST)"),
+            (ServeArgs { socket_max_rejections: Some(0), ..base() }, "--socket-max-rejections"),
+            (ServeArgs { login_max_failures: Some(1_000_001), ..base() }, "--login-max-failures"),
+            (ServeArgs { login_window_secs: Some(0), ..base() }, "--login-window-secs (CONFAB_LOGIN_WINDOW_SECS)"),
+        ];
+        for (args, name) in cases {
+            let err = args.resolve().unwrap_err();
+            assert!(err.0.contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! WebSocket `error` frames alike).
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use http::StatusCode;
 
@@ -28,6 +29,9 @@ pub enum Error {
     /// A uniqueness rule; `code` says which (e.g. `username_taken`).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// Over a rate limit; the caller may try again after `retry_after`.
+    #[error("rate limit exceeded, retry in {} s", whole_seconds(*.retry_after))]
+    RateLimited { retry_after: Duration },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -47,6 +51,7 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -61,8 +66,18 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",
             Error::Conflict { code, .. } => code,
+            Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",
+        }
+    }
+
+    /// Whole seconds to wait before retrying (the `Retry-After` header), if
+    /// the error says.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Error::RateLimited { retry_after } => Some(whole_seconds(*retry_after)),
+            _ => None,
         }
     }
 
@@ -76,6 +91,12 @@ impl Error {
             other => other.to_string(),
         }
     }
+}
+
+/// Rounded up and at least 1: a client that waits this long is not refused
+/// again for the same reason, and `Retry-After: 0` would invite a busy loop.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).clamp(1, u64::MAX as u128) as u64
 }
 
 impl From<crate::store::StoreError> for Error {
@@ -107,5 +128,15 @@ mod tests {
         let e = Error::Conflict { code: "email_taken", message: "taken".into() };
         assert_eq!((e.status().as_u16(), e.code()), (409, "email_taken"));
         assert_eq!(Error::Internal("secret detail".into()).public_message(), "internal error");
+    }
+
+    #[test]
+    fn rate_limited_rounds_retry_after_up_to_whole_seconds() {
+        let e = Error::RateLimited { retry_after: Duration::from_millis(12_001) };
+        assert_eq!((e.status().as_u16(), e.code(), e.retry_after_secs()), (429, "rate_limited", Some(13)));
+        assert_eq!(e.public_message(), "rate limit exceeded, retry in 13 s");
+        assert_eq!(Error::RateLimited { retry_after: Duration::ZERO }.retry_after_secs(), Some(1));
+        assert_eq!(Error::RateLimited { retry_after: Duration::from_secs(2) }.retry_after_secs(), Some(2));
+        assert_eq!(Error::NotFound("x".into()).retry_after_secs(), None);
     }
 }

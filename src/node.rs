@@ -18,6 +18,7 @@ use crate::bus::{Bus, BusError};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayInbox, Registry, Sequencer, Subscriptions};
+use crate::ratelimit::SharedLimiter;
 use crate::store::mongo::MongoStore;
 use crate::store::Store;
 
@@ -30,6 +31,8 @@ pub struct App {
     pub gateway: Gateway,
     pub cache: Cache,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// REST and login limits, shared with every node through Redis.
+    pub limiter: SharedLimiter,
     /// Set once the store's indexes exist; until then the node is not ready.
     pub indexes_ready: AtomicBool,
 }
@@ -77,6 +80,9 @@ impl RunningNode {
         let gateway = Gateway { subscriptions, registry, shutdown: CancellationToken::new() };
         let cache =
             Cache::new(cache_client(&config).map_err(|e| StartError::Backend(e.to_string()))?, config.cache_ttl);
+        let limiter = SharedLimiter::connect(&config.redis_url, config.rate_limits, &config.mongo_db)
+            .await
+            .map_err(StartError::Backend)?;
         let app = Arc::new(App {
             tokens: Tokens::new(&config.jwt_secret, config.token_ttl),
             config,
@@ -85,6 +91,7 @@ impl RunningNode {
             gateway,
             cache,
             metrics: crate::metrics::handle(),
+            limiter,
             indexes_ready: AtomicBool::new(false),
         });
         tokio::spawn(ensure_indexes(app.clone()));
@@ -159,7 +166,7 @@ fn cache_client(config: &Config) -> Result<Option<fred::clients::Client>, BusErr
         return Ok(None);
     }
     let mut builder = crate::bus::redis::builder(&config.redis_url, 64)?;
-    builder.with_performance_config(|p| p.default_command_timeout = Duration::from_millis(500));
+    builder.with_performance_config(|p| p.default_command_timeout = Duration::from_millis(200));
     let client = builder.build().map_err(|e| BusError(e.to_string()))?;
     fred::interfaces::ClientLike::connect(&client);
     Ok(Some(client))

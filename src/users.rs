@@ -61,13 +61,25 @@ fn taken(field: &str) -> Error {
 
 /// Checks credentials and issues an access token. Unknown users and wrong
 /// passwords fail identically, in the same time.
+///
+/// A name whose failed attempts in the window are used up is refused with
+/// 429 before its password is checked, right or wrong. Failures are counted
+/// per account (its username, whether it logs in by username or by email),
+/// or per name given when no account has it, so unknown names lock out too.
 pub async fn login(app: &App, l: Login) -> Result<String> {
     let key = l.username.trim().to_lowercase();
-    let user = if key.is_empty() || key.len() > 254 { None } else { app.store.user_by_login(&key).await? };
+    let possible = !key.is_empty() && key.len() <= 254;
+    let user = if possible { app.store.user_by_login(&key).await? } else { None };
+    // A name no account can have has nothing to guess at: not counted.
+    if possible {
+        let counted = user.as_ref().map_or(key.as_str(), |u| u.username_key.as_str());
+        app.limiter.login_attempt(counted).await.into_result("login")?;
+    }
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     if !verify_password(l.password, hash).await {
         return Err(Error::Unauthorized("invalid username or password".into()));
     }
     let user = user.ok_or_else(|| Error::Unauthorized("invalid username or password".into()))?;
+    app.limiter.login_succeeded(&user.username_key).await;
     app.tokens.issue(user.id, &user.username)
 }

@@ -20,6 +20,7 @@ use crate::bus::Topic;
 use crate::error::{Error, Result};
 use crate::messages::{self, Draft};
 use crate::node::App;
+use crate::ratelimit::{self, Admit, FrameLimiter};
 use crate::store::model::MessageView;
 use crate::store::{Cursor, HistoryQuery};
 use crate::{receipts, rooms, validate};
@@ -37,6 +38,7 @@ pub struct ChatSession {
     /// Rooms this connection has seen the user to be a member of, so that
     /// repeated sends skip the membership lookup.
     member_of: HashSet<ObjectId>,
+    frames: FrameLimiter,
 }
 
 #[derive(Deserialize)]
@@ -54,7 +56,8 @@ struct SendData {
 impl ChatSession {
     pub fn new(app: Arc<App>, caller: Caller, outbox: Arc<Outbox>) -> Self {
         let user_hex = caller.user_id.to_hex();
-        ChatSession { app, caller, user_hex, outbox, rooms: HashSet::new(), member_of: HashSet::new() }
+        let frames = FrameLimiter::new(&app.config.rate_limits);
+        ChatSession { app, caller, user_hex, outbox, rooms: HashSet::new(), member_of: HashSet::new(), frames }
     }
 
     /// `send`, for the socket handler: a closed queue ends the connection.
@@ -220,6 +223,17 @@ impl ChatSession {
     }
 }
 
+impl ChatSession {
+    /// Answers a frame over the rate limit with `rate_limited`, carrying its
+    /// `ref` when it has one so the client knows which request was dropped.
+    async fn refuse(&self, text: &[u8], retry_after: std::time::Duration) -> Result<(), (u16, String)> {
+        let frame = serde_json::from_slice::<ClientFrame>(text).ok();
+        let reference = frame.as_ref().and_then(|f| f.reference.as_ref());
+        let channel = frame.as_ref().and_then(|f| f.channel.as_deref());
+        self.reply(protocol::error(reference, channel, &ratelimit::rejection("socket", retry_after))).await
+    }
+}
+
 /// Most messages one join replays; beyond, the client pages over REST.
 pub const MAX_REPLAY: usize = 10_000;
 
@@ -276,6 +290,15 @@ impl Handler for ChatSession {
             DataMessage::Text(t) => t,
             DataMessage::Binary(_) => return Err((1003, "binary frames are not supported".into())),
         };
+        match self.frames.admit() {
+            Admit::Yes => {}
+            Admit::Refuse(retry_after) => return self.refuse(&text, retry_after).await,
+            Admit::Close => {
+                ratelimit::count_rejection("socket");
+                tracing::info!(user = %self.user_hex, "closing a connection that keeps exceeding its frame rate");
+                return Err((1008, "rate limit exceeded".into()));
+            }
+        }
         let frame: ClientFrame = match serde_json::from_slice(&text) {
             Ok(f) => f,
             Err(e) => {

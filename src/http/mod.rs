@@ -7,6 +7,7 @@
 mod accounts;
 mod extract;
 mod health;
+mod limit;
 mod messages;
 mod rooms;
 mod ws;
@@ -33,6 +34,9 @@ impl IntoResponse for Error {
         let mut response = (status, body).into_response();
         if status == http::StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after_secs() {
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
         }
         response
     }
@@ -68,6 +72,7 @@ pub fn router(app: Arc<App>) -> Router {
                 ),
             )
         })
+        .layer(middleware::from_fn_with_state(app.clone(), limit::per_user))
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(app)

@@ -15,7 +15,7 @@ use crate::node::App;
 
 /// The token from `Authorization: Bearer`, or else from `?token=` (browsers
 /// cannot set headers on a WebSocket).
-fn token_of(req: &Request) -> Option<String> {
+pub(super) fn token_of(req: &Request) -> Option<String> {
     if let Some(token) = bearer(req.headers()) {
         return Some(token.to_owned());
     }

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use confab::config::Config;
+use confab::config::{Config, RateLimits};
 use confab::node::RunningNode;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -49,6 +49,9 @@ pub fn config(db: &str) -> Config {
         echo_endpoint: false,
         cache_ttl: Duration::from_secs(300),
         gap_wait: Duration::from_millis(250),
+        // The default limits, except a frame rate far above what tests that
+        // stream messages send; tests of the frame limit set their own.
+        rate_limits: RateLimits { socket_per_sec: 100_000, socket_burst: 100_000, ..RateLimits::default() },
     }
 }
 
