@@ -57,6 +57,18 @@ pub struct ServeArgs {
     /// Serve the RFC 6455 conformance echo endpoint at /ws/echo (for test runs).
     #[arg(long, env = "CONFAB_ECHO_ENDPOINT")]
     pub echo_endpoint: Option<bool>,
+    /// Milliseconds a user stays online after their last connection closes,
+    /// so that a quick reconnect is not seen as going offline and back.
+    #[arg(long, env = "CONFAB_PRESENCE_GRACE_MS")]
+    pub presence_grace_ms: Option<u64>,
+    /// Seconds between this node's heartbeats in Redis (also how often it
+    /// sweeps the connections of nodes whose heartbeat has expired).
+    #[arg(long, env = "CONFAB_NODE_HEARTBEAT_SECS")]
+    pub node_heartbeat_secs: Option<u64>,
+    /// Seconds after its last heartbeat that a node counts as dead and its
+    /// users' connections are swept.
+    #[arg(long, env = "CONFAB_NODE_TTL_SECS")]
+    pub node_ttl_secs: Option<u64>,
 }
 
 /// The same settings as they appear in a TOML file.
@@ -76,6 +88,9 @@ struct FileConfig {
     allowed_origins: Option<String>,
     pubsub_buffer: Option<usize>,
     echo_endpoint: Option<bool>,
+    presence_grace_ms: Option<u64>,
+    node_heartbeat_secs: Option<u64>,
+    node_ttl_secs: Option<u64>,
 }
 
 /// A validated node configuration.
@@ -94,6 +109,9 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub pubsub_buffer: usize,
     pub echo_endpoint: bool,
+    pub presence_grace: Duration,
+    pub node_heartbeat: Duration,
+    pub node_ttl: Duration,
 }
 
 /// A setting that is missing or invalid; the message names it.
@@ -190,6 +208,22 @@ impl ServeArgs {
         if !(64..=4_194_304).contains(&pubsub_buffer) {
             return Err(invalid("pubsub-buffer", "CONFAB_PUBSUB_BUFFER", "must be between 64 and 4194304"));
         }
+        let presence_grace_ms = self.presence_grace_ms.or(file.presence_grace_ms).unwrap_or(5000);
+        if presence_grace_ms > 600_000 {
+            return Err(invalid("presence-grace-ms", "CONFAB_PRESENCE_GRACE_MS", "must be between 0 and 600000"));
+        }
+        let node_heartbeat_secs = self.node_heartbeat_secs.or(file.node_heartbeat_secs).unwrap_or(5);
+        if !(1..=60).contains(&node_heartbeat_secs) {
+            return Err(invalid("node-heartbeat-secs", "CONFAB_NODE_HEARTBEAT_SECS", "must be between 1 and 60"));
+        }
+        let node_ttl_secs = self.node_ttl_secs.or(file.node_ttl_secs).unwrap_or(15);
+        if !(2 * node_heartbeat_secs..=600).contains(&node_ttl_secs) {
+            return Err(invalid(
+                "node-ttl-secs",
+                "CONFAB_NODE_TTL_SECS",
+                format!("must be between twice --node-heartbeat-secs ({}) and 600", 2 * node_heartbeat_secs),
+            ));
+        }
         Ok(Config {
             listen,
             redis_url,
@@ -204,6 +238,9 @@ impl ServeArgs {
             allowed_origins,
             pubsub_buffer,
             echo_endpoint: self.echo_endpoint.or(file.echo_endpoint).unwrap_or(false),
+            presence_grace: Duration::from_millis(presence_grace_ms),
+            node_heartbeat: Duration::from_secs(node_heartbeat_secs),
+            node_ttl: Duration::from_secs(node_ttl_secs),
         })
     }
 }
@@ -267,5 +304,17 @@ mod tests {
         std::fs::write(&path, "lissten = \"x\"\n").unwrap();
         let err = ServeArgs { config: Some(path), ..base() }.resolve().unwrap_err();
         assert!(err.0.contains("--config") && err.0.contains("lissten"), "{err}");
+    }
+
+    #[test]
+    fn presence_timings_are_checked_together() {
+        let c = base().resolve().unwrap();
+        assert_eq!((c.presence_grace.as_millis(), c.node_heartbeat.as_secs(), c.node_ttl.as_secs()), (5000, 5, 15));
+        let err = ServeArgs { node_heartbeat_secs: Some(5), node_ttl_secs: Some(9), ..base() }.resolve().unwrap_err();
+        assert!(err.0.contains("--node-ttl-secs (CONFAB_NODE_TTL_SECS)"), "{err}");
+        let err = ServeArgs { node_heartbeat_secs: Some(0), ..base() }.resolve().unwrap_err();
+        assert!(err.0.contains("--node-heartbeat-secs"), "{err}");
+        let err = ServeArgs { presence_grace_ms: Some(600_001), ..base() }.resolve().unwrap_err();
+        assert!(err.0.contains("--presence-grace-ms"), "{err}");
     }
 }

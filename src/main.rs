@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: HTTP API, WebSocket gateway, Redis fan-out.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint access tokens with the cluster's secret (for load tests and
     /// operators); prints `user_id username token`, one line per token.
     Token(TokenArgs),
@@ -47,7 +47,7 @@ fn main() {
         .with_env_filter(EnvFilter::try_from_env("CONFAB_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
     };
     if let Err(message) = result {

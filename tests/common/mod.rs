@@ -47,6 +47,9 @@ pub fn config(db: &str) -> Config {
         allowed_origins: vec![],
         pubsub_buffer: 16_384,
         echo_endpoint: false,
+        presence_grace: Duration::from_millis(300),
+        node_heartbeat: Duration::from_secs(1),
+        node_ttl: Duration::from_secs(3),
     }
 }
 
