@@ -9,6 +9,7 @@ mod extract;
 mod health;
 mod messages;
 mod rooms;
+mod users;
 mod ws;
 
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/rooms", get(rooms::list).post(rooms::create))
         .route("/rooms/{id}/join", post(rooms::join))
         .route("/messages", get(messages::history).post(messages::create))
+        .route("/users/me", get(users::me).patch(users::update_me))
+        .route("/users/search", get(users::search))
+        .route("/users/{id}", get(users::profile))
         .route("/ws", get(ws::chat))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

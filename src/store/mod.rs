@@ -46,6 +46,13 @@ pub struct HistoryQuery {
     pub limit: i64,
 }
 
+/// A profile edit: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileChange {
+    pub display_name: Option<Option<String>>,
+    pub avatar_url: Option<Option<String>>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates the indexes the queries rely on; safe to run on every start.
@@ -78,4 +85,12 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` messages in chronological order, and whether more match
     /// beyond the page (older when reading back, newer when reading forward).
     async fn history(&self, query: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)>;
+
+    async fn user(&self, id: ObjectId) -> StoreResult<Option<User>>;
+    /// Applies a profile edit; the user as stored afterwards, `None` if unknown.
+    async fn update_profile(&self, id: ObjectId, change: &ProfileChange) -> StoreResult<Option<User>>;
+    /// Up to `limit` users whose username key or display-name key starts
+    /// with `prefix` (lower-cased), ordered by username key, beginning after
+    /// the username key `after`.
+    async fn search_users(&self, prefix: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<User>>;
 }

@@ -16,6 +16,14 @@ pub struct User {
     pub password_hash: String,
     #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
     pub created_at: DateTime<Utc>,
+    /// The name shown to others; absent until the user sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Lower-cased display name: search matches prefixes ignoring case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +107,8 @@ pub struct UserView {
     pub username: String,
     pub email: String,
     pub created_at: String,
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
 }
 
 impl From<&User> for UserView {
@@ -108,6 +118,8 @@ impl From<&User> for UserView {
             username: u.username.clone(),
             email: u.email.clone(),
             created_at: rfc3339(&u.created_at),
+            display_name: u.display_name.clone(),
+            avatar_url: u.avatar_url.clone(),
         }
     }
 }
@@ -174,6 +186,28 @@ impl<'a> From<&'a Message> for MessageView<'a> {
             content: &m.content,
             client_msg_id: m.client_msg_id.as_deref(),
             timestamp: rfc3339(&m.timestamp),
+        }
+    }
+}
+
+/// A user as other users see them: no email.
+#[derive(Debug, Serialize)]
+pub struct ProfileView {
+    pub id: String,
+    pub username: String,
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
+    pub created_at: String,
+}
+
+impl From<&User> for ProfileView {
+    fn from(u: &User) -> Self {
+        ProfileView {
+            id: u.id.to_hex(),
+            username: u.username.clone(),
+            display_name: u.display_name.clone(),
+            avatar_url: u.avatar_url.clone(),
+            created_at: rfc3339(&u.created_at),
         }
     }
 }

@@ -11,7 +11,7 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 
-use super::{HistoryQuery, Member, Message, Room, Store, StoreError, StoreResult, User};
+use super::{HistoryQuery, Member, Message, ProfileChange, Room, Store, StoreError, StoreResult, User};
 
 #[derive(Clone)]
 pub struct MongoStore {
@@ -102,6 +102,8 @@ impl Store for MongoStore {
         for model in messages {
             timed("create_index", self.messages.create_index(model)).await?;
         }
+        let search = index(doc! {"display_name_key": 1}, "users_display_name_key", false);
+        timed("create_index", self.users.create_index(search)).await?;
         Ok(())
     }
 
@@ -219,5 +221,92 @@ impl Store for MongoStore {
             page.reverse();
         }
         Ok((page, has_more))
+    }
+
+    async fn user(&self, id: ObjectId) -> StoreResult<Option<User>> {
+        timed("find_user", self.users.find_one(doc! {"_id": id})).await
+    }
+
+    async fn update_profile(&self, id: ObjectId, change: &ProfileChange) -> StoreResult<Option<User>> {
+        let (mut set, mut unset) = (Document::new(), Document::new());
+        let fields = [
+            ("display_name", Some("display_name_key"), &change.display_name),
+            ("avatar_url", None, &change.avatar_url),
+        ];
+        for (field, key, value) in fields {
+            match value {
+                Some(Some(v)) => {
+                    set.insert(field, v.as_str());
+                    if let Some(key) = key {
+                        set.insert(key, v.to_lowercase());
+                    }
+                }
+                Some(None) => {
+                    unset.insert(field, "");
+                    if let Some(key) = key {
+                        unset.insert(key, "");
+                    }
+                }
+                None => {}
+            }
+        }
+        let mut update = Document::new();
+        if !set.is_empty() {
+            update.insert("$set", set);
+        }
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
+        }
+        if update.is_empty() {
+            return self.user(id).await;
+        }
+        timed(
+            "update_profile",
+            self.users.find_one_and_update(doc! {"_id": id}, update).return_document(ReturnDocument::After),
+        )
+        .await
+    }
+
+    async fn search_users(&self, prefix: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<User>> {
+        // Anchored, escaped patterns on the lower-cased keys: a prefix match
+        // that ignores case without the `i` flag, which would defeat indexes.
+        let pattern = format!("^{}", escape_regex(prefix));
+        let mut filter = doc! {"$or": [
+            {"username_key": {"$regex": pattern.as_str()}},
+            {"display_name_key": {"$regex": pattern.as_str()}},
+        ]};
+        if let Some(after) = after {
+            filter.insert("username_key", doc! {"$gt": after});
+        }
+        timed("search_users", async {
+            self.users.find(filter).sort(doc! {"username_key": 1}).limit(limit).await?.try_collect().await
+        })
+        .await
+    }
+}
+
+/// `raw` with every regular-expression metacharacter escaped, so that it
+/// matches itself literally (in PCRE, as MongoDB uses, and in RE2, as
+/// FerretDB uses).
+fn escape_regex(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len() + 8);
+    for c in raw.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_regex;
+
+    #[test]
+    fn regex_metacharacters_match_literally() {
+        assert_eq!(escape_regex("a.b*c"), r"a\.b\*c");
+        assert_eq!(escape_regex(r"(x)[y]{z}^$|?+\"), r"\(x\)\[y\]\{z\}\^\$\|\?\+\\");
+        assert_eq!(escape_regex("bob_ö"), "bob_ö");
     }
 }
