@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod contacts;
 pub mod error;
 pub mod gateway;
 pub mod http;

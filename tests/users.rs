@@ -1,4 +1,4 @@
-//! Profiles and user search over REST, against a real node.
+//! Profiles, user search and contacts over REST, against a real node.
 
 mod common;
 
@@ -149,5 +149,57 @@ async fn search_finds_username_and_display_name_prefixes_ignoring_case_page_by_p
     }
     let (s, b) = n.call("GET", &search("al"), None, None).await;
     assert_error(s, &b, 401, "unauthorized");
+    n.shutdown().await;
+}
+
+#[tokio::test]
+async fn contacts_are_added_once_listed_and_removed() {
+    let n = node().await;
+    let alice = n.register("alice").await;
+    let bob = n.register("bob").await;
+    let carol = n.register("carol").await;
+    let path = |id: &str| format!("/contacts/{id}");
+
+    let (s, added) = n.call("PUT", &path(&bob.id), Some(&alice.token), None).await;
+    assert_eq!(s, 201, "{added}");
+    assert_eq!((added["id"].as_str(), added["username"].as_str()), (Some(bob.id.as_str()), Some("bob")));
+    assert!(added.get("email").is_none(), "{added}");
+    let (s, again) = n.call("PUT", &path(&bob.id), Some(&alice.token), None).await;
+    assert_eq!(s, 200, "idempotent: {again}");
+    assert_eq!(again["added_at"], added["added_at"], "the original entry");
+    let (s, _) = n.call("PUT", &path(&carol.id), Some(&alice.token), None).await;
+    assert_eq!(s, 201);
+
+    // Errors.
+    let (s, b) = n.call("PUT", &path(&alice.id), Some(&alice.token), None).await;
+    assert_invalid(s, &b, "user_id");
+    let unknown = bson::oid::ObjectId::new().to_hex();
+    let (s, b) = n.call("PUT", &path(&unknown), Some(&alice.token), None).await;
+    assert_error(s, &b, 404, "not_found");
+    let (s, b) = n.call("PUT", &path("nope"), Some(&alice.token), None).await;
+    assert_error(s, &b, 400, "bad_request");
+    let (s, b) = n.call("GET", "/contacts", None, None).await;
+    assert_error(s, &b, 401, "unauthorized");
+
+    // Listed oldest first.
+    let (s, list) = n.call("GET", "/contacts", Some(&alice.token), None).await;
+    assert_eq!(s, 200, "{list}");
+    let contacts = list["contacts"].as_array().unwrap();
+    let listed: Vec<&str> = contacts.iter().map(|c| c["username"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["bob", "carol"]);
+    assert_eq!(contacts[0]["added_at"], added["added_at"]);
+    // Contact lists are private to their owner.
+    let (_, theirs) = n.call("GET", "/contacts", Some(&bob.token), None).await;
+    assert_eq!(theirs["contacts"], json!([]));
+
+    let (s, b) = n.call("DELETE", &path(&bob.id), Some(&alice.token), None).await;
+    assert_eq!((s, b), (204, Value::Null));
+    let (s, b) = n.call("DELETE", &path(&bob.id), Some(&alice.token), None).await;
+    assert_error(s, &b, 404, "not_found");
+    let (s, b) = n.call("DELETE", &path("nope"), Some(&alice.token), None).await;
+    assert_error(s, &b, 400, "bad_request");
+    let (_, list) = n.call("GET", "/contacts", Some(&alice.token), None).await;
+    assert_eq!(list["contacts"].as_array().unwrap().len(), 1);
+    assert_eq!(list["contacts"][0]["username"], "carol");
     n.shutdown().await;
 }

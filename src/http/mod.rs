@@ -5,6 +5,7 @@
 //! its status in exactly one place (`IntoResponse` below).
 
 mod accounts;
+mod contacts;
 mod extract;
 mod health;
 mod messages;
@@ -49,6 +50,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/users/me", get(users::me).patch(users::update_me))
         .route("/users/search", get(users::search))
         .route("/users/{id}", get(users::profile))
+        .route("/contacts", get(contacts::list))
+        .route("/contacts/{user_id}", axum::routing::put(contacts::add).delete(contacts::remove))
         .route("/ws", get(ws::chat))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

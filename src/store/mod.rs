@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 
-pub use model::{Member, Message, Role, Room, RoomKind, User};
+pub use model::{Contact, Member, Message, Role, Room, RoomKind, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -87,10 +87,22 @@ pub trait Store: Send + Sync + 'static {
     async fn history(&self, query: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)>;
 
     async fn user(&self, id: ObjectId) -> StoreResult<Option<User>>;
+    /// Those of `ids` that are users, in no particular order.
+    async fn users(&self, ids: &[ObjectId]) -> StoreResult<Vec<User>>;
     /// Applies a profile edit; the user as stored afterwards, `None` if unknown.
     async fn update_profile(&self, id: ObjectId, change: &ProfileChange) -> StoreResult<Option<User>>;
     /// Up to `limit` users whose username key or display-name key starts
     /// with `prefix` (lower-cased), ordered by username key, beginning after
     /// the username key `after`.
     async fn search_users(&self, prefix: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<User>>;
+
+    /// Adds a contact unless already there; the entry as stored, and whether
+    /// this call created it.
+    async fn add_contact(&self, contact: &Contact) -> StoreResult<(Contact, bool)>;
+    /// False if it was not a contact.
+    async fn remove_contact(&self, owner_id: ObjectId, contact_id: ObjectId) -> StoreResult<bool>;
+    /// `owner_id`'s contacts, oldest first.
+    async fn contacts(&self, owner_id: ObjectId) -> StoreResult<Vec<Contact>>;
+    /// The users who have `user_id` among their contacts.
+    async fn contact_owners(&self, user_id: ObjectId) -> StoreResult<Vec<ObjectId>>;
 }

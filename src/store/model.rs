@@ -211,3 +211,25 @@ impl From<&User> for ProfileView {
         }
     }
 }
+
+/// One entry of a user's contact list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Contact {
+    /// `<owner id>:<contact id>`: one entry per pair, found by primary key.
+    #[serde(rename = "_id")]
+    pub key: String,
+    pub owner_id: ObjectId,
+    pub contact_id: ObjectId,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub added_at: DateTime<Utc>,
+}
+
+impl Contact {
+    pub fn key(owner_id: ObjectId, contact_id: ObjectId) -> String {
+        format!("{}:{}", owner_id.to_hex(), contact_id.to_hex())
+    }
+
+    pub fn new(owner_id: ObjectId, contact_id: ObjectId, added_at: DateTime<Utc>) -> Self {
+        Contact { key: Contact::key(owner_id, contact_id), owner_id, contact_id, added_at }
+    }
+}

@@ -11,7 +11,7 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 
-use super::{HistoryQuery, Member, Message, ProfileChange, Room, Store, StoreError, StoreResult, User};
+use super::{Contact, HistoryQuery, Member, Message, ProfileChange, Room, Store, StoreError, StoreResult, User};
 
 #[derive(Clone)]
 pub struct MongoStore {
@@ -20,6 +20,7 @@ pub struct MongoStore {
     rooms: Collection<Room>,
     members: Collection<Member>,
     messages: Collection<Message>,
+    contacts: Collection<Contact>,
 }
 
 impl MongoStore {
@@ -38,6 +39,7 @@ impl MongoStore {
             rooms: db.collection("rooms"),
             members: db.collection("room_members"),
             messages: db.collection("messages"),
+            contacts: db.collection("contacts"),
             db,
         })
     }
@@ -104,6 +106,13 @@ impl Store for MongoStore {
         }
         let search = index(doc! {"display_name_key": 1}, "users_display_name_key", false);
         timed("create_index", self.users.create_index(search)).await?;
+        let contacts = [
+            index(doc! {"owner_id": 1, "added_at": 1}, "contacts_owner", false),
+            index(doc! {"contact_id": 1}, "contacts_contact", false),
+        ];
+        for model in contacts {
+            timed("create_index", self.contacts.create_index(model)).await?;
+        }
         Ok(())
     }
 
@@ -227,6 +236,13 @@ impl Store for MongoStore {
         timed("find_user", self.users.find_one(doc! {"_id": id})).await
     }
 
+    async fn users(&self, ids: &[ObjectId]) -> StoreResult<Vec<User>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        timed("find_users", async { self.users.find(doc! {"_id": {"$in": ids}}).await?.try_collect().await }).await
+    }
+
     async fn update_profile(&self, id: ObjectId, change: &ProfileChange) -> StoreResult<Option<User>> {
         let (mut set, mut unset) = (Document::new(), Document::new());
         let fields = [
@@ -282,6 +298,43 @@ impl Store for MongoStore {
             self.users.find(filter).sort(doc! {"username_key": 1}).limit(limit).await?.try_collect().await
         })
         .await
+    }
+
+    async fn add_contact(&self, contact: &Contact) -> StoreResult<(Contact, bool)> {
+        match timed("insert_contact", self.contacts.insert_one(contact)).await {
+            Ok(_) => Ok((contact.clone(), true)),
+            Err(StoreError::Duplicate) => {
+                let stored = timed("find_contact", self.contacts.find_one(doc! {"_id": &contact.key})).await?;
+                Ok((stored.unwrap_or_else(|| contact.clone()), false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn remove_contact(&self, owner_id: ObjectId, contact_id: ObjectId) -> StoreResult<bool> {
+        let key = Contact::key(owner_id, contact_id);
+        let deleted = timed("delete_contact", self.contacts.delete_one(doc! {"_id": key})).await?;
+        Ok(deleted.deleted_count > 0)
+    }
+
+    async fn contacts(&self, owner_id: ObjectId) -> StoreResult<Vec<Contact>> {
+        timed("find_contacts", async {
+            self.contacts
+                .find(doc! {"owner_id": owner_id})
+                .sort(doc! {"added_at": 1, "_id": 1})
+                .await?
+                .try_collect()
+                .await
+        })
+        .await
+    }
+
+    async fn contact_owners(&self, user_id: ObjectId) -> StoreResult<Vec<ObjectId>> {
+        let found: Vec<Contact> = timed("find_contacts", async {
+            self.contacts.find(doc! {"contact_id": user_id}).await?.try_collect().await
+        })
+        .await?;
+        Ok(found.into_iter().map(|c| c.owner_id).collect())
     }
 }
 
