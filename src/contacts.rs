@@ -1,4 +1,4 @@
-//! Contacts: the users someone keeps a list of.
+//! Contacts: the users someone keeps a list of, and sees the presence of.
 //!
 //! A contact is one-way (adding someone asks nothing of them) and private to
 //! its owner. Entries are keyed `<owner>:<contact>`, so adding, removing and
@@ -10,6 +10,7 @@ use chrono::Utc;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::node::App;
+use crate::presence::{self, PresenceView};
 use crate::store::{Contact, User};
 use crate::users;
 
@@ -17,6 +18,7 @@ use crate::users;
 pub struct Entry {
     pub user: User,
     pub contact: Contact,
+    pub presence: PresenceView,
 }
 
 /// Adds `contact_id` to the caller's contacts (idempotent); the entry, and
@@ -27,7 +29,9 @@ pub async fn add(app: &App, caller: &Caller, contact_id: ObjectId) -> Result<(En
     }
     let user = users::profile(app, contact_id).await?;
     let (contact, created) = app.store.add_contact(&Contact::new(caller.user_id, contact_id, Utc::now())).await?;
-    Ok((Entry { user, contact }, created))
+    let presence = presence::lookup(app, &[contact_id]).await?.into_iter().next();
+    let presence = presence.ok_or_else(|| Error::Internal("presence lookup answered nothing".into()))?;
+    Ok((Entry { user, contact, presence }, created))
 }
 
 /// Removes `contact_id` from the caller's contacts; 404 if it was not there.
@@ -39,15 +43,16 @@ pub async fn remove(app: &App, caller: &Caller, contact_id: ObjectId) -> Result<
     }
 }
 
-/// The caller's contacts, oldest first. Contacts whose account no longer
-/// exists are left out.
+/// The caller's contacts, oldest first, each with their presence. Contacts
+/// whose account no longer exists are left out.
 pub async fn list(app: &App, caller: &Caller) -> Result<Vec<Entry>> {
     let contacts = app.store.contacts(caller.user_id).await?;
     let ids: Vec<ObjectId> = contacts.iter().map(|c| c.contact_id).collect();
-    let mut users: std::collections::HashMap<ObjectId, User> =
-        app.store.users(&ids).await?.into_iter().map(|u| (u.id, u)).collect();
+    let (users, presence) = tokio::join!(app.store.users(&ids), presence::lookup(app, &ids));
+    let mut users: std::collections::HashMap<ObjectId, User> = users?.into_iter().map(|u| (u.id, u)).collect();
     Ok(contacts
         .into_iter()
-        .filter_map(|contact| Some(Entry { user: users.remove(&contact.contact_id)?, contact }))
+        .zip(presence?)
+        .filter_map(|(contact, presence)| Some(Entry { user: users.remove(&contact.contact_id)?, contact, presence }))
         .collect())
 }

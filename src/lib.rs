@@ -15,6 +15,7 @@ pub mod http;
 pub mod messages;
 pub mod metrics;
 pub mod node;
+pub mod presence;
 pub mod rooms;
 pub mod store;
 pub mod users;

@@ -17,6 +17,8 @@ use crate::bus::redis::RedisBus;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayInbox, Registry, Subscriptions};
+use crate::presence::redis::RedisTracker;
+use crate::presence::Presence;
 use crate::store::mongo::MongoStore;
 use crate::store::Store;
 
@@ -30,6 +32,7 @@ pub struct App {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Set once the store's indexes exist; until then the node is not ready.
     pub indexes_ready: AtomicBool,
+    pub presence: Presence,
 }
 
 /// A node that is serving; dropping it does not stop it, `shutdown` does.
@@ -66,6 +69,9 @@ impl RunningNode {
         let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone());
         let _ = inbox.subscriptions.set(subscriptions.clone());
         let gateway = Gateway { subscriptions, registry, shutdown: CancellationToken::new() };
+        let redis =
+            crate::presence::redis::client(&config.redis_url).map_err(|e| StartError::Backend(e.to_string()))?;
+        let presence = Presence::new(Arc::new(RedisTracker::new(redis, &config.mongo_db)), &config);
         let app = Arc::new(App {
             tokens: Tokens::new(&config.jwt_secret, config.token_ttl),
             config,
@@ -74,8 +80,10 @@ impl RunningNode {
             gateway,
             metrics: crate::metrics::handle(),
             indexes_ready: AtomicBool::new(false),
+            presence,
         });
         tokio::spawn(ensure_indexes(app.clone()));
+        crate::presence::start(&app);
 
         let stop = CancellationToken::new();
         let service = NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(app.clone()));
@@ -84,11 +92,12 @@ impl RunningNode {
         Ok(RunningNode { addr, app, stop, task })
     }
 
-    /// Stops accepting, closes every socket with 1001, and waits for the
-    /// server task to finish.
+    /// Stops accepting, closes every socket with 1001, takes the node's
+    /// connections out of presence, and waits for the server task to finish.
     pub async fn shutdown(self) {
         self.stop.cancel();
         self.app.gateway.close_all().await;
+        crate::presence::shutdown(&self.app).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
 }

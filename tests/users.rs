@@ -153,7 +153,7 @@ async fn search_finds_username_and_display_name_prefixes_ignoring_case_page_by_p
 }
 
 #[tokio::test]
-async fn contacts_are_added_once_listed_and_removed() {
+async fn contacts_are_added_once_listed_with_presence_and_removed() {
     let n = node().await;
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
@@ -164,6 +164,7 @@ async fn contacts_are_added_once_listed_and_removed() {
     assert_eq!(s, 201, "{added}");
     assert_eq!((added["id"].as_str(), added["username"].as_str()), (Some(bob.id.as_str()), Some("bob")));
     assert!(added.get("email").is_none(), "{added}");
+    assert_eq!(added["presence"], json!({"user_id": bob.id, "status": "offline", "last_seen": null}));
     let (s, again) = n.call("PUT", &path(&bob.id), Some(&alice.token), None).await;
     assert_eq!(s, 200, "idempotent: {again}");
     assert_eq!(again["added_at"], added["added_at"], "the original entry");
@@ -181,12 +182,17 @@ async fn contacts_are_added_once_listed_and_removed() {
     let (s, b) = n.call("GET", "/contacts", None, None).await;
     assert_error(s, &b, 401, "unauthorized");
 
-    // Listed oldest first.
+    // Listed oldest first, with presence: bob comes online.
+    let mut on_bob = n.connect(&bob).await;
+    on_bob.request(json!({"type": "ping"})).await; // the session runs: bob is counted
     let (s, list) = n.call("GET", "/contacts", Some(&alice.token), None).await;
     assert_eq!(s, 200, "{list}");
     let contacts = list["contacts"].as_array().unwrap();
     let listed: Vec<&str> = contacts.iter().map(|c| c["username"].as_str().unwrap()).collect();
     assert_eq!(listed, ["bob", "carol"]);
+    assert_eq!(contacts[0]["presence"]["status"], "online");
+    assert!(contacts[0]["presence"]["last_seen"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(contacts[1]["presence"]["status"], "offline");
     assert_eq!(contacts[0]["added_at"], added["added_at"]);
     // Contact lists are private to their owner.
     let (_, theirs) = n.call("GET", "/contacts", Some(&bob.token), None).await;

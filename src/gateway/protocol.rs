@@ -90,6 +90,12 @@ pub fn error(reference: Option<&Value>, channel: Option<&str>, err: &Error) -> B
     encode(&ServerFrame { kind: "error", channel, data, timestamp: now_ms(), user_id: None, reference })
 }
 
+/// A frame for an event that is not a stored message (presence, typing):
+/// what happened (`kind`), where, and who caused it.
+pub fn event<D: Serialize>(kind: &str, channel: Option<&str>, user_id: Option<&str>, data: D) -> Bytes {
+    encode(&ServerFrame { kind, channel, data, timestamp: now_ms(), user_id, reference: None })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

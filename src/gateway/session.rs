@@ -22,7 +22,7 @@ use crate::messages::{self, Draft};
 use crate::node::App;
 use crate::store::model::MessageView;
 use crate::store::HistoryQuery;
-use crate::{rooms, validate};
+use crate::{presence, rooms, validate};
 
 /// Rooms one connection may be subscribed to at once.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 1000;
@@ -91,6 +91,12 @@ impl ChatSession {
                 let sent = messages::send(&self.app, &self.caller, room, draft, known).await?;
                 self.member_of.insert(room);
                 Ok(r.map(|r| protocol::ack(Some(r), Some(channel), MessageView::from(&sent.message), &self.user_hex)))
+            }
+            "set_status" => {
+                let status = frame.data.as_ref().and_then(|d| d.get("status")).and_then(Value::as_str);
+                let status = status.ok_or_else(|| Error::invalid("status", "is required: online, away or busy"))?;
+                let view = presence::set_status(&self.app, self.caller.user_id, status).await?;
+                Ok(r.map(|r| protocol::ack(Some(r), None, view, &self.user_hex)))
             }
             other => Err(Error::UnknownType(other.chars().take(40).collect())),
         }
@@ -238,6 +244,7 @@ fn frame_label(kind: &str) -> &'static str {
         "join_channel" => "join_channel",
         "leave_channel" => "leave_channel",
         "send_message" => "send_message",
+        "set_status" => "set_status",
         _ => "unknown",
     }
 }
@@ -274,5 +281,6 @@ impl Handler for ChatSession {
         if gateway.registry.unregister(self.outbox.id) {
             gateway.subscriptions.release(Topic::User(self.caller.user_id));
         }
+        presence::disconnected(&self.app, self.caller.user_id, self.outbox.id);
     }
 }

@@ -12,20 +12,26 @@ use super::Auth;
 use crate::contacts::{self, Entry};
 use crate::error::Result;
 use crate::node::App;
+use crate::presence::PresenceView;
 use crate::store::model::{rfc3339, ProfileView};
 use crate::validate;
 
-/// A contact: their public profile, and when they were added.
+/// A contact: their public profile, when they were added, their presence.
 #[derive(Serialize)]
 struct ContactView {
     #[serde(flatten)]
     profile: ProfileView,
     added_at: String,
+    presence: PresenceView,
 }
 
 impl From<Entry> for ContactView {
     fn from(e: Entry) -> Self {
-        ContactView { profile: ProfileView::from(&e.user), added_at: rfc3339(&e.contact.added_at) }
+        ContactView {
+            profile: ProfileView::from(&e.user),
+            added_at: rfc3339(&e.contact.added_at),
+            presence: e.presence,
+        }
     }
 }
 

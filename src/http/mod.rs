@@ -9,6 +9,7 @@ mod contacts;
 mod extract;
 mod health;
 mod messages;
+mod presence;
 mod rooms;
 mod users;
 mod ws;
@@ -52,6 +53,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/users/{id}", get(users::profile))
         .route("/contacts", get(contacts::list))
         .route("/contacts/{user_id}", axum::routing::put(contacts::add).delete(contacts::remove))
+        .route("/presence", get(presence::lookup))
         .route("/ws", get(ws::chat))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -105,4 +105,6 @@ pub trait Store: Send + Sync + 'static {
     async fn contacts(&self, owner_id: ObjectId) -> StoreResult<Vec<Contact>>;
     /// The users who have `user_id` among their contacts.
     async fn contact_owners(&self, user_id: ObjectId) -> StoreResult<Vec<ObjectId>>;
+    /// The rooms `user_id` is a member of.
+    async fn room_ids_of(&self, user_id: ObjectId) -> StoreResult<Vec<ObjectId>>;
 }

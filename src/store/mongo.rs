@@ -336,6 +336,13 @@ impl Store for MongoStore {
         .await?;
         Ok(found.into_iter().map(|c| c.owner_id).collect())
     }
+
+    async fn room_ids_of(&self, user_id: ObjectId) -> StoreResult<Vec<ObjectId>> {
+        let found: Vec<Member> =
+            timed("find_members", async { self.members.find(doc! {"user_id": user_id}).await?.try_collect().await })
+                .await?;
+        Ok(found.into_iter().map(|m| m.room_id).collect())
+    }
 }
 
 /// `raw` with every regular-expression metacharacter escaped, so that it
