@@ -18,6 +18,7 @@ pub mod node;
 pub mod presence;
 pub mod rooms;
 pub mod store;
+pub mod typing;
 pub mod users;
 pub mod validate;
 

@@ -21,6 +21,7 @@ use crate::presence::redis::RedisTracker;
 use crate::presence::Presence;
 use crate::store::mongo::MongoStore;
 use crate::store::Store;
+use crate::typing::{RedisThrottle, Typing};
 
 /// Everything a request handler or socket needs. Shared as one `Arc`.
 pub struct App {
@@ -33,6 +34,7 @@ pub struct App {
     /// Set once the store's indexes exist; until then the node is not ready.
     pub indexes_ready: AtomicBool,
     pub presence: Presence,
+    pub typing: Typing,
 }
 
 /// A node that is serving; dropping it does not stop it, `shutdown` does.
@@ -71,7 +73,8 @@ impl RunningNode {
         let gateway = Gateway { subscriptions, registry, shutdown: CancellationToken::new() };
         let redis =
             crate::presence::redis::client(&config.redis_url).map_err(|e| StartError::Backend(e.to_string()))?;
-        let presence = Presence::new(Arc::new(RedisTracker::new(redis, &config.mongo_db)), &config);
+        let presence = Presence::new(Arc::new(RedisTracker::new(redis.clone(), &config.mongo_db)), &config);
+        let typing = Typing::new(Arc::new(RedisThrottle::new(redis, &config.mongo_db)));
         let app = Arc::new(App {
             tokens: Tokens::new(&config.jwt_secret, config.token_ttl),
             config,
@@ -81,6 +84,7 @@ impl RunningNode {
             metrics: crate::metrics::handle(),
             indexes_ready: AtomicBool::new(false),
             presence,
+            typing,
         });
         tokio::spawn(ensure_indexes(app.clone()));
         crate::presence::start(&app);

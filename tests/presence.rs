@@ -1,6 +1,7 @@
-//! Presence across nodes: online while any connection is open, offline
-//! after the last one closes and the grace period passes (or when its node
-//! dies), explicit statuses, bulk lookups, and repair after a Redis outage.
+//! Presence and typing across nodes: online while any connection is open,
+//! offline after the last one closes and the grace period passes (or when
+//! its node dies), explicit statuses, bulk lookups, and typing relayed to a
+//! room's other subscribers at most once per user every two seconds.
 
 mod common;
 
@@ -269,6 +270,61 @@ async fn a_node_shutting_down_cleanly_takes_its_users_offline_without_waiting() 
     c.nodes.remove(0).shutdown().await;
     assert_eq!(presence_of(&mut watcher, &bob).await["status"], "offline");
     assert!(stopped.elapsed() < Duration::from_secs(10), "neither grace nor TTL: {:?}", stopped.elapsed());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_the_room_on_every_node_but_not_the_typer_at_most_once_per_two_seconds() {
+    let c = Cluster::start(2).await;
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let room = a.create_room(&alice, "general", "public").await;
+    let mut alice_a = online(a, &alice).await;
+    alice_a.join(&room).await;
+    let mut bob_b = online(b, &bob).await;
+    bob_b.join(&room).await;
+    let mut bob_a = online(a, &bob).await;
+    bob_a.join(&room).await;
+    let typing = json!({"type": "user_typing", "channel": room});
+
+    let ack = bob_b.request(typing.clone()).await;
+    assert_eq!((ack["type"].as_str(), ack["data"]["relayed"].as_bool()), (Some("ack"), Some(true)), "{ack}");
+    let seen = alice_a.recv_type("user_typing").await;
+    assert_eq!(seen["channel"], room.as_str());
+    assert_eq!(seen["user_id"], bob.id.as_str());
+    assert_eq!(seen["data"], json!({"user_id": bob.id}));
+    none_of(&mut bob_a, "user_typing", Duration::from_millis(300)).await; // the typer's own connections
+
+    // Within two seconds, from either of bob's nodes: dropped.
+    let ack = bob_a.request(typing.clone()).await;
+    assert_eq!(ack["data"]["relayed"], false, "{ack}");
+    bob_b.send(typing.clone()).await; // no ref: no ack, silently dropped
+    none_of(&mut alice_a, "user_typing", Duration::from_millis(500)).await;
+
+    // Alice has her own window; bob's next one opens two seconds after his first.
+    let ack = alice_a.request(typing.clone()).await;
+    assert_eq!(ack["data"]["relayed"], true);
+    assert_eq!(bob_b.recv_type("user_typing").await["user_id"], alice.id.as_str());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let ack = bob_a.request(typing.clone()).await;
+    assert_eq!(ack["data"]["relayed"], true, "{ack}");
+    assert_eq!(alice_a.recv_type("user_typing").await["user_id"], bob.id.as_str());
+
+    // Only in a room this connection has joined; a channel must be a room id.
+    let other = a.create_room(&alice, "other", "public").await;
+    let e = bob_a.request(json!({"type": "user_typing", "channel": other})).await;
+    assert_eq!((e["type"].as_str(), e["data"]["code"].as_str()), (Some("error"), Some("forbidden")), "{e}");
+    bob_a.request(json!({"type": "leave_channel", "channel": room})).await;
+    let e = bob_a.request(typing.clone()).await;
+    assert_eq!(e["data"]["code"], "forbidden", "{e}");
+    for (frame, code) in [
+        (json!({"type": "user_typing"}), "bad_request"),
+        (json!({"type": "user_typing", "channel": "x"}), "bad_request"),
+    ] {
+        let e = bob_a.request(frame).await;
+        assert_eq!((e["type"].as_str(), e["data"]["code"].as_str()), (Some("error"), Some(code)), "{e}");
+    }
     c.shutdown().await;
 }
 

@@ -22,7 +22,7 @@ use crate::messages::{self, Draft};
 use crate::node::App;
 use crate::store::model::MessageView;
 use crate::store::HistoryQuery;
-use crate::{presence, rooms, validate};
+use crate::{presence, rooms, typing, validate};
 
 /// Rooms one connection may be subscribed to at once.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 1000;
@@ -97,6 +97,15 @@ impl ChatSession {
                 let status = status.ok_or_else(|| Error::invalid("status", "is required: online, away or busy"))?;
                 let view = presence::set_status(&self.app, self.caller.user_id, status).await?;
                 Ok(r.map(|r| protocol::ack(Some(r), None, view, &self.user_hex)))
+            }
+            "user_typing" => {
+                let (room, channel) = channel_of(frame)?;
+                if !self.rooms.contains(&room) {
+                    return Err(Error::Forbidden("join the room before typing in it".into()));
+                }
+                let relayed = typing::typing(&self.app, self.caller.user_id, room).await;
+                let data = json!({ "room_id": channel, "relayed": relayed });
+                Ok(r.map(|r| protocol::ack(Some(r), Some(channel), data, &self.user_hex)))
             }
             other => Err(Error::UnknownType(other.chars().take(40).collect())),
         }
@@ -245,6 +254,7 @@ fn frame_label(kind: &str) -> &'static str {
         "leave_channel" => "leave_channel",
         "send_message" => "send_message",
         "set_status" => "set_status",
+        "user_typing" => "user_typing",
         _ => "unknown",
     }
 }
