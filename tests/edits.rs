@@ -7,13 +7,8 @@ mod common;
 use std::time::Duration;
 
 use bson::{doc, oid::ObjectId};
-use common::{Client, Cluster, Node, User};
+use common::{assert_error, Client, Cluster, Node, User};
 use serde_json::{json, Value};
-
-fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
-    assert_eq!(status, want_status, "{body}");
-    assert_eq!(body["error"]["code"], want_code, "{body}");
-}
 
 /// Adds `user` to the room with `role`, as the room's owner, over the API.
 async fn add_member(n: &Node, owner: &User, room: &str, user: &User, role: &str) {

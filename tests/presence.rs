@@ -328,62 +328,11 @@ async fn typing_reaches_the_room_on_every_node_but_not_the_typer_at_most_once_pe
     c.shutdown().await;
 }
 
-/// A Redis of the test's own that keeps its data across a kill (append-only
-/// file, synced on every write), so the test can take it away and bring the
-/// same state back.
-struct DurableRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: std::process::Child,
-}
-
-impl DurableRedis {
-    fn start() -> DurableRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Self::spawn(port, &dir);
-        DurableRedis { port, dir, child }
-    }
-
-    fn spawn(port: u16, dir: &tempfile::TempDir) -> std::process::Child {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child
-    }
-
-    fn stop(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn start_again(&mut self) {
-        self.child = Self::spawn(self.port, &self.dir);
-    }
-}
-
-impl Drop for DurableRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_and_disconnects_during_a_redis_outage_are_repaired_when_it_returns() {
-    let mut redis = DurableRedis::start();
+    let mut redis = common::OwnRedis::durable();
     let mut config = common::config(&common::unique_db());
-    config.redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    config.redis_url = redis.url();
     let n = Node::start(config).await;
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;
@@ -402,7 +351,7 @@ async fn connects_and_disconnects_during_a_redis_outage_are_repaired_when_it_ret
     assert_eq!((s, body["error"]["code"].as_str()), (503, Some("unavailable")), "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await; // bob's grace period ends while Redis is away
 
-    redis.start_again();
+    redis.resume();
     // No time bound is promised here, only repair: wait generously, as a
     // loaded machine reconnects slowly.
     let deadline = std::time::Instant::now() + Duration::from_secs(45);

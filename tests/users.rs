@@ -2,15 +2,11 @@
 
 mod common;
 
-use common::Node;
+use common::{assert_error, Node};
 use serde_json::{json, Value};
 
 async fn node() -> Node {
     Node::start(common::config(&common::unique_db())).await
-}
-
-fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
-    assert_eq!((status, body["error"]["code"].as_str()), (want_status, Some(want_code)), "{body}");
 }
 
 /// Asserts a 422 whose message names `field`.

@@ -371,23 +371,43 @@ pub fn close_code(code: CloseCode) -> u16 {
     u16::from(code)
 }
 
-/// A redis-server of a test's own, to stop and restart.
+/// A redis-server of a test's own, on a free port, to stop and restart.
 pub struct OwnRedis {
-    port: u16,
+    pub port: u16,
     dir: tempfile::TempDir,
     child: std::process::Child,
+    /// Keeps its data across a kill (append-only file, synced on every write).
+    durable: bool,
 }
 
 impl OwnRedis {
-    pub fn start(port: u16) -> OwnRedis {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Self::spawn(port, &dir);
-        OwnRedis { port, dir, child }
+    /// A Redis whose data is gone when it stops.
+    pub fn start() -> OwnRedis {
+        Self::launch(false)
     }
 
-    fn spawn(port: u16, dir: &tempfile::TempDir) -> std::process::Child {
+    /// A Redis that comes back with the data it had when it was stopped.
+    pub fn durable() -> OwnRedis {
+        Self::launch(true)
+    }
+
+    fn launch(durable: bool) -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Self::spawn(port, &dir, durable);
+        OwnRedis { port, dir, child, durable }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(port: u16, dir: &tempfile::TempDir, durable: bool) -> std::process::Child {
+        let persistence: &[&str] =
+            if durable { &["--appendonly", "yes", "--appendfsync", "always"] } else { &["--appendonly", "no"] };
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(persistence)
             .current_dir(dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -401,7 +421,7 @@ impl OwnRedis {
         child
     }
 
-    /// Stops the server (its data is gone: no persistence).
+    /// Stops the server (a kill, like a crash).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -409,20 +429,25 @@ impl OwnRedis {
 
     /// Starts it again on the same port.
     pub fn resume(&mut self) {
-        self.child = Self::spawn(self.port, &self.dir);
+        self.child = Self::spawn(self.port, &self.dir, self.durable);
     }
 
     pub fn restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.stop();
         std::thread::sleep(Duration::from_millis(500));
-        self.child = Self::spawn(self.port, &self.dir);
+        self.resume();
     }
 }
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Asserts an error response: its status, its code, and a message.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], want_code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }
