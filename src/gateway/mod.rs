@@ -3,6 +3,7 @@
 //! them.
 //!
 //! - `socket`: one connection's reader/writer pair, limits, pings, close codes.
+//! - `frames`: reads client frames with a buffer only while bytes arrive.
 //! - `assembler`: joins fragmented messages under a size cap, checking UTF-8.
 //! - `registry`: sharded maps room → local connections, user → local
 //!   connections, connection → queue.
@@ -15,6 +16,7 @@
 
 pub mod assembler;
 pub mod echo;
+pub mod frames;
 pub mod protocol;
 pub mod registry;
 pub mod sequencer;

@@ -32,13 +32,15 @@ pub enum Outbound {
     Binary(Bytes),
 }
 
-/// Control frames that must not wait behind data: pongs, close.
+/// Control frames that must not wait behind data: pongs, close. Boxed
+/// payloads keep the enum small: every connection's control queue holds a
+/// block of them.
 #[derive(Debug)]
 pub enum Control {
-    Pong(Vec<u8>),
-    Close(u16, String),
+    Pong(Box<[u8]>),
+    Close(u16, Box<str>),
     /// A close frame the protocol obliges us to echo, already encoded.
-    CloseEcho(Vec<u8>),
+    CloseEcho(Box<[u8]>),
 }
 
 /// WebSocket close code for a client cut off for not reading fast enough

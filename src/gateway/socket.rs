@@ -1,6 +1,6 @@
 //! One WebSocket connection: a reader and a writer task over the split socket.
 //!
-//! The reader parses frames, joins fragments under the message cap and hands
+//! The reader parses frames (`frames`), joins fragments under the message cap and hands
 //! whole messages to a [`Handler`]; protocol violations fail the connection
 //! with the RFC 6455 close code (1002 protocol, 1007 invalid UTF-8, 1009 too
 //! big). The writer drains the connection's queues: control frames first,
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketWrite};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::{interval_at, timeout, Instant};
 
 use super::assembler::{Assembler, DataMessage};
+use super::frames::{FrameReader, ReadError};
 use super::registry::{Control, Outbound, Outbox, OutboxReceivers};
 
 /// What a connection does with whole messages.
@@ -56,14 +57,21 @@ pub type WriteSide = Box<dyn AsyncWrite + Unpin + Send>;
 /// stream (the usual case) each half owns its side of the socket; otherwise
 /// the halves share the stream behind a lock (`tokio::io::split`), which
 /// costs a lock on every read and write.
-pub fn split(ws: WebSocket<TokioIo<Upgraded>>) -> (WebSocketRead<ReadSide>, WebSocketWrite<WriteSide>) {
+pub fn split(ws: WebSocket<TokioIo<Upgraded>>) -> (ReadSide, WebSocketWrite<WriteSide>) {
     let upgraded = ws.into_inner().into_inner();
     let (read, write): (ReadSide, WriteSide) = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             metrics::counter!("confab_socket_splits_total", "kind" => "owned").increment(1);
             let (r, w) = parts.io.into_inner().into_split();
-            // Bytes read past the handshake come first.
-            (Box::new(std::io::Cursor::new(parts.read_buf).chain(r)), Box::new(w))
+            // Bytes read past the handshake come first. They are a slice of
+            // hyper's 8 KiB read buffer: copy them out, so that buffer is
+            // freed now rather than kept for the connection's whole life.
+            let read: ReadSide = if parts.read_buf.is_empty() {
+                Box::new(r)
+            } else {
+                Box::new(std::io::Cursor::new(parts.read_buf.to_vec()).chain(r))
+            };
+            (read, Box::new(w))
         }
         Err(upgraded) => {
             metrics::counter!("confab_socket_splits_total", "kind" => "shared").increment(1);
@@ -71,22 +79,20 @@ pub fn split(ws: WebSocket<TokioIo<Upgraded>>) -> (WebSocketRead<ReadSide>, WebS
             (Box::new(r), Box::new(w))
         }
     };
-    fastwebsockets::after_handshake_split(read, write, fastwebsockets::Role::Server)
+    // Frames are read by our own reader (`frames`); fastwebsockets writes.
+    let (_, write) = fastwebsockets::after_handshake_split(tokio::io::empty(), write, fastwebsockets::Role::Server);
+    (read, write)
 }
 
 /// Runs a connection to its end.
 pub async fn drive<H: Handler>(
-    (mut reader, writer): (WebSocketRead<ReadSide>, WebSocketWrite<WriteSide>),
+    (io, writer): (ReadSide, WebSocketWrite<WriteSide>),
     outbox: Arc<Outbox>,
     queues: OutboxReceivers,
     limits: Limits,
     mut handler: H,
 ) {
-    reader.set_max_message_size(limits.max_message_bytes.saturating_add(1));
-    reader.set_auto_pong(true);
-    // Close frames are checked here, not by the parser, so that a bad close
-    // reason fails with 1002 while bad text fails with 1007.
-    reader.set_auto_close(false);
+    let mut reader = Reader { io, frames: FrameReader::new(limits.max_message_bytes) };
     let missed = Arc::new(AtomicU32::new(0));
     let kill = outbox.kill.clone();
     let writer = tokio::spawn(write_loop(writer, queues, missed.clone(), limits.ping_interval, kill.clone()));
@@ -97,11 +103,11 @@ pub async fn drive<H: Handler>(
         _ = kill.cancelled() => Exit::Gone,
     };
     if let Exit::Fail(code, reason) = &exit {
-        let _ = timeout(Duration::from_secs(1), outbox.control(Control::Close(*code, reason.clone()))).await;
+        let _ = timeout(Duration::from_secs(1), outbox.control(Control::Close(*code, reason.as_str().into()))).await;
         // Give the peer a moment to answer our close, as RFC 6455 asks.
         let _ = timeout(Duration::from_secs(2), async {
             tokio::select! {
-                _ = drain_until_close(&mut reader, &outbox) => {},
+                _ = drain_until_close(&mut reader) => {},
                 _ = kill.cancelled() => {},
             }
         })
@@ -117,22 +123,19 @@ pub async fn drive<H: Handler>(
     let _ = writer.await;
 }
 
-type Reader = WebSocketRead<ReadSide>;
-type Writer = WebSocketWrite<WriteSide>;
+/// The read side: the socket and the frame parser reading it.
+struct Reader {
+    io: ReadSide,
+    frames: FrameReader,
+}
 
-/// Turns the frames the protocol obliges us to send (pong, close echo) into
-/// control-queue entries for the writer.
-fn obligations(outbox: &Outbox) -> impl FnMut(Frame<'_>) -> futures::future::BoxFuture<'static, std::io::Result<()>> {
-    let control = outbox.control_sender();
-    move |frame: Frame<'_>| {
-        let control = control.clone();
-        let item = match frame.opcode {
-            OpCode::Close => Control::CloseEcho(frame.payload.to_vec()),
-            _ => Control::Pong(frame.payload.to_vec()),
-        };
-        Box::pin(async move { control.send(item).await.map_err(|_| std::io::Error::other("connection closing")) })
+impl Reader {
+    async fn frame(&mut self) -> Result<Frame<'static>, ReadError> {
+        self.frames.next(&mut self.io).await
     }
 }
+
+type Writer = WebSocketWrite<WriteSide>;
 
 async fn read_loop<H>(
     reader: &mut Reader,
@@ -144,20 +147,21 @@ async fn read_loop<H>(
 where
     H: Handler,
 {
-    let mut send = obligations(outbox);
     loop {
-        let frame = match reader.read_frame(&mut send).await {
+        let frame = match reader.frame().await {
             Ok(frame) => frame,
             Err(e) => return exit_for(e),
         };
         missed.store(0, Ordering::Relaxed);
         match frame.opcode {
-            // Control frames carry at most 125 bytes; the parser checks pings only.
-            OpCode::Close | OpCode::Pong if frame.payload.len() > 125 => {
-                return Exit::Fail(1002, "control frame too long".into())
-            }
             OpCode::Close => return answer_close(&frame.payload, outbox).await,
-            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Ping => {
+                if !outbox.control(Control::Pong(frame.payload.to_vec().into())).await {
+                    return Exit::Gone;
+                }
+                continue;
+            }
+            OpCode::Pong => continue,
             _ => {}
         }
         match assembler.push(frame) {
@@ -185,17 +189,16 @@ async fn answer_close(payload: &[u8], outbox: &Outbox) -> Exit {
             payload[..2].to_vec()
         }
     };
-    let _ = outbox.control(Control::CloseEcho(echo)).await;
+    let _ = outbox.control(Control::CloseEcho(echo.into())).await;
     Exit::PeerClosed
 }
 
-async fn drain_until_close(reader: &mut Reader, outbox: &Outbox) {
-    let mut send = obligations(outbox);
+async fn drain_until_close(reader: &mut Reader) {
     loop {
-        match reader.read_frame(&mut send).await {
+        match reader.frame().await {
             Ok(frame) if frame.opcode == OpCode::Close => return,
             Ok(_) => {}
-            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => return,
+            Err(ReadError::Eof | ReadError::Io(_)) => return,
             // After a violation the byte stream may be out of step: stop
             // parsing but keep the socket open until the caller's deadline,
             // so that closing it with unread input (a TCP reset) cannot
@@ -205,20 +208,11 @@ async fn drain_until_close(reader: &mut Reader, outbox: &Outbox) {
     }
 }
 
-fn exit_for(e: WebSocketError) -> Exit {
-    use WebSocketError::*;
+fn exit_for(e: ReadError) -> Exit {
     match e {
-        FrameTooLarge => Exit::Fail(1009, "message too big".into()),
-        InvalidUTF8 => Exit::Fail(1007, "invalid utf-8".into()),
-        InvalidFragment
-        | InvalidContinuationFrame
-        | InvalidCloseFrame
-        | InvalidCloseCode
-        | ReservedBitsNotZero
-        | ControlFrameFragmented
-        | PingFrameTooLarge
-        | InvalidValue => Exit::Fail(1002, "protocol error".into()),
-        _ => Exit::Gone,
+        ReadError::TooBig => Exit::Fail(1009, "message too big".into()),
+        ReadError::Protocol(_) => Exit::Fail(1002, "protocol error".into()),
+        ReadError::Eof | ReadError::Io(_) => Exit::Gone,
     }
 }
 
@@ -297,9 +291,9 @@ async fn write_event(
     latency: &metrics::Histogram,
 ) -> Result<Step, WebSocketError> {
     match event {
-        Event::Control(Control::Pong(p)) => w.write_frame(Frame::pong(Payload::Owned(p))).await?,
+        Event::Control(Control::Pong(p)) => w.write_frame(Frame::pong(Payload::Owned(p.into()))).await?,
         Event::Control(Control::CloseEcho(p)) => {
-            w.write_frame(Frame::close_raw(Payload::Owned(p))).await?;
+            w.write_frame(Frame::close_raw(Payload::Owned(p.into()))).await?;
             w.flush().await?;
             return Ok(Step::Done);
         }

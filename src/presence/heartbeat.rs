@@ -48,7 +48,11 @@ pub(super) async fn run(app: Arc<App>) {
         first = false;
         let repair_now = steady;
         steady = true;
-        if repair_now && presence.dirty.swap(false, Ordering::Relaxed) {
+        // The bus must answer too: a PING on the subscriber connection
+        // returns after the SUBSCRIBEs a reconnect re-sent, so the repair's
+        // announcements can reach this node's own clients.
+        let bus_ready = repair_now && app.bus.ping().await.is_ok();
+        if bus_ready && presence.dirty.swap(false, Ordering::Relaxed) {
             if let Err(e) = repair(&app).await {
                 presence.failed("repair", &e);
             }

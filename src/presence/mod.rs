@@ -181,6 +181,10 @@ pub struct Presence {
     /// Cancelled at shutdown: ends the heartbeat and every grace period.
     stop: CancellationToken,
     heartbeat_task: Mutex<Option<JoinHandle<()>>>,
+    /// Bounds the announcements working at once: each reads the store, and
+    /// a burst of connects must queue cheaply rather than hold thousands of
+    /// store reads (and their buffers) in flight.
+    announcing: tokio::sync::Semaphore,
 }
 
 impl Presence {
@@ -195,6 +199,7 @@ impl Presence {
             dirty: AtomicBool::new(true),
             stop: CancellationToken::new(),
             heartbeat_task: Mutex::new(None),
+            announcing: tokio::sync::Semaphore::new(ANNOUNCERS),
         }
     }
 
@@ -326,8 +331,13 @@ fn spawn_announce(app: &Arc<App>, user: ObjectId, state: State) {
     tokio::spawn(async move { announce(&app, user, state).await });
 }
 
+/// Announcements reading the store at once, per node.
+const ANNOUNCERS: usize = 8;
+
 /// Sends a `presence` frame to the user's contacts and co-members.
 async fn announce(app: &App, user: ObjectId, state: State) {
+    // Never closed, so acquiring only waits.
+    let Ok(_permit) = app.presence.announcing.acquire().await else { return };
     let user_hex = user.to_hex();
     let frame = protocol::event("presence", None, Some(&user_hex), PresenceView::new(user, &state));
     let (owners, memberships) = tokio::join!(app.store.contact_owners(user), app.store.memberships(user));
