@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod jobs;
 pub mod messages;
 pub mod metrics;
 pub mod node;
