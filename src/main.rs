@@ -1,9 +1,11 @@
-//! The `confab` command: `confab serve` runs a node.
+//! The `confab` command: `confab serve` runs a node, `confab worker` runs
+//! background jobs, `confab jobs` operates their queues.
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use confab::config::ServeArgs;
+use confab::jobs::config::{JobsArgs, WorkerArgs};
 use confab::node::RunningNode;
 
 #[derive(Parser)]
@@ -20,6 +22,33 @@ enum Command {
     /// Mint access tokens with the cluster's secret (for load tests and
     /// operators); prints `user_id username token`, one line per token.
     Token(TokenArgs),
+    /// Run a background worker: notification delivery, archive, daily summaries.
+    Worker(Box<WorkerArgs>),
+    /// Operate the job queues: run a job now, show status, dead letters.
+    Jobs(JobsCli),
+}
+
+#[derive(clap::Args)]
+struct JobsCli {
+    #[command(flatten)]
+    args: JobsArgs,
+    #[command(subcommand)]
+    command: JobsCommand,
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Queue a run of a scheduled job now: `archive` or `summaries`.
+    Run { job: String },
+    /// Last run, duration, items and failures of each job; queue sizes.
+    Status,
+    /// List the deliveries that used up their attempts.
+    Dead,
+    /// Queue dead deliveries again: all, or the one entry `--id`.
+    RetryDead {
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -49,6 +78,8 @@ fn main() {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
+        Command::Worker(args) => worker(*args),
+        Command::Jobs(cli) => jobs(cli),
     };
     if let Err(message) = result {
         eprintln!("confab: {message}");
@@ -66,6 +97,33 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         node.shutdown().await;
         Ok(())
     })
+}
+
+fn worker(args: WorkerArgs) -> Result<(), String> {
+    let config = args.resolve().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let worker = confab::jobs::runner::RunningWorker::start(config).await.map_err(|e| e.to_string())?;
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing the jobs in hand");
+        worker.shutdown().await;
+        Ok(())
+    })
+}
+
+fn jobs(cli: JobsCli) -> Result<(), String> {
+    use confab::jobs::admin::Command as Admin;
+    let command = match cli.command {
+        JobsCommand::Run { job } => Admin::Run(job.parse()?),
+        JobsCommand::Status => Admin::Status,
+        JobsCommand::Dead => Admin::Dead,
+        JobsCommand::RetryDead { id } => Admin::RetryDead(id),
+    };
+    let config = cli.args.resolve().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let out = runtime.block_on(confab::jobs::admin::execute(&config, command)).map_err(|e| e.to_string())?;
+    print!("{out}");
+    Ok(())
 }
 
 async fn shutdown_signal() {
