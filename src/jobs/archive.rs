@@ -11,6 +11,9 @@
 //! "Older than N days" is strict: a message stored exactly N days before
 //! the run stays; one a millisecond older moves.
 
+use std::collections::HashSet;
+
+use bson::oid::ObjectId;
 use bson::{doc, Bson, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -45,20 +48,29 @@ pub fn cutoff(now: DateTime<Utc>, days: u32) -> DateTime<Utc> {
     now - chrono::Duration::days(i64::from(days))
 }
 
+/// What a run moved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Moved {
+    pub messages: u64,
+    /// The rooms they came from (whose cached history pages are now stale).
+    pub rooms: HashSet<ObjectId>,
+}
+
 /// Moves every message older than `days` at `now` into the archive, `batch`
-/// at a time; returns how many moved.
-pub async fn run(db: &Database, now: DateTime<Utc>, days: u32, batch: i64) -> Result<u64, JobError> {
-    let mut moved = 0;
+/// at a time.
+pub async fn run(db: &Database, now: DateTime<Utc>, days: u32, batch: i64) -> Result<Moved, JobError> {
+    let mut moved = Moved::default();
     loop {
         let docs = next_batch(db, now, days, batch).await?;
         if docs.is_empty() {
             return Ok(moved);
         }
+        moved.rooms.extend(docs.iter().filter_map(|d| d.get_object_id("room_id").ok()));
         copy(db, &docs).await?;
         let ids: Vec<Bson> = docs.iter().filter_map(|d| d.get("_id").cloned()).collect();
         let messages: Collection<Document> = db.collection(MESSAGES);
         messages.delete_many(doc! {"_id": {"$in": ids}}).await?;
-        moved += docs.len() as u64;
+        moved.messages += docs.len() as u64;
     }
 }
 

@@ -26,7 +26,8 @@ const BLOCK_SECS: f64 = 1.0;
 /// Moves ids until `stop`. Blocking commands hold their connection, so the
 /// intake has a Redis client of its own.
 pub async fn run(shared: Arc<Shared>, redis_url: String, stop: CancellationToken) {
-    let redis = match super::redis_client(&redis_url).await {
+    let timeout = Duration::from_secs_f64(BLOCK_SECS) + Duration::from_secs(5);
+    let redis = match super::redis_client_with_timeout(&redis_url, timeout).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "the notification intake cannot reach Redis; it is not running");

@@ -26,6 +26,7 @@ use super::queue::{self, Queues, DELIVERY_QUEUE, RUNS_QUEUE};
 use super::sink::{self, Sink};
 use super::status::{self, HistoryEntry, RunReport};
 use super::{archive, intake, schedule, summary, JobError, JobKind, Keys};
+use crate::cache::Cache;
 use crate::store::model::rfc3339;
 
 /// How often an idle worker looks for jobs.
@@ -47,15 +48,19 @@ pub struct Shared {
     pub worker_id: String,
     pub archive_after_days: u32,
     pub archive_batch: i64,
+    /// The nodes' cache, to mark rooms whose history the archive changed.
+    pub cache: Cache,
 }
 
 impl Shared {
     /// Connects to MongoDB and Redis for `config`.
     pub async fn connect(config: &WorkerConfig) -> Result<Shared, JobError> {
         let keys = Keys::new(&config.key_prefix);
+        let redis = super::redis_client(&config.redis_url).await?;
         Ok(Shared {
             db: super::database(&config.mongo_url, &config.mongo_db).await?,
-            redis: super::redis_client(&config.redis_url).await?,
+            cache: Cache::new(Some(redis.clone()), Duration::from_secs(1)),
+            redis,
             queues: Queues::connect(&config.redis_url, &keys, config.heartbeat).await?,
             keys,
             sink: sink::build(&config.sink)?,
@@ -91,9 +96,18 @@ pub async fn execute(shared: &Shared, run: &Run) -> RunReport {
     let clock = Instant::now();
     let now = DateTime::from_timestamp_millis(run.at_ms).unwrap_or(started_at);
     let result = match run.job {
-        JobKind::Archive => archive::run(&shared.db, now, shared.archive_after_days, shared.archive_batch)
-            .await
-            .map(|moved| RunReport { items: moved, ..Default::default() }),
+        JobKind::Archive => {
+            match archive::run(&shared.db, now, shared.archive_after_days, shared.archive_batch).await {
+                Ok(moved) => {
+                    // Nodes cache each room's newest page: those rooms' pages changed.
+                    for room in &moved.rooms {
+                        shared.cache.room_changed(*room).await;
+                    }
+                    Ok(RunReport { items: moved.messages, ..Default::default() })
+                }
+                Err(e) => Err(e),
+            }
+        }
         JobKind::Summaries => summary::run(&shared.db, &shared.queues, now).await,
     };
     let report = result.unwrap_or_else(|e| RunReport { error: Some(e.0), ..Default::default() });
