@@ -413,6 +413,8 @@ async fn a_short_cron_tick_runs_once_with_two_workers() {
 #[derive(Clone, Default)]
 struct Receiver {
     healthy: Arc<AtomicBool>,
+    /// Never answer the first request (a delivery in progress when its worker dies).
+    hang_first: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
     delivered: Arc<Mutex<Vec<serde_json::Value>>>,
     bad_signatures: Arc<AtomicUsize>,
@@ -430,7 +432,10 @@ impl Receiver {
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
                 let me = me.clone();
                 async move {
-                    me.hits.fetch_add(1, Ordering::SeqCst);
+                    let hit = me.hits.fetch_add(1, Ordering::SeqCst);
+                    if hit == 0 && me.hang_first.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
                     let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
                     let ok = confab::jobs::sink::verify(
                         SECRET,
@@ -567,4 +572,72 @@ async fn jobs_run_queues_a_run_that_status_then_shows() {
     queues.push_run(Run::now(JobKind::Summaries)).await.unwrap();
     let (ready, scheduled) = status::queued(&redis, &keys, "runs").await.unwrap();
     assert_eq!(ready + scheduled, 1);
+}
+
+/// A worker on a thread and runtime of its own, as a separate process would
+/// be, that can be killed: its runtime is dropped mid-flight, nothing shut
+/// down cleanly.
+struct Process {
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Process {
+    async fn start(config: WorkerConfig) -> Process {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let worker = RunningWorker::start(config).await.unwrap();
+                let _ = ready_tx.send(());
+                let _ = killed.await;
+                std::mem::forget(worker);
+            });
+            runtime.shutdown_background();
+        });
+        ready_rx.await.unwrap();
+        Process { kill: Some(kill), thread: Some(thread) }
+    }
+
+    async fn kill(mut self) {
+        let _ = self.kill.take().unwrap().send(());
+        let thread = self.thread.take().unwrap();
+        tokio::task::spawn_blocking(move || thread.join()).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delivery_cut_off_by_a_killed_worker_is_made_by_another() {
+    let receiver = Receiver { healthy: Arc::new(AtomicBool::new(true)), ..Default::default() };
+    receiver.hang_first.store(true, Ordering::SeqCst);
+    let url = receiver.start().await;
+    let name = common::unique_db();
+    let prefix = prefix();
+    let mut config = worker_config(&name, &prefix);
+    config.sink = SinkConfig::Webhook { url, secret: SECRET.into(), timeout: Duration::from_secs(60) };
+    let db = database(&name).await;
+    let n = notification_for(ObjectId::new());
+    let notifications: Collection<Notification> = db.collection("notifications");
+    notifications.insert_one(&n).await.unwrap();
+    let first = Process::start(config.clone()).await;
+    let redis = redis().await;
+    let keys = Keys::new(&prefix);
+    let _: i64 = redis.lpush(keys.external(), n.id.to_hex()).await.unwrap();
+    eventually(Duration::from_secs(10), "the first worker is delivering", || async {
+        receiver.hits.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    first.kill().await;
+
+    // Another replica takes the job over once the dead one misses three heartbeats.
+    let second =
+        RunningWorker::start(WorkerConfig { worker_id: format!("{}-2", config.worker_id), ..config }).await.unwrap();
+    eventually(Duration::from_secs(15), "the second worker delivers", || async {
+        !receiver.delivered.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(receiver.delivered.lock().unwrap()[0]["id"], n.id.to_hex());
+    assert!(delivery::dead_letters(&redis, &keys).await.unwrap().is_empty());
+    second.shutdown().await;
 }
