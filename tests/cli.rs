@@ -85,3 +85,45 @@ fn token_mints_tokens_the_nodes_accept() {
     let bad = Command::new(env!("CARGO_BIN_EXE_confab")).args(["token", "--jwt-secret", "short"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+fn worker(env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
+    cmd.arg("worker").env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("confab runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn worker_settings_name_themselves_in_one_line() {
+    let base = [("CONFAB_REDIS_URL", "redis://127.0.0.1:1"), ("CONFAB_MONGO_URL", "mongodb://127.0.0.1:1")];
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("CONFAB_ARCHIVE_CRON", "daily")], "--archive-cron (CONFAB_ARCHIVE_CRON)"),
+        (&[("CONFAB_SUMMARY_CRON", "0 0 7 * *")], "--summary-cron (CONFAB_SUMMARY_CRON)"),
+        (&[("CONFAB_SINK", "webhook")], "--webhook-url (CONFAB_WEBHOOK_URL)"),
+        (&[("CONFAB_DELIVERY_MAX_ATTEMPTS", "0")], "--delivery-max-attempts"),
+        (&[("CONFAB_METRICS_LISTEN", "everywhere")], "--metrics-listen"),
+    ];
+    for (overrides, needle) in cases {
+        let env: Vec<(&str, &str)> = base.iter().chain(overrides.iter()).copied().collect();
+        let (code, stderr) = worker(&env);
+        assert_eq!(code, 2, "{overrides:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line, got: {stderr}");
+        assert!(lines[0].starts_with("confab: ") && lines[0].contains(needle), "{stderr}");
+    }
+    let (code, stderr) = worker(&base[..1]);
+    assert!(code == 2 && stderr.contains("--mongo-url (CONFAB_MONGO_URL)"), "{stderr}");
+}
+
+#[test]
+fn jobs_commands_check_their_arguments() {
+    let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["jobs", "--redis-url", "redis://127.0.0.1:1", "run", "reindex"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown job `reindex`"));
+}

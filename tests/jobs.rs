@@ -545,7 +545,9 @@ async fn webhook_retries_dead_letters_and_retry_dead_delivers() {
 async fn jobs_run_queues_a_run_that_status_then_shows() {
     let name = common::unique_db();
     let prefix = prefix();
-    let worker = RunningWorker::start(worker_config(&name, &prefix)).await.unwrap();
+    let mut config = worker_config(&name, &prefix);
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let worker = RunningWorker::start(config).await.unwrap();
     let db = database(&name).await;
     let messages: Collection<Message> = db.collection("messages");
     let old = message(ObjectId::new(), 1, ObjectId::new(), Utc::now() - chrono::Duration::days(31));
@@ -565,6 +567,16 @@ async fn jobs_run_queues_a_run_that_status_then_shows() {
     assert_eq!(ids_in(&db, "messages_archive").await, vec![old.id]);
     let history = status::history(&redis, &keys, JobKind::Archive).await.unwrap();
     assert_eq!((history.len(), history[0].tick), (1, None));
+    // The worker's own metrics listener.
+    let text =
+        reqwest::get(format!("http://{}/metrics", worker.metrics_addr.unwrap())).await.unwrap().text().await.unwrap();
+    for name in [
+        "confab_job_runs_total{job=\"archive\"}",
+        "confab_job_items_total{job=\"archive\"}",
+        "confab_job_duration_seconds_bucket{job=\"archive\",le=\"3600\"}",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
     worker.shutdown().await;
 
     // A run queued while no worker runs waits for one.
