@@ -164,3 +164,34 @@ fn token(args: TokenArgs) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("confab").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn jobs_commands_parse_with_their_settings_anywhere() {
+        let cli = parse(&["jobs", "--redis-url", "redis://r:1", "retry-dead", "--id", "abc"]).unwrap();
+        let Command::Jobs(jobs) = cli.command else { panic!("not jobs") };
+        assert!(matches!(jobs.command, JobsCommand::RetryDead { id: Some(ref id) } if id == "abc"));
+        assert_eq!(jobs.args.redis_url.as_deref(), Some("redis://r:1"));
+        let cli = parse(&["jobs", "status", "--key-prefix", "staging"]).unwrap();
+        let Command::Jobs(jobs) = cli.command else { panic!("not jobs") };
+        assert_eq!(jobs.args.key_prefix.as_deref(), Some("staging"));
+        assert!(matches!(parse(&["jobs", "run", "archive"]).unwrap().command, Command::Jobs(_)));
+        assert!(parse(&["jobs", "explode"]).is_err());
+        assert!(parse(&["worker", "--archive-cron", "0 0 3 * * *", "--sink", "log"]).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_job_is_refused_before_anything_connects() {
+        let cli = parse(&["jobs", "--redis-url", "redis://127.0.0.1:1", "run", "reindex"]).unwrap();
+        let Command::Jobs(jobs) = cli.command else { panic!("not jobs") };
+        let err = self::jobs(jobs).unwrap_err();
+        assert!(err.contains("unknown job `reindex`"), "{err}");
+    }
+}

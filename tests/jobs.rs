@@ -475,15 +475,26 @@ fn notification_for(user: ObjectId) -> Notification {
     }
 }
 
-fn jobs_cli(prefix: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
-        .arg("jobs")
-        .args(["--redis-url", &common::redis_url(), "--key-prefix", prefix])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+/// What `confab jobs <args>` prints (run in-process: the binary in a shared
+/// build directory may be another checkout's; `src/main.rs` tests the parsing).
+async fn jobs_cli(prefix: &str, args: &[&str]) -> String {
+    use confab::jobs::admin::{self, Command};
+    let command = match args {
+        ["run", job] => Command::Run(job.parse().unwrap()),
+        ["status"] => Command::Status,
+        ["dead"] => Command::Dead,
+        ["retry-dead"] => Command::RetryDead(None),
+        ["retry-dead", "--id", id] => Command::RetryDead(Some(id.to_string())),
+        other => panic!("not a jobs command: {other:?}"),
+    };
+    let config = confab::jobs::config::JobsArgs {
+        redis_url: Some(common::redis_url()),
+        key_prefix: Some(prefix.to_string()),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    admin::execute(&config, command).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -515,14 +526,14 @@ async fn webhook_retries_dead_letters_and_retry_dead_delivers() {
     assert_eq!(dead.len(), 1);
     assert_eq!((dead[0].notification_id.as_str(), dead[0].attempts), (n.id.to_hex().as_str(), 3));
     assert!(dead[0].error.contains("500"), "{:?}", dead[0]);
-    let listed = jobs_cli(&prefix, &["dead"]);
+    let listed = jobs_cli(&prefix, &["dead"]).await;
     assert!(listed.contains(&dead[0].id) && listed.contains(&n.id.to_hex()), "{listed}");
     let s = status::read(&redis, &keys, "delivery").await.unwrap();
     assert_eq!((s["failures"].as_str(), s.get("items")), ("3", None));
 
     // The receiver recovers; an operator re-queues the dead letters.
     receiver.healthy.store(true, Ordering::SeqCst);
-    let out = jobs_cli(&prefix, &["retry-dead"]);
+    let out = jobs_cli(&prefix, &["retry-dead"]).await;
     assert!(out.contains("queued 1"), "{out}");
     eventually(Duration::from_secs(10), "the delivery succeeds", || async {
         !receiver.delivered.lock().unwrap().is_empty()
@@ -536,7 +547,7 @@ async fn webhook_retries_dead_letters_and_retry_dead_delivers() {
     assert_eq!((body["type"].as_str(), body["title"].as_str()), (Some("new_message"), Some("New message from bob")));
     let s = status::read(&redis, &keys, "delivery").await.unwrap();
     assert_eq!(s["items"], "1");
-    let text = jobs_cli(&prefix, &["status"]);
+    let text = jobs_cli(&prefix, &["status"]).await;
     assert!(text.contains("dead letters: 0"), "{text}");
     worker.shutdown().await;
 }
@@ -553,16 +564,16 @@ async fn jobs_run_queues_a_run_that_status_then_shows() {
     let old = message(ObjectId::new(), 1, ObjectId::new(), Utc::now() - chrono::Duration::days(31));
     messages.insert_one(&old).await.unwrap();
 
-    let before = jobs_cli(&prefix, &["status"]);
+    let before = jobs_cli(&prefix, &["status"]).await;
     assert!(before.contains("archive    never ran"), "{before}");
-    assert!(jobs_cli(&prefix, &["run", "archive"]).contains("queued a run of archive"));
+    assert!(jobs_cli(&prefix, &["run", "archive"]).await.contains("queued a run of archive"));
     let redis = redis().await;
     let keys = Keys::new(&prefix);
     eventually(Duration::from_secs(10), "the archive ran", || async {
         status::read(&redis, &keys, "archive").await.unwrap().contains_key("runs")
     })
     .await;
-    let after = jobs_cli(&prefix, &["status"]);
+    let after = jobs_cli(&prefix, &["status"]).await;
     assert!(after.contains("archive    last run") && after.contains("items 1  failures 0  runs 1"), "{after}");
     assert_eq!(ids_in(&db, "messages_archive").await, vec![old.id]);
     let history = status::history(&redis, &keys, JobKind::Archive).await.unwrap();

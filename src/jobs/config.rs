@@ -355,6 +355,24 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_shows_every_setting_with_its_default() {
+        let text = include_str!("../../config/worker.example.toml");
+        let settings: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let f: FileConfig = toml::from_str(&settings).unwrap();
+        assert_eq!((f.delivery_max_attempts, f.retry_base_ms, f.retry_max_ms), (Some(8), Some(1000), Some(300_000)));
+        assert_eq!((f.archive_after_days, f.archive_batch, f.concurrency), (Some(30), Some(500), Some(4)));
+        assert_eq!(f.archive_cron.as_deref(), Some(DEFAULT_ARCHIVE_CRON));
+        assert_eq!(f.summary_cron.as_deref(), Some(DEFAULT_SUMMARY_CRON));
+        assert_eq!((f.metrics_listen.as_deref(), f.heartbeat_secs), (Some("127.0.0.1:9091"), Some(5)));
+        assert!(f.redis_url.is_some() && f.webhook_url.is_some() && f.key_prefix.is_some() && f.worker_id.is_some());
+    }
+
+    #[test]
     fn the_file_fills_gaps_and_metrics_can_be_off() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("worker.toml");
