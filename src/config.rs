@@ -81,6 +81,18 @@ pub struct ServeArgs {
     /// The window failed logins are counted in, in seconds.
     #[arg(long, env = "CONFAB_LOGIN_WINDOW_SECS")]
     pub login_window_secs: Option<u64>,
+    /// Milliseconds a user stays online after their last connection closes,
+    /// so that a quick reconnect is not seen as going offline and back.
+    #[arg(long, env = "CONFAB_PRESENCE_GRACE_MS")]
+    pub presence_grace_ms: Option<u64>,
+    /// Seconds between this node's heartbeats in Redis (also how often it
+    /// sweeps the connections of nodes whose heartbeat has expired).
+    #[arg(long, env = "CONFAB_NODE_HEARTBEAT_SECS")]
+    pub node_heartbeat_secs: Option<u64>,
+    /// Seconds after its last heartbeat that a node counts as dead and its
+    /// users' connections are swept.
+    #[arg(long, env = "CONFAB_NODE_TTL_SECS")]
+    pub node_ttl_secs: Option<u64>,
 }
 
 /// The same settings as they appear in a TOML file.
@@ -108,6 +120,9 @@ struct FileConfig {
     socket_max_rejections: Option<u32>,
     login_max_failures: Option<u32>,
     login_window_secs: Option<u64>,
+    presence_grace_ms: Option<u64>,
+    node_heartbeat_secs: Option<u64>,
+    node_ttl_secs: Option<u64>,
 }
 
 /// A validated node configuration.
@@ -129,6 +144,9 @@ pub struct Config {
     pub cache_ttl: Duration,
     pub gap_wait: Duration,
     pub rate_limits: RateLimits,
+    pub presence_grace: Duration,
+    pub node_heartbeat: Duration,
+    pub node_ttl: Duration,
 }
 
 /// Rate limits (docs/adr/0006-rate-limits.md). A zero rate turns that limit off.
@@ -303,6 +321,22 @@ impl ServeArgs {
             login_max_failures,
             login_window: Duration::from_secs(login_window_secs),
         };
+        let presence_grace_ms = self.presence_grace_ms.or(file.presence_grace_ms).unwrap_or(5000);
+        if presence_grace_ms > 600_000 {
+            return Err(invalid("presence-grace-ms", "CONFAB_PRESENCE_GRACE_MS", "must be between 0 and 600000"));
+        }
+        let node_heartbeat_secs = self.node_heartbeat_secs.or(file.node_heartbeat_secs).unwrap_or(5);
+        if !(1..=60).contains(&node_heartbeat_secs) {
+            return Err(invalid("node-heartbeat-secs", "CONFAB_NODE_HEARTBEAT_SECS", "must be between 1 and 60"));
+        }
+        let node_ttl_secs = self.node_ttl_secs.or(file.node_ttl_secs).unwrap_or(15);
+        if !(2 * node_heartbeat_secs..=600).contains(&node_ttl_secs) {
+            return Err(invalid(
+                "node-ttl-secs",
+                "CONFAB_NODE_TTL_SECS",
+                format!("must be between twice --node-heartbeat-secs ({}) and 600", 2 * node_heartbeat_secs),
+            ));
+        }
         Ok(Config {
             listen,
             redis_url,
@@ -320,6 +354,9 @@ impl ServeArgs {
             cache_ttl: Duration::from_secs(cache_ttl_secs),
             gap_wait: Duration::from_millis(gap_wait_ms),
             rate_limits,
+            presence_grace: Duration::from_millis(presence_grace_ms),
+            node_heartbeat: Duration::from_secs(node_heartbeat_secs),
+            node_ttl: Duration::from_secs(node_ttl_secs),
         })
     }
 }
@@ -411,5 +448,17 @@ mod tests {
         std::fs::write(&path, "lissten = \"x\"\n").unwrap();
         let err = ServeArgs { config: Some(path), ..base() }.resolve().unwrap_err();
         assert!(err.0.contains("--config") && err.0.contains("lissten"), "{err}");
+    }
+
+    #[test]
+    fn presence_timings_are_checked_together() {
+        let c = base().resolve().unwrap();
+        assert_eq!((c.presence_grace.as_millis(), c.node_heartbeat.as_secs(), c.node_ttl.as_secs()), (5000, 5, 15));
+        let err = ServeArgs { node_heartbeat_secs: Some(5), node_ttl_secs: Some(9), ..base() }.resolve().unwrap_err();
+        assert!(err.0.contains("--node-ttl-secs (CONFAB_NODE_TTL_SECS)"), "{err}");
+        let err = ServeArgs { node_heartbeat_secs: Some(0), ..base() }.resolve().unwrap_err();
+        assert!(err.0.contains("--node-heartbeat-secs"), "{err}");
+        let err = ServeArgs { presence_grace_ms: Some(600_001), ..base() }.resolve().unwrap_err();
+        assert!(err.0.contains("--presence-grace-ms"), "{err}");
     }
 }

@@ -18,9 +18,12 @@ use crate::bus::{Bus, BusError};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayInbox, Registry, Sequencer, Subscriptions};
+use crate::presence::redis::RedisTracker;
+use crate::presence::Presence;
 use crate::ratelimit::SharedLimiter;
 use crate::store::mongo::MongoStore;
 use crate::store::Store;
+use crate::typing::{RedisThrottle, Typing};
 
 /// Everything a request handler or socket needs. Shared as one `Arc`.
 pub struct App {
@@ -35,6 +38,8 @@ pub struct App {
     pub limiter: SharedLimiter,
     /// Set once the store's indexes exist; until then the node is not ready.
     pub indexes_ready: AtomicBool,
+    pub presence: Presence,
+    pub typing: Typing,
 }
 
 /// A node that is serving; dropping it does not stop it, `shutdown` does.
@@ -83,6 +88,10 @@ impl RunningNode {
         let limiter = SharedLimiter::connect(&config.redis_url, config.rate_limits, &config.mongo_db)
             .await
             .map_err(StartError::Backend)?;
+        let redis =
+            crate::presence::redis::client(&config.redis_url).map_err(|e| StartError::Backend(e.to_string()))?;
+        let presence = Presence::new(Arc::new(RedisTracker::new(redis.clone(), &config.mongo_db)), &config);
+        let typing = Typing::new(Arc::new(RedisThrottle::new(redis, &config.mongo_db)));
         let app = Arc::new(App {
             tokens: Tokens::new(&config.jwt_secret, config.token_ttl),
             config,
@@ -93,8 +102,11 @@ impl RunningNode {
             metrics: crate::metrics::handle(),
             limiter,
             indexes_ready: AtomicBool::new(false),
+            presence,
+            typing,
         });
         tokio::spawn(ensure_indexes(app.clone()));
+        crate::presence::start(&app);
 
         let stop = CancellationToken::new();
         let service = NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(app.clone()));
@@ -103,11 +115,12 @@ impl RunningNode {
         Ok(RunningNode { addr, app, stop, task })
     }
 
-    /// Stops accepting, closes every socket with 1001, and waits for the
-    /// server task to finish.
+    /// Stops accepting, closes every socket with 1001, takes the node's
+    /// connections out of presence, and waits for the server task to finish.
     pub async fn shutdown(self) {
         self.stop.cancel();
         self.app.gateway.close_all().await;
+        crate::presence::shutdown(&self.app).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
 }

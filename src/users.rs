@@ -1,12 +1,13 @@
-//! Accounts: registration and login.
+//! Accounts and profiles: registration, login, profile edits and search.
 
+use bson::oid::ObjectId;
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::auth::{hash_password, verify_password};
 use crate::error::{Error, Result};
 use crate::node::App;
-use crate::store::User;
+use crate::store::{ProfileChange, User};
 use crate::validate;
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +40,9 @@ pub async fn register(app: &App, r: Registration) -> Result<User> {
         email,
         password_hash: hash_password(r.password).await?,
         created_at: Utc::now(),
+        display_name: None,
+        display_name_key: None,
+        avatar_url: None,
     };
     match app.store.insert_user(&user).await {
         Ok(()) => Ok(user),
@@ -82,4 +86,70 @@ pub async fn login(app: &App, l: Login) -> Result<String> {
     let user = user.ok_or_else(|| Error::Unauthorized("invalid username or password".into()))?;
     app.limiter.login_succeeded(&user.username_key).await;
     app.tokens.issue(user.id, &user.username)
+}
+
+/// A user by id; 404 if there is none.
+pub async fn profile(app: &App, id: ObjectId) -> Result<User> {
+    app.store.user(id).await?.ok_or_else(|| Error::NotFound("user not found".into()))
+}
+
+/// A profile edit as `PATCH /users/me` takes it: a field left out stays as
+/// it is, `null` clears it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilePatch {
+    #[serde(default, deserialize_with = "present")]
+    pub display_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub avatar_url: Option<Option<String>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+pub async fn update_profile(app: &App, id: ObjectId, patch: ProfilePatch) -> Result<User> {
+    let display_name = match patch.display_name {
+        Some(Some(name)) => Some(Some(validate::display_name(&name)?)),
+        other => other,
+    };
+    if let Some(Some(url)) = &patch.avatar_url {
+        validate::avatar_url(url)?;
+    }
+    let change = ProfileChange { display_name, avatar_url: patch.avatar_url };
+    app.store.update_profile(id, &change).await?.ok_or_else(|| Error::NotFound("user not found".into()))
+}
+
+/// Longest search term, in characters.
+pub const MAX_QUERY_CHARS: usize = 64;
+pub const DEFAULT_SEARCH_PAGE: i64 = 20;
+pub const MAX_SEARCH_PAGE: i64 = 100;
+
+/// One page of a user search.
+pub struct Found {
+    pub users: Vec<User>,
+    /// Where the next page starts (`after`), if there is one.
+    pub next_cursor: Option<String>,
+}
+
+/// Users whose username or display name starts with `query`, ignoring case,
+/// by username; `after` is a `next_cursor` from the previous page.
+pub async fn search(app: &App, query: &str, after: Option<&str>, limit: i64) -> Result<Found> {
+    let prefix = query.trim().to_lowercase();
+    if prefix.is_empty() || prefix.chars().count() > MAX_QUERY_CHARS {
+        return Err(Error::invalid("q", format!("must be 1 to {MAX_QUERY_CHARS} characters")));
+    }
+    if !(1..=MAX_SEARCH_PAGE).contains(&limit) {
+        return Err(Error::invalid("limit", format!("must be a whole number from 1 to {MAX_SEARCH_PAGE}")));
+    }
+    // A cursor is a username key: at most 32 characters of [a-z0-9_.-].
+    if after.is_some_and(|a| a.is_empty() || a.len() > 32) {
+        return Err(Error::invalid("after", "is not a cursor this endpoint returned"));
+    }
+    let mut users = app.store.search_users(&prefix, after, limit + 1).await?;
+    let more = users.len() as i64 > limit;
+    users.truncate(limit as usize);
+    let next_cursor = if more { users.last().map(|u| u.username_key.clone()) } else { None };
+    Ok(Found { users, next_cursor })
 }

@@ -90,6 +90,34 @@ pub fn client_msg_id(raw: &str) -> Result<()> {
     Ok(())
 }
 
+/// A display name, trimmed: 1 to 64 characters, no control characters.
+pub fn display_name(raw: &str) -> Result<String> {
+    let name = raw.trim();
+    let len = name.chars().count();
+    if !(1..=64).contains(&len) {
+        return Err(Error::invalid("display_name", "must be 1 to 64 characters (not counting surrounding spaces)"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid("display_name", "must not contain control characters"));
+    }
+    Ok(name.to_string())
+}
+
+/// An absolute http(s) URL with a host, at most 2048 bytes.
+pub fn avatar_url(raw: &str) -> Result<()> {
+    let bad = || Error::invalid("avatar_url", "must be an http:// or https:// URL of at most 2048 characters");
+    if raw.len() > 2048 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let uri = raw.parse::<http::Uri>().map_err(|_| bad())?;
+    let web = uri.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
+    let has_host = uri.host().is_some_and(|h| !h.is_empty());
+    if !web || !has_host {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
@@ -143,6 +171,22 @@ mod tests {
         assert!(object_id("room_id", "507f1f77bcf86cd799439011").is_ok());
         let e = object_id("room_id", "nope").unwrap_err();
         assert_eq!(e.status().as_u16(), 400);
+    }
+
+    #[test]
+    fn profiles() {
+        assert_eq!(display_name("  Bob Smith ").unwrap(), "Bob Smith");
+        assert_eq!(display_name(&"é".repeat(64)).unwrap().chars().count(), 64);
+        for bad in ["", "   ", "a\u{0}b", "tab\there"] {
+            assert_eq!(display_name(bad).unwrap_err().status().as_u16(), 422, "{bad:?}");
+        }
+        assert!(display_name(&"x".repeat(65)).is_err());
+        assert!(avatar_url("https://cdn.example.com/a/b.png?s=64").is_ok());
+        assert!(avatar_url("HTTP://example.com").is_ok());
+        let long = format!("https://example.com/{}", "a".repeat(2048));
+        for bad in ["ftp://example.com/a", "javascript:alert(1)", "/relative.png", "https://", "https://a b", &long] {
+            assert!(avatar_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -113,10 +113,9 @@ async fn every_kind_of_change_on_one_node_is_seen_at_once_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_trouble_falls_back_to_mongodb_and_never_serves_stale_entries() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut redis = common::OwnRedis::start(port);
+    let mut redis = common::OwnRedis::start();
     let mut cfg = common::config(&common::unique_db());
-    cfg.redis_url = format!("redis://127.0.0.1:{port}");
+    cfg.redis_url = redis.url();
     let n = Node::start(cfg).await;
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, "general", "public").await;
@@ -126,11 +125,11 @@ async fn redis_trouble_falls_back_to_mongodb_and_never_serves_stale_entries() {
 
     // Redis still answers reads but refuses writes: the version bump fails,
     // the cached entries are still there, and they must not be served.
-    redis_cli(port, &["CONFIG", "SET", "min-replicas-to-write", "1"]);
+    redis_cli(redis.port, &["CONFIG", "SET", "min-replicas-to-write", "1"]);
     n.post_message(&alice, &room, "two").await;
     assert_eq!(entry(&n, &alice, &room).await.unwrap()["last_message"]["content"], "two");
     assert_eq!(newest_contents(&n, &alice, &room).await, ["one", "two"]);
-    redis_cli(port, &["CONFIG", "SET", "min-replicas-to-write", "0"]);
+    redis_cli(redis.port, &["CONFIG", "SET", "min-replicas-to-write", "0"]);
     // Once the bump lands, caching resumes, fresh.
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     assert_eq!(entry_twice(&n, &alice, &room).await.unwrap()["last_message"]["content"], "two");

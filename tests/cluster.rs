@@ -124,13 +124,12 @@ async fn the_last_local_subscriber_leaving_stops_delivery_to_that_node() {
 /// A Redis of our own, so the test can restart it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_resubscribe_after_a_redis_restart() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut redis = common::OwnRedis::start(port);
+    let mut redis = common::OwnRedis::start();
     let db = common::unique_db();
     let mut nodes = Vec::new();
     for _ in 0..2 {
         let mut cfg = common::config(&db);
-        cfg.redis_url = format!("redis://127.0.0.1:{port}");
+        cfg.redis_url = redis.url();
         nodes.push(Node::start(cfg).await);
     }
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -194,10 +193,9 @@ async fn a_token_from_one_node_works_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_sends_are_stored_and_joins_say_unavailable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut redis = common::OwnRedis::start(port);
+    let mut redis = common::OwnRedis::start();
     let mut cfg = common::config(&common::unique_db());
-    cfg.redis_url = format!("redis://127.0.0.1:{port}");
+    cfg.redis_url = redis.url();
     let n = Node::start(cfg).await;
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, "general", "public").await;
@@ -311,10 +309,9 @@ async fn a_message_missing_from_the_live_stream_is_filled_from_history_in_order(
     // Nodes A and B share Redis; node C shares the database but publishes to
     // a Redis of its own, so A never hears what C stores.
     let c = Cluster::start(2).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _isolated = common::OwnRedis::start(port);
+    let isolated = common::OwnRedis::start();
     let mut cfg = common::config(&c.db);
-    cfg.redis_url = format!("redis://127.0.0.1:{port}");
+    cfg.redis_url = isolated.url();
     let island = Node::start(cfg).await;
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     let alice = a.register("alice").await;

@@ -6,14 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, User};
+use common::{assert_error, Cluster, User};
 use serde_json::{json, Value};
-
-fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
-    assert_eq!(status, want_status, "{body}");
-    assert_eq!(body["error"]["code"], want_code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
-}
 
 fn ids(body: &Value, list: &str, field: &str) -> Vec<String> {
     body[list].as_array().unwrap().iter().map(|r| r[field].as_str().unwrap().to_string()).collect()

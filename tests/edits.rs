@@ -7,31 +7,20 @@ mod common;
 use std::time::Duration;
 
 use bson::{doc, oid::ObjectId};
-use common::{Client, Cluster, Node, User};
+use common::{assert_error, Client, Cluster, Node, User};
 use serde_json::{json, Value};
 
-fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
-    assert_eq!(status, want_status, "{body}");
-    assert_eq!(body["error"]["code"], want_code, "{body}");
+/// Adds `user` to the room with `role`, as the room's owner, over the API.
+async fn add_member(n: &Node, owner: &User, room: &str, user: &User, role: &str) {
+    let body = json!({"user_id": user.id, "role": role});
+    let (s, b) = n.call("POST", &format!("/rooms/{room}/members"), Some(&owner.token), Some(body)).await;
+    assert_eq!(s, 201, "{b}");
 }
 
-async fn members(db: &str) -> mongodb::Collection<bson::Document> {
-    let client = mongodb::Client::with_uri_str(common::mongo_url()).await.unwrap();
-    client.database(db).collection("room_members")
-}
-
-/// Gives `user` a role in `room` straight in the store: no endpoint assigns
-/// roles yet.
-async fn set_role(db: &str, room: &str, user: &User, role: &str) {
-    let (room, user) = (ObjectId::parse_str(room).unwrap(), ObjectId::parse_str(&user.id).unwrap());
-    let key = format!("{}:{}", room.to_hex(), user.to_hex());
-    let member = doc! {"room_id": room, "user_id": user, "role": role, "joined_at": bson::DateTime::now()};
-    members(db).await.update_one(doc! {"_id": &key}, doc! {"$set": member}).upsert(true).await.unwrap();
-}
-
-async fn remove_member(db: &str, room: &str, user: &User) {
-    let key = format!("{room}:{}", user.id);
-    members(db).await.delete_one(doc! {"_id": key}).await.unwrap();
+/// `user` leaves the room, over the API.
+async fn leave(n: &Node, room: &str, user: &User) {
+    let (s, b) = n.call("DELETE", &format!("/rooms/{room}/members/{}", user.id), Some(&user.token), None).await;
+    assert_eq!(s, 204, "{b}");
 }
 
 async fn edit(n: &Node, user: &User, id: &str, body: Value) -> (u16, Value) {
@@ -114,10 +103,10 @@ async fn only_the_sender_edits_a_live_message_with_valid_content() {
 
     // A sender who can no longer read the room may not edit there.
     let private = n.create_room(&alice, "secret", "private").await;
-    set_role(&c.db, &private, &bob, "member").await;
+    add_member(n, &alice, &private, &bob, "member").await;
     let theirs = n.post_message(&bob, &private, "before leaving").await;
     let theirs = theirs["id"].as_str().unwrap();
-    remove_member(&c.db, &private, &bob).await;
+    leave(n, &private, &bob).await;
     let (s, b) = edit(n, &bob, theirs, json!({"content": "after leaving"})).await;
     assert_error(s, &b, 403, "forbidden");
 
@@ -230,11 +219,19 @@ async fn members_may_not_delete_others_messages_but_moderators_may() {
     assert_eq!(history(a, &owner, &room).await[0]["content"], "mine");
     watcher.assert_silent(Duration::from_millis(300)).await;
 
-    set_role(&c.db, &room, &dave, "moderator").await;
+    let (s, body) = a
+        .call(
+            "PATCH",
+            &format!("/rooms/{room}/members/{}", dave.id),
+            Some(&owner.token),
+            Some(json!({"role": "moderator"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
     let (s, tomb) = delete(b, &dave, id).await;
     assert_eq!(s, 200, "{tomb}");
     assert_eq!(tomb["deleted"], true);
-    let frame = watcher.recv().await;
+    let frame = watcher.recv_type("message_deleted").await;
     assert_eq!((frame["type"].as_str(), frame["user_id"].as_str()), (Some("message_deleted"), Some(dave.id.as_str())));
     c.shutdown().await;
 }

@@ -238,6 +238,9 @@ fn user(name: &str) -> User {
         email: format!("{name}@example.com"),
         password_hash: "x".into(),
         created_at: t("2026-01-01T00:00:00Z"),
+        display_name: None,
+        display_name_key: None,
+        avatar_url: None,
     }
 }
 

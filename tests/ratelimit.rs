@@ -181,11 +181,10 @@ async fn socket_frames_over_the_rate_are_refused_and_sustained_abuse_closes_with
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_fail_open_when_redis_is_unreachable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut redis = common::OwnRedis::start(port);
+    let mut redis = common::OwnRedis::start();
     let db = common::unique_db();
     let limits = RateLimits { rest_per_minute: 2, login_max_failures: 1, ..common::config(&db).rate_limits };
-    let n = Node::start(Config { redis_url: format!("redis://127.0.0.1:{port}"), ..with_limits(&db, limits) }).await;
+    let n = Node::start(Config { redis_url: redis.url(), ..with_limits(&db, limits) }).await;
     let alice = n.register(&name("alice")).await;
     let rest_before = n.metric("confab_ratelimit_fail_open_total{scope=\"rest\"}").await;
     let login_before = n.metric("confab_ratelimit_fail_open_total{scope=\"login\"}").await;

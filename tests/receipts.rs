@@ -4,13 +4,8 @@
 
 mod common;
 
-use common::Cluster;
+use common::{assert_error, Cluster};
 use serde_json::{json, Value};
-
-fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
-    assert_eq!(status, want_status, "{body}");
-    assert_eq!(body["error"]["code"], want_code, "{body}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cursors_move_forward_and_senders_get_receipts_on_any_node() {

@@ -3,17 +3,11 @@
 
 mod common;
 
-use common::{Cluster, Node};
+use common::{assert_error, Cluster, Node};
 use serde_json::{json, Value};
 
 async fn node() -> Node {
     Node::start(common::config(&common::unique_db())).await
-}
-
-fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
-    assert_eq!(status, want_status, "{body}");
-    assert_eq!(body["error"]["code"], want_code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }
 
 #[tokio::test]

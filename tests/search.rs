@@ -4,16 +4,11 @@
 mod common;
 
 use bson::oid::ObjectId;
-use common::{Node, User};
+use common::{assert_error, Node, User};
 use serde_json::{json, Value};
 
 async fn node() -> Node {
     Node::start(common::config(&common::unique_db())).await
-}
-
-fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
-    assert_eq!(status, want_status, "{body}");
-    assert_eq!(body["error"]["code"], want_code, "{body}");
 }
 
 async fn search(n: &Node, user: &User, query: &str) -> (u16, Value) {

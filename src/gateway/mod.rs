@@ -191,8 +191,14 @@ pub async fn run_chat(app: Arc<App>, caller: Caller, ws: Upgraded) {
     let gateway = app.gateway.clone();
     let (outbox, queues) = Outbox::new(Some(caller.user_id), app.config.outbound_queue, gateway.shutdown.child_token());
     gateway.registry.register(outbox.clone());
-    // Receipts and presence reach a user through their own topic.
-    if let Err(e) = gateway.subscriptions.ensure(Topic::User(caller.user_id)).await {
+    // Receipts and presence reach a user through their own topic. Counting
+    // the connection for presence goes alongside: with Redis down, each
+    // waits out its own timeout, not one after the other.
+    let (subscribed, ()) = tokio::join!(
+        gateway.subscriptions.ensure(Topic::User(caller.user_id)),
+        crate::presence::connected(&app, caller.user_id, outbox.id),
+    );
+    if let Err(e) = subscribed {
         tracing::warn!(error = %e, "user topic not subscribed; receipts reach this connection late");
     }
     let session = session::ChatSession::new(app.clone(), caller, outbox.clone());

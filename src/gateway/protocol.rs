@@ -67,7 +67,8 @@ pub fn message(m: &Message) -> Bytes {
 }
 
 /// A server event that is not a stored message (membership changes,
-/// receipts): built once, sent to many.
+/// receipts, presence, typing): what happened (`kind`), where, and who
+/// caused it; built once, sent to many.
 pub fn event<D: Serialize>(kind: &str, channel: Option<&str>, user_id: Option<&str>, data: D) -> Bytes {
     encode(&ServerFrame { kind, channel, data, timestamp: now_ms(), user_id, reference: None })
 }

@@ -23,7 +23,7 @@ use crate::node::App;
 use crate::ratelimit::{self, Admit, FrameLimiter};
 use crate::store::model::MessageView;
 use crate::store::{Cursor, HistoryQuery};
-use crate::{receipts, rooms, validate};
+use crate::{presence, receipts, rooms, typing, validate};
 
 /// Rooms one connection may be subscribed to at once.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 1000;
@@ -109,6 +109,21 @@ impl ChatSession {
                 let cursor = if kind == "read" { Cursor::Read } else { Cursor::Delivered };
                 let cursors = receipts::acknowledge(&self.app, &self.caller, room, cursor, message_id).await?;
                 Ok(r.map(|r| protocol::ack(Some(r), Some(channel), cursors, &self.user_hex)))
+            }
+            "set_status" => {
+                let status = frame.data.as_ref().and_then(|d| d.get("status")).and_then(Value::as_str);
+                let status = status.ok_or_else(|| Error::invalid("status", "is required: online, away or busy"))?;
+                let view = presence::set_status(&self.app, self.caller.user_id, status).await?;
+                Ok(r.map(|r| protocol::ack(Some(r), None, view, &self.user_hex)))
+            }
+            "user_typing" => {
+                let (room, channel) = channel_of(frame)?;
+                if !self.rooms.contains(&room) {
+                    return Err(Error::Forbidden("join the room before typing in it".into()));
+                }
+                let relayed = typing::typing(&self.app, self.caller.user_id, room).await;
+                let data = json!({ "room_id": channel, "relayed": relayed });
+                Ok(r.map(|r| protocol::ack(Some(r), Some(channel), data, &self.user_hex)))
             }
             other => Err(Error::UnknownType(other.chars().take(40).collect())),
         }
@@ -279,6 +294,8 @@ fn frame_label(kind: &str) -> &'static str {
         "send_message" => "send_message",
         "delivered" => "delivered",
         "read" => "read",
+        "set_status" => "set_status",
+        "user_typing" => "user_typing",
         _ => "unknown",
     }
 }
@@ -324,5 +341,6 @@ impl Handler for ChatSession {
         if gateway.registry.unregister(self.outbox.id) {
             gateway.subscriptions.release(Topic::User(self.caller.user_id));
         }
+        presence::disconnected(&self.app, self.caller.user_id, self.outbox.id);
     }
 }

@@ -5,11 +5,14 @@
 //! its status in exactly one place (`IntoResponse` below).
 
 mod accounts;
+mod contacts;
 mod extract;
 mod health;
 mod limit;
 mod messages;
+mod presence;
 mod rooms;
+mod users;
 mod ws;
 
 use std::sync::Arc;
@@ -53,6 +56,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/rooms/{id}/read", post(rooms::read))
         .route("/messages", get(messages::history).post(messages::create))
         .route("/messages/{id}/status", get(messages::status))
+        .route("/users/me", get(users::me).patch(users::update_me))
+        .route("/users/search", get(users::search))
+        .route("/users/{id}", get(users::profile))
+        .route("/contacts", get(contacts::list))
+        .route("/contacts/{user_id}", axum::routing::put(contacts::add).delete(contacts::remove))
+        .route("/presence", get(presence::lookup))
         .route("/ws", get(ws::chat))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 
-pub use model::{Cursor, Member, Message, Role, Room, RoomKind, User};
+pub use model::{Contact, Cursor, Member, Message, Role, Room, RoomKind, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,6 +44,13 @@ pub struct HistoryQuery {
     /// Read from the oldest matching message forward (else from the newest back).
     pub forward: bool,
     pub limit: i64,
+}
+
+/// A profile edit: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileChange {
+    pub display_name: Option<Option<String>>,
+    pub avatar_url: Option<Option<String>>,
 }
 
 #[async_trait]
@@ -119,6 +126,23 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` messages matching the search, newest first, and whether
     /// more match beyond the page.
     async fn search_messages(&self, query: &SearchQuery) -> StoreResult<(Vec<Message>, bool)>;
+
+    /// Applies a profile edit; the user as stored afterwards, `None` if unknown.
+    async fn update_profile(&self, id: ObjectId, change: &ProfileChange) -> StoreResult<Option<User>>;
+    /// Up to `limit` users whose username key or display-name key starts
+    /// with `prefix` (lower-cased), ordered by username key, beginning after
+    /// the username key `after`.
+    async fn search_users(&self, prefix: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<User>>;
+
+    /// Adds a contact unless already there; the entry as stored, and whether
+    /// this call created it.
+    async fn add_contact(&self, contact: &Contact) -> StoreResult<(Contact, bool)>;
+    /// False if it was not a contact.
+    async fn remove_contact(&self, owner_id: ObjectId, contact_id: ObjectId) -> StoreResult<bool>;
+    /// `owner_id`'s contacts, oldest first.
+    async fn contacts(&self, owner_id: ObjectId) -> StoreResult<Vec<Contact>>;
+    /// The users who have `user_id` among their contacts.
+    async fn contact_owners(&self, user_id: ObjectId) -> StoreResult<Vec<ObjectId>>;
 }
 
 /// A search over some rooms' messages. Tombstones never match.

@@ -16,6 +16,14 @@ pub struct User {
     pub password_hash: String,
     #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
     pub created_at: DateTime<Utc>,
+    /// The name shown to others; absent until the user sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Lower-cased display name: search matches prefixes ignoring case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +190,8 @@ pub struct UserView {
     pub username: String,
     pub email: String,
     pub created_at: String,
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
 }
 
 impl From<&User> for UserView {
@@ -191,6 +201,8 @@ impl From<&User> for UserView {
             username: u.username.clone(),
             email: u.email.clone(),
             created_at: rfc3339(&u.created_at),
+            display_name: u.display_name.clone(),
+            avatar_url: u.avatar_url.clone(),
         }
     }
 }
@@ -267,6 +279,50 @@ impl<'a> From<&'a Message> for MessageView<'a> {
             edited_at: m.edited_at.as_ref().map(rfc3339),
             deleted: m.deleted,
         }
+    }
+}
+
+/// A user as other users see them: no email.
+#[derive(Debug, Serialize)]
+pub struct ProfileView {
+    pub id: String,
+    pub username: String,
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
+    pub created_at: String,
+}
+
+impl From<&User> for ProfileView {
+    fn from(u: &User) -> Self {
+        ProfileView {
+            id: u.id.to_hex(),
+            username: u.username.clone(),
+            display_name: u.display_name.clone(),
+            avatar_url: u.avatar_url.clone(),
+            created_at: rfc3339(&u.created_at),
+        }
+    }
+}
+
+/// One entry of a user's contact list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Contact {
+    /// `<owner id>:<contact id>`: one entry per pair, found by primary key.
+    #[serde(rename = "_id")]
+    pub key: String,
+    pub owner_id: ObjectId,
+    pub contact_id: ObjectId,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub added_at: DateTime<Utc>,
+}
+
+impl Contact {
+    pub fn key(owner_id: ObjectId, contact_id: ObjectId) -> String {
+        format!("{}:{}", owner_id.to_hex(), contact_id.to_hex())
+    }
+
+    pub fn new(owner_id: ObjectId, contact_id: ObjectId, added_at: DateTime<Utc>) -> Self {
+        Contact { key: Contact::key(owner_id, contact_id), owner_id, contact_id, added_at }
     }
 }
 

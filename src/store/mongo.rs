@@ -13,7 +13,10 @@ use mongodb::{Collection, Database, IndexModel};
 
 use chrono::{DateTime, Utc};
 
-use super::{Cursor, HistoryQuery, Member, Message, Role, Room, SearchQuery, Store, StoreError, StoreResult, User};
+use super::{
+    Contact, Cursor, HistoryQuery, Member, Message, ProfileChange, Role, Room, SearchQuery, Store, StoreError,
+    StoreResult, User,
+};
 
 #[derive(Clone)]
 pub struct MongoStore {
@@ -22,6 +25,7 @@ pub struct MongoStore {
     rooms: Collection<Room>,
     members: Collection<Member>,
     messages: Collection<Message>,
+    contacts: Collection<Contact>,
     /// Old messages, moved out of `messages` by the archive job.
     archive: Collection<Message>,
 }
@@ -42,6 +46,7 @@ impl MongoStore {
             rooms: db.collection("rooms"),
             members: db.collection("room_members"),
             messages: db.collection("messages"),
+            contacts: db.collection("contacts"),
             archive: db.collection("messages_archive"),
             db,
         })
@@ -106,6 +111,15 @@ impl Store for MongoStore {
         ];
         for model in messages {
             timed("create_index", self.messages.create_index(model)).await?;
+        }
+        let search = index(doc! {"display_name_key": 1}, "users_display_name_key", false);
+        timed("create_index", self.users.create_index(search)).await?;
+        let contacts = [
+            index(doc! {"owner_id": 1, "added_at": 1}, "contacts_owner", false),
+            index(doc! {"contact_id": 1}, "contacts_contact", false),
+        ];
+        for model in contacts {
+            timed("create_index", self.contacts.create_index(model)).await?;
         }
         Ok(())
     }
@@ -344,6 +358,100 @@ impl Store for MongoStore {
         let has_more = page.len() as i64 > q.limit;
         page.truncate(q.limit as usize);
         Ok((page, has_more))
+    }
+
+    async fn update_profile(&self, id: ObjectId, change: &ProfileChange) -> StoreResult<Option<User>> {
+        let (mut set, mut unset) = (Document::new(), Document::new());
+        let fields = [
+            ("display_name", Some("display_name_key"), &change.display_name),
+            ("avatar_url", None, &change.avatar_url),
+        ];
+        for (field, key, value) in fields {
+            match value {
+                Some(Some(v)) => {
+                    set.insert(field, v.as_str());
+                    if let Some(key) = key {
+                        set.insert(key, v.to_lowercase());
+                    }
+                }
+                Some(None) => {
+                    unset.insert(field, "");
+                    if let Some(key) = key {
+                        unset.insert(key, "");
+                    }
+                }
+                None => {}
+            }
+        }
+        let mut update = Document::new();
+        if !set.is_empty() {
+            update.insert("$set", set);
+        }
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
+        }
+        if update.is_empty() {
+            return self.user(id).await;
+        }
+        timed(
+            "update_profile",
+            self.users.find_one_and_update(doc! {"_id": id}, update).return_document(ReturnDocument::After),
+        )
+        .await
+    }
+
+    async fn search_users(&self, prefix: &str, after: Option<&str>, limit: i64) -> StoreResult<Vec<User>> {
+        // Anchored, escaped patterns on the lower-cased keys: a prefix match
+        // that ignores case without the `i` flag, which would defeat indexes.
+        let pattern = format!("^{}", literal_pattern(prefix));
+        let mut filter = doc! {"$or": [
+            {"username_key": {"$regex": pattern.as_str()}},
+            {"display_name_key": {"$regex": pattern.as_str()}},
+        ]};
+        if let Some(after) = after {
+            filter.insert("username_key", doc! {"$gt": after});
+        }
+        timed("search_users", async {
+            self.users.find(filter).sort(doc! {"username_key": 1}).limit(limit).await?.try_collect().await
+        })
+        .await
+    }
+
+    async fn add_contact(&self, contact: &Contact) -> StoreResult<(Contact, bool)> {
+        match timed("insert_contact", self.contacts.insert_one(contact)).await {
+            Ok(_) => Ok((contact.clone(), true)),
+            Err(StoreError::Duplicate) => {
+                let stored = timed("find_contact", self.contacts.find_one(doc! {"_id": &contact.key})).await?;
+                Ok((stored.unwrap_or_else(|| contact.clone()), false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn remove_contact(&self, owner_id: ObjectId, contact_id: ObjectId) -> StoreResult<bool> {
+        let key = Contact::key(owner_id, contact_id);
+        let deleted = timed("delete_contact", self.contacts.delete_one(doc! {"_id": key})).await?;
+        Ok(deleted.deleted_count > 0)
+    }
+
+    async fn contacts(&self, owner_id: ObjectId) -> StoreResult<Vec<Contact>> {
+        timed("find_contacts", async {
+            self.contacts
+                .find(doc! {"owner_id": owner_id})
+                .sort(doc! {"added_at": 1, "_id": 1})
+                .await?
+                .try_collect()
+                .await
+        })
+        .await
+    }
+
+    async fn contact_owners(&self, user_id: ObjectId) -> StoreResult<Vec<ObjectId>> {
+        let found: Vec<Contact> = timed("find_contacts", async {
+            self.contacts.find(doc! {"contact_id": user_id}).await?.try_collect().await
+        })
+        .await?;
+        Ok(found.into_iter().map(|c| c.owner_id).collect())
     }
 }
 

@@ -52,6 +52,9 @@ pub fn config(db: &str) -> Config {
         // The default limits, except a frame rate far above what tests that
         // stream messages send; tests of the frame limit set their own.
         rate_limits: RateLimits { socket_per_sec: 100_000, socket_burst: 100_000, ..RateLimits::default() },
+        presence_grace: Duration::from_millis(300),
+        node_heartbeat: Duration::from_secs(1),
+        node_ttl: Duration::from_secs(3),
     }
 }
 
@@ -63,6 +66,7 @@ pub struct Node {
     pub http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Node {
@@ -75,17 +79,22 @@ impl Node {
             .try_init();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             runtime.block_on(async move {
                 let running = RunningNode::start(config).await.expect("node starts");
                 let _ = ready_tx.send(running.addr);
-                let _ = stopped.await;
-                running.shutdown().await;
+                tokio::select! {
+                    _ = stopped => running.shutdown().await,
+                    // Killed: return at once; dropping the runtime drops every task.
+                    Ok(()) = killed => {}
+                }
             });
         });
         let addr = ready_rx.await.expect("node thread started");
-        let node = Node { addr, http: reqwest::Client::new(), stop: Some(stop), thread: Some(thread) };
+        let node =
+            Node { addr, http: reqwest::Client::new(), stop: Some(stop), thread: Some(thread), kill: Some(kill) };
         node.wait_ready().await;
         node
     }
@@ -112,6 +121,17 @@ impl Node {
         }
         if let Some(thread) = self.thread.take() {
             tokio::task::spawn_blocking(move || thread.join()).await.unwrap().expect("node thread ends cleanly");
+        }
+    }
+
+    /// Stops the node the way a crash would: no close frames, no clean-up in
+    /// Redis; its runtime, and every task and socket on it, are dropped.
+    pub async fn kill(mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            tokio::task::spawn_blocking(move || thread.join()).await.unwrap().expect("node thread ends");
         }
     }
 
@@ -318,8 +338,18 @@ impl Client {
         }
     }
 
-    /// Asserts no message frame arrives within `within`.
+    /// Asserts no message frame arrives within `within`. Presence frames
+    /// (co-members coming and going) are not room traffic and are skipped;
+    /// `assert_quiet` counts them too.
     pub async fn assert_silent(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while let Some(f) = self.try_recv(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
+            assert_eq!(f["type"], "presence", "unexpected frame: {f}");
+        }
+    }
+
+    /// Asserts no frame at all arrives within `within`.
+    pub async fn assert_quiet(&mut self, within: Duration) {
         if let Some(f) = self.try_recv(within).await {
             panic!("unexpected frame: {f}");
         }
@@ -341,23 +371,43 @@ pub fn close_code(code: CloseCode) -> u16 {
     u16::from(code)
 }
 
-/// A redis-server of a test's own, to stop and restart.
+/// A redis-server of a test's own, on a free port, to stop and restart.
 pub struct OwnRedis {
-    port: u16,
+    pub port: u16,
     dir: tempfile::TempDir,
     child: std::process::Child,
+    /// Keeps its data across a kill (append-only file, synced on every write).
+    durable: bool,
 }
 
 impl OwnRedis {
-    pub fn start(port: u16) -> OwnRedis {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Self::spawn(port, &dir);
-        OwnRedis { port, dir, child }
+    /// A Redis whose data is gone when it stops.
+    pub fn start() -> OwnRedis {
+        Self::launch(false)
     }
 
-    fn spawn(port: u16, dir: &tempfile::TempDir) -> std::process::Child {
+    /// A Redis that comes back with the data it had when it was stopped.
+    pub fn durable() -> OwnRedis {
+        Self::launch(true)
+    }
+
+    fn launch(durable: bool) -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Self::spawn(port, &dir, durable);
+        OwnRedis { port, dir, child, durable }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(port: u16, dir: &tempfile::TempDir, durable: bool) -> std::process::Child {
+        let persistence: &[&str] =
+            if durable { &["--appendonly", "yes", "--appendfsync", "always"] } else { &["--appendonly", "no"] };
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(persistence)
             .current_dir(dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -371,7 +421,7 @@ impl OwnRedis {
         child
     }
 
-    /// Stops the server (its data is gone: no persistence).
+    /// Stops the server (a kill, like a crash).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -379,20 +429,25 @@ impl OwnRedis {
 
     /// Starts it again on the same port.
     pub fn resume(&mut self) {
-        self.child = Self::spawn(self.port, &self.dir);
+        self.child = Self::spawn(self.port, &self.dir, self.durable);
     }
 
     pub fn restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.stop();
         std::thread::sleep(Duration::from_millis(500));
-        self.child = Self::spawn(self.port, &self.dir);
+        self.resume();
     }
 }
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Asserts an error response: its status, its code, and a message.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], want_code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }

@@ -1,0 +1,59 @@
+//! `GET /users/me`, `PATCH /users/me`, `GET /users/{id}`, `GET /users/search`.
+//! Only `/users/me` shows an email address; other users' profiles never do.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Auth, Body, Params};
+use crate::error::{Error, Result};
+use crate::node::App;
+use crate::store::model::{ProfileView, UserView};
+use crate::users::{self, ProfilePatch, DEFAULT_SEARCH_PAGE, MAX_SEARCH_PAGE};
+use crate::validate;
+
+pub async fn me(State(app): State<Arc<App>>, Auth(caller): Auth) -> Result<Json<UserView>> {
+    let user = users::profile(&app, caller.user_id).await?;
+    Ok(Json(UserView::from(&user)))
+}
+
+pub async fn update_me(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Body(patch): Body<ProfilePatch>,
+) -> Result<Json<UserView>> {
+    let user = users::update_profile(&app, caller.user_id, patch).await?;
+    Ok(Json(UserView::from(&user)))
+}
+
+pub async fn profile(State(app): State<Arc<App>>, Auth(_): Auth, Path(id): Path<String>) -> Result<Json<ProfileView>> {
+    let user = users::profile(&app, validate::object_id("id", &id)?).await?;
+    Ok(Json(ProfileView::from(&user)))
+}
+
+#[derive(Deserialize)]
+pub struct SearchParams {
+    q: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+pub async fn search(
+    State(app): State<Arc<App>>,
+    Auth(_): Auth,
+    Params(p): Params<SearchParams>,
+) -> Result<Json<Value>> {
+    let q = p.q.ok_or_else(|| Error::invalid("q", "is required"))?;
+    let limit = match p.limit.as_deref() {
+        None => DEFAULT_SEARCH_PAGE,
+        Some(raw) => raw
+            .parse::<i64>()
+            .map_err(|_| Error::invalid("limit", format!("must be a whole number from 1 to {MAX_SEARCH_PAGE}")))?,
+    };
+    let found = users::search(&app, &q, p.after.as_deref(), limit).await?;
+    let views: Vec<ProfileView> = found.users.iter().map(ProfileView::from).collect();
+    Ok(Json(json!({ "users": views, "next_cursor": found.next_cursor })))
+}

@@ -1,0 +1,106 @@
+//! The node's presence housekeeping, one task per node, every heartbeat
+//! interval until shutdown:
+//!
+//! 1. Heartbeat: refresh this node's key (it expires after `node_ttl`).
+//!    Finding it expired means the other nodes may have swept this node's
+//!    connections while it could not reach Redis, so it repairs.
+//! 2. Repair, when needed: make Redis count exactly the connections this
+//!    node has (adding what a failed connect missed, removing what a failed
+//!    disconnect left, or what an earlier run under the same id left). Only
+//!    after two heartbeats in a row have succeeded: right after Redis comes
+//!    back the bus may not have resubscribed yet, and the repair's
+//!    announcements would miss this node's own clients.
+//! 3. Sweep: take out the connections of every node whose heartbeat has
+//!    expired, and announce the users that went offline with them. Every
+//!    node sweeps; the tracker makes sure each connection is removed once.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{announce, announce_offline, now_ms, TrackerError};
+use crate::node::App;
+
+pub(super) async fn run(app: Arc<App>) {
+    let presence = &app.presence;
+    let mut tick = tokio::time::interval(presence.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    let mut steady = false;
+    loop {
+        tokio::select! {
+            _ = presence.stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match presence.tracker.heartbeat(&presence.node, presence.ttl).await {
+            Ok(true) => {}
+            Ok(false) if first => {}
+            Ok(false) => {
+                tracing::warn!(node = %presence.node, "this node's heartbeat had expired; repairing its presence");
+                presence.dirty.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                presence.failed("heartbeat", &e);
+                steady = false;
+                continue;
+            }
+        }
+        first = false;
+        let repair_now = steady;
+        steady = true;
+        if repair_now && presence.dirty.swap(false, Ordering::Relaxed) {
+            if let Err(e) = repair(&app).await {
+                presence.failed("repair", &e);
+            }
+        }
+        if let Err(e) = sweep(&app).await {
+            presence.failed("sweep", &e);
+        }
+    }
+}
+
+/// Makes the tracker count exactly this node's connections.
+async fn repair(app: &App) -> Result<(), TrackerError> {
+    let presence = &app.presence;
+    // Read Redis before the local map: a connection counted in Redis is
+    // then either in the map or on its way out, never on its way in.
+    let counted = presence.tracker.connections(&presence.node).await?;
+    let local = presence.local().clone();
+    let counted_ids: HashSet<_> = counted.iter().map(|(_, conn)| *conn).collect();
+    let mut fixed = 0;
+    for (user, conn) in counted.into_iter().filter(|(_, conn)| !local.contains_key(conn)) {
+        fixed += 1;
+        if let Some(state) = presence.tracker.disconnect(presence.connection(conn, user), now_ms()).await? {
+            announce(app, user, state).await;
+        }
+    }
+    for (conn, user) in local.into_iter().filter(|(conn, _)| !counted_ids.contains(conn)) {
+        if !presence.local().contains_key(&conn) {
+            continue; // closed meanwhile
+        }
+        fixed += 1;
+        if let Some(state) = presence.tracker.connect(presence.connection(conn, user), now_ms()).await? {
+            announce(app, user, state).await;
+        }
+    }
+    if fixed > 0 {
+        metrics::counter!("confab_presence_repaired_total").increment(fixed);
+        tracing::info!(node = %presence.node, fixed, "presence repaired");
+    }
+    Ok(())
+}
+
+/// Sweeps the connections of nodes whose heartbeat has expired.
+async fn sweep(app: &App) -> Result<(), TrackerError> {
+    let presence = &app.presence;
+    for node in presence.tracker.dead_nodes().await? {
+        if node == presence.node {
+            continue;
+        }
+        let users = presence.tracker.sweep(&node, now_ms()).await?;
+        metrics::counter!("confab_presence_swept_nodes_total").increment(1);
+        tracing::info!(dead = %node, offline = users.len(), "swept a dead node's connections");
+        announce_offline(app, users).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! Presence: whether a user is online, away, busy or offline, when they were
+//! last seen, and telling the people who care when that changes.
+//!
+//! A user is online while any of their connections on any node is open. The
+//! [`Tracker`] (Redis, see [`redis`]) counts connections per user across the
+//! cluster; only the first connection and the last disconnection change
+//! anything, so a node needs no knowledge of the others. A closed
+//! connection stays counted for a grace period, so a client that reconnects
+//! at once (a network blip, a node restart behind the load balancer) never
+//! flickers offline. An explicit status (away, busy) outlives connections;
+//! the effective status is offline without a connection, else the explicit
+//! one, else online.
+//!
+//! A node that dies cannot take its connections out; its heartbeat stops,
+//! and the other nodes sweep them (see [`heartbeat`]). A node that loses
+//! Redis for a while repairs its entries when Redis is back.
+//!
+//! Changes are announced as `presence` frames to the user's contacts (their
+//! user topics) and to the subscribers of every room the user is a member of
+//! (skipping the user's own connections). Announcing reads the audience from
+//! the store, so it runs off the connect path.
+
+mod heartbeat;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bson::oid::ObjectId;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Event, Topic};
+use crate::error::{Error, Result};
+use crate::gateway::{protocol, ConnId};
+use crate::node::App;
+
+/// Most ids one bulk lookup may ask about.
+pub const MAX_LOOKUP: usize = 500;
+
+/// Publishes of one announcement in flight at once.
+const ANNOUNCE_CONCURRENCY: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Online,
+    Away,
+    Busy,
+    Offline,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Away => "away",
+            Status::Busy => "busy",
+            Status::Offline => "offline",
+        }
+    }
+
+    /// A status a user may choose (`set_status`): offline is not one of
+    /// them, it follows from having no connection.
+    pub fn settable(raw: &str) -> Result<Status> {
+        match raw {
+            "online" => Ok(Status::Online),
+            "away" => Ok(Status::Away),
+            "busy" => Ok(Status::Busy),
+            _ => Err(Error::invalid("status", "must be \"online\", \"away\" or \"busy\"")),
+        }
+    }
+
+    /// An explicit status as stored; anything else means none.
+    pub fn explicit(raw: &str) -> Option<Status> {
+        match raw {
+            "away" => Some(Status::Away),
+            "busy" => Some(Status::Busy),
+            _ => None,
+        }
+    }
+}
+
+/// What the tracker knows about one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct State {
+    /// Whether any connection of the user is counted (open, or in its grace period).
+    pub connected: bool,
+    /// Away or busy, if the user chose it.
+    pub explicit: Option<Status>,
+    /// When the user last connected or went offline, Unix ms.
+    pub last_seen_ms: Option<i64>,
+}
+
+impl State {
+    pub fn status(&self) -> Status {
+        match (self.connected, self.explicit) {
+            (false, _) => Status::Offline,
+            (true, Some(s)) => s,
+            (true, None) => Status::Online,
+        }
+    }
+}
+
+/// A user's presence as clients see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceView {
+    pub user_id: String,
+    pub status: Status,
+    pub last_seen: Option<String>,
+}
+
+impl PresenceView {
+    pub fn new(user: ObjectId, state: &State) -> Self {
+        let last_seen = state
+            .last_seen_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| crate::store::model::rfc3339(&t));
+        PresenceView { user_id: user.to_hex(), status: state.status(), last_seen }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("presence tracker: {0}")]
+pub struct TrackerError(pub String);
+
+/// One connection as the tracker counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection<'a> {
+    pub node: &'a str,
+    pub conn: ConnId,
+    pub user: ObjectId,
+}
+
+/// Cluster-wide connection counts, explicit statuses and node liveness.
+#[async_trait]
+pub trait Tracker: Send + Sync + 'static {
+    /// Counts a connection (idempotent); the user's state if it was their
+    /// first anywhere, i.e. they came online.
+    async fn connect(&self, c: Connection<'_>, now_ms: i64) -> Result<Option<State>, TrackerError>;
+    /// Stops counting a connection (idempotent); the user's state if it was
+    /// their last anywhere, i.e. they went offline.
+    async fn disconnect(&self, c: Connection<'_>, now_ms: i64) -> Result<Option<State>, TrackerError>;
+    /// Sets the explicit status (`None` clears it); the state before and after.
+    async fn set_status(&self, user: ObjectId, status: Option<Status>) -> Result<(State, State), TrackerError>;
+    /// The states of many users, in one round trip.
+    async fn states(&self, users: &[ObjectId]) -> Result<Vec<State>, TrackerError>;
+    /// Registers the node and refreshes its heartbeat for `ttl`; false if
+    /// the heartbeat had expired (or never existed).
+    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<bool, TrackerError>;
+    /// Registered nodes whose heartbeat has expired.
+    async fn dead_nodes(&self) -> Result<Vec<String>, TrackerError>;
+    /// Stops counting every connection of a dead node and forgets the node,
+    /// unless its heartbeat is back; the users that went offline.
+    async fn sweep(&self, node: &str, now_ms: i64) -> Result<Vec<ObjectId>, TrackerError>;
+    /// Ends `node`'s heartbeat, then sweeps it: a clean shutdown.
+    async fn retire(&self, node: &str, now_ms: i64) -> Result<Vec<ObjectId>, TrackerError>;
+    /// The connections counted for `node`.
+    async fn connections(&self, node: &str) -> Result<Vec<(ObjectId, ConnId)>, TrackerError>;
+}
+
+/// The node's presence keeper, one per node (in [`App`]).
+pub struct Presence {
+    tracker: Arc<dyn Tracker>,
+    node: String,
+    grace: Duration,
+    heartbeat: Duration,
+    ttl: Duration,
+    /// This node's counted connections (open, or in their grace period):
+    /// what a repair writes back after Redis lost them or missed a change.
+    local: Mutex<HashMap<ConnId, ObjectId>>,
+    /// Set when a tracker call failed; the next heartbeat repairs. Starts
+    /// set, so that the first heartbeat clears what an earlier run under
+    /// the same node id left behind.
+    dirty: AtomicBool,
+    /// Cancelled at shutdown: ends the heartbeat and every grace period.
+    stop: CancellationToken,
+    heartbeat_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Presence {
+    pub fn new(tracker: Arc<dyn Tracker>, config: &crate::config::Config) -> Self {
+        Presence {
+            tracker,
+            node: config.node_id.clone(),
+            grace: config.presence_grace,
+            heartbeat: config.node_heartbeat,
+            ttl: config.node_ttl,
+            local: Mutex::new(HashMap::new()),
+            dirty: AtomicBool::new(true),
+            stop: CancellationToken::new(),
+            heartbeat_task: Mutex::new(None),
+        }
+    }
+
+    fn connection(&self, conn: ConnId, user: ObjectId) -> Connection<'_> {
+        Connection { node: &self.node, conn, user }
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, ObjectId>> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes a failed tracker call; the connect or disconnect goes on.
+    fn failed(&self, what: &'static str, e: &TrackerError) {
+        metrics::counter!("confab_presence_errors_total", "op" => what).increment(1);
+        tracing::warn!(error = %e, op = what, "presence not updated; repaired once Redis answers");
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Starts the node's heartbeat and sweeper.
+pub fn start(app: &Arc<App>) {
+    let task = tokio::spawn(heartbeat::run(app.clone()));
+    *app.presence.heartbeat_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+}
+
+/// A chat connection opened. Never fails: without Redis the user's presence
+/// is repaired later.
+pub async fn connected(app: &Arc<App>, user: ObjectId, conn: ConnId) {
+    let presence = &app.presence;
+    presence.local().insert(conn, user);
+    match presence.tracker.connect(presence.connection(conn, user), now_ms()).await {
+        Ok(Some(state)) => spawn_announce(app, user, state),
+        Ok(None) => {}
+        Err(e) => presence.failed("connect", &e),
+    }
+}
+
+/// A chat connection closed: after the grace period, it stops counting.
+pub fn disconnected(app: &Arc<App>, user: ObjectId, conn: ConnId) {
+    let app = app.clone();
+    tokio::spawn(async move {
+        let presence = &app.presence;
+        tokio::select! {
+            // Shutting down: `shutdown` retires all of the node's connections.
+            _ = presence.stop.cancelled() => return,
+            _ = tokio::time::sleep(presence.grace) => {}
+        }
+        presence.local().remove(&conn);
+        match presence.tracker.disconnect(presence.connection(conn, user), now_ms()).await {
+            Ok(Some(state)) => announce(&app, user, state).await,
+            Ok(None) => {}
+            Err(e) => presence.failed("disconnect", &e),
+        }
+    });
+}
+
+/// `set_status` from one of the user's connections. Announced before it
+/// returns, so that the acknowledgement follows the announcement.
+pub async fn set_status(app: &App, user: ObjectId, raw: &str) -> Result<PresenceView> {
+    let status = Status::settable(raw)?;
+    let explicit = (status != Status::Online).then_some(status);
+    let (before, after) = app.presence.tracker.set_status(user, explicit).await.map_err(unavailable)?;
+    if before.status() != after.status() {
+        announce(app, user, after).await;
+    }
+    Ok(PresenceView::new(user, &after))
+}
+
+/// The presence of each of `users`, in order. Unknown users are offline and
+/// were never seen.
+pub async fn lookup(app: &App, users: &[ObjectId]) -> Result<Vec<PresenceView>> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let states = app.presence.tracker.states(users).await.map_err(unavailable)?;
+    Ok(users.iter().zip(&states).map(|(u, s)| PresenceView::new(*u, s)).collect())
+}
+
+fn unavailable(e: TrackerError) -> Error {
+    tracing::warn!(error = %e, "presence unavailable");
+    Error::Unavailable("presence is unavailable, try again".into())
+}
+
+/// Stops the heartbeat and grace timers, then takes all of the node's
+/// connections out at once and announces who went offline: a node that
+/// stops cleanly does not wait to be swept.
+pub async fn shutdown(app: &App) {
+    let presence = &app.presence;
+    presence.stop.cancel();
+    let task = presence.heartbeat_task.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(task) = task {
+        // Not waited out: with Redis slow it could be mid-way through a
+        // repair. Its commands already sent run before ours (one client,
+        // in order), so no heartbeat follows the retirement.
+        task.abort();
+        let _ = task.await;
+    }
+    presence.local().clear();
+    match tokio::time::timeout(Duration::from_secs(5), presence.tracker.retire(&presence.node, now_ms())).await {
+        Ok(Ok(users)) => announce_offline(app, users).await,
+        Ok(Err(e)) => tracing::warn!(error = %e, "presence not retired; the other nodes will sweep it"),
+        Err(_) => tracing::warn!("presence retirement timed out; the other nodes will sweep it"),
+    }
+}
+
+/// Announces that each of `users` went offline (after a sweep).
+async fn announce_offline(app: &App, users: Vec<ObjectId>) {
+    if users.is_empty() {
+        return;
+    }
+    let states = match app.presence.tracker.states(&users).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "swept users' presence not announced");
+            return;
+        }
+    };
+    for (user, state) in users.into_iter().zip(states) {
+        announce(app, user, state).await;
+    }
+}
+
+fn spawn_announce(app: &Arc<App>, user: ObjectId, state: State) {
+    let app = app.clone();
+    tokio::spawn(async move { announce(&app, user, state).await });
+}
+
+/// Sends a `presence` frame to the user's contacts and co-members.
+async fn announce(app: &App, user: ObjectId, state: State) {
+    let user_hex = user.to_hex();
+    let frame = protocol::event("presence", None, Some(&user_hex), PresenceView::new(user, &state));
+    let (owners, memberships) = tokio::join!(app.store.contact_owners(user), app.store.memberships(user));
+    let rooms = memberships.map(|ms| ms.into_iter().map(|m| m.room_id).collect::<Vec<_>>());
+    let owners = owners.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "presence not announced to contacts");
+        Vec::new()
+    });
+    let rooms = rooms.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "presence not announced to rooms");
+        Vec::new()
+    });
+    let topics = owners.into_iter().filter(|o| *o != user).map(Topic::User).chain(rooms.into_iter().map(Topic::Room));
+    metrics::counter!("confab_presence_changes_total", "status" => state.status().as_str()).increment(1);
+    futures::stream::iter(topics)
+        .for_each_concurrent(ANNOUNCE_CONCURRENCY, |topic| {
+            let frame = &frame;
+            async move {
+                if let Err(e) = app.bus.publish(topic, Event::ephemeral(Some(user), frame)).await {
+                    metrics::counter!("confab_bus_publish_failures_total").increment(1);
+                    tracing::debug!(error = %e, "presence frame not published");
+                }
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_status() {
+        let mut s = State::default();
+        assert_eq!(s.status(), Status::Offline);
+        s.explicit = Some(Status::Away);
+        assert_eq!(s.status(), Status::Offline, "away without a connection is offline");
+        s.connected = true;
+        assert_eq!(s.status(), Status::Away);
+        s.explicit = None;
+        assert_eq!(s.status(), Status::Online);
+    }
+
+    #[test]
+    fn only_online_away_and_busy_are_settable() {
+        assert_eq!(Status::settable("busy").unwrap(), Status::Busy);
+        for bad in ["offline", "Online", "", "dnd"] {
+            let e = Status::settable(bad).unwrap_err();
+            assert_eq!((e.status().as_u16(), e.public_message().starts_with("status:")), (422, true), "{bad}");
+        }
+    }
+
+    #[test]
+    fn views_carry_rfc3339_last_seen() {
+        let user = ObjectId::new();
+        let v =
+            PresenceView::new(user, &State { connected: true, explicit: None, last_seen_ms: Some(1_795_554_095_663) });
+        assert_eq!(v.last_seen.as_deref(), Some("2026-11-24T21:01:35.663Z"));
+        assert_eq!(serde_json::to_value(&v).unwrap()["status"], "online");
+        assert!(PresenceView::new(user, &State::default()).last_seen.is_none());
+    }
+}
