@@ -182,11 +182,11 @@ impl Default for RateLimits {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-fn invalid(flag: &str, env: &str, why: impl std::fmt::Display) -> ConfigError {
+pub(crate) fn invalid(flag: &str, env: &str, why: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("invalid setting --{flag} ({env}): {why}"))
 }
 
-fn missing(flag: &str, env: &str) -> ConfigError {
+pub(crate) fn missing(flag: &str, env: &str) -> ConfigError {
     ConfigError(format!(
         "missing setting --{flag} ({env}); set the flag, the variable, or `{}` in the config file",
         flag.replace('-', "_")

@@ -13,6 +13,7 @@ pub mod contacts;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod jobs;
 pub mod messages;
 pub mod metrics;
 pub mod node;

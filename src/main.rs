@@ -1,9 +1,11 @@
-//! The `confab` command: `confab serve` runs a node.
+//! The `confab` command: `confab serve` runs a node, `confab worker` runs
+//! background jobs, `confab jobs` operates their queues.
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use confab::config::ServeArgs;
+use confab::jobs::config::{JobsArgs, WorkerArgs};
 use confab::node::RunningNode;
 
 #[derive(Parser)]
@@ -20,6 +22,33 @@ enum Command {
     /// Mint access tokens with the cluster's secret (for load tests and
     /// operators); prints `user_id username token`, one line per token.
     Token(TokenArgs),
+    /// Run a background worker: notification delivery, archive, daily summaries.
+    Worker(Box<WorkerArgs>),
+    /// Operate the job queues: run a job now, show status, dead letters.
+    Jobs(JobsCli),
+}
+
+#[derive(clap::Args)]
+struct JobsCli {
+    #[command(flatten)]
+    args: JobsArgs,
+    #[command(subcommand)]
+    command: JobsCommand,
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Queue a run of a scheduled job now: `archive` or `summaries`.
+    Run { job: String },
+    /// Last run, duration, items and failures of each job; queue sizes.
+    Status,
+    /// List the deliveries that used up their attempts.
+    Dead,
+    /// Queue dead deliveries again: all, or the one entry `--id`.
+    RetryDead {
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -49,6 +78,8 @@ fn main() {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
+        Command::Worker(args) => worker(*args),
+        Command::Jobs(cli) => jobs(cli),
     };
     if let Err(message) = result {
         eprintln!("confab: {message}");
@@ -66,6 +97,33 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         node.shutdown().await;
         Ok(())
     })
+}
+
+fn worker(args: WorkerArgs) -> Result<(), String> {
+    let config = args.resolve().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let worker = confab::jobs::runner::RunningWorker::start(config).await.map_err(|e| e.to_string())?;
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing the jobs in hand");
+        worker.shutdown().await;
+        Ok(())
+    })
+}
+
+fn jobs(cli: JobsCli) -> Result<(), String> {
+    use confab::jobs::admin::Command as Admin;
+    let command = match cli.command {
+        JobsCommand::Run { job } => Admin::Run(job.parse()?),
+        JobsCommand::Status => Admin::Status,
+        JobsCommand::Dead => Admin::Dead,
+        JobsCommand::RetryDead { id } => Admin::RetryDead(id),
+    };
+    let config = cli.args.resolve().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let out = runtime.block_on(confab::jobs::admin::execute(&config, command)).map_err(|e| e.to_string())?;
+    print!("{out}");
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -105,4 +163,35 @@ fn token(args: TokenArgs) -> Result<(), String> {
         writeln!(out, "{} {username} {token}", user_id.to_hex()).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("confab").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn jobs_commands_parse_with_their_settings_anywhere() {
+        let cli = parse(&["jobs", "--redis-url", "redis://r:1", "retry-dead", "--id", "abc"]).unwrap();
+        let Command::Jobs(jobs) = cli.command else { panic!("not jobs") };
+        assert!(matches!(jobs.command, JobsCommand::RetryDead { id: Some(ref id) } if id == "abc"));
+        assert_eq!(jobs.args.redis_url.as_deref(), Some("redis://r:1"));
+        let cli = parse(&["jobs", "status", "--key-prefix", "staging"]).unwrap();
+        let Command::Jobs(jobs) = cli.command else { panic!("not jobs") };
+        assert_eq!(jobs.args.key_prefix.as_deref(), Some("staging"));
+        assert!(matches!(parse(&["jobs", "run", "archive"]).unwrap().command, Command::Jobs(_)));
+        assert!(parse(&["jobs", "explode"]).is_err());
+        assert!(parse(&["worker", "--archive-cron", "0 0 3 * * *", "--sink", "log"]).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_job_is_refused_before_anything_connects() {
+        let cli = parse(&["jobs", "--redis-url", "redis://127.0.0.1:1", "run", "reindex"]).unwrap();
+        let Command::Jobs(jobs) = cli.command else { panic!("not jobs") };
+        let err = self::jobs(jobs).unwrap_err();
+        assert!(err.contains("unknown job `reindex`"), "{err}");
+    }
 }

@@ -147,6 +147,8 @@ pub struct Page {
     pub after_seq: Option<i64>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+    /// Page across the archive too (messages the archive job moved away).
+    pub include_archived: bool,
 }
 
 /// One page of history as clients see it: `{"messages": [...], "has_more"}`.
@@ -158,6 +160,7 @@ pub async fn history_page(app: &App, caller: &Caller, page: Page) -> Result<Valu
         && page.after_seq.is_none()
         && page.since.is_none()
         && page.until.is_none()
+        && !page.include_archived
         && page.limit == DEFAULT_PAGE;
     if !newest {
         let (messages, has_more) = history(app, caller, page).await?;
@@ -188,12 +191,13 @@ fn render(messages: &[Message], has_more: bool) -> Value {
 /// oldest when `after` (or `since` without `before`) is given.
 pub async fn history(app: &App, caller: &Caller, page: Page) -> Result<(Vec<Message>, bool)> {
     rooms::readable(app, caller, page.room_id).await?;
+    let archived = page.include_archived;
     let before_seq = match page.before {
-        Some(id) => Some(cursor_seq(app, page.room_id, id, "before").await?),
+        Some(id) => Some(cursor_seq(app, page.room_id, id, "before", archived).await?),
         None => None,
     };
     let after_seq = match page.after {
-        Some(id) => Some(cursor_seq(app, page.room_id, id, "after").await?),
+        Some(id) => Some(cursor_seq(app, page.room_id, id, "after", archived).await?),
         None => page.after_seq,
     };
     let forward = after_seq.is_some() || (page.since.is_some() && page.before.is_none());
@@ -206,12 +210,50 @@ pub async fn history(app: &App, caller: &Caller, page: Page) -> Result<(Vec<Mess
         forward,
         limit: page.limit,
     };
-    Ok(app.store.history(&query).await?)
+    if !archived {
+        return Ok(app.store.history(&query).await?);
+    }
+    let (live, archive) = tokio::try_join!(app.store.history(&query), app.store.archived_history(&query))?;
+    Ok(merge_pages(live, archive, forward, query.limit))
 }
 
-/// The seq of a cursor message, which must belong to the room.
-async fn cursor_seq(app: &App, room_id: ObjectId, id: ObjectId, field: &str) -> Result<i64> {
-    match app.store.message(id).await? {
+/// One page from a page of live history and a page of the archive, each
+/// cut by the same query. The archive job moves whole messages by age, so
+/// the two may interleave by seq in any way; the page is the `limit`
+/// messages nearest the cursor of both, and more lie beyond it if either
+/// source had more or the two together overflow the page. A message found
+/// in both (the archive job stopped between its copy and its delete)
+/// counts once, as the live copy.
+pub fn merge_pages(
+    (live, live_more): (Vec<Message>, bool),
+    (archive, archive_more): (Vec<Message>, bool),
+    forward: bool,
+    limit: i64,
+) -> (Vec<Message>, bool) {
+    let mut all: Vec<Message> = live;
+    let live_seqs: std::collections::HashSet<i64> = all.iter().map(|m| m.seq).collect();
+    all.extend(archive.into_iter().filter(|m| !live_seqs.contains(&m.seq)));
+    all.sort_by_key(|m| m.seq);
+    let limit = limit.max(0) as usize;
+    let has_more = live_more || archive_more || all.len() > limit;
+    if all.len() > limit {
+        if forward {
+            all.truncate(limit);
+        } else {
+            all.drain(..all.len() - limit);
+        }
+    }
+    (all, has_more)
+}
+
+/// The seq of a cursor message, which must belong to the room; with
+/// `archived`, an archived message will do too.
+async fn cursor_seq(app: &App, room_id: ObjectId, id: ObjectId, field: &str, archived: bool) -> Result<i64> {
+    let mut found = app.store.message(id).await?;
+    if found.is_none() && archived {
+        found = app.store.archived_message(id).await?;
+    }
+    match found {
         Some(m) if m.room_id == room_id => Ok(m.seq),
         _ => Err(Error::NotFound(format!("{field}: no such message in this room"))),
     }
@@ -296,6 +338,44 @@ async fn announce(app: &App, message: &Message, frame: bytes::Bytes) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(seq: i64) -> Message {
+        let id = ObjectId::new();
+        Message {
+            id,
+            room_id: ObjectId::new(),
+            seq,
+            sender_id: ObjectId::new(),
+            content: format!("m{seq}"),
+            client_msg_id: None,
+            dedup_key: id.to_hex(),
+            timestamp: Utc::now(),
+            edited_at: None,
+            deleted: false,
+            deleted_at: None,
+        }
+    }
+
+    fn seqs(page: &(Vec<Message>, bool)) -> (Vec<i64>, bool) {
+        (page.0.iter().map(|m| m.seq).collect(), page.1)
+    }
+
+    #[test]
+    fn pages_merge_live_and_archived_history_by_seq() {
+        let page = |s: &[i64], more| (s.iter().copied().map(at).collect::<Vec<_>>(), more);
+        // Back from the newest: archived 1-3, live 4-6; a page of 4 straddles.
+        let merged = merge_pages(page(&[3, 4, 5, 6], true), page(&[1, 2, 3], false), false, 4);
+        assert_eq!(seqs(&merged), (vec![3, 4, 5, 6], true));
+        // Forward from the start.
+        let merged = merge_pages(page(&[4, 5], false), page(&[1, 2, 3], false), true, 4);
+        assert_eq!(seqs(&merged), (vec![1, 2, 3, 4], true));
+        // Everything fits: no more.
+        let merged = merge_pages(page(&[4, 5], false), page(&[1, 2], false), true, 4);
+        assert_eq!(seqs(&merged), (vec![1, 2, 4, 5], false));
+        // Interleaved, and one message in both collections: counted once.
+        let merged = merge_pages(page(&[2, 5, 7], false), page(&[1, 2, 6], false), false, 10);
+        assert_eq!(seqs(&merged), (vec![1, 2, 5, 6, 7], false));
+    }
 
     #[test]
     fn senders_owners_and_moderators_may_delete() {

@@ -62,6 +62,7 @@ pub struct HistoryParams {
     after_seq: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    include_archived: Option<String>,
 }
 
 fn instant(field: &'static str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>> {
@@ -96,6 +97,11 @@ fn page(room_id: ObjectId, p: HistoryParams) -> Result<Page> {
         },
         since: instant("since", p.since.as_deref())?,
         until: instant("until", p.until.as_deref())?,
+        include_archived: match p.include_archived.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err(Error::invalid("include_archived", "must be true or false")),
+        },
     };
     if page.after.is_some() && page.after_seq.is_some() {
         return Err(Error::invalid("after_seq", "give after or after_seq, not both"));

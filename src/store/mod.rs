@@ -110,6 +110,11 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` messages in chronological order, and whether more match
     /// beyond the page (older when reading back, newer when reading forward).
     async fn history(&self, query: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)>;
+    /// `history` over the archive: messages the archive job moved out of
+    /// the live collection (`confab worker`, docs/architecture.md).
+    async fn archived_history(&self, query: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)>;
+    /// An archived message by id.
+    async fn archived_message(&self, id: ObjectId) -> StoreResult<Option<Message>>;
 
     /// Replaces a message's content and sets `edited_at`; returns the message
     /// as stored, or `None` if there is no such message that is not deleted.

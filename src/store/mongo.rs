@@ -26,6 +26,8 @@ pub struct MongoStore {
     members: Collection<Member>,
     messages: Collection<Message>,
     contacts: Collection<Contact>,
+    /// Old messages, moved out of `messages` by the archive job.
+    archive: Collection<Message>,
 }
 
 impl MongoStore {
@@ -45,6 +47,7 @@ impl MongoStore {
             members: db.collection("room_members"),
             messages: db.collection("messages"),
             contacts: db.collection("contacts"),
+            archive: db.collection("messages_archive"),
             db,
         })
     }
@@ -289,38 +292,15 @@ impl Store for MongoStore {
     }
 
     async fn history(&self, q: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)> {
-        let mut filter = doc! {"room_id": q.room_id};
-        let mut seq = Document::new();
-        if let Some(b) = q.before_seq {
-            seq.insert("$lt", b);
-        }
-        if let Some(a) = q.after_seq {
-            seq.insert("$gt", a);
-        }
-        if !seq.is_empty() {
-            filter.insert("seq", seq);
-        }
-        let mut ts = Document::new();
-        if let Some(s) = q.since {
-            ts.insert("$gte", bson::DateTime::from_chrono(s));
-        }
-        if let Some(u) = q.until {
-            ts.insert("$lte", bson::DateTime::from_chrono(u));
-        }
-        if !ts.is_empty() {
-            filter.insert("timestamp", ts);
-        }
-        let order = if q.forward { 1 } else { -1 };
-        let mut page: Vec<Message> = timed("history", async {
-            self.messages.find(filter).sort(doc! {"seq": order}).limit(q.limit + 1).await?.try_collect().await
-        })
-        .await?;
-        let has_more = page.len() as i64 > q.limit;
-        page.truncate(q.limit as usize);
-        if !q.forward {
-            page.reverse();
-        }
-        Ok((page, has_more))
+        history_page(&self.messages, q, "history").await
+    }
+
+    async fn archived_history(&self, q: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)> {
+        history_page(&self.archive, q, "archived_history").await
+    }
+
+    async fn archived_message(&self, id: ObjectId) -> StoreResult<Option<Message>> {
+        timed("find_archived_message", self.archive.find_one(doc! {"_id": id})).await
     }
 
     async fn edit_message(&self, id: ObjectId, content: &str, at: DateTime<Utc>) -> StoreResult<Option<Message>> {
@@ -473,6 +453,47 @@ impl Store for MongoStore {
         .await?;
         Ok(found.into_iter().map(|c| c.owner_id).collect())
     }
+}
+
+/// One page of a room's history from `messages` or the archive: the same
+/// query on either collection.
+async fn history_page(
+    messages: &Collection<Message>,
+    q: &HistoryQuery,
+    op: &'static str,
+) -> StoreResult<(Vec<Message>, bool)> {
+    let mut filter = doc! {"room_id": q.room_id};
+    let mut seq = Document::new();
+    if let Some(b) = q.before_seq {
+        seq.insert("$lt", b);
+    }
+    if let Some(a) = q.after_seq {
+        seq.insert("$gt", a);
+    }
+    if !seq.is_empty() {
+        filter.insert("seq", seq);
+    }
+    let mut ts = Document::new();
+    if let Some(s) = q.since {
+        ts.insert("$gte", bson::DateTime::from_chrono(s));
+    }
+    if let Some(u) = q.until {
+        ts.insert("$lte", bson::DateTime::from_chrono(u));
+    }
+    if !ts.is_empty() {
+        filter.insert("timestamp", ts);
+    }
+    let order = if q.forward { 1 } else { -1 };
+    let mut page: Vec<Message> = timed(op, async {
+        messages.find(filter).sort(doc! {"seq": order}).limit(q.limit + 1).await?.try_collect().await
+    })
+    .await?;
+    let has_more = page.len() as i64 > q.limit;
+    page.truncate(q.limit as usize);
+    if !q.forward {
+        page.reverse();
+    }
+    Ok((page, has_more))
 }
 
 /// A regular expression matching `text` literally: every ASCII character

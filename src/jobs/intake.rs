@@ -1,0 +1,81 @@
+//! The intake: notification ids that nodes push onto `<prefix>:notify:external`
+//! become delivery jobs.
+//!
+//! An id is moved atomically (`BLMOVE`) onto `<prefix>:notify:external:moving`,
+//! queued for delivery, then removed from there. A worker that dies in
+//! between leaves the id on the moving list, where any worker's housekeeping
+//! finds it and queues it again; the delivery queue's idempotency key drops
+//! the second push when the first one did land. So an id is never lost and
+//! never delivered as two chains.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use fred::prelude::*;
+use fred::types::lists::LMoveDirection;
+use tokio_util::sync::CancellationToken;
+
+use super::queue::Queues;
+use super::runner::Shared;
+use super::{JobError, Keys};
+
+/// Longest a `BLMOVE` waits before looking at `stop` again, in seconds.
+const BLOCK_SECS: f64 = 1.0;
+
+/// Moves ids until `stop`. Blocking commands hold their connection, so the
+/// intake has a Redis client of its own.
+pub async fn run(shared: Arc<Shared>, redis_url: String, stop: CancellationToken) {
+    let timeout = Duration::from_secs_f64(BLOCK_SECS) + Duration::from_secs(5);
+    let redis = match super::redis_client_with_timeout(&redis_url, timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "the notification intake cannot reach Redis; it is not running");
+            return;
+        }
+    };
+    let keys = &shared.keys;
+    while !stop.is_cancelled() {
+        let moved: Result<Option<String>, _> = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = redis.blmove(keys.external(), keys.external_moving(), LMoveDirection::Right, LMoveDirection::Left, BLOCK_SECS) => r,
+        };
+        match moved {
+            Ok(Some(id)) => {
+                if let Err(e) = queue_one(&redis, &shared.queues, keys, &id).await {
+                    tracing::warn!(notification = %id, error = %e, "queueing a notification failed; housekeeping retries it");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the notification list failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    let _ = redis.quit().await;
+}
+
+/// Queues every id left on the moving list; returns how many.
+pub async fn recover(redis: &Client, queues: &Queues, keys: &Keys) -> Result<usize, JobError> {
+    let ids: Vec<String> = redis.lrange(keys.external_moving(), 0, -1).await?;
+    for id in &ids {
+        queue_one(redis, queues, keys, id).await?;
+    }
+    if !ids.is_empty() {
+        tracing::info!(count = ids.len(), "queued notification ids a stopped worker had taken");
+    }
+    Ok(ids.len())
+}
+
+async fn queue_one(redis: &Client, queues: &Queues, keys: &Keys, id: &str) -> Result<(), JobError> {
+    match ObjectId::parse_str(id.trim()) {
+        Ok(oid) => super::enqueue_delivery(queues, oid).await?,
+        Err(_) => tracing::warn!(value = %id, "not a notification id on the notification list; dropped"),
+    }
+    let _: i64 = redis.lrem(keys.external_moving(), 1, id).await?;
+    Ok(())
+}

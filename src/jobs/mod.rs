@@ -1,0 +1,184 @@
+//! Background jobs: `confab worker` and `confab jobs …`.
+//!
+//! A worker is a separate process; any number may run against one Redis and
+//! one MongoDB. Durable work lives in Redis queues managed by apalis (see
+//! docs/adr/0007-jobs-on-apalis.md); this module adds what the library does
+//! not decide for us:
+//! - `delivery`: one queued job per notification, handed to a [`sink`]; our
+//!   own attempt count and exponential backoff, then a dead-letter list.
+//! - `intake`: moves notification ids that nodes push onto
+//!   `<prefix>:notify:external` into the delivery queue, losing none.
+//! - `archive` and `summary`: the two scheduled jobs, pure functions of
+//!   (database, now) so that tests and re-runs are deterministic.
+//! - `schedule`: cron ticks, each claimed by exactly one replica with a Redis
+//!   lock, then queued as a `runs` job like `confab jobs run` queues one.
+//! - `status`: last run, duration, items, failures per job, in Redis and as
+//!   Prometheus metrics.
+
+pub mod admin;
+pub mod archive;
+pub mod config;
+pub mod delivery;
+pub mod intake;
+pub mod notification;
+pub mod queue;
+pub mod runner;
+pub mod schedule;
+pub mod sink;
+pub mod status;
+pub mod summary;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use delivery::enqueue_delivery;
+pub use queue::Queues;
+
+/// The Redis key names of one deployment. Every key starts with the prefix
+/// (`confab` unless configured), so deployments, or parallel tests, can
+/// share one Redis without seeing each other's jobs.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys::new(DEFAULT_PREFIX)
+    }
+}
+
+pub const DEFAULT_PREFIX: &str = "confab";
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys { prefix: prefix.to_string() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Notification ids (hex) to deliver externally; nodes `LPUSH` here.
+    pub fn external(&self) -> String {
+        format!("{}:notify:external", self.prefix)
+    }
+
+    /// Ids taken from `external` and not yet in the delivery queue.
+    pub fn external_moving(&self) -> String {
+        format!("{}:notify:external:moving", self.prefix)
+    }
+
+    /// Deliveries that used up their attempts, newest first (JSON entries).
+    pub fn dead(&self) -> String {
+        format!("{}:jobs:dead", self.prefix)
+    }
+
+    /// The status hash of one job.
+    pub fn status(&self, job: &str) -> String {
+        format!("{}:jobs:status:{job}", self.prefix)
+    }
+
+    /// The most recent runs of one job (JSON entries, newest first).
+    pub fn history(&self, job: &str) -> String {
+        format!("{}:jobs:history:{job}", self.prefix)
+    }
+
+    /// The lock that lets one replica, and only one, run a scheduled tick.
+    pub fn tick(&self, job: JobKind, tick: u64) -> String {
+        format!("{}:jobs:tick:{job}:{tick}", self.prefix)
+    }
+
+    /// The apalis queue of one kind of job.
+    pub fn queue(&self, name: &str) -> String {
+        format!("{}:jobs:q:{name}", self.prefix)
+    }
+}
+
+/// The scheduled jobs. (Deliveries are not scheduled: they are queued per
+/// notification.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Archive,
+    Summaries,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [JobKind::Archive, JobKind::Summaries];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Archive => "archive",
+            JobKind::Summaries => "summaries",
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "archive" => Ok(JobKind::Archive),
+            "summaries" => Ok(JobKind::Summaries),
+            other => Err(format!("unknown job `{other}` (archive or summaries)")),
+        }
+    }
+}
+
+/// The name deliveries are reported under in status and metrics.
+pub const DELIVERY: &str = "delivery";
+
+/// A job failure, as a message for logs, status and the dead-letter list.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JobError(pub String);
+
+impl From<mongodb::error::Error> for JobError {
+    fn from(e: mongodb::error::Error) -> Self {
+        JobError(format!("mongodb: {e}"))
+    }
+}
+
+impl From<fred::error::Error> for JobError {
+    fn from(e: fred::error::Error) -> Self {
+        JobError(format!("redis: {e}"))
+    }
+}
+
+/// Connects to MongoDB the way nodes do (lazily, short timeouts).
+pub async fn database(url: &str, name: &str) -> Result<mongodb::Database, JobError> {
+    let mut options =
+        mongodb::options::ClientOptions::parse(url).await.map_err(|e| JobError(format!("bad mongo url: {e}")))?;
+    options.app_name = Some("confab-worker".into());
+    options.server_selection_timeout = Some(std::time::Duration::from_secs(5));
+    options.connect_timeout = Some(std::time::Duration::from_secs(5));
+    Ok(mongodb::Client::with_options(options)?.database(name))
+}
+
+/// A fred client for the worker's own keys (status, locks, dead letters).
+pub async fn redis_client(url: &str) -> Result<fred::clients::Client, JobError> {
+    redis_client_with_timeout(url, std::time::Duration::from_secs(3)).await
+}
+
+/// A fred client whose commands may take up to `timeout` (blocking ones wait).
+pub async fn redis_client_with_timeout(
+    url: &str,
+    timeout: std::time::Duration,
+) -> Result<fred::clients::Client, JobError> {
+    use fred::interfaces::ClientLike;
+    let mut builder = crate::bus::redis::builder(url, 64).map_err(|e| JobError(e.to_string()))?;
+    builder.with_performance_config(|p| p.default_command_timeout = timeout);
+    let client = builder.build().map_err(|e| JobError(e.to_string()))?;
+    client.init().await?;
+    Ok(client)
+}
