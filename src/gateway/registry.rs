@@ -301,6 +301,20 @@ impl Registry {
         }
     }
 
+    /// Offers a notification frame to `user`'s local connections that are
+    /// not subscribed to `room` (to all of them without a room): a
+    /// connection watching the room sees the message itself. Returns how
+    /// many got it.
+    pub fn send_to_user_except_room(&self, user: ObjectId, room: Option<ObjectId>, frame: &Bytes) -> usize {
+        // The user's few connections first, so no two shard locks are held at once.
+        let conns: Vec<Arc<Outbox>> = match self.users.get(&user) {
+            Some(conns) => conns.values().cloned().collect(),
+            None => return 0,
+        };
+        let watching = |o: &Outbox| room.is_some_and(|r| self.rooms.get(&r).is_some_and(|m| m.contains_key(&o.id)));
+        offer_all(conns.iter(), |o| !watching(o), |o| o.offer(Outbound::Text(frame.clone())))
+    }
+
     /// Takes `user`'s local connections out of `room` and sends them `frame`
     /// (if not empty). Returns true if the room has no local subscriber left.
     pub fn evict(&self, room: ObjectId, user: ObjectId, frame: &Bytes) -> bool {
@@ -427,6 +441,27 @@ mod tests {
         assert!(!reg.unregister(a1.id));
         assert!(reg.unregister(a2.id), "alice's last connection");
         assert_eq!(reg.send_to_user(alice, &Bytes::from_static(b"receipt")), 0);
+    }
+
+    #[test]
+    fn notifications_skip_the_connections_watching_their_room() {
+        let reg = Registry::new();
+        let (room, other) = (ObjectId::new(), ObjectId::new());
+        let alice = ObjectId::new();
+        let (watching, mut rw) = Outbox::new(Some(alice), 8, CancellationToken::new());
+        let (elsewhere, mut re) = Outbox::new(Some(alice), 8, CancellationToken::new());
+        reg.register(watching.clone());
+        reg.register(elsewhere.clone());
+        reg.join(room, &watching);
+        reg.join(other, &elsewhere);
+        let frame = Bytes::from_static(b"notification");
+        assert_eq!(reg.send_to_user_except_room(alice, Some(room), &frame), 1);
+        assert!(rw.data.try_recv().is_err(), "the connection in the room sees the message itself");
+        assert!(matches!(re.data.try_recv(), Ok(Outbound::Text(f)) if &f[..] == b"notification"));
+        assert_eq!(reg.send_to_user_except_room(alice, None, &frame), 2, "without a room: every connection");
+        reg.join(room, &elsewhere);
+        assert_eq!(reg.send_to_user_except_room(alice, Some(room), &frame), 0);
+        assert_eq!(reg.send_to_user_except_room(ObjectId::new(), Some(room), &frame), 0, "nobody here");
     }
 
     #[test]
