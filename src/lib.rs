@@ -15,6 +15,7 @@ pub mod http;
 pub mod messages;
 pub mod metrics;
 pub mod node;
+pub mod notifications;
 pub mod ratelimit;
 pub mod receipts;
 pub mod rooms;

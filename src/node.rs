@@ -18,6 +18,7 @@ use crate::bus::{Bus, BusError};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayInbox, Registry, Sequencer, Subscriptions};
+use crate::notifications::Notifier;
 use crate::ratelimit::SharedLimiter;
 use crate::store::mongo::MongoStore;
 use crate::store::Store;
@@ -35,6 +36,8 @@ pub struct App {
     pub limiter: SharedLimiter,
     /// Set once the store's indexes exist; until then the node is not ready.
     pub indexes_ready: AtomicBool,
+    /// Turns messages into notifications, off the send path.
+    pub notifier: Notifier,
 }
 
 /// A node that is serving; dropping it does not stop it, `shutdown` does.
@@ -83,6 +86,7 @@ impl RunningNode {
         let limiter = SharedLimiter::connect(&config.redis_url, config.rate_limits, &config.mongo_db)
             .await
             .map_err(StartError::Backend)?;
+        let (notifier, notification_jobs) = Notifier::connect(&config).map_err(StartError::Backend)?;
         let app = Arc::new(App {
             tokens: Tokens::new(&config.jwt_secret, config.token_ttl),
             config,
@@ -93,8 +97,10 @@ impl RunningNode {
             metrics: crate::metrics::handle(),
             limiter,
             indexes_ready: AtomicBool::new(false),
+            notifier,
         });
         tokio::spawn(ensure_indexes(app.clone()));
+        tokio::spawn(crate::notifications::run(app.clone(), notification_jobs));
 
         let stop = CancellationToken::new();
         let service = NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(app.clone()));

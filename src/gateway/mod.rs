@@ -86,6 +86,12 @@ impl Inbox for GatewayInbox {
             (Topic::Room(room), _, _) => {
                 self.registry.fan_out(room, &delivery);
             }
+            (Topic::User(user), Kind::Notify, room) => {
+                let delivered = self.registry.send_to_user_except_room(user, room, &delivery.frame);
+                if delivered > 0 {
+                    crate::notifications::delivered_live(&self.store, user, &delivery);
+                }
+            }
             (Topic::User(user), _, _) => {
                 self.registry.send_to_user(user, &delivery.frame);
             }

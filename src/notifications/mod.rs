@@ -1,0 +1,516 @@
+//! Notifications: telling users about what they are not watching.
+//!
+//! - `preferences`: what each user wants (on/off, muted rooms, mentions
+//!   only, do not disturb), stored in MongoDB and cached in Redis.
+//! - `audience`: who may hear of a room's message (its members, with their
+//!   usernames for @mentions), cached per node.
+//! - `online`: whether a user has a connection on any node.
+//! - `server`: notifications a backend sends through the server API.
+//!
+//! A message becomes notifications off the send path: `messages::send`
+//! hands it to [`Notifier::message_sent`], which only queues it (a full
+//! queue drops it, counted); tasks here then work out the recipients and
+//! [`dispatch`] them. Every notification goes one of two ways:
+//!
+//! - **live**, for a user with a connection somewhere: published on the
+//!   user's bus topic, which only the nodes holding their connections
+//!   subscribe to. Each such node offers it to the user's connections that
+//!   are not subscribed to the message's room — a connection watching the
+//!   room sees the message itself — and stores it once it has shown it
+//!   somewhere (`delivered_live`; the id makes a second node's store a
+//!   no-op). A user whose every connection watches the room gets nothing
+//!   stored: they saw the message. Server API notifications have no room:
+//!   they are stored for everyone first, then shown on every connection.
+//! - **external**, for a user with no connection (or whose last one closed
+//!   between the check and the publish): stored with `external: "pending"`
+//!   and its id pushed onto the Redis list [`EXTERNAL_QUEUE`] for whatever
+//!   delivers push or email (docs/api.md, "The external queue").
+
+pub mod audience;
+pub mod online;
+pub mod preferences;
+pub mod server;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use chrono::{DateTime, Utc};
+use fred::prelude::*;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::bus::{Delivery, Event, Topic};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::gateway::protocol;
+use crate::node::App;
+use crate::store::model::rfc3339;
+use crate::store::{Message, Notification, RoomKind, Store};
+
+/// The Redis list of notification ids waiting for external delivery
+/// (`LPUSH` here; a consumer takes the oldest with `RPOP`/`BRPOP`).
+pub const EXTERNAL_QUEUE: &str = "confab:notify:external";
+
+/// Messages waiting to become notifications, per node; beyond, they are
+/// dropped (and counted) rather than slow the send path or grow memory.
+const QUEUE: usize = 10_000;
+/// Messages turned into notifications at once, per node.
+const WORKERS: usize = 8;
+/// Live notifications published at once by one dispatch.
+const PUBLISHING: usize = 64;
+/// Longest preview of a message in its notification, in characters.
+pub const PREVIEW_CHARS: usize = 140;
+
+/// What a notification says, before it has a recipient.
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub kind: String,
+    pub title: String,
+    pub message: String,
+    pub data: bson::Document,
+}
+
+impl Content {
+    fn for_user(&self, user_id: ObjectId, at: DateTime<Utc>) -> Notification {
+        Notification {
+            id: ObjectId::new(),
+            user_id,
+            kind: self.kind.clone(),
+            title: self.title.clone(),
+            message: self.message.clone(),
+            data: self.data.clone(),
+            created_at: at,
+            read: false,
+            read_at: None,
+            delivered_realtime: false,
+            external: None,
+        }
+    }
+}
+
+/// Where live notifications go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// About a message in this room: to connections not watching it, stored
+    /// by the node that shows it.
+    OutsideRoom(ObjectId),
+    /// From a backend: to every connection, stored before it goes out.
+    Everywhere,
+}
+
+/// What a dispatch did.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Outcome {
+    pub notified: usize,
+    pub delivered_realtime: usize,
+    pub queued_external: usize,
+}
+
+impl std::ops::AddAssign for Outcome {
+    fn add_assign(&mut self, o: Outcome) {
+        self.notified += o.notified;
+        self.delivered_realtime += o.delivered_realtime;
+        self.queued_external += o.queued_external;
+    }
+}
+
+fn count(channel: &'static str, n: usize) {
+    metrics::counter!("confab_notifications_total", "channel" => channel).increment(n as u64);
+}
+
+/// Notifies each of `users` with `content`; see the module doc.
+pub async fn dispatch(app: &App, users: &[ObjectId], content: &Content, route: Route) -> Result<Outcome> {
+    if users.is_empty() {
+        return Ok(Outcome::default());
+    }
+    let online = online::online(app, users).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "presence check failed; notifications go to the external queue");
+        vec![false; users.len()]
+    });
+    let now = Utc::now();
+    let (mut live, mut offline) = (Vec::new(), Vec::new());
+    for (user, on) in users.iter().zip(online) {
+        let mut n = content.for_user(*user, now);
+        n.delivered_realtime = on;
+        if on {
+            live.push(n);
+        } else {
+            n.external = Some("pending".into());
+            offline.push(n);
+        }
+    }
+    let store_first = route == Route::Everywhere;
+    let mut stored: Vec<Notification> = offline.clone();
+    if store_first {
+        stored.extend(live.iter().cloned());
+    }
+    app.store.insert_notifications(&stored).await?;
+    count("stored", stored.len());
+
+    let published: Vec<(Notification, bool)> = futures::stream::iter(live)
+        .map(|n| async move {
+            let reached = publish(app, &n, route, store_first.then_some(now)).await;
+            (n, reached)
+        })
+        .buffer_unordered(PUBLISHING)
+        .collect()
+        .await;
+    let mut outcome = Outcome { notified: users.len(), ..Default::default() };
+    for (mut n, reached) in published {
+        if reached {
+            outcome.delivered_realtime += 1;
+            continue;
+        }
+        // Their last connection closed after the check: deliver externally.
+        n.delivered_realtime = false;
+        n.external = Some("pending".into());
+        let saved = if store_first {
+            app.store.set_notification_delivery(n.id, false, Some("pending")).await
+        } else {
+            app.store.insert_notification_once(&n).await.inspect(|_| count("stored", 1))
+        };
+        match saved {
+            Ok(_) => offline.push(n),
+            Err(e) => tracing::warn!(error = %e, "notification for a user who just went offline is lost"),
+        }
+    }
+    outcome.queued_external = offline.len();
+    enqueue_external_all(app, &offline).await;
+    Ok(outcome)
+}
+
+/// Publishes one live notification on its user's topic; whether any node
+/// holding a connection of theirs received it.
+async fn publish(app: &App, n: &Notification, route: Route, stored_at: Option<DateTime<Utc>>) -> bool {
+    let frame = protocol::event("notification", None, None, LiveView::from(n));
+    let room = match route {
+        Route::OutsideRoom(room) => Some(room),
+        Route::Everywhere => None,
+    };
+    let stored_at_us = stored_at.map_or(0, |t| t.timestamp_micros().max(1) as u64);
+    match app.bus.publish_counted(Topic::User(n.user_id), Event::notify(n.id, room, stored_at_us, &frame)).await {
+        Ok(nodes) => nodes > 0,
+        Err(e) => {
+            metrics::counter!("confab_bus_publish_failures_total").increment(1);
+            tracing::warn!(error = %e, "live notification not published");
+            false
+        }
+    }
+}
+
+/// A node showed a live notification to at least one connection of `user`:
+/// counts it, and stores it if nobody has yet (from the bus reader: the
+/// write runs in its own task).
+pub fn delivered_live(store: &Arc<dyn Store>, user: ObjectId, delivery: &Delivery) {
+    count("realtime", 1);
+    if delivery.stored_at_us != 0 {
+        return;
+    }
+    let Some(n) = from_frame(user, &delivery.frame) else {
+        tracing::warn!("a live notification frame could not be read back; not stored");
+        return;
+    };
+    let store = store.clone();
+    tokio::spawn(async move {
+        match store.insert_notification_once(&n).await {
+            Ok(true) => count("stored", 1),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "notification shown live but not stored"),
+        }
+    });
+}
+
+/// The notification a live frame carries, as its user's stored record.
+fn from_frame(user: ObjectId, frame: &[u8]) -> Option<Notification> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        data: LiveView,
+    }
+    let live = serde_json::from_slice::<Envelope>(frame).ok()?.data;
+    let Value::Object(data) = live.data else { return None };
+    Some(Notification {
+        id: ObjectId::parse_str(&live.id).ok()?,
+        user_id: user,
+        kind: live.kind,
+        title: live.title,
+        message: live.message,
+        data: bson::Document::try_from(data).ok()?,
+        created_at: DateTime::parse_from_rfc3339(&live.timestamp).ok()?.with_timezone(&Utc),
+        read: false,
+        read_at: None,
+        delivered_realtime: true,
+        external: None,
+    })
+}
+
+/// Queues one notification for external delivery.
+pub async fn enqueue_external(app: &App, notification: &Notification) -> bool {
+    enqueue_external_all(app, std::slice::from_ref(notification)).await
+}
+
+/// Pushes the notifications' ids onto [`EXTERNAL_QUEUE`] in one command.
+/// If Redis refuses, they stay `pending` in MongoDB for a sweep to find.
+pub async fn enqueue_external_all(app: &App, notifications: &[Notification]) -> bool {
+    if notifications.is_empty() {
+        return true;
+    }
+    let ids: Vec<String> = notifications.iter().map(|n| n.id.to_hex()).collect();
+    let pushed: Result<i64, _> = match app.notifier.redis() {
+        Some(redis) => redis.lpush(EXTERNAL_QUEUE, ids).await,
+        None => Err(fred::error::Error::new(fred::error::ErrorKind::IO, "not connected")),
+    };
+    match pushed {
+        Ok(_) => {
+            count("external", notifications.len());
+            true
+        }
+        Err(e) => {
+            metrics::counter!("confab_notifications_external_failures_total").increment(notifications.len() as u64);
+            tracing::warn!(error = %e, "notifications not queued for external delivery; they stay pending");
+            false
+        }
+    }
+}
+
+/// A notification as its live frame carries it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LiveView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub message: String,
+    pub data: Value,
+    pub timestamp: String,
+}
+
+impl From<&Notification> for LiveView {
+    fn from(n: &Notification) -> Self {
+        LiveView {
+            id: n.id.to_hex(),
+            kind: n.kind.clone(),
+            title: n.title.clone(),
+            message: n.message.clone(),
+            data: json_of(&n.data),
+            timestamp: rfc3339(&n.created_at),
+        }
+    }
+}
+
+/// A notification as history shows it.
+#[derive(Debug, Serialize)]
+pub struct NotificationView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub message: String,
+    pub data: Value,
+    pub timestamp: String,
+    pub read: bool,
+    pub read_at: Option<String>,
+    pub delivered_realtime: bool,
+    pub external: Option<String>,
+}
+
+impl From<&Notification> for NotificationView {
+    fn from(n: &Notification) -> Self {
+        NotificationView {
+            id: n.id.to_hex(),
+            kind: n.kind.clone(),
+            title: n.title.clone(),
+            message: n.message.clone(),
+            data: json_of(&n.data),
+            timestamp: rfc3339(&n.created_at),
+            read: n.read,
+            read_at: n.read_at.as_ref().map(rfc3339),
+            delivered_realtime: n.delivered_realtime,
+            external: n.external.clone(),
+        }
+    }
+}
+
+fn json_of(data: &bson::Document) -> Value {
+    bson::Bson::Document(data.clone()).into_relaxed_extjson()
+}
+
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 200;
+/// Unread notifications are counted up to this (show "999+").
+pub const UNREAD_CAP: i64 = 1000;
+/// Most ids one `read` call may name.
+pub const MAX_READ_IDS: usize = 1000;
+
+/// One page of a user's notifications, newest first: `{"notifications", "has_more"}`.
+pub async fn history(app: &App, user: ObjectId, before: Option<ObjectId>, limit: i64) -> Result<Value> {
+    let (page, has_more) = app.store.notifications(user, before, limit).await?;
+    let views: Vec<NotificationView> = page.iter().map(NotificationView::from).collect();
+    Ok(serde_json::json!({ "notifications": views, "has_more": has_more }))
+}
+
+/// Marks the user's notifications read: those named, or all. Ids of other
+/// users' notifications change nothing. Returns how many changed.
+pub async fn mark_read(app: &App, user: ObjectId, ids: Option<Vec<ObjectId>>) -> Result<u64> {
+    if ids.as_ref().is_some_and(|ids| ids.len() > MAX_READ_IDS) {
+        return Err(Error::invalid("ids", format!("at most {MAX_READ_IDS} per call")));
+    }
+    if ids.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(0);
+    }
+    Ok(app.store.mark_notifications_read(user, ids.as_deref(), Utc::now()).await?)
+}
+
+pub async fn unread_count(app: &App, user: ObjectId) -> Result<i64> {
+    Ok(app.store.count_unread_notifications(user, UNREAD_CAP).await?)
+}
+
+/// A message on its way to becoming notifications.
+struct MessageJob {
+    message: Message,
+    sender_name: String,
+}
+
+/// The node's notification machinery: the queue the send path feeds, the
+/// member lists it keeps, and its own Redis connection (preferences cache,
+/// external queue).
+pub struct Notifier {
+    redis: Client,
+    jobs: mpsc::Sender<MessageJob>,
+    pub audiences: audience::Audiences,
+}
+
+/// The receiving end of the notifier's queue, for [`run`].
+pub struct Jobs(mpsc::Receiver<MessageJob>);
+
+impl Notifier {
+    /// Starts the notifier's Redis connection (without waiting for it).
+    pub fn connect(config: &Config) -> std::result::Result<(Notifier, Jobs), String> {
+        let mut builder = crate::bus::redis::builder(&config.redis_url, 16).map_err(|e| e.to_string())?;
+        builder.with_performance_config(|p| p.default_command_timeout = Duration::from_secs(1));
+        let redis = builder.build().map_err(|e| e.to_string())?;
+        redis.connect();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Ok((Notifier { redis, jobs: tx, audiences: audience::Audiences::default() }, Jobs(rx)))
+    }
+
+    /// The Redis client, unless it is known to be disconnected.
+    pub(crate) fn redis(&self) -> Option<&Client> {
+        self.redis.is_connected().then_some(&self.redis)
+    }
+
+    /// Queues a just-published message for notifications; never waits.
+    pub fn message_sent(&self, message: &Message, sender_name: &str) {
+        let job = MessageJob { message: message.clone(), sender_name: sender_name.to_string() };
+        if self.jobs.try_send(job).is_err() {
+            metrics::counter!("confab_notifications_dropped_total").increment(1);
+        }
+    }
+}
+
+/// Turns queued messages into notifications, a few at a time, until the
+/// node stops.
+pub async fn run(app: Arc<App>, jobs: Jobs) {
+    let mut jobs = jobs.0;
+    let permits = Arc::new(Semaphore::new(WORKERS));
+    while let Some(job) = jobs.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let room = job.message.room_id;
+            if let Err(e) = for_message(&app, job).await {
+                tracing::warn!(error = %e, room = %room, "message notifications failed");
+            }
+        });
+    }
+}
+
+/// Notifies the members of a message's room (see `audience` for which).
+async fn for_message(app: &App, job: MessageJob) -> Result<Outcome> {
+    let m = &job.message;
+    let audience = app.notifier.audiences.of(app, m.room_id).await?;
+    let mentions = audience::mentions(&m.content);
+    let candidates = audience.candidates(app, m.room_id, m.sender_id, &mentions).await?;
+    let ids: Vec<ObjectId> = candidates.iter().map(|(id, _)| *id).collect();
+    let prefs = preferences::load_many(app, &ids).await?;
+    let now = Utc::now();
+    let mut recipients = Vec::with_capacity(candidates.len());
+    let mut suppressed: HashMap<&'static str, u64> = HashMap::new();
+    for (user, mentioned) in candidates {
+        let wants = prefs.get(&user).map_or(Ok(()), |p| preferences::check(p, m.room_id, mentioned, now));
+        match wants {
+            Ok(()) => recipients.push(user),
+            Err(why) => *suppressed.entry(why.label()).or_default() += 1,
+        }
+    }
+    for (reason, n) in suppressed {
+        metrics::counter!("confab_notifications_suppressed_total", "reason" => reason).increment(n);
+    }
+    let content = message_content(m, &job.sender_name, &audience);
+    dispatch(app, &recipients, &content, Route::OutsideRoom(m.room_id)).await
+}
+
+fn message_content(m: &Message, sender_name: &str, audience: &audience::Audience) -> Content {
+    let title = match audience.kind {
+        RoomKind::Direct => sender_name.to_string(),
+        _ => format!("New message from {sender_name} in #{}", audience.room_name),
+    };
+    Content {
+        kind: "new_message".into(),
+        title,
+        message: preview(&m.content),
+        data: bson::doc! {
+            "room_id": m.room_id.to_hex(),
+            "message_id": m.id.to_hex(),
+            "sender_id": m.sender_id.to_hex(),
+        },
+    }
+}
+
+/// The first [`PREVIEW_CHARS`] characters, with an ellipsis if cut.
+pub fn preview(content: &str) -> String {
+    match content.char_indices().nth(PREVIEW_CHARS) {
+        Some((cut, _)) => format!("{}…", content[..cut].trim_end()),
+        None => content.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_cut_long_messages_at_a_character_boundary() {
+        assert_eq!(preview("hello"), "hello");
+        let exact = "é".repeat(PREVIEW_CHARS);
+        assert_eq!(preview(&exact), exact);
+        let long = format!("{} tail", "é".repeat(PREVIEW_CHARS));
+        assert_eq!(preview(&long), format!("{exact}…"));
+    }
+
+    #[test]
+    fn live_frames_read_back_into_the_same_notification() {
+        let content = Content {
+            kind: "new_message".into(),
+            title: "New message from alice in #general".into(),
+            message: "hi @bob".into(),
+            data: bson::doc! {"room_id": "r", "n": 3, "nested": {"ok": true}},
+        };
+        let user = ObjectId::new();
+        let n = content.for_user(user, Utc::now());
+        let frame = protocol::event("notification", None, None, LiveView::from(&n));
+        let v: Value = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(v["type"], "notification");
+        assert_eq!(v["data"]["type"], "new_message");
+        assert_eq!(v["data"]["data"]["nested"]["ok"], true);
+        let back = from_frame(user, &frame).unwrap();
+        assert_eq!((back.id, back.user_id, &back.title, &back.data), (n.id, user, &n.title, &n.data));
+        assert_eq!(back.created_at.timestamp_millis(), n.created_at.timestamp_millis());
+        assert!(back.delivered_realtime && back.external.is_none() && !back.read);
+        assert!(from_frame(user, b"{\"data\":{}}").is_none());
+    }
+}
