@@ -9,7 +9,9 @@ mod extract;
 mod health;
 mod limit;
 mod messages;
+mod notifications;
 mod rooms;
+mod server_api;
 mod ws;
 
 use std::sync::Arc;
@@ -62,6 +64,7 @@ pub fn router(app: Arc<App>) -> Router {
     if app.config.echo_endpoint {
         router = router.route("/ws/echo", get(ws::echo));
     }
+    router = router.merge(notifications::routes()).merge(server_api::routes());
     router
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
