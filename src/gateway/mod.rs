@@ -198,8 +198,9 @@ pub async fn run_chat(app: Arc<App>, caller: Caller, ws: Upgraded) {
     let (outbox, queues) = Outbox::new(Some(caller.user_id), app.config.outbound_queue, gateway.shutdown.child_token());
     gateway.registry.register(outbox.clone());
     // Receipts and presence reach a user through their own topic.
-    if let Err(e) = gateway.subscriptions.ensure(Topic::User(caller.user_id)).await {
-        tracing::warn!(error = %e, "user topic not subscribed; receipts reach this connection late");
+    match gateway.subscriptions.ensure(Topic::User(caller.user_id)).await {
+        Ok(()) => outbox.mark_user_topic_subscribed(),
+        Err(e) => tracing::warn!(error = %e, "user topic not subscribed; receipts reach this connection late"),
     }
     let session = session::ChatSession::new(app.clone(), caller, outbox.clone());
     socket::drive(socket::split(ws), outbox, queues, limits(&app), session).await;

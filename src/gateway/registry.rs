@@ -60,6 +60,9 @@ pub struct Outbox {
     /// Rooms this connection was removed from by a membership change on some
     /// node; the session drains them before acting on its next frame.
     revoked: Mutex<Vec<ObjectId>>,
+    /// The node's subscription to this connection's user topic was confirmed;
+    /// it lasts while the connection is registered.
+    user_topic: AtomicBool,
 }
 
 struct Hold {
@@ -94,6 +97,7 @@ impl Outbox {
             holding: AtomicBool::new(false),
             hold: Mutex::new(None),
             revoked: Mutex::new(Vec::new()),
+            user_topic: AtomicBool::new(false),
         };
         (Arc::new(outbox), OutboxReceivers { data: data_rx, control: control_rx })
     }
@@ -151,6 +155,12 @@ impl Outbox {
     /// Notes that the user was removed from `room` (see `take_revoked`).
     fn revoke(&self, room: ObjectId) {
         self.revoked.lock().unwrap_or_else(|e| e.into_inner()).push(room);
+    }
+
+    /// Notes that this node is subscribed to the connection's user topic
+    /// (after `Subscriptions::ensure` succeeded for it).
+    pub fn mark_user_topic_subscribed(&self) {
+        self.user_topic.store(true, Ordering::Release);
     }
 
     /// Rooms this connection lost since the last call.
@@ -231,6 +241,13 @@ impl Registry {
         }
         metrics::gauge!("confab_connections_active").set(self.conns.len() as f64);
         last
+    }
+
+    /// Whether this node holds a connection of `user` whose user-topic
+    /// subscription is confirmed: while it stays registered, the node cannot
+    /// unsubscribe, so it receives everything published to the user.
+    pub fn user_topic_held(&self, user: ObjectId) -> bool {
+        self.users.get(&user).is_some_and(|m| m.values().any(|o| o.user_topic.load(Ordering::Acquire)))
     }
 
     /// How many connections `user` has on this node.

@@ -21,6 +21,8 @@
 //!   no-op). A user whose every connection watches the room gets nothing
 //!   stored: they saw the message. Server API notifications have no room:
 //!   they are stored for everyone first, then shown on every connection.
+//!   A user whose connections are all on the dispatching node is served
+//!   there directly, without the bus.
 //! - **external**, for a user with no connection (or whose last one closed
 //!   between the check and the publish): stored with `external: "pending"`
 //!   and its id pushed onto the Redis list [`EXTERNAL_QUEUE`] for whatever
@@ -36,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bson::oid::ObjectId;
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use fred::prelude::*;
 use futures::StreamExt;
@@ -75,9 +78,9 @@ pub struct Content {
 }
 
 impl Content {
-    fn for_user(&self, user_id: ObjectId, at: DateTime<Utc>) -> Notification {
+    fn notification(&self, user_id: ObjectId, id: ObjectId, at: DateTime<Utc>) -> Notification {
         Notification {
-            id: ObjectId::new(),
+            id,
             user_id,
             kind: self.kind.clone(),
             title: self.title.clone(),
@@ -122,77 +125,131 @@ fn count(channel: &'static str, n: usize) {
     metrics::counter!("confab_notifications_total", "channel" => channel).increment(n as u64);
 }
 
-/// Notifies each of `users` with `content`; see the module doc.
+/// Notifies each of `users` with `content`; see the module doc. A user held
+/// by this node alone is served here without the bus round trip.
 pub async fn dispatch(app: &App, users: &[ObjectId], content: &Content, route: Route) -> Result<Outcome> {
     if users.is_empty() {
         return Ok(Outcome::default());
     }
-    let online = online::online(app, users).await.unwrap_or_else(|e| {
+    let holders = online::nodes(app, users).await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "presence check failed; notifications go to the external queue");
-        vec![false; users.len()]
+        vec![0; users.len()]
     });
     let now = Utc::now();
-    let (mut live, mut offline) = (Vec::new(), Vec::new());
-    for (user, on) in users.iter().zip(online) {
-        let mut n = content.for_user(*user, now);
-        n.delivered_realtime = on;
-        if on {
-            live.push(n);
-        } else {
-            n.external = Some("pending".into());
-            offline.push(n);
+    let frame = LiveFrame::new(content, now);
+    let store_first = route == Route::Everywhere;
+    let mut outcome = Outcome { notified: users.len(), ..Default::default() };
+    let (mut to_store, mut external, mut remote) = (Vec::new(), Vec::new(), Vec::new());
+    for (&user, nodes) in users.iter().zip(holders) {
+        let id = ObjectId::new();
+        let n = || content.notification(user, id, now);
+        match (route, nodes) {
+            (_, 0) => {
+                to_store.push(Notification { external: Some("pending".into()), ..n() });
+                external.push(id);
+            }
+            (Route::OutsideRoom(room), 1) if app.gateway.registry.user_topic_held(user) => {
+                // The one node holding the user is this one.
+                if app.gateway.registry.send_to_user_except_room(user, Some(room), &frame.with_id(id)) > 0 {
+                    count("realtime", 1);
+                    outcome.delivered_realtime += 1;
+                    to_store.push(Notification { delivered_realtime: true, ..n() });
+                }
+            }
+            _ => {
+                if store_first {
+                    to_store.push(Notification { delivered_realtime: true, ..n() });
+                }
+                remote.push((user, id));
+            }
         }
     }
-    let store_first = route == Route::Everywhere;
-    let mut stored: Vec<Notification> = offline.clone();
-    if store_first {
-        stored.extend(live.iter().cloned());
-    }
-    app.store.insert_notifications(&stored).await?;
-    count("stored", stored.len());
+    app.store.insert_notifications(&to_store).await?;
+    count("stored", to_store.len());
 
-    let published: Vec<(Notification, bool)> = futures::stream::iter(live)
-        .map(|n| async move {
-            let reached = publish(app, &n, route, store_first.then_some(now)).await;
-            (n, reached)
+    let stored_at_us = if store_first { now.timestamp_micros().max(1) as u64 } else { 0 };
+    let published: Vec<(ObjectId, ObjectId, bool)> = futures::stream::iter(remote)
+        .map(|(user, id)| {
+            let frame = frame.with_id(id);
+            async move {
+                let room = match route {
+                    Route::OutsideRoom(room) => Some(room),
+                    Route::Everywhere => None,
+                };
+                (user, id, publish(app, user, Event::notify(id, room, stored_at_us, &frame)).await)
+            }
         })
         .buffer_unordered(PUBLISHING)
         .collect()
         .await;
-    let mut outcome = Outcome { notified: users.len(), ..Default::default() };
-    for (mut n, reached) in published {
+    for (user, id, reached) in published {
         if reached {
             outcome.delivered_realtime += 1;
             continue;
         }
         // Their last connection closed after the check: deliver externally.
-        n.delivered_realtime = false;
-        n.external = Some("pending".into());
         let saved = if store_first {
-            app.store.set_notification_delivery(n.id, false, Some("pending")).await
+            app.store.set_notification_delivery(id, false, Some("pending")).await
         } else {
+            let n = Notification { external: Some("pending".into()), ..content.notification(user, id, now) };
             app.store.insert_notification_once(&n).await.inspect(|_| count("stored", 1))
         };
         match saved {
-            Ok(_) => offline.push(n),
+            Ok(_) => external.push(id),
             Err(e) => tracing::warn!(error = %e, "notification for a user who just went offline is lost"),
         }
     }
-    outcome.queued_external = offline.len();
-    enqueue_external_all(app, &offline).await;
+    outcome.queued_external = external.len();
+    enqueue(app, &external).await;
     Ok(outcome)
+}
+
+/// A dispatch's live frame, encoded once: each recipient's copy differs
+/// only in the notification id, written over a placeholder.
+struct LiveFrame {
+    view: LiveView,
+    bytes: Bytes,
+    /// Where the id's 24 hex digits start, if the encoding put it first.
+    id_at: Option<usize>,
+}
+
+/// How every live frame starts: the id is the first field of `data`.
+const FRAME_START: &[u8] = br#"{"type":"notification","data":{"id":""#;
+
+impl LiveFrame {
+    fn new(content: &Content, at: DateTime<Utc>) -> Self {
+        let view = LiveView {
+            id: ObjectId::from_bytes([0; 12]).to_hex(),
+            kind: content.kind.clone(),
+            title: content.title.clone(),
+            message: content.message.clone(),
+            data: json_of(&content.data),
+            timestamp: rfc3339(&at),
+        };
+        let bytes = protocol::event("notification", None, None, &view);
+        let id_at = bytes.starts_with(FRAME_START).then_some(FRAME_START.len());
+        LiveFrame { view, bytes, id_at }
+    }
+
+    fn with_id(&self, id: ObjectId) -> Bytes {
+        match self.id_at {
+            Some(at) => {
+                let mut out = BytesMut::from(&self.bytes[..]);
+                out[at..at + 24].copy_from_slice(id.to_hex().as_bytes());
+                out.freeze()
+            }
+            None => {
+                let view = LiveView { id: id.to_hex(), ..self.view.clone() };
+                protocol::event("notification", None, None, &view)
+            }
+        }
+    }
 }
 
 /// Publishes one live notification on its user's topic; whether any node
 /// holding a connection of theirs received it.
-async fn publish(app: &App, n: &Notification, route: Route, stored_at: Option<DateTime<Utc>>) -> bool {
-    let frame = protocol::event("notification", None, None, LiveView::from(n));
-    let room = match route {
-        Route::OutsideRoom(room) => Some(room),
-        Route::Everywhere => None,
-    };
-    let stored_at_us = stored_at.map_or(0, |t| t.timestamp_micros().max(1) as u64);
-    match app.bus.publish_counted(Topic::User(n.user_id), Event::notify(n.id, room, stored_at_us, &frame)).await {
+async fn publish(app: &App, user: ObjectId, event: Event<'_>) -> bool {
+    match app.bus.publish_counted(Topic::User(user), event).await {
         Ok(nodes) => nodes > 0,
         Err(e) => {
             metrics::counter!("confab_bus_publish_failures_total").increment(1);
@@ -249,27 +306,33 @@ fn from_frame(user: ObjectId, frame: &[u8]) -> Option<Notification> {
 
 /// Queues one notification for external delivery.
 pub async fn enqueue_external(app: &App, notification: &Notification) -> bool {
-    enqueue_external_all(app, std::slice::from_ref(notification)).await
+    enqueue(app, &[notification.id]).await
 }
 
-/// Pushes the notifications' ids onto [`EXTERNAL_QUEUE`] in one command.
-/// If Redis refuses, they stay `pending` in MongoDB for a sweep to find.
+/// Queues notifications for external delivery.
 pub async fn enqueue_external_all(app: &App, notifications: &[Notification]) -> bool {
-    if notifications.is_empty() {
+    let ids: Vec<ObjectId> = notifications.iter().map(|n| n.id).collect();
+    enqueue(app, &ids).await
+}
+
+/// Pushes ids onto [`EXTERNAL_QUEUE`] in one command. If Redis refuses,
+/// the notifications stay `pending` in MongoDB for a sweep to find.
+async fn enqueue(app: &App, ids: &[ObjectId]) -> bool {
+    if ids.is_empty() {
         return true;
     }
-    let ids: Vec<String> = notifications.iter().map(|n| n.id.to_hex()).collect();
+    let hex: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
     let pushed: Result<i64, _> = match app.notifier.redis() {
-        Some(redis) => redis.lpush(EXTERNAL_QUEUE, ids).await,
+        Some(redis) => redis.lpush(EXTERNAL_QUEUE, hex).await,
         None => Err(fred::error::Error::new(fred::error::ErrorKind::IO, "not connected")),
     };
     match pushed {
         Ok(_) => {
-            count("external", notifications.len());
+            count("external", ids.len());
             true
         }
         Err(e) => {
-            metrics::counter!("confab_notifications_external_failures_total").increment(notifications.len() as u64);
+            metrics::counter!("confab_notifications_external_failures_total").increment(ids.len() as u64);
             tracing::warn!(error = %e, "notifications not queued for external delivery; they stay pending");
             false
         }
@@ -277,7 +340,7 @@ pub async fn enqueue_external_all(app: &App, notifications: &[Notification]) -> 
 }
 
 /// A notification as its live frame carries it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LiveView {
     pub id: String,
     #[serde(rename = "type")]
@@ -501,8 +564,9 @@ mod tests {
             data: bson::doc! {"room_id": "r", "n": 3, "nested": {"ok": true}},
         };
         let user = ObjectId::new();
-        let n = content.for_user(user, Utc::now());
-        let frame = protocol::event("notification", None, None, LiveView::from(&n));
+        let n = content.notification(user, ObjectId::new(), Utc::now());
+        let frame = LiveFrame::new(&content, n.created_at).with_id(n.id);
+        assert_eq!(frame, protocol::event("notification", None, None, LiveView::from(&n)), "patched = encoded");
         let v: Value = serde_json::from_slice(&frame).unwrap();
         assert_eq!(v["type"], "notification");
         assert_eq!(v["data"]["type"], "new_message");

@@ -13,6 +13,11 @@ use crate::node::App;
 
 /// For each user, in order: connected somewhere.
 pub async fn online(app: &App, users: &[ObjectId]) -> Result<Vec<bool>, BusError> {
+    Ok(nodes(app, users).await?.into_iter().map(|n| n > 0).collect())
+}
+
+/// For each user, in order: how many nodes hold their connections (0: offline).
+pub async fn nodes(app: &App, users: &[ObjectId]) -> Result<Vec<usize>, BusError> {
     let topics: Vec<Topic> = users.iter().map(|u| Topic::User(*u)).collect();
-    Ok(app.bus.subscribers(&topics).await?.into_iter().map(|nodes| nodes > 0).collect())
+    app.bus.subscribers(&topics).await
 }
