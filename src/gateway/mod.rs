@@ -9,6 +9,8 @@
 //! - `subscriptions`: keeps the node subscribed to a room's or user's bus
 //!   topic exactly while it has local listeners, off the delivery path.
 //! - `sequencer`: keeps each room's live messages in seq order, fills gaps.
+//! - `watching`: hints that a user watches a room on every connection, so
+//!   their notifications about it need not be sent.
 //! - `protocol`: the JSON envelope of client and server frames.
 //! - `session`: what a chat connection does with each client frame.
 //! - `echo`: the RFC 6455 conformance endpoint, on the same socket code.
@@ -21,6 +23,7 @@ pub mod sequencer;
 pub mod session;
 pub mod socket;
 pub mod subscriptions;
+pub mod watching;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -90,6 +93,9 @@ impl Inbox for GatewayInbox {
                 let delivered = self.registry.send_to_user_except_room(user, room, &delivery.frame);
                 if delivered > 0 {
                     crate::notifications::delivered_live(&self.store, user, &delivery);
+                } else if let Some(room) = room.filter(|_| self.registry.user_connections(user) > 0) {
+                    // Every connection of theirs here watches the room.
+                    self.registry.watching.note(user, room);
                 }
             }
             (Topic::User(user), _, _) => {

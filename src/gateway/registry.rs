@@ -15,6 +15,7 @@ use bson::oid::ObjectId;
 use bytes::Bytes;
 use dashmap::DashMap;
 
+use super::watching::Watching;
 use crate::bus::{Delivery, Kind, Topic};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -211,6 +212,8 @@ pub struct Registry {
     rooms: DashMap<ObjectId, Members>,
     users: DashMap<ObjectId, Members>,
     conns: DashMap<ConnId, Arc<Outbox>>,
+    /// Which users watch which rooms with every local connection.
+    pub watching: Watching,
 }
 
 impl Registry {
@@ -222,6 +225,8 @@ impl Registry {
     pub fn register(&self, outbox: Arc<Outbox>) -> bool {
         let mut first = false;
         if let Some(user) = outbox.user_id {
+            // A new connection watches no room yet.
+            self.watching.ended_all(user);
             let mut entry = self.users.entry(user).or_default();
             first = entry.is_empty();
             entry.insert(outbox.id, outbox.clone());
@@ -237,6 +242,9 @@ impl Registry {
         if let Some((_, outbox)) = self.conns.remove(&conn) {
             if let Some(user) = outbox.user_id {
                 last = remove_member(&self.users, user, conn);
+                if last {
+                    self.watching.ended_all(user);
+                }
             }
         }
         metrics::gauge!("confab_connections_active").set(self.conns.len() as f64);
@@ -248,6 +256,16 @@ impl Registry {
     /// unsubscribe, so it receives everything published to the user.
     pub fn user_topic_held(&self, user: ObjectId) -> bool {
         self.users.get(&user).is_some_and(|m| m.values().any(|o| o.user_topic.load(Ordering::Acquire)))
+    }
+
+    /// Whether `user` has connections here and every one of them is
+    /// subscribed to `room` (a notification about it would reach none).
+    pub fn watches_here(&self, user: ObjectId, room: ObjectId) -> bool {
+        let conns: Vec<ConnId> = match self.users.get(&user) {
+            Some(m) => m.keys().copied().collect(),
+            None => return false,
+        };
+        !conns.is_empty() && self.rooms.get(&room).is_some_and(|m| conns.iter().all(|c| m.contains_key(c)))
     }
 
     /// How many connections `user` has on this node.
@@ -274,6 +292,9 @@ impl Registry {
 
     /// Removes a connection from a room; true if the room has no local one left.
     pub fn leave(&self, room: ObjectId, conn: ConnId) -> bool {
+        if let Some(user) = self.conns.get(&conn).and_then(|o| o.user_id) {
+            self.watching.ended(user, room);
+        }
         remove_member(&self.rooms, room, conn)
     }
 
@@ -335,6 +356,7 @@ impl Registry {
     /// Takes `user`'s local connections out of `room` and sends them `frame`
     /// (if not empty). Returns true if the room has no local subscriber left.
     pub fn evict(&self, room: ObjectId, user: ObjectId, frame: &Bytes) -> bool {
+        self.watching.ended(user, room);
         let mut evicted = Vec::new();
         let emptied = self.rooms.remove_if_mut(&room, |_, members| {
             members.retain(|_, o| {
@@ -476,7 +498,10 @@ mod tests {
         assert!(rw.data.try_recv().is_err(), "the connection in the room sees the message itself");
         assert!(matches!(re.data.try_recv(), Ok(Outbound::Text(f)) if &f[..] == b"notification"));
         assert_eq!(reg.send_to_user_except_room(alice, None, &frame), 2, "without a room: every connection");
+        assert!(!reg.watches_here(alice, room));
         reg.join(room, &elsewhere);
+        assert!(reg.watches_here(alice, room));
+        assert!(!reg.watches_here(alice, other) && !reg.watches_here(ObjectId::new(), room));
         assert_eq!(reg.send_to_user_except_room(alice, Some(room), &frame), 0);
         assert_eq!(reg.send_to_user_except_room(ObjectId::new(), Some(room), &frame), 0, "nobody here");
     }

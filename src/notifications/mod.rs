@@ -50,6 +50,7 @@ use crate::bus::{Delivery, Event, Topic};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gateway::protocol;
+use crate::gateway::watching::Change;
 use crate::node::App;
 use crate::store::model::rfc3339;
 use crate::store::{Message, Notification, RoomKind, Store};
@@ -125,22 +126,36 @@ fn count(channel: &'static str, n: usize) {
     metrics::counter!("confab_notifications_total", "channel" => channel).increment(n as u64);
 }
 
-/// Notifies each of `users` with `content`; see the module doc. A user held
-/// by this node alone is served here without the bus round trip.
+/// Notifies each of `users` with `content`; see the module doc.
 pub async fn dispatch(app: &App, users: &[ObjectId], content: &Content, route: Route) -> Result<Outcome> {
+    let holders = holders(app, users).await;
+    deliver(app, users.iter().copied().zip(holders).collect(), content, route).await
+}
+
+/// How many nodes hold each user's connections; on failure none (the
+/// notifications then go to the external queue).
+async fn holders(app: &App, users: &[ObjectId]) -> Vec<usize> {
+    if users.is_empty() {
+        return Vec::new();
+    }
+    online::nodes(app, users).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "presence check failed; notifications go to the external queue");
+        vec![0; users.len()]
+    })
+}
+
+/// Notifies users, each with the number of nodes holding them. A user held
+/// by this node alone is served here without the bus round trip.
+async fn deliver(app: &App, users: Vec<(ObjectId, usize)>, content: &Content, route: Route) -> Result<Outcome> {
     if users.is_empty() {
         return Ok(Outcome::default());
     }
-    let holders = online::nodes(app, users).await.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "presence check failed; notifications go to the external queue");
-        vec![0; users.len()]
-    });
     let now = Utc::now();
     let frame = LiveFrame::new(content, now);
     let store_first = route == Route::Everywhere;
     let mut outcome = Outcome { notified: users.len(), ..Default::default() };
     let (mut to_store, mut external, mut remote) = (Vec::new(), Vec::new(), Vec::new());
-    for (&user, nodes) in users.iter().zip(holders) {
+    for (user, nodes) in users {
         let id = ObjectId::new();
         let n = || content.notification(user, id, now);
         match (route, nodes) {
@@ -202,6 +217,62 @@ pub async fn dispatch(app: &App, users: &[ObjectId], content: &Content, route: R
     outcome.queued_external = external.len();
     enqueue(app, &external).await;
     Ok(outcome)
+}
+
+/// How long a watching hint lives unless refreshed by another notification
+/// shown to nobody (see `gateway::watching`).
+const WATCHING_TTL_MS: i64 = 3000;
+
+fn watching_key(room: ObjectId, user: ObjectId) -> String {
+    format!("confab:nw:{}:{}", room.to_hex(), user.to_hex())
+}
+
+/// Leaves out the users (held by one other node) that node says watch
+/// `room` on every connection: one `MGET`; without Redis, nobody is left out.
+async fn not_watching<T>(app: &App, room: ObjectId, users: Vec<T>, user_of: impl Fn(&T) -> ObjectId) -> Vec<T> {
+    let Some(redis) = app.notifier.redis().filter(|_| !users.is_empty()) else { return users };
+    let keys: Vec<String> = users.iter().map(|u| watching_key(room, user_of(u))).collect();
+    let hints: Vec<Option<String>> = if keys.len() == 1 {
+        redis.get::<Option<String>, _>(&keys[0]).await.map(|v| vec![v]).unwrap_or_default()
+    } else {
+        redis.mget(keys).await.unwrap_or_default()
+    };
+    if hints.len() != users.len() {
+        return users;
+    }
+    let before = users.len();
+    let left: Vec<T> = users.into_iter().zip(hints).filter(|(_, hint)| hint.is_none()).map(|(u, _)| u).collect();
+    metrics::counter!("confab_notifications_suppressed_total", "reason" => "watching")
+        .increment((before - left.len()) as u64);
+    left
+}
+
+/// Writes this node's watching notes to Redis, in the order they were made.
+async fn write_watching(app: Arc<App>, mut changes: mpsc::UnboundedReceiver<Change>) {
+    while let Some(first) = changes.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match changes.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        // Without Redis a note is lost (fine) or a withdrawal is (it expires).
+        let Some(redis) = app.notifier.redis() else { continue };
+        let pipeline = redis.pipeline();
+        for change in batch {
+            let _: FredResult<()> = match change {
+                Change::Watching { user, room } => {
+                    let expiry = Some(Expiration::PX(WATCHING_TTL_MS));
+                    pipeline.set(watching_key(room, user), "1", expiry, None, false).await
+                }
+                Change::Ended { user, room } => pipeline.del(watching_key(room, user)).await,
+            };
+        }
+        if let Err(e) = pipeline.all::<fred::types::Value>().await {
+            tracing::debug!(error = %e, "watching hints not written");
+        }
+    }
 }
 
 /// A dispatch's live frame, encoded once: each recipient's copy differs
@@ -478,6 +549,9 @@ impl Notifier {
 /// node stops.
 pub async fn run(app: Arc<App>, jobs: Jobs) {
     let mut jobs = jobs.0;
+    if let Some(changes) = app.gateway.registry.watching.changes() {
+        tokio::spawn(write_watching(app.clone(), changes));
+    }
     let permits = Arc::new(Semaphore::new(WORKERS));
     while let Some(job) = jobs.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
@@ -499,14 +573,30 @@ async fn for_message(app: &App, job: MessageJob) -> Result<Outcome> {
     let mentions = audience::mentions(&m.content);
     let candidates = audience.candidates(app, m.room_id, m.sender_id, &mentions).await?;
     let ids: Vec<ObjectId> = candidates.iter().map(|(id, _)| *id).collect();
+    let holders = holders(app, &ids).await;
+    // Leave out first, before any preferences are read, whoever would be
+    // shown nothing: every connection watches the room (busy rooms are
+    // mostly watched).
+    let registry = &app.gateway.registry;
+    let (mut kept, mut elsewhere, mut watching) = (Vec::new(), Vec::new(), 0);
+    for ((user, addressed), nodes) in candidates.into_iter().zip(holders) {
+        match nodes {
+            1 if registry.user_topic_held(user) && registry.watches_here(user, m.room_id) => watching += 1,
+            1 if !registry.user_topic_held(user) => elsewhere.push((user, addressed, nodes)),
+            _ => kept.push((user, addressed, nodes)),
+        }
+    }
+    metrics::counter!("confab_notifications_suppressed_total", "reason" => "watching").increment(watching);
+    kept.extend(not_watching(app, m.room_id, elsewhere, |(user, _, _)| *user).await);
+    let ids: Vec<ObjectId> = kept.iter().map(|(id, _, _)| *id).collect();
     let prefs = preferences::load_many(app, &ids).await?;
     let now = Utc::now();
-    let mut recipients = Vec::with_capacity(candidates.len());
+    let mut recipients = Vec::with_capacity(kept.len());
     let mut suppressed: HashMap<&'static str, u64> = HashMap::new();
-    for (user, mentioned) in candidates {
-        let wants = prefs.get(&user).map_or(Ok(()), |p| preferences::check(p, m.room_id, mentioned, now));
+    for (user, addressed, nodes) in kept {
+        let wants = prefs.get(&user).map_or(Ok(()), |p| preferences::check(p, m.room_id, addressed, now));
         match wants {
-            Ok(()) => recipients.push(user),
+            Ok(()) => recipients.push((user, nodes)),
             Err(why) => *suppressed.entry(why.label()).or_default() += 1,
         }
     }
@@ -514,7 +604,7 @@ async fn for_message(app: &App, job: MessageJob) -> Result<Outcome> {
         metrics::counter!("confab_notifications_suppressed_total", "reason" => reason).increment(n);
     }
     let content = message_content(m, &job.sender_name, &audience);
-    dispatch(app, &recipients, &content, Route::OutsideRoom(m.room_id)).await
+    deliver(app, recipients, &content, Route::OutsideRoom(m.room_id)).await
 }
 
 fn message_content(m: &Message, sender_name: &str, audience: &audience::Audience) -> Content {
