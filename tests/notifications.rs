@@ -371,3 +371,64 @@ async fn history_pages_newest_first_and_read_state_counts() {
     assert_eq!(n.call("GET", "/notifications", None, None).await.0, 401);
     cluster.shutdown().await;
 }
+
+/// Whether node-side "watching" hint for (room, user) is in Redis.
+async fn watching_hint(room: &str, user: &User) -> bool {
+    use fred::prelude::*;
+    let client = Builder::from_config(Config::from_url(&common::redis_url()).unwrap()).build().unwrap();
+    client.init().await.unwrap();
+    let found: Option<String> = client.get(format!("confab:nw:{room}:{}", user.id)).await.unwrap();
+    let _ = client.quit().await;
+    found.is_some()
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what} never happened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_stops_watching_is_notified_at_once() {
+    let cluster = Cluster::start(2).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let alice = a.register("alice").await;
+    let dave = b.register("dave").await;
+    let room = a.create_room(&alice, "ops", "public").await;
+    join(b, &dave, &room).await;
+    let mut dave_watching = b.connect(&dave).await;
+    dave_watching.join(&room).await;
+
+    // Dave watches on node B: B tells the cluster, and messages from node A
+    // stop costing him a notification.
+    let m = a.post_message(&alice, &room, "first").await;
+    assert_eq!(dave_watching.recv_type("message").await["data"]["id"], m["id"]);
+    eventually("node B noting that dave watches the room", || watching_hint(&room, &dave)).await;
+    let m = a.post_message(&alice, &room, "second").await;
+    assert_eq!(dave_watching.recv_type("message").await["data"]["id"], m["id"]);
+    no_notification(&mut dave_watching, SETTLE).await;
+
+    // A second connection watches nothing: the note is withdrawn with it.
+    let mut dave_elsewhere = b.connect(&dave).await;
+    dave_elsewhere.request(json!({"type": "ping"})).await;
+    assert!(!watching_hint(&room, &dave).await, "withdrawn when the connection opened");
+    let m = a.post_message(&alice, &room, "third").await;
+    assert_eq!(notification(&mut dave_elsewhere).await["data"]["message_id"], m["id"]);
+    let _ = dave_elsewhere.ws.close(None).await;
+
+    // Leaving the room withdraws it too: the very next message notifies.
+    let mut dave_only = b.connect(&dave).await;
+    dave_only.join(&room).await;
+    let m = a.post_message(&alice, &room, "fourth").await;
+    assert_eq!(dave_only.recv_type("message").await["data"]["id"], m["id"]);
+    // Once noted again, "fourth" has been dealt with.
+    eventually("node B noting again that dave watches the room", || watching_hint(&room, &dave)).await;
+    let left = dave_only.request(json!({"type": "leave_channel", "channel": room})).await;
+    assert_eq!(left["type"], "ack");
+    let m = a.post_message(&alice, &room, "fifth").await;
+    assert_eq!(notification(&mut dave_only).await["data"]["message_id"], m["id"]);
+    no_notification(&mut dave_watching, Duration::ZERO).await;
+    cluster.shutdown().await;
+}
