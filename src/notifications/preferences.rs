@@ -117,7 +117,8 @@ pub async fn update(app: &App, user: ObjectId, mut change: PreferencesChange) ->
         if !added.is_empty() {
             let member_of: HashSet<ObjectId> =
                 app.store.memberships(user).await?.into_iter().map(|m| m.room_id).collect();
-            for room in added.into_iter().filter(|r| !member_of.contains(r)) {
+            // The first room that is not yours: unknown (404) or not joined (403).
+            if let Some(room) = added.into_iter().find(|r| !member_of.contains(r)) {
                 crate::rooms::existing(app, room).await?;
                 return Err(not_a_member(room));
             }
