@@ -6,6 +6,7 @@
 //! after the MongoDB write and before the write is acknowledged:
 //! - `room` versions: new, edited or deleted messages in the room;
 //! - `user` versions: the user's memberships and cursors;
+//! - `members` versions: who is in a room (notifications keep member lists);
 //! - the `public` version: the set of public rooms.
 //!
 //! A reader reads the versions *before* it reads MongoDB and stores the entry
@@ -35,6 +36,8 @@ pub enum Version {
     Room(ObjectId),
     User(ObjectId),
     PublicRooms,
+    /// Who is in the room.
+    Members(ObjectId),
 }
 
 impl Version {
@@ -43,6 +46,7 @@ impl Version {
             Version::Room(id) => format!("confab:v:room:{}", id.to_hex()),
             Version::User(id) => format!("confab:v:user:{}", id.to_hex()),
             Version::PublicRooms => "confab:v:public".into(),
+            Version::Members(id) => format!("confab:v:members:{}", id.to_hex()),
         }
     }
 }
@@ -129,6 +133,17 @@ impl Cache {
 
     pub async fn public_rooms_changed(&self) {
         self.bump(Version::PublicRooms).await;
+    }
+
+    pub async fn members_changed(&self, room: ObjectId) {
+        self.bump(Version::Members(room)).await;
+    }
+
+    /// One version's current value, for a cache kept elsewhere (in process);
+    /// `None` whenever `get` would not serve from the cache either.
+    pub async fn version(&self, version: Version) -> Option<i64> {
+        let redis = self.usable()?;
+        current(redis, &[version.key()]).await?.pop()
     }
 
     async fn bump(&self, version: Version) {

@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// The window failed logins are counted in, in seconds.
     #[arg(long, env = "CONFAB_LOGIN_WINDOW_SECS")]
     pub login_window_secs: Option<u64>,
+    /// Server API requests per API key per minute, shared by all nodes (0: no limit).
+    #[arg(long, env = "CONFAB_API_RATE_PER_MINUTE")]
+    pub api_rate_per_minute: Option<u32>,
     /// Milliseconds a user stays online after their last connection closes,
     /// so that a quick reconnect is not seen as going offline and back.
     #[arg(long, env = "CONFAB_PRESENCE_GRACE_MS")]
@@ -108,6 +111,7 @@ struct FileConfig {
     token_ttl_secs: Option<u64>,
     max_message_bytes: Option<usize>,
     outbound_queue: Option<usize>,
+    api_rate_per_minute: Option<u32>,
     ping_interval_secs: Option<u64>,
     allowed_origins: Option<String>,
     pubsub_buffer: Option<usize>,
@@ -162,6 +166,8 @@ pub struct RateLimits {
     /// Failed logins per username per `login_window`.
     pub login_max_failures: u32,
     pub login_window: Duration,
+    /// Server API requests per API key per minute, counted in Redis across nodes.
+    pub api_per_minute: u32,
 }
 
 impl Default for RateLimits {
@@ -173,6 +179,7 @@ impl Default for RateLimits {
             socket_max_rejections: 100,
             login_max_failures: 10,
             login_window: Duration::from_secs(900),
+            api_per_minute: 10_000,
         }
     }
 }
@@ -196,17 +203,7 @@ pub(crate) fn missing(flag: &str, env: &str) -> ConfigError {
 impl ServeArgs {
     /// Merges the flags/environment with the config file and validates the result.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let file = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| invalid("config", "CONFAB_CONFIG", format!("{}: {e}", path.display())))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    let msg = e.message().to_string();
-                    invalid("config", "CONFAB_CONFIG", format!("{}: {msg}", path.display()))
-                })?
-            }
-            None => FileConfig::default(),
-        };
+        let file = read_file(self.config.as_deref())?;
         let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen = listen
             .parse::<SocketAddr>()
@@ -216,14 +213,7 @@ impl ServeArgs {
         if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
             return Err(invalid("redis-url", "CONFAB_REDIS_URL", "must start with redis:// or rediss://"));
         }
-        let mongo_url = self.mongo_url.or(file.mongo_url).ok_or_else(|| missing("mongo-url", "CONFAB_MONGO_URL"))?;
-        if !(mongo_url.starts_with("mongodb://") || mongo_url.starts_with("mongodb+srv://")) {
-            return Err(invalid("mongo-url", "CONFAB_MONGO_URL", "must start with mongodb:// or mongodb+srv://"));
-        }
-        let mongo_db = self.mongo_db.or(file.mongo_db).unwrap_or_else(|| "confab".into());
-        if mongo_db.is_empty() || mongo_db.len() > 63 || mongo_db.contains(['/', '\\', '.', ' ', '"', '$']) {
-            return Err(invalid("mongo-db", "CONFAB_MONGO_DB", "must be 1-63 characters without / \\ . space \" $"));
-        }
+        let (mongo_url, mongo_db) = mongo(self.mongo_url.or(file.mongo_url), self.mongo_db.or(file.mongo_db))?;
         let jwt_secret =
             self.jwt_secret.or(file.jwt_secret).ok_or_else(|| missing("jwt-secret", "CONFAB_JWT_SECRET"))?;
         if jwt_secret.len() < 32 {
@@ -313,6 +303,10 @@ impl ServeArgs {
         if !(1..=86_400).contains(&login_window_secs) {
             return Err(invalid("login-window-secs", "CONFAB_LOGIN_WINDOW_SECS", "must be between 1 and 86400"));
         }
+        let api_per_minute = self.api_rate_per_minute.or(file.api_rate_per_minute).unwrap_or(d.api_per_minute);
+        if api_per_minute > 1_000_000 {
+            return Err(invalid("api-rate-per-minute", "CONFAB_API_RATE_PER_MINUTE", "must be between 0 and 1000000"));
+        }
         let rate_limits = RateLimits {
             rest_per_minute,
             socket_per_sec,
@@ -320,6 +314,7 @@ impl ServeArgs {
             socket_max_rejections,
             login_max_failures,
             login_window: Duration::from_secs(login_window_secs),
+            api_per_minute,
         };
         let presence_grace_ms = self.presence_grace_ms.or(file.presence_grace_ms).unwrap_or(5000);
         if presence_grace_ms > 600_000 {
@@ -358,6 +353,53 @@ impl ServeArgs {
             node_heartbeat: Duration::from_secs(node_heartbeat_secs),
             node_ttl: Duration::from_secs(node_ttl_secs),
         })
+    }
+}
+
+/// The config file's settings (none without a file).
+fn read_file(path: Option<&std::path::Path>) -> Result<FileConfig, ConfigError> {
+    let Some(path) = path else { return Ok(FileConfig::default()) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid("config", "CONFAB_CONFIG", format!("{}: {e}", path.display())))?;
+    toml::from_str::<FileConfig>(&text).map_err(|e| {
+        let msg = e.message().to_string();
+        invalid("config", "CONFAB_CONFIG", format!("{}: {msg}", path.display()))
+    })
+}
+
+/// The MongoDB URL (required) and database name, checked.
+fn mongo(url: Option<String>, db: Option<String>) -> Result<(String, String), ConfigError> {
+    let url = url.ok_or_else(|| missing("mongo-url", "CONFAB_MONGO_URL"))?;
+    if !(url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")) {
+        return Err(invalid("mongo-url", "CONFAB_MONGO_URL", "must start with mongodb:// or mongodb+srv://"));
+    }
+    let db = db.unwrap_or_else(|| "confab".into());
+    if db.is_empty() || db.len() > 63 || db.contains(['/', '\\', '.', ' ', '"', '$']) {
+        return Err(invalid("mongo-db", "CONFAB_MONGO_DB", "must be 1-63 characters without / \\ . space \" $"));
+    }
+    Ok((url, db))
+}
+
+/// The settings of commands that only talk to MongoDB (`confab apikey`):
+/// the same flags, variables and file keys as `confab serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StoreArgs {
+    /// TOML file with the settings (the same file `confab serve` reads).
+    #[arg(long, env = "CONFAB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// MongoDB URL.
+    #[arg(long, env = "CONFAB_MONGO_URL")]
+    pub mongo_url: Option<String>,
+    /// MongoDB database name.
+    #[arg(long, env = "CONFAB_MONGO_DB")]
+    pub mongo_db: Option<String>,
+}
+
+impl StoreArgs {
+    /// The MongoDB URL and database name.
+    pub fn resolve(self) -> Result<(String, String), ConfigError> {
+        let file = read_file(self.config.as_deref())?;
+        mongo(self.mongo_url.or(file.mongo_url), self.mongo_db.or(file.mongo_db))
     }
 }
 
@@ -423,6 +465,10 @@ mod tests {
         let l = c.rate_limits;
         assert_eq!((l.rest_per_minute, l.socket_per_sec, l.socket_burst), (0, 7, 5));
         assert_eq!((l.login_max_failures, l.login_window), (10, Duration::from_secs(60)));
+        assert_eq!(l.api_per_minute, 10_000);
+        let path = dir.path().join("api.toml");
+        std::fs::write(&path, "api_rate_per_minute = 60\n").unwrap();
+        assert_eq!(ServeArgs { config: Some(path), ..base() }.resolve().unwrap().rate_limits.api_per_minute, 60);
     }
 
     #[test]
@@ -434,11 +480,29 @@ mod tests {
             (ServeArgs { socket_max_rejections: Some(0), ..base() }, "--socket-max-rejections"),
             (ServeArgs { login_max_failures: Some(1_000_001), ..base() }, "--login-max-failures"),
             (ServeArgs { login_window_secs: Some(0), ..base() }, "--login-window-secs (CONFAB_LOGIN_WINDOW_SECS)"),
+            (
+                ServeArgs { api_rate_per_minute: Some(1_000_001), ..base() },
+                "--api-rate-per-minute (CONFAB_API_RATE_PER_MINUTE)",
+            ),
         ];
         for (args, name) in cases {
             let err = args.resolve().unwrap_err();
             assert!(err.0.contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn store_commands_read_the_same_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "mongo_url = \"mongodb://db:27017\"\nredis_url = \"redis://r\"\n").unwrap();
+        let (url, db) = StoreArgs { config: Some(path), ..Default::default() }.resolve().unwrap();
+        assert_eq!((url.as_str(), db.as_str()), ("mongodb://db:27017", "confab"));
+        let err = StoreArgs::default().resolve().unwrap_err();
+        assert!(err.0.contains("--mongo-url (CONFAB_MONGO_URL)"), "{err}");
+        let args =
+            StoreArgs { mongo_url: Some("mongodb://x".into()), mongo_db: Some("a.b".into()), ..Default::default() };
+        assert!(args.resolve().unwrap_err().0.contains("--mongo-db"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod messages;
 pub mod metrics;
 pub mod node;
+pub mod notifications;
 pub mod presence;
 pub mod ratelimit;
 pub mod receipts;

@@ -1,10 +1,11 @@
 //! The `confab` command: `confab serve` runs a node, `confab worker` runs
-//! background jobs, `confab jobs` operates their queues.
+//! background jobs, `confab jobs` operates their queues, `confab token`
+//! mints access tokens, `confab apikey` manages server API keys.
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use confab::config::ServeArgs;
+use confab::config::{ServeArgs, StoreArgs};
 use confab::jobs::config::{JobsArgs, WorkerArgs};
 use confab::node::RunningNode;
 
@@ -26,6 +27,10 @@ enum Command {
     Worker(Box<WorkerArgs>),
     /// Operate the job queues: run a job now, show status, dead letters.
     Jobs(JobsCli),
+    /// Manage server API keys (kept in MongoDB): create one (the key is
+    /// printed once), revoke one, list them.
+    #[command(subcommand)]
+    Apikey(ApikeyCommand),
 }
 
 #[derive(clap::Args)]
@@ -48,6 +53,30 @@ enum JobsCommand {
     RetryDead {
         #[arg(long)]
         id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Makes a key and prints it on stdout, this once: only its hash is kept.
+    Create {
+        /// What the key is for (1-64 characters), shown by `list`.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revokes a key, given by id or as the whole key: requests carrying it
+    /// are refused (401) from now on, on every node.
+    Revoke {
+        key: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Lists keys, oldest first: id, state, creation time, name. Never secrets.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -80,6 +109,7 @@ fn main() {
         Command::Token(args) => token(args),
         Command::Worker(args) => worker(*args),
         Command::Jobs(cli) => jobs(cli),
+        Command::Apikey(command) => apikey(command),
     };
     if let Err(message) = result {
         eprintln!("confab: {message}");
@@ -163,6 +193,52 @@ fn token(args: TokenArgs) -> Result<(), String> {
         writeln!(out, "{} {username} {token}", user_id.to_hex()).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+fn apikey(command: ApikeyCommand) -> Result<(), String> {
+    use confab::auth::apikey;
+    use confab::store::model::rfc3339;
+    use confab::store::Store;
+
+    let store_args = match &command {
+        ApikeyCommand::Create { store, .. } | ApikeyCommand::Revoke { store, .. } | ApikeyCommand::List { store } => {
+            store.clone()
+        }
+    };
+    let (url, db) = store_args.resolve().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let store = confab::store::mongo::MongoStore::connect(&url, &db).await.map_err(|e| e.to_string())?;
+        match command {
+            ApikeyCommand::Create { name, .. } => {
+                let minted = apikey::create(&store, &name).await.map_err(|e| e.to_string())?;
+                println!("{}", minted.plaintext);
+                eprintln!(
+                    "created API key {} ({}); it is shown only this once: keep it secret",
+                    minted.key.id.to_hex(),
+                    minted.key.name
+                );
+            }
+            ApikeyCommand::Revoke { key, .. } => {
+                let (id, revoked) = apikey::revoke(&store, &key).await.map_err(|e| e.to_string())?;
+                if revoked {
+                    println!("revoked {}", id.to_hex());
+                } else {
+                    println!("{} was already revoked", id.to_hex());
+                }
+            }
+            ApikeyCommand::List { .. } => {
+                for key in store.api_keys().await.map_err(|e| e.to_string())? {
+                    let state = key.revoked_at.map_or("active".to_string(), |t| format!("revoked {}", rfc3339(&t)));
+                    println!("{}\t{state}\t{}\t{}", key.id.to_hex(), rfc3339(&key.created_at), key.name);
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

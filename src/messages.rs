@@ -66,6 +66,8 @@ pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, k
         metrics::counter!("confab_bus_publish_failures_total").increment(1);
         tracing::warn!(message = %message.id, error = %e, "stored message not published; readers catch up from history");
     }
+    // Queued, not awaited: notifications never hold up the ack.
+    app.notifier.message_sent(&message, &caller.username);
     Ok(Sent { message, created: true })
 }
 
@@ -333,6 +335,15 @@ async fn announce(app: &App, message: &Message, frame: bytes::Bytes) {
         metrics::counter!("confab_bus_publish_failures_total").increment(1);
         tracing::warn!(message = %message.id, error = %e, "message change stored but not published");
     }
+}
+
+/// Posts a system message into a room for a backend (server API): the send
+/// path above with the system sender, so the message takes the room's next
+/// seq, reaches subscribers live and notifies members like any other.
+pub async fn send_system(app: &App, room_id: ObjectId, draft: Draft) -> Result<Sent> {
+    rooms::existing(app, room_id).await?;
+    let system = Caller { user_id: crate::store::model::SYSTEM_SENDER, username: "System".into() };
+    send(app, &system, room_id, draft, true).await
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use crate::bus::{Bus, BusError};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayInbox, Registry, Sequencer, Subscriptions};
+use crate::notifications::Notifier;
 use crate::presence::redis::RedisTracker;
 use crate::presence::Presence;
 use crate::ratelimit::SharedLimiter;
@@ -35,6 +36,8 @@ pub struct App {
     pub cache: Cache,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// REST and login limits, shared with every node through Redis.
+    /// Turns messages into notifications, off the send path.
+    pub notifier: Notifier,
     pub limiter: SharedLimiter,
     /// Set once the store's indexes exist; until then the node is not ready.
     pub indexes_ready: AtomicBool,
@@ -83,6 +86,7 @@ impl RunningNode {
         let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone(), sequencer);
         let _ = inbox.subscriptions.set(subscriptions.clone());
         let gateway = Gateway { subscriptions, registry, shutdown: CancellationToken::new() };
+        let (notifier, notification_jobs) = Notifier::connect(&config).map_err(StartError::Backend)?;
         let cache =
             Cache::new(cache_client(&config).map_err(|e| StartError::Backend(e.to_string()))?, config.cache_ttl);
         let limiter = SharedLimiter::connect(&config.redis_url, config.rate_limits, &config.mongo_db)
@@ -104,8 +108,10 @@ impl RunningNode {
             indexes_ready: AtomicBool::new(false),
             presence,
             typing,
+            notifier,
         });
         tokio::spawn(ensure_indexes(app.clone()));
+        tokio::spawn(crate::notifications::run(app.clone(), notification_jobs));
         crate::presence::start(&app);
 
         let stop = CancellationToken::new();

@@ -85,3 +85,19 @@ fn token_mints_tokens_the_nodes_accept() {
     let bad = Command::new(env!("CARGO_BIN_EXE_confab")).args(["token", "--jwt-secret", "short"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn apikey_commands_need_mongodb_settings_and_say_so_in_one_line() {
+    for args in [&["apikey", "create", "--name", "x"][..], &["apikey", "list"], &["apikey", "revoke", "k"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.trim().lines().count() == 1 && stderr.contains("--mongo-url (CONFAB_MONGO_URL)"), "{stderr}");
+        assert!(out.stdout.is_empty(), "no key printed: {args:?}");
+    }
+}

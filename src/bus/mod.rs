@@ -40,6 +40,16 @@ pub trait Bus: Send + Sync + 'static {
     async fn subscribe(&self, topic: Topic) -> Result<(), BusError>;
     async fn unsubscribe(&self, topic: Topic) -> Result<(), BusError>;
     async fn ping(&self) -> Result<(), BusError>;
+
+    /// Like `publish`, and says how many nodes received the event (0: no
+    /// node is subscribed to the topic). Buses that cannot tell say 1.
+    async fn publish_counted(&self, topic: Topic, event: Event<'_>) -> Result<usize, BusError> {
+        self.publish(topic, event).await.map(|()| 1)
+    }
+
+    /// How many nodes are subscribed to each topic, in the order given: for
+    /// a user's topic, whether the user has a connection anywhere.
+    async fn subscribers(&self, topics: &[Topic]) -> Result<Vec<usize>, BusError>;
 }
 
 /// How a receiving node treats an event.
@@ -53,6 +63,11 @@ pub enum Kind {
     /// `subject` was removed from the room: its connections leave the room
     /// on every node and receive the frame instead of further traffic.
     Evict,
+    /// A notification for a user's topic: delivered to that user's
+    /// connections that are not subscribed to the room `subject` (to all of
+    /// them without one). A store time of 0 means "not stored yet": a node
+    /// that delivers it stores it (see `notifications`).
+    Notify,
 }
 
 /// One event for a topic's subscribers.
@@ -86,6 +101,12 @@ impl<'a> Event<'a> {
     pub fn evict(user: ObjectId, frame: &'a [u8]) -> Self {
         Event { kind: Kind::Evict, id: None, subject: Some(user), stored_at_us: 0, seq: 0, frame }
     }
+
+    /// Notification `id` for a user's connections outside `room`;
+    /// `stored_at_us` is 0 while it is not stored.
+    pub fn notify(id: ObjectId, room: Option<ObjectId>, stored_at_us: u64, frame: &'a [u8]) -> Self {
+        Event { kind: Kind::Notify, id: Some(id), subject: room, stored_at_us, seq: 0, frame }
+    }
 }
 
 /// An event as it arrives at a node.
@@ -105,7 +126,7 @@ impl Delivery {
     }
 }
 
-/// Wire form of a bus event: one byte of kind (`M`, `E`, `X`), 24 bytes of
+/// Wire form of a bus event: one byte of kind (`M`, `E`, `X`, `N`), 24 bytes of
 /// event id and 24 of subject (hex ObjectIds, or `-` padding), 16 hex digits
 /// of store time (Unix µs), 16 hex digits of seq, then the client frame,
 /// untouched, so a receiver can hand the frame bytes to sockets without
@@ -139,6 +160,7 @@ pub mod wire {
             Kind::Message => b'M',
             Kind::Ephemeral => b'E',
             Kind::Evict => b'X',
+            Kind::Notify => b'N',
         });
         put_id(&mut out, event.id);
         put_id(&mut out, event.subject);
@@ -157,6 +179,7 @@ pub mod wire {
             b'M' => Kind::Message,
             b'E' => Kind::Ephemeral,
             b'X' => Kind::Evict,
+            b'N' => Kind::Notify,
             _ => return None,
         };
         let id = get_id(&payload[1..ID])?;
@@ -187,6 +210,28 @@ pub mod wire {
             );
             let (_, d) = decode(encode(Event::evict(user, b"bye"))).unwrap();
             assert_eq!((d.kind, d.subject), (Kind::Evict, Some(user)));
+        }
+
+        #[test]
+        fn notifications_round_trip_with_and_without_a_room() {
+            let (id, room) = (ObjectId::new(), ObjectId::new());
+            let (got, d) = decode(encode(Event::notify(id, Some(room), 0, b"{\"n\":1}"))).unwrap();
+            assert_eq!(
+                (got, d.kind, d.subject, d.stored_at_us, d.seq, &d.frame[..]),
+                (Some(id), Kind::Notify, Some(room), 0, 0, &b"{\"n\":1}"[..])
+            );
+            let (got, d) = decode(encode(Event::notify(id, None, 1_795_554_095_663_123, b"n"))).unwrap();
+            assert_eq!((got, d.kind, d.subject, d.stored_at_us), (Some(id), Kind::Notify, None, 1_795_554_095_663_123));
+        }
+
+        #[test]
+        fn the_older_kinds_keep_their_bytes() {
+            // Nodes of the previous release still read these.
+            let user = ObjectId::new();
+            assert_eq!(encode(Event::message(user, 1, 0, b"")).first(), Some(&b'M'));
+            assert_eq!(encode(Event::ephemeral(None, b"")).first(), Some(&b'E'));
+            assert_eq!(encode(Event::evict(user, b"")).first(), Some(&b'X'));
+            assert_eq!(encode(Event::notify(user, None, 0, b"")).first(), Some(&b'N'));
         }
 
         #[test]

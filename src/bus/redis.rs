@@ -134,6 +134,34 @@ impl Bus for RedisBus {
         let _: () = self.subscriber.ping(None).await.map_err(bus_err)?;
         Ok(())
     }
+
+    /// PUBLISH answers with the number of subscribed connections; each node
+    /// subscribes through one connection, so that is the number of nodes.
+    async fn publish_counted(&self, topic: Topic, event: Event<'_>) -> Result<usize, BusError> {
+        let start = Instant::now();
+        let out: Result<i64, _> = self.publisher.publish(channel(topic), wire::encode(event)).await;
+        metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
+        out.map(|n| n.max(0) as usize).map_err(bus_err)
+    }
+
+    /// One `PUBSUB NUMSUB` per thousand topics.
+    async fn subscribers(&self, topics: &[Topic]) -> Result<Vec<usize>, BusError> {
+        let mut counts = Vec::with_capacity(topics.len());
+        for chunk in topics.chunks(1000) {
+            let channels: Vec<String> = chunk.iter().map(|t| channel(*t)).collect();
+            let reply: Vec<Value> = self.publisher.pubsub_numsub(channels).await.map_err(bus_err)?;
+            // [channel, count, channel, count, ...] in the order asked.
+            counts.extend(reply.iter().skip(1).step_by(2).map(|v| v.as_i64().unwrap_or(0).max(0) as usize));
+        }
+        if counts.len() != topics.len() {
+            return Err(BusError(format!(
+                "PUBSUB NUMSUB answered {} counts for {} topics",
+                counts.len(),
+                topics.len()
+            )));
+        }
+        Ok(counts)
+    }
 }
 
 async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, inbox: Arc<dyn Inbox>) {

@@ -10,6 +10,8 @@
 //! - `subscriptions`: keeps the node subscribed to a room's or user's bus
 //!   topic exactly while it has local listeners, off the delivery path.
 //! - `sequencer`: keeps each room's live messages in seq order, fills gaps.
+//! - `watching`: hints that a user watches a room on every connection, so
+//!   their notifications about it need not be sent.
 //! - `protocol`: the JSON envelope of client and server frames.
 //! - `session`: what a chat connection does with each client frame.
 //! - `echo`: the RFC 6455 conformance endpoint, on the same socket code.
@@ -23,6 +25,7 @@ pub mod sequencer;
 pub mod session;
 pub mod socket;
 pub mod subscriptions;
+pub mod watching;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -87,6 +90,15 @@ impl Inbox for GatewayInbox {
             }
             (Topic::Room(room), _, _) => {
                 self.registry.fan_out(room, &delivery);
+            }
+            (Topic::User(user), Kind::Notify, room) => {
+                let delivered = self.registry.send_to_user_except_room(user, room, &delivery.frame);
+                if delivered > 0 {
+                    crate::notifications::delivered_live(&self.store, user, &delivery);
+                } else if let Some(room) = room.filter(|_| self.registry.user_connections(user) > 0) {
+                    // Every connection of theirs here watches the room.
+                    self.registry.watching.note(user, room);
+                }
             }
             (Topic::User(user), _, _) => {
                 self.registry.send_to_user(user, &delivery.frame);
@@ -200,8 +212,9 @@ pub async fn run_chat(app: Arc<App>, caller: Caller, ws: Upgraded) {
         gateway.subscriptions.ensure(Topic::User(caller.user_id)),
         crate::presence::connected(&app, caller.user_id, outbox.id),
     );
-    if let Err(e) = subscribed {
-        tracing::warn!(error = %e, "user topic not subscribed; receipts reach this connection late");
+    match subscribed {
+        Ok(()) => outbox.mark_user_topic_subscribed(),
+        Err(e) => tracing::warn!(error = %e, "user topic not subscribed; receipts reach this connection late"),
     }
     let session = session::ChatSession::new(app.clone(), caller, outbox.clone());
     socket::drive(socket::split(ws), outbox, queues, limits(&app), session).await;

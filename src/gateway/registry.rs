@@ -15,6 +15,7 @@ use bson::oid::ObjectId;
 use bytes::Bytes;
 use dashmap::DashMap;
 
+use super::watching::Watching;
 use crate::bus::{Delivery, Kind, Topic};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,9 @@ pub struct Outbox {
     /// Rooms this connection was removed from by a membership change on some
     /// node; the session drains them before acting on its next frame.
     revoked: Mutex<Vec<ObjectId>>,
+    /// The node's subscription to this connection's user topic was confirmed;
+    /// it lasts while the connection is registered.
+    user_topic: AtomicBool,
 }
 
 struct Hold {
@@ -96,6 +100,7 @@ impl Outbox {
             holding: AtomicBool::new(false),
             hold: Mutex::new(None),
             revoked: Mutex::new(Vec::new()),
+            user_topic: AtomicBool::new(false),
         };
         (Arc::new(outbox), OutboxReceivers { data: data_rx, control: control_rx })
     }
@@ -155,6 +160,12 @@ impl Outbox {
         self.revoked.lock().unwrap_or_else(|e| e.into_inner()).push(room);
     }
 
+    /// Notes that this node is subscribed to the connection's user topic
+    /// (after `Subscriptions::ensure` succeeded for it).
+    pub fn mark_user_topic_subscribed(&self) {
+        self.user_topic.store(true, Ordering::Release);
+    }
+
     /// Rooms this connection lost since the last call.
     pub fn take_revoked(&self) -> Vec<ObjectId> {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
@@ -203,6 +214,8 @@ pub struct Registry {
     rooms: DashMap<ObjectId, Members>,
     users: DashMap<ObjectId, Members>,
     conns: DashMap<ConnId, Arc<Outbox>>,
+    /// Which users watch which rooms with every local connection.
+    pub watching: Watching,
 }
 
 impl Registry {
@@ -214,6 +227,8 @@ impl Registry {
     pub fn register(&self, outbox: Arc<Outbox>) -> bool {
         let mut first = false;
         if let Some(user) = outbox.user_id {
+            // A new connection watches no room yet.
+            self.watching.ended_all(user);
             let mut entry = self.users.entry(user).or_default();
             first = entry.is_empty();
             entry.insert(outbox.id, outbox.clone());
@@ -229,10 +244,30 @@ impl Registry {
         if let Some((_, outbox)) = self.conns.remove(&conn) {
             if let Some(user) = outbox.user_id {
                 last = remove_member(&self.users, user, conn);
+                if last {
+                    self.watching.ended_all(user);
+                }
             }
         }
         metrics::gauge!("confab_connections_active").set(self.conns.len() as f64);
         last
+    }
+
+    /// Whether this node holds a connection of `user` whose user-topic
+    /// subscription is confirmed: while it stays registered, the node cannot
+    /// unsubscribe, so it receives everything published to the user.
+    pub fn user_topic_held(&self, user: ObjectId) -> bool {
+        self.users.get(&user).is_some_and(|m| m.values().any(|o| o.user_topic.load(Ordering::Acquire)))
+    }
+
+    /// Whether `user` has connections here and every one of them is
+    /// subscribed to `room` (a notification about it would reach none).
+    pub fn watches_here(&self, user: ObjectId, room: ObjectId) -> bool {
+        let conns: Vec<ConnId> = match self.users.get(&user) {
+            Some(m) => m.keys().copied().collect(),
+            None => return false,
+        };
+        !conns.is_empty() && self.rooms.get(&room).is_some_and(|m| conns.iter().all(|c| m.contains_key(c)))
     }
 
     /// How many connections `user` has on this node.
@@ -259,6 +294,9 @@ impl Registry {
 
     /// Removes a connection from a room; true if the room has no local one left.
     pub fn leave(&self, room: ObjectId, conn: ConnId) -> bool {
+        if let Some(user) = self.conns.get(&conn).and_then(|o| o.user_id) {
+            self.watching.ended(user, room);
+        }
         remove_member(&self.rooms, room, conn)
     }
 
@@ -303,9 +341,24 @@ impl Registry {
         }
     }
 
+    /// Offers a notification frame to `user`'s local connections that are
+    /// not subscribed to `room` (to all of them without a room): a
+    /// connection watching the room sees the message itself. Returns how
+    /// many got it.
+    pub fn send_to_user_except_room(&self, user: ObjectId, room: Option<ObjectId>, frame: &Bytes) -> usize {
+        // The user's few connections first, so no two shard locks are held at once.
+        let conns: Vec<Arc<Outbox>> = match self.users.get(&user) {
+            Some(conns) => conns.values().cloned().collect(),
+            None => return 0,
+        };
+        let watching = |o: &Outbox| room.is_some_and(|r| self.rooms.get(&r).is_some_and(|m| m.contains_key(&o.id)));
+        offer_all(conns.iter(), |o| !watching(o), |o| o.offer(Outbound::Text(frame.clone())))
+    }
+
     /// Takes `user`'s local connections out of `room` and sends them `frame`
     /// (if not empty). Returns true if the room has no local subscriber left.
     pub fn evict(&self, room: ObjectId, user: ObjectId, frame: &Bytes) -> bool {
+        self.watching.ended(user, room);
         let mut evicted = Vec::new();
         let emptied = self.rooms.remove_if_mut(&room, |_, members| {
             members.retain(|_, o| {
@@ -429,6 +482,30 @@ mod tests {
         assert!(!reg.unregister(a1.id));
         assert!(reg.unregister(a2.id), "alice's last connection");
         assert_eq!(reg.send_to_user(alice, &Bytes::from_static(b"receipt")), 0);
+    }
+
+    #[test]
+    fn notifications_skip_the_connections_watching_their_room() {
+        let reg = Registry::new();
+        let (room, other) = (ObjectId::new(), ObjectId::new());
+        let alice = ObjectId::new();
+        let (watching, mut rw) = Outbox::new(Some(alice), 8, CancellationToken::new());
+        let (elsewhere, mut re) = Outbox::new(Some(alice), 8, CancellationToken::new());
+        reg.register(watching.clone());
+        reg.register(elsewhere.clone());
+        reg.join(room, &watching);
+        reg.join(other, &elsewhere);
+        let frame = Bytes::from_static(b"notification");
+        assert_eq!(reg.send_to_user_except_room(alice, Some(room), &frame), 1);
+        assert!(rw.data.try_recv().is_err(), "the connection in the room sees the message itself");
+        assert!(matches!(re.data.try_recv(), Ok(Outbound::Text(f)) if &f[..] == b"notification"));
+        assert_eq!(reg.send_to_user_except_room(alice, None, &frame), 2, "without a room: every connection");
+        assert!(!reg.watches_here(alice, room));
+        reg.join(room, &elsewhere);
+        assert!(reg.watches_here(alice, room));
+        assert!(!reg.watches_here(alice, other) && !reg.watches_here(ObjectId::new(), room));
+        assert_eq!(reg.send_to_user_except_room(alice, Some(room), &frame), 0);
+        assert_eq!(reg.send_to_user_except_room(ObjectId::new(), Some(room), &frame), 0, "nobody here");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::auth::Caller;
+use crate::auth::{apikey, ApiCaller, Caller};
 use crate::error::Error;
 use crate::node::App;
 
@@ -65,5 +65,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|q| Params(q.0))
             .map_err(|e| Error::BadRequest(format!("invalid query string: {}", e.body_text())))
+    }
+}
+
+/// A backend calling the server API, from `Authorization: ApiKey <key>`:
+/// 401 for a missing, malformed, unknown or revoked key; then the key's
+/// per-minute limit is counted (429 with `Retry-After` when spent).
+impl FromRequestParts<Arc<App>> for ApiCaller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Error> {
+        let value = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let key = value
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
+            .map(|(_, key)| key)
+            .ok_or_else(|| Error::Unauthorized("missing API key: send Authorization: ApiKey <key>".into()))?;
+        let caller = apikey::authenticate(app.store.as_ref(), key).await?;
+        app.limiter.api_key(caller.key_id).await.into_result("api")?;
+        Ok(caller)
     }
 }

@@ -10,8 +10,10 @@ mod extract;
 mod health;
 mod limit;
 mod messages;
+mod notifications;
 mod presence;
 mod rooms;
+mod server_api;
 mod users;
 mod ws;
 
@@ -71,6 +73,7 @@ pub fn router(app: Arc<App>) -> Router {
     if app.config.echo_endpoint {
         router = router.route("/ws/echo", get(ws::echo));
     }
+    router = router.merge(notifications::routes()).merge(server_api::routes());
     router
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {

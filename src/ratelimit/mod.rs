@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 
-/// Counts one refusal in `scope` (`rest`, `login` or `socket`).
+/// Counts one refusal in `scope` (`rest`, `api`, `login` or `socket`).
 pub fn count_rejection(scope: &'static str) {
     metrics::counter!("confab_ratelimit_rejections_total", "scope" => scope).increment(1);
 }

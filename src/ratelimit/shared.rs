@@ -1,5 +1,6 @@
 //! The limits every node must agree on, kept in Redis: REST requests per
-//! user (GCRA) and failed logins per username (a counter per window).
+//! user and server API requests per API key (GCRA), and failed logins per
+//! username (a counter per window).
 //!
 //! Each check is one Lua script, so it is atomic however many nodes ask at
 //! once. The limiter has its own connection, with a short command timeout,
@@ -118,6 +119,18 @@ impl SharedLimiter {
         // The whole minute may be spent at once; then one request per interval.
         let args = vec![emission_interval_us(per_minute), i64::from(per_minute)];
         self.verdict("rest", GCRA.run(&self.client, key, args).await)
+    }
+
+    /// Counts one server API request made with API key `key` against the
+    /// key's per-minute limit (the same GCRA as [`rest`](Self::rest)).
+    pub async fn api_key(&self, key: ObjectId) -> Verdict {
+        let per_minute = self.limits.api_per_minute;
+        if per_minute == 0 {
+            return Verdict::Allowed;
+        }
+        let key = format!("confab:rl:key:{}", key.to_hex());
+        let args = vec![emission_interval_us(per_minute), i64::from(per_minute)];
+        self.verdict("api", GCRA.run(&self.client, key, args).await)
     }
 
     /// Reserves a login attempt for `username` (lower-cased): refused when

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 
+pub use model::{ApiKey, Notification, NotificationPreferences};
 pub use model::{Contact, Cursor, Member, Message, Role, Room, RoomKind, User};
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +144,66 @@ pub trait Store: Send + Sync + 'static {
     async fn contacts(&self, owner_id: ObjectId) -> StoreResult<Vec<Contact>>;
     /// The users who have `user_id` among their contacts.
     async fn contact_owners(&self, user_id: ObjectId) -> StoreResult<Vec<ObjectId>>;
+
+    /// Up to `limit` of a room's members in user-id order, after `after`
+    /// (a user id): paging through a room of any size.
+    async fn room_members_page(
+        &self,
+        room_id: ObjectId,
+        after: Option<ObjectId>,
+        limit: i64,
+    ) -> StoreResult<Vec<Member>>;
+    /// Users by lower-cased username, in no particular order.
+    async fn users_by_username_keys(&self, keys: &[String]) -> StoreResult<Vec<User>>;
+
+    /// Stored preferences of these users (users without any are left out).
+    async fn notification_preferences(&self, users: &[ObjectId]) -> StoreResult<Vec<NotificationPreferences>>;
+    /// Applies a change to a user's preferences (made from the defaults if
+    /// they have none) in one update; returns them as stored afterwards.
+    async fn change_notification_preferences(
+        &self,
+        user: ObjectId,
+        change: &PreferencesChange,
+    ) -> StoreResult<NotificationPreferences>;
+    async fn insert_notifications(&self, notifications: &[Notification]) -> StoreResult<()>;
+    /// Stores one notification unless one with its id is stored already;
+    /// whether this call stored it.
+    async fn insert_notification_once(&self, notification: &Notification) -> StoreResult<bool>;
+    async fn notification(&self, id: ObjectId) -> StoreResult<Option<Notification>>;
+    /// A user's notifications, newest first, older than `before` (an id),
+    /// at most `limit`, and whether more are older.
+    async fn notifications(
+        &self,
+        user: ObjectId,
+        before: Option<ObjectId>,
+        limit: i64,
+    ) -> StoreResult<(Vec<Notification>, bool)>;
+    /// Marks a user's unread notifications read (those with these ids, or
+    /// all); returns how many changed.
+    async fn mark_notifications_read(
+        &self,
+        user: ObjectId,
+        ids: Option<&[ObjectId]>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+    /// A user's unread notifications, counted up to `cap`.
+    async fn count_unread_notifications(&self, user: ObjectId, cap: i64) -> StoreResult<i64>;
+    /// Sets a notification's external delivery state (`pending`, or the
+    /// outcome the queue's consumer records) and whether it went out live;
+    /// whether it exists.
+    async fn set_notification_delivery(
+        &self,
+        id: ObjectId,
+        delivered_realtime: bool,
+        external: Option<&str>,
+    ) -> StoreResult<bool>;
+
+    async fn insert_api_key(&self, key: &ApiKey) -> StoreResult<()>;
+    async fn api_key(&self, id: ObjectId) -> StoreResult<Option<ApiKey>>;
+    /// Every key, oldest first.
+    async fn api_keys(&self) -> StoreResult<Vec<ApiKey>>;
+    /// Revokes a key that is not revoked yet; whether this call did.
+    async fn revoke_api_key(&self, id: ObjectId, at: DateTime<Utc>) -> StoreResult<bool>;
 }
 
 /// A search over some rooms' messages. Tombstones never match.
@@ -157,4 +218,16 @@ pub struct SearchQuery {
     /// newest-first keyset pagination.
     pub before: Option<(DateTime<Utc>, ObjectId)>,
     pub limit: i64,
+}
+
+/// A change to notification preferences: `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct PreferencesChange {
+    pub enabled: Option<bool>,
+    pub muted_rooms: Option<Vec<ObjectId>>,
+    pub mentions_only: Option<bool>,
+    /// `Some(None)` ends do-not-disturb.
+    pub dnd_until: Option<Option<DateTime<Utc>>>,
+    /// Mutes (`true`) or unmutes one room, leaving the other rooms alone.
+    pub mute: Option<(ObjectId, bool)>,
 }

@@ -264,6 +264,9 @@ pub struct MessageView<'a> {
     pub timestamp: String,
     pub edited_at: Option<String>,
     pub deleted: bool,
+    /// Posted by a backend through the server API (`sender_id` is [`SYSTEM_SENDER`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub system: bool,
 }
 
 impl<'a> From<&'a Message> for MessageView<'a> {
@@ -278,8 +281,90 @@ impl<'a> From<&'a Message> for MessageView<'a> {
             timestamp: rfc3339(&m.timestamp),
             edited_at: m.edited_at.as_ref().map(rfc3339),
             deleted: m.deleted,
+            system: m.sender_id == SYSTEM_SENDER,
         }
     }
+}
+
+/// The sender of system messages, which a backend posts through the server
+/// API: all zeros, an id no user can have.
+pub const SYSTEM_SENDER: ObjectId = ObjectId::from_bytes([0; 12]);
+
+/// A user's notification preferences; `_id` is the user id, so reading them
+/// is a primary-key lookup. A user without a document has the defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationPreferences {
+    #[serde(rename = "_id")]
+    pub user_id: ObjectId,
+    pub enabled: bool,
+    #[serde(default)]
+    pub muted_rooms: Vec<ObjectId>,
+    #[serde(default)]
+    pub mentions_only: bool,
+    /// Do not disturb until this instant.
+    #[serde(default, with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional")]
+    pub dnd_until: Option<DateTime<Utc>>,
+}
+
+impl NotificationPreferences {
+    /// Enabled, nothing muted, every message, no do-not-disturb.
+    pub fn defaults(user_id: ObjectId) -> Self {
+        NotificationPreferences {
+            user_id,
+            enabled: true,
+            muted_rooms: Vec::new(),
+            mentions_only: false,
+            dnd_until: None,
+        }
+    }
+}
+
+/// One notification for one user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notification {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub user_id: ObjectId,
+    /// What it is about, e.g. `new_message`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub message: String,
+    /// Free-form details for the client (for a message: room, message and sender ids).
+    #[serde(default)]
+    pub data: bson::Document,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub read: bool,
+    #[serde(default, with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional")]
+    pub read_at: Option<DateTime<Utc>>,
+    /// Sent to a node holding a connection of the user when it was made.
+    #[serde(default)]
+    pub delivered_realtime: bool,
+    /// External delivery (push, email) for a user who was not connected:
+    /// `pending` when queued; the consumer of the queue sets its outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<String>,
+}
+
+/// A key that lets a backend call the server API. Only a hash of its secret
+/// is stored; the key itself is shown once, when it is made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKey {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub name: String,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// A user as other users see them: no email.

@@ -13,6 +13,7 @@ use mongodb::{Collection, Database, IndexModel};
 
 use chrono::{DateTime, Utc};
 
+use super::{ApiKey, Notification, NotificationPreferences, PreferencesChange};
 use super::{
     Contact, Cursor, HistoryQuery, Member, Message, ProfileChange, Role, Room, SearchQuery, Store, StoreError,
     StoreResult, User,
@@ -121,6 +122,8 @@ impl Store for MongoStore {
         for model in contacts {
             timed("create_index", self.contacts.create_index(model)).await?;
         }
+        let by_user = index(doc! {"user_id": 1, "_id": -1}, "notifications_user_newest", false);
+        timed("create_index", self.notifications().create_index(by_user)).await?;
         Ok(())
     }
 
@@ -453,6 +456,218 @@ impl Store for MongoStore {
         .await?;
         Ok(found.into_iter().map(|c| c.owner_id).collect())
     }
+
+    async fn room_members_page(
+        &self,
+        room_id: ObjectId,
+        after: Option<ObjectId>,
+        limit: i64,
+    ) -> StoreResult<Vec<Member>> {
+        let mut filter = doc! {"room_id": room_id};
+        if let Some(after) = after {
+            filter.insert("user_id", doc! {"$gt": after});
+        }
+        timed("find_members", async {
+            self.members.find(filter).sort(doc! {"user_id": 1}).limit(limit).await?.try_collect().await
+        })
+        .await
+    }
+
+    async fn users_by_username_keys(&self, keys: &[String]) -> StoreResult<Vec<User>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        timed("find_users", async { self.users.find(doc! {"username_key": {"$in": keys}}).await?.try_collect().await })
+            .await
+    }
+
+    async fn notification_preferences(&self, users: &[ObjectId]) -> StoreResult<Vec<NotificationPreferences>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let filter = doc! {"_id": {"$in": users}};
+        timed("find_preferences", async { self.preferences().find(filter).await?.try_collect().await }).await
+    }
+
+    async fn change_notification_preferences(
+        &self,
+        user: ObjectId,
+        change: &PreferencesChange,
+    ) -> StoreResult<NotificationPreferences> {
+        let update = preferences_update(change);
+        let found = timed(
+            "change_preferences",
+            self.preferences()
+                .find_one_and_update(doc! {"_id": user}, update)
+                .upsert(true)
+                .return_document(ReturnDocument::After),
+        )
+        .await?;
+        found.ok_or_else(|| StoreError::Other("preferences missing after an upsert".into()))
+    }
+
+    async fn insert_notifications(&self, notifications: &[Notification]) -> StoreResult<()> {
+        if notifications.is_empty() {
+            return Ok(());
+        }
+        timed("insert_notifications", self.notifications().insert_many(notifications)).await.map(|_| ())
+    }
+
+    async fn insert_notification_once(&self, notification: &Notification) -> StoreResult<bool> {
+        match timed("insert_notifications", self.notifications().insert_one(notification)).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Duplicate) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn notification(&self, id: ObjectId) -> StoreResult<Option<Notification>> {
+        timed("find_notification", self.notifications().find_one(doc! {"_id": id})).await
+    }
+
+    async fn notifications(
+        &self,
+        user: ObjectId,
+        before: Option<ObjectId>,
+        limit: i64,
+    ) -> StoreResult<(Vec<Notification>, bool)> {
+        let mut filter = doc! {"user_id": user};
+        if let Some(before) = before {
+            filter.insert("_id", doc! {"$lt": before});
+        }
+        let mut page: Vec<Notification> = timed("find_notifications", async {
+            self.notifications().find(filter).sort(doc! {"_id": -1}).limit(limit + 1).await?.try_collect().await
+        })
+        .await?;
+        let has_more = page.len() as i64 > limit;
+        page.truncate(limit as usize);
+        Ok((page, has_more))
+    }
+
+    async fn mark_notifications_read(
+        &self,
+        user: ObjectId,
+        ids: Option<&[ObjectId]>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let mut filter = doc! {"user_id": user, "read": false};
+        if let Some(ids) = ids {
+            filter.insert("_id", doc! {"$in": ids});
+        }
+        let update = doc! {"$set": {"read": true, "read_at": bson::DateTime::from_chrono(at)}};
+        let out = timed("mark_notifications_read", self.notifications().update_many(filter, update)).await?;
+        Ok(out.modified_count)
+    }
+
+    async fn count_unread_notifications(&self, user: ObjectId, cap: i64) -> StoreResult<i64> {
+        let filter = doc! {"user_id": user, "read": false};
+        let n = timed("count_notifications", self.notifications().count_documents(filter).limit(cap as u64)).await?;
+        Ok(n as i64)
+    }
+
+    async fn set_notification_delivery(
+        &self,
+        id: ObjectId,
+        delivered_realtime: bool,
+        external: Option<&str>,
+    ) -> StoreResult<bool> {
+        let update = match external {
+            Some(state) => doc! {"$set": {"delivered_realtime": delivered_realtime, "external": state}},
+            None => doc! {"$set": {"delivered_realtime": delivered_realtime}, "$unset": {"external": ""}},
+        };
+        let out = timed("update_notification", self.notifications().update_one(doc! {"_id": id}, update)).await?;
+        Ok(out.matched_count > 0)
+    }
+
+    async fn insert_api_key(&self, key: &ApiKey) -> StoreResult<()> {
+        timed("insert_api_key", self.api_keys_collection().insert_one(key)).await.map(|_| ())
+    }
+
+    async fn api_key(&self, id: ObjectId) -> StoreResult<Option<ApiKey>> {
+        timed("find_api_key", self.api_keys_collection().find_one(doc! {"_id": id})).await
+    }
+
+    async fn api_keys(&self) -> StoreResult<Vec<ApiKey>> {
+        timed("find_api_keys", async {
+            self.api_keys_collection().find(doc! {}).sort(doc! {"created_at": 1, "_id": 1}).await?.try_collect().await
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, id: ObjectId, at: DateTime<Utc>) -> StoreResult<bool> {
+        let filter = doc! {"_id": id, "revoked_at": {"$exists": false}};
+        let update = doc! {"$set": {"revoked_at": bson::DateTime::from_chrono(at)}};
+        let out = timed("revoke_api_key", self.api_keys_collection().update_one(filter, update)).await?;
+        Ok(out.modified_count > 0)
+    }
+}
+
+/// Collections of notifications and server API keys, by name (a handle is
+/// cheap to make).
+impl MongoStore {
+    fn notifications(&self) -> Collection<Notification> {
+        self.db.collection("notifications")
+    }
+
+    fn preferences(&self) -> Collection<NotificationPreferences> {
+        self.db.collection("notification_preferences")
+    }
+
+    fn api_keys_collection(&self) -> Collection<ApiKey> {
+        self.db.collection("api_keys")
+    }
+}
+
+/// One update for a preferences change: `$set` the fields given,
+/// `$addToSet`/`$pull` a muted room, and `$setOnInsert` the defaults of
+/// every field not otherwise written, for a user who had none stored.
+fn preferences_update(change: &PreferencesChange) -> Document {
+    let mut set = Document::new();
+    if let Some(enabled) = change.enabled {
+        set.insert("enabled", enabled);
+    }
+    if let Some(rooms) = &change.muted_rooms {
+        set.insert("muted_rooms", rooms.clone());
+    }
+    if let Some(mentions_only) = change.mentions_only {
+        set.insert("mentions_only", mentions_only);
+    }
+    if let Some(until) = change.dnd_until {
+        set.insert(
+            "dnd_until",
+            until.map_or(bson::Bson::Null, |t| bson::Bson::DateTime(bson::DateTime::from_chrono(t))),
+        );
+    }
+    let mut on_insert = Document::new();
+    let defaults: [(&str, bson::Bson); 4] = [
+        ("enabled", true.into()),
+        ("muted_rooms", bson::Bson::Array(Vec::new())),
+        ("mentions_only", false.into()),
+        ("dnd_until", bson::Bson::Null),
+    ];
+    for (field, value) in defaults {
+        let muting = field == "muted_rooms" && change.mute.is_some();
+        if !set.contains_key(field) && !muting {
+            on_insert.insert(field, value);
+        }
+    }
+    let mut update = Document::new();
+    if !set.is_empty() {
+        update.insert("$set", set);
+    }
+    match change.mute {
+        Some((room, true)) => {
+            update.insert("$addToSet", doc! {"muted_rooms": room});
+        }
+        Some((room, false)) => {
+            update.insert("$pull", doc! {"muted_rooms": room});
+        }
+        None => {}
+    }
+    if !on_insert.is_empty() {
+        update.insert("$setOnInsert", on_insert);
+    }
+    update
 }
 
 /// One page of a room's history from `messages` or the archive: the same

@@ -1,0 +1,174 @@
+//! Who hears of a room's message: the room's members but the sender, with
+//! their usernames so that `mentions_only` can be honoured.
+//!
+//! The work per message is bounded. A room of more than [`MAX_AUDIENCE`]
+//! members notifies only the members its message mentions by `@username`
+//! (at most [`MAX_MENTIONS`] names are read from one message): storing and
+//! publishing a notification for each of many thousands of members on every
+//! message would cost more than the message itself, many times over.
+//!
+//! Member lists are read from MongoDB once and kept on the node, tagged with
+//! the room's members version (`cache::Version::Members`, bumped on every
+//! join, invitation and removal); a message costs one Redis `GET` to check
+//! the tag. Without the cache (or while Redis is away) they are read fresh.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bson::oid::ObjectId;
+use dashmap::DashMap;
+
+use crate::cache::Version;
+use crate::error::{Error, Result};
+use crate::node::App;
+use crate::store::RoomKind;
+
+/// Rooms with more members notify only those mentioned.
+pub const MAX_AUDIENCE: usize = 1000;
+/// Distinct `@names` read from one message.
+pub const MAX_MENTIONS: usize = 20;
+/// Member lists kept per node.
+const KEPT_ROOMS: usize = 4096;
+
+/// A room as its notifications need it.
+#[derive(Debug)]
+pub struct Audience {
+    pub room_name: String,
+    pub kind: RoomKind,
+    /// Members with lower-cased usernames; `None` for a room too large to
+    /// notify everyone.
+    members: Option<Vec<(ObjectId, String)>>,
+}
+
+/// The member lists this node keeps, with the version each was read at.
+#[derive(Default)]
+pub struct Audiences {
+    kept: DashMap<ObjectId, (i64, Arc<Audience>)>,
+}
+
+impl Audiences {
+    /// The room's audience, from this node's copy while its version is current.
+    pub async fn of(&self, app: &App, room: ObjectId) -> Result<Arc<Audience>> {
+        // The version is read before the members, as the cache does: a
+        // change after this read moves the version past the copy.
+        let version = app.cache.version(Version::Members(room)).await;
+        if let Some(v) = version {
+            if let Some(kept) = self.kept.get(&room).filter(|k| k.0 == v) {
+                return Ok(kept.1.clone());
+            }
+        }
+        let audience = Arc::new(load(app, room).await?);
+        if let Some(v) = version {
+            if self.kept.len() >= KEPT_ROOMS {
+                let any = self.kept.iter().next().map(|e| *e.key());
+                if let Some(any) = any {
+                    self.kept.remove(&any);
+                }
+            }
+            self.kept.insert(room, (v, audience.clone()));
+        }
+        Ok(audience)
+    }
+}
+
+async fn load(app: &App, room: ObjectId) -> Result<Audience> {
+    let found = app.store.room(room).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
+    let members = app.store.room_members(room, MAX_AUDIENCE as i64 + 1).await?;
+    let members = if members.len() > MAX_AUDIENCE {
+        None
+    } else {
+        let ids: Vec<ObjectId> = members.iter().map(|m| m.user_id).collect();
+        let names: HashMap<ObjectId, String> =
+            app.store.users(&ids).await?.into_iter().map(|u| (u.id, u.username_key)).collect();
+        Some(ids.into_iter().map(|id| (id, names.get(&id).cloned().unwrap_or_default())).collect())
+    };
+    Ok(Audience { room_name: found.name, kind: found.kind, members })
+}
+
+impl Audience {
+    /// Whom to consider for a message from `sender` mentioning `mentions`,
+    /// each with whether the message is addressed to them (mentioned, or a
+    /// direct message).
+    pub async fn candidates(
+        &self,
+        app: &App,
+        room: ObjectId,
+        sender: ObjectId,
+        mentions: &[String],
+    ) -> Result<Vec<(ObjectId, bool)>> {
+        let direct = self.kind == RoomKind::Direct;
+        if let Some(members) = &self.members {
+            return Ok(members
+                .iter()
+                .filter(|(id, _)| *id != sender)
+                .map(|(id, name)| (*id, direct || mentions.contains(name)))
+                .collect());
+        }
+        if mentions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for user in app.store.users_by_username_keys(mentions).await?.into_iter().filter(|u| u.id != sender) {
+            if app.store.member(room, user.id).await?.is_some() {
+                out.push((user.id, true));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// The lower-cased usernames a message mentions as `@name`: an `@` that
+/// does not follow a name character (so `bob@example.com` mentions nobody),
+/// then name characters. A name ending in `.` or `-` (end of a sentence)
+/// counts with and without them. At most [`MAX_MENTIONS`] distinct names.
+pub fn mentions(content: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut after_name = false;
+    for (i, c) in content.char_indices() {
+        if c == '@' && !after_name {
+            let start = i + 1;
+            let end = content[start..].find(|c: char| !name_char(c)).map_or(content.len(), |n| start + n);
+            let run = &content[start..end];
+            for name in [run, run.trim_end_matches(['.', '-'])] {
+                let key = name.to_ascii_lowercase();
+                if (3..=32).contains(&key.len()) && !out.contains(&key) {
+                    if out.len() == MAX_MENTIONS {
+                        return out;
+                    }
+                    out.push(key);
+                }
+            }
+        }
+        after_name = name_char(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentions_are_names_after_an_at_sign() {
+        assert_eq!(mentions("hi @Bob, and @carol_9!"), ["bob", "carol_9"]);
+        assert_eq!(mentions("@alice"), ["alice"]);
+        assert!(mentions("mail bob@example.com").is_empty(), "an address mentions nobody");
+        assert!(mentions("@ bob, @@, @ab").is_empty(), "no name, or too short for a username");
+        assert_eq!(mentions("@@dave"), ["dave"]);
+        assert_eq!(mentions("thanks @erin."), ["erin.", "erin"]);
+        assert_eq!(mentions("@bob @BOB @bob"), ["bob"]);
+        assert_eq!(mentions("héllo @zoé"), Vec::<String>::new(), "usernames are ASCII: `zo` is too short");
+    }
+
+    #[test]
+    fn mentions_are_capped() {
+        let many: String = (0..50).map(|i| format!("@user{i:02} ")).collect();
+        let found = mentions(&many);
+        assert_eq!(found.len(), MAX_MENTIONS);
+        assert_eq!(found[0], "user00");
+    }
+}

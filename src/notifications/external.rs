@@ -1,0 +1,54 @@
+//! The external queue: notifications for users with no connection, waiting
+//! for whatever delivers push or email (the `confab worker` consumes it).
+//!
+//! The contract: a notification that needs external delivery is stored with
+//! `external: "pending"`, then its id (24 hex digits) is pushed with `LPUSH`
+//! onto the Redis list [`EXTERNAL_QUEUE`]; a consumer takes the oldest with
+//! `RPOP`/`BRPOP`, loads the notification by id (`Store::notification`) and
+//! records the outcome with `Store::set_notification_delivery`. If the push
+//! fails, the notification stays `pending` in MongoDB for a sweep to find.
+
+use bson::oid::ObjectId;
+use fred::prelude::*;
+
+use super::count;
+use crate::node::App;
+use crate::store::Notification;
+
+/// The Redis list of notification ids waiting for external delivery.
+pub const EXTERNAL_QUEUE: &str = "confab:notify:external";
+
+/// Queues one notification for external delivery.
+pub async fn enqueue_external(app: &App, notification: &Notification) -> bool {
+    enqueue(app, &[notification.id]).await
+}
+
+/// Queues notifications for external delivery.
+pub async fn enqueue_external_all(app: &App, notifications: &[Notification]) -> bool {
+    let ids: Vec<ObjectId> = notifications.iter().map(|n| n.id).collect();
+    enqueue(app, &ids).await
+}
+
+/// Pushes ids onto [`EXTERNAL_QUEUE`] in one command. If Redis refuses,
+/// the notifications stay `pending` in MongoDB for a sweep to find.
+pub(super) async fn enqueue(app: &App, ids: &[ObjectId]) -> bool {
+    if ids.is_empty() {
+        return true;
+    }
+    let hex: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
+    let pushed: Result<i64, _> = match app.notifier.redis() {
+        Some(redis) => redis.lpush(EXTERNAL_QUEUE, hex).await,
+        None => Err(fred::error::Error::new(fred::error::ErrorKind::IO, "not connected")),
+    };
+    match pushed {
+        Ok(_) => {
+            count("external", ids.len());
+            true
+        }
+        Err(e) => {
+            metrics::counter!("confab_notifications_external_failures_total").increment(ids.len() as u64);
+            tracing::warn!(error = %e, "notifications not queued for external delivery; they stay pending");
+            false
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! From a message to its notifications: the room's audience, minus those
+//! who would be shown nothing, filtered by each one's preferences.
+
+use std::collections::HashMap;
+
+use bson::oid::ObjectId;
+use chrono::Utc;
+
+use super::delivery::{deliver, holders};
+use super::{audience, preferences, watching, Content, MessageJob, Outcome, Route};
+use crate::error::Result;
+use crate::node::App;
+use crate::store::{Message, RoomKind};
+
+/// Longest preview of a message in its notification, in characters.
+pub const PREVIEW_CHARS: usize = 140;
+
+/// Notifies the members of a message's room (see `audience` for which).
+pub(super) async fn for_message(app: &App, job: MessageJob) -> Result<Outcome> {
+    let m = &job.message;
+    let audience = app.notifier.audiences.of(app, m.room_id).await?;
+    let mentions = audience::mentions(&m.content);
+    let candidates = audience.candidates(app, m.room_id, m.sender_id, &mentions).await?;
+    let ids: Vec<ObjectId> = candidates.iter().map(|(id, _)| *id).collect();
+    let holders = holders(app, &ids).await;
+    // Leave out first, before any preferences are read, whoever would be
+    // shown nothing: every connection watches the room (busy rooms are
+    // mostly watched).
+    let registry = &app.gateway.registry;
+    let (mut kept, mut elsewhere, mut watched) = (Vec::new(), Vec::new(), 0);
+    for ((user, addressed), nodes) in candidates.into_iter().zip(holders) {
+        match nodes {
+            1 if registry.user_topic_held(user) && registry.watches_here(user, m.room_id) => watched += 1,
+            1 if !registry.user_topic_held(user) => elsewhere.push((user, addressed, nodes)),
+            _ => kept.push((user, addressed, nodes)),
+        }
+    }
+    metrics::counter!("confab_notifications_suppressed_total", "reason" => "watching").increment(watched);
+    kept.extend(watching::not_watching(app, m.room_id, elsewhere, |(user, _, _)| *user).await);
+    let ids: Vec<ObjectId> = kept.iter().map(|(id, _, _)| *id).collect();
+    let prefs = preferences::load_many(app, &ids).await?;
+    let now = Utc::now();
+    let mut recipients = Vec::with_capacity(kept.len());
+    let mut suppressed: HashMap<&'static str, u64> = HashMap::new();
+    for (user, addressed, nodes) in kept {
+        let wants = prefs.get(&user).map_or(Ok(()), |p| preferences::check(p, m.room_id, addressed, now));
+        match wants {
+            Ok(()) => recipients.push((user, nodes)),
+            Err(why) => *suppressed.entry(why.label()).or_default() += 1,
+        }
+    }
+    for (reason, n) in suppressed {
+        metrics::counter!("confab_notifications_suppressed_total", "reason" => reason).increment(n);
+    }
+    let content = message_content(m, &job.sender_name, &audience);
+    deliver(app, recipients, &content, Route::OutsideRoom(m.room_id)).await
+}
+
+fn message_content(m: &Message, sender_name: &str, audience: &audience::Audience) -> Content {
+    let title = match audience.kind {
+        RoomKind::Direct => sender_name.to_string(),
+        _ => format!("New message from {sender_name} in #{}", audience.room_name),
+    };
+    Content {
+        kind: "new_message".into(),
+        title,
+        message: preview(&m.content),
+        data: bson::doc! {
+            "room_id": m.room_id.to_hex(),
+            "message_id": m.id.to_hex(),
+            "sender_id": m.sender_id.to_hex(),
+        },
+    }
+}
+
+/// The first [`PREVIEW_CHARS`] characters, with an ellipsis if cut.
+pub fn preview(content: &str) -> String {
+    match content.char_indices().nth(PREVIEW_CHARS) {
+        Some((cut, _)) => format!("{}…", content[..cut].trim_end()),
+        None => content.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_cut_long_messages_at_a_character_boundary() {
+        assert_eq!(preview("hello"), "hello");
+        let exact = "é".repeat(PREVIEW_CHARS);
+        assert_eq!(preview(&exact), exact);
+        let long = format!("{} tail", "é".repeat(PREVIEW_CHARS));
+        assert_eq!(preview(&long), format!("{exact}…"));
+    }
+}

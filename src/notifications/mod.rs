@@ -1,0 +1,282 @@
+//! Notifications: telling users about what they are not watching.
+//!
+//! - `messages`: from a sent message to its recipients — the room's
+//!   `audience` (members, with usernames for @mentions, kept per node),
+//!   minus those who would be shown nothing, filtered by `preferences`
+//!   (stored in MongoDB, cached in Redis).
+//! - `delivery`: storing notifications and showing them live, through the
+//!   bus or straight from the local registry.
+//! - `external`: the queue of notifications for users with no connection.
+//! - `watching`: hints that a user watches a room on every connection.
+//! - `online`: whether a user has a connection on any node.
+//! - `server`: notifications a backend sends through the server API.
+//!
+//! A message becomes notifications off the send path: `messages::send`
+//! hands it to [`Notifier::message_sent`], which only queues it (a full
+//! queue drops it, counted); tasks here then work out the recipients and
+//! [`dispatch`] them. Every notification goes one of two ways:
+//!
+//! - **live**, for a user with a connection somewhere: published on the
+//!   user's bus topic, which only the nodes holding their connections
+//!   subscribe to. Each such node offers it to the user's connections that
+//!   are not subscribed to the message's room — a connection watching the
+//!   room sees the message itself — and stores it once it has shown it
+//!   somewhere (`delivered_live`; the id makes a second node's store a
+//!   no-op). A user whose every connection watches the room gets nothing
+//!   stored: they saw the message. Server API notifications have no room:
+//!   they are stored for everyone first, then shown on every connection.
+//!   A user whose connections are all on the dispatching node is served
+//!   there directly, without the bus; users who watch the room on every
+//!   connection are left out before their preferences are even read.
+//! - **external**, for a user with no connection (or whose last one closed
+//!   between the check and the publish): stored with `external: "pending"`
+//!   and its id pushed onto the Redis list [`EXTERNAL_QUEUE`] for whatever
+//!   delivers push or email (docs/api.md, "The external queue").
+
+pub mod audience;
+pub mod delivery;
+pub mod external;
+mod messages;
+pub mod online;
+pub mod preferences;
+pub mod server;
+mod watching;
+
+pub use delivery::{delivered_live, dispatch};
+pub use external::{enqueue_external, enqueue_external_all, EXTERNAL_QUEUE};
+pub use messages::{preview, PREVIEW_CHARS};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use chrono::{DateTime, Utc};
+use fred::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::node::App;
+use crate::store::model::rfc3339;
+use crate::store::{Message, Notification};
+
+/// Messages waiting to become notifications, per node; beyond, they are
+/// dropped (and counted) rather than slow the send path or grow memory.
+const QUEUE: usize = 10_000;
+/// Messages turned into notifications at once, per node.
+const WORKERS: usize = 8;
+
+/// What a notification says, before it has a recipient.
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub kind: String,
+    pub title: String,
+    pub message: String,
+    pub data: bson::Document,
+}
+
+impl Content {
+    fn notification(&self, user_id: ObjectId, id: ObjectId, at: DateTime<Utc>) -> Notification {
+        Notification {
+            id,
+            user_id,
+            kind: self.kind.clone(),
+            title: self.title.clone(),
+            message: self.message.clone(),
+            data: self.data.clone(),
+            created_at: at,
+            read: false,
+            read_at: None,
+            delivered_realtime: false,
+            external: None,
+        }
+    }
+}
+
+/// Where live notifications go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// About a message in this room: to connections not watching it, stored
+    /// by the node that shows it.
+    OutsideRoom(ObjectId),
+    /// From a backend: to every connection, stored before it goes out.
+    Everywhere,
+}
+
+/// What a dispatch did.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Outcome {
+    pub notified: usize,
+    pub delivered_realtime: usize,
+    pub queued_external: usize,
+}
+
+impl std::ops::AddAssign for Outcome {
+    fn add_assign(&mut self, o: Outcome) {
+        self.notified += o.notified;
+        self.delivered_realtime += o.delivered_realtime;
+        self.queued_external += o.queued_external;
+    }
+}
+
+fn count(channel: &'static str, n: usize) {
+    metrics::counter!("confab_notifications_total", "channel" => channel).increment(n as u64);
+}
+
+/// A notification as its live frame carries it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub message: String,
+    pub data: Value,
+    pub timestamp: String,
+}
+
+impl From<&Notification> for LiveView {
+    fn from(n: &Notification) -> Self {
+        LiveView {
+            id: n.id.to_hex(),
+            kind: n.kind.clone(),
+            title: n.title.clone(),
+            message: n.message.clone(),
+            data: json_of(&n.data),
+            timestamp: rfc3339(&n.created_at),
+        }
+    }
+}
+
+/// A notification as history shows it.
+#[derive(Debug, Serialize)]
+pub struct NotificationView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub message: String,
+    pub data: Value,
+    pub timestamp: String,
+    pub read: bool,
+    pub read_at: Option<String>,
+    pub delivered_realtime: bool,
+    pub external: Option<String>,
+}
+
+impl From<&Notification> for NotificationView {
+    fn from(n: &Notification) -> Self {
+        NotificationView {
+            id: n.id.to_hex(),
+            kind: n.kind.clone(),
+            title: n.title.clone(),
+            message: n.message.clone(),
+            data: json_of(&n.data),
+            timestamp: rfc3339(&n.created_at),
+            read: n.read,
+            read_at: n.read_at.as_ref().map(rfc3339),
+            delivered_realtime: n.delivered_realtime,
+            external: n.external.clone(),
+        }
+    }
+}
+
+fn json_of(data: &bson::Document) -> Value {
+    bson::Bson::Document(data.clone()).into_relaxed_extjson()
+}
+
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 200;
+/// Unread notifications are counted up to this (show "999+").
+pub const UNREAD_CAP: i64 = 1000;
+/// Most ids one `read` call may name.
+pub const MAX_READ_IDS: usize = 1000;
+
+/// One page of a user's notifications, newest first: `{"notifications", "has_more"}`.
+pub async fn history(app: &App, user: ObjectId, before: Option<ObjectId>, limit: i64) -> Result<Value> {
+    let (page, has_more) = app.store.notifications(user, before, limit).await?;
+    let views: Vec<NotificationView> = page.iter().map(NotificationView::from).collect();
+    Ok(serde_json::json!({ "notifications": views, "has_more": has_more }))
+}
+
+/// Marks the user's notifications read: those named, or all. Ids of other
+/// users' notifications change nothing. Returns how many changed.
+pub async fn mark_read(app: &App, user: ObjectId, ids: Option<Vec<ObjectId>>) -> Result<u64> {
+    if ids.as_ref().is_some_and(|ids| ids.len() > MAX_READ_IDS) {
+        return Err(Error::invalid("ids", format!("at most {MAX_READ_IDS} per call")));
+    }
+    if ids.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(0);
+    }
+    Ok(app.store.mark_notifications_read(user, ids.as_deref(), Utc::now()).await?)
+}
+
+pub async fn unread_count(app: &App, user: ObjectId) -> Result<i64> {
+    Ok(app.store.count_unread_notifications(user, UNREAD_CAP).await?)
+}
+
+/// A message on its way to becoming notifications.
+struct MessageJob {
+    message: Message,
+    sender_name: String,
+}
+
+/// The node's notification machinery: the queue the send path feeds, the
+/// member lists it keeps, and its own Redis connection (preferences cache,
+/// external queue).
+pub struct Notifier {
+    redis: Client,
+    jobs: mpsc::Sender<MessageJob>,
+    pub audiences: audience::Audiences,
+}
+
+/// The receiving end of the notifier's queue, for [`run`].
+pub struct Jobs(mpsc::Receiver<MessageJob>);
+
+impl Notifier {
+    /// Starts the notifier's Redis connection (without waiting for it).
+    pub fn connect(config: &Config) -> std::result::Result<(Notifier, Jobs), String> {
+        let mut builder = crate::bus::redis::builder(&config.redis_url, 16).map_err(|e| e.to_string())?;
+        builder.with_performance_config(|p| p.default_command_timeout = Duration::from_secs(1));
+        let redis = builder.build().map_err(|e| e.to_string())?;
+        redis.connect();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Ok((Notifier { redis, jobs: tx, audiences: audience::Audiences::default() }, Jobs(rx)))
+    }
+
+    /// The Redis client, unless it is known to be disconnected.
+    pub(crate) fn redis(&self) -> Option<&Client> {
+        self.redis.is_connected().then_some(&self.redis)
+    }
+
+    /// Queues a just-published message for notifications; never waits.
+    pub fn message_sent(&self, message: &Message, sender_name: &str) {
+        let job = MessageJob { message: message.clone(), sender_name: sender_name.to_string() };
+        if self.jobs.try_send(job).is_err() {
+            metrics::counter!("confab_notifications_dropped_total").increment(1);
+        }
+    }
+}
+
+/// Turns queued messages into notifications, a few at a time, until the
+/// node stops.
+pub async fn run(app: Arc<App>, jobs: Jobs) {
+    let mut jobs = jobs.0;
+    if let Some(changes) = app.gateway.registry.watching.changes() {
+        tokio::spawn(watching::write_watching(app.clone(), changes));
+    }
+    let permits = Arc::new(Semaphore::new(WORKERS));
+    while let Some(job) = jobs.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let room = job.message.room_id;
+            if let Err(e) = messages::for_message(&app, job).await {
+                tracing::warn!(error = %e, room = %room, "message notifications failed");
+            }
+        });
+    }
+}
