@@ -1,0 +1,123 @@
+//! The whole way of a notification for someone who is not connected: a
+//! message on a node, the notification stored in their history and handed to
+//! the external queue, and a worker delivering it to a webhook, signed.
+//!
+//! Node and worker share a Redis of this test's own: the external queue has
+//! one name per deployment, and other tests' queues must not mix with it.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Node, OwnRedis};
+use confab::jobs::config::WorkerConfig;
+use confab::jobs::delivery::RetryPolicy;
+use confab::jobs::runner::RunningWorker;
+use confab::jobs::sink::SinkConfig;
+use serde_json::{json, Value};
+
+const SECRET: &str = "webhook-secret-0123456789";
+
+/// A webhook receiver that keeps every correctly signed body.
+async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let keep = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let keep = keep.clone();
+            async move {
+                let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                let signed = confab::jobs::sink::verify(
+                    SECRET,
+                    &header("x-confab-timestamp"),
+                    &body,
+                    &header("x-confab-signature"),
+                    Duration::from_secs(300),
+                );
+                if !signed {
+                    return StatusCode::UNAUTHORIZED;
+                }
+                keep.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_offline_member_gets_the_notification_in_history_and_from_the_worker_sink() {
+    let redis = OwnRedis::start();
+    let db = common::unique_db();
+    let mut config = common::config(&db);
+    config.redis_url = redis.url();
+    let node = Node::start(config).await;
+    let (url, delivered) = receiver().await;
+    let worker = RunningWorker::start(WorkerConfig {
+        redis_url: redis.url(),
+        mongo_url: common::mongo_url(),
+        mongo_db: db.clone(),
+        worker_id: "external-delivery-test".into(),
+        key_prefix: "confab".into(),
+        sink: SinkConfig::Webhook { url, secret: SECRET.into(), timeout: Duration::from_secs(2) },
+        retry: RetryPolicy { max_attempts: 3, base: Duration::from_millis(100), cap: Duration::from_millis(500) },
+        archive_after_days: 30,
+        archive_batch: 500,
+        archive_cron: "0 0 0 1 1 * 2099".into(),
+        summary_cron: "0 0 0 1 1 * 2099".into(),
+        concurrency: 2,
+        metrics_listen: None,
+        heartbeat: Duration::from_secs(1),
+    })
+    .await
+    .unwrap();
+
+    let alice = node.register("alice").await;
+    let bob = node.register("bob").await;
+    let room = node.create_room(&alice, "team", "private").await;
+    let (s, body) = node
+        .call("POST", &format!("/rooms/{room}/members"), Some(&alice.token), Some(json!({"user_id": bob.id})))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    // Bob has no connection anywhere.
+    let sent = node.post_message(&alice, &room, "are you there, @bob?").await;
+
+    let mut stored = None;
+    for _ in 0..100 {
+        let (_, page) = node.call("GET", "/notifications", Some(&bob.token), None).await;
+        if let Some(n) = page["notifications"].as_array().and_then(|a| a.first()) {
+            stored = Some(n.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored = stored.expect("the notification is in bob's history");
+    assert_eq!(stored["type"], "new_message");
+    assert_eq!(stored["data"]["message_id"], sent["id"]);
+
+    let mut got = None;
+    for _ in 0..100 {
+        if let Some(body) = delivered.lock().unwrap().first().cloned() {
+            got = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = got.expect("the worker delivered it to the webhook");
+    assert_eq!(got["id"], stored["id"]);
+    assert_eq!(got["user_id"], bob.id.as_str());
+    assert_eq!(got["type"], "new_message");
+    assert_eq!(delivered.lock().unwrap().len(), 1, "delivered once");
+    let (_, alices) = node.call("GET", "/notifications", Some(&alice.token), None).await;
+    assert_eq!(alices["notifications"], json!([]), "the sender is never notified");
+
+    worker.shutdown().await;
+    node.shutdown().await;
+}
