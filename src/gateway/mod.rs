@@ -140,7 +140,18 @@ async fn fill_gaps(ctx: FillContext, room: ObjectId) {
             tokio::time::sleep(ctx.wait).await;
             waited = true;
         }
-        let Some((after, before)) = lock.lock().gap() else { break };
+        let (after, before) = {
+            let mut order = lock.lock();
+            match order.gap() {
+                Some(gap) => gap,
+                None => {
+                    // Cleared under the lock that saw no gap: a message that
+                    // opens a new gap afterwards schedules its own fill.
+                    order.filling = false;
+                    return;
+                }
+            }
+        };
         let limit = 500.min(MAX_FILL - read) as i64;
         let query = HistoryQuery {
             room_id: room,
@@ -162,19 +173,16 @@ async fn fill_gaps(ctx: FillContext, room: ObjectId) {
         let floor = if partial { found.last().map_or(before, |m| m.seq) } else { before };
         let found: Vec<Delivery> = found.iter().map(from_history).collect();
         metrics::counter!("confab_seq_gap_filled_total").increment(found.len() as u64);
-        let mut order = lock.lock();
+        let order = &mut *lock.lock();
         for d in &order.filled(found, floor) {
             ctx.registry.fan_out(room, d);
         }
         if !partial {
-            // The next gap, if any, gets its own wait.
+            // The next gap, if any, gets its own wait and its own budget.
             waited = false;
-            if order.gap().is_none() {
-                break;
-            }
+            read = 0;
         }
     }
-    lock.lock().filling = false;
 }
 
 /// A stored message as a live delivery (the same frame its sender published).
