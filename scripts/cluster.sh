@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Confab locally: Redis, FerretDB (MongoDB wire protocol), N `confab serve`
-# nodes and nginx in front of them, all as the current user, all state in one
-# directory.
+# nodes and nginx in front of them, and one `confab worker`, all as the
+# current user, all state in one directory.
 #
 #   scripts/cluster.sh up       build, start everything, print the URL
 #   scripts/cluster.sh status   list what runs (exit 0 all up, 1 partly, 3 nothing)
@@ -141,11 +141,11 @@ wait_ready() {
 
 cluster_running() {
   local f
-  for f in "$STATE"/nginx.pid "$STATE"/node-*.pid "$STATE"/ferretdb.pid "$STATE"/redis.pid; do
+  for f in "$STATE"/nginx.pid "$STATE"/node-*.pid "$STATE"/worker.pid "$STATE"/ferretdb.pid "$STATE"/redis.pid; do
     [ -f "$f" ] || continue
     case "$(basename "$f")" in
       nginx.pid) pid_alive "$f" nginx && return 0 ;;
-      node-*) pid_alive "$f" confab && return 0 ;;
+      node-*|worker.pid) pid_alive "$f" confab && return 0 ;;
       ferretdb.pid) pid_alive "$f" ferretdb && return 0 ;;
       redis.pid) pid_alive "$f" redis-server && return 0 ;;
     esac
@@ -245,6 +245,21 @@ up() {
   done
   log "all $nodes node(s) ready"
 
+  # One background worker: notification delivery (log sink), archive, summaries.
+  local wport
+  wport=$(free_port)
+  while [[ " ${node_ports[*]} " == *" $wport "* ]] || [ "$wport" = "$http_port" ]; do wport=$(free_port); done
+  log "starting a worker (metrics on 127.0.0.1:$wport)"
+  CONFAB_REDIS_URL="$redis_url" \
+    CONFAB_MONGO_URL="$mongo_url" \
+    CONFAB_MONGO_DB="$mongo_db" \
+    CONFAB_WORKER_ID="worker-1" \
+    CONFAB_METRICS_LISTEN="127.0.0.1:$wport" \
+    nohup "$bin" worker </dev/null >"$STATE/worker.log" 2>&1 &
+  echo $! >"$STATE/worker.pid"
+  echo "WORKER=127.0.0.1:$wport" >>"$STATE/cluster.env"
+  wait_ready worker "http://127.0.0.1:$wport/healthz" "$STATE/worker.pid" confab "$STATE/worker.log" || exit 1
+
   ensure_nginx
   local nginx
   nginx=$(nginx_bin)
@@ -279,6 +294,7 @@ down() {
     [ -e "$f" ] || continue
     stop_owned "$f" confab
   done
+  stop_owned "$STATE/worker.pid" confab
   stop_owned "$STATE/ferretdb.pid" ferretdb
   stop_owned "$STATE/redis.pid" redis-server
   rm -f "$STATE/url" "$STATE/cluster.env"
@@ -291,13 +307,14 @@ status() {
     return 3
   fi
   local f name proc up=0 total=0 addr
-  for f in "$STATE"/redis.pid "$STATE"/ferretdb.pid "$STATE"/node-*.pid "$STATE"/nginx.pid; do
+  for f in "$STATE"/redis.pid "$STATE"/ferretdb.pid "$STATE"/node-*.pid "$STATE"/worker.pid "$STATE"/nginx.pid; do
     [ -e "$f" ] || continue
     name=$(basename "$f" .pid)
     case "$name" in
       redis) proc=redis-server addr=$(sed -n 's/^REDIS_URL=//p' "$STATE/cluster.env" 2>/dev/null) ;;
       ferretdb) proc=ferretdb addr=$(sed -n 's/^MONGO_URL=//p' "$STATE/cluster.env" 2>/dev/null) ;;
       node-*) proc=confab addr=$(sed -n "s/^NODE_${name#node-}=//p" "$STATE/cluster.env" 2>/dev/null) ;;
+      worker) proc=confab addr=$(sed -n 's/^WORKER=//p' "$STATE/cluster.env" 2>/dev/null) ;;
       nginx) proc=nginx addr=$(cat "$STATE/url" 2>/dev/null || true) ;;
       *) continue ;;
     esac
