@@ -475,6 +475,9 @@ fn notification_for(user: ObjectId) -> Notification {
         data: doc! {"room_id": ObjectId::new().to_hex()},
         created_at: Utc::now(),
         read: false,
+        read_at: None,
+        delivered_realtime: false,
+        external: None,
     }
 }
 

@@ -1,15 +1,13 @@
-//! Notifications as stored in the `notifications` collection, the shape the
-//! nodes' notification service writes too:
-//! `{_id, user_id, type, title, message, data, created_at, read}`.
+//! Notifications in the `notifications` collection, as the worker reads and
+//! writes them: the store's model (`crate::store::Notification`), the one
+//! shape nodes and worker share.
 //!
 //! The worker only inserts (daily summaries) and reads (to deliver); what
 //! else a node does with a notification is not its business.
 
+use bson::doc;
 use bson::oid::ObjectId;
-use bson::{doc, Document};
-use chrono::{DateTime, Utc};
 use mongodb::{Collection, Database};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::JobError;
@@ -17,23 +15,7 @@ use crate::store::model::rfc3339;
 
 pub const COLLECTION: &str = "notifications";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Notification {
-    #[serde(rename = "_id")]
-    pub id: ObjectId,
-    pub user_id: ObjectId,
-    /// `new_message`, `daily_summary`, or a custom type.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub message: String,
-    #[serde(default)]
-    pub data: Document,
-    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
-    pub created_at: DateTime<Utc>,
-    #[serde(default)]
-    pub read: bool,
-}
+pub use crate::store::Notification;
 
 impl Notification {
     /// The JSON a sink hands on: ids as hex, times as RFC 3339, `data` as

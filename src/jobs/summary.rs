@@ -215,6 +215,9 @@ async fn summary(
         },
         created_at: now,
         read: false,
+        read_at: None,
+        delivered_realtime: false,
+        external: None,
     })
 }
 
