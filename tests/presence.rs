@@ -147,6 +147,37 @@ async fn room_co_members_see_presence_but_a_user_never_sees_their_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_connecting_at_once_is_announced_in_full_with_batched_store_reads() {
+    let c = cluster(2, grace(200)).await;
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let alice = a.register("alice").await;
+    let room = a.create_room(&alice, "lobby", "public").await;
+    let mut crowd = Vec::new();
+    for i in 0..40 {
+        let u = a.register(&format!("crowd{i}")).await;
+        let (s, _) = a.call("POST", &format!("/rooms/{room}/join"), Some(&u.token), None).await;
+        assert_eq!(s, 200);
+        crowd.push(u);
+    }
+    let mut watcher = online(a, &alice).await;
+    watcher.join(&room).await;
+
+    const READS: &str = "confab_mongo_op_seconds_count{op=\"find_members\"}";
+    let before = b.metric(READS).await;
+    let _clients = futures::future::join_all(crowd.iter().map(|u| online(b, u))).await;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < crowd.len() {
+        let f = watcher.recv_type("presence").await;
+        assert_eq!(f["data"]["status"], "online", "{f}");
+        assert!(seen.insert(f["user_id"].as_str().unwrap().to_string()), "announced twice: {f}");
+    }
+    watcher.assert_quiet(Duration::from_millis(500)).await;
+    let used = b.metric(READS).await - before;
+    assert!(used >= 1.0 && used < crowd.len() as f64, "{used} membership reads for {} users", crowd.len());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_status_reaches_contacts_persists_across_reconnects_and_shows_in_lookups() {
     let c = cluster(2, grace(200)).await;
     let (a, b) = (&c.nodes[0], &c.nodes[1]);

@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{announce, announce_offline, now_ms, TrackerError};
+use super::{announce_offline, announcer, now_ms, TrackerError};
 use crate::node::App;
 
 pub(super) async fn run(app: Arc<App>) {
@@ -72,21 +72,29 @@ async fn repair(app: &App) -> Result<(), TrackerError> {
     let local = presence.local().clone();
     let counted_ids: HashSet<_> = counted.iter().map(|(_, conn)| *conn).collect();
     let mut fixed = 0;
-    for (user, conn) in counted.into_iter().filter(|(_, conn)| !local.contains_key(conn)) {
-        fixed += 1;
-        if let Some(state) = presence.tracker.disconnect(presence.connection(conn, user), now_ms()).await? {
-            announce(app, user, state).await;
+    // Announced together at the end, also when Redis fails half-way.
+    let mut changes = Vec::new();
+    let result = async {
+        for (user, conn) in counted.into_iter().filter(|(_, conn)| !local.contains_key(conn)) {
+            fixed += 1;
+            if let Some(state) = presence.tracker.disconnect(presence.connection(conn, user), now_ms()).await? {
+                changes.push((user, state));
+            }
         }
+        for (conn, user) in local.into_iter().filter(|(conn, _)| !counted_ids.contains(conn)) {
+            if !presence.local().contains_key(&conn) {
+                continue; // closed meanwhile
+            }
+            fixed += 1;
+            if let Some(state) = presence.tracker.connect(presence.connection(conn, user), now_ms()).await? {
+                changes.push((user, state));
+            }
+        }
+        Ok::<(), TrackerError>(())
     }
-    for (conn, user) in local.into_iter().filter(|(conn, _)| !counted_ids.contains(conn)) {
-        if !presence.local().contains_key(&conn) {
-            continue; // closed meanwhile
-        }
-        fixed += 1;
-        if let Some(state) = presence.tracker.connect(presence.connection(conn, user), now_ms()).await? {
-            announce(app, user, state).await;
-        }
-    }
+    .await;
+    announcer::announce(app, changes).await;
+    result?;
     if fixed > 0 {
         metrics::counter!("confab_presence_repaired_total").increment(fixed);
         tracing::info!(node = %presence.node, fixed, "presence repaired");

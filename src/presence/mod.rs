@@ -18,8 +18,9 @@
 //! Changes are announced as `presence` frames to the user's contacts (their
 //! user topics) and to the subscribers of every room the user is a member of
 //! (skipping the user's own connections). Announcing reads the audience from
-//! the store, so it runs off the connect path.
+//! the store, so it runs off the connect path, in batches (see [`announcer`]).
 
+pub mod announcer;
 mod heartbeat;
 pub mod redis;
 
@@ -30,21 +31,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::oid::ObjectId;
-use futures::StreamExt;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Event, Topic};
 use crate::error::{Error, Result};
-use crate::gateway::{protocol, ConnId};
+use crate::gateway::ConnId;
 use crate::node::App;
 
 /// Most ids one bulk lookup may ask about.
 pub const MAX_LOOKUP: usize = 500;
-
-/// Publishes of one announcement in flight at once.
-const ANNOUNCE_CONCURRENCY: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -181,10 +177,8 @@ pub struct Presence {
     /// Cancelled at shutdown: ends the heartbeat and every grace period.
     stop: CancellationToken,
     heartbeat_task: Mutex<Option<JoinHandle<()>>>,
-    /// Bounds the announcements working at once: each reads the store, and
-    /// a burst of connects must queue cheaply rather than hold thousands of
-    /// store reads (and their buffers) in flight.
-    announcing: tokio::sync::Semaphore,
+    /// Connects and disconnects wait here to be announced, in batches.
+    announcer: announcer::Announcer,
 }
 
 impl Presence {
@@ -199,7 +193,7 @@ impl Presence {
             dirty: AtomicBool::new(true),
             stop: CancellationToken::new(),
             heartbeat_task: Mutex::new(None),
-            announcing: tokio::sync::Semaphore::new(ANNOUNCERS),
+            announcer: announcer::Announcer::default(),
         }
     }
 
@@ -235,7 +229,7 @@ pub async fn connected(app: &Arc<App>, user: ObjectId, conn: ConnId) {
     let presence = &app.presence;
     presence.local().insert(conn, user);
     match presence.tracker.connect(presence.connection(conn, user), now_ms()).await {
-        Ok(Some(state)) => spawn_announce(app, user, state),
+        Ok(Some(state)) => presence.announcer.push(app, user, state),
         Ok(None) => {}
         Err(e) => presence.failed("connect", &e),
     }
@@ -253,7 +247,7 @@ pub fn disconnected(app: &Arc<App>, user: ObjectId, conn: ConnId) {
         }
         presence.local().remove(&conn);
         match presence.tracker.disconnect(presence.connection(conn, user), now_ms()).await {
-            Ok(Some(state)) => announce(&app, user, state).await,
+            Ok(Some(state)) => presence.announcer.push(&app, user, state),
             Ok(None) => {}
             Err(e) => presence.failed("disconnect", &e),
         }
@@ -267,7 +261,7 @@ pub async fn set_status(app: &App, user: ObjectId, raw: &str) -> Result<Presence
     let explicit = (status != Status::Online).then_some(status);
     let (before, after) = app.presence.tracker.set_status(user, explicit).await.map_err(unavailable)?;
     if before.status() != after.status() {
-        announce(app, user, after).await;
+        announcer::announce(app, vec![(user, after)]).await;
     }
     Ok(PresenceView::new(user, &after))
 }
@@ -321,48 +315,7 @@ async fn announce_offline(app: &App, users: Vec<ObjectId>) {
             return;
         }
     };
-    for (user, state) in users.into_iter().zip(states) {
-        announce(app, user, state).await;
-    }
-}
-
-fn spawn_announce(app: &Arc<App>, user: ObjectId, state: State) {
-    let app = app.clone();
-    tokio::spawn(async move { announce(&app, user, state).await });
-}
-
-/// Announcements reading the store at once, per node.
-const ANNOUNCERS: usize = 8;
-
-/// Sends a `presence` frame to the user's contacts and co-members.
-async fn announce(app: &App, user: ObjectId, state: State) {
-    // Never closed, so acquiring only waits.
-    let Ok(_permit) = app.presence.announcing.acquire().await else { return };
-    let user_hex = user.to_hex();
-    let frame = protocol::event("presence", None, Some(&user_hex), PresenceView::new(user, &state));
-    let (owners, memberships) = tokio::join!(app.store.contact_owners(user), app.store.memberships(user));
-    let rooms = memberships.map(|ms| ms.into_iter().map(|m| m.room_id).collect::<Vec<_>>());
-    let owners = owners.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "presence not announced to contacts");
-        Vec::new()
-    });
-    let rooms = rooms.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "presence not announced to rooms");
-        Vec::new()
-    });
-    let topics = owners.into_iter().filter(|o| *o != user).map(Topic::User).chain(rooms.into_iter().map(Topic::Room));
-    metrics::counter!("confab_presence_changes_total", "status" => state.status().as_str()).increment(1);
-    futures::stream::iter(topics)
-        .for_each_concurrent(ANNOUNCE_CONCURRENCY, |topic| {
-            let frame = &frame;
-            async move {
-                if let Err(e) = app.bus.publish(topic, Event::ephemeral(Some(user), frame)).await {
-                    metrics::counter!("confab_bus_publish_failures_total").increment(1);
-                    tracing::debug!(error = %e, "presence frame not published");
-                }
-            }
-        })
-        .await;
+    announcer::announce(app, users.into_iter().zip(states).collect()).await;
 }
 
 #[cfg(test)]

@@ -88,6 +88,9 @@ pub trait Store: Send + Sync + 'static {
     async fn room_members(&self, room_id: ObjectId, limit: i64) -> StoreResult<Vec<Member>>;
     /// Every membership of one user.
     async fn memberships(&self, user_id: ObjectId) -> StoreResult<Vec<Member>>;
+    /// The rooms each of `users` is a member of, as (user, room) pairs: one
+    /// read for a whole batch of presence changes.
+    async fn rooms_of(&self, users: &[ObjectId]) -> StoreResult<Vec<(ObjectId, ObjectId)>>;
     /// Moves a member's cursor forward to `seq` (never back); returns the
     /// cursor's previous seq if it moved.
     async fn advance_cursor(
@@ -142,8 +145,9 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_contact(&self, owner_id: ObjectId, contact_id: ObjectId) -> StoreResult<bool>;
     /// `owner_id`'s contacts, oldest first.
     async fn contacts(&self, owner_id: ObjectId) -> StoreResult<Vec<Contact>>;
-    /// The users who have `user_id` among their contacts.
-    async fn contact_owners(&self, user_id: ObjectId) -> StoreResult<Vec<ObjectId>>;
+    /// Who has each of `users` among their contacts, as (user, owner)
+    /// pairs: one read for a whole batch of presence changes.
+    async fn contact_owners_of(&self, users: &[ObjectId]) -> StoreResult<Vec<(ObjectId, ObjectId)>>;
 
     /// Up to `limit` of a room's members in user-id order, after `after`
     /// (a user id): paging through a room of any size.

@@ -229,6 +229,25 @@ impl Store for MongoStore {
         timed("find_members", async { self.members.find(doc! {"user_id": user_id}).await?.try_collect().await }).await
     }
 
+    async fn rooms_of(&self, users: &[ObjectId]) -> StoreResult<Vec<(ObjectId, ObjectId)>> {
+        #[derive(serde::Deserialize)]
+        struct Pair {
+            room_id: ObjectId,
+            user_id: ObjectId,
+        }
+        let found: Vec<Pair> = timed("find_members", async {
+            self.members
+                .clone_with_type::<Pair>()
+                .find(doc! {"user_id": {"$in": users}})
+                .projection(doc! {"_id": 0, "room_id": 1, "user_id": 1})
+                .await?
+                .try_collect()
+                .await
+        })
+        .await?;
+        Ok(found.into_iter().map(|p| (p.user_id, p.room_id)).collect())
+    }
+
     async fn advance_cursor(
         &self,
         room_id: ObjectId,
@@ -449,12 +468,23 @@ impl Store for MongoStore {
         .await
     }
 
-    async fn contact_owners(&self, user_id: ObjectId) -> StoreResult<Vec<ObjectId>> {
-        let found: Vec<Contact> = timed("find_contacts", async {
-            self.contacts.find(doc! {"contact_id": user_id}).await?.try_collect().await
+    async fn contact_owners_of(&self, users: &[ObjectId]) -> StoreResult<Vec<(ObjectId, ObjectId)>> {
+        #[derive(serde::Deserialize)]
+        struct Pair {
+            owner_id: ObjectId,
+            contact_id: ObjectId,
+        }
+        let found: Vec<Pair> = timed("find_contacts", async {
+            self.contacts
+                .clone_with_type::<Pair>()
+                .find(doc! {"contact_id": {"$in": users}})
+                .projection(doc! {"_id": 0, "owner_id": 1, "contact_id": 1})
+                .await?
+                .try_collect()
+                .await
         })
         .await?;
-        Ok(found.into_iter().map(|c| c.owner_id).collect())
+        Ok(found.into_iter().map(|p| (p.contact_id, p.owner_id)).collect())
     }
 
     async fn room_members_page(
