@@ -19,6 +19,7 @@
 pub mod assembler;
 pub mod echo;
 pub mod frames;
+pub mod line;
 pub mod protocol;
 pub mod registry;
 pub mod sequencer;
@@ -210,8 +211,9 @@ pub type Upgraded = WebSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>
 
 /// Serves one authenticated chat connection until it ends.
 pub async fn run_chat(app: Arc<App>, caller: Caller, ws: Upgraded) {
+    let Some(halves) = split(ws) else { return };
     let gateway = app.gateway.clone();
-    let (outbox, queues) = Outbox::new(Some(caller.user_id), app.config.outbound_queue, gateway.shutdown.child_token());
+    let outbox = Outbox::new(Some(caller.user_id), app.config.outbound_queue, gateway.shutdown.child_token());
     gateway.registry.register(outbox.clone());
     // Receipts and presence reach a user through their own topic. Counting
     // the connection for presence goes alongside: with Redis down, each
@@ -225,14 +227,24 @@ pub async fn run_chat(app: Arc<App>, caller: Caller, ws: Upgraded) {
         Err(e) => tracing::warn!(error = %e, "user topic not subscribed; receipts reach this connection late"),
     }
     let session = session::ChatSession::new(app.clone(), caller, outbox.clone());
-    socket::drive(socket::split(ws), outbox, queues, limits(&app), session).await;
+    socket::drive(halves, outbox, limits(&app), session).await;
 }
 
 /// Serves one conformance-echo connection until it ends.
 pub async fn run_echo(app: Arc<App>, ws: Upgraded) {
-    let (outbox, queues) = Outbox::new(None, app.config.outbound_queue, app.gateway.shutdown.child_token());
+    let Some(halves) = split(ws) else { return };
+    let outbox = Outbox::new(None, app.config.outbound_queue, app.gateway.shutdown.child_token());
     let echo = echo::Echo { outbox: outbox.clone() };
-    socket::drive(socket::split(ws), outbox, queues, limits(&app), echo).await;
+    socket::drive(halves, outbox, limits(&app), echo).await;
+}
+
+/// The socket's halves; None (logged) if the upgrade is not a TCP stream.
+fn split(ws: Upgraded) -> Option<(socket::ReadSide, tokio::net::tcp::OwnedWriteHalf)> {
+    let halves = socket::split(ws);
+    if halves.is_none() {
+        tracing::error!("upgraded connection is not a TCP stream; dropped");
+    }
+    halves
 }
 
 impl Gateway {

@@ -1,10 +1,11 @@
 //! Who is connected to this node, and to which rooms.
 //!
 //! Sharded maps (DashMap): room → local connections, user → local
-//! connections, and connection → its outbound queue. Fan-out takes one shard's read lock, offers the shared
-//! frame bytes to each queue without waiting, and cuts off any connection
-//! whose queue is full: a slow client loses its connection, the room loses
-//! nothing.
+//! connections, and connection → its outbound line. Fan-out takes one
+//! shard's read lock, offers the shared frame bytes to each connection
+//! without waiting (written straight to the socket when it takes them, see
+//! `line`), and cuts off any connection whose backlog is full: a slow client
+//! loses its connection, the room loses nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -15,9 +16,9 @@ use bson::oid::ObjectId;
 use bytes::Bytes;
 use dashmap::DashMap;
 
+use super::line::{Line, Op, Refused};
 use super::watching::Watching;
 use crate::bus::{Delivery, Kind, Topic};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub type ConnId = u64;
@@ -33,27 +34,29 @@ pub enum Outbound {
     Binary(Bytes),
 }
 
-/// Control frames that must not wait behind data: pongs, close. Boxed
-/// payloads keep the enum small: every connection's control queue holds a
-/// block of them.
-#[derive(Debug)]
-pub enum Control {
-    Pong(Box<[u8]>),
-    Close(u16, Box<str>),
-    /// A close frame the protocol obliges us to echo, already encoded.
-    CloseEcho(Box<[u8]>),
+impl Outbound {
+    fn parts(self) -> (Op, Bytes, u64) {
+        match self {
+            Outbound::Delivery(b, stored_at_us) => (Op::Text, b, stored_at_us),
+            Outbound::Text(b) => (Op::Text, b, 0),
+            Outbound::Binary(b) => (Op::Binary, b, 0),
+        }
+    }
 }
 
 /// WebSocket close code for a client cut off for not reading fast enough
 /// (1013, "try again later": reconnect and catch up from history).
 pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
 
+/// Most bytes of a close reason (a close frame's payload is at most 125).
+const MAX_CLOSE_REASON: usize = 123;
+
 /// The sending side of one connection.
 pub struct Outbox {
     pub id: ConnId,
     pub user_id: Option<ObjectId>,
-    data: mpsc::Sender<Outbound>,
-    control: mpsc::Sender<Control>,
+    /// The socket's outbound side: frames are written through it.
+    pub line: Line,
     /// Cancelled to drop the connection at once, whatever it is doing.
     pub kill: CancellationToken,
     /// While a join replays a room's history, that room's live deliveries
@@ -79,48 +82,42 @@ struct Hold {
 /// a slow consumer.
 pub const MAX_HELD: usize = 10_000;
 
-/// The receiving ends, owned by the connection's writer.
-pub struct OutboxReceivers {
-    pub data: mpsc::Receiver<Outbound>,
-    pub control: mpsc::Receiver<Control>,
-}
-
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 impl Outbox {
-    pub fn new(user_id: Option<ObjectId>, capacity: usize, kill: CancellationToken) -> (Arc<Outbox>, OutboxReceivers) {
-        let (data_tx, data_rx) = mpsc::channel(capacity);
-        let (control_tx, control_rx) = mpsc::channel(16);
-        let outbox = Outbox {
+    /// A connection whose backlog holds up to `capacity` frames the socket
+    /// has not taken yet.
+    pub fn new(user_id: Option<ObjectId>, capacity: usize, kill: CancellationToken) -> Arc<Outbox> {
+        Arc::new(Outbox {
             id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
             user_id,
-            data: data_tx,
-            control: control_tx,
+            line: Line::new(capacity),
             kill,
             holding: AtomicBool::new(false),
             hold: Mutex::new(None),
             revoked: Mutex::new(Vec::new()),
             user_topic: AtomicBool::new(false),
-        };
-        (Arc::new(outbox), OutboxReceivers { data: data_rx, control: control_rx })
+        })
     }
 
-    /// Queues a frame without waiting; false if the queue is full or closed.
-    pub fn offer(&self, frame: Outbound) -> bool {
-        self.data.try_send(frame).is_ok()
+    /// Writes or queues a frame without waiting. `Refused::Full` means the
+    /// client does not keep up.
+    pub fn offer(&self, frame: Outbound) -> Result<(), Refused> {
+        let (op, body, stored_at_us) = frame.parts();
+        self.line.offer(op, body, stored_at_us)
     }
 
-    /// Queues a room delivery, or holds it while that room is replaying.
-    fn offer_delivery(&self, room: ObjectId, d: &Delivery) -> bool {
+    /// Offers a room delivery, or holds it while that room is replaying.
+    fn offer_delivery(&self, room: ObjectId, d: &Delivery) -> Result<(), Refused> {
         let frame = Outbound::Delivery(d.frame.clone(), d.stored_at_us);
         if self.holding.load(Ordering::Acquire) {
             let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(h) = hold.as_mut().filter(|h| h.room == room) {
                 if h.frames.len() >= MAX_HELD {
-                    return false;
+                    return Err(Refused::Full);
                 }
                 h.frames.push(((d.kind == Kind::Message).then_some(d.seq), frame));
-                return true;
+                return Ok(());
             }
         }
         self.offer(frame)
@@ -132,7 +129,7 @@ impl Outbox {
         self.holding.store(true, Ordering::Release);
     }
 
-    /// Stops holding: queues the held deliveries with seq above `after`, in
+    /// Stops holding: sends the held deliveries with seq above `after`, in
     /// seq order and once each, before any later delivery can overtake them.
     /// False if they did not fit (the caller treats it as a slow consumer).
     pub fn release_hold(&self, after: i64) -> bool {
@@ -148,7 +145,7 @@ impl Outbox {
                     Some(seq) => last = seq,
                     None => {}
                 }
-                ok &= self.offer(frame);
+                ok &= self.offer(frame).is_ok();
             }
         }
         self.holding.store(false, Ordering::Release);
@@ -171,22 +168,16 @@ impl Outbox {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Queues a frame, waiting for room (for replies to this client's own
-    /// requests, where waiting slows only this client).
+    /// Sends a frame, waiting for room in the backlog (for replies to this
+    /// client's own requests, where waiting slows only this client). False
+    /// once the connection is closing.
     pub async fn send(&self, frame: Outbound) -> bool {
-        self.data.send(frame).await.is_ok()
-    }
-
-    pub async fn control(&self, c: Control) -> bool {
-        self.control.send(c).await.is_ok()
-    }
-
-    pub fn control_sender(&self) -> mpsc::Sender<Control> {
-        self.control.clone()
+        let (op, body, _) = frame.parts();
+        self.line.send(op, body).await
     }
 
     /// Closes a connection that cannot keep up (1013) and drops it a moment
-    /// later, since its writer may be stuck on a full socket.
+    /// later, since its socket may take no more bytes, not even the close.
     pub fn cut_off_slow(&self) {
         metrics::counter!("confab_slow_consumer_disconnects_total").increment(1);
         tracing::info!(conn = self.id, "slow consumer cut off");
@@ -198,12 +189,18 @@ impl Outbox {
         });
     }
 
-    /// Asks the writer to send a close frame, then drop the connection. If
-    /// even the control queue is full the connection is dropped at once.
+    /// Starts the closing handshake: a close frame goes ahead of waiting
+    /// data, nothing follows it, and the connection is dropped once the peer
+    /// answers (or does not, shortly after).
     pub fn close(&self, code: u16, reason: &str) {
-        if self.control.try_send(Control::Close(code, reason.into())).is_err() {
-            self.kill.cancel();
+        let mut cut = reason.len().min(MAX_CLOSE_REASON);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
         }
+        let mut body = Vec::with_capacity(2 + cut);
+        body.extend_from_slice(&code.to_be_bytes());
+        body.extend_from_slice(&reason.as_bytes()[..cut]);
+        self.line.close(body.into(), true);
     }
 }
 
@@ -372,7 +369,7 @@ impl Registry {
         });
         for outbox in evicted {
             outbox.revoke(room);
-            if !frame.is_empty() && !outbox.offer(Outbound::Text(frame.clone())) {
+            if !frame.is_empty() && outbox.offer(Outbound::Text(frame.clone())) == Err(Refused::Full) {
                 outbox.cut_off_slow();
             }
         }
@@ -393,15 +390,16 @@ fn remove_member(map: &DashMap<ObjectId, Members>, key: ObjectId, conn: ConnId) 
 fn offer_all<'a>(
     conns: impl Iterator<Item = &'a Arc<Outbox>>,
     wanted: impl Fn(&Outbox) -> bool,
-    offer: impl Fn(&Outbox) -> bool,
+    offer: impl Fn(&Outbox) -> Result<(), Refused>,
 ) -> usize {
     let mut slow: Vec<Arc<Outbox>> = Vec::new();
     let mut delivered = 0;
     for outbox in conns.filter(|o| wanted(o)) {
-        if offer(outbox) {
-            delivered += 1;
-        } else if !outbox.kill.is_cancelled() {
-            slow.push(outbox.clone());
+        match offer(outbox) {
+            Ok(()) => delivered += 1,
+            // Cut off outside the shard lock; a closing connection is not slow.
+            Err(Refused::Full) => slow.push(outbox.clone()),
+            Err(Refused::Closed) => {}
         }
     }
     for outbox in slow {
@@ -414,18 +412,21 @@ fn offer_all<'a>(
 mod tests {
     use super::*;
 
-    fn seq_of(o: Outbound) -> i64 {
-        match o {
-            Outbound::Delivery(b, _) => std::str::from_utf8(&b).unwrap().parse().unwrap(),
-            _ => panic!("not a delivery"),
-        }
+    /// The payloads waiting in a connection's line (no socket attached, so
+    /// every offered frame waits), as text.
+    fn waiting(o: &Outbox) -> Vec<String> {
+        o.line.waiting().into_iter().map(|(_, b)| String::from_utf8(b.to_vec()).unwrap()).collect()
+    }
+
+    fn outbox(cap: usize) -> Arc<Outbox> {
+        Outbox::new(None, cap, CancellationToken::new())
     }
 
     #[tokio::test]
     async fn held_deliveries_are_released_in_seq_order_without_duplicates() {
         let reg = Registry::new();
         let (room, other) = (ObjectId::new(), ObjectId::new());
-        let (o, mut rx) = outbox(64);
+        let o = outbox(64);
         o.start_hold(room);
         reg.join(room, &o);
         reg.join(other, &o);
@@ -434,26 +435,20 @@ mod tests {
             reg.fan_out(room, &d(seq));
         }
         reg.fan_out(other, &d(100)); // another room is not held
-        assert_eq!(seq_of(rx.data.try_recv().unwrap()), 100);
-        assert!(rx.data.try_recv().is_err(), "held frames wait");
+        assert_eq!(waiting(&o), ["100"], "held frames wait");
         assert!(o.release_hold(5)); // replay covered up to seq 5
         reg.fan_out(room, &d(8));
-        let got: Vec<i64> = std::iter::from_fn(|| rx.data.try_recv().ok()).map(seq_of).collect();
-        assert_eq!(got, [6, 7, 8]);
+        assert_eq!(waiting(&o), ["100", "6", "7", "8"]);
     }
 
-    fn outbox(cap: usize) -> (Arc<Outbox>, OutboxReceivers) {
-        Outbox::new(None, cap, CancellationToken::new())
-    }
-
-    #[test]
-    fn ephemeral_events_skip_their_user_and_evictions_remove_only_theirs() {
+    #[tokio::test]
+    async fn ephemeral_events_skip_their_user_and_evictions_remove_only_theirs() {
         let reg = Registry::new();
         let room = ObjectId::new();
         let (alice, bob) = (ObjectId::new(), ObjectId::new());
-        let (a1, mut ra1) = Outbox::new(Some(alice), 8, CancellationToken::new());
-        let (a2, mut ra2) = Outbox::new(Some(alice), 8, CancellationToken::new());
-        let (b, mut rb) = Outbox::new(Some(bob), 8, CancellationToken::new());
+        let a1 = Outbox::new(Some(alice), 8, CancellationToken::new());
+        let a2 = Outbox::new(Some(alice), 8, CancellationToken::new());
+        let b = Outbox::new(Some(bob), 8, CancellationToken::new());
         assert!(reg.register(a1.clone()), "alice's first connection");
         assert!(!reg.register(a2.clone()));
         assert!(reg.register(b.clone()));
@@ -468,13 +463,13 @@ mod tests {
             seq: 0,
         };
         assert_eq!(reg.fan_out(room, &typing), 1, "only bob hears alice typing");
-        assert!(rb.data.try_recv().is_ok());
-        assert!(ra1.data.try_recv().is_err());
+        assert_eq!(waiting(&b), ["typing"]);
+        assert!(waiting(&a1).is_empty());
 
         assert!(!reg.evict(room, alice, &Bytes::from_static(b"removed")), "bob is still here");
         assert_eq!(a1.take_revoked(), [room]);
         assert!(a1.take_revoked().is_empty(), "drained once");
-        assert!(matches!(ra2.data.try_recv(), Ok(Outbound::Text(f)) if &f[..] == b"removed"));
+        assert_eq!(waiting(&a2), ["removed"]);
         assert_eq!(reg.fan_out(room, &Delivery::message(Bytes::from_static(b"m"), 1)), 1, "alice gets no more");
         assert!(reg.evict(room, bob, &Bytes::from_static(b"removed")), "room emptied");
 
@@ -489,16 +484,16 @@ mod tests {
         let reg = Registry::new();
         let (room, other) = (ObjectId::new(), ObjectId::new());
         let alice = ObjectId::new();
-        let (watching, mut rw) = Outbox::new(Some(alice), 8, CancellationToken::new());
-        let (elsewhere, mut re) = Outbox::new(Some(alice), 8, CancellationToken::new());
+        let watching = Outbox::new(Some(alice), 8, CancellationToken::new());
+        let elsewhere = Outbox::new(Some(alice), 8, CancellationToken::new());
         reg.register(watching.clone());
         reg.register(elsewhere.clone());
         reg.join(room, &watching);
         reg.join(other, &elsewhere);
         let frame = Bytes::from_static(b"notification");
         assert_eq!(reg.send_to_user_except_room(alice, Some(room), &frame), 1);
-        assert!(rw.data.try_recv().is_err(), "the connection in the room sees the message itself");
-        assert!(matches!(re.data.try_recv(), Ok(Outbound::Text(f)) if &f[..] == b"notification"));
+        assert!(waiting(&watching).is_empty(), "the connection in the room sees the message itself");
+        assert_eq!(waiting(&elsewhere), ["notification"]);
         assert_eq!(reg.send_to_user_except_room(alice, None, &frame), 2, "without a room: every connection");
         assert!(!reg.watches_here(alice, room));
         reg.join(room, &elsewhere);
@@ -512,8 +507,8 @@ mod tests {
     fn join_and_leave_report_first_and_last() {
         let reg = Registry::new();
         let room = ObjectId::new();
-        let (a, _ra) = outbox(4);
-        let (b, _rb) = outbox(4);
+        let a = outbox(4);
+        let b = outbox(4);
         assert!(reg.join(room, &a));
         assert!(!reg.join(room, &b));
         assert!(!reg.leave(room, a.id));
@@ -524,20 +519,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fan_out_shares_bytes_and_cuts_off_full_queues() {
+    async fn fan_out_shares_bytes_and_cuts_off_full_backlogs() {
         let reg = Registry::new();
         let room = ObjectId::new();
-        let (fast, mut fast_rx) = outbox(8);
-        let (slow, mut slow_rx) = outbox(1);
+        let fast = outbox(8);
+        let slow = outbox(1);
         reg.join(room, &fast);
         reg.join(room, &slow);
         let frame = Bytes::from_static(b"{\"type\":\"message\"}");
         let d = Delivery::message(frame.clone(), 1);
         assert_eq!(reg.fan_out(room, &d), 2);
-        assert_eq!(reg.fan_out(room, &d), 1, "slow queue is full");
-        let Some(Outbound::Delivery(got, _)) = fast_rx.data.recv().await else { panic!("no frame") };
-        assert_eq!(got.as_ptr(), frame.as_ptr(), "the same bytes, not a copy");
-        assert!(matches!(slow_rx.control.recv().await, Some(Control::Close(CLOSE_SLOW_CONSUMER, _))));
-        assert!(slow_rx.data.recv().await.is_some());
+        assert_eq!(reg.fan_out(room, &d), 1, "slow backlog is full");
+        let got = fast.line.waiting();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1.as_ptr(), frame.as_ptr(), "the same bytes, not a copy");
+        let slow_waiting = slow.line.waiting();
+        assert_eq!(slow_waiting[0].0, 0x8, "the close frame goes ahead of waiting data");
+        assert_eq!(&slow_waiting[0].1[..2], &CLOSE_SLOW_CONSUMER.to_be_bytes());
+        assert_eq!(slow_waiting.len(), 2);
+        assert_eq!(reg.fan_out(room, &d), 1, "nothing more for a closing connection, and no second cut-off");
+    }
+
+    #[test]
+    fn close_reasons_are_cut_to_fit_a_close_frame_on_a_char_boundary() {
+        let o = outbox(4);
+        o.close(1008, &"é".repeat(100));
+        let (op, body) = o.line.waiting().remove(0);
+        assert_eq!(op, 0x8);
+        assert!(body.len() <= 125);
+        assert!(std::str::from_utf8(&body[2..]).is_ok());
     }
 }

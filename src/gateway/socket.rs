@@ -3,26 +3,30 @@
 //! The reader parses frames (`frames`), joins fragments under the message cap and hands
 //! whole messages to a [`Handler`]; protocol violations fail the connection
 //! with the RFC 6455 close code (1002 protocol, 1007 invalid UTF-8, 1009 too
-//! big). The writer drains the connection's queues: control frames first,
-//! then data, and pings the client every interval; a client that misses two
-//! pings, or a socket that stops taking bytes, is dropped. Either side
-//! cancelling the connection's token ends both.
+//! big). Frames are written through the connection's [`Line`] by whoever has
+//! one; the writer task only drains what the socket did not take at once,
+//! and pings the client every interval. A client that misses two pings, or a
+//! socket that takes no bytes across two ping intervals, is dropped. Either
+//! side cancelling the connection's token ends both.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketWrite};
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, WebSocket};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::{interval_at, timeout, Instant};
 
 use super::assembler::{Assembler, DataMessage};
 use super::frames::{FrameReader, ReadError};
-use super::registry::{Control, Outbound, Outbox, OutboxReceivers};
+use super::line::{Flushed, Line, Op};
+use super::registry::Outbox;
 
 /// What a connection does with whole messages.
 #[async_trait]
@@ -49,61 +53,47 @@ enum Exit {
     Gone,
 }
 
-/// The two halves of a socket, each owned by one task.
+/// The read side of a socket, owned by the connection's reader.
 pub type ReadSide = Box<dyn AsyncRead + Unpin + Send>;
-pub type WriteSide = Box<dyn AsyncWrite + Unpin + Send>;
 
-/// Splits an upgraded connection. When the upgraded stream is a plain TCP
-/// stream (the usual case) each half owns its side of the socket; otherwise
-/// the halves share the stream behind a lock (`tokio::io::split`), which
-/// costs a lock on every read and write.
-pub fn split(ws: WebSocket<TokioIo<Upgraded>>) -> (ReadSide, WebSocketWrite<WriteSide>) {
+/// Splits an upgraded connection into its owned halves. None if the
+/// upgraded stream is not a plain TCP stream: the node's own accept loop
+/// always hands over one (TLS ends at the proxy in front).
+pub fn split(ws: WebSocket<TokioIo<Upgraded>>) -> Option<(ReadSide, OwnedWriteHalf)> {
     let upgraded = ws.into_inner().into_inner();
-    let (read, write): (ReadSide, WriteSide) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            metrics::counter!("confab_socket_splits_total", "kind" => "owned").increment(1);
-            let (r, w) = parts.io.into_inner().into_split();
-            // Bytes read past the handshake come first. They are a slice of
-            // hyper's 8 KiB read buffer: copy them out, so that buffer is
-            // freed now rather than kept for the connection's whole life.
-            let read: ReadSide = if parts.read_buf.is_empty() {
-                Box::new(r)
-            } else {
-                Box::new(std::io::Cursor::new(parts.read_buf.to_vec()).chain(r))
-            };
-            (read, Box::new(w))
-        }
-        Err(upgraded) => {
-            metrics::counter!("confab_socket_splits_total", "kind" => "shared").increment(1);
-            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            (Box::new(r), Box::new(w))
-        }
+    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+    let (r, w) = parts.io.into_inner().into_split();
+    // Bytes read past the handshake come first. They are a slice of hyper's
+    // 8 KiB read buffer: copy them out, so that buffer is freed now rather
+    // than kept for the connection's whole life.
+    let read: ReadSide = if parts.read_buf.is_empty() {
+        Box::new(r)
+    } else {
+        Box::new(std::io::Cursor::new(parts.read_buf.to_vec()).chain(r))
     };
-    // Frames are read by our own reader (`frames`); fastwebsockets writes.
-    let (_, write) = fastwebsockets::after_handshake_split(tokio::io::empty(), write, fastwebsockets::Role::Server);
-    (read, write)
+    Some((read, w))
 }
 
 /// Runs a connection to its end.
 pub async fn drive<H: Handler>(
-    (io, writer): (ReadSide, WebSocketWrite<WriteSide>),
+    (io, write): (ReadSide, OwnedWriteHalf),
     outbox: Arc<Outbox>,
-    queues: OutboxReceivers,
     limits: Limits,
     mut handler: H,
 ) {
+    outbox.line.attach(write);
     let mut reader = Reader { io, frames: FrameReader::new(limits.max_message_bytes) };
     let missed = Arc::new(AtomicU32::new(0));
     let kill = outbox.kill.clone();
-    let writer = tokio::spawn(write_loop(writer, queues, missed.clone(), limits.ping_interval, kill.clone()));
+    let writer = tokio::spawn(write_loop(outbox.clone(), missed.clone(), limits.ping_interval));
 
     let mut assembler = Assembler::new(limits.max_message_bytes);
     let exit = tokio::select! {
-        exit = read_loop(&mut reader, &outbox, &missed, &mut assembler, &mut handler) => exit,
+        exit = read_loop(&mut reader, &outbox.line, &missed, &mut assembler, &mut handler) => exit,
         _ = kill.cancelled() => Exit::Gone,
     };
     if let Exit::Fail(code, reason) = &exit {
-        let _ = timeout(Duration::from_secs(1), outbox.control(Control::Close(*code, reason.as_str().into()))).await;
+        outbox.close(*code, reason);
         // Give the peer a moment to answer our close, as RFC 6455 asks.
         let _ = timeout(Duration::from_secs(2), async {
             tokio::select! {
@@ -115,12 +105,13 @@ pub async fn drive<H: Handler>(
     }
     handler.on_close().await;
     let mut writer = writer;
-    if matches!(exit, Exit::PeerClosed) {
-        // Let the writer send the close echo before the socket goes away.
-        let _ = timeout(Duration::from_secs(1), &mut writer).await;
-    }
+    // After the peer's close, let the writer send the echo before the socket
+    // goes away. A finished task must not be awaited twice.
+    let finished = matches!(exit, Exit::PeerClosed) && timeout(Duration::from_secs(1), &mut writer).await.is_ok();
     kill.cancel();
-    let _ = writer.await;
+    if !finished {
+        let _ = writer.await;
+    }
 }
 
 /// The read side: the socket and the frame parser reading it.
@@ -135,11 +126,9 @@ impl Reader {
     }
 }
 
-type Writer = WebSocketWrite<WriteSide>;
-
 async fn read_loop<H>(
     reader: &mut Reader,
-    outbox: &Outbox,
+    line: &Line,
     missed: &AtomicU32,
     assembler: &mut Assembler,
     handler: &mut H,
@@ -154,9 +143,9 @@ where
         };
         missed.store(0, Ordering::Relaxed);
         match frame.opcode {
-            OpCode::Close => return answer_close(&frame.payload, outbox).await,
+            OpCode::Close => return answer_close(&frame.payload, line),
             OpCode::Ping => {
-                if !outbox.control(Control::Pong(frame.payload.to_vec().into())).await {
+                if !line.control(Op::Pong, Bytes::copy_from_slice(&frame.payload)) {
                     return Exit::Gone;
                 }
                 continue;
@@ -177,7 +166,7 @@ where
 }
 
 /// Echoes a valid close frame (its code only); fails a malformed one.
-async fn answer_close(payload: &[u8], outbox: &Outbox) -> Exit {
+fn answer_close(payload: &[u8], line: &Line) -> Exit {
     let echo = match payload.len() {
         0 => Vec::new(),
         1 => return Exit::Fail(1002, "malformed close frame".into()),
@@ -189,7 +178,7 @@ async fn answer_close(payload: &[u8], outbox: &Outbox) -> Exit {
             payload[..2].to_vec()
         }
     };
-    let _ = outbox.control(Control::CloseEcho(echo.into())).await;
+    line.close(echo.into(), false);
     Exit::PeerClosed
 }
 
@@ -216,124 +205,55 @@ fn exit_for(e: ReadError) -> Exit {
     }
 }
 
-async fn write_loop(
-    mut w: Writer,
-    mut queues: OutboxReceivers,
-    missed: Arc<AtomicU32>,
-    ping_interval: Duration,
-    kill: tokio_util::sync::CancellationToken,
-) {
+/// The writer task: drains what the socket did not take at once, and pings.
+async fn write_loop(outbox: Arc<Outbox>, missed: Arc<AtomicU32>, ping_interval: Duration) {
+    let line = &outbox.line;
     let mut ticker = interval_at(Instant::now() + ping_interval, ping_interval);
-    // Resolved once per connection: recording is then a few atomic adds.
-    let latency = metrics::histogram!("confab_message_delivery_latency_seconds");
-    // Registered once, not on every loop turn: this loop runs per frame.
-    let cancelled = kill.cancelled();
+    // Registered once, not on every loop turn.
+    let cancelled = outbox.kill.cancelled();
     tokio::pin!(cancelled);
-    'frames: loop {
-        let event = tokio::select! {
-            biased;
-            _ = &mut cancelled => break,
-            c = queues.control.recv() => match c { Some(c) => Event::Control(c), None => break },
-            d = queues.data.recv() => match d { Some(d) => Event::Data(d), None => break },
-            _ = ticker.tick() => Event::Tick,
-        };
-        let write = write_event(&mut w, &mut queues, event, &missed, &latency);
-        tokio::pin!(write);
+    'conn: loop {
         // A socket that takes no bytes across two ping ticks is dead to us;
         // the ticker doubles as the watchdog, so no timer is set per write.
         let mut ticks = 0;
-        let step = loop {
+        loop {
+            match line.flush() {
+                Ok(Flushed::All) => break,
+                Ok(Flushed::Closed { await_reply }) => {
+                    if await_reply {
+                        // Wait (briefly) for the reader to see the peer's reply.
+                        let _ = timeout(Duration::from_secs(2), &mut cancelled).await;
+                    }
+                    break 'conn;
+                }
+                Ok(Flushed::Blocked) => {}
+                Err(_) => break 'conn,
+            }
             tokio::select! {
                 biased;
-                _ = &mut cancelled => break 'frames,
-                r = &mut write => break r,
+                _ = &mut cancelled => break 'conn,
+                ready = line.writable() => if ready.is_err() { break 'conn },
                 _ = ticker.tick() => {
                     ticks += 1;
                     if ticks == 2 {
-                        break 'frames;
+                        break 'conn;
                     }
                 }
             }
-        };
-        match step {
-            Ok(Step::Continue) => {}
-            Ok(Step::SentClose) => {
-                // Wait (briefly) for the reader to see the peer's close reply.
-                let _ = timeout(Duration::from_secs(2), &mut cancelled).await;
-                break;
-            }
-            Ok(Step::Done) | Err(_) => break,
         }
-    }
-    kill.cancel();
-}
-
-enum Event {
-    Control(Control),
-    Data(Outbound),
-    Tick,
-}
-
-enum Step {
-    Continue,
-    SentClose,
-    Done,
-}
-
-/// Most frames written before one flush when a queue has a backlog.
-const BATCH: usize = 256;
-
-async fn write_event(
-    w: &mut Writer,
-    queues: &mut OutboxReceivers,
-    event: Event,
-    missed: &AtomicU32,
-    latency: &metrics::Histogram,
-) -> Result<Step, WebSocketError> {
-    match event {
-        Event::Control(Control::Pong(p)) => w.write_frame(Frame::pong(Payload::Owned(p.into()))).await?,
-        Event::Control(Control::CloseEcho(p)) => {
-            w.write_frame(Frame::close_raw(Payload::Owned(p.into()))).await?;
-            w.flush().await?;
-            return Ok(Step::Done);
-        }
-        Event::Control(Control::Close(code, reason)) => {
-            w.write_frame(Frame::close(code, reason.as_bytes())).await?;
-            w.flush().await?;
-            return Ok(Step::SentClose);
-        }
-        Event::Data(first) => {
-            write_data(w, first, latency).await?;
-            for _ in 0..BATCH {
-                match queues.data.try_recv() {
-                    Ok(next) => write_data(w, next, latency).await?,
-                    Err(_) => break,
+        tokio::select! {
+            biased;
+            _ = &mut cancelled => break,
+            _ = line.pending() => {}
+            _ = ticker.tick() => {
+                if missed.fetch_add(1, Ordering::Relaxed) >= 2 {
+                    outbox.close(1008, "ping timeout");
+                } else {
+                    line.control(Op::Ping, Bytes::from_static(b"confab"));
                 }
             }
         }
-        Event::Tick => {
-            if missed.fetch_add(1, Ordering::Relaxed) >= 2 {
-                w.write_frame(Frame::close(1008, b"ping timeout")).await?;
-                w.flush().await?;
-                return Ok(Step::Done);
-            }
-            w.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"confab"))).await?;
-        }
     }
-    w.flush().await?;
-    Ok(Step::Continue)
-}
-
-async fn write_data(w: &mut Writer, frame: Outbound, latency: &metrics::Histogram) -> Result<(), WebSocketError> {
-    match frame {
-        Outbound::Delivery(b, stored_at_us) => {
-            w.write_frame(Frame::text(Payload::Borrowed(&b))).await?;
-            if stored_at_us > 0 {
-                latency.record(crate::metrics::now_us().saturating_sub(stored_at_us) as f64 / 1e6);
-            }
-            Ok(())
-        }
-        Outbound::Text(b) => w.write_frame(Frame::text(Payload::Borrowed(&b))).await,
-        Outbound::Binary(b) => w.write_frame(Frame::binary(Payload::Borrowed(&b))).await,
-    }
+    line.shut();
+    outbox.kill.cancel();
 }
