@@ -7,10 +7,13 @@
 //! changes trickle in, a batch is one change and goes out at once; when a
 //! crowd connects together (a node restart behind the load balancer), the
 //! queue gathers them, the store sees a few reads instead of thousands, and
-//! message traffic is not starved by presence.
+//! message traffic is not starved by presence. Between two batches the
+//! announcer pauses as long as the last one took (up to a second), so even
+//! a long storm leaves the store at least half of its time.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
 use futures::StreamExt;
@@ -22,6 +25,9 @@ use crate::node::App;
 
 /// Most users one batch announces (bounds each store read's `$in`).
 pub const MAX_BATCH: usize = 256;
+
+/// Longest pause between two batches under a storm.
+const MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// Publishes in flight at once for one batch.
 const PUBLISH_CONCURRENCY: usize = 32;
@@ -52,7 +58,12 @@ impl Announcer {
     }
 
     async fn drain(&self, app: &App) {
+        let mut pause = Duration::ZERO;
         loop {
+            // Under a storm, leave the store as much time for other work as
+            // the last batch took (at most a second): batches grow instead
+            // of the store's load. A lone change waits for nothing.
+            tokio::time::sleep(pause).await;
             let batch = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 if q.changes.is_empty() {
@@ -62,7 +73,9 @@ impl Announcer {
                 let n = q.changes.len().min(MAX_BATCH);
                 q.changes.drain(..n).collect::<Vec<_>>()
             };
+            let started = Instant::now();
             announce(app, batch).await;
+            pause = started.elapsed().min(MAX_PAUSE);
         }
     }
 }
