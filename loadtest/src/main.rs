@@ -161,11 +161,11 @@ fn fanout_markdown(r: &FanoutResult, churn: Option<&ChurnResult>) -> String {
          | delivered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | dup | CPU s per 1M deliveries | server RSS per connection |\n\
          |---|---|---|---|---|---|---|---|---|---|\n\
          | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {:.1} KiB |\n\n\
-         published {} (accepted by the server), expected deliveries {}, delivered {}, connect failures {}, subscriber disconnects {}\n",
+         published {} (accepted by the server), expected deliveries {}, delivered {}, connect failures {}, subscriber disconnects {}; publishing began after {:.0} s of settling\n",
         r.target, p.rooms, p.subscribers, p.publishers, p.rate, p.duration, p.payload,
         r.delivered_per_sec, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, r.lost, r.duplicated,
         r.cpu_seconds_per_million, r.server_rss_bytes_per_connection / 1024.0,
-        r.published, r.expected, r.delivered, r.connect_failures, r.subscriber_disconnects,
+        r.published, r.expected, r.delivered, r.connect_failures, r.subscriber_disconnects, r.settled_secs,
     );
     if let Some(c) = churn {
         md.push_str(&format!("\nchurn: {} connects, {} failures\n", c.connects, c.failures));

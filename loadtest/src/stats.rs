@@ -108,6 +108,26 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Jiffies of all CPUs since boot, as (busy, total), from /proc/stat.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = cpu.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = f.iter().sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = f.get(3)? + f.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Fraction of the whole machine's CPU time that was busy over `window`
+/// (every process counts: servers, their store, Redis, this generator).
+pub async fn machine_busy(window: std::time::Duration) -> Option<f64> {
+    let (b0, t0) = machine_jiffies()?;
+    tokio::time::sleep(window).await;
+    let (b1, t1) = machine_jiffies()?;
+    (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64)
+}
+
 /// Totals over a set of server processes.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ServerSample {
@@ -127,6 +147,12 @@ pub fn sample(pids: &[u32]) -> ServerSample {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn machine_busy_is_a_fraction() {
+        let busy = machine_busy(std::time::Duration::from_millis(200)).await.expect("/proc/stat");
+        assert!((0.0..=1.0).contains(&busy), "{busy}");
+    }
 
     #[test]
     fn seen_counts_distinct_and_duplicates() {

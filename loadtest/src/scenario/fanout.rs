@@ -39,6 +39,16 @@ pub struct FanoutParams {
     /// Seconds to wait for in-flight messages after publishing stops.
     #[arg(long, default_value_t = 3)]
     pub grace: u64,
+    /// Most seconds to wait, once every subscriber is connected, for the
+    /// machine to go quiet before publishing, so that work set off by the
+    /// connects (presence announcements, store reads) is not counted as
+    /// fan-out; 0 publishes at once.
+    #[arg(long, default_value_t = 60)]
+    pub settle: u64,
+    /// Quiet means the whole machine's CPUs are busy less than this
+    /// fraction of a second.
+    #[arg(long, default_value_t = 0.3)]
+    pub settle_below: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +64,8 @@ pub struct FanoutResult {
     pub lost: u64,
     pub duplicated: u64,
     pub subscriber_disconnects: u64,
+    /// Seconds waited for the machine to go quiet before publishing.
+    pub settled_secs: f64,
     pub delivered_per_sec: f64,
     pub latency: Percentiles,
     pub server_cpu_seconds: f64,
@@ -113,6 +125,7 @@ pub async fn run(
     }
     drop(pending);
     bar.finish_and_clear();
+    let settled_secs = settle(p).await;
     let connected = stats::sample(server_pids);
 
     let mut publishers = Vec::with_capacity(p.publishers);
@@ -235,6 +248,7 @@ pub async fn run(
         lost: expected.saturating_sub(distinct),
         duplicated,
         subscriber_disconnects: disconnects,
+        settled_secs,
         // Messages are published during `duration`; their deliveries trail
         // by the latency, so the rate is over the publishing time.
         delivered_per_sec: distinct as f64 / p.duration as f64,
@@ -252,4 +266,23 @@ fn per_connection(before: ServerSample, after: ServerSample, n: usize) -> f64 {
         return 0.0;
     }
     after.rss_bytes.saturating_sub(before.rss_bytes) as f64 / n as f64
+}
+
+/// Waits (at most `p.settle` seconds) until the machine is quiet; returns
+/// how long it waited.
+async fn settle(p: &FanoutParams) -> f64 {
+    let started = Instant::now();
+    if p.settle == 0 {
+        return 0.0;
+    }
+    let bar = super::timed_bar(Duration::from_secs(p.settle), "settling");
+    while started.elapsed() < Duration::from_secs(p.settle) {
+        match stats::machine_busy(Duration::from_secs(1)).await {
+            Some(busy) if busy >= p.settle_below => bar.set_message(format!("machine {:.0}% busy", busy * 100.0)),
+            _ => break,
+        }
+        bar.set_position(started.elapsed().as_secs());
+    }
+    bar.finish_and_clear();
+    started.elapsed().as_secs_f64()
 }
