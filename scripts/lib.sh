@@ -70,9 +70,14 @@ start_redis() {
 
 start_ferretdb() {
   # start_ferretdb DIR PORT : FerretDB on SQLite files in DIR/ferretdb, pid in DIR/ferretdb.pid
+  # WAL with synchronous=NORMAL: a commit does not wait for fsync (the WAL is
+  # synced at checkpoints), like mongod's default acknowledged write, which
+  # reaches the journal within 100 ms rather than before the reply.
   local dir=$1 port=$2
   mkdir -p "$dir/ferretdb"
-  "$FERRETDB_BIN" --handler=sqlite --sqlite-url="file:$dir/ferretdb/" --listen-addr="127.0.0.1:$port" \
+  "$FERRETDB_BIN" --handler=sqlite \
+    --sqlite-url="file:$dir/ferretdb/?_pragma=busy_timeout(10000)&_pragma=journal_mode(wal)&_pragma=synchronous(normal)" \
+    --listen-addr="127.0.0.1:$port" \
     --telemetry=disable --debug-addr=- --state-dir="$dir/ferretdb" --log-level=warn \
     >"$dir/ferretdb.log" 2>&1 &
   echo $! > "$dir/ferretdb.pid"
