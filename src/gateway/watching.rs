@@ -7,10 +7,11 @@
 //! and notes "U watches R here"; the notifier writes that to Redis with a
 //! short expiry. The note is withdrawn as soon as it may stop being true: U
 //! opens another connection here, a connection of U leaves R or is evicted
-//! from it, or U's last connection here closes. Dispatchers trust a hint
-//! only for a user held by exactly one node, so a hint can never speak for
-//! connections elsewhere; a withdrawal lost to a crash or a Redis error
-//! lasts at most the expiry.
+//! from it, or U's last connection here closes. While it stands, the node
+//! refreshes it well within its expiry. Dispatchers trust a hint only for a
+//! user held by exactly one node, so a hint can never speak for connections
+//! elsewhere; a withdrawal lost to a crash or a Redis error lasts at most
+//! the expiry.
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -52,6 +53,21 @@ impl Watching {
         }
         self.noted.entry(user).or_default().insert(room);
         self.send(Change::Watching { user, room });
+    }
+
+    /// Re-sends every note still standing, so their hints outlive their
+    /// expiry without another notification having to reach the user. A
+    /// note ended meanwhile is either not re-sent or withdrawn after it (a
+    /// shard is read-locked while its notes are sent).
+    pub fn refresh(&self) {
+        if self.sink.get().is_none() {
+            return;
+        }
+        for entry in self.noted.iter() {
+            for room in entry.value() {
+                self.send(Change::Watching { user: *entry.key(), room: *room });
+            }
+        }
     }
 
     /// `user` may no longer watch `room` with every local connection.
@@ -106,5 +122,23 @@ mod tests {
             ]
         );
         assert!(w.noted.is_empty());
+    }
+
+    #[test]
+    fn a_refresh_re_sends_the_standing_notes_only() {
+        let w = Watching::default();
+        let mut rx = w.changes().unwrap();
+        let (user, room, other) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+        w.note(user, room);
+        w.note(user, other);
+        w.ended(user, other);
+        let _: Vec<Change> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        w.refresh();
+        let got: Vec<Change> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(got, [Change::Watching { user, room }]);
+        w.ended_all(user);
+        w.refresh();
+        let got: Vec<Change> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(got, [Change::Ended { user, room }], "nothing left to refresh");
     }
 }

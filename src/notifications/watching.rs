@@ -3,6 +3,7 @@
 //! every connection, written by each node for its own users.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bson::oid::ObjectId;
 use fred::prelude::*;
@@ -11,9 +12,14 @@ use tokio::sync::mpsc;
 use crate::gateway::watching::Change;
 use crate::node::App;
 
-/// How long a watching hint lives unless refreshed by another notification
-/// shown to nobody (see `gateway::watching`).
-const WATCHING_TTL_MS: i64 = 3000;
+/// How long a watching hint lives unless refreshed: the longest a lost
+/// withdrawal can silence a user's notifications about one room.
+const WATCHING_TTL_MS: i64 = 10_000;
+
+/// How often a node refreshes its standing hints (in one pipeline): well
+/// within their expiry, so a busy room's watchers cost no notification
+/// publishes at all.
+const REFRESH: Duration = Duration::from_secs(3);
 
 fn watching_key(room: ObjectId, user: ObjectId) -> String {
     format!("confab:nw:{}:{}", room.to_hex(), user.to_hex())
@@ -46,7 +52,20 @@ pub(super) async fn not_watching<T>(
 
 /// Writes this node's watching notes to Redis, in the order they were made.
 pub(super) async fn write_watching(app: Arc<App>, mut changes: mpsc::UnboundedReceiver<Change>) {
-    while let Some(first) = changes.recv().await {
+    let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + REFRESH, REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            change = changes.recv() => match change {
+                Some(c) => c,
+                None => return,
+            },
+            _ = refresh.tick() => {
+                // Queued behind the changes already made, in order.
+                app.gateway.registry.watching.refresh();
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < 512 {
             match changes.try_recv() {
