@@ -516,8 +516,8 @@ mod tests {
         assert!(line.is_idle());
     }
 
-    #[tokio::test]
-    async fn a_sender_waiting_for_room_goes_on_once_the_backlog_drains_and_stops_when_shut() {
+    /// A line whose backlog is full, and a sender waiting for room in it.
+    async fn full_with_a_waiting_sender() -> (std::sync::Arc<Line>, tokio::task::JoinHandle<bool>) {
         let line = std::sync::Arc::new(Line::new(1));
         line.offer(Op::Text, Bytes::from_static(b"1"), 0).unwrap();
         let waiting = tokio::spawn({
@@ -526,17 +526,17 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "the backlog is full");
+        (line, waiting)
+    }
+
+    #[tokio::test]
+    async fn a_sender_waiting_for_room_goes_on_once_the_backlog_drains_and_stops_when_shut() {
+        let (line, waiting) = full_with_a_waiting_sender().await;
         line.attach(Discard);
         line.flush().unwrap();
         assert!(waiting.await.unwrap(), "sent once there was room");
 
-        let line = std::sync::Arc::new(Line::new(1));
-        line.offer(Op::Text, Bytes::from_static(b"1"), 0).unwrap();
-        let waiting = tokio::spawn({
-            let line = line.clone();
-            async move { line.send(Op::Text, Bytes::from_static(b"2")).await }
-        });
-        tokio::task::yield_now().await;
+        let (line, waiting) = full_with_a_waiting_sender().await;
         line.shut();
         assert!(!waiting.await.unwrap(), "refused once the connection ends");
     }

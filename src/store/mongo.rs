@@ -76,6 +76,28 @@ async fn timed<T>(
     out
 }
 
+/// For the documents whose `key` is one of `keys`, the (`key`, `other`)
+/// id pairs: one `$in` read, only the two fields decoded.
+async fn id_pairs<T: Send + Sync>(
+    collection: &Collection<T>,
+    op: &'static str,
+    key: &str,
+    keys: &[ObjectId],
+    other: &str,
+) -> StoreResult<Vec<(ObjectId, ObjectId)>> {
+    let found: Vec<Document> = timed(op, async {
+        collection
+            .clone_with_type::<Document>()
+            .find(doc! {key: {"$in": keys}})
+            .projection(doc! {"_id": 0, key: 1, other: 1})
+            .await?
+            .try_collect()
+            .await
+    })
+    .await?;
+    Ok(found.iter().filter_map(|d| Some((d.get_object_id(key).ok()?, d.get_object_id(other).ok()?))).collect())
+}
+
 fn index(keys: Document, name: &str, unique: bool) -> IndexModel {
     IndexModel::builder()
         .keys(keys)
@@ -230,22 +252,7 @@ impl Store for MongoStore {
     }
 
     async fn rooms_of(&self, users: &[ObjectId]) -> StoreResult<Vec<(ObjectId, ObjectId)>> {
-        #[derive(serde::Deserialize)]
-        struct Pair {
-            room_id: ObjectId,
-            user_id: ObjectId,
-        }
-        let found: Vec<Pair> = timed("find_members", async {
-            self.members
-                .clone_with_type::<Pair>()
-                .find(doc! {"user_id": {"$in": users}})
-                .projection(doc! {"_id": 0, "room_id": 1, "user_id": 1})
-                .await?
-                .try_collect()
-                .await
-        })
-        .await?;
-        Ok(found.into_iter().map(|p| (p.user_id, p.room_id)).collect())
+        id_pairs(&self.members, "find_members", "user_id", users, "room_id").await
     }
 
     async fn advance_cursor(
@@ -469,22 +476,7 @@ impl Store for MongoStore {
     }
 
     async fn contact_owners_of(&self, users: &[ObjectId]) -> StoreResult<Vec<(ObjectId, ObjectId)>> {
-        #[derive(serde::Deserialize)]
-        struct Pair {
-            owner_id: ObjectId,
-            contact_id: ObjectId,
-        }
-        let found: Vec<Pair> = timed("find_contacts", async {
-            self.contacts
-                .clone_with_type::<Pair>()
-                .find(doc! {"contact_id": {"$in": users}})
-                .projection(doc! {"_id": 0, "owner_id": 1, "contact_id": 1})
-                .await?
-                .try_collect()
-                .await
-        })
-        .await?;
-        Ok(found.into_iter().map(|p| (p.contact_id, p.owner_id)).collect())
+        id_pairs(&self.contacts, "find_contacts", "contact_id", users, "owner_id").await
     }
 
     async fn room_members_page(
