@@ -56,16 +56,6 @@ async fn join(node: &Node, user: &User, room: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
-/// The ids the Redis list of notifications awaiting external delivery holds.
-async fn external_queue() -> Vec<String> {
-    use fred::prelude::*;
-    let client = Builder::from_config(Config::from_url(&common::redis_url()).unwrap()).build().unwrap();
-    client.init().await.unwrap();
-    let ids: Vec<String> = client.lrange("confab:notify:external", 0, -1).await.unwrap();
-    let _ = client.quit().await;
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preferences_decide_across_nodes() {
     let cluster = Cluster::start(2).await;
@@ -210,7 +200,10 @@ async fn users_without_a_connection_get_history_and_the_external_queue() {
         (&n["delivered_realtime"], &n["external"], &n["read"]),
         (&json!(false), &json!("pending"), &json!(false))
     );
-    assert!(external_queue().await.contains(&n["id"].as_str().unwrap().to_string()), "queued for external delivery");
+    assert!(
+        common::external_queue().await.contains(&n["id"].as_str().unwrap().to_string()),
+        "queued for external delivery"
+    );
 
     // A direct message is titled with its sender's name.
     let (status, dm) =
@@ -219,7 +212,7 @@ async fn users_without_a_connection_get_history_and_the_external_queue() {
     let list = stored(b, &bob, 2).await;
     let n = list.iter().find(|n| n["data"]["message_id"] == dm["id"]).expect("the direct message's notification");
     assert_eq!((&n["title"], &n["message"], &n["external"]), (&json!("alice"), &json!("psst"), &json!("pending")));
-    assert!(external_queue().await.contains(&n["id"].as_str().unwrap().to_string()));
+    assert!(common::external_queue().await.contains(&n["id"].as_str().unwrap().to_string()));
     // The sender has none.
     assert_eq!(history(a, &alice, "").await["notifications"], json!([]));
     cluster.shutdown().await;

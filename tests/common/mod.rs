@@ -454,3 +454,13 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str
     assert_eq!(body["error"]["code"], want_code, "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }
+
+/// The ids the Redis list of notifications awaiting external delivery holds.
+pub async fn external_queue() -> Vec<String> {
+    use fred::prelude::*;
+    let client = Builder::from_config(Config::from_url(&redis_url()).unwrap()).build().unwrap();
+    client.init().await.unwrap();
+    let ids: Vec<String> = client.lrange("confab:notify:external", 0, -1).await.unwrap();
+    let _ = client.quit().await;
+    ids
+}
