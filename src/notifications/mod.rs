@@ -150,16 +150,11 @@ impl From<&Notification> for LiveView {
     }
 }
 
-/// A notification as history shows it.
+/// A notification as history shows it: the live frame's fields and its state.
 #[derive(Debug, Serialize)]
 pub struct NotificationView {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub message: String,
-    pub data: Value,
-    pub timestamp: String,
+    #[serde(flatten)]
+    pub live: LiveView,
     pub read: bool,
     pub read_at: Option<String>,
     pub delivered_realtime: bool,
@@ -169,12 +164,7 @@ pub struct NotificationView {
 impl From<&Notification> for NotificationView {
     fn from(n: &Notification) -> Self {
         NotificationView {
-            id: n.id.to_hex(),
-            kind: n.kind.clone(),
-            title: n.title.clone(),
-            message: n.message.clone(),
-            data: json_of(&n.data),
-            timestamp: rfc3339(&n.created_at),
+            live: LiveView::from(n),
             read: n.read,
             read_at: n.read_at.as_ref().map(rfc3339),
             delivered_realtime: n.delivered_realtime,
