@@ -368,7 +368,8 @@ impl Line {
         }
     }
 
-    /// Whether nothing waits to be written.
+    /// Whether nothing waits to be written, for tests.
+    #[cfg(test)]
     pub fn is_idle(&self) -> bool {
         self.lock().backlog.is_empty()
     }
