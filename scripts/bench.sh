@@ -8,6 +8,7 @@
 # bench-results/<timestamp>), each scenario with results.json, summary.md
 # and latency.png. Sizes are environment-overridable:
 #   BENCH_ROOMS BENCH_SUBSCRIBERS BENCH_PUBLISHERS BENCH_RATE BENCH_DURATION
+#   BENCH_WARMUP (seconds of publishing before the measured duration)
 #   BENCH_CONNECTIONS (default 10000; the 100k target: BENCH_CONNECTIONS=100000)
 #   BENCH_SKIP_MICRO=1 skips criterion.
 set -euo pipefail
@@ -19,6 +20,7 @@ SUBS=${BENCH_SUBSCRIBERS:-500}
 PUBS=${BENCH_PUBLISHERS:-10}
 RATE=${BENCH_RATE:-20}
 DURATION=${BENCH_DURATION:-20}
+WARMUP=${BENCH_WARMUP:-5}
 CONNECTIONS=${BENCH_CONNECTIONS:-10000}
 OUT=${BENCH_OUT:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
@@ -70,9 +72,9 @@ p1=$(start_node bench-node-1)
 p2=$(start_node bench-node-2)
 pids=(--server-pid "$(cat "$work/bench-node-1.pid")" --server-pid "$(cat "$work/bench-node-2.pid")")
 
-log "fan-out: $ROOMS rooms x $SUBS subscribers, $PUBS publishers, $RATE msgs/s, ${DURATION}s, two nodes"
+log "fan-out: $ROOMS rooms x $SUBS subscribers, $PUBS publishers, $RATE msgs/s, ${WARMUP}s warm-up + ${DURATION}s, two nodes"
 "$LOADTEST" fanout --url "http://127.0.0.1:$p1" --url "http://127.0.0.1:$p2" --jwt-secret "$SECRET" "${pids[@]}" \
-  --rooms "$ROOMS" --subscribers "$SUBS" --publishers "$PUBS" --rate "$RATE" --duration "$DURATION" \
+  --rooms "$ROOMS" --subscribers "$SUBS" --publishers "$PUBS" --rate "$RATE" --warmup "$WARMUP" --duration "$DURATION" \
   --out "$OUT/fanout" >/dev/null
 
 log "connections: $CONNECTIONS idle authenticated sockets on a fresh node"

@@ -19,7 +19,9 @@
 #   COMPARE_SUBSCRIBERS  subscribers per room (default 500)
 #   COMPARE_PUBLISHERS   publishers in all (default 10)
 #   COMPARE_RATE         messages per second over all publishers (default 20)
-#   COMPARE_DURATION     seconds of publishing (default 20)
+#   COMPARE_DURATION     seconds of measured publishing (default 20)
+#   COMPARE_WARMUP       seconds of publishing before it, checked for loss but
+#                        not measured (default 5)
 #   COMPARE_PAYLOAD      bytes of content per message (default 100)
 #   COMPARE_DIR          where logs and results go (default: a new temporary
 #                        directory, kept and printed at the end)
@@ -47,6 +49,7 @@ SUBSCRIBERS="${COMPARE_SUBSCRIBERS:-500}"
 PUBLISHERS="${COMPARE_PUBLISHERS:-10}"
 RATE="${COMPARE_RATE:-20}"
 DURATION="${COMPARE_DURATION:-20}"
+WARMUP="${COMPARE_WARMUP:-5}"
 PAYLOAD="${COMPARE_PAYLOAD:-100}"
 
 ALL_SYSTEMS=(confab centrifugo socketio baseline)
@@ -148,10 +151,10 @@ run_load() {
   local args=() p u
   for p in $pids; do args+=(--server-pid "$p"); done
   for u in $urls; do args+=(--url "$u"); done
-  log "$name: fanout, $ROOMS rooms x $SUBSCRIBERS subscribers, $PUBLISHERS publishers, $RATE msgs/s, ${DURATION}s"
+  log "$name: fanout, $ROOMS rooms x $SUBSCRIBERS subscribers, $PUBLISHERS publishers, $RATE msgs/s, ${WARMUP}s warm-up + ${DURATION}s"
   "$BIN/confab-loadtest" fanout --target "$name" "${args[@]}" "$@" \
     --rooms "$ROOMS" --subscribers "$SUBSCRIBERS" --publishers "$PUBLISHERS" \
-    --rate "$RATE" --duration "$DURATION" --payload "$PAYLOAD" \
+    --rate "$RATE" --warmup "$WARMUP" --duration "$DURATION" --payload "$PAYLOAD" \
     --out "$DIR/results/$name" >"$DIR/loadtest-$name.log" 2>&1 ||
     { log "$name: the load generator failed (see $DIR/loadtest-$name.log)"; tail -n 5 "$DIR/loadtest-$name.log" >&2; return 1; }
 }
@@ -250,7 +253,8 @@ if first:
     p = first.get("params", {})
     print(f"# Fan-out comparison\n")
     print(f"{p.get('rooms')} rooms × {p.get('subscribers')} subscribers, {p.get('publishers')} publishers "
-          f"at {p.get('rate')} msgs/s for {p.get('duration')} s, {p.get('payload')} B payload; "
+          f"at {p.get('rate')} msgs/s for {p.get('duration')} s after {p.get('warmup', 0)} s of warm-up, "
+          f"{p.get('payload')} B payload; "
           f"two nodes each (baseline: one process), one shared Redis.\n")
 print("| system | delivered msgs/s | p50 ms | p99 ms | CPU s per 1M deliveries | RSS per connection KiB "
       "| lost | dup | deliveries per CPU-s | Confab ÷ system (deliveries per CPU-s) |")

@@ -157,15 +157,15 @@ fn fanout_markdown(r: &FanoutResult, churn: Option<&ChurnResult>) -> String {
     let p = &r.params;
     let l = &r.latency;
     let mut md = format!(
-        "# fan-out: {}\n\n{} rooms × {} subscribers, {} publishers at {} msgs/s for {} s, {} B payload\n\n\
+        "# fan-out: {}\n\n{} rooms × {} subscribers, {} publishers at {} msgs/s for {} s after {} s of warm-up, {} B payload\n\n\
          | delivered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | dup | CPU s per 1M deliveries | server RSS per connection |\n\
          |---|---|---|---|---|---|---|---|---|---|\n\
          | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {:.1} KiB |\n\n\
-         published {} (accepted by the server), expected deliveries {}, delivered {}, connect failures {}, subscriber disconnects {}; publishing began after {:.0} s of settling\n",
-        r.target, p.rooms, p.subscribers, p.publishers, p.rate, p.duration, p.payload,
+         published {} (accepted by the server, warm-up included), expected deliveries {}, delivered {} ({} measured), connect failures {}, subscriber disconnects {}; publishing began after {:.0} s of settling\n",
+        r.target, p.rooms, p.subscribers, p.publishers, p.rate, p.duration, p.warmup, p.payload,
         r.delivered_per_sec, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, r.lost, r.duplicated,
         r.cpu_seconds_per_million, r.server_rss_bytes_per_connection / 1024.0,
-        r.published, r.expected, r.delivered, r.connect_failures, r.subscriber_disconnects, r.settled_secs,
+        r.published, r.expected, r.delivered, r.measured, r.connect_failures, r.subscriber_disconnects, r.settled_secs,
     );
     if let Some(c) = churn {
         md.push_str(&format!("\nchurn: {} connects, {} failures\n", c.connects, c.failures));

@@ -3,6 +3,11 @@
 //! broker. Every message carries a probe (publisher, seq, send time):
 //! subscribers measure end-to-end latency and account for every message
 //! exactly once (lost and duplicated must be 0).
+//!
+//! Publishing starts with a warm-up: its messages are accounted for (lost,
+//! duplicated) but not measured, so that latency, rate and CPU describe the
+//! steady state rather than the target's first look at each room (caches
+//! filling, connections to its store opening).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,9 +35,14 @@ pub struct FanoutParams {
     /// Total messages per second over all publishers.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
-    /// Seconds of publishing.
+    /// Seconds of publishing that are measured.
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
+    /// Seconds of publishing before the measured `duration`, at the same
+    /// rate: checked for loss and duplicates, left out of latency, rate and
+    /// CPU.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
     /// Bytes of message content.
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
@@ -58,7 +68,10 @@ pub struct FanoutResult {
     pub params: FanoutParams,
     pub connections: usize,
     pub connect_failures: u64,
+    /// Messages accepted, warm-up included.
     pub published: u64,
+    /// Deliveries owed for them; `delivered`, `lost` and `duplicated` count
+    /// against this.
     pub expected: u64,
     pub delivered: u64,
     pub lost: u64,
@@ -66,6 +79,8 @@ pub struct FanoutResult {
     pub subscriber_disconnects: u64,
     /// Seconds waited for the machine to go quiet before publishing.
     pub settled_secs: f64,
+    /// Deliveries of messages sent after the warm-up.
+    pub measured: u64,
     pub delivered_per_sec: f64,
     pub latency: Percentiles,
     pub server_cpu_seconds: f64,
@@ -137,10 +152,14 @@ pub async fn run(
     // Subscribers record until told to stop.
     let latencies = Arc::new(Latencies::new());
     let delivered = Arc::new(AtomicU64::new(0));
+    let measured = Arc::new(AtomicU64::new(0));
+    // Probes sent from this instant on are measured (set when the warm-up ends).
+    let measure_from = Arc::new(AtomicU64::new(u64::MAX));
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = JoinSet::new();
     for (k, (room, mut sub)) in subs.into_iter().enumerate() {
         let (latencies, delivered, stop) = (latencies.clone(), delivered.clone(), stop.clone());
+        let (measured, measure_from) = (measured.clone(), measure_from.clone());
         readers.spawn(async move {
             let mut seen = Seen::default();
             let mut batch = Vec::with_capacity(64);
@@ -152,8 +171,11 @@ pub async fn run(
                         let now = probe::now_ns();
                         if let Some(pr) = probe::decode(&content) {
                             if seen.note(pr.publisher, pr.seq) {
-                                batch.push(now.saturating_sub(pr.sent_ns) / 1000);
                                 delivered.fetch_add(1, Ordering::Relaxed);
+                                if pr.sent_ns >= measure_from.load(Ordering::Relaxed) {
+                                    batch.push(now.saturating_sub(pr.sent_ns) / 1000);
+                                    measured.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                         }
                         if batch.len() == 64 {
@@ -178,12 +200,11 @@ pub async fn run(
 
     // Publish at the total rate, spread evenly over the publishers.
     let per_pub = p.rate / p.publishers as f64;
-    let bar = super::timed_bar(Duration::from_secs(p.duration), "fan-out");
+    let bar = super::timed_bar(Duration::from_secs(p.warmup + p.duration), "warm-up");
     let started = Instant::now();
-    let begin = stats::sample(server_pids);
     let mut writers = JoinSet::new();
     for (i, (room, mut publisher)) in publishers.into_iter().enumerate() {
-        let (duration, payload) = (Duration::from_secs(p.duration), p.payload);
+        let (duration, payload) = (Duration::from_secs(p.warmup + p.duration), p.payload);
         writers.spawn(async move {
             let period = Duration::from_secs_f64(1.0 / per_pub);
             let mut tick =
@@ -203,11 +224,18 @@ pub async fn run(
             (room, publisher.accepted(), errors)
         });
     }
-    while started.elapsed() < Duration::from_secs(p.duration) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut begin = None;
+    while started.elapsed() < Duration::from_secs(p.warmup + p.duration) {
+        if begin.is_none() && started.elapsed() >= Duration::from_secs(p.warmup) {
+            measure_from.store(probe::now_ns(), Ordering::Relaxed);
+            begin = Some(stats::sample(server_pids));
+            bar.set_prefix("fan-out");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
         bar.set_position(started.elapsed().as_secs());
         bar.set_message(format!("{} delivered", delivered.load(Ordering::Relaxed)));
     }
+    let begin = begin.unwrap_or_else(|| stats::sample(server_pids));
     let mut published_per_room = vec![0u64; p.rooms];
     let mut published = 0;
     while let Some(r) = writers.join_next().await {
@@ -236,6 +264,7 @@ pub async fn run(
     }
     let histogram = latencies.merged();
     let cpu = end.cpu_seconds - begin.cpu_seconds;
+    let measured = measured.load(Ordering::Relaxed);
     Ok(FanoutResult {
         target: target.name().to_string(),
         scenario: "fanout",
@@ -249,12 +278,13 @@ pub async fn run(
         duplicated,
         subscriber_disconnects: disconnects,
         settled_secs,
-        // Messages are published during `duration`; their deliveries trail
-        // by the latency, so the rate is over the publishing time.
-        delivered_per_sec: distinct as f64 / p.duration as f64,
+        measured,
+        // Measured messages are published during `duration`; their
+        // deliveries trail by the latency, so the rate is over that time.
+        delivered_per_sec: measured as f64 / p.duration.max(1) as f64,
         latency: Percentiles::of(&histogram),
         server_cpu_seconds: cpu,
-        cpu_seconds_per_million: if distinct > 0 { cpu / (distinct as f64 / 1e6) } else { 0.0 },
+        cpu_seconds_per_million: if measured > 0 { cpu / (measured as f64 / 1e6) } else { 0.0 },
         server_rss_bytes: end.rss_bytes,
         server_rss_bytes_per_connection: per_connection(idle, connected, total_subs),
         histogram: Some(histogram),
