@@ -2,7 +2,9 @@
 # The whole test suite, against real services: installs what is missing
 # (Redis, nginx, FerretDB, the Autobahn runner), starts Redis and FerretDB on
 # free ports in a temporary directory, runs lints, unit and integration tests
-# and the RFC 6455 conformance cases, then stops everything it started.
+# and the RFC 6455 conformance cases, checks that the load generator runs a
+# small fan-out across two nodes without loss, then stops everything it
+# started.
 #
 # Set REDIS_URL / MONGO_URL to test against servers of your own instead
 # (a real mongod works unchanged).
@@ -14,6 +16,8 @@ work="$(mktemp -d -t confab-test.XXXXXX)"
 cleanup() {
   local rc=$?
   stop_pidfile "$work/echo-node.pid"
+  stop_pidfile "$work/smoke-node-1.pid"
+  stop_pidfile "$work/smoke-node-2.pid"
   stop_pidfile "$work/ferretdb.pid"
   stop_pidfile "$work/redis.pid"
   if [ $rc -ne 0 ]; then
@@ -66,4 +70,40 @@ wait_port "$port" 30 || die "the conformance node did not start"
 # 12.* and 13.* test permessage-deflate, an extension Confab does not offer.
 kosoku "ws://127.0.0.1:$port/ws/echo" -p 2 -x '12.*' -x '13.*' -o "$work/autobahn" | tail -n 3
 stop_pidfile "$work/echo-node.pid"
+
+log "load generator: a small fan-out across two nodes must lose nothing"
+secret="loadtest-smoke-secret-0123456789abcdef"
+urls=() pids=()
+for n in 1 2; do
+  port=$(free_port)
+  CONFAB_LISTEN="127.0.0.1:$port" CONFAB_REDIS_URL="$REDIS_URL" CONFAB_MONGO_URL="$MONGO_URL" \
+    CONFAB_MONGO_DB="confab_loadtest_smoke" CONFAB_JWT_SECRET="$secret" CONFAB_NODE_ID="smoke-$n" CONFAB_LOG=warn \
+    "$bin" serve >"$work/smoke-node-$n.log" 2>&1 &
+  echo $! >"$work/smoke-node-$n.pid"
+  wait_port "$port" 30 || die "smoke node $n did not start"
+  urls+=(--url "http://127.0.0.1:$port") pids+=(--server-pid "$(cat "$work/smoke-node-$n.pid")")
+done
+"$(dirname "$bin")/confab-loadtest" fanout "${urls[@]}" "${pids[@]}" --jwt-secret "$secret" \
+  --rooms 2 --subscribers 20 --publishers 2 --rate 20 --warmup 2 --duration 3 --settle 0 \
+  --out "$work/loadtest" >"$work/loadtest.log" 2>&1 || die "the load generator failed (see $work/loadtest.log)"
+stop_pidfile "$work/smoke-node-1.pid"
+stop_pidfile "$work/smoke-node-2.pid"
+python3 - "$work/loadtest/results.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+problems = []
+if r["connect_failures"] or r["subscriber_disconnects"]:
+    problems.append(f"{r['connect_failures']} connect failures, {r['subscriber_disconnects']} disconnects")
+if r["published"] < 80 or r["expected"] != r["published"] * 20:
+    problems.append(f"published {r['published']}, expected {r['expected']} deliveries")
+if r["lost"] or r["duplicated"] or r["delivered"] != r["expected"]:
+    problems.append(f"delivered {r['delivered']} of {r['expected']}: {r['lost']} lost, {r['duplicated']} duplicated")
+if not 0 < r["measured"] < r["delivered"]:
+    problems.append(f"{r['measured']} of {r['delivered']} deliveries measured: the warm-up must be left out")
+if r["latency"]["count"] != r["measured"] or r["cpu_seconds_per_million"] <= 0:
+    problems.append("latency or CPU figures missing")
+if problems:
+    sys.exit("load generator smoke run: " + "; ".join(problems))
+print(f"  {r['delivered']} deliveries, 0 lost, 0 duplicated, {r['measured']} measured")
+EOF
 log "all tests passed"
