@@ -370,9 +370,9 @@ async fn watching_hint(room: &str, user: &User) -> bool {
     use fred::prelude::*;
     let client = Builder::from_config(Config::from_url(&common::redis_url()).unwrap()).build().unwrap();
     client.init().await.unwrap();
-    let found: Option<String> = client.get(format!("confab:nw:{room}:{}", user.id)).await.unwrap();
+    let lapse: Option<f64> = client.zscore(format!("confab:nw:{room}"), user.id.as_str()).await.unwrap();
     let _ = client.quit().await;
-    found.is_some()
+    lapse.is_some_and(|at| at > chrono::Utc::now().timestamp_millis() as f64)
 }
 
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {

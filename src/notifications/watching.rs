@@ -1,7 +1,14 @@
 //! Watching hints in Redis (see `gateway::watching` for how nodes make and
 //! withdraw them): read by dispatchers to skip users who watch a room on
 //! every connection, written by each node for its own users.
+//!
+//! A room's hints are one sorted set, `confab:nw:<room>`: a member per
+//! user, scored with the moment (Unix ms) the hint lapses unless renewed.
+//! A node renews all its hints for a room with one `ZADD`, and a dispatcher
+//! reads a message's audience with one `ZMSCORE`; a hint whose node died
+//! lapses by its score and is swept out by the next write to the room.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,12 +28,21 @@ const WATCHING_TTL_MS: i64 = 10_000;
 /// publishes at all.
 const REFRESH: Duration = Duration::from_secs(3);
 
-fn watching_key(room: ObjectId, user: ObjectId) -> String {
-    format!("confab:nw:{}:{}", room.to_hex(), user.to_hex())
+/// Changes written at once; and most users named by one command.
+const BATCH: usize = 4096;
+const PER_COMMAND: usize = 1024;
+
+fn watching_key(room: ObjectId) -> String {
+    format!("confab:nw:{}", room.to_hex())
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// Leaves out the users (held by one other node) that node says watch
-/// `room` on every connection: one `MGET`; without Redis, nobody is left out.
+/// `room` on every connection: one `ZMSCORE`; without Redis, nobody is left
+/// out.
 pub(super) async fn not_watching<T>(
     app: &App,
     room: ObjectId,
@@ -34,17 +50,15 @@ pub(super) async fn not_watching<T>(
     user_of: impl Fn(&T) -> ObjectId,
 ) -> Vec<T> {
     let Some(redis) = app.notifier.redis().filter(|_| !users.is_empty()) else { return users };
-    let keys: Vec<String> = users.iter().map(|u| watching_key(room, user_of(u))).collect();
-    let hints: Vec<Option<String>> = if keys.len() == 1 {
-        redis.get::<Option<String>, _>(&keys[0]).await.map(|v| vec![v]).unwrap_or_default()
-    } else {
-        redis.mget(keys).await.unwrap_or_default()
-    };
-    if hints.len() != users.len() {
+    let members: Vec<String> = users.iter().map(|u| user_of(u).to_hex()).collect();
+    let lapses: Vec<Option<f64>> = redis.zmscore(watching_key(room), members).await.unwrap_or_default();
+    if lapses.len() != users.len() {
         return users;
     }
+    let now = now_ms() as f64;
     let before = users.len();
-    let left: Vec<T> = users.into_iter().zip(hints).filter(|(_, hint)| hint.is_none()).map(|(u, _)| u).collect();
+    let left: Vec<T> =
+        users.into_iter().zip(lapses).filter(|(_, lapse)| lapse.is_none_or(|at| at <= now)).map(|(u, _)| u).collect();
     metrics::counter!("confab_notifications_suppressed_total", "reason" => "watching")
         .increment((before - left.len()) as u64);
     left
@@ -67,26 +81,72 @@ pub(super) async fn write_watching(app: Arc<App>, mut changes: mpsc::UnboundedRe
             }
         };
         let mut batch = vec![first];
-        while batch.len() < 512 {
+        while batch.len() < BATCH {
             match changes.try_recv() {
                 Ok(c) => batch.push(c),
                 Err(_) => break,
             }
         }
-        // Without Redis a note is lost (fine) or a withdrawal is (it expires).
+        // Without Redis a note is lost (fine) or a withdrawal is (it lapses).
         let Some(redis) = app.notifier.redis() else { continue };
         let pipeline = redis.pipeline();
-        for change in batch {
-            let _: FredResult<()> = match change {
-                Change::Watching { user, room } => {
-                    let expiry = Some(Expiration::PX(WATCHING_TTL_MS));
-                    pipeline.set(watching_key(room, user), "1", expiry, None, false).await
-                }
-                Change::Ended { user, room } => pipeline.del(watching_key(room, user)).await,
-            };
+        let lapse = (now_ms() + WATCHING_TTL_MS) as f64;
+        for (room, users) in by_room(batch) {
+            let key = watching_key(room);
+            let (noted, ended): (Vec<_>, Vec<_>) = users.into_iter().partition(|(_, watching)| *watching);
+            for chunk in noted.chunks(PER_COMMAND) {
+                let values: Vec<(f64, String)> = chunk.iter().map(|(u, _)| (lapse, u.to_hex())).collect();
+                let _: FredResult<()> = pipeline.zadd(&key, None, None, false, false, values).await;
+            }
+            for chunk in ended.chunks(PER_COMMAND) {
+                let users: Vec<String> = chunk.iter().map(|(u, _)| u.to_hex()).collect();
+                let _: FredResult<()> = pipeline.zrem(&key, users).await;
+            }
+            // Sweep out hints of nodes that stopped renewing them; the key
+            // lives as long as some node keeps writing to it.
+            let _: FredResult<()> = pipeline.zremrangebyscore(&key, "-inf", now_ms() as f64).await;
+            let _: FredResult<()> = pipeline.pexpire(&key, WATCHING_TTL_MS, None).await;
         }
         if let Err(e) = pipeline.all::<fred::types::Value>().await {
             tracing::debug!(error = %e, "watching hints not written");
         }
+    }
+}
+
+/// The net effect of a batch of changes per room: for each user, whether
+/// their last change noted (true) or withdrew (false) the hint.
+fn by_room(batch: Vec<Change>) -> HashMap<ObjectId, Vec<(ObjectId, bool)>> {
+    let mut last: HashMap<ObjectId, HashMap<ObjectId, bool>> = HashMap::new();
+    for change in batch {
+        let (room, user, watching) = match change {
+            Change::Watching { user, room } => (room, user, true),
+            Change::Ended { user, room } => (room, user, false),
+        };
+        last.entry(room).or_default().insert(user, watching);
+    }
+    last.into_iter().map(|(room, users)| (room, users.into_iter().collect())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_keeps_each_users_last_change_per_room() {
+        let (r1, r2, u1, u2) = (ObjectId::new(), ObjectId::new(), ObjectId::new(), ObjectId::new());
+        let batch = vec![
+            Change::Watching { user: u1, room: r1 },
+            Change::Watching { user: u2, room: r1 },
+            Change::Ended { user: u1, room: r1 },
+            Change::Ended { user: u2, room: r2 },
+            Change::Watching { user: u2, room: r2 },
+            Change::Watching { user: u1, room: r2 },
+        ];
+        let mut got: Vec<(ObjectId, ObjectId, bool)> =
+            by_room(batch).into_iter().flat_map(|(r, users)| users.into_iter().map(move |(u, w)| (r, u, w))).collect();
+        got.sort();
+        let mut want = vec![(r1, u1, false), (r1, u2, true), (r2, u2, true), (r2, u1, true)];
+        want.sort();
+        assert_eq!(got, want);
     }
 }
