@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod bus;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod contacts;
 pub mod error;

@@ -59,7 +59,7 @@ pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, k
     };
     metrics::counter!("confab_messages_sent_total").increment(1);
     let frame = protocol::message(&message);
-    let event = Event::message(message.id, message.seq, crate::metrics::now_us(), &frame);
+    let event = Event::message(message.id, message.seq, crate::clock::now_us(), &frame);
     // The cache bump and the publish are independent: one round trip's wait.
     let (published, ()) = tokio::join!(app.bus.publish(Topic::Room(room_id), event), app.cache.room_changed(room_id));
     if let Err(e) = published {

@@ -32,9 +32,3 @@ pub fn handle() -> PrometheusHandle {
         })
         .clone()
 }
-
-/// Wall-clock now, Unix microseconds (comparable across nodes on one host,
-/// and across hosts as far as their clocks agree).
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}

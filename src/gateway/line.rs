@@ -384,7 +384,7 @@ impl Line {
         if frame.stored_at_us > 0 {
             // Resolved once per connection: recording is then a few atomic adds.
             let latency = self.latency.get_or_init(|| metrics::histogram!("confab_message_delivery_latency_seconds"));
-            latency.record(crate::metrics::now_us().saturating_sub(frame.stored_at_us) as f64 / 1e6);
+            latency.record(crate::clock::now_us().saturating_sub(frame.stored_at_us) as f64 / 1e6);
         }
     }
 

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::clock::now_ms;
 use crate::error::Error;
 use crate::store::model::MessageView;
 use crate::store::Message;
@@ -41,10 +42,6 @@ struct ServerFrame<'a, D: Serialize> {
     user_id: Option<&'a str>,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     reference: Option<&'a Value>,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn encode<D: Serialize>(frame: &ServerFrame<'_, D>) -> Bytes {

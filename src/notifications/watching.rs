@@ -16,6 +16,7 @@ use bson::oid::ObjectId;
 use fred::prelude::*;
 use tokio::sync::mpsc;
 
+use crate::clock::now_ms;
 use crate::gateway::watching::Change;
 use crate::node::App;
 
@@ -34,10 +35,6 @@ const PER_COMMAND: usize = 1024;
 
 fn watching_key(room: ObjectId) -> String {
     format!("confab:nw:{}", room.to_hex())
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// Leaves out the users (held by one other node) that node says watch
@@ -90,7 +87,8 @@ pub(super) async fn write_watching(app: Arc<App>, mut changes: mpsc::UnboundedRe
         // Without Redis a note is lost (fine) or a withdrawal is (it lapses).
         let Some(redis) = app.notifier.redis() else { continue };
         let pipeline = redis.pipeline();
-        let lapse = (now_ms() + WATCHING_TTL_MS) as f64;
+        let now = now_ms();
+        let lapse = (now + WATCHING_TTL_MS) as f64;
         for (room, users) in by_room(batch) {
             let key = watching_key(room);
             let (noted, ended): (Vec<_>, Vec<_>) = users.into_iter().partition(|(_, watching)| *watching);
@@ -104,7 +102,7 @@ pub(super) async fn write_watching(app: Arc<App>, mut changes: mpsc::UnboundedRe
             }
             // Sweep out hints of nodes that stopped renewing them; the key
             // lives as long as some node keeps writing to it.
-            let _: FredResult<()> = pipeline.zremrangebyscore(&key, "-inf", now_ms() as f64).await;
+            let _: FredResult<()> = pipeline.zremrangebyscore(&key, "-inf", now as f64).await;
             let _: FredResult<()> = pipeline.pexpire(&key, WATCHING_TTL_MS, None).await;
         }
         if let Err(e) = pipeline.all::<fred::types::Value>().await {

@@ -18,7 +18,8 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{announce_offline, announcer, now_ms, TrackerError};
+use super::{announce_offline, announcer, TrackerError};
+use crate::clock::now_ms;
 use crate::node::App;
 
 pub(super) async fn run(app: Arc<App>) {

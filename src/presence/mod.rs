@@ -35,6 +35,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::gateway::ConnId;
 use crate::node::App;
@@ -211,10 +212,6 @@ impl Presence {
         tracing::warn!(error = %e, op = what, "presence not updated; repaired once Redis answers");
         self.dirty.store(true, Ordering::Relaxed);
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// Starts the node's heartbeat and sweeper.

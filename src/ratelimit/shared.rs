@@ -172,7 +172,7 @@ impl SharedLimiter {
 
     fn fail_open(&self, scope: &'static str, error: &str) {
         metrics::counter!("confab_ratelimit_fail_open_total", "scope" => scope).increment(1);
-        let now = crate::metrics::now_us() / 1000;
+        let now = crate::clock::now_us() / 1000;
         let last = self.last_warning_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64
             && self.last_warning_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()

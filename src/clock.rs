@@ -1,0 +1,13 @@
+//! Wall-clock time as Unix numbers, for what nodes compare across the
+//! cluster (lapse times and timestamps in Redis, frame timestamps, the
+//! store-to-socket latency): comparable as far as the hosts' clocks agree.
+
+/// Now, Unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Now, Unix microseconds.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
