@@ -368,8 +368,7 @@ async fn history_pages_newest_first_and_read_state_counts() {
 /// Whether node-side "watching" hint for (room, user) is in Redis.
 async fn watching_hint(room: &str, user: &User) -> bool {
     use fred::prelude::*;
-    let client = Builder::from_config(Config::from_url(&common::redis_url()).unwrap()).build().unwrap();
-    client.init().await.unwrap();
+    let client = confab::jobs::redis_client(&common::redis_url()).await.unwrap();
     let lapse: Option<f64> = client.zscore(format!("confab:nw:{room}"), user.id.as_str()).await.unwrap();
     let _ = client.quit().await;
     lapse.is_some_and(|at| at > chrono::Utc::now().timestamp_millis() as f64)

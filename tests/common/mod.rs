@@ -458,8 +458,7 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str
 /// The ids the Redis list of notifications awaiting external delivery holds.
 pub async fn external_queue() -> Vec<String> {
     use fred::prelude::*;
-    let client = Builder::from_config(Config::from_url(&redis_url()).unwrap()).build().unwrap();
-    client.init().await.unwrap();
+    let client = confab::jobs::redis_client(&redis_url()).await.unwrap();
     let ids: Vec<String> = client.lrange("confab:notify:external", 0, -1).await.unwrap();
     let _ = client.quit().await;
     ids
