@@ -382,6 +382,55 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Reach changes node `n` has heard of for members of rooms it keeps.
+const CHANGES: &str = "confab_notification_reach_changes_total";
+
+/// Waits until node `n` has heard of a reach change since it counted `since`.
+async fn heard_of_a_change(n: &Node, since: f64) {
+    eventually("the dispatching node hearing of the change", async || n.metric(CHANGES).await > since).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_keeps_a_rooms_reach_until_a_member_comes_or_goes() {
+    let cluster = Cluster::start(2).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, "kept", "public").await;
+    join(b, &bob, &room).await;
+    let kept = "confab_notification_reach_total{source=\"kept\"";
+
+    // Bob is offline: node A reads that once, then keeps it.
+    let first = a.post_message(&alice, &room, "one").await;
+    stored(b, &bob, 1).await;
+    let second = a.post_message(&alice, &room, "two").await;
+    let list = stored(b, &bob, 2).await;
+    for (n, m) in list.iter().rev().zip([&first, &second]) {
+        assert_eq!((&n["data"]["message_id"], &n["external"]), (&m["id"], &json!("pending")));
+    }
+    assert!(a.metric(kept).await >= 1.0, "the second message used the kept reach");
+
+    // Bob connects on node B: node A hears of it, and tells him live.
+    let before = a.metric(CHANGES).await;
+    let mut bob_socket = b.connect(&bob).await;
+    bob_socket.request(json!({"type": "ping"})).await;
+    heard_of_a_change(a, before).await;
+    let m = a.post_message(&alice, &room, "three").await;
+    assert_eq!(notification(&mut bob_socket).await["data"]["message_id"], m["id"]);
+    let m = a.post_message(&alice, &room, "four").await;
+    assert_eq!(notification(&mut bob_socket).await["data"]["message_id"], m["id"], "from the kept reach");
+
+    // He goes: the next message is for the external queue again.
+    let before = a.metric(CHANGES).await;
+    let _ = bob_socket.ws.close(None).await;
+    heard_of_a_change(a, before).await;
+    let m = a.post_message(&alice, &room, "five").await;
+    let list = stored(b, &bob, 5).await;
+    assert_eq!((&list[0]["data"]["message_id"], &list[0]["external"]), (&m["id"], &json!("pending")));
+    assert_eq!(list[1]["delivered_realtime"], true);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_who_stops_watching_is_notified_at_once() {
     let cluster = Cluster::start(2).await;
@@ -395,17 +444,21 @@ async fn a_user_who_stops_watching_is_notified_at_once() {
 
     // Dave watches on node B: B tells the cluster, and messages from node A
     // stop costing him a notification.
+    let before = a.metric(CHANGES).await;
     let m = a.post_message(&alice, &room, "first").await;
     assert_eq!(dave_watching.recv_type("message").await["data"]["id"], m["id"]);
     eventually("node B noting that dave watches the room", || watching_hint(&room, &dave)).await;
+    heard_of_a_change(a, before).await;
     let m = a.post_message(&alice, &room, "second").await;
     assert_eq!(dave_watching.recv_type("message").await["data"]["id"], m["id"]);
     no_notification(&mut dave_watching, SETTLE).await;
 
     // A second connection watches nothing: the note is withdrawn with it.
+    let before = a.metric(CHANGES).await;
     let mut dave_elsewhere = b.connect(&dave).await;
     dave_elsewhere.request(json!({"type": "ping"})).await;
     assert!(!watching_hint(&room, &dave).await, "withdrawn when the connection opened");
+    heard_of_a_change(a, before).await;
     let m = a.post_message(&alice, &room, "third").await;
     assert_eq!(notification(&mut dave_elsewhere).await["data"]["message_id"], m["id"]);
     let _ = dave_elsewhere.ws.close(None).await;
@@ -413,12 +466,16 @@ async fn a_user_who_stops_watching_is_notified_at_once() {
     // Leaving the room withdraws it too: the very next message notifies.
     let mut dave_only = b.connect(&dave).await;
     dave_only.join(&room).await;
+    let before = a.metric(CHANGES).await;
     let m = a.post_message(&alice, &room, "fourth").await;
     assert_eq!(dave_only.recv_type("message").await["data"]["id"], m["id"]);
     // Once noted again, "fourth" has been dealt with.
     eventually("node B noting again that dave watches the room", || watching_hint(&room, &dave)).await;
+    heard_of_a_change(a, before).await;
+    let before = a.metric(CHANGES).await;
     let left = dave_only.request(json!({"type": "leave_channel", "channel": room})).await;
     assert_eq!(left["type"], "ack");
+    heard_of_a_change(a, before).await;
     let m = a.post_message(&alice, &room, "fifth").await;
     assert_eq!(notification(&mut dave_only).await["data"]["message_id"], m["id"]);
     no_notification(&mut dave_watching, Duration::ZERO).await;

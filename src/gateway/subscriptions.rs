@@ -52,7 +52,8 @@ async fn reconcile_loop(
     let mut subscribed: HashSet<Topic> = HashSet::new();
     while let Some((topic, reply)) = rx.recv().await {
         let wanted = registry.has_local(topic);
-        let result = match (wanted, subscribed.contains(&topic)) {
+        let was = subscribed.contains(&topic);
+        let result = match (wanted, was) {
             (true, false) => bus.subscribe(topic).await.map(|_| {
                 subscribed.insert(topic);
             }),
@@ -66,8 +67,12 @@ async fn reconcile_loop(
             }
             _ => Ok(()),
         };
-        if let Err(e) = &result {
-            tracing::warn!(topic = ?topic, error = %e, "bus subscription change failed");
+        match (&result, topic) {
+            (Err(e), _) => tracing::warn!(topic = ?topic, error = %e, "bus subscription change failed"),
+            // The nodes holding the user changed: dispatchers must not go
+            // on with what they knew of them (`notifications::reach`).
+            (Ok(()), Topic::User(user)) if wanted != was => registry.watching.holders_changed(user),
+            _ => {}
         }
         metrics::gauge!("confab_bus_subscriptions").set(subscribed.len() as f64);
         if let Some(reply) = reply {

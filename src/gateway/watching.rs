@@ -12,6 +12,12 @@
 //! user held by exactly one node, so a hint can never speak for connections
 //! elsewhere; a withdrawal lost to a crash or a Redis error lasts at most
 //! the expiry.
+//!
+//! The same ordered stream carries one more kind of change: this node took
+//! up or dropped a user's bus topic, so the number of nodes holding the
+//! user changed. Dispatchers keep what they learnt about where a room's
+//! members can be reached (`notifications::reach`), and both kinds of
+//! change tell them to forget it for that user.
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -20,11 +26,28 @@ use bson::oid::ObjectId;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 
-/// A note made or withdrawn, for the notifier to write to Redis in order.
+/// A note made, renewed or withdrawn, or a change of the nodes holding a
+/// user, for the notifier to write to Redis in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    Watching { user: ObjectId, room: ObjectId },
-    Ended { user: ObjectId, room: ObjectId },
+    /// A new note.
+    Watching {
+        user: ObjectId,
+        room: ObjectId,
+    },
+    /// A standing note, re-sent so that its hint does not lapse.
+    Renewed {
+        user: ObjectId,
+        room: ObjectId,
+    },
+    Ended {
+        user: ObjectId,
+        room: ObjectId,
+    },
+    /// This node subscribed to or unsubscribed from the user's topic.
+    Holders {
+        user: ObjectId,
+    },
 }
 
 #[derive(Default)]
@@ -46,13 +69,20 @@ impl Watching {
         }
     }
 
-    /// Every local connection of `user` watches `room` (refreshes the hint).
+    /// Every local connection of `user` watches `room`. A note already
+    /// standing is left to the refresh.
     pub fn note(&self, user: ObjectId, room: ObjectId) {
         if self.sink.get().is_none() {
             return;
         }
-        self.noted.entry(user).or_default().insert(room);
-        self.send(Change::Watching { user, room });
+        if self.noted.entry(user).or_default().insert(room) {
+            self.send(Change::Watching { user, room });
+        }
+    }
+
+    /// This node took up or dropped `user`'s topic (once the bus confirmed it).
+    pub fn holders_changed(&self, user: ObjectId) {
+        self.send(Change::Holders { user });
     }
 
     /// Re-sends every note still standing, so their hints outlive their
@@ -65,7 +95,7 @@ impl Watching {
         }
         for entry in self.noted.iter() {
             for room in entry.value() {
-                self.send(Change::Watching { user: *entry.key(), room: *room });
+                self.send(Change::Renewed { user: *entry.key(), room: *room });
             }
         }
     }
@@ -97,13 +127,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn notes_are_withdrawn_once_and_only_when_made() {
+    fn notes_are_sent_once_and_withdrawn_only_when_made() {
         let w = Watching::default();
         let (user, room, other) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
         w.note(user, room);
         assert!(w.noted.is_empty(), "nothing is noted without a reader");
         let mut rx = w.changes().unwrap();
         assert!(w.changes().is_none(), "one reader");
+        w.note(user, room);
         w.note(user, room);
         w.note(user, other);
         w.ended(user, room);
@@ -135,7 +166,7 @@ mod tests {
         let _: Vec<Change> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         w.refresh();
         let got: Vec<Change> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-        assert_eq!(got, [Change::Watching { user, room }]);
+        assert_eq!(got, [Change::Renewed { user, room }]);
         w.ended_all(user);
         w.refresh();
         let got: Vec<Change> = std::iter::from_fn(|| rx.try_recv().ok()).collect();

@@ -85,23 +85,43 @@ async fn load(app: &App, room: ObjectId) -> Result<Audience> {
     Ok(Audience { room_name: found.name, kind: found.kind, members })
 }
 
+/// A member to consider for a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub user: ObjectId,
+    /// The message is addressed to them (mentioned, or a direct message).
+    pub addressed: bool,
+    /// Their place in the audience's member list; `None` in a room too
+    /// large to notify everyone.
+    pub member: Option<usize>,
+}
+
 impl Audience {
-    /// Whom to consider for a message from `sender` mentioning `mentions`,
-    /// each with whether the message is addressed to them (mentioned, or a
-    /// direct message).
+    /// The members, in a fixed order, unless the room is too large to
+    /// notify everyone.
+    pub fn member_ids(&self) -> Option<Vec<ObjectId>> {
+        self.members.as_ref().map(|m| m.iter().map(|(id, _)| *id).collect())
+    }
+
+    /// Whom to consider for a message from `sender` mentioning `mentions`.
     pub async fn candidates(
         &self,
         app: &App,
         room: ObjectId,
         sender: ObjectId,
         mentions: &[String],
-    ) -> Result<Vec<(ObjectId, bool)>> {
+    ) -> Result<Vec<Candidate>> {
         let direct = self.kind == RoomKind::Direct;
         if let Some(members) = &self.members {
             return Ok(members
                 .iter()
-                .filter(|(id, _)| *id != sender)
-                .map(|(id, name)| (*id, direct || mentions.contains(name)))
+                .enumerate()
+                .filter(|(_, (id, _))| *id != sender)
+                .map(|(at, (id, name))| Candidate {
+                    user: *id,
+                    addressed: direct || mentions.contains(name),
+                    member: Some(at),
+                })
                 .collect());
         }
         if mentions.is_empty() {
@@ -110,10 +130,19 @@ impl Audience {
         let mut out = Vec::new();
         for user in app.store.users_by_username_keys(mentions).await?.into_iter().filter(|u| u.id != sender) {
             if app.store.member(room, user.id).await?.is_some() {
-                out.push((user.id, true));
+                out.push(Candidate { user: user.id, addressed: true, member: None });
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+impl Audience {
+    /// A public room of these members.
+    pub(crate) fn of_members(members: &[ObjectId]) -> Audience {
+        let members = Some(members.iter().map(|id| (*id, format!("user{id}"))).collect());
+        Audience { room_name: "room".into(), kind: RoomKind::Public, members }
     }
 }
 

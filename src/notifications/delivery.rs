@@ -31,7 +31,7 @@ pub async fn dispatch(app: &App, users: &[ObjectId], content: &Content, route: R
 
 /// How many nodes hold each user's connections; on failure none (the
 /// notifications then go to the external queue).
-pub(super) async fn holders(app: &App, users: &[ObjectId]) -> Vec<usize> {
+async fn holders(app: &App, users: &[ObjectId]) -> Vec<usize> {
     if users.is_empty() {
         return Vec::new();
     }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use bson::oid::ObjectId;
 use chrono::Utc;
 
-use super::delivery::{deliver, holders};
-use super::{audience, preferences, watching, Content, MessageJob, Outcome, Route};
+use super::delivery::deliver;
+use super::{audience, preferences, Content, MessageJob, Outcome, Route};
 use crate::error::Result;
 use crate::node::App;
 use crate::store::{Message, RoomKind};
@@ -21,22 +21,21 @@ pub(super) async fn for_message(app: &App, job: MessageJob) -> Result<Outcome> {
     let audience = app.notifier.audiences.of(app, m.room_id).await?;
     let mentions = audience::mentions(&m.content);
     let candidates = audience.candidates(app, m.room_id, m.sender_id, &mentions).await?;
-    let ids: Vec<ObjectId> = candidates.iter().map(|(id, _)| *id).collect();
-    let holders = holders(app, &ids).await;
+    let reach = app.notifier.reach.of(app, m.room_id, &audience, &candidates).await;
     // Leave out first, before any preferences are read, whoever would be
     // shown nothing: every connection watches the room (busy rooms are
     // mostly watched).
     let registry = &app.gateway.registry;
-    let (mut kept, mut elsewhere, mut watched) = (Vec::new(), Vec::new(), 0);
-    for ((user, addressed), nodes) in candidates.into_iter().zip(holders) {
-        match nodes {
-            1 if registry.user_topic_held(user) && registry.watches_here(user, m.room_id) => watched += 1,
-            1 if !registry.user_topic_held(user) => elsewhere.push((user, addressed, nodes)),
-            _ => kept.push((user, addressed, nodes)),
+    let (mut kept, mut watched) = (Vec::new(), 0);
+    for (c, reached) in candidates.into_iter().zip(reach) {
+        let held_here = || registry.user_topic_held(c.user);
+        match reached.nodes {
+            1 if reached.watching_elsewhere && !held_here() => watched += 1,
+            1 if held_here() && registry.watches_here(c.user, m.room_id) => watched += 1,
+            nodes => kept.push((c.user, c.addressed, nodes)),
         }
     }
     metrics::counter!("confab_notifications_suppressed_total", "reason" => "watching").increment(watched);
-    kept.extend(watching::not_watching(app, m.room_id, elsewhere, |(user, _, _)| *user).await);
     let ids: Vec<ObjectId> = kept.iter().map(|(id, _, _)| *id).collect();
     let prefs = preferences::load_many(app, &ids).await?;
     let now = Utc::now();

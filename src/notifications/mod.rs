@@ -9,6 +9,8 @@
 //! - `external`: the queue of notifications for users with no connection.
 //! - `watching`: hints that a user watches a room on every connection.
 //! - `online`: whether a user has a connection on any node.
+//! - `reach`: where a room's members can be reached (nodes holding them,
+//!   hints), kept per room on the dispatching node.
 //! - `server`: notifications a backend sends through the server API.
 //!
 //! A message becomes notifications off the send path: `messages::send`
@@ -27,7 +29,9 @@
 //!   they are stored for everyone first, then shown on every connection.
 //!   A user whose connections are all on the dispatching node is served
 //!   there directly, without the bus; users who watch the room on every
-//!   connection are left out before their preferences are even read.
+//!   connection are left out before their preferences are even read. Which
+//!   users those are comes from the room's `reach`, which the dispatching
+//!   node keeps until a change is announced.
 //! - **external**, for a user with no connection (or whose last one closed
 //!   between the check and the publish): stored with `external: "pending"`
 //!   and its id pushed onto the Redis list [`EXTERNAL_QUEUE`] for whatever
@@ -39,6 +43,7 @@ pub mod external;
 mod messages;
 pub mod online;
 pub mod preferences;
+pub mod reach;
 pub mod server;
 mod watching;
 
@@ -214,12 +219,13 @@ struct MessageJob {
 }
 
 /// The node's notification machinery: the queue the send path feeds, the
-/// member lists it keeps, and its own Redis connection (preferences cache,
-/// external queue).
+/// member lists and reach it keeps, and its own Redis connections
+/// (preferences cache, external queue; reach changes).
 pub struct Notifier {
     redis: Client,
     jobs: mpsc::Sender<MessageJob>,
     pub audiences: audience::Audiences,
+    pub reach: reach::Reach,
 }
 
 /// The receiving end of the notifier's queue, for [`run`].
@@ -231,9 +237,12 @@ impl Notifier {
         let mut builder = crate::bus::redis::builder(&config.redis_url, 16).map_err(|e| e.to_string())?;
         builder.with_performance_config(|p| p.default_command_timeout = Duration::from_secs(1));
         let redis = builder.build().map_err(|e| e.to_string())?;
+        let subscriber = builder.build_subscriber_client().map_err(|e| e.to_string())?;
         redis.connect();
+        subscriber.connect();
         let (tx, rx) = mpsc::channel(QUEUE);
-        Ok((Notifier { redis, jobs: tx, audiences: audience::Audiences::default() }, Jobs(rx)))
+        let reach = reach::Reach::new(subscriber);
+        Ok((Notifier { redis, jobs: tx, audiences: audience::Audiences::default(), reach }, Jobs(rx)))
     }
 
     /// The Redis client, unless it is known to be disconnected.
@@ -257,6 +266,7 @@ pub async fn run(app: Arc<App>, jobs: Jobs) {
     if let Some(changes) = app.gateway.registry.watching.changes() {
         tokio::spawn(watching::write_watching(app.clone(), changes));
     }
+    tokio::spawn(reach::listen(app.clone()));
     let permits = Arc::new(Semaphore::new(WORKERS));
     while let Some(job) = jobs.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };

@@ -5,8 +5,11 @@
 //! A room's hints are one sorted set, `confab:nw:<room>`: a member per
 //! user, scored with the moment (Unix ms) the hint lapses unless renewed.
 //! A node renews all its hints for a room with one `ZADD`, and a dispatcher
-//! reads a message's audience with one `ZMSCORE`; a hint whose node died
-//! lapses by its score and is swept out by the next write to the room.
+//! reads a room's with one `ZMSCORE` when it learns the room's `reach`; a
+//! hint whose node died lapses by its score and is swept out by the next
+//! write to the room. The writer also announces, after writing them, the
+//! users whose reach changed: a hint made or withdrawn, or their topic
+//! taken up or dropped by this node.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use bson::oid::ObjectId;
 use fred::prelude::*;
 use tokio::sync::mpsc;
 
+use super::reach;
 use crate::clock::now_ms;
 use crate::gateway::watching::Change;
 use crate::node::App;
@@ -37,28 +41,13 @@ fn watching_key(room: ObjectId) -> String {
     format!("confab:nw:{}", room.to_hex())
 }
 
-/// Leaves out the users (held by one other node) that node says watch
-/// `room` on every connection: one `ZMSCORE`; without Redis, nobody is left
-/// out.
-pub(super) async fn not_watching<T>(
-    app: &App,
-    room: ObjectId,
-    users: Vec<T>,
-    user_of: impl Fn(&T) -> ObjectId,
-) -> Vec<T> {
-    let Some(redis) = app.notifier.redis().filter(|_| !users.is_empty()) else { return users };
-    let members: Vec<String> = users.iter().map(|u| user_of(u).to_hex()).collect();
-    let lapses: Vec<Option<f64>> = redis.zmscore(watching_key(room), members).await.unwrap_or_default();
-    if lapses.len() != users.len() {
-        return users;
-    }
-    let now = now_ms() as f64;
-    let before = users.len();
-    let left: Vec<T> =
-        users.into_iter().zip(lapses).filter(|(_, lapse)| lapse.is_none_or(|at| at <= now)).map(|(u, _)| u).collect();
-    metrics::counter!("confab_notifications_suppressed_total", "reason" => "watching")
-        .increment((before - left.len()) as u64);
-    left
+/// When each user's hint in `room` lapses (Unix ms; `None`: no hint), in
+/// one `ZMSCORE`; `None` without an answer from Redis.
+pub(super) async fn lapses(app: &App, room: ObjectId, users: &[ObjectId]) -> Option<Vec<Option<i64>>> {
+    let redis = app.notifier.redis()?;
+    let members: Vec<String> = users.iter().map(|u| u.to_hex()).collect();
+    let lapses: Vec<Option<f64>> = redis.zmscore(watching_key(room), members).await.ok()?;
+    (lapses.len() == users.len()).then(|| lapses.into_iter().map(|l| l.map(|at| at as i64)).collect())
 }
 
 /// Writes this node's watching notes to Redis, in the order they were made.
@@ -84,11 +73,14 @@ pub(super) async fn write_watching(app: Arc<App>, mut changes: mpsc::UnboundedRe
                 Err(_) => break,
             }
         }
-        // Without Redis a note is lost (fine) or a withdrawal is (it lapses).
+        // Without Redis a note is lost (fine) or a withdrawal is (it
+        // lapses), and so is the announcement (dispatchers lose their
+        // subscription too, and forget).
         let Some(redis) = app.notifier.redis() else { continue };
         let pipeline = redis.pipeline();
         let now = now_ms();
         let lapse = (now + WATCHING_TTL_MS) as f64;
+        let changed = reach_changed(&batch);
         for (room, users) in by_room(batch) {
             let key = watching_key(room);
             let (noted, ended): (Vec<_>, Vec<_>) = users.into_iter().partition(|(_, watching)| *watching);
@@ -105,10 +97,29 @@ pub(super) async fn write_watching(app: Arc<App>, mut changes: mpsc::UnboundedRe
             let _: FredResult<()> = pipeline.zremrangebyscore(&key, "-inf", now as f64).await;
             let _: FredResult<()> = pipeline.pexpire(&key, WATCHING_TTL_MS, None).await;
         }
+        // After the changes themselves, so a dispatcher that hears of them
+        // reads them.
+        if !changed.is_empty() {
+            let _: FredResult<()> = pipeline.publish(reach::CHANNEL, reach::payload(&changed)).await;
+        }
         if let Err(e) = pipeline.all::<fred::types::Value>().await {
             tracing::debug!(error = %e, "watching hints not written");
         }
     }
+}
+
+/// The users whose reach a batch changes (renewals change nothing), once each.
+fn reach_changed(batch: &[Change]) -> Vec<ObjectId> {
+    let mut users: Vec<ObjectId> = batch
+        .iter()
+        .filter_map(|c| match *c {
+            Change::Watching { user, .. } | Change::Ended { user, .. } | Change::Holders { user } => Some(user),
+            Change::Renewed { .. } => None,
+        })
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    users
 }
 
 /// The net effect of a batch of changes per room: for each user, whether
@@ -117,8 +128,9 @@ fn by_room(batch: Vec<Change>) -> HashMap<ObjectId, Vec<(ObjectId, bool)>> {
     let mut last: HashMap<ObjectId, HashMap<ObjectId, bool>> = HashMap::new();
     for change in batch {
         let (room, user, watching) = match change {
-            Change::Watching { user, room } => (room, user, true),
+            Change::Watching { user, room } | Change::Renewed { user, room } => (room, user, true),
             Change::Ended { user, room } => (room, user, false),
+            Change::Holders { .. } => continue,
         };
         last.entry(room).or_default().insert(user, watching);
     }
@@ -138,8 +150,13 @@ mod tests {
             Change::Ended { user: u1, room: r1 },
             Change::Ended { user: u2, room: r2 },
             Change::Watching { user: u2, room: r2 },
-            Change::Watching { user: u1, room: r2 },
+            Change::Holders { user: u2 },
+            Change::Renewed { user: u1, room: r2 },
         ];
+        let mut changed = vec![u1, u2];
+        changed.sort();
+        assert_eq!(reach_changed(&batch), changed);
+        assert_eq!(reach_changed(&[Change::Renewed { user: u1, room: r1 }]), [], "a renewal changes no reach");
         let mut got: Vec<(ObjectId, ObjectId, bool)> =
             by_room(batch).into_iter().flat_map(|(r, users)| users.into_iter().map(move |(u, w)| (r, u, w))).collect();
         got.sort();
