@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the hot path: parsing a client envelope, encoding a
-//! message frame, looking up a room's local subscribers, and fanning one
-//! frame out to 1, 100 and 10,000 local connection queues.
+//! message frame, looking up a room's local subscribers, fanning one frame
+//! out to 1, 100 and 10,000 local connection queues, and setting up a new
+//! connection's frame limiter.
 //!
 //! `cargo bench --bench hot_path`; figures in docs/benchmarks.md.
 
@@ -18,6 +19,7 @@ use confab::gateway::line::Discard;
 use confab::gateway::protocol::{self, ClientFrame};
 use confab::gateway::registry::Outbox;
 use confab::gateway::Registry;
+use confab::ratelimit::FrameLimiter;
 use confab::store::Message;
 
 const SEND: &[u8] =
@@ -91,9 +93,15 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
+/// Every chat connection makes one, as it opens.
+fn frame_limiter(c: &mut Criterion) {
+    let limits = confab::config::RateLimits::default();
+    c.bench_function("frame_limiter_new", |b| b.iter(|| black_box(FrameLimiter::new(black_box(&limits)))));
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = envelope, registry_lookup, fan_out
+    targets = envelope, registry_lookup, fan_out, frame_limiter
 }
 criterion_main!(benches);
