@@ -432,6 +432,34 @@ async fn a_dispatcher_keeps_a_rooms_reach_until_a_member_comes_or_goes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_node_died_is_notified_through_the_external_queue() {
+    let mut cluster = Cluster::start(2).await;
+    let b = cluster.nodes.pop().unwrap();
+    let a = &cluster.nodes[0];
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = a.create_room(&alice, "crash", "public").await;
+    join(&b, &bob, &room).await;
+    let mut bob_socket = b.connect(&bob).await;
+    bob_socket.request(json!({"type": "ping"})).await;
+    let m = a.post_message(&alice, &room, "before").await;
+    assert_eq!(notification(&mut bob_socket).await["data"]["message_id"], m["id"]);
+
+    // Node B dies without a word: node A still keeps bob as held by one
+    // node, but the live notification reaches no node, so it is stored and
+    // queued for push instead.
+    let kept = "confab_notification_reach_total{source=\"kept\"";
+    let before = a.metric(kept).await;
+    b.kill().await;
+    let m = a.post_message(&alice, &room, "after").await;
+    let list = stored(a, &bob, 2).await;
+    assert_eq!((&list[0]["data"]["message_id"], &list[0]["external"]), (&m["id"], &json!("pending")));
+    assert!(common::external_queue().await.contains(&list[0]["id"].as_str().unwrap().to_string()));
+    assert!(a.metric(kept).await > before, "routed from the kept reach");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_who_stops_watching_is_notified_at_once() {
     let cluster = Cluster::start(2).await;
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
