@@ -89,6 +89,71 @@ impl Entry {
     }
 }
 
+/// Changes of a room's members kept in its log, at most.
+const MEMBERS_LOG_LEN: i64 = 64;
+/// How long a log outlives its last change.
+const MEMBERS_LOG_TTL_MS: i64 = 3_600_000;
+
+fn members_log_key(room: ObjectId) -> String {
+    format!("confab:ml:{}", room.to_hex())
+}
+
+/// Bumps a members version and appends `<version>|<change>` to the room's
+/// log, trimmed to its newest entries.
+const MEMBERS_BUMP: &str = r#"
+local v = redis.call('INCR', KEYS[1])
+redis.call('RPUSH', KEYS[2], v .. '|' .. ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return v
+"#;
+
+/// One user joining (true) or leaving (false) a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberChange {
+    pub user: ObjectId,
+    pub joined: bool,
+}
+
+impl MemberChange {
+    /// `+<hex>` for each user who joined, `-<hex>` for each who left, comma-separated.
+    fn encode(joined: &[ObjectId], left: &[ObjectId]) -> String {
+        let signed =
+            joined.iter().map(|u| format!("+{}", u.to_hex())).chain(left.iter().map(|u| format!("-{}", u.to_hex())));
+        signed.collect::<Vec<_>>().join(",")
+    }
+
+    /// The changes that took a room's members from version `from` to `to`,
+    /// in order; `None` unless the log holds every version in between.
+    pub fn between(log: &[String], from: i64, to: i64) -> Option<Vec<MemberChange>> {
+        let mut entries: Vec<(i64, &str)> = log
+            .iter()
+            .filter_map(|e| {
+                let (v, change) = e.split_once('|')?;
+                Some((v.parse().ok()?, change))
+            })
+            .filter(|(v, _)| *v > from && *v <= to)
+            .collect();
+        entries.sort_by_key(|(v, _)| *v);
+        entries.dedup_by_key(|(v, _)| *v);
+        if from >= to || entries.len() as i64 != to - from {
+            return None;
+        }
+        let mut out = Vec::new();
+        for (_, change) in entries {
+            for signed in change.split(',').filter(|s| !s.is_empty()) {
+                let (joined, hex) = match signed.split_at(1) {
+                    ("+", hex) => (true, hex),
+                    ("-", hex) => (false, hex),
+                    _ => return None,
+                };
+                out.push(MemberChange { user: ObjectId::parse_str(hex).ok()?, joined });
+            }
+        }
+        Some(out)
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Stored<T> {
     /// The versions the value was computed at, in the order they were read.
@@ -135,8 +200,28 @@ impl Cache {
         self.bump(Version::PublicRooms).await;
     }
 
-    pub async fn members_changed(&self, room: ObjectId) {
-        self.bump(Version::Members(room)).await;
+    /// Who is in `room` changed: bumps its members version and logs, in
+    /// the same script, who joined and who left, so that a node keeping the
+    /// member list can apply the change instead of reading the list again
+    /// (`notifications::audience`). Without the log entry (the script
+    /// failed) the version still moves and readers read the list afresh.
+    pub async fn members_changed(&self, room: ObjectId, joined: &[ObjectId], left: &[ObjectId]) {
+        let Some(redis) = self.redis.as_ref().filter(|r| r.is_connected()) else {
+            return self.bump(Version::Members(room)).await;
+        };
+        let keys = vec![Version::Members(room).key(), members_log_key(room)];
+        let args =
+            vec![MemberChange::encode(joined, left), MEMBERS_LOG_LEN.to_string(), MEMBERS_LOG_TTL_MS.to_string()];
+        let logged: Result<i64, _> = redis.eval(MEMBERS_BUMP, keys, args).await;
+        if logged.is_err() {
+            self.bump(Version::Members(room)).await;
+        }
+    }
+
+    /// The logged changes of `room`'s members, oldest first, unless the
+    /// cache is not usable.
+    pub async fn members_log(&self, room: ObjectId) -> Option<Vec<String>> {
+        self.usable()?.lrange(members_log_key(room), 0, -1).await.ok()
     }
 
     /// One version's current value, for a cache kept elsewhere (in process);
@@ -248,5 +333,31 @@ async fn retry_pending(redis: Client, pending: Arc<Mutex<HashMap<String, u64>>>)
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_changes_are_read_back_only_when_the_log_covers_every_version() {
+        let (a, b, c) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+        let log = vec![
+            format!("4|{}", MemberChange::encode(&[a], &[])),
+            format!("5|{}", MemberChange::encode(&[b, c], &[])),
+            format!("6|{}", MemberChange::encode(&[], &[a])),
+        ];
+        let joined = |user| MemberChange { user, joined: true };
+        assert_eq!(
+            MemberChange::between(&log, 4, 6).unwrap(),
+            [joined(b), joined(c), MemberChange { user: a, joined: false }]
+        );
+        assert_eq!(MemberChange::between(&log, 3, 4).unwrap(), [joined(a)]);
+        assert!(MemberChange::between(&log, 2, 6).is_none(), "version 3 fell out of the log");
+        assert!(MemberChange::between(&log, 4, 7).is_none(), "version 7 was bumped without an entry");
+        assert!(MemberChange::between(&log, 6, 6).is_none());
+        let torn = vec!["5|+nothex".to_string()];
+        assert!(MemberChange::between(&torn, 4, 5).is_none());
     }
 }

@@ -432,6 +432,43 @@ async fn a_dispatcher_keeps_a_rooms_reach_until_a_member_comes_or_goes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_member_list_takes_joins_and_removals_in_place() {
+    let cluster = Cluster::start(2).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let carol = b.register("carol").await;
+    let room = a.create_room(&alice, "grows", "public").await;
+    join(b, &bob, &room).await;
+    let first = a.post_message(&alice, &room, "one").await;
+    stored(b, &bob, 1).await;
+    let updated = "confab_notification_audience_total{source=\"updated\"";
+    let before = a.metric(updated).await;
+
+    // Carol joins and Bob is removed: node A applies both to the list it
+    // keeps, and the next message notifies Carol and not Bob.
+    join(b, &carol, &room).await;
+    let (status, body) = a.call("DELETE", &format!("/rooms/{room}/members/{}", bob.id), Some(&alice.token), None).await;
+    assert_eq!(status, 204, "{body}");
+    let second = a.post_message(&alice, &room, "two").await;
+    let list = stored(b, &carol, 1).await;
+    assert_eq!(list[0]["data"]["message_id"], second["id"]);
+    // Carol's and any for Bob would have been stored together.
+    let bobs = history(b, &bob, "").await["notifications"].as_array().unwrap().clone();
+    assert_eq!(bobs.len(), 1, "nothing for a removed member: {bobs:?}");
+    assert_eq!(bobs[0]["data"]["message_id"], first["id"]);
+    assert!(a.metric(updated).await > before, "applied from the members log, not read again");
+
+    // Bob joins again: back in the list.
+    join(b, &bob, &room).await;
+    let third = a.post_message(&alice, &room, "three").await;
+    let list = stored(b, &bob, 2).await;
+    assert_eq!(list[0]["data"]["message_id"], third["id"]);
+    stored(b, &carol, 2).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_node_died_is_notified_through_the_external_queue() {
     let mut cluster = Cluster::start(2).await;
     let b = cluster.nodes.pop().unwrap();

@@ -10,7 +10,11 @@
 //! Member lists are read from MongoDB once and kept on the node, tagged with
 //! the room's members version (`cache::Version::Members`, bumped on every
 //! join, invitation and removal); a message costs one Redis `GET` to check
-//! the tag. Without the cache (or while Redis is away) they are read fresh.
+//! the tag. When the version moved, the node applies the changes logged
+//! with each bump (who joined, who left) to its copy, reading only the
+//! newcomers' names; it reads the whole list again only when the log does
+//! not cover every version since its copy. Without the cache (or while
+//! Redis is away) lists are read fresh.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use std::sync::Arc;
 use bson::oid::ObjectId;
 use dashmap::DashMap;
 
-use crate::cache::Version;
+use crate::cache::{MemberChange, Version};
 use crate::error::{Error, Result};
 use crate::node::App;
 use crate::store::RoomKind;
@@ -47,28 +51,70 @@ pub struct Audiences {
 }
 
 impl Audiences {
-    /// The room's audience, from this node's copy while its version is current.
+    /// The room's audience, from this node's copy while its version is
+    /// current, brought up to date from the members log when it can be.
     pub async fn of(&self, app: &App, room: ObjectId) -> Result<Arc<Audience>> {
         // The version is read before the members, as the cache does: a
         // change after this read moves the version past the copy.
         let version = app.cache.version(Version::Members(room)).await;
         if let Some(v) = version {
-            if let Some(kept) = self.kept.get(&room).filter(|k| k.0 == v) {
-                return Ok(kept.1.clone());
-            }
-        }
-        let audience = Arc::new(load(app, room).await?);
-        if let Some(v) = version {
-            if self.kept.len() >= KEPT_ROOMS {
-                let any = self.kept.iter().next().map(|e| *e.key());
-                if let Some(any) = any {
-                    self.kept.remove(&any);
+            let kept = self.kept.get(&room).map(|k| (k.0, k.1.clone()));
+            if let Some((kept_at, kept)) = kept {
+                if kept_at == v {
+                    count("kept");
+                    return Ok(kept);
+                }
+                if let Some(updated) = updated(app, room, &kept, kept_at, v).await {
+                    count("updated");
+                    let updated = Arc::new(updated);
+                    self.keep(room, v, updated.clone());
+                    return Ok(updated);
                 }
             }
-            self.kept.insert(room, (v, audience.clone()));
+        }
+        count("store");
+        let audience = Arc::new(load(app, room).await?);
+        if let Some(v) = version {
+            self.keep(room, v, audience.clone());
         }
         Ok(audience)
     }
+
+    fn keep(&self, room: ObjectId, version: i64, audience: Arc<Audience>) {
+        if self.kept.len() >= KEPT_ROOMS && !self.kept.contains_key(&room) {
+            let any = self.kept.iter().next().map(|e| *e.key());
+            if let Some(any) = any {
+                self.kept.remove(&any);
+            }
+        }
+        self.kept.insert(room, (version, audience));
+    }
+}
+
+fn count(source: &'static str) {
+    metrics::counter!("confab_notification_audience_total", "source" => source).increment(1);
+}
+
+/// `kept` (read at version `from`) with the logged changes up to version
+/// `to` applied; `None` when the log does not cover them all, or the room
+/// outgrew a member list.
+async fn updated(app: &App, room: ObjectId, kept: &Audience, from: i64, to: i64) -> Option<Audience> {
+    let mut members = kept.members.clone()?;
+    let log = app.cache.members_log(room).await?;
+    for change in MemberChange::between(&log, from, to)? {
+        members.retain(|(id, _)| *id != change.user);
+        if change.joined {
+            // A user who joined and then had their account removed is left out.
+            if let Some(user) = app.store.user(change.user).await.ok()? {
+                members.push((user.id, user.username_key));
+            }
+        }
+    }
+    (members.len() <= MAX_AUDIENCE).then(|| Audience {
+        room_name: kept.room_name.clone(),
+        kind: kept.kind,
+        members: Some(members),
+    })
 }
 
 async fn load(app: &App, room: ObjectId) -> Result<Audience> {

@@ -61,7 +61,7 @@ async fn add_both(app: &App, room: &Room) -> Result<()> {
         app.store.add_member(&Member::new(room.id, *user, Role::Member, room.created_at)).await?;
         app.cache.user_changed(*user).await;
     }
-    app.cache.members_changed(room.id).await;
+    app.cache.members_changed(room.id, &room.peers, &[]).await;
     Ok(())
 }
 

@@ -87,7 +87,7 @@ pub async fn add(
     }
     let member = app.store.add_member(&Member::new(room_id, user_id, role, Utc::now())).await?;
     app.cache.user_changed(user_id).await;
-    app.cache.members_changed(room_id).await;
+    app.cache.members_changed(room_id, &[user_id], &[]).await;
     announce(app, room_id, "member_added", &member, caller.user_id).await;
     tell_user(app, user_id, "room_added", room_id, caller.user_id).await;
     Ok((member, true))
@@ -139,7 +139,7 @@ pub async fn remove(app: &App, caller: &Caller, room_id: ObjectId, user_id: Obje
         return Err(not_a_member());
     }
     app.cache.user_changed(user_id).await;
-    app.cache.members_changed(room_id).await;
+    app.cache.members_changed(room_id, &[], &[user_id]).await;
     // Out of the room's live traffic on every node first, then the news.
     publish(app, Topic::Room(room_id), Event::evict(user_id, b"")).await;
     announce(app, room_id, "member_removed", &target, caller.user_id).await;
