@@ -101,15 +101,15 @@ fn count(source: &'static str) {
 async fn updated(app: &App, room: ObjectId, kept: &Audience, from: i64, to: i64) -> Option<Audience> {
     let mut members = kept.members.clone()?;
     let log = app.cache.members_log(room).await?;
+    let mut joined = Vec::new();
     for change in MemberChange::between(&log, from, to)? {
         members.retain(|(id, _)| *id != change.user);
+        joined.retain(|id| *id != change.user);
         if change.joined {
-            // A user who joined and then had their account removed is left out.
-            if let Some(user) = app.store.user(change.user).await.ok()? {
-                members.push((user.id, user.username_key));
-            }
+            joined.push(change.user);
         }
     }
+    members.extend(named(app, joined).await.ok()?);
     (members.len() <= MAX_AUDIENCE).then(|| Audience {
         room_name: kept.room_name.clone(),
         kind: kept.kind,
@@ -123,12 +123,19 @@ async fn load(app: &App, room: ObjectId) -> Result<Audience> {
     let members = if members.len() > MAX_AUDIENCE {
         None
     } else {
-        let ids: Vec<ObjectId> = members.iter().map(|m| m.user_id).collect();
-        let names: HashMap<ObjectId, String> =
-            app.store.users(&ids).await?.into_iter().map(|u| (u.id, u.username_key)).collect();
-        Some(ids.into_iter().map(|id| (id, names.get(&id).cloned().unwrap_or_default())).collect())
+        Some(named(app, members.iter().map(|m| m.user_id).collect()).await?)
     };
     Ok(Audience { room_name: found.name, kind: found.kind, members })
+}
+
+/// Users with their lower-cased usernames, in one store read.
+async fn named(app: &App, ids: Vec<ObjectId>) -> Result<Vec<(ObjectId, String)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: HashMap<ObjectId, String> =
+        app.store.users(&ids).await?.into_iter().map(|u| (u.id, u.username_key)).collect();
+    Ok(ids.into_iter().map(|id| (id, names.get(&id).cloned().unwrap_or_default())).collect())
 }
 
 /// A member to consider for a message.
@@ -145,8 +152,8 @@ pub struct Candidate {
 impl Audience {
     /// The members, in a fixed order, unless the room is too large to
     /// notify everyone.
-    pub fn member_ids(&self) -> Option<Vec<ObjectId>> {
-        self.members.as_ref().map(|m| m.iter().map(|(id, _)| *id).collect())
+    pub fn member_ids(&self) -> Option<impl Iterator<Item = ObjectId> + '_> {
+        self.members.as_ref().map(|m| m.iter().map(|(id, _)| *id))
     }
 
     /// Whom to consider for a message from `sender` mentioning `mentions`.

@@ -99,11 +99,10 @@ impl Reach {
         audience: &Arc<Audience>,
         candidates: &[Candidate],
     ) -> Vec<Reached> {
-        let member_ids = audience.member_ids().filter(|_| self.listening());
-        let Some(ids) = member_ids else {
+        if audience.member_ids().is_none() || !self.listening() {
             let users: Vec<ObjectId> = candidates.iter().map(|c| c.user).collect();
             return read(app, room, &users).await.0;
-        };
+        }
         let members = match self.known(room, audience) {
             Some(members) => {
                 metrics::counter!("confab_notification_reach_total", "source" => "kept").increment(1);
@@ -112,6 +111,7 @@ impl Reach {
             None => {
                 metrics::counter!("confab_notification_reach_total", "source" => "redis").increment(1);
                 let token = self.begin(room, audience);
+                let ids: Vec<ObjectId> = audience.member_ids().into_iter().flatten().collect();
                 let (reached, until_ms) = read(app, room, &ids).await;
                 let members: Arc<[Reached]> = reached.into();
                 if let Some(until_ms) = until_ms {
@@ -176,7 +176,7 @@ impl Reach {
     }
 
     fn index(&self, room: ObjectId, audience: &Audience) {
-        for user in audience.member_ids().unwrap_or_default() {
+        for user in audience.member_ids().into_iter().flatten() {
             let mut rooms = self.rooms_of.entry(user).or_default();
             if !rooms.contains(&room) {
                 rooms.push(room);
@@ -185,7 +185,7 @@ impl Reach {
     }
 
     fn unindex(&self, room: ObjectId, audience: &Audience) {
-        for user in audience.member_ids().unwrap_or_default() {
+        for user in audience.member_ids().into_iter().flatten() {
             self.rooms_of.remove_if_mut(&user, |_, rooms| {
                 rooms.retain(|r| *r != room);
                 rooms.is_empty()
