@@ -25,20 +25,20 @@ const PUBLISHING: usize = 64;
 
 /// Notifies each of `users` with `content`; see the module doc.
 pub async fn dispatch(app: &App, users: &[ObjectId], content: &Content, route: Route) -> Result<Outcome> {
-    let holders = holders(app, users).await;
+    let holders = holders(app, users).await.unwrap_or_else(|| vec![0; users.len()]);
     deliver(app, users.iter().copied().zip(holders).collect(), content, route).await
 }
 
-/// How many nodes hold each user's connections; on failure none (the
-/// notifications then go to the external queue).
-async fn holders(app: &App, users: &[ObjectId]) -> Vec<usize> {
+/// How many nodes hold each user's connections; `None` (logged) when Redis
+/// cannot say, and then the notifications go to the external queue.
+pub(super) async fn holders(app: &App, users: &[ObjectId]) -> Option<Vec<usize>> {
     if users.is_empty() {
-        return Vec::new();
+        return Some(Vec::new());
     }
-    online::nodes(app, users).await.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "presence check failed; notifications go to the external queue");
-        vec![0; users.len()]
-    })
+    online::nodes(app, users)
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "presence check failed; notifications go to the external queue"))
+        .ok()
 }
 
 /// Notifies users, each with the number of nodes holding them. A user held

@@ -32,7 +32,7 @@ use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::audience::{Audience, Candidate};
-use super::online;
+use super::delivery::holders;
 use crate::clock::now_ms;
 use crate::node::App;
 
@@ -223,12 +223,8 @@ async fn read(app: &App, room: ObjectId, users: &[ObjectId]) -> (Vec<Reached>, O
     if users.is_empty() {
         return (Vec::new(), None);
     }
-    let nodes = match online::nodes(app, users).await {
-        Ok(nodes) => nodes,
-        Err(e) => {
-            tracing::warn!(error = %e, "presence check failed; notifications go to the external queue");
-            return (vec![Reached::default(); users.len()], None);
-        }
+    let Some(nodes) = holders(app, users).await else {
+        return (vec![Reached::default(); users.len()], None);
     };
     let mut out: Vec<Reached> = nodes.into_iter().map(|nodes| Reached { nodes, watching_elsewhere: false }).collect();
     // Hints count only for users held by one node, and this node knows its
