@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod receipts;
 pub mod rooms;
 pub mod search;
+pub mod seq;
 pub mod store;
 pub mod typing;
 pub mod users;

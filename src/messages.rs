@@ -1,6 +1,6 @@
 //! The send path and history.
 //!
-//! Send: validate → store (seq from the room document, then the message) →
+//! Send: validate → store (seq from the room's counter, then the message) →
 //! publish the encoded frame on the bus → acknowledge with the stored
 //! message. Nothing is published that is not stored; a failed publish does
 //! not un-store the message, whose readers then find it in history.
@@ -85,9 +85,10 @@ enum Stored {
 }
 
 /// Most attempts at a fresh seq when the room's counter handed out one
-/// already taken. On MongoDB `$inc` is atomic and the first attempt wins;
-/// some compatible servers lose concurrent increments, and the unique
-/// (room_id, seq) index turns that into a retry instead of a duplicate.
+/// already taken: a counter behind the store (`crate::seq`), or, while
+/// Redis is out, a compatible server that loses concurrent increments of
+/// the room document. The unique (room_id, seq) index turns either into a
+/// retry instead of a duplicate.
 const SEQ_ATTEMPTS: u64 = 16;
 
 async fn store_new(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft) -> Result<Stored> {
@@ -106,7 +107,7 @@ async fn store_new(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft) 
         deleted_at: None,
     };
     for attempt in 0..SEQ_ATTEMPTS {
-        message.seq = app.store.next_seq(room_id).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
+        message.seq = app.seqs.next(room_id, attempt > 0).await?;
         message.timestamp = Utc::now();
         match app.store.insert_message(&message).await {
             Ok(()) => return Ok(Stored::New(message)),

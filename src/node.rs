@@ -22,6 +22,7 @@ use crate::notifications::Notifier;
 use crate::presence::redis::RedisTracker;
 use crate::presence::Presence;
 use crate::ratelimit::SharedLimiter;
+use crate::seq::Seqs;
 use crate::store::mongo::MongoStore;
 use crate::store::Store;
 use crate::typing::{RedisThrottle, Typing};
@@ -34,6 +35,8 @@ pub struct App {
     pub tokens: Tokens,
     pub gateway: Gateway,
     pub cache: Cache,
+    /// Hands out each room's message seqs.
+    pub seqs: Seqs,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// REST and login limits, shared with every node through Redis.
     /// Turns messages into notifications, off the send path.
@@ -89,6 +92,8 @@ impl RunningNode {
         let (notifier, notification_jobs) = Notifier::connect(&config).map_err(StartError::Backend)?;
         let cache =
             Cache::new(cache_client(&config).map_err(|e| StartError::Backend(e.to_string()))?, config.cache_ttl);
+        let seqs = Seqs::connect(&config.redis_url, &config.mongo_db, store.clone())
+            .map_err(|e| StartError::Backend(e.to_string()))?;
         let limiter = SharedLimiter::connect(&config.redis_url, config.rate_limits, &config.mongo_db)
             .await
             .map_err(StartError::Backend)?;
@@ -103,6 +108,7 @@ impl RunningNode {
             bus,
             gateway,
             cache,
+            seqs,
             metrics: crate::metrics::handle(),
             limiter,
             indexes_ready: AtomicBool::new(false),

@@ -217,6 +217,97 @@ async fn with_redis_down_sends_are_stored_and_joins_say_unavailable() {
     n.shutdown().await;
 }
 
+/// Seqs of a room's whole history, oldest first.
+async fn history_seqs(n: &Node, user: &common::User, room: &str) -> Vec<i64> {
+    let (s, page) = n.call("GET", &format!("/messages?room_id={room}&limit=200"), Some(&user.token), None).await;
+    assert_eq!(s, 200, "{page}");
+    page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect()
+}
+
+/// Seqs come from a Redis counter per room (ADR 11); the store decides
+/// what is taken. A counter lost with Redis starts again from the store,
+/// and one left behind the store catches up on its first collision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seqs_never_repeat_when_redis_loses_its_counters_or_falls_behind() {
+    use fred::prelude::*;
+    let mut redis = common::OwnRedis::start();
+    let db = common::unique_db();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let mut cfg = common::config(&db);
+        cfg.redis_url = redis.url();
+        nodes.push(Node::start(cfg).await);
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let alice = a.register("alice").await;
+    let room = a.create_room(&alice, "general", "public").await;
+    let mut on_a = a.connect(&alice).await;
+    let mut on_b = b.connect(&alice).await;
+    on_a.join(&room).await;
+    on_b.join(&room).await;
+    for (i, want) in (1..=3).enumerate() {
+        assert_eq!(on_a.say(&room, &format!("m{i}")).await["seq"], want);
+    }
+
+    // Redis comes back empty: the counter starts from the store's highest seq.
+    redis.restart();
+    for n in &nodes {
+        n.wait_ready().await;
+    }
+    assert_eq!(on_b.say(&room, "after the restart").await["seq"], 4);
+    assert_eq!(on_a.say(&room, "and from the other node").await["seq"], 5);
+
+    // A counter behind the store (restored from an old snapshot, say) by
+    // more than a send's attempts: the first seq it hands out is taken, and
+    // the counter is raised past the store's highest in one step.
+    for i in 6..=30 {
+        assert_eq!(on_a.say(&room, &format!("m{i}")).await["seq"], i);
+    }
+    let client = confab::jobs::redis_client(&redis.url()).await.unwrap();
+    let key = format!("confab:{db}:seq:{room}");
+    let _: () = client.set(&key, 1, None, None, false).await.unwrap();
+    assert_eq!(on_a.say(&room, "behind").await["seq"], 31);
+    assert_eq!(on_b.say(&room, "caught up").await["seq"], 32);
+    let counter: i64 = client.get(&key).await.unwrap();
+    assert_eq!(counter, 32);
+    let _ = client.quit().await;
+
+    assert_eq!(history_seqs(a, &alice, &room).await, (1..=32).collect::<Vec<_>>());
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// While Redis is down, seqs come from the room document, raised past the
+/// ones Redis handed out; when Redis is back, its counter catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_seqs_come_from_the_store_and_continue_after() {
+    let mut redis = common::OwnRedis::start();
+    let mut cfg = common::config(&common::unique_db());
+    cfg.redis_url = redis.url();
+    let n = Node::start(cfg).await;
+    let alice = n.register("alice").await;
+    let room = n.create_room(&alice, "general", "public").await;
+    let mut c = n.connect(&alice).await;
+    c.join(&room).await;
+    // More than a send's attempts, so that the room document's counter,
+    // left at 0 while Redis handed seqs out, must be raised, not stepped.
+    for i in 1..=20 {
+        assert_eq!(c.say(&room, &format!("m{i}")).await["seq"], i);
+    }
+
+    redis.stop();
+    assert_eq!(c.say(&room, "redis down").await["seq"], 21);
+    assert_eq!(n.post_message(&alice, &room, "still down").await["seq"], 22);
+
+    redis.resume();
+    n.wait_ready().await;
+    assert_eq!(c.say(&room, "redis back").await["seq"], 23);
+    assert_eq!(c.say(&room, "and on").await["seq"], 24);
+    assert_eq!(history_seqs(&n, &alice, &room).await, (1..=24).collect::<Vec<_>>());
+    n.shutdown().await;
+}
+
 /// The seqs of the next `n` messages.
 async fn seqs(c: &mut Client, n: usize) -> Vec<i64> {
     messages(c, n).await.iter().map(|m| m["seq"].as_i64().unwrap()).collect()

@@ -104,10 +104,16 @@ pub trait Store: Send + Sync + 'static {
     /// Messages after `after_seq` in the room that others sent, up to `cap`.
     async fn count_unread(&self, room_id: ObjectId, user_id: ObjectId, after_seq: i64, cap: i64) -> StoreResult<i64>;
 
-    /// Hands out the room's next seq (atomic on the room document, so it
-    /// survives Redis restarts and is never handed out twice); `None` if the
+    /// Hands out the room's next seq from the room document's counter: the
+    /// fallback while Redis cannot (`crate::seq`, ADR 11). `None` if the
     /// room does not exist.
     async fn next_seq(&self, room_id: ObjectId) -> StoreResult<Option<i64>>;
+    /// The highest seq the room has used as far as the store knows: its
+    /// document's counter and its newest message, live or archived. What
+    /// a seq counter starts from; `None` if the room does not exist.
+    async fn highest_seq(&self, room_id: ObjectId) -> StoreResult<Option<i64>>;
+    /// Raises the room document's counter to at least `seq` (never lowers it).
+    async fn raise_seq(&self, room_id: ObjectId, seq: i64) -> StoreResult<()>;
     async fn insert_message(&self, message: &Message) -> StoreResult<()>;
     async fn message(&self, id: ObjectId) -> StoreResult<Option<Message>>;
     async fn message_by_client_id(&self, sender_id: ObjectId, client_msg_id: &str) -> StoreResult<Option<Message>>;

@@ -308,6 +308,27 @@ impl Store for MongoStore {
         Ok(room.map(|r| r.last_seq))
     }
 
+    async fn highest_seq(&self, room_id: ObjectId) -> StoreResult<Option<i64>> {
+        let Some(room) = timed("find_room", self.rooms.find_one(doc! {"_id": room_id})).await? else {
+            return Ok(None);
+        };
+        // Only the seq is read: the newest by the unique (room_id, seq) index.
+        let newest = |c: Collection<Document>| async move {
+            let found =
+                c.find_one(doc! {"room_id": room_id}).sort(doc! {"seq": -1}).projection(doc! {"seq": 1}).await?;
+            Ok(found.and_then(|d| d.get_i64("seq").ok()))
+        };
+        let live = timed("highest_seq", newest(self.messages.clone_with_type()));
+        let archived = timed("highest_seq", newest(self.archive.clone_with_type()));
+        let (live, archived) = tokio::try_join!(live, archived)?;
+        Ok(Some([live, archived].into_iter().flatten().fold(room.last_seq, i64::max)))
+    }
+
+    async fn raise_seq(&self, room_id: ObjectId, seq: i64) -> StoreResult<()> {
+        timed("raise_seq", self.rooms.update_one(doc! {"_id": room_id}, doc! {"$max": {"last_seq": seq}})).await?;
+        Ok(())
+    }
+
     async fn insert_message(&self, message: &Message) -> StoreResult<()> {
         timed("insert_message", self.messages.insert_one(message)).await.map(|_| ())
     }
