@@ -103,17 +103,17 @@ impl Seqs {
                 match self.call(room, None).await {
                     Ok(seq) if seq > 0 => return Ok((seq, Source::Redis)),
                     Ok(_) => {} // missing: seed it below
-                    Err(e) => return self.from_store(room, false, &e).await,
+                    Err(e) => return self.take_from_store(room, false, &e).await,
                 }
             }
             let floor = self.highest(room).await?;
             match self.call(room, Some(floor)).await {
                 Ok(seq) => return Ok((seq, Source::Seeded)),
-                Err(e) => return self.from_store(room, after_collision, &e).await,
+                Err(e) => return self.take_from_store(room, after_collision, &e).await,
             }
         }
         let down = fred::error::Error::new(fred::error::ErrorKind::IO, "not connected");
-        self.from_store(room, after_collision, &down).await
+        self.take_from_store(room, after_collision, &down).await
     }
 
     async fn call(&self, room: ObjectId, floor: Option<i64>) -> std::result::Result<i64, fred::error::Error> {
@@ -125,7 +125,7 @@ impl Seqs {
         self.store.highest_seq(room).await?.ok_or_else(|| Error::NotFound("room not found".into()))
     }
 
-    async fn from_store(
+    async fn take_from_store(
         &self,
         room: ObjectId,
         after_collision: bool,

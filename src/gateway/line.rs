@@ -83,8 +83,15 @@ impl Frame {
 
 /// The non-blocking socket a line writes to.
 pub trait Wire: Send + Sync + 'static {
-    /// Writes what the socket takes now; `WouldBlock` if nothing.
+    /// Writes what the socket takes now; `WouldBlock` if nothing. A
+    /// `WouldBlock` here arms `poll_writable`.
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Like `try_write_vectored`, for a first try while nothing waits: a
+    /// `WouldBlock` need not arm `poll_writable`, because the frame then
+    /// goes to the backlog and the writer task's flush tries again.
+    fn try_write_first(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.try_write_vectored(bufs)
+    }
     /// Ready when the socket may take bytes again.
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
@@ -92,6 +99,13 @@ pub trait Wire: Send + Sync + 'static {
 impl Wire for OwnedWriteHalf {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+    /// Straight to the socket, past the runtime's readiness bookkeeping
+    /// (the largest user-space cost of a delivery, ADR 9): the socket is
+    /// non-blocking, and the runtime's view of it is only needed once a
+    /// write would block.
+    fn try_write_first(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        socket2::SockRef::from(self.as_ref()).send_vectored(bufs)
     }
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.as_ref().poll_write_ready(cx)
@@ -206,13 +220,13 @@ impl Line {
         let frame = Frame::new(op, body, stored_at_us);
         if st.backlog.is_empty() {
             if let Some(wire) = self.wire.get() {
-                match wire.try_write_vectored(&frame.slices(0)) {
+                match wire.try_write_first(&frame.slices(0)) {
                     Ok(n) if n == frame.len() => {
                         self.record(&frame);
                         return Ok(());
                     }
                     Ok(n) => st.done = n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
                     Err(_) => {
                         st.failed = true;
                         drop(st);

@@ -203,12 +203,14 @@ pub async fn run(
     let bar = super::timed_bar(Duration::from_secs(p.warmup + p.duration), "warm-up");
     let started = Instant::now();
     let mut writers = JoinSet::new();
+    let count = publishers.len().max(1) as f64;
     for (i, (room, mut publisher)) in publishers.into_iter().enumerate() {
         let (duration, payload) = (Duration::from_secs(p.warmup + p.duration), p.payload);
         writers.spawn(async move {
             let period = Duration::from_secs_f64(1.0 / per_pub);
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + period.mul_f64(i as f64 / 10.0), period);
+            // Phases spread over one period: messages arrive evenly, not in bursts.
+            let phase = period.mul_f64(i as f64 / count);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let end = Instant::now() + duration;
             let mut seq = 0u64;
