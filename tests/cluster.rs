@@ -121,17 +121,24 @@ async fn the_last_local_subscriber_leaving_stops_delivery_to_that_node() {
     c.shutdown().await;
 }
 
-/// A Redis of our own, so the test can restart it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_resubscribe_after_a_redis_restart() {
-    let mut redis = common::OwnRedis::start();
+/// `n` nodes sharing one new database and the test's own Redis; returns
+/// the database's name too.
+async fn nodes_on(redis: &common::OwnRedis, n: usize) -> (String, Vec<Node>) {
     let db = common::unique_db();
     let mut nodes = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..n {
         let mut cfg = common::config(&db);
         cfg.redis_url = redis.url();
         nodes.push(Node::start(cfg).await);
     }
+    (db, nodes)
+}
+
+/// A Redis of our own, so the test can restart it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_resubscribe_after_a_redis_restart() {
+    let mut redis = common::OwnRedis::start();
+    let (_, nodes) = nodes_on(&redis, 2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let alice = a.register("alice").await;
     let room = a.create_room(&alice, "general", "public").await;
@@ -194,9 +201,8 @@ async fn a_token_from_one_node_works_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_sends_are_stored_and_joins_say_unavailable() {
     let mut redis = common::OwnRedis::start();
-    let mut cfg = common::config(&common::unique_db());
-    cfg.redis_url = redis.url();
-    let n = Node::start(cfg).await;
+    let (_, mut nodes) = nodes_on(&redis, 1).await;
+    let n = nodes.pop().unwrap();
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, "general", "public").await;
     let other = n.create_room(&alice, "other", "public").await;
@@ -231,13 +237,7 @@ async fn history_seqs(n: &Node, user: &common::User, room: &str) -> Vec<i64> {
 async fn seqs_never_repeat_when_redis_loses_its_counters_or_falls_behind() {
     use fred::prelude::*;
     let mut redis = common::OwnRedis::start();
-    let db = common::unique_db();
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        let mut cfg = common::config(&db);
-        cfg.redis_url = redis.url();
-        nodes.push(Node::start(cfg).await);
-    }
+    let (db, nodes) = nodes_on(&redis, 2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let alice = a.register("alice").await;
     let room = a.create_room(&alice, "general", "public").await;
@@ -283,9 +283,8 @@ async fn seqs_never_repeat_when_redis_loses_its_counters_or_falls_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_seqs_come_from_the_store_and_continue_after() {
     let mut redis = common::OwnRedis::start();
-    let mut cfg = common::config(&common::unique_db());
-    cfg.redis_url = redis.url();
-    let n = Node::start(cfg).await;
+    let (_, mut nodes) = nodes_on(&redis, 1).await;
+    let n = nodes.pop().unwrap();
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, "general", "public").await;
     let mut c = n.connect(&alice).await;
