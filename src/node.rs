@@ -190,11 +190,7 @@ fn cache_client(config: &Config) -> Result<Option<fred::clients::Client>, BusErr
     if config.cache_ttl.is_zero() {
         return Ok(None);
     }
-    let mut builder = crate::bus::redis::builder(&config.redis_url, 64)?;
-    builder.with_performance_config(|p| p.default_command_timeout = Duration::from_millis(200));
-    let client = builder.build().map_err(|e| BusError(e.to_string()))?;
-    fred::interfaces::ClientLike::connect(&client);
-    Ok(Some(client))
+    crate::bus::redis::client(&config.redis_url, Duration::from_millis(200)).map(Some)
 }
 
 /// Creates the indexes, retrying while MongoDB is unreachable.

@@ -77,10 +77,7 @@ impl Seqs {
     /// Counters for the cluster whose store is `mongo_db`, in the Redis at
     /// `redis_url` (connected in the background, like the bus).
     pub fn connect(redis_url: &str, mongo_db: &str, store: Arc<dyn Store>) -> Result<Seqs> {
-        let mut builder = crate::bus::redis::builder(redis_url, 16).map_err(|e| Error::Internal(e.0))?;
-        builder.with_performance_config(|p| p.default_command_timeout = REDIS_TIMEOUT);
-        let redis = builder.build().map_err(|e| Error::Internal(e.to_string()))?;
-        redis.connect();
+        let redis = crate::bus::redis::client(redis_url, REDIS_TIMEOUT).map_err(|e| Error::Internal(e.0))?;
         Ok(Seqs { redis, store, prefix: format!("{}seq:", crate::presence::redis::prefix(mongo_db)) })
     }
 
@@ -112,8 +109,7 @@ impl Seqs {
                 Err(e) => return self.take_from_store(room, after_collision, &e).await,
             }
         }
-        let down = fred::error::Error::new(fred::error::ErrorKind::IO, "not connected");
-        self.take_from_store(room, after_collision, &down).await
+        self.take_from_store(room, after_collision, &"not connected").await
     }
 
     async fn call(&self, room: ObjectId, floor: Option<i64>) -> std::result::Result<i64, fred::error::Error> {
@@ -129,7 +125,7 @@ impl Seqs {
         &self,
         room: ObjectId,
         after_collision: bool,
-        why: &fred::error::Error,
+        why: &(dyn std::fmt::Display + Sync),
     ) -> Result<(i64, Source)> {
         tracing::debug!(error = %why, %room, "seq from the room document: Redis did not answer");
         if after_collision {

@@ -69,6 +69,17 @@ pub fn builder(url: &str, broadcast_capacity: usize) -> Result<Builder, BusError
     Ok(builder)
 }
 
+/// A plain client whose commands give up after `command_timeout`, for a
+/// part of the node that must fall back quickly when Redis is slow or away.
+/// It connects in the background and keeps reconnecting.
+pub fn client(url: &str, command_timeout: Duration) -> Result<Client, BusError> {
+    let mut builder = builder(url, 16)?;
+    builder.with_performance_config(|p| p.default_command_timeout = command_timeout);
+    let client = builder.build().map_err(bus_err)?;
+    client.connect();
+    Ok(client)
+}
+
 impl RedisBus {
     /// Starts both connections and the reader task that feeds `inbox`. A
     /// Redis that is down at start is not fatal: fred keeps reconnecting and
