@@ -81,12 +81,7 @@ impl Audiences {
     }
 
     fn keep(&self, room: ObjectId, version: i64, audience: Arc<Audience>) {
-        if self.kept.len() >= KEPT_ROOMS && !self.kept.contains_key(&room) {
-            let any = self.kept.iter().next().map(|e| *e.key());
-            if let Some(any) = any {
-                self.kept.remove(&any);
-            }
-        }
+        super::make_room(&self.kept, KEPT_ROOMS, room);
         self.kept.insert(room, (version, audience));
     }
 }

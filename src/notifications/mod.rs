@@ -178,6 +178,17 @@ impl From<&Notification> for NotificationView {
     }
 }
 
+/// Makes room for `room` in a per-room map bounded to `cap` rooms: when
+/// the map is full and `room` is not in it, takes out another room's entry
+/// and returns it.
+fn make_room<V>(map: &dashmap::DashMap<ObjectId, V>, cap: usize, room: ObjectId) -> Option<(ObjectId, V)> {
+    if map.len() < cap || map.contains_key(&room) {
+        return None;
+    }
+    let any = map.iter().next().map(|e| *e.key())?;
+    map.remove(&any)
+}
+
 fn json_of(data: &bson::Document) -> Value {
     bson::Bson::Document(data.clone()).into_relaxed_extjson()
 }

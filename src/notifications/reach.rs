@@ -141,11 +141,8 @@ impl Reach {
     /// announced from now on void it.
     fn begin(&self, room: ObjectId, audience: &Arc<Audience>) -> u64 {
         let token = self.token();
-        if !self.kept.contains_key(&room) && self.kept.len() >= KEPT_ROOMS {
-            let any = self.kept.iter().next().map(|e| *e.key());
-            if let Some((any, slot)) = any.and_then(|any| self.kept.remove(&any)) {
-                self.unindex(any, &slot.audience);
-            }
+        if let Some((evicted, slot)) = super::make_room(&self.kept, KEPT_ROOMS, room) {
+            self.unindex(evicted, &slot.audience);
         }
         match self.kept.entry(room) {
             dashmap::Entry::Occupied(mut e) => {
