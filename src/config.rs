@@ -54,6 +54,13 @@ pub struct ServeArgs {
     /// Pub/Sub messages buffered between Redis and the fan-out task.
     #[arg(long, env = "CONFAB_PUBSUB_BUFFER")]
     pub pubsub_buffer: Option<usize>,
+    /// Threads that write a big room's fan-out, the bus reader's included
+    /// (0: one per core; 1: the bus reader writes everything).
+    #[arg(long, env = "CONFAB_FANOUT_LANES")]
+    pub fanout_lanes: Option<usize>,
+    /// Local receivers from which an event is split over the fan-out lanes.
+    #[arg(long, env = "CONFAB_FANOUT_SPLIT_AT")]
+    pub fanout_split_at: Option<usize>,
     /// Serve the RFC 6455 conformance echo endpoint at /ws/echo (for test runs).
     #[arg(long, env = "CONFAB_ECHO_ENDPOINT")]
     pub echo_endpoint: Option<bool>,
@@ -115,6 +122,8 @@ struct FileConfig {
     ping_interval_secs: Option<u64>,
     allowed_origins: Option<String>,
     pubsub_buffer: Option<usize>,
+    fanout_lanes: Option<usize>,
+    fanout_split_at: Option<usize>,
     echo_endpoint: Option<bool>,
     cache_ttl_secs: Option<u64>,
     gap_wait_ms: Option<u64>,
@@ -144,6 +153,9 @@ pub struct Config {
     pub ping_interval: Duration,
     pub allowed_origins: Vec<String>,
     pub pubsub_buffer: usize,
+    /// Fan-out lanes, the bus reader's included (at least 1).
+    pub fanout_lanes: usize,
+    pub fanout_split_at: usize,
     pub echo_endpoint: bool,
     pub cache_ttl: Duration,
     pub gap_wait: Duration,
@@ -261,6 +273,15 @@ impl ServeArgs {
         if !(64..=4_194_304).contains(&pubsub_buffer) {
             return Err(invalid("pubsub-buffer", "CONFAB_PUBSUB_BUFFER", "must be between 64 and 4194304"));
         }
+        let fanout_lanes = match self.fanout_lanes.or(file.fanout_lanes).unwrap_or(0) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(crate::gateway::lanes::MAX_LANES),
+            n if n <= crate::gateway::lanes::MAX_LANES => n,
+            _ => return Err(invalid("fanout-lanes", "CONFAB_FANOUT_LANES", "must be between 0 and 64")),
+        };
+        let fanout_split_at = self.fanout_split_at.or(file.fanout_split_at).unwrap_or(crate::gateway::lanes::SPLIT_AT);
+        if !(1..=1_000_000).contains(&fanout_split_at) {
+            return Err(invalid("fanout-split-at", "CONFAB_FANOUT_SPLIT_AT", "must be between 1 and 1000000"));
+        }
         let cache_ttl_secs = self.cache_ttl_secs.or(file.cache_ttl_secs).unwrap_or(300);
         if cache_ttl_secs > 86_400 {
             return Err(invalid("cache-ttl-secs", "CONFAB_CACHE_TTL_SECS", "must be between 0 and 86400"));
@@ -345,6 +366,8 @@ impl ServeArgs {
             ping_interval: Duration::from_secs(ping_interval_secs),
             allowed_origins,
             pubsub_buffer,
+            fanout_lanes,
+            fanout_split_at,
             echo_endpoint: self.echo_endpoint.or(file.echo_endpoint).unwrap_or(false),
             cache_ttl: Duration::from_secs(cache_ttl_secs),
             gap_wait: Duration::from_millis(gap_wait_ms),
@@ -512,6 +535,19 @@ mod tests {
         std::fs::write(&path, "lissten = \"x\"\n").unwrap();
         let err = ServeArgs { config: Some(path), ..base() }.resolve().unwrap_err();
         assert!(err.0.contains("--config") && err.0.contains("lissten"), "{err}");
+    }
+
+    #[test]
+    fn fanout_lanes_default_to_one_per_core_and_are_bounded() {
+        let c = base().resolve().unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!((c.fanout_lanes, c.fanout_split_at), (cores.min(64), 64));
+        let c = ServeArgs { fanout_lanes: Some(1), fanout_split_at: Some(2), ..base() }.resolve().unwrap();
+        assert_eq!((c.fanout_lanes, c.fanout_split_at), (1, 2));
+        let err = ServeArgs { fanout_lanes: Some(65), ..base() }.resolve().unwrap_err();
+        assert!(err.0.contains("--fanout-lanes (CONFAB_FANOUT_LANES)"), "{err}");
+        let err = ServeArgs { fanout_split_at: Some(0), ..base() }.resolve().unwrap_err();
+        assert!(err.0.contains("--fanout-split-at (CONFAB_FANOUT_SPLIT_AT)"), "{err}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusError};
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::gateway::lanes::Lanes;
 use crate::gateway::{Gateway, GatewayInbox, Registry, Sequencer, Subscriptions};
 use crate::notifications::Notifier;
 use crate::presence::redis::RedisTracker;
@@ -74,7 +75,8 @@ impl RunningNode {
                 .await
                 .map_err(|e| StartError::Backend(e.to_string()))?,
         );
-        let registry = Arc::new(Registry::new());
+        let lanes = Lanes::new(config.fanout_lanes, config.fanout_split_at, tokio::runtime::Handle::current());
+        let registry = Arc::new(Registry::with_lanes(lanes));
         let sequencer = Arc::new(Sequencer::default());
         let inbox = Arc::new(GatewayInbox {
             registry: registry.clone(),

@@ -7,6 +7,8 @@
 //! - `assembler`: joins fragmented messages under a size cap, checking UTF-8.
 //! - `registry`: sharded maps room → local connections, user → local
 //!   connections, connection → queue.
+//! - `lanes`: writes a big room's fan-out on several cores, each
+//!   connection's frames in order.
 //! - `subscriptions`: keeps the node subscribed to a room's or user's bus
 //!   topic exactly while it has local listeners, off the delivery path.
 //! - `sequencer`: keeps each room's live messages in seq order, fills gaps.
@@ -19,6 +21,7 @@
 pub mod assembler;
 pub mod echo;
 pub mod frames;
+pub mod lanes;
 pub mod line;
 pub mod protocol;
 pub mod registry;

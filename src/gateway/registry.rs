@@ -4,8 +4,9 @@
 //! connections, and connection → its outbound line. Fan-out takes one
 //! shard's read lock, offers the shared frame bytes to each connection
 //! without waiting (written straight to the socket when it takes them, see
-//! `line`), and cuts off any connection whose backlog is full: a slow client
-//! loses its connection, the room loses nothing.
+//! `line`; a big room's connections split over the node's cores, see
+//! `lanes`), and cuts off any connection whose backlog is full: a slow
+//! client loses its connection, the room loses nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -16,6 +17,7 @@ use bson::oid::ObjectId;
 use bytes::Bytes;
 use dashmap::DashMap;
 
+use super::lanes::{offer_all, Lanes, Tally};
 use super::line::{Line, Op, Refused};
 use super::watching::Watching;
 use crate::bus::{Delivery, Kind, Topic};
@@ -213,11 +215,18 @@ pub struct Registry {
     conns: DashMap<ConnId, Arc<Outbox>>,
     /// Which users watch which rooms with every local connection.
     pub watching: Watching,
+    /// Who writes a fan-out: one lane (the caller) unless given more.
+    lanes: Lanes,
 }
 
 impl Registry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry whose fan-outs are written through `lanes`.
+    pub fn with_lanes(lanes: Lanes) -> Self {
+        Registry { lanes, ..Self::default() }
     }
 
     /// Adds a connection; true if it is its user's first on this node.
@@ -312,30 +321,32 @@ impl Registry {
     }
 
     /// Offers one frame to every local subscriber of `room` (except the
-    /// connections of an ephemeral event's own user); connections whose queue
-    /// is full are cut off as slow consumers. Returns how many got it.
+    /// connections of an ephemeral event's own user), through the lanes;
+    /// connections whose queue is full are cut off as slow consumers.
+    /// Returns how many took it (those handed to another lane count).
     pub fn fan_out(&self, room: ObjectId, delivery: &Delivery) -> usize {
         let skip = if delivery.kind == Kind::Ephemeral { delivery.subject } else { None };
-        let delivered = match self.rooms.get(&room) {
-            Some(members) => offer_all(
-                members.values(),
-                |o| skip.is_none() || o.user_id != skip,
-                |o| o.offer_delivery(room, delivery),
-            ),
-            None => 0,
+        let tally = if delivery.kind == Kind::Message { Tally::Messages } else { Tally::Nothing };
+        let Some(members) = self.rooms.get(&room) else {
+            return 0;
         };
-        if delivery.kind == Kind::Message {
-            metrics::counter!("confab_messages_delivered_total").increment(delivered as u64);
-        }
-        delivered
+        let d = delivery.clone();
+        self.lanes.offer(
+            members.len(),
+            members.values().filter(|o| skip.is_none() || o.user_id != skip),
+            move |o| o.offer_delivery(room, &d),
+            tally,
+        )
     }
 
-    /// Offers one frame to every local connection of `user`.
+    /// Offers one frame to every local connection of `user`, through the
+    /// lanes: a receipt never overtakes the message it is about.
     pub fn send_to_user(&self, user: ObjectId, frame: &Bytes) -> usize {
-        match self.users.get(&user) {
-            Some(conns) => offer_all(conns.values(), |_| true, |o| o.offer(Outbound::Text(frame.clone()))),
-            None => 0,
-        }
+        let Some(conns) = self.users.get(&user) else {
+            return 0;
+        };
+        let frame = frame.clone();
+        self.lanes.offer(conns.len(), conns.values(), move |o| o.offer(Outbound::Text(frame.clone())), Tally::Nothing)
     }
 
     /// Offers a notification frame to `user`'s local connections that are
@@ -349,7 +360,9 @@ impl Registry {
             None => return 0,
         };
         let watching = |o: &Outbox| room.is_some_and(|r| self.rooms.get(&r).is_some_and(|m| m.contains_key(&o.id)));
-        offer_all(conns.iter(), |o| !watching(o), |o| o.offer(Outbound::Text(frame.clone())))
+        // Written here, not through the lanes: these connections are not in
+        // the room, so no frame of it is waiting for them.
+        offer_all(conns.iter().filter(|o| !watching(o)), |o| o.offer(Outbound::Text(frame.clone())))
     }
 
     /// Takes `user`'s local connections out of `room` and sends them `frame`
@@ -367,11 +380,18 @@ impl Registry {
             });
             members.is_empty()
         });
-        for outbox in evicted {
+        for outbox in &evicted {
             outbox.revoke(room);
-            if !frame.is_empty() && outbox.offer(Outbound::Text(frame.clone())) == Err(Refused::Full) {
-                outbox.cut_off_slow();
-            }
+        }
+        if !frame.is_empty() {
+            // Through the lanes, after the room's frames handed over before.
+            let frame = frame.clone();
+            self.lanes.offer(
+                evicted.len(),
+                evicted.iter(),
+                move |o| o.offer(Outbound::Text(frame.clone())),
+                Tally::Nothing,
+            );
         }
         emptied.is_some()
     }
@@ -384,28 +404,6 @@ fn remove_member(map: &DashMap<ObjectId, Members>, key: ObjectId, conn: ConnId) 
         members.is_empty()
     })
     .is_some()
-}
-
-/// Offers a frame to each wanted connection; cuts off those that are full.
-fn offer_all<'a>(
-    conns: impl Iterator<Item = &'a Arc<Outbox>>,
-    wanted: impl Fn(&Outbox) -> bool,
-    offer: impl Fn(&Outbox) -> Result<(), Refused>,
-) -> usize {
-    let mut slow: Vec<Arc<Outbox>> = Vec::new();
-    let mut delivered = 0;
-    for outbox in conns.filter(|o| wanted(o)) {
-        match offer(outbox) {
-            Ok(()) => delivered += 1,
-            // Cut off outside the shard lock; a closing connection is not slow.
-            Err(Refused::Full) => slow.push(outbox.clone()),
-            Err(Refused::Closed) => {}
-        }
-    }
-    for outbox in slow {
-        outbox.cut_off_slow();
-    }
-    delivered
 }
 
 #[cfg(test)]
