@@ -72,13 +72,15 @@ kosoku "ws://127.0.0.1:$port/ws/echo" -p 2 -x '12.*' -x '13.*' -o "$work/autobah
 stop_pidfile "$work/echo-node.pid"
 
 log "load generator: a small fan-out across two nodes must lose nothing"
+# Two fan-out lanes splitting from 4 receivers: the rooms' ~10 members per
+# node go through the lanes, as a big room's would.
 secret="loadtest-smoke-secret-0123456789abcdef"
 urls=() pids=()
 for n in 1 2; do
   port=$(free_port)
   CONFAB_LISTEN="127.0.0.1:$port" CONFAB_REDIS_URL="$REDIS_URL" CONFAB_MONGO_URL="$MONGO_URL" \
     CONFAB_MONGO_DB="confab_loadtest_smoke" CONFAB_JWT_SECRET="$secret" CONFAB_NODE_ID="smoke-$n" CONFAB_LOG=warn \
-    "$bin" serve >"$work/smoke-node-$n.log" 2>&1 &
+    CONFAB_FANOUT_LANES=2 CONFAB_FANOUT_SPLIT_AT=4 "$bin" serve >"$work/smoke-node-$n.log" 2>&1 &
   echo $! >"$work/smoke-node-$n.pid"
   wait_port "$port" 30 || die "smoke node $n did not start"
   urls+=(--url "http://127.0.0.1:$port") pids+=(--server-pid "$(cat "$work/smoke-node-$n.pid")")

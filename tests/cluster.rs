@@ -103,6 +103,48 @@ async fn concurrent_senders_on_two_nodes_get_unique_increasing_seqs() {
     c.shutdown().await;
 }
 
+/// Six members of one room on each node, four senders at once: the test
+/// nodes split every event of two or more receivers over three fan-out
+/// lanes, and every member still gets every message once, in seq order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_split_over_fan_out_lanes_keeps_each_members_order() {
+    let c = Cluster::start(2).await;
+    let owner = c.nodes[0].register("owner").await;
+    let room = c.nodes[0].create_room(&owner, "crowd", "public").await;
+    let mut members = Vec::new();
+    for i in 0..12 {
+        let node = &c.nodes[i % 2];
+        let user = node.register(&format!("member{i}")).await;
+        let mut client = node.connect(&user).await;
+        client.join(&room).await;
+        members.push(client);
+    }
+    let per_sender = 10;
+    let mut senders = Vec::new();
+    for k in 0..4 {
+        let mut sender = c.nodes[k % 2].connect(&owner).await;
+        let room = room.clone();
+        senders.push(tokio::spawn(async move {
+            for i in 0..per_sender {
+                sender.say(&room, &format!("s{k}-{i}")).await;
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    let all: Vec<i64> = (1..=4 * per_sender as i64).collect();
+    for (i, member) in members.iter_mut().enumerate() {
+        let got = messages(member, all.len()).await;
+        let seqs: Vec<i64> = got.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+        assert_eq!(seqs, all, "member {i}");
+    }
+    for member in &mut members {
+        member.assert_silent(Duration::from_millis(100)).await;
+    }
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_local_subscriber_leaving_stops_delivery_to_that_node() {
     let c = Cluster::start(2).await;

@@ -46,6 +46,11 @@ pub fn config(db: &str) -> Config {
         ping_interval: Duration::from_secs(25),
         allowed_origins: vec![],
         pubsub_buffer: 16_384,
+        // Every event for two or more local connections is split over three
+        // lanes, so that every test checks the lanes keep each connection's
+        // frames in order.
+        fanout_lanes: 3,
+        fanout_split_at: 2,
         echo_endpoint: false,
         cache_ttl: Duration::from_secs(300),
         gap_wait: Duration::from_millis(250),
