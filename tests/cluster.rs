@@ -135,9 +135,7 @@ async fn a_room_split_over_fan_out_lanes_keeps_each_members_order() {
     }
     let all: Vec<i64> = (1..=4 * per_sender as i64).collect();
     for (i, member) in members.iter_mut().enumerate() {
-        let got = messages(member, all.len()).await;
-        let seqs: Vec<i64> = got.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
-        assert_eq!(seqs, all, "member {i}");
+        assert_eq!(seqs(member, all.len()).await, all, "member {i}");
     }
     for member in &mut members {
         member.assert_silent(Duration::from_millis(100)).await;
