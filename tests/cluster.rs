@@ -238,16 +238,23 @@ async fn a_token_from_one_node_works_on_another() {
     c.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_redis_down_sends_are_stored_and_joins_say_unavailable() {
-    let mut redis = common::OwnRedis::start();
-    let (_, mut nodes) = nodes_on(&redis, 1).await;
+/// One node on `redis`, and alice connected to it and joined to her new
+/// public room.
+async fn alone_in_a_room(redis: &common::OwnRedis) -> (Node, common::User, String, Client) {
+    let (_, mut nodes) = nodes_on(redis, 1).await;
     let n = nodes.pop().unwrap();
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, "general", "public").await;
-    let other = n.create_room(&alice, "other", "public").await;
     let mut c = n.connect(&alice).await;
     c.join(&room).await;
+    (n, alice, room, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_sends_are_stored_and_joins_say_unavailable() {
+    let mut redis = common::OwnRedis::start();
+    let (n, alice, room, mut c) = alone_in_a_room(&redis).await;
+    let other = n.create_room(&alice, "other", "public").await;
 
     redis.stop();
     // Stored and acknowledged even though it cannot be published.
@@ -323,12 +330,7 @@ async fn seqs_never_repeat_when_redis_loses_its_counters_or_falls_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_seqs_come_from_the_store_and_continue_after() {
     let mut redis = common::OwnRedis::start();
-    let (_, mut nodes) = nodes_on(&redis, 1).await;
-    let n = nodes.pop().unwrap();
-    let alice = n.register("alice").await;
-    let room = n.create_room(&alice, "general", "public").await;
-    let mut c = n.connect(&alice).await;
-    c.join(&room).await;
+    let (n, alice, room, mut c) = alone_in_a_room(&redis).await;
     // More than a send's attempts, so that the room document's counter,
     // left at 0 while Redis handed seqs out, must be raised, not stepped.
     for i in 1..=20 {
