@@ -174,18 +174,28 @@ async fn nodes_on(redis: &common::OwnRedis, n: usize) -> (String, Vec<Node>) {
     (db, nodes)
 }
 
+/// `n` nodes on `redis` (see `nodes_on`), alice's new public room, and a
+/// connection of hers on each node, joined to it.
+async fn alice_in_a_room(redis: &common::OwnRedis, n: usize) -> (String, Vec<Node>, common::User, String, Vec<Client>) {
+    let (db, nodes) = nodes_on(redis, n).await;
+    let alice = nodes[0].register("alice").await;
+    let room = nodes[0].create_room(&alice, "general", "public").await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut c = node.connect(&alice).await;
+        c.join(&room).await;
+        clients.push(c);
+    }
+    (db, nodes, alice, room, clients)
+}
+
 /// A Redis of our own, so the test can restart it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_resubscribe_after_a_redis_restart() {
     let mut redis = common::OwnRedis::start();
-    let (_, nodes) = nodes_on(&redis, 2).await;
-    let (a, b) = (&nodes[0], &nodes[1]);
-    let alice = a.register("alice").await;
-    let room = a.create_room(&alice, "general", "public").await;
-    let mut on_a = a.connect(&alice).await;
-    let mut on_b = b.connect(&alice).await;
-    on_a.join(&room).await;
-    on_b.join(&room).await;
+    let (_, nodes, alice, room, mut clients) = alice_in_a_room(&redis, 2).await;
+    let a = &nodes[0];
+    let (mut on_b, mut on_a) = (clients.pop().unwrap(), clients.pop().unwrap());
     on_a.say(&room, "before").await;
     assert_eq!(contents(&mut on_b, 1).await, ["before"]);
     assert_eq!(contents(&mut on_a, 1).await, ["before"]);
@@ -238,22 +248,11 @@ async fn a_token_from_one_node_works_on_another() {
     c.shutdown().await;
 }
 
-/// One node on `redis`, and alice connected to it and joined to her new
-/// public room.
-async fn alone_in_a_room(redis: &common::OwnRedis) -> (Node, common::User, String, Client) {
-    let (_, mut nodes) = nodes_on(redis, 1).await;
-    let n = nodes.pop().unwrap();
-    let alice = n.register("alice").await;
-    let room = n.create_room(&alice, "general", "public").await;
-    let mut c = n.connect(&alice).await;
-    c.join(&room).await;
-    (n, alice, room, c)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_sends_are_stored_and_joins_say_unavailable() {
     let mut redis = common::OwnRedis::start();
-    let (n, alice, room, mut c) = alone_in_a_room(&redis).await;
+    let (_, mut nodes, alice, room, mut clients) = alice_in_a_room(&redis, 1).await;
+    let (n, mut c) = (nodes.pop().unwrap(), clients.pop().unwrap());
     let other = n.create_room(&alice, "other", "public").await;
 
     redis.stop();
@@ -284,14 +283,9 @@ async fn history_seqs(n: &Node, user: &common::User, room: &str) -> Vec<i64> {
 async fn seqs_never_repeat_when_redis_loses_its_counters_or_falls_behind() {
     use fred::prelude::*;
     let mut redis = common::OwnRedis::start();
-    let (db, nodes) = nodes_on(&redis, 2).await;
-    let (a, b) = (&nodes[0], &nodes[1]);
-    let alice = a.register("alice").await;
-    let room = a.create_room(&alice, "general", "public").await;
-    let mut on_a = a.connect(&alice).await;
-    let mut on_b = b.connect(&alice).await;
-    on_a.join(&room).await;
-    on_b.join(&room).await;
+    let (db, nodes, alice, room, mut clients) = alice_in_a_room(&redis, 2).await;
+    let a = &nodes[0];
+    let (mut on_b, mut on_a) = (clients.pop().unwrap(), clients.pop().unwrap());
     for (i, want) in (1..=3).enumerate() {
         assert_eq!(on_a.say(&room, &format!("m{i}")).await["seq"], want);
     }
@@ -330,7 +324,8 @@ async fn seqs_never_repeat_when_redis_loses_its_counters_or_falls_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_seqs_come_from_the_store_and_continue_after() {
     let mut redis = common::OwnRedis::start();
-    let (n, alice, room, mut c) = alone_in_a_room(&redis).await;
+    let (_, mut nodes, alice, room, mut clients) = alice_in_a_room(&redis, 1).await;
+    let (n, mut c) = (nodes.pop().unwrap(), clients.pop().unwrap());
     // More than a send's attempts, so that the room document's counter,
     // left at 0 while Redis handed seqs out, must be raised, not stepped.
     for i in 1..=20 {
