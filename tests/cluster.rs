@@ -246,46 +246,6 @@ async fn nodes_resubscribe_after_a_redis_restart() {
     }
 }
 
-/// A node's own room events reach its members at once, ahead of the round
-/// trip to Redis, which carries them to the other nodes. With Redis holding
-/// every write, a message reaches the sending node's members but not the
-/// other node's until Redis lets it through; nobody gets a second copy.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sending_nodes_members_do_not_wait_for_redis() {
-    let redis = common::OwnRedis::start();
-    let (_, nodes, alice, room, mut clients) = alice_in_a_room(&redis, 2).await;
-    let a = &nodes[0];
-    let (mut on_b, mut on_a) = (clients.pop().unwrap(), clients.pop().unwrap());
-    let bob = a.register("bob").await;
-    let mut bob_a = a.connect(&bob).await;
-    bob_a.join(&room).await;
-
-    redis.pause_writes();
-    // The seq comes from the store once Redis does not answer; the PUBLISH
-    // then waits in Redis, and so does alice's ack.
-    on_a.send(json!({"type": "send_message", "ref": "held", "channel": room, "data": {"content": "held"}})).await;
-    assert_eq!(contents(&mut bob_a, 1).await, ["held"]);
-    on_b.assert_silent(Duration::from_millis(300)).await;
-
-    redis.unpause();
-    assert_eq!(contents(&mut on_b, 1).await, ["held"]);
-    let ack = on_a.recv_type("ack").await;
-    assert_eq!(ack["ref"], "held", "{ack}");
-    let id = ack["data"]["id"].as_str().unwrap().to_string();
-    // An edit carries no seq: only its id tells the node's own copy from
-    // Redis's. Each member sees it once.
-    let (s, body) =
-        a.call("PATCH", &format!("/messages/{id}"), Some(&alice.token), Some(json!({"content": "edited"}))).await;
-    assert_eq!(s, 200, "{body}");
-    for c in [&mut bob_a, &mut on_b] {
-        assert_eq!(c.recv_type("message_updated").await["data"]["content"], "edited");
-        c.assert_silent(Duration::from_millis(300)).await;
-    }
-    for n in nodes {
-        n.shutdown().await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_from_one_node_works_on_another() {
     let c = Cluster::start(2).await;

@@ -1,9 +1,8 @@
 //! The message bus: how room traffic crosses nodes.
 //!
 //! A node publishes each event once; every node subscribed to the topic (a
-//! room, or a user) receives it and fans it out to its local sockets. The
-//! publishing node's own subscribers get it at once, from memory, in the
-//! order the node published; its copy coming back from the bus is dropped.
+//! room, or a user) receives it, including the publisher, and fans it out
+//! to its local sockets.
 //! [`redis::RedisBus`] is the real implementation (Redis Pub/Sub). Pub/Sub is
 //! at-most-once: what is published while a node is cut off from the bus
 //! reaches that node's clients only through history.
@@ -103,11 +102,6 @@ impl<'a> Event<'a> {
         Event { kind: Kind::Evict, id: None, subject: Some(user), stored_at_us: 0, seq: 0, frame }
     }
 
-    /// The same event under `id` (an event's copies share one id).
-    pub fn with_id(self, id: ObjectId) -> Self {
-        Event { id: Some(id), ..self }
-    }
-
     /// Notification `id` for a user's connections outside `room`;
     /// `stored_at_us` is 0 while it is not stored.
     pub fn notify(id: ObjectId, room: Option<ObjectId>, stored_at_us: u64, frame: &'a [u8]) -> Self {
@@ -129,11 +123,6 @@ impl Delivery {
     /// A stored message's delivery (tests and benchmarks build these).
     pub fn message(frame: Bytes, seq: i64) -> Self {
         Delivery { kind: Kind::Message, subject: None, frame, stored_at_us: 0, seq }
-    }
-
-    /// `event` as it arrives, with `frame` holding its frame's bytes.
-    pub fn of(event: &Event<'_>, frame: Bytes) -> Self {
-        Delivery { kind: event.kind, subject: event.subject, frame, stored_at_us: event.stored_at_us, seq: event.seq }
     }
 }
 

@@ -7,13 +7,6 @@
 //!   `confab_pubsub_lagged_total` and logged, never dropped silently.
 //! - fred re-sends in-flight commands after a reconnect, so a PUBLISH can
 //!   arrive twice: events are de-duplicated by id before delivery.
-//!
-//! Home delivery: an event this node publishes to a topic it is subscribed
-//! to goes to its own inbox at once, through the reader task, ahead of the
-//! round trip to Redis; the copy Redis sends back is recognised by its id
-//! and dropped. Every published event therefore carries an id (nodes that
-//! predate this only use it to drop repeats). One reader delivers both, so
-//! a node's own events reach its sockets in the order it published them.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -21,15 +14,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bson::oid::ObjectId;
-use bytes::Bytes;
-use dashmap::DashSet;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Message as RedisMessage;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
 
-use super::{wire, Bus, BusError, Delivery, Event, Inbox, Topic};
+use super::{wire, Bus, BusError, Event, Inbox, Topic};
 
 /// Channel-name prefixes of room and user topics.
 const ROOM_PREFIX: &str = "confab:room:";
@@ -38,17 +28,6 @@ const USER_PREFIX: &str = "confab:user:";
 pub struct RedisBus {
     publisher: Client,
     subscriber: SubscriberClient,
-    /// This node's own events, on their way to the reader task.
-    home: mpsc::UnboundedSender<Home>,
-    /// Topics Redis has confirmed this node's subscription to.
-    subscribed: Arc<DashSet<Topic>>,
-}
-
-/// An event this node published, for its own subscribers.
-struct Home {
-    topic: Topic,
-    id: ObjectId,
-    delivery: Delivery,
 }
 
 fn channel(topic: Topic) -> String {
@@ -117,9 +96,8 @@ impl RedisBus {
             }
         }
         subscriber.manage_subscriptions();
-        let subscribed = Arc::new(DashSet::new());
-        let (home, home_rx) = mpsc::unbounded_channel();
-        tokio::spawn(read_loop(subscriber.message_rx(), home_rx, Reader::new(inbox, subscribed.clone())));
+        let rx = subscriber.message_rx();
+        tokio::spawn(read_loop(rx, inbox));
         let mut reconnects = subscriber.reconnect_rx();
         tokio::spawn(async move {
             while reconnects.recv().await.is_ok() {
@@ -127,23 +105,7 @@ impl RedisBus {
                 tracing::info!("redis subscriber reconnected; channels resubscribed");
             }
         });
-        Ok(Arc::new(RedisBus { publisher, subscriber, home, subscribed }))
-    }
-
-    /// Publishes `event` and hands it to this node's own subscribers, if
-    /// any, before the round trip; says how many nodes Redis reached.
-    async fn send(&self, topic: Topic, event: Event<'_>) -> Result<usize, BusError> {
-        let id = event.id.unwrap_or_default(); // a new id when it has none
-        let event = event.with_id(id);
-        let payload = wire::encode(event);
-        if self.subscribed.contains(&topic) {
-            let delivery = Delivery::of(&event, payload.slice(wire::HEADER..));
-            let _ = self.home.send(Home { topic, id, delivery });
-        }
-        let start = Instant::now();
-        let out: Result<i64, _> = self.publisher.publish(channel(topic), payload).await;
-        metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
-        out.map(|n| n.max(0) as usize).map_err(bus_err)
+        Ok(Arc::new(RedisBus { publisher, subscriber }))
     }
 }
 
@@ -163,17 +125,18 @@ impl<T: ClientLike + Sync> ClientLikeExt for T {
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, topic: Topic, event: Event<'_>) -> Result<(), BusError> {
-        self.send(topic, event).await.map(|_| ())
+        let start = Instant::now();
+        let payload = wire::encode(event);
+        let out: Result<i64, _> = self.publisher.publish(channel(topic), payload).await;
+        metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
+        out.map(|_| ()).map_err(bus_err)
     }
 
     async fn subscribe(&self, topic: Topic) -> Result<(), BusError> {
-        self.subscriber.subscribe(channel(topic)).await.map_err(bus_err)?;
-        self.subscribed.insert(topic);
-        Ok(())
+        self.subscriber.subscribe(channel(topic)).await.map_err(bus_err)
     }
 
     async fn unsubscribe(&self, topic: Topic) -> Result<(), BusError> {
-        self.subscribed.remove(&topic);
         self.subscriber.unsubscribe(channel(topic)).await.map_err(bus_err)
     }
 
@@ -186,7 +149,10 @@ impl Bus for RedisBus {
     /// PUBLISH answers with the number of subscribed connections; each node
     /// subscribes through one connection, so that is the number of nodes.
     async fn publish_counted(&self, topic: Topic, event: Event<'_>) -> Result<usize, BusError> {
-        self.send(topic, event).await
+        let start = Instant::now();
+        let out: Result<i64, _> = self.publisher.publish(channel(topic), wire::encode(event)).await;
+        metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
+        out.map(|n| n.max(0) as usize).map_err(bus_err)
     }
 
     /// One `PUBSUB NUMSUB` per thousand topics.
@@ -209,85 +175,41 @@ impl Bus for RedisBus {
     }
 }
 
-/// Delivers this node's own events and what Redis sends, one at a time.
-/// Its own come first when both wait: Redis's copy of one can only be
-/// behind it.
-async fn read_loop(
-    mut rx: tokio::sync::broadcast::Receiver<RedisMessage>,
-    mut home: mpsc::UnboundedReceiver<Home>,
-    mut reader: Reader,
-) {
+async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, inbox: Arc<dyn Inbox>) {
+    let mut seen = RecentIds::new(65_536);
     loop {
-        tokio::select! {
-            biased;
-            Some(own) = home.recv() => reader.home(own),
-            message = rx.recv() => match message {
-                Ok(m) => {
-                    let Some(topic) = topic_of(&m.channel) else { continue };
-                    if let Some(payload) = payload_of(m.value) {
-                        reader.bus(topic, payload);
-                    }
-                }
-                Err(RecvError::Lagged(n)) => {
-                    metrics::counter!("confab_pubsub_lagged_total").increment(n);
-                    tracing::warn!(lost = n, "pub/sub reader lagged; clients recover the gap from history");
-                }
-                Err(RecvError::Closed) => return,
-            },
-        }
-    }
-}
-
-fn payload_of(value: Value) -> Option<Bytes> {
-    match value {
-        Value::Bytes(b) => Some(b),
-        Value::String(s) => Some(s.into_inner()),
-        other => other.as_bytes().map(Bytes::copy_from_slice),
-    }
-}
-
-/// What the reader task knows: the ids it has delivered, so that neither a
-/// repeat nor this node's own event coming back is delivered twice.
-struct Reader {
-    inbox: Arc<dyn Inbox>,
-    subscribed: Arc<DashSet<Topic>>,
-    /// Ids of events from the bus.
-    seen: RecentIds,
-    /// Ids of this node's own events, delivered before Redis sent them.
-    own: RecentIds,
-}
-
-impl Reader {
-    fn new(inbox: Arc<dyn Inbox>, subscribed: Arc<DashSet<Topic>>) -> Reader {
-        Reader { inbox, subscribed, seen: RecentIds::new(65_536), own: RecentIds::new(65_536) }
-    }
-
-    /// One of this node's events. Checked again here: a subscription
-    /// dropped since it was published no longer wants it.
-    fn home(&mut self, event: Home) {
-        if !self.subscribed.contains(&event.topic) {
-            return;
-        }
-        self.own.insert(event.id);
-        metrics::counter!("confab_bus_home_deliveries_total").increment(1);
-        self.inbox.deliver(event.topic, event.delivery);
-    }
-
-    fn bus(&mut self, topic: Topic, payload: Bytes) {
+        let message = match rx.recv().await {
+            Ok(m) => m,
+            Err(RecvError::Lagged(n)) => {
+                metrics::counter!("confab_pubsub_lagged_total").increment(n);
+                tracing::warn!(lost = n, "pub/sub reader lagged; clients recover the gap from history");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let Some(topic) = topic_of(&message.channel) else {
+            continue;
+        };
+        let Some(payload) =
+            message.value.as_bytes().map(bytes::Bytes::copy_from_slice).or_else(|| match message.value {
+                Value::Bytes(b) => Some(b),
+                Value::String(s) => Some(s.into_inner()),
+                _ => None,
+            })
+        else {
+            continue;
+        };
         let Some((event_id, delivery)) = wire::decode(payload) else {
             metrics::counter!("confab_pubsub_malformed_total").increment(1);
-            return;
+            continue;
         };
         if let Some(id) = event_id {
-            if self.own.contains(&id) {
-                return;
-            }
-            if !self.seen.insert(id) {
+            if !seen.insert(id) {
                 metrics::counter!("confab_pubsub_duplicates_total").increment(1);
-                return;
+                continue;
             }
         }
-        self.inbox.deliver(topic, delivery);
+        inbox.deliver(topic, delivery);
     }
 }
 
@@ -301,10 +223,6 @@ struct RecentIds {
 impl RecentIds {
     fn new(cap: usize) -> Self {
         RecentIds { set: HashSet::with_capacity(cap), order: VecDeque::with_capacity(cap), cap }
-    }
-
-    fn contains(&self, id: &ObjectId) -> bool {
-        self.set.contains(id)
     }
 
     /// False when `id` was seen recently.
@@ -334,68 +252,6 @@ mod tests {
         }
         assert_eq!(topic_of("confab:room:nope"), None);
         assert_eq!(topic_of("other"), None);
-    }
-
-    /// Records what reaches the gateway.
-    #[derive(Default)]
-    struct Recorded(std::sync::Mutex<Vec<(Topic, Bytes)>>);
-
-    impl Inbox for Recorded {
-        fn deliver(&self, topic: Topic, delivery: Delivery) {
-            self.0.lock().unwrap().push((topic, delivery.frame));
-        }
-    }
-
-    fn reader(subscribed: &[Topic]) -> (Reader, Arc<Recorded>) {
-        let inbox = Arc::new(Recorded::default());
-        let set = Arc::new(subscribed.iter().copied().collect::<DashSet<_>>());
-        (Reader::new(inbox.clone(), set), inbox)
-    }
-
-    fn home(topic: Topic, id: ObjectId, frame: &'static [u8]) -> Home {
-        Home { topic, id, delivery: Delivery::message(Bytes::from_static(frame), 1) }
-    }
-
-    fn frames(inbox: &Recorded) -> Vec<Bytes> {
-        inbox.0.lock().unwrap().iter().map(|(_, f)| f.clone()).collect()
-    }
-
-    #[test]
-    fn an_own_event_is_delivered_once_and_its_copy_from_redis_dropped() {
-        let room = Topic::Room(ObjectId::new());
-        let (mut r, inbox) = reader(&[room]);
-        let id = ObjectId::new();
-        r.home(home(room, id, b"own"));
-        r.bus(room, wire::encode(Event::ephemeral(None, b"own").with_id(id)));
-        // fred re-sent the PUBLISH after a reconnect: a second copy.
-        r.bus(room, wire::encode(Event::ephemeral(None, b"own").with_id(id)));
-        assert_eq!(frames(&inbox), ["own"]);
-    }
-
-    #[test]
-    fn an_own_event_for_a_topic_no_longer_subscribed_waits_for_redis() {
-        let (room, other) = (Topic::Room(ObjectId::new()), Topic::Room(ObjectId::new()));
-        let (mut r, inbox) = reader(&[room]);
-        let id = ObjectId::new();
-        r.home(home(other, id, b"elsewhere"));
-        assert!(frames(&inbox).is_empty(), "not subscribed: not delivered from home");
-        // Had the subscription come back, Redis's copy is the one delivered.
-        r.bus(other, wire::encode(Event::ephemeral(None, b"elsewhere").with_id(id)));
-        assert_eq!(frames(&inbox), ["elsewhere"]);
-    }
-
-    #[test]
-    fn events_from_other_nodes_are_delivered_once_by_id_and_always_without_one() {
-        let room = Topic::Room(ObjectId::new());
-        let (mut r, inbox) = reader(&[room]);
-        let id = ObjectId::new();
-        for _ in 0..2 {
-            r.bus(room, wire::encode(Event::message(id, 7, 0, b"m7")));
-            // An older node's ephemeral event has no id.
-            r.bus(room, wire::encode(Event::ephemeral(None, b"typing")));
-        }
-        r.bus(room, Bytes::from_static(b"not an event"));
-        assert_eq!(frames(&inbox), ["m7", "typing", "typing"]);
     }
 
     #[test]

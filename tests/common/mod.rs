@@ -445,25 +445,6 @@ impl OwnRedis {
         std::thread::sleep(Duration::from_millis(500));
         self.resume();
     }
-
-    /// Holds every write command (PUBLISH and scripts included) for up to
-    /// 30 s, or until `unpause`; reads and subscriptions go on.
-    pub fn pause_writes(&self) {
-        self.cli(&["CLIENT", "PAUSE", "30000", "WRITE"]);
-    }
-
-    pub fn unpause(&self) {
-        self.cli(&["CLIENT", "UNPAUSE"]);
-    }
-
-    fn cli(&self, args: &[&str]) {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli is installed with redis-server");
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK", "redis-cli {args:?}");
-    }
 }
 
 impl Drop for OwnRedis {
