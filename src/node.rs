@@ -88,14 +88,14 @@ impl RunningNode {
         let bus: Arc<dyn Bus> = RedisBus::connect(&config.redis_url, config.pubsub_buffer, inbox.clone())
             .await
             .map_err(|e| StartError::Backend(e.to_string()))?;
-        let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone(), sequencer);
+        let seqs = Seqs::connect(&config.redis_url, &config.mongo_db, store.clone())
+            .map_err(|e| StartError::Backend(e.to_string()))?;
+        let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone(), sequencer, seqs.clone());
         let _ = inbox.subscriptions.set(subscriptions.clone());
         let gateway = Gateway { subscriptions, registry, shutdown: CancellationToken::new() };
         let (notifier, notification_jobs) = Notifier::connect(&config).map_err(StartError::Backend)?;
         let cache =
             Cache::new(cache_client(&config).map_err(|e| StartError::Backend(e.to_string()))?, config.cache_ttl);
-        let seqs = Seqs::connect(&config.redis_url, &config.mongo_db, store.clone())
-            .map_err(|e| StartError::Backend(e.to_string()))?;
         let limiter = SharedLimiter::connect(&config.redis_url, config.rate_limits, &config.mongo_db)
             .await
             .map_err(StartError::Backend)?;

@@ -112,6 +112,26 @@ impl Seqs {
         self.take_from_store(room, after_collision, &"not connected").await
     }
 
+    /// Starts a new room's counter at 0, so that a node subscribing before
+    /// the first message knows where the room's order begins (`sequencer`).
+    /// Best effort: without it, the first message to arrive sets the order.
+    pub async fn started(&self, room: ObjectId) {
+        let expire = Some(Expiration::PX(COUNTER_TTL_MS as i64));
+        let set: std::result::Result<Option<String>, _> =
+            self.redis.set(self.key(room), 0, expire, Some(SetOptions::NX), false).await;
+        if let Err(e) = set {
+            tracing::debug!(error = %e, %room, "new room's seq counter not started");
+        }
+    }
+
+    /// The last seq the room's counter handed out; `None` when the counter
+    /// is missing or Redis does not answer. Every seq above it is handed
+    /// out later.
+    pub async fn current(&self, room: ObjectId) -> Option<i64> {
+        let value: Option<i64> = self.redis.get(self.key(room)).await.ok()?;
+        value.filter(|seq| *seq >= 0)
+    }
+
     async fn call(&self, room: ObjectId, floor: Option<i64>) -> std::result::Result<i64, fred::error::Error> {
         let floor = floor.map(|f| f.to_string()).unwrap_or_default();
         self.redis.eval(NEXT, vec![self.key(room)], vec![floor, COUNTER_TTL_MS.to_string()]).await

@@ -30,7 +30,8 @@ pub struct RedisBus {
     subscriber: SubscriberClient,
 }
 
-fn channel(topic: Topic) -> String {
+/// The Redis channel of a topic.
+pub fn channel(topic: Topic) -> String {
     match topic {
         Topic::Room(id) => format!("{ROOM_PREFIX}{}", id.to_hex()),
         Topic::User(id) => format!("{USER_PREFIX}{}", id.to_hex()),

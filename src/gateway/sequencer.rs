@@ -10,6 +10,13 @@
 //! can be skipped) is given up; should its message arrive later after all,
 //! it is still delivered, late rather than never.
 //!
+//! Where a room's order starts: when the node subscribes to a room, the
+//! subscription keeper reads the room's seq counter and starts the order
+//! there (`begin_at`). Every seq above it is handed out, so published,
+//! after the subscription took effect, and arrives here: two of them that
+//! cross in flight are put back in order like any others. Without a
+//! counter, the first message to arrive sets the baseline.
+//!
 //! The state machine here is pure; `GatewayInbox` drives it and does the
 //! reads. Fan-out happens under the room's lock, so the reader task and a
 //! gap fill can never interleave a room's frames.
@@ -32,8 +39,11 @@ pub const MAX_WAITING: usize = 10_000;
 #[derive(Default)]
 pub struct RoomOrder {
     /// The last seq delivered; `None` until the first message after this
-    /// node subscribed to the room.
+    /// node subscribed to the room, or its counter was read.
     last: Option<i64>,
+    /// `last` came from the room's counter and no message above it has
+    /// arrived yet.
+    from_counter: bool,
     waiting: BTreeMap<i64, Delivery>,
     /// Seqs given up on, in case their message turns up late.
     skipped: BTreeSet<i64>,
@@ -51,15 +61,41 @@ pub enum Accepted {
 }
 
 impl RoomOrder {
+    /// Starts the order after `seq`, the last one the room's counter handed
+    /// out once this node was subscribed; ignored once a message arrived.
+    pub fn begin_at(&mut self, seq: i64) {
+        if self.last.is_none() {
+            self.set_baseline(seq + 1);
+            self.last = Some(seq);
+            self.from_counter = true;
+        }
+    }
+
+    /// Seqs just below `first` may still be in flight from other nodes
+    /// (published after we subscribed, so they are ours to deliver): they
+    /// are let through late, once each.
+    fn set_baseline(&mut self, first: i64) {
+        for earlier in (first - BASELINE_SLACK).max(1)..first {
+            self.skipped.insert(earlier);
+        }
+    }
+
     pub fn accept(&mut self, d: Delivery) -> Accepted {
-        let Some(last) = self.last else {
-            // The first message since this node subscribed sets the
-            // baseline. Messages just below it may still be in flight from
-            // other nodes (published after we subscribed, so they are ours
-            // to deliver): they are let through late, once each.
-            for earlier in (d.seq - BASELINE_SLACK).max(1)..d.seq {
-                self.skipped.insert(earlier);
+        if let (true, Some(last)) = (self.from_counter, self.last) {
+            if d.seq > last {
+                self.from_counter = false;
+                if d.seq > last + BASELINE_SLACK {
+                    // The counter was behind the messages (it fell behind
+                    // the store while Redis was away, and nobody has sent
+                    // since): waiting for the seqs between would deliver
+                    // ones published before we listened. Start here.
+                    self.last = None;
+                }
             }
+        }
+        let Some(last) = self.last else {
+            // The first message since this node subscribed sets the baseline.
+            self.set_baseline(d.seq);
             self.last = Some(d.seq);
             return Accepted::Deliver(vec![d]);
         };
@@ -190,6 +226,38 @@ mod tests {
         assert_eq!(delivered(r.accept(d(99))), [99]);
         assert_eq!(delivered(r.accept(d(99))), Vec::<i64>::new());
         assert_eq!(delivered(r.accept(d(101))), [101]);
+    }
+
+    #[test]
+    fn an_order_begun_at_the_counter_puts_the_first_messages_in_order() {
+        let mut r = RoomOrder::default();
+        r.begin_at(10);
+        // 12 crossed 11 in flight: it waits, then both go in order.
+        assert!(matches!(r.accept(d(12)), Accepted::Wait { schedule_fill: true }));
+        assert_eq!(delivered(r.accept(d(11))), [11, 12]);
+        // 10 was handed out before we listened but published after: late, once.
+        assert_eq!(delivered(r.accept(d(10))), [10]);
+        assert_eq!(delivered(r.accept(d(10))), Vec::<i64>::new());
+        assert_eq!(delivered(r.accept(d(13))), [13]);
+    }
+
+    #[test]
+    fn a_counter_far_behind_the_messages_gives_way_to_the_first_one() {
+        let mut r = RoomOrder::default();
+        r.begin_at(10);
+        assert_eq!(delivered(r.accept(d(500))), [500], "no wait for 11..499");
+        assert!(r.gap().is_none());
+        assert_eq!(delivered(r.accept(d(499))), [499], "just below: late, once");
+        assert_eq!(delivered(r.accept(d(501))), [501]);
+    }
+
+    #[test]
+    fn the_counter_is_ignored_once_a_message_has_arrived() {
+        let mut r = RoomOrder::default();
+        assert_eq!(delivered(r.accept(d(20))), [20]);
+        r.begin_at(15);
+        assert_eq!(delivered(r.accept(d(21))), [21]);
+        assert_eq!(delivered(r.accept(d(16))), [16], "below the baseline: late, once, as before");
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! never leave it subscribed to nothing or to a topic nobody here watches. The
 //! fan-out path never waits on it; only a joining client waits for its own
 //! subscription, so that its ack means "you will receive what follows".
+//! A new room subscription also starts the room's order at its seq counter
+//! (`sequencer`), before the joining client is answered.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Registry, Sequencer};
 use crate::bus::{Bus, BusError, Topic};
+use crate::seq::Seqs;
 
 type Reply = oneshot::Sender<Result<(), BusError>>;
 
@@ -23,9 +26,9 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    pub fn spawn(bus: Arc<dyn Bus>, registry: Arc<Registry>, sequencer: Arc<Sequencer>) -> Self {
+    pub fn spawn(bus: Arc<dyn Bus>, registry: Arc<Registry>, sequencer: Arc<Sequencer>, seqs: Seqs) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(reconcile_loop(rx, bus, registry, sequencer));
+        tokio::spawn(reconcile_loop(rx, bus, registry, sequencer, seqs));
         Subscriptions { tx }
     }
 
@@ -48,15 +51,26 @@ async fn reconcile_loop(
     bus: Arc<dyn Bus>,
     registry: Arc<Registry>,
     sequencer: Arc<Sequencer>,
+    seqs: Seqs,
 ) {
     let mut subscribed: HashSet<Topic> = HashSet::new();
     while let Some((topic, reply)) = rx.recv().await {
         let wanted = registry.has_local(topic);
         let was = subscribed.contains(&topic);
         let result = match (wanted, was) {
-            (true, false) => bus.subscribe(topic).await.map(|_| {
-                subscribed.insert(topic);
-            }),
+            (true, false) => match bus.subscribe(topic).await {
+                Ok(()) => {
+                    subscribed.insert(topic);
+                    if let Topic::Room(room) = topic {
+                        // Read once subscribed: every seq above it reaches us.
+                        if let Some(seq) = seqs.current(room).await {
+                            sequencer.room(room).lock().begin_at(seq);
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
             (false, true) => {
                 subscribed.remove(&topic);
                 if let Topic::Room(room) = topic {

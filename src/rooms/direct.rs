@@ -44,7 +44,10 @@ pub async fn open(app: &App, caller: &Caller, peer: ObjectId) -> Result<Room> {
         peers,
     };
     let room = match app.store.insert_room(&room).await {
-        Ok(()) => room,
+        Ok(()) => {
+            app.seqs.started(room.id).await;
+            room
+        }
         Err(StoreError::Duplicate) => app
             .store
             .room_by_name(&name)

@@ -49,6 +49,7 @@ pub async fn create(app: &App, caller: &Caller, r: NewRoom) -> Result<Room> {
         Err(StoreError::Duplicate) => return Err(name_taken()),
         Err(e) => return Err(e.into()),
     }
+    app.seqs.started(room.id).await;
     let owner = Member::new(room.id, caller.user_id, Role::Owner, room.created_at);
     app.store.add_member(&owner).await?;
     if kind == RoomKind::Public {
