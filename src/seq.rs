@@ -13,6 +13,9 @@
 //! - While Redis cannot answer, the room document's counter takes over
 //!   (`$inc`), raised to the highest stored seq after a collision: sends
 //!   go on being stored and acknowledged during a Redis outage.
+//! - The counter also tells a node that subscribes to a room where the
+//!   room's order begins (`gateway::sequencer`); a new room's counter is
+//!   started at 0 for this.
 
 use std::sync::Arc;
 use std::time::Duration;
