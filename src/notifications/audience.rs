@@ -15,6 +15,12 @@
 //! newcomers' names; it reads the whole list again only when the log does
 //! not cover every version since its copy. Without the cache (or while
 //! Redis is away) lists are read fresh.
+//!
+//! One room's list is brought up to date by one message at a time: the
+//! others that need it meanwhile wait and take the result. A burst of
+//! messages to a room whose list this node does not hold (after a start,
+//! or a join) would otherwise read the whole list once per message, and on
+//! a store without the index that read is a scan of every membership.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,6 +54,8 @@ pub struct Audience {
 #[derive(Default)]
 pub struct Audiences {
     kept: DashMap<ObjectId, (i64, Arc<Audience>)>,
+    /// One per room whose list is being brought up to date.
+    updating: DashMap<ObjectId, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Audiences {
@@ -56,27 +64,48 @@ impl Audiences {
     pub async fn of(&self, app: &App, room: ObjectId) -> Result<Arc<Audience>> {
         // The version is read before the members, as the cache does: a
         // change after this read moves the version past the copy.
-        let version = app.cache.version(Version::Members(room)).await;
-        if let Some(v) = version {
-            let kept = self.kept.get(&room).map(|k| (k.0, k.1.clone()));
-            if let Some((kept_at, kept)) = kept {
-                if kept_at == v {
-                    count("kept");
-                    return Ok(kept);
-                }
-                if let Some(updated) = updated(app, room, &kept, kept_at, v).await {
-                    count("updated");
-                    let updated = Arc::new(updated);
-                    self.keep(room, v, updated.clone());
-                    return Ok(updated);
-                }
+        let Some(version) = app.cache.version(Version::Members(room)).await else {
+            count("store");
+            return Ok(Arc::new(load(app, room).await?));
+        };
+        if let Some(kept) = self.kept_at(room, version) {
+            count("kept");
+            return Ok(kept);
+        }
+        let gate = self.updating.entry(room).or_default().clone();
+        let turn = gate.lock().await;
+        let audience = self.bring_up_to_date(app, room, version).await;
+        drop(turn);
+        // The last one through lets the room's gate go.
+        self.updating.remove_if(&room, |_, g| Arc::strong_count(g) == 2);
+        audience
+    }
+
+    /// The kept list, if it was read at `version`.
+    fn kept_at(&self, room: ObjectId, version: i64) -> Option<Arc<Audience>> {
+        self.kept.get(&room).filter(|k| k.0 == version).map(|k| k.1.clone())
+    }
+
+    /// The room's list at `version` (or later), for the one caller holding
+    /// the room's gate: kept by a caller that held it before, updated from
+    /// the members log, or read whole.
+    async fn bring_up_to_date(&self, app: &App, room: ObjectId, version: i64) -> Result<Arc<Audience>> {
+        if let Some(kept) = self.kept_at(room, version) {
+            count("kept");
+            return Ok(kept);
+        }
+        let kept = self.kept.get(&room).map(|k| (k.0, k.1.clone()));
+        if let Some((kept_at, kept)) = kept {
+            if let Some(updated) = updated(app, room, &kept, kept_at, version).await {
+                count("updated");
+                let updated = Arc::new(updated);
+                self.keep(room, version, updated.clone());
+                return Ok(updated);
             }
         }
         count("store");
         let audience = Arc::new(load(app, room).await?);
-        if let Some(v) = version {
-            self.keep(room, v, audience.clone());
-        }
+        self.keep(room, version, audience.clone());
         Ok(audience)
     }
 
