@@ -86,9 +86,9 @@ impl Audiences {
         self.kept.get(&room).filter(|k| k.0 == version).map(|k| k.1.clone())
     }
 
-    /// The room's list at `version` (or later), for the one caller holding
-    /// the room's gate: kept by a caller that held it before, updated from
-    /// the members log, or read whole.
+    /// The room's list at `version`, for the one caller holding the room's
+    /// gate: kept by a caller that held it before, updated from the members
+    /// log, or read whole.
     async fn bring_up_to_date(&self, app: &App, room: ObjectId, version: i64) -> Result<Arc<Audience>> {
         if let Some(kept) = self.kept_at(room, version) {
             count("kept");
