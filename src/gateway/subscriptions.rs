@@ -58,8 +58,9 @@ async fn reconcile_loop(
         let wanted = registry.has_local(topic);
         let was = subscribed.contains(&topic);
         let result = match (wanted, was) {
-            (true, false) => match bus.subscribe(topic).await {
-                Ok(()) => {
+            (true, false) => {
+                let result = bus.subscribe(topic).await;
+                if result.is_ok() {
                     subscribed.insert(topic);
                     if let Topic::Room(room) = topic {
                         // Read once subscribed: every seq above it reaches us.
@@ -67,10 +68,9 @@ async fn reconcile_loop(
                             sequencer.room(room).lock().begin_at(seq);
                         }
                     }
-                    Ok(())
                 }
-                Err(e) => Err(e),
-            },
+                result
+            }
             (false, true) => {
                 subscribed.remove(&topic);
                 if let Topic::Room(room) = topic {
