@@ -57,8 +57,16 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "unit and integration tests"
 cargo test --workspace --all-targets
 
+# Every binary this script runs is built here: `cargo test` builds only what
+# the tests need, and a fresh clone has nothing else.
+log "building the binaries the checks below run"
+cargo build --workspace --bins
+target="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+bin="$target/debug/confab"
+loadtest="$target/debug/confab-loadtest"
+[ -x "$bin" ] && [ -x "$loadtest" ] || die "cargo build did not leave $bin and $loadtest"
+
 log "RFC 6455 conformance (Autobahn cases) against a node's echo endpoint"
-bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/confab"
 port=$(free_port)
 # The cases send messages of up to 16 MiB; this node allows 20 MB.
 CONFAB_LISTEN="127.0.0.1:$port" CONFAB_REDIS_URL="$REDIS_URL" CONFAB_MONGO_URL="$MONGO_URL" \
@@ -85,7 +93,7 @@ for n in 1 2; do
   wait_port "$port" 30 || die "smoke node $n did not start"
   urls+=(--url "http://127.0.0.1:$port") pids+=(--server-pid "$(cat "$work/smoke-node-$n.pid")")
 done
-"$(dirname "$bin")/confab-loadtest" fanout "${urls[@]}" "${pids[@]}" --jwt-secret "$secret" \
+"$loadtest" fanout "${urls[@]}" "${pids[@]}" --jwt-secret "$secret" \
   --rooms 2 --subscribers 20 --publishers 2 --rate 20 --warmup 2 --duration 3 --settle 0 \
   --out "$work/loadtest" >"$work/loadtest.log" 2>&1 || die "the load generator failed (see $work/loadtest.log)"
 stop_pidfile "$work/smoke-node-1.pid"
