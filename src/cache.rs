@@ -30,6 +30,8 @@ use fred::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::keyspace::Keyspace;
+
 /// A version counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Version {
@@ -41,12 +43,12 @@ pub enum Version {
 }
 
 impl Version {
-    fn key(self) -> String {
+    fn key(self, keys: &Keyspace) -> String {
         match self {
-            Version::Room(id) => format!("confab:v:room:{}", id.to_hex()),
-            Version::User(id) => format!("confab:v:user:{}", id.to_hex()),
-            Version::PublicRooms => "confab:v:public".into(),
-            Version::Members(id) => format!("confab:v:members:{}", id.to_hex()),
+            Version::Room(id) => keys.version_room(id),
+            Version::User(id) => keys.version_user(id),
+            Version::PublicRooms => keys.version_public_rooms(),
+            Version::Members(id) => keys.version_members(id),
         }
     }
 }
@@ -74,10 +76,10 @@ impl From<Entry> for usize {
 }
 
 impl Entry {
-    fn key(self) -> String {
+    fn key(self, keys: &Keyspace) -> String {
         match self {
-            Entry::Rooms(id) => format!("confab:c:rooms:{}", id.to_hex()),
-            Entry::History(id) => format!("confab:c:history:{}", id.to_hex()),
+            Entry::Rooms(id) => keys.cached_rooms(id),
+            Entry::History(id) => keys.cached_history(id),
         }
     }
 
@@ -93,10 +95,6 @@ impl Entry {
 const MEMBERS_LOG_LEN: i64 = 64;
 /// How long a log outlives its last change.
 const MEMBERS_LOG_TTL_MS: i64 = 3_600_000;
-
-fn members_log_key(room: ObjectId) -> String {
-    format!("confab:ml:{}", room.to_hex())
-}
 
 /// Bumps a members version and appends `<version>|<change>` to the room's
 /// log, trimmed to its newest entries.
@@ -175,6 +173,7 @@ impl Snapshot {
 #[derive(Clone)]
 pub struct Cache {
     redis: Option<Client>,
+    keys: Keyspace,
     ttl: i64,
     /// Version keys whose bump failed, with a count of failures: retried
     /// until Redis takes a bump made after the last failure.
@@ -183,9 +182,9 @@ pub struct Cache {
 
 impl Cache {
     /// A cache over `redis`; `None` (or a zero TTL) turns caching off.
-    pub fn new(redis: Option<Client>, ttl: Duration) -> Self {
+    pub fn new(redis: Option<Client>, keys: Keyspace, ttl: Duration) -> Self {
         let redis = redis.filter(|_| !ttl.is_zero());
-        Cache { redis, ttl: ttl.as_secs().max(1) as i64, pending: Default::default() }
+        Cache { redis, keys, ttl: ttl.as_secs().max(1) as i64, pending: Default::default() }
     }
 
     pub async fn room_changed(&self, room: ObjectId) {
@@ -209,7 +208,7 @@ impl Cache {
         let Some(redis) = self.redis.as_ref().filter(|r| r.is_connected()) else {
             return self.bump(Version::Members(room)).await;
         };
-        let keys = vec![Version::Members(room).key(), members_log_key(room)];
+        let keys = vec![Version::Members(room).key(&self.keys), self.keys.members_log(room)];
         let args =
             vec![MemberChange::encode(joined, left), MEMBERS_LOG_LEN.to_string(), MEMBERS_LOG_TTL_MS.to_string()];
         let logged: Result<i64, _> = redis.eval(MEMBERS_BUMP, keys, args).await;
@@ -221,19 +220,19 @@ impl Cache {
     /// The logged changes of `room`'s members, oldest first, unless the
     /// cache is not usable.
     pub async fn members_log(&self, room: ObjectId) -> Option<Vec<String>> {
-        self.usable()?.lrange(members_log_key(room), 0, -1).await.ok()
+        self.usable()?.lrange(self.keys.members_log(room), 0, -1).await.ok()
     }
 
     /// One version's current value, for a cache kept elsewhere (in process);
     /// `None` whenever `get` would not serve from the cache either.
     pub async fn version(&self, version: Version) -> Option<i64> {
         let redis = self.usable()?;
-        current(redis, &[version.key()]).await?.pop()
+        current(redis, &[version.key(&self.keys)]).await?.pop()
     }
 
     async fn bump(&self, version: Version) {
         let Some(redis) = &self.redis else { return };
-        let key = version.key();
+        let key = version.key(&self.keys);
         let out: Result<i64, _> = if redis.is_connected() {
             redis.incr(&key).await
         } else {
@@ -265,7 +264,7 @@ impl Cache {
     /// Reads the versions a value is about to be computed from.
     pub async fn snapshot(&self, versions: &[Version]) -> Option<Snapshot> {
         let redis = self.usable()?;
-        let keys: Vec<String> = versions.iter().map(|v| v.key()).collect();
+        let keys: Vec<String> = versions.iter().map(|v| v.key(&self.keys)).collect();
         let values = current(redis, &keys).await?;
         Some(Snapshot(keys.into_iter().zip(values).collect()))
     }
@@ -285,7 +284,7 @@ impl Cache {
 
     async fn lookup<T: DeserializeOwned>(&self, entry: Entry) -> Option<T> {
         let redis = self.usable()?;
-        let raw: Option<String> = redis.get(entry.key()).await.ok()?;
+        let raw: Option<String> = redis.get(entry.key(&self.keys)).await.ok()?;
         let stored: Stored<T> = serde_json::from_str(&raw?).ok()?;
         let keys: Vec<String> = stored.versions.iter().map(|(k, _)| k.clone()).collect();
         let now = current(redis, &keys).await?;
@@ -297,7 +296,8 @@ impl Cache {
     pub async fn put<T: Serialize>(&self, entry: Entry, snapshot: Snapshot, value: &T) {
         let Some(redis) = self.usable() else { return };
         let Ok(json) = serde_json::to_string(&Stored { versions: snapshot.0, value }) else { return };
-        let out: Result<(), _> = redis.set(entry.key(), json, Some(Expiration::EX(self.ttl)), None, false).await;
+        let out: Result<(), _> =
+            redis.set(entry.key(&self.keys), json, Some(Expiration::EX(self.ttl)), None, false).await;
         if let Err(e) = out {
             tracing::debug!(error = %e, "cache write failed");
         }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::keyspace::Keyspace;
+
 /// `confab serve` flags. Each is optional here so that the TOML file and the
 /// defaults can fill whatever the command line and environment left out.
 #[derive(Debug, Clone, Default, Args)]
@@ -30,6 +32,10 @@ pub struct ServeArgs {
     /// MongoDB database name.
     #[arg(long, env = "CONFAB_MONGO_DB")]
     pub mongo_db: Option<String>,
+    /// Prefix of every Redis key and channel; nodes and workers of one
+    /// deployment share it (change it only to share one Redis between deployments).
+    #[arg(long, env = "CONFAB_KEY_PREFIX")]
+    pub key_prefix: Option<String>,
     /// Secret that signs access tokens (at least 32 bytes); all nodes share it.
     #[arg(long, env = "CONFAB_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -113,6 +119,7 @@ struct FileConfig {
     redis_url: Option<String>,
     mongo_url: Option<String>,
     mongo_db: Option<String>,
+    key_prefix: Option<String>,
     jwt_secret: Option<String>,
     node_id: Option<String>,
     token_ttl_secs: Option<u64>,
@@ -145,6 +152,8 @@ pub struct Config {
     pub redis_url: String,
     pub mongo_url: String,
     pub mongo_db: String,
+    /// The names of every Redis key and channel (`key_prefix`).
+    pub keys: Keyspace,
     pub jwt_secret: String,
     pub node_id: String,
     pub token_ttl: Duration,
@@ -226,6 +235,7 @@ impl ServeArgs {
             return Err(invalid("redis-url", "CONFAB_REDIS_URL", "must start with redis:// or rediss://"));
         }
         let (mongo_url, mongo_db) = mongo(self.mongo_url.or(file.mongo_url), self.mongo_db.or(file.mongo_db))?;
+        let keys = key_prefix(self.key_prefix.or(file.key_prefix))?;
         let jwt_secret =
             self.jwt_secret.or(file.jwt_secret).ok_or_else(|| missing("jwt-secret", "CONFAB_JWT_SECRET"))?;
         if jwt_secret.len() < 32 {
@@ -358,6 +368,7 @@ impl ServeArgs {
             redis_url,
             mongo_url,
             mongo_db,
+            keys,
             jwt_secret,
             node_id,
             token_ttl: Duration::from_secs(token_ttl_secs),
@@ -401,6 +412,15 @@ fn mongo(url: Option<String>, db: Option<String>) -> Result<(String, String), Co
         return Err(invalid("mongo-db", "CONFAB_MONGO_DB", "must be 1-63 characters without / \\ . space \" $"));
     }
     Ok((url, db))
+}
+
+/// The Redis key prefix (`--key-prefix`), checked, as the keyspace it names.
+pub(crate) fn key_prefix(value: Option<String>) -> Result<Keyspace, ConfigError> {
+    let prefix = value.unwrap_or_else(|| crate::keyspace::DEFAULT_PREFIX.into());
+    if !crate::keyspace::valid_prefix(&prefix) {
+        return Err(invalid("key-prefix", "CONFAB_KEY_PREFIX", "must be 1-64 of [A-Za-z0-9_.-]"));
+    }
+    Ok(Keyspace::new(&prefix))
 }
 
 /// The settings of commands that only talk to MongoDB (`confab apikey`):

@@ -15,6 +15,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod jobs;
+pub mod keyspace;
 pub mod messages;
 pub mod metrics;
 pub mod node;

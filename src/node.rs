@@ -85,24 +85,28 @@ impl RunningNode {
             store: store.clone(),
             gap_wait: config.gap_wait,
         });
-        let bus: Arc<dyn Bus> = RedisBus::connect(&config.redis_url, config.pubsub_buffer, inbox.clone())
-            .await
-            .map_err(|e| StartError::Backend(e.to_string()))?;
-        let seqs = Seqs::connect(&config.redis_url, &config.mongo_db, store.clone())
+        let bus: Arc<dyn Bus> =
+            RedisBus::connect(&config.redis_url, config.keys.clone(), config.pubsub_buffer, inbox.clone())
+                .await
+                .map_err(|e| StartError::Backend(e.to_string()))?;
+        let seqs = Seqs::connect(&config.redis_url, config.keys.clone(), store.clone())
             .map_err(|e| StartError::Backend(e.to_string()))?;
         let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone(), sequencer, seqs.clone());
         let _ = inbox.subscriptions.set(subscriptions.clone());
         let gateway = Gateway { subscriptions, registry, shutdown: CancellationToken::new() };
         let (notifier, notification_jobs) = Notifier::connect(&config).map_err(StartError::Backend)?;
-        let cache =
-            Cache::new(cache_client(&config).map_err(|e| StartError::Backend(e.to_string()))?, config.cache_ttl);
-        let limiter = SharedLimiter::connect(&config.redis_url, config.rate_limits, &config.mongo_db)
+        let cache = Cache::new(
+            cache_client(&config).map_err(|e| StartError::Backend(e.to_string()))?,
+            config.keys.clone(),
+            config.cache_ttl,
+        );
+        let limiter = SharedLimiter::connect(&config.redis_url, config.rate_limits, config.keys.clone())
             .await
             .map_err(StartError::Backend)?;
         let redis =
             crate::presence::redis::client(&config.redis_url).map_err(|e| StartError::Backend(e.to_string()))?;
-        let presence = Presence::new(Arc::new(RedisTracker::new(redis.clone(), &config.mongo_db)), &config);
-        let typing = Typing::new(Arc::new(RedisThrottle::new(redis, &config.mongo_db)));
+        let presence = Presence::new(Arc::new(RedisTracker::new(redis.clone(), config.keys.clone())), &config);
+        let typing = Typing::new(Arc::new(RedisThrottle::new(redis)), config.keys.clone());
         let app = Arc::new(App {
             tokens: Tokens::new(&config.jwt_secret, config.token_ttl),
             config,

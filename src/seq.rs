@@ -24,6 +24,7 @@ use bson::oid::ObjectId;
 use fred::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::keyspace::Keyspace;
 use crate::store::Store;
 
 /// How long a room's counter outlives its last message; then it is seeded
@@ -52,7 +53,7 @@ return n
 pub struct Seqs {
     redis: Client,
     store: Arc<dyn Store>,
-    prefix: String,
+    keys: Keyspace,
 }
 
 /// Where a seq came from, for `confab_seq_handed_out_total{source}`.
@@ -77,15 +78,15 @@ impl Source {
 }
 
 impl Seqs {
-    /// Counters for the cluster whose store is `mongo_db`, in the Redis at
-    /// `redis_url` (connected in the background, like the bus).
-    pub fn connect(redis_url: &str, mongo_db: &str, store: Arc<dyn Store>) -> Result<Seqs> {
+    /// Counters named in `keys`, in the Redis at `redis_url` (connected in
+    /// the background, like the bus).
+    pub fn connect(redis_url: &str, keys: Keyspace, store: Arc<dyn Store>) -> Result<Seqs> {
         let redis = crate::bus::redis::client(redis_url, REDIS_TIMEOUT).map_err(|e| Error::Internal(e.0))?;
-        Ok(Seqs { redis, store, prefix: format!("{}seq:", crate::presence::redis::prefix(mongo_db)) })
+        Ok(Seqs { redis, store, keys })
     }
 
     fn key(&self, room: ObjectId) -> String {
-        format!("{}{}", self.prefix, room.to_hex())
+        self.keys.room_seq(room)
     }
 
     /// The room's next seq. `after_collision`: the last one handed out was

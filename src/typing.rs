@@ -19,6 +19,7 @@ use fred::types::{Expiration, SetOptions};
 
 use crate::bus::{Event, Topic};
 use crate::gateway::protocol;
+use crate::keyspace::Keyspace;
 use crate::node::App;
 
 /// At most one relay per user per room within this window.
@@ -37,12 +38,11 @@ pub trait Throttle: Send + Sync + 'static {
 /// [`Throttle`] on Redis: `SET key 1 NX PX window`.
 pub struct RedisThrottle {
     client: Client,
-    prefix: String,
 }
 
 impl RedisThrottle {
-    pub fn new(client: Client, mongo_db: &str) -> Self {
-        RedisThrottle { client, prefix: format!("{}typing:", crate::presence::redis::prefix(mongo_db)) }
+    pub fn new(client: Client) -> Self {
+        RedisThrottle { client }
     }
 }
 
@@ -50,11 +50,8 @@ impl RedisThrottle {
 impl Throttle for RedisThrottle {
     async fn pass(&self, key: &str, window: Duration) -> Result<bool, String> {
         let px = Expiration::PX(window.as_millis() as i64);
-        let set: Option<String> = self
-            .client
-            .set(format!("{}{key}", self.prefix), 1, Some(px), Some(SetOptions::NX), false)
-            .await
-            .map_err(|e| e.to_string())?;
+        let set: Option<String> =
+            self.client.set(key, 1, Some(px), Some(SetOptions::NX), false).await.map_err(|e| e.to_string())?;
         Ok(set.is_some())
     }
 }
@@ -62,18 +59,19 @@ impl Throttle for RedisThrottle {
 /// The node's typing relay (in [`App`]).
 pub struct Typing {
     throttle: Arc<dyn Throttle>,
+    keys: Keyspace,
     /// The fallback throttle while Redis does not answer: (room, user) →
     /// when a relay last passed on this node.
     local: DashMap<(ObjectId, ObjectId), Instant>,
 }
 
 impl Typing {
-    pub fn new(throttle: Arc<dyn Throttle>) -> Self {
-        Typing { throttle, local: DashMap::new() }
+    pub fn new(throttle: Arc<dyn Throttle>, keys: Keyspace) -> Self {
+        Typing { throttle, keys, local: DashMap::new() }
     }
 
     async fn pass(&self, room: ObjectId, user: ObjectId) -> bool {
-        let key = format!("{}:{}", room.to_hex(), user.to_hex());
+        let key = self.keys.typing(room, user);
         match self.throttle.pass(&key, WINDOW).await {
             Ok(pass) => pass,
             Err(e) => {
@@ -135,7 +133,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_redis_each_node_throttles_per_user_and_room() {
-        let typing = Typing::new(Arc::new(Down));
+        let typing = Typing::new(Arc::new(Down), Keyspace::default());
         let (room, other, user) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
         assert!(typing.pass(room, user).await);
         assert!(!typing.pass(room, user).await, "within the window");

@@ -306,7 +306,7 @@ async fn seqs_never_repeat_when_redis_loses_its_counters_or_falls_behind() {
         assert_eq!(on_a.say(&room, &format!("m{i}")).await["seq"], i);
     }
     let client = confab::jobs::redis_client(&redis.url()).await.unwrap();
-    let key = format!("confab:{db}:seq:{room}");
+    let key = confab::keyspace::Keyspace::new(&db).room_seq(bson::oid::ObjectId::parse_str(&room).unwrap());
     let _: () = client.set(&key, 1, None, None, false).await.unwrap();
     assert_eq!(on_a.say(&room, "behind").await["seq"], 31);
     assert_eq!(on_b.say(&room, "caught up").await["seq"], 32);
@@ -352,7 +352,7 @@ async fn seqs(c: &mut Client, n: usize) -> Vec<i64> {
 
 /// Publishes a stored-message event for `seq` in `room` straight to Redis,
 /// as a node that stored it would.
-async fn publish_seq(redis: &fred::prelude::Client, room: &str, seq: i64) {
+async fn publish_seq(redis: &fred::prelude::Client, db: &str, room: &str, seq: i64) {
     use confab::bus::{wire, Event, Topic};
     use fred::prelude::*;
     let message = confab::store::Message {
@@ -370,7 +370,8 @@ async fn publish_seq(redis: &fred::prelude::Client, room: &str, seq: i64) {
     };
     let frame = confab::gateway::protocol::message(&message);
     let event = wire::encode(Event::message(message.id, seq, confab::clock::now_us(), &frame));
-    let channel = confab::bus::redis::channel(Topic::Room(message.room_id));
+    let keys = confab::keyspace::Keyspace::new(db);
+    let channel = confab::bus::redis::channel(&keys, Topic::Room(message.room_id));
     let _: i64 = redis.publish(channel, event).await.unwrap();
 }
 
@@ -392,16 +393,16 @@ async fn the_first_messages_after_a_node_subscribes_keep_their_order() {
     let mut on_b = b.connect(&bob).await;
     on_b.join(&room).await; // node b subscribes; the counter stands at 3
     let redis = confab::jobs::redis_client(&common::redis_url()).await.unwrap();
-    publish_seq(&redis, &room, 5).await;
-    publish_seq(&redis, &room, 4).await;
+    publish_seq(&redis, &c.db, &room, 5).await;
+    publish_seq(&redis, &c.db, &room, 4).await;
     assert_eq!(seqs(&mut on_b, 2).await, [4, 5]);
     on_b.assert_silent(Duration::from_millis(300)).await;
 
     // A new room's counter starts at 0 before its first message.
     let new = a.create_room(&alice, "new", "public").await;
     on_b.join(&new).await;
-    publish_seq(&redis, &new, 2).await;
-    publish_seq(&redis, &new, 1).await;
+    publish_seq(&redis, &c.db, &new, 2).await;
+    publish_seq(&redis, &c.db, &new, 1).await;
     assert_eq!(seqs(&mut on_b, 2).await, [1, 2]);
     c.shutdown().await;
 }

@@ -58,6 +58,8 @@ async fn an_offline_member_gets_the_notification_in_history_and_from_the_worker_
     let db = common::unique_db();
     let mut config = common::config(&db);
     config.redis_url = redis.url();
+    let keys = config.keys.clone();
+    assert_ne!(keys.prefix(), confab::keyspace::DEFAULT_PREFIX);
     let node = Node::start(config).await;
     let (url, delivered) = receiver().await;
     let worker = RunningWorker::start(WorkerConfig {
@@ -65,7 +67,9 @@ async fn an_offline_member_gets_the_notification_in_history_and_from_the_worker_
         mongo_url: common::mongo_url(),
         mongo_db: db.clone(),
         worker_id: "external-delivery-test".into(),
-        key_prefix: "confab".into(),
+        // The node's own prefix (not the default): node and worker meet on
+        // the keys it names.
+        keys: keys.clone(),
         sink: SinkConfig::Webhook { url, secret: SECRET.into(), timeout: Duration::from_secs(2) },
         retry: RetryPolicy { max_attempts: 3, base: Duration::from_millis(100), cap: Duration::from_millis(500) },
         archive_after_days: 30,

@@ -20,7 +20,8 @@ use confab::jobs::delivery::RetryPolicy;
 use confab::jobs::notification::Notification;
 use confab::jobs::runner::{Run, RunningWorker, Shared};
 use confab::jobs::sink::SinkConfig;
-use confab::jobs::{archive, delivery, status, summary, JobKind, Keys, Queues};
+use confab::jobs::{archive, delivery, status, summary, JobKind, Queues};
+use confab::keyspace::Keyspace;
 use confab::store::{Member, Message, Role, Room, RoomKind, User};
 use fred::prelude::*;
 use futures::TryStreamExt;
@@ -40,7 +41,7 @@ fn worker_config(db: &str, prefix: &str) -> WorkerConfig {
         mongo_url: common::mongo_url(),
         mongo_db: db.to_string(),
         worker_id: format!("w-{:06x}", rand::random::<u32>() & 0xffffff),
-        key_prefix: prefix.to_string(),
+        keys: Keyspace::new(prefix),
         sink: SinkConfig::Log,
         retry: RetryPolicy { max_attempts: 3, base: Duration::from_millis(100), cap: Duration::from_millis(500) },
         archive_after_days: 30,
@@ -352,7 +353,7 @@ async fn daily_summary_of_a_seeded_day() {
         })
     );
     // Handed to the delivery queue.
-    let keys = Keys::new(&config.key_prefix);
+    let keys = config.keys.clone();
     let (ready, scheduled) = status::queued(&shared.redis, &keys, "delivery").await.unwrap();
     assert_eq!(ready + scheduled, 1);
     // Markers: moved for those looked at, not for the disabled user.
@@ -396,7 +397,7 @@ async fn a_short_cron_tick_runs_once_with_two_workers() {
     b.shutdown().await;
 
     let redis = redis().await;
-    let keys = Keys::new(&prefix);
+    let keys = Keyspace::new(&prefix);
     let runs = status::history(&redis, &keys, JobKind::Archive).await.unwrap();
     let mut ticks: Vec<u64> = runs.iter().map(|r| r.tick.expect("a scheduled run")).collect();
     ticks.sort();
@@ -519,8 +520,8 @@ async fn webhook_retries_dead_letters_and_retry_dead_delivers() {
 
     // A node hands the notification over the way the contract says.
     let redis = redis().await;
-    let keys = Keys::new(&prefix);
-    let _: i64 = redis.lpush(keys.external(), n.id.to_hex()).await.unwrap();
+    let keys = Keyspace::new(&prefix);
+    let _: i64 = redis.lpush(keys.external_notifications(), n.id.to_hex()).await.unwrap();
 
     // Three attempts (the configured maximum), each a 500, then the dead-letter list.
     eventually(Duration::from_secs(20), "the delivery is dead-lettered", || async {
@@ -574,7 +575,7 @@ async fn jobs_run_queues_a_run_that_status_then_shows() {
     assert!(before.contains("archive    never ran"), "{before}");
     assert!(jobs_cli(&prefix, &["run", "archive"]).await.contains("queued a run of archive"));
     let redis = redis().await;
-    let keys = Keys::new(&prefix);
+    let keys = Keyspace::new(&prefix);
     eventually(Duration::from_secs(10), "the archive ran", || async {
         status::read(&redis, &keys, "archive").await.unwrap().contains_key("runs")
     })
@@ -651,8 +652,8 @@ async fn a_delivery_cut_off_by_a_killed_worker_is_made_by_another() {
     notifications.insert_one(&n).await.unwrap();
     let first = Process::start(config.clone()).await;
     let redis = redis().await;
-    let keys = Keys::new(&prefix);
-    let _: i64 = redis.lpush(keys.external(), n.id.to_hex()).await.unwrap();
+    let keys = Keyspace::new(&prefix);
+    let _: i64 = redis.lpush(keys.external_notifications(), n.id.to_hex()).await.unwrap();
     eventually(Duration::from_secs(10), "the first worker is delivering", || async {
         receiver.hits.load(Ordering::SeqCst) == 1
     })

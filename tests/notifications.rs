@@ -201,7 +201,7 @@ async fn users_without_a_connection_get_history_and_the_external_queue() {
         (&json!(false), &json!("pending"), &json!(false))
     );
     assert!(
-        common::external_queue().await.contains(&n["id"].as_str().unwrap().to_string()),
+        common::external_queue(&cluster.db).await.contains(&n["id"].as_str().unwrap().to_string()),
         "queued for external delivery"
     );
 
@@ -212,7 +212,7 @@ async fn users_without_a_connection_get_history_and_the_external_queue() {
     let list = stored(b, &bob, 2).await;
     let n = list.iter().find(|n| n["data"]["message_id"] == dm["id"]).expect("the direct message's notification");
     assert_eq!((&n["title"], &n["message"], &n["external"]), (&json!("alice"), &json!("psst"), &json!("pending")));
-    assert!(common::external_queue().await.contains(&n["id"].as_str().unwrap().to_string()));
+    assert!(common::external_queue(&cluster.db).await.contains(&n["id"].as_str().unwrap().to_string()));
     // The sender has none.
     assert_eq!(history(a, &alice, "").await["notifications"], json!([]));
     cluster.shutdown().await;
@@ -366,10 +366,16 @@ async fn history_pages_newest_first_and_read_state_counts() {
 }
 
 /// Whether node-side "watching" hint for (room, user) is in Redis.
-async fn watching_hint(room: &str, user: &User) -> bool {
+async fn watching_hint(db: &str, room: &str, user: &User) -> bool {
     use fred::prelude::*;
     let client = confab::jobs::redis_client(&common::redis_url()).await.unwrap();
-    let lapse: Option<f64> = client.zscore(format!("confab:nw:{room}"), user.id.as_str()).await.unwrap();
+    let lapse: Option<f64> = client
+        .zscore(
+            confab::keyspace::Keyspace::new(db).watching(bson::oid::ObjectId::parse_str(room).unwrap()),
+            user.id.as_str(),
+        )
+        .await
+        .unwrap();
     let _ = client.quit().await;
     lapse.is_some_and(|at| at > chrono::Utc::now().timestamp_millis() as f64)
 }
@@ -491,7 +497,7 @@ async fn a_member_whose_node_died_is_notified_through_the_external_queue() {
     let m = a.post_message(&alice, &room, "after").await;
     let list = stored(a, &bob, 2).await;
     assert_eq!((&list[0]["data"]["message_id"], &list[0]["external"]), (&m["id"], &json!("pending")));
-    assert!(common::external_queue().await.contains(&list[0]["id"].as_str().unwrap().to_string()));
+    assert!(common::external_queue(&cluster.db).await.contains(&list[0]["id"].as_str().unwrap().to_string()));
     assert!(a.metric(kept).await > before, "routed from the kept reach");
     cluster.shutdown().await;
 }
@@ -512,7 +518,7 @@ async fn a_user_who_stops_watching_is_notified_at_once() {
     let before = a.metric(CHANGES).await;
     let m = a.post_message(&alice, &room, "first").await;
     assert_eq!(dave_watching.recv_type("message").await["data"]["id"], m["id"]);
-    eventually("node B noting that dave watches the room", || watching_hint(&room, &dave)).await;
+    eventually("node B noting that dave watches the room", || watching_hint(&cluster.db, &room, &dave)).await;
     heard_of_a_change(a, before).await;
     let m = a.post_message(&alice, &room, "second").await;
     assert_eq!(dave_watching.recv_type("message").await["data"]["id"], m["id"]);
@@ -522,7 +528,7 @@ async fn a_user_who_stops_watching_is_notified_at_once() {
     let before = a.metric(CHANGES).await;
     let mut dave_elsewhere = b.connect(&dave).await;
     dave_elsewhere.request(json!({"type": "ping"})).await;
-    assert!(!watching_hint(&room, &dave).await, "withdrawn when the connection opened");
+    assert!(!watching_hint(&cluster.db, &room, &dave).await, "withdrawn when the connection opened");
     heard_of_a_change(a, before).await;
     let m = a.post_message(&alice, &room, "third").await;
     assert_eq!(notification(&mut dave_elsewhere).await["data"]["message_id"], m["id"]);
@@ -535,7 +541,7 @@ async fn a_user_who_stops_watching_is_notified_at_once() {
     let m = a.post_message(&alice, &room, "fourth").await;
     assert_eq!(dave_only.recv_type("message").await["data"]["id"], m["id"]);
     // Once noted again, "fourth" has been dealt with.
-    eventually("node B noting again that dave watches the room", || watching_hint(&room, &dave)).await;
+    eventually("node B noting again that dave watches the room", || watching_hint(&cluster.db, &room, &dave)).await;
     heard_of_a_change(a, before).await;
     let before = a.metric(CHANGES).await;
     let left = dave_only.request(json!({"type": "leave_channel", "channel": room})).await;

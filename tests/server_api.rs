@@ -186,7 +186,7 @@ async fn notify_reaches_connected_users_on_any_node_and_stores_for_all() {
     let carols = history(a, &carol).await;
     assert_eq!(carols.len(), 1);
     assert_eq!((&carols[0]["delivered_realtime"], &carols[0]["external"]), (&json!(false), &json!("pending")));
-    assert!(common::external_queue().await.contains(&carols[0]["id"].as_str().unwrap().to_string()));
+    assert!(common::external_queue(&cluster.db).await.contains(&carols[0]["id"].as_str().unwrap().to_string()));
     // The backend reads a user's history too.
     let (status, _, page) = api(a, "GET", &format!("/api/notifications/{}?limit=1", carol.id), Some(&key), None).await;
     assert_eq!((status, &page["notifications"][0]["id"], &page["has_more"]), (200, &carols[0]["id"], &json!(false)));

@@ -20,29 +20,27 @@ use fred::types::Message as RedisMessage;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{wire, Bus, BusError, Event, Inbox, Topic};
-
-/// Channel-name prefixes of room and user topics.
-const ROOM_PREFIX: &str = "confab:room:";
-const USER_PREFIX: &str = "confab:user:";
+use crate::keyspace::{Channel, Keyspace};
 
 pub struct RedisBus {
     publisher: Client,
     subscriber: SubscriberClient,
+    keys: Keyspace,
 }
 
 /// The Redis channel of a topic.
-pub fn channel(topic: Topic) -> String {
+pub fn channel(keys: &Keyspace, topic: Topic) -> String {
     match topic {
-        Topic::Room(id) => format!("{ROOM_PREFIX}{}", id.to_hex()),
-        Topic::User(id) => format!("{USER_PREFIX}{}", id.to_hex()),
+        Topic::Room(id) => keys.room_channel(id),
+        Topic::User(id) => keys.user_channel(id),
     }
 }
 
-fn topic_of(channel: &str) -> Option<Topic> {
-    if let Some(hex) = channel.strip_prefix(ROOM_PREFIX) {
-        return ObjectId::parse_str(hex).ok().map(Topic::Room);
-    }
-    ObjectId::parse_str(channel.strip_prefix(USER_PREFIX)?).ok().map(Topic::User)
+fn topic_of(keys: &Keyspace, channel: &str) -> Option<Topic> {
+    Some(match keys.channel(channel)? {
+        Channel::Room(id) => Topic::Room(id),
+        Channel::User(id) => Topic::User(id),
+    })
 }
 
 fn bus_err(e: fred::error::Error) -> BusError {
@@ -85,7 +83,12 @@ impl RedisBus {
     /// Starts both connections and the reader task that feeds `inbox`. A
     /// Redis that is down at start is not fatal: fred keeps reconnecting and
     /// `/readyz` reports the node not ready meanwhile.
-    pub async fn connect(url: &str, broadcast_capacity: usize, inbox: Arc<dyn Inbox>) -> Result<Arc<Self>, BusError> {
+    pub async fn connect(
+        url: &str,
+        keys: Keyspace,
+        broadcast_capacity: usize,
+        inbox: Arc<dyn Inbox>,
+    ) -> Result<Arc<Self>, BusError> {
         let b = builder(url, broadcast_capacity)?;
         let publisher = b.build().map_err(bus_err)?;
         let subscriber = b.build_subscriber_client().map_err(bus_err)?;
@@ -98,7 +101,7 @@ impl RedisBus {
         }
         subscriber.manage_subscriptions();
         let rx = subscriber.message_rx();
-        tokio::spawn(read_loop(rx, inbox));
+        tokio::spawn(read_loop(rx, keys.clone(), inbox));
         let mut reconnects = subscriber.reconnect_rx();
         tokio::spawn(async move {
             while reconnects.recv().await.is_ok() {
@@ -106,7 +109,7 @@ impl RedisBus {
                 tracing::info!("redis subscriber reconnected; channels resubscribed");
             }
         });
-        Ok(Arc::new(RedisBus { publisher, subscriber }))
+        Ok(Arc::new(RedisBus { publisher, subscriber, keys }))
     }
 }
 
@@ -128,17 +131,17 @@ impl Bus for RedisBus {
     async fn publish(&self, topic: Topic, event: Event<'_>) -> Result<(), BusError> {
         let start = Instant::now();
         let payload = wire::encode(event);
-        let out: Result<i64, _> = self.publisher.publish(channel(topic), payload).await;
+        let out: Result<i64, _> = self.publisher.publish(channel(&self.keys, topic), payload).await;
         metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
         out.map(|_| ()).map_err(bus_err)
     }
 
     async fn subscribe(&self, topic: Topic) -> Result<(), BusError> {
-        self.subscriber.subscribe(channel(topic)).await.map_err(bus_err)
+        self.subscriber.subscribe(channel(&self.keys, topic)).await.map_err(bus_err)
     }
 
     async fn unsubscribe(&self, topic: Topic) -> Result<(), BusError> {
-        self.subscriber.unsubscribe(channel(topic)).await.map_err(bus_err)
+        self.subscriber.unsubscribe(channel(&self.keys, topic)).await.map_err(bus_err)
     }
 
     async fn ping(&self) -> Result<(), BusError> {
@@ -151,7 +154,7 @@ impl Bus for RedisBus {
     /// subscribes through one connection, so that is the number of nodes.
     async fn publish_counted(&self, topic: Topic, event: Event<'_>) -> Result<usize, BusError> {
         let start = Instant::now();
-        let out: Result<i64, _> = self.publisher.publish(channel(topic), wire::encode(event)).await;
+        let out: Result<i64, _> = self.publisher.publish(channel(&self.keys, topic), wire::encode(event)).await;
         metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
         out.map(|n| n.max(0) as usize).map_err(bus_err)
     }
@@ -160,7 +163,7 @@ impl Bus for RedisBus {
     async fn subscribers(&self, topics: &[Topic]) -> Result<Vec<usize>, BusError> {
         let mut counts = Vec::with_capacity(topics.len());
         for chunk in topics.chunks(1000) {
-            let channels: Vec<String> = chunk.iter().map(|t| channel(*t)).collect();
+            let channels: Vec<String> = chunk.iter().map(|t| channel(&self.keys, *t)).collect();
             let reply: Vec<Value> = self.publisher.pubsub_numsub(channels).await.map_err(bus_err)?;
             // [channel, count, channel, count, ...] in the order asked.
             counts.extend(reply.iter().skip(1).step_by(2).map(|v| v.as_i64().unwrap_or(0).max(0) as usize));
@@ -176,7 +179,7 @@ impl Bus for RedisBus {
     }
 }
 
-async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, inbox: Arc<dyn Inbox>) {
+async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, keys: Keyspace, inbox: Arc<dyn Inbox>) {
     let mut seen = RecentIds::new(65_536);
     loop {
         let message = match rx.recv().await {
@@ -188,7 +191,7 @@ async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, inbox
             }
             Err(RecvError::Closed) => return,
         };
-        let Some(topic) = topic_of(&message.channel) else {
+        let Some(topic) = topic_of(&keys, &message.channel) else {
             continue;
         };
         let Some(payload) =
@@ -247,12 +250,12 @@ mod tests {
 
     #[test]
     fn channel_names_round_trip() {
-        let id = ObjectId::new();
+        let (id, keys) = (ObjectId::new(), Keyspace::default());
         for topic in [Topic::Room(id), Topic::User(id)] {
-            assert_eq!(topic_of(&channel(topic)), Some(topic));
+            assert_eq!(topic_of(&keys, &channel(&keys, topic)), Some(topic));
         }
-        assert_eq!(topic_of("confab:room:nope"), None);
-        assert_eq!(topic_of("other"), None);
+        assert_eq!(topic_of(&keys, "confab:room:nope"), None);
+        assert_eq!(topic_of(&keys, "other"), None);
     }
 
     #[test]

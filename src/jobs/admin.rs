@@ -8,7 +8,7 @@ use super::delivery;
 use super::queue::Queues;
 use super::runner::Run;
 use super::status;
-use super::{JobError, JobKind, Keys};
+use super::{JobError, JobKind};
 
 /// What `confab jobs` was asked to do.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ pub async fn execute(config: &JobsConfig, command: Command) -> Result<String, Jo
 }
 
 async fn execute_inner(config: &JobsConfig, command: Command) -> Result<String, JobError> {
-    let keys = Keys::new(&config.key_prefix);
+    let keys = config.keys.clone();
     let redis = super::redis_client(&config.redis_url).await?;
     let out = match command {
         Command::Run(job) => {

@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::delivery::RetryPolicy;
 use super::sink::SinkConfig;
-use crate::config::{invalid, missing, ConfigError};
+use crate::config::{invalid, key_prefix, missing, ConfigError};
+use crate::keyspace::Keyspace;
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct WorkerArgs {
@@ -110,7 +111,8 @@ pub struct WorkerConfig {
     pub mongo_url: String,
     pub mongo_db: String,
     pub worker_id: String,
-    pub key_prefix: String,
+    /// The deployment's Redis names (`key_prefix`), shared with its nodes.
+    pub keys: Keyspace,
     pub sink: SinkConfig,
     pub retry: RetryPolicy,
     pub archive_after_days: u32,
@@ -139,15 +141,6 @@ fn redis_url(value: Option<String>) -> Result<String, ConfigError> {
         return Err(invalid("redis-url", "CONFAB_REDIS_URL", "must start with redis:// or rediss://"));
     }
     Ok(url)
-}
-
-fn key_prefix(value: Option<String>) -> Result<String, ConfigError> {
-    let prefix = value.unwrap_or_else(|| super::DEFAULT_PREFIX.into());
-    if prefix.is_empty() || prefix.len() > 64 || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(invalid("key-prefix", "CONFAB_KEY_PREFIX", "must be 1-64 of [A-Za-z0-9_.-]"));
-    }
-    Ok(prefix)
 }
 
 /// Parses a cron expression as the scheduler will, for a one-line error now
@@ -196,7 +189,7 @@ impl WorkerArgs {
         {
             return Err(invalid("worker-id", "CONFAB_WORKER_ID", "must be 1-64 of [A-Za-z0-9_.-]"));
         }
-        let key_prefix = key_prefix(self.key_prefix.or(file.key_prefix))?;
+        let keys = key_prefix(self.key_prefix.or(file.key_prefix))?;
         let sink = match self.sink.or(file.sink).as_deref().unwrap_or("log") {
             "log" => SinkConfig::Log,
             "webhook" => {
@@ -249,7 +242,7 @@ impl WorkerArgs {
             mongo_url,
             mongo_db,
             worker_id,
-            key_prefix,
+            keys,
             sink,
             retry: RetryPolicy { max_attempts, base: Duration::from_millis(base), cap: Duration::from_millis(cap) },
             archive_after_days: days,
@@ -287,7 +280,7 @@ struct JobsFile {
 #[derive(Debug, Clone)]
 pub struct JobsConfig {
     pub redis_url: String,
-    pub key_prefix: String,
+    pub keys: Keyspace,
 }
 
 impl JobsArgs {
@@ -295,7 +288,7 @@ impl JobsArgs {
         let file: JobsFile = read_file(&self.config)?;
         Ok(JobsConfig {
             redis_url: redis_url(self.redis_url.or(file.redis_url))?,
-            key_prefix: key_prefix(self.key_prefix.or(file.key_prefix))?,
+            keys: key_prefix(self.key_prefix.or(file.key_prefix))?,
         })
     }
 }
@@ -321,7 +314,7 @@ mod tests {
         assert_eq!((c.archive_after_days, c.archive_batch), (30, 500));
         assert_eq!((c.archive_cron.as_str(), c.summary_cron.as_str()), (DEFAULT_ARCHIVE_CRON, DEFAULT_SUMMARY_CRON));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9091".parse().unwrap()));
-        assert_eq!(c.key_prefix, "confab");
+        assert_eq!(c.keys.prefix(), "confab");
         assert!(c.worker_id.starts_with("worker-"));
     }
 
@@ -383,6 +376,6 @@ mod tests {
         let j = JobsArgs { config: Some(path), redis_url: Some("redis://x:1".into()), ..Default::default() }
             .resolve()
             .unwrap();
-        assert_eq!(j.key_prefix, "confab");
+        assert_eq!(j.keys.prefix(), "confab");
     }
 }

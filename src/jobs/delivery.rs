@@ -25,7 +25,8 @@ use super::notification;
 use super::queue::Queues;
 use super::runner::Shared;
 use super::status;
-use super::{JobError, Keys};
+use super::JobError;
+use crate::keyspace::Keyspace;
 
 /// One delivery attempt of one notification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,22 +126,27 @@ async fn dead_letter(shared: &Shared, job: &Delivery, error: &str) -> Result<(),
         failed_at: crate::store::model::rfc3339(&chrono::Utc::now()),
     };
     let text = serde_json::to_string(&entry).map_err(|e| JobError(e.to_string()))?;
-    let size: i64 = shared.redis.lpush(shared.keys.dead(), text).await?;
+    let size: i64 = shared.redis.lpush(shared.keys.dead_letters(), text).await?;
     metrics::gauge!("confab_deliveries_dead_letter").set(size as f64);
     metrics::counter!("confab_deliveries_dead_lettered_total").increment(1);
     Ok(())
 }
 
 /// The dead-letter list, newest first.
-pub async fn dead_letters(redis: &Client, keys: &Keys) -> Result<Vec<DeadLetter>, JobError> {
-    let raw: Vec<String> = redis.lrange(keys.dead(), 0, -1).await?;
+pub async fn dead_letters(redis: &Client, keys: &Keyspace) -> Result<Vec<DeadLetter>, JobError> {
+    let raw: Vec<String> = redis.lrange(keys.dead_letters(), 0, -1).await?;
     Ok(raw.iter().filter_map(|r| serde_json::from_str(r).ok()).collect())
 }
 
 /// Queues dead deliveries again, all or the one entry with id `only`, each
 /// as a new round starting at attempt 1. Returns how many were queued.
-pub async fn retry_dead(redis: &Client, queues: &Queues, keys: &Keys, only: Option<&str>) -> Result<usize, JobError> {
-    let raw: Vec<String> = redis.lrange(keys.dead(), 0, -1).await?;
+pub async fn retry_dead(
+    redis: &Client,
+    queues: &Queues,
+    keys: &Keyspace,
+    only: Option<&str>,
+) -> Result<usize, JobError> {
+    let raw: Vec<String> = redis.lrange(keys.dead_letters(), 0, -1).await?;
     let mut queued = 0;
     for text in raw {
         let Ok(entry) = serde_json::from_str::<DeadLetter>(&text) else { continue };
@@ -151,10 +157,10 @@ pub async fn retry_dead(redis: &Client, queues: &Queues, keys: &Keys, only: Opti
         // Queue first, then remove: a crash in between re-queues the same
         // round next time, which the idempotency key drops.
         queues.push_delivery(job.clone(), None, &job.key()).await?;
-        let _: i64 = redis.lrem(keys.dead(), 1, text).await?;
+        let _: i64 = redis.lrem(keys.dead_letters(), 1, text).await?;
         queued += 1;
     }
-    let size: i64 = redis.llen(keys.dead()).await?;
+    let size: i64 = redis.llen(keys.dead_letters()).await?;
     metrics::gauge!("confab_deliveries_dead_letter").set(size as f64);
     Ok(queued)
 }

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::queue::Queues;
 use super::runner::Shared;
-use super::{JobError, Keys};
+use super::JobError;
+use crate::keyspace::Keyspace;
 
 /// Longest a `BLMOVE` waits before looking at `stop` again, in seconds.
 const BLOCK_SECS: f64 = 1.0;
@@ -38,7 +39,7 @@ pub async fn run(shared: Arc<Shared>, redis_url: String, stop: CancellationToken
     while !stop.is_cancelled() {
         let moved: Result<Option<String>, _> = tokio::select! {
             _ = stop.cancelled() => break,
-            r = redis.blmove(keys.external(), keys.external_moving(), LMoveDirection::Right, LMoveDirection::Left, BLOCK_SECS) => r,
+            r = redis.blmove(keys.external_notifications(), keys.external_notifications_moving(), LMoveDirection::Right, LMoveDirection::Left, BLOCK_SECS) => r,
         };
         match moved {
             Ok(Some(id)) => {
@@ -60,8 +61,8 @@ pub async fn run(shared: Arc<Shared>, redis_url: String, stop: CancellationToken
 }
 
 /// Queues every id left on the moving list; returns how many.
-pub async fn recover(redis: &Client, queues: &Queues, keys: &Keys) -> Result<usize, JobError> {
-    let ids: Vec<String> = redis.lrange(keys.external_moving(), 0, -1).await?;
+pub async fn recover(redis: &Client, queues: &Queues, keys: &Keyspace) -> Result<usize, JobError> {
+    let ids: Vec<String> = redis.lrange(keys.external_notifications_moving(), 0, -1).await?;
     for id in &ids {
         queue_one(redis, queues, keys, id).await?;
     }
@@ -71,11 +72,11 @@ pub async fn recover(redis: &Client, queues: &Queues, keys: &Keys) -> Result<usi
     Ok(ids.len())
 }
 
-async fn queue_one(redis: &Client, queues: &Queues, keys: &Keys, id: &str) -> Result<(), JobError> {
+async fn queue_one(redis: &Client, queues: &Queues, keys: &Keyspace, id: &str) -> Result<(), JobError> {
     match ObjectId::parse_str(id.trim()) {
         Ok(oid) => super::enqueue_delivery(queues, oid).await?,
         Err(_) => tracing::warn!(value = %id, "not a notification id on the notification list; dropped"),
     }
-    let _: i64 = redis.lrem(keys.external_moving(), 1, id).await?;
+    let _: i64 = redis.lrem(keys.external_notifications_moving(), 1, id).await?;
     Ok(())
 }

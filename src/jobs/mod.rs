@@ -36,67 +36,6 @@ use serde::{Deserialize, Serialize};
 pub use delivery::enqueue_delivery;
 pub use queue::Queues;
 
-/// The Redis key names of one deployment. Every key starts with the prefix
-/// (`confab` unless configured), so deployments, or parallel tests, can
-/// share one Redis without seeing each other's jobs.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    prefix: String,
-}
-
-impl Default for Keys {
-    fn default() -> Self {
-        Keys::new(DEFAULT_PREFIX)
-    }
-}
-
-pub const DEFAULT_PREFIX: &str = "confab";
-
-impl Keys {
-    pub fn new(prefix: &str) -> Self {
-        Keys { prefix: prefix.to_string() }
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// Notification ids (hex) to deliver externally; nodes `LPUSH` here.
-    pub fn external(&self) -> String {
-        format!("{}:notify:external", self.prefix)
-    }
-
-    /// Ids taken from `external` and not yet in the delivery queue.
-    pub fn external_moving(&self) -> String {
-        format!("{}:notify:external:moving", self.prefix)
-    }
-
-    /// Deliveries that used up their attempts, newest first (JSON entries).
-    pub fn dead(&self) -> String {
-        format!("{}:jobs:dead", self.prefix)
-    }
-
-    /// The status hash of one job.
-    pub fn status(&self, job: &str) -> String {
-        format!("{}:jobs:status:{job}", self.prefix)
-    }
-
-    /// The most recent runs of one job (JSON entries, newest first).
-    pub fn history(&self, job: &str) -> String {
-        format!("{}:jobs:history:{job}", self.prefix)
-    }
-
-    /// The lock that lets one replica, and only one, run a scheduled tick.
-    pub fn tick(&self, job: JobKind, tick: u64) -> String {
-        format!("{}:jobs:tick:{job}:{tick}", self.prefix)
-    }
-
-    /// The apalis queue of one kind of job.
-    pub fn queue(&self, name: &str) -> String {
-        format!("{}:jobs:q:{name}", self.prefix)
-    }
-}
-
 /// The scheduled jobs. (Deliveries are not scheduled: they are queued per
 /// notification.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -14,7 +14,8 @@ use apalis_redis::{ConnectionManager, RedisStorage};
 
 use super::delivery::Delivery;
 use super::runner::Run;
-use super::{JobError, Keys};
+use super::JobError;
+use crate::keyspace::Keyspace;
 
 pub type Storage<T> = RedisStorage<T, ConnectionManager>;
 
@@ -36,9 +37,9 @@ impl std::fmt::Debug for Queues {
 
 /// The apalis configuration of one queue. `heartbeat` sets how soon a dead
 /// worker's jobs are taken over: after three missed heartbeats.
-pub fn config(keys: &Keys, name: &str, heartbeat: Duration) -> apalis_redis::Config {
+pub fn config(keys: &Keyspace, name: &str, heartbeat: Duration) -> apalis_redis::Config {
     apalis_redis::Config::default()
-        .queue(keys.queue(name))
+        .queue(keys.job_queue(name))
         .heartbeat_interval(heartbeat)
         .missed_heartbeats(3)
         .emit_events(false)
@@ -50,7 +51,7 @@ pub const RUNS_QUEUE: &str = "runs";
 
 impl Queues {
     /// Connects to Redis (one multiplexed connection that reconnects by itself).
-    pub async fn connect(redis_url: &str, keys: &Keys, heartbeat: Duration) -> Result<Queues, JobError> {
+    pub async fn connect(redis_url: &str, keys: &Keyspace, heartbeat: Duration) -> Result<Queues, JobError> {
         let conn = apalis_redis::connect(redis_url).await.map_err(|e| JobError(format!("redis: {e}")))?;
         Ok(Queues {
             delivery: RedisStorage::new(conn.clone()).with_config(config(keys, DELIVERY_QUEUE, heartbeat)),

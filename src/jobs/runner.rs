@@ -25,8 +25,9 @@ use super::delivery::{self, Delivery, RetryPolicy};
 use super::queue::{self, Queues, DELIVERY_QUEUE, RUNS_QUEUE};
 use super::sink::{self, Sink};
 use super::status::{self, HistoryEntry, RunReport};
-use super::{archive, intake, schedule, summary, JobError, JobKind, Keys};
+use super::{archive, intake, schedule, summary, JobError, JobKind};
 use crate::cache::Cache;
+use crate::keyspace::Keyspace;
 use crate::store::model::rfc3339;
 
 /// How often an idle worker looks for jobs.
@@ -42,7 +43,7 @@ pub struct Shared {
     /// For status, locks and dead letters.
     pub redis: Client,
     pub queues: Queues,
-    pub keys: Keys,
+    pub keys: Keyspace,
     pub sink: Box<dyn Sink>,
     pub retry: RetryPolicy,
     pub worker_id: String,
@@ -55,11 +56,11 @@ pub struct Shared {
 impl Shared {
     /// Connects to MongoDB and Redis for `config`.
     pub async fn connect(config: &WorkerConfig) -> Result<Shared, JobError> {
-        let keys = Keys::new(&config.key_prefix);
+        let keys = config.keys.clone();
         let redis = super::redis_client(&config.redis_url).await?;
         Ok(Shared {
             db: super::database(&config.mongo_url, &config.mongo_db).await?,
-            cache: Cache::new(Some(redis.clone()), Duration::from_secs(1)),
+            cache: Cache::new(Some(redis.clone()), keys.clone(), Duration::from_secs(1)),
             redis,
             queues: Queues::connect(&config.redis_url, &keys, config.heartbeat).await?,
             keys,
@@ -256,7 +257,7 @@ async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
                 tracing::warn!(queue = name, error = %e, "removing finished jobs failed");
             }
         }
-        match shared.redis.llen::<u64, _>(shared.keys.dead()).await {
+        match shared.redis.llen::<u64, _>(shared.keys.dead_letters()).await {
             Ok(n) => metrics::gauge!("confab_deliveries_dead_letter").set(n as f64),
             Err(e) => tracing::debug!(error = %e, "reading the dead-letter size failed"),
         }
@@ -278,7 +279,7 @@ end
 return #ids
 "#;
 
-async fn forget_done(redis: &Client, keys: &Keys, name: &str) -> Result<(), JobError> {
+async fn forget_done(redis: &Client, keys: &Keyspace, name: &str) -> Result<(), JobError> {
     let config = queue::config(keys, name, Duration::from_secs(1));
     loop {
         let n: i64 = redis

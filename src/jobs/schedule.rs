@@ -19,16 +19,23 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::runner::{Run, Shared};
-use super::{JobError, JobKind, Keys};
+use super::{JobError, JobKind};
+use crate::keyspace::Keyspace;
 
 /// How long a claimed tick stays claimed: longer than any clock skew
 /// between replicas, short enough that the keys do not pile up.
 const TICK_LOCK_SECS: i64 = 3600;
 
 /// Claims `tick` of `job` for `worker`; true if nobody had.
-pub async fn claim(redis: &Client, keys: &Keys, job: JobKind, tick: u64, worker: &str) -> Result<bool, JobError> {
+pub async fn claim(redis: &Client, keys: &Keyspace, job: JobKind, tick: u64, worker: &str) -> Result<bool, JobError> {
     let set: Option<String> = redis
-        .set(keys.tick(job, tick), worker, Some(Expiration::EX(TICK_LOCK_SECS)), Some(SetOptions::NX), false)
+        .set(
+            keys.job_tick(job.as_str(), tick),
+            worker,
+            Some(Expiration::EX(TICK_LOCK_SECS)),
+            Some(SetOptions::NX),
+            false,
+        )
         .await?;
     Ok(set.is_some())
 }

@@ -16,7 +16,8 @@ use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::queue::{self, DELIVERY_QUEUE, RUNS_QUEUE};
-use super::{JobError, JobKind, Keys, DELIVERY};
+use super::{JobError, JobKind, DELIVERY};
+use crate::keyspace::Keyspace;
 use crate::store::model::rfc3339;
 
 /// Runs kept in each job's history list.
@@ -45,7 +46,7 @@ pub struct HistoryEntry {
 }
 
 /// Records one run of a scheduled job.
-pub async fn record_run(redis: &Client, keys: &Keys, job: JobKind, entry: &HistoryEntry) {
+pub async fn record_run(redis: &Client, keys: &Keyspace, job: JobKind, entry: &HistoryEntry) {
     let label = job.as_str();
     metrics::counter!("confab_job_runs_total", "job" => label).increment(1);
     metrics::histogram!("confab_job_duration_seconds", "job" => label).record(entry.duration_ms as f64 / 1000.0);
@@ -63,11 +64,11 @@ pub async fn record_run(redis: &Client, keys: &Keys, job: JobKind, entry: &Histo
             ("worker", entry.worker.clone()),
         ];
         let pipe = redis.pipeline();
-        let _: () = pipe.hset(keys.status(label), fields).await?;
-        let _: () = pipe.hincrby(keys.status(label), "runs", 1).await?;
+        let _: () = pipe.hset(keys.job_status(label), fields).await?;
+        let _: () = pipe.hincrby(keys.job_status(label), "runs", 1).await?;
         let text = serde_json::to_string(entry).map_err(|e| JobError(e.to_string()))?;
-        let _: () = pipe.lpush(keys.history(label), text).await?;
-        let _: () = pipe.ltrim(keys.history(label), 0, HISTORY - 1).await?;
+        let _: () = pipe.lpush(keys.job_history(label), text).await?;
+        let _: () = pipe.ltrim(keys.job_history(label), 0, HISTORY - 1).await?;
         let _: Vec<Value> = pipe.all().await?;
         Ok(())
     }
@@ -77,7 +78,7 @@ pub async fn record_run(redis: &Client, keys: &Keys, job: JobKind, entry: &Histo
     }
 }
 
-pub async fn record_delivery(redis: &Client, keys: &Keys, elapsed: Duration, error: Option<&str>) {
+pub async fn record_delivery(redis: &Client, keys: &Keyspace, elapsed: Duration, error: Option<&str>) {
     metrics::counter!("confab_job_runs_total", "job" => DELIVERY).increment(1);
     metrics::histogram!("confab_job_duration_seconds", "job" => DELIVERY).record(elapsed.as_secs_f64());
     let counter = if error.is_some() { "failures" } else { "items" };
@@ -85,7 +86,7 @@ pub async fn record_delivery(redis: &Client, keys: &Keys, elapsed: Duration, err
         Some(_) => metrics::counter!("confab_job_failures_total", "job" => DELIVERY).increment(1),
         None => metrics::counter!("confab_job_items_total", "job" => DELIVERY).increment(1),
     }
-    let key = keys.status(DELIVERY);
+    let key = keys.job_status(DELIVERY);
     let result: Result<(), JobError> = async {
         let mut fields =
             vec![("last_run_at", rfc3339(&Utc::now())), ("duration_ms", (elapsed.as_millis() as u64).to_string())];
@@ -106,18 +107,18 @@ pub async fn record_delivery(redis: &Client, keys: &Keys, elapsed: Duration, err
 }
 
 /// A job's status hash (empty if it never ran).
-pub async fn read(redis: &Client, keys: &Keys, job: &str) -> Result<HashMap<String, String>, JobError> {
-    Ok(redis.hgetall(keys.status(job)).await?)
+pub async fn read(redis: &Client, keys: &Keyspace, job: &str) -> Result<HashMap<String, String>, JobError> {
+    Ok(redis.hgetall(keys.job_status(job)).await?)
 }
 
 /// A job's most recent runs, newest first.
-pub async fn history(redis: &Client, keys: &Keys, job: JobKind) -> Result<Vec<HistoryEntry>, JobError> {
-    let raw: Vec<String> = redis.lrange(keys.history(job.as_str()), 0, -1).await?;
+pub async fn history(redis: &Client, keys: &Keyspace, job: JobKind) -> Result<Vec<HistoryEntry>, JobError> {
+    let raw: Vec<String> = redis.lrange(keys.job_history(job.as_str()), 0, -1).await?;
     Ok(raw.iter().filter_map(|r| serde_json::from_str(r).ok()).collect())
 }
 
 /// Jobs waiting in a queue: ready now, and scheduled for later.
-pub async fn queued(redis: &Client, keys: &Keys, queue_name: &str) -> Result<(u64, u64), JobError> {
+pub async fn queued(redis: &Client, keys: &Keyspace, queue_name: &str) -> Result<(u64, u64), JobError> {
     let config = queue::config(keys, queue_name, Duration::from_secs(1));
     let ready: u64 = redis.llen(config.active_jobs_list()).await?;
     let later: u64 = redis.zcard(config.scheduled_jobs_set()).await?;
@@ -125,7 +126,7 @@ pub async fn queued(redis: &Client, keys: &Keys, queue_name: &str) -> Result<(u6
 }
 
 /// The text `confab jobs status` prints.
-pub async fn report(redis: &Client, keys: &Keys) -> Result<String, JobError> {
+pub async fn report(redis: &Client, keys: &Keyspace) -> Result<String, JobError> {
     let mut out = String::new();
     let field = |s: &HashMap<String, String>, k: &str| s.get(k).filter(|v| !v.is_empty()).cloned();
     for job in [JobKind::Archive.as_str(), JobKind::Summaries.as_str(), DELIVERY] {
@@ -147,7 +148,7 @@ pub async fn report(redis: &Client, keys: &Keys) -> Result<String, JobError> {
             }
         }
     }
-    let dead: u64 = redis.llen(keys.dead()).await?;
+    let dead: u64 = redis.llen(keys.dead_letters()).await?;
     let (d_ready, d_later) = queued(redis, keys, DELIVERY_QUEUE).await?;
     let (r_ready, r_later) = queued(redis, keys, RUNS_QUEUE).await?;
     out.push_str(&format!("dead letters: {dead}\n"));

@@ -3,7 +3,7 @@
 //!
 //! The contract: a notification that needs external delivery is stored with
 //! `external: "pending"`, then its id (24 hex digits) is pushed with `LPUSH`
-//! onto the Redis list [`EXTERNAL_QUEUE`]; a consumer takes the oldest with
+//! onto the Redis list `Keyspace::external_notifications`; a consumer takes the oldest with
 //! `RPOP`/`BRPOP`, loads the notification by id (`Store::notification`) and
 //! records the outcome with `Store::set_notification_delivery`. If the push
 //! fails, the notification stays `pending` in MongoDB for a sweep to find.
@@ -14,9 +14,6 @@ use fred::prelude::*;
 use super::count;
 use crate::node::App;
 use crate::store::Notification;
-
-/// The Redis list of notification ids waiting for external delivery.
-pub const EXTERNAL_QUEUE: &str = "confab:notify:external";
 
 /// Queues one notification for external delivery.
 pub async fn enqueue_external(app: &App, notification: &Notification) -> bool {
@@ -29,7 +26,7 @@ pub async fn enqueue_external_all(app: &App, notifications: &[Notification]) -> 
     enqueue(app, &ids).await
 }
 
-/// Pushes ids onto [`EXTERNAL_QUEUE`] in one command. If Redis refuses,
+/// Pushes ids onto the external list in one command. If Redis refuses,
 /// the notifications stay `pending` in MongoDB for a sweep to find.
 pub(super) async fn enqueue(app: &App, ids: &[ObjectId]) -> bool {
     if ids.is_empty() {
@@ -37,7 +34,7 @@ pub(super) async fn enqueue(app: &App, ids: &[ObjectId]) -> bool {
     }
     let hex: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
     let pushed: Result<i64, _> = match app.notifier.redis() {
-        Some(redis) => redis.lpush(EXTERNAL_QUEUE, hex).await,
+        Some(redis) => redis.lpush(app.config.keys.external_notifications(), hex).await,
         None => Err(fred::error::Error::new(fred::error::ErrorKind::IO, "not connected")),
     };
     match pushed {

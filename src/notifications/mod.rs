@@ -34,7 +34,7 @@
 //!   node keeps until a change is announced.
 //! - **external**, for a user with no connection (or whose last one closed
 //!   between the check and the publish): stored with `external: "pending"`
-//!   and its id pushed onto the Redis list [`EXTERNAL_QUEUE`] for whatever
+//!   and its id pushed onto the Redis list `Keyspace::external_notifications` for whatever
 //!   delivers push or email (docs/api.md, "The external queue").
 
 pub mod audience;
@@ -48,7 +48,7 @@ pub mod server;
 mod watching;
 
 pub use delivery::{delivered_live, dispatch};
-pub use external::{enqueue_external, enqueue_external_all, EXTERNAL_QUEUE};
+pub use external::{enqueue_external, enqueue_external_all};
 pub use messages::{preview, PREVIEW_CHARS};
 
 use std::sync::Arc;

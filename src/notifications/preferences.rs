@@ -28,10 +28,6 @@ pub const MAX_MUTED_ROOMS: usize = 1000;
 /// Seconds a cached entry lives.
 pub const CACHE_TTL: i64 = 600;
 
-fn cache_key(user: ObjectId) -> String {
-    format!("confab:np:{}", user.to_hex())
-}
-
 /// Why a notification was not sent (a bounded metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Suppressed {
@@ -156,7 +152,13 @@ async fn save(app: &App, user: ObjectId, change: &PreferencesChange) -> Result<N
     let written: Result<(), fred::error::Error> = match app.notifier.redis() {
         Some(redis) => {
             redis
-                .set(cache_key(user), Cached::from(&saved).encode(), Some(Expiration::EX(CACHE_TTL)), None, false)
+                .set(
+                    app.config.keys.notification_preferences(user),
+                    Cached::from(&saved).encode(),
+                    Some(Expiration::EX(CACHE_TTL)),
+                    None,
+                    false,
+                )
                 .await
         }
         None => Err(fred::error::Error::new(fred::error::ErrorKind::IO, "not connected")),
@@ -177,7 +179,7 @@ pub async fn load_many(app: &App, users: &[ObjectId]) -> Result<HashMap<ObjectId
     }
     let redis = app.notifier.redis();
     if let Some(redis) = redis {
-        let keys: Vec<String> = users.iter().map(|u| cache_key(*u)).collect();
+        let keys: Vec<String> = users.iter().map(|u| app.config.keys.notification_preferences(*u)).collect();
         let cached: Vec<Option<String>> = if keys.len() == 1 {
             redis.get::<Option<String>, _>(&keys[0]).await.map(|v| vec![v]).unwrap_or_default()
         } else {
@@ -202,7 +204,13 @@ pub async fn load_many(app: &App, users: &[ObjectId]) -> Result<HashMap<ObjectId
         for p in &fills {
             let value = Cached::from(p).encode();
             let _: FredResult<()> = pipeline
-                .set(cache_key(p.user_id), value, Some(Expiration::EX(CACHE_TTL)), Some(SetOptions::NX), false)
+                .set(
+                    app.config.keys.notification_preferences(p.user_id),
+                    value,
+                    Some(Expiration::EX(CACHE_TTL)),
+                    Some(SetOptions::NX),
+                    false,
+                )
                 .await;
         }
         if let Err(e) = pipeline.all::<Value>().await {

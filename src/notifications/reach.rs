@@ -10,10 +10,10 @@
 //!
 //! - a node took up or dropped the member's topic, or made or withdrew a
 //!   hint for them: after the change, that node publishes the member's id on
-//!   [`CHANNEL`], which every node listens to;
+//!   the reach channel (`Keyspace::reach_channel`), which every node listens to;
 //! - the room's member list changed (a new audience);
 //! - the earliest hint it relied on lapses, or [`MAX_AGE_MS`] passed;
-//! - this node's subscription to [`CHANNEL`] broke: it forgets everything
+//! - this node's subscription to the reach channel (`Keyspace::reach_channel`) broke: it forgets everything
 //!   and keeps nothing until it listens again.
 //!
 //! What is read while a change is on its way is used for that message but
@@ -35,10 +35,6 @@ use super::audience::{Audience, Candidate};
 use super::delivery::holders;
 use crate::clock::now_ms;
 use crate::node::App;
-
-/// The channel nodes announce reach changes on: the payload is the users'
-/// ids, 12 bytes each.
-pub const CHANNEL: &str = "confab:reach";
 
 /// The longest a room's reach is kept, whatever happens.
 pub const MAX_AGE_MS: i64 = 10_000;
@@ -250,17 +246,18 @@ async fn read(app: &App, room: ObjectId, users: &[ObjectId]) -> (Vec<Reached>, O
     (out, until)
 }
 
-/// Listens on [`CHANNEL`] and forgets what the announced changes void,
+/// Listens on the reach channel (`Keyspace::reach_channel`) and forgets what the announced changes void,
 /// until the node stops.
 pub(super) async fn listen(app: Arc<App>) {
     let reach = &app.notifier.reach;
     let mut messages = reach.subscriber.message_rx();
     let mut reconnects = reach.subscriber.reconnect_rx();
     let mut errors = reach.subscriber.error_rx();
+    let channel = app.config.keys.reach_channel();
     loop {
         reach.listening.store(false, Ordering::Release);
         reach.forget_all();
-        if let Err(e) = reach.subscriber.subscribe(CHANNEL).await {
+        if let Err(e) = reach.subscriber.subscribe(&channel).await {
             tracing::debug!(error = %e, "reach changes not subscribed; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -271,7 +268,7 @@ pub(super) async fn listen(app: Arc<App>) {
         loop {
             tokio::select! {
                 message = messages.recv() => match message {
-                    Ok(m) if m.channel == CHANNEL => {
+                    Ok(m) if *m.channel == *channel => {
                         for user in users_of(m.value.as_bytes().unwrap_or_default()) {
                             reach.forget(user);
                         }
@@ -294,7 +291,8 @@ pub(super) async fn listen(app: Arc<App>) {
     }
 }
 
-/// The payload announcing changes for `users`.
+/// The payload announcing changes for `users` on the reach channel: their
+/// ids, 12 bytes each.
 pub(super) fn payload(users: &[ObjectId]) -> Vec<u8> {
     users.iter().flat_map(|u| u.bytes()).collect()
 }

@@ -37,16 +37,12 @@ const REFRESH: Duration = Duration::from_secs(3);
 const BATCH: usize = 4096;
 const PER_COMMAND: usize = 1024;
 
-fn watching_key(room: ObjectId) -> String {
-    format!("confab:nw:{}", room.to_hex())
-}
-
 /// When each user's hint in `room` lapses (Unix ms; `None`: no hint), in
 /// one `ZMSCORE`; `None` without an answer from Redis.
 pub(super) async fn lapses(app: &App, room: ObjectId, users: &[ObjectId]) -> Option<Vec<Option<i64>>> {
     let redis = app.notifier.redis()?;
     let members: Vec<String> = users.iter().map(|u| u.to_hex()).collect();
-    let lapses: Vec<Option<f64>> = redis.zmscore(watching_key(room), members).await.ok()?;
+    let lapses: Vec<Option<f64>> = redis.zmscore(app.config.keys.watching(room), members).await.ok()?;
     (lapses.len() == users.len()).then(|| lapses.into_iter().map(|l| l.map(|at| at as i64)).collect())
 }
 
@@ -82,7 +78,7 @@ pub(super) async fn write_watching(app: Arc<App>, mut changes: mpsc::UnboundedRe
         let lapse = (now + WATCHING_TTL_MS) as f64;
         let changed = reach_changed(&batch);
         for (room, users) in by_room(batch) {
-            let key = watching_key(room);
+            let key = app.config.keys.watching(room);
             let (noted, ended): (Vec<_>, Vec<_>) = users.into_iter().partition(|(_, watching)| *watching);
             for chunk in noted.chunks(PER_COMMAND) {
                 let values: Vec<(f64, String)> = chunk.iter().map(|(u, _)| (lapse, u.to_hex())).collect();
@@ -100,7 +96,7 @@ pub(super) async fn write_watching(app: Arc<App>, mut changes: mpsc::UnboundedRe
         // After the changes themselves, so a dispatcher that hears of them
         // reads them.
         if !changed.is_empty() {
-            let _: FredResult<()> = pipeline.publish(reach::CHANNEL, reach::payload(&changed)).await;
+            let _: FredResult<()> = pipeline.publish(app.config.keys.reach_channel(), reach::payload(&changed)).await;
         }
         if let Err(e) = pipeline.all::<fred::types::Value>().await {
             tracing::debug!(error = %e, "watching hints not written");

@@ -23,6 +23,7 @@ use fred::prelude::*;
 
 use super::{Connection, State, Status, Tracker, TrackerError};
 use crate::gateway::ConnId;
+use crate::keyspace::Keyspace;
 
 /// Connections one sweep script removes, so a node with very many
 /// connections never blocks Redis for long.
@@ -109,6 +110,8 @@ return out
 
 pub struct RedisTracker {
     client: Client,
+    keys: Keyspace,
+    /// What the scripts put in front of the names they build.
     prefix: String,
 }
 
@@ -126,30 +129,25 @@ pub fn client(url: &str) -> Result<Client, TrackerError> {
     Ok(client)
 }
 
-/// The key prefix of a cluster's ephemeral state (presence, typing).
-pub fn prefix(mongo_db: &str) -> String {
-    format!("confab:{mongo_db}:")
-}
-
 impl RedisTracker {
-    pub fn new(client: Client, mongo_db: &str) -> Self {
-        RedisTracker { client, prefix: format!("{}presence:", prefix(mongo_db)) }
+    pub fn new(client: Client, keys: Keyspace) -> Self {
+        RedisTracker { client, prefix: keys.presence_prefix(), keys }
     }
 
     fn conns_key(&self, user: ObjectId) -> String {
-        format!("{}conns:{}", self.prefix, user.to_hex())
+        self.keys.presence_connections(user)
     }
 
     fn user_key(&self, user: ObjectId) -> String {
-        format!("{}user:{}", self.prefix, user.to_hex())
+        self.keys.presence_user(user)
     }
 
     fn node_key(&self, node: &str, what: &str) -> String {
-        format!("{}node:{node}:{what}", self.prefix)
+        self.keys.presence_node(node, what)
     }
 
     fn nodes_key(&self) -> String {
-        format!("{}nodes", self.prefix)
+        self.keys.presence_nodes()
     }
 
     async fn eval(&self, script: &'static str, keys: Vec<String>, args: Vec<String>) -> Result<Value, TrackerError> {

@@ -19,6 +19,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::RateLimits;
 use crate::error::Error;
+use crate::keyspace::Keyspace;
 
 /// Longest a limit check may wait for Redis before the request goes ahead.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(200);
@@ -77,9 +78,7 @@ static LOGIN_RELEASE: Script = Script::new(include_str!("login_release.lua"));
 pub struct SharedLimiter {
     client: Client,
     limits: RateLimits,
-    /// Login counters are per username, and usernames are unique only
-    /// within one database: deployments sharing a Redis stay apart.
-    login_prefix: String,
+    keys: Keyspace,
     /// Unix milliseconds of the last fail-open warning.
     last_warning_ms: AtomicU64,
 }
@@ -87,7 +86,7 @@ pub struct SharedLimiter {
 impl SharedLimiter {
     /// Starts the limiter's connection. An unreachable Redis is not an error:
     /// the client keeps reconnecting, and checks fail open meanwhile.
-    pub async fn connect(url: &str, limits: RateLimits, database: &str) -> Result<SharedLimiter, String> {
+    pub async fn connect(url: &str, limits: RateLimits, keys: Keyspace) -> Result<SharedLimiter, String> {
         let mut builder = crate::bus::redis::builder(url, 16).map_err(|e| e.to_string())?;
         // Per-command options (`with_options`) do not reach fred's Lua
         // commands, so the timeout is the whole client's: it is ours alone.
@@ -101,12 +100,7 @@ impl SharedLimiter {
         if tokio::time::timeout(Duration::from_secs(1), client.wait_for_connect()).await.is_err() {
             tracing::warn!("rate limiter: redis not reachable yet; limits fail open until it is");
         }
-        Ok(SharedLimiter {
-            client,
-            limits,
-            login_prefix: format!("confab:rl:login:{database}:"),
-            last_warning_ms: AtomicU64::new(0),
-        })
+        Ok(SharedLimiter { client, limits, keys, last_warning_ms: AtomicU64::new(0) })
     }
 
     /// Counts one REST request by `user` against its per-minute limit.
@@ -115,7 +109,7 @@ impl SharedLimiter {
         if per_minute == 0 {
             return Verdict::Allowed;
         }
-        let key = format!("confab:rl:user:{}", user.to_hex());
+        let key = self.keys.rate_user(user);
         // The whole minute may be spent at once; then one request per interval.
         let args = vec![emission_interval_us(per_minute), i64::from(per_minute)];
         self.verdict("rest", GCRA.run(&self.client, key, args).await)
@@ -128,7 +122,7 @@ impl SharedLimiter {
         if per_minute == 0 {
             return Verdict::Allowed;
         }
-        let key = format!("confab:rl:key:{}", key.to_hex());
+        let key = self.keys.rate_api_key(key);
         let args = vec![emission_interval_us(per_minute), i64::from(per_minute)];
         self.verdict("api", GCRA.run(&self.client, key, args).await)
     }
@@ -142,7 +136,7 @@ impl SharedLimiter {
             return Verdict::Allowed;
         }
         let window_ms = self.limits.login_window.as_millis().min(i64::MAX as u128) as i64;
-        let key = format!("{}{username}", self.login_prefix);
+        let key = self.keys.rate_login(username);
         self.verdict("login", LOGIN_RESERVE.run(&self.client, key, vec![i64::from(max), window_ms]).await)
     }
 
@@ -153,7 +147,7 @@ impl SharedLimiter {
         if self.limits.login_max_failures == 0 {
             return;
         }
-        let key = format!("{}{username}", self.login_prefix);
+        let key = self.keys.rate_login(username);
         if let Err(e) = LOGIN_RELEASE.run(&self.client, key, vec![]).await {
             self.fail_open("login", &e.to_string());
         }

@@ -38,6 +38,8 @@ pub fn config(db: &str) -> Config {
         redis_url: redis_url(),
         mongo_url: mongo_url(),
         mongo_db: db.to_string(),
+        // Each test's Redis names apart from every other test's.
+        keys: confab::keyspace::Keyspace::new(db),
         jwt_secret: SECRET.to_string(),
         node_id: format!("test-{:06x}", rand::random::<u32>() & 0xffffff),
         token_ttl: Duration::from_secs(3600),
@@ -460,11 +462,13 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }
 
-/// The ids the Redis list of notifications awaiting external delivery holds.
-pub async fn external_queue() -> Vec<String> {
+/// The ids the Redis list of notifications awaiting external delivery holds,
+/// for the nodes of database `db` (whose key prefix is the database name).
+pub async fn external_queue(db: &str) -> Vec<String> {
     use fred::prelude::*;
     let client = confab::jobs::redis_client(&redis_url()).await.unwrap();
-    let ids: Vec<String> = client.lrange("confab:notify:external", 0, -1).await.unwrap();
+    let keys = confab::keyspace::Keyspace::new(db);
+    let ids: Vec<String> = client.lrange(keys.external_notifications(), 0, -1).await.unwrap();
     let _ = client.quit().await;
     ids
 }
