@@ -92,6 +92,11 @@ async fn bad_input_gets_error_frames_and_the_connection_stays_open() {
         (json!({"type": "send_message", "channel": room}), "bad_request"),
         (json!({"type": "send_message", "channel": room, "data": {"content": "not a member yet"}}), "forbidden"),
         (json!({"type": "send_message", "channel": private, "data": {"content": "x"}}), "forbidden"),
+        // Fields of the wrong type: the envelope does not parse, and the
+        // error still carries the frame's ref.
+        (json!({"type": "join_channel", "channel": {"$ne": null}}), "bad_request"),
+        (json!({"type": 5}), "bad_request"),
+        (json!({"type": "send_message", "channel": [room]}), "bad_request"),
     ];
     for (frame, code) in cases {
         let reply = c.request(frame.clone()).await;
@@ -99,6 +104,14 @@ async fn bad_input_gets_error_frames_and_the_connection_stays_open() {
         assert_eq!(reply["data"]["code"], code, "{frame} -> {reply}");
         assert!(reply["data"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
+    // A number ref is carried back as a number.
+    c.send(json!({"type": ["join_channel"], "ref": 42})).await;
+    let e = c.recv().await;
+    assert_eq!(
+        (&e["type"], &e["ref"], &e["data"]["code"]),
+        (&json!("error"), &json!(42), &json!("bad_request")),
+        "{e}"
+    );
     c.join(&room).await;
     for (content, code) in [(String::new(), "validation_failed"), ("x".repeat(4001), "validation_failed")] {
         let reply = c.request(json!({"type": "send_message", "channel": room, "data": {"content": content}})).await;

@@ -242,10 +242,9 @@ impl ChatSession {
     /// Answers a frame over the rate limit with `rate_limited`, carrying its
     /// `ref` when it has one so the client knows which request was dropped.
     async fn refuse(&self, text: &[u8], retry_after: std::time::Duration) -> Result<(), (u16, String)> {
-        let frame = serde_json::from_slice::<ClientFrame>(text).ok();
-        let reference = frame.as_ref().and_then(|f| f.reference.as_ref());
-        let channel = frame.as_ref().and_then(|f| f.channel.as_deref());
-        self.reply(protocol::error(reference, channel, &ratelimit::rejection("socket", retry_after))).await
+        let value = serde_json::from_slice::<Value>(text).unwrap_or_default();
+        let channel = value.get("channel").and_then(Value::as_str);
+        self.reply(protocol::error(value.get("ref"), channel, &ratelimit::rejection("socket", retry_after))).await
     }
 }
 
@@ -316,12 +315,18 @@ impl Handler for ChatSession {
                 return Err((1008, "rate limit exceeded".into()));
             }
         }
-        let frame: ClientFrame = match serde_json::from_slice(&text) {
+        // JSON first, then the envelope: a frame whose fields have the wrong
+        // types still has its `ref` read, so the error reaches its waiter.
+        let parsed = serde_json::from_slice::<Value>(&text).map_err(|e| (None, e)).and_then(|value| {
+            let reference = value.get("ref").cloned();
+            ClientFrame::deserialize(value).map_err(|e| (reference, e))
+        });
+        let frame = match parsed {
             Ok(f) => f,
-            Err(e) => {
+            Err((reference, e)) => {
                 metrics::counter!("confab_ws_frames_in_total", "type" => "malformed").increment(1);
                 let err = Error::BadRequest(format!("malformed frame: {e}"));
-                return self.reply(protocol::error(None, None, &err)).await;
+                return self.reply(protocol::error(reference.as_ref(), None, &err)).await;
             }
         };
         match self.handle(&frame).await {
