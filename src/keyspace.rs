@@ -91,6 +91,12 @@ impl Keyspace {
         self.name(format_args!("seq:{}", room.to_hex()))
     }
 
+    /// Marks, for a while, that `user`'s membership of `room` ended: the
+    /// seq script refuses them a seq unless the store confirms them again.
+    pub fn membership_ended(&self, room: ObjectId, user: ObjectId) -> String {
+        self.name(format_args!("gone:{}:{}", room.to_hex(), user.to_hex()))
+    }
+
     // --- Presence ----------------------------------------------------------
 
     /// What the presence scripts put in front of the names they build

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::gateway::protocol;
 use crate::node::App;
 use crate::rooms;
+use crate::seq::{Sender, Taken};
 use crate::store::model::MessageView;
 use crate::store::{HistoryQuery, Message, Role, StoreError};
 use crate::validate;
@@ -38,14 +39,27 @@ pub struct Sent {
     pub created: bool,
 }
 
-/// Stores and publishes a message. `known_member` skips the membership
-/// lookup when the caller's socket has already joined the room.
-pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, known_member: bool) -> Result<Sent> {
+/// How a send knows that the caller may post to the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// It does not yet: the store is asked.
+    Lookup,
+    /// This request already confirmed it (a direct room it opened, the
+    /// server API's system sender).
+    Confirmed,
+    /// The caller's connection remembers it (`seq::MEMBERSHIP_TRUST`); the
+    /// seq counter refuses the send if it ended meanwhile, and the store
+    /// is asked then.
+    Remembered,
+}
+
+/// Stores and publishes a message.
+pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, membership: Membership) -> Result<Sent> {
     validate::content(&draft.content)?;
     if let Some(id) = &draft.client_msg_id {
         validate::client_msg_id(id)?;
     }
-    if !known_member {
+    if membership == Membership::Lookup {
         rooms::require_member(app, caller, room_id).await?;
     }
     if let Some(id) = &draft.client_msg_id {
@@ -53,7 +67,11 @@ pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, k
             return replay(original, room_id);
         }
     }
-    let message = match store_new(app, caller, room_id, draft).await? {
+    let sender = match membership {
+        Membership::Remembered => Sender::Remembered(caller.user_id),
+        Membership::Lookup | Membership::Confirmed => Sender::Confirmed,
+    };
+    let message = match store_new(app, caller, room_id, draft, sender).await? {
         Stored::New(m) => m,
         Stored::Existing(original) => return replay(original, room_id),
     };
@@ -75,7 +93,7 @@ pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, k
 pub async fn send_direct(app: &App, caller: &Caller, peer: ObjectId, draft: Draft) -> Result<Sent> {
     validate::content(&draft.content)?;
     let room = rooms::direct::open(app, caller, peer).await?;
-    send(app, caller, room.id, draft, true).await
+    send(app, caller, room.id, draft, Membership::Confirmed).await
 }
 
 enum Stored {
@@ -91,7 +109,7 @@ enum Stored {
 /// retry instead of a duplicate.
 const SEQ_ATTEMPTS: u64 = 16;
 
-async fn store_new(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft) -> Result<Stored> {
+async fn store_new(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, mut sender: Sender) -> Result<Stored> {
     let id = ObjectId::new();
     let mut message = Message {
         id,
@@ -107,7 +125,15 @@ async fn store_new(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft) 
         deleted_at: None,
     };
     for attempt in 0..SEQ_ATTEMPTS {
-        message.seq = app.seqs.next(room_id, attempt > 0).await?;
+        message.seq = loop {
+            match app.seqs.next(room_id, sender, attempt > 0).await? {
+                Taken::Seq(seq) => break seq,
+                Taken::Recheck => {
+                    rooms::require_member(app, caller, room_id).await?;
+                    sender = Sender::Confirmed;
+                }
+            }
+        };
         message.timestamp = Utc::now();
         match app.store.insert_message(&message).await {
             Ok(()) => return Ok(Stored::New(message)),
@@ -344,7 +370,7 @@ async fn announce(app: &App, message: &Message, frame: bytes::Bytes) {
 pub async fn send_system(app: &App, room_id: ObjectId, draft: Draft) -> Result<Sent> {
     rooms::existing(app, room_id).await?;
     let system = Caller { user_id: crate::store::model::SYSTEM_SENDER, username: "System".into() };
-    send(app, &system, room_id, draft, true).await
+    send(app, &system, room_id, draft, Membership::Confirmed).await
 }
 
 #[cfg(test)]

@@ -16,6 +16,13 @@
 //! - The counter also tells a node that subscribes to a room where the
 //!   room's order begins (`gateway::sequencer`); a new room's counter is
 //!   started at 0 for this.
+//! - A connection that has seen its user post to a room may skip the
+//!   membership lookup for a while ([`MEMBERSHIP_TRUST`]). Ending a
+//!   membership leaves a marker beside the counter for twice that long, and
+//!   the script that hands out the seq refuses such a remembered sender
+//!   while it stands ([`Taken::Recheck`]): the store must confirm them
+//!   first. So no message is stored from a member once their removal was
+//!   acknowledged, on whichever node they send.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +41,16 @@ const COUNTER_TTL_MS: u64 = 7 * 24 * 3_600_000;
 /// How long a counter call may take before the store's counter is used.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long a connection may trust that its user is a member of a room it
+/// has seen them post to, without asking the store again.
+pub const MEMBERSHIP_TRUST: Duration = Duration::from_secs(30);
+
 /// `ARGV[1]` empty: the next seq, or -1 if the counter is missing.
 /// `ARGV[1]` a number: raise the counter to it first (never lower it).
+/// `KEYS[2]`, if given, is the sender's ended-membership marker: -2 while
+/// it stands, and no seq is taken.
 const NEXT: &str = r#"
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
 local cur = redis.call('GET', KEYS[1])
 if ARGV[1] == '' then
   if not cur then return -1 end
@@ -47,6 +61,24 @@ local n = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return n
 "#;
+
+/// Whose message a seq is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// The store confirmed the sender's membership for this send.
+    Confirmed,
+    /// A connection remembers the user as a member (`MEMBERSHIP_TRUST`).
+    Remembered(ObjectId),
+}
+
+/// What [`Seqs::next`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    Seq(i64),
+    /// The remembered sender's membership ended recently, or cannot be
+    /// checked without Redis: confirm it in the store, then ask again.
+    Recheck,
+}
 
 /// Hands out seqs; clones share the connection.
 #[derive(Clone)]
@@ -92,28 +124,77 @@ impl Seqs {
     /// The room's next seq. `after_collision`: the last one handed out was
     /// already stored, so the counter is first raised past what the store
     /// holds. `NotFound` if the room does not exist.
-    pub async fn next(&self, room: ObjectId, after_collision: bool) -> Result<i64> {
-        let (seq, source) = self.take(room, after_collision).await?;
+    pub async fn next(&self, room: ObjectId, sender: Sender, after_collision: bool) -> Result<Taken> {
+        let remembered = match sender {
+            Sender::Confirmed => None,
+            Sender::Remembered(user) => Some(self.keys.membership_ended(room, user)),
+        };
+        let Some((seq, source)) = self.take(room, remembered, after_collision).await? else {
+            return Ok(Taken::Recheck);
+        };
         metrics::counter!("confab_seq_handed_out_total", "source" => source.label()).increment(1);
-        Ok(seq)
+        Ok(Taken::Seq(seq))
     }
 
-    async fn take(&self, room: ObjectId, after_collision: bool) -> Result<(i64, Source)> {
+    /// The seq and where it came from; `None` when a remembered sender's
+    /// membership must be confirmed by the store first.
+    async fn take(
+        &self,
+        room: ObjectId,
+        marker: Option<String>,
+        after_collision: bool,
+    ) -> Result<Option<(i64, Source)>> {
         if self.redis.is_connected() {
             if !after_collision {
-                match self.call(room, None).await {
-                    Ok(seq) if seq > 0 => return Ok((seq, Source::Redis)),
+                match self.call(room, None, marker.as_deref()).await {
+                    Ok(-2) => return Ok(None),
+                    Ok(seq) if seq > 0 => return Ok(Some((seq, Source::Redis))),
                     Ok(_) => {} // missing: seed it below
-                    Err(e) => return self.take_from_store(room, false, &e).await,
+                    Err(e) if marker.is_some() => return self.unconfirmed(room, &e),
+                    Err(e) => return self.take_from_store(room, false, &e).await.map(Some),
                 }
             }
             let floor = self.highest(room).await?;
-            match self.call(room, Some(floor)).await {
-                Ok(seq) => return Ok((seq, Source::Seeded)),
-                Err(e) => return self.take_from_store(room, after_collision, &e).await,
+            match self.call(room, Some(floor), marker.as_deref()).await {
+                Ok(-2) => return Ok(None),
+                Ok(seq) => return Ok(Some((seq, Source::Seeded))),
+                Err(e) if marker.is_some() => return self.unconfirmed(room, &e),
+                Err(e) => return self.take_from_store(room, after_collision, &e).await.map(Some),
             }
         }
-        self.take_from_store(room, after_collision, &"not connected").await
+        if marker.is_some() {
+            return self.unconfirmed(room, &"not connected");
+        }
+        self.take_from_store(room, after_collision, &"not connected").await.map(Some)
+    }
+
+    /// Without Redis, no marker can be read: a remembered sender is confirmed
+    /// by the store before the room document hands out a seq.
+    fn unconfirmed(&self, room: ObjectId, why: &(dyn std::fmt::Display + Sync)) -> Result<Option<(i64, Source)>> {
+        tracing::debug!(error = %why, %room, "membership not checked against its marker: Redis did not answer");
+        Ok(None)
+    }
+
+    /// `user`'s membership of `room` ended: for twice [`MEMBERSHIP_TRUST`],
+    /// a connection that remembers them as a member is refused a seq until
+    /// the store confirms them. Best effort: without Redis, connections
+    /// still stop trusting their memory within [`MEMBERSHIP_TRUST`].
+    pub async fn membership_ended(&self, room: ObjectId, user: ObjectId) {
+        let expire = Some(Expiration::PX(2 * MEMBERSHIP_TRUST.as_millis() as i64));
+        let set: std::result::Result<(), _> =
+            self.redis.set(self.keys.membership_ended(room, user), 1, expire, None, false).await;
+        if let Err(e) = set {
+            tracing::warn!(error = %e, %room, %user, "ended membership not marked for the seq counter");
+        }
+    }
+
+    /// `user` became a member of `room` (again): a marker left by an earlier
+    /// membership no longer applies.
+    pub async fn membership_started(&self, room: ObjectId, user: ObjectId) {
+        let removed: std::result::Result<i64, _> = self.redis.del(self.keys.membership_ended(room, user)).await;
+        if let Err(e) = removed {
+            tracing::debug!(error = %e, %room, %user, "ended-membership marker not removed; it lapses");
+        }
     }
 
     /// Starts a new room's counter at 0, so that a node subscribing before
@@ -136,9 +217,16 @@ impl Seqs {
         value.filter(|seq| *seq >= 0)
     }
 
-    async fn call(&self, room: ObjectId, floor: Option<i64>) -> std::result::Result<i64, fred::error::Error> {
+    async fn call(
+        &self,
+        room: ObjectId,
+        floor: Option<i64>,
+        marker: Option<&str>,
+    ) -> std::result::Result<i64, fred::error::Error> {
         let floor = floor.map(|f| f.to_string()).unwrap_or_default();
-        self.redis.eval(NEXT, vec![self.key(room)], vec![floor, COUNTER_TTL_MS.to_string()]).await
+        let mut keys = vec![self.key(room)];
+        keys.extend(marker.map(str::to_owned));
+        self.redis.eval(NEXT, keys, vec![floor, COUNTER_TTL_MS.to_string()]).await
     }
 
     async fn highest(&self, room: ObjectId) -> Result<i64> {

@@ -207,3 +207,94 @@ async fn owners_and_moderators_manage_members_and_removal_cuts_traffic_on_every_
     assert_error(s, &body, 400, "bad_request");
     c.shutdown().await;
 }
+
+/// A removed member, or one who left, can no longer post through a socket
+/// that was open before: whether the socket had joined the room and left
+/// it, or only ever posted to it, every node refuses their next frame for
+/// the room, and nothing of theirs is stored. Each way a membership ends is
+/// tried with the socket on the other node from the one that ended it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_membership_refuses_the_next_frame_on_every_node() {
+    let c = Cluster::start(2).await;
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let group = a.create_room(&alice, "group", "private").await;
+    let public = a.create_room(&alice, "lobby", "public").await;
+    let (s, body) =
+        a.call("POST", &format!("/rooms/{group}/members"), Some(&alice.token), Some(json!({"user_id": bob.id}))).await;
+    assert_eq!(s, 201, "{body}");
+
+    // Two sockets of bob's on node B: one joined the group and left it, the
+    // other never joined and only posts.
+    let mut joined_and_left = b.connect(&bob).await;
+    joined_and_left.join(&group).await;
+    joined_and_left.say(&group, "from the joined socket").await;
+    let left = joined_and_left.request(json!({"type": "leave_channel", "channel": group})).await;
+    assert_eq!(left["type"], "ack", "{left}");
+    let mut posting_only = b.connect(&bob).await;
+    posting_only.say(&group, "from the posting socket").await;
+
+    // Alice removes bob through node A.
+    let (s, body) = a.call("DELETE", &format!("/rooms/{group}/members/{}", bob.id), Some(&alice.token), None).await;
+    assert_eq!(s, 204, "{body}");
+    for socket in [&mut joined_and_left, &mut posting_only] {
+        let reply =
+            socket.request(json!({"type": "send_message", "channel": group, "data": {"content": "still here?"}})).await;
+        assert_eq!((&reply["type"], &reply["data"]["code"]), (&json!("error"), &json!("forbidden")), "{reply}");
+    }
+    // Nor may the socket join the group again.
+    let reply = posting_only.request(json!({"type": "join_channel", "channel": group})).await;
+    assert_eq!(reply["data"]["code"], "forbidden", "{reply}");
+
+    // Bob joins the public room and posts there from node B, then leaves
+    // it himself through node A.
+    let (s, body) = b.call("POST", &format!("/rooms/{public}/join"), Some(&bob.token), None).await;
+    assert_eq!(s, 200, "{body}");
+    posting_only.say(&public, "hello lobby").await;
+    let (s, body) = a.call("DELETE", &format!("/rooms/{public}/members/{}", bob.id), Some(&bob.token), None).await;
+    assert_eq!(s, 204, "{body}");
+    let reply = posting_only
+        .request(json!({"type": "send_message", "channel": public, "data": {"content": "after leaving"}}))
+        .await;
+    assert_eq!(reply["data"]["code"], "forbidden", "{reply}");
+
+    // Nothing of theirs was stored after the membership ended.
+    let contents = |page: &Value| ids(page, "messages", "content");
+    let (_, page) = a.call("GET", &format!("/messages?room_id={group}"), Some(&alice.token), None).await;
+    assert_eq!(contents(&page), ["from the joined socket", "from the posting socket"]);
+    let (_, page) = a.call("GET", &format!("/messages?room_id={public}"), Some(&alice.token), None).await;
+    assert_eq!(contents(&page), ["hello lobby"]);
+    c.shutdown().await;
+}
+
+/// The seq counter is what stops a remembered membership that ended: a
+/// connection's memory is refused a seq while the marker stands, whether or
+/// not the announcement of the removal reached its node, and without Redis
+/// it is refused outright (the store must confirm the sender).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seq_counter_refuses_a_remembered_sender_whose_membership_ended() {
+    use confab::seq::{Sender, Seqs, Taken};
+    let mut redis = common::OwnRedis::start();
+    let db = common::unique_db();
+    let store = confab::store::mongo::MongoStore::connect(&common::mongo_url(), &db).await.unwrap();
+    let seqs = Seqs::connect(&redis.url(), confab::keyspace::Keyspace::new(&db), std::sync::Arc::new(store)).unwrap();
+    let (room, bob, carol) = (bson::oid::ObjectId::new(), bson::oid::ObjectId::new(), bson::oid::ObjectId::new());
+    for _ in 0..50 {
+        seqs.started(room).await;
+        if seqs.current(room).await == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seqs.next(room, Sender::Remembered(bob), false).await.unwrap(), Taken::Seq(1));
+    seqs.membership_ended(room, bob).await;
+    assert_eq!(seqs.next(room, Sender::Remembered(bob), false).await.unwrap(), Taken::Recheck);
+    assert_eq!(seqs.next(room, Sender::Remembered(carol), false).await.unwrap(), Taken::Seq(2), "others go on");
+    assert_eq!(seqs.next(room, Sender::Confirmed, false).await.unwrap(), Taken::Seq(3), "no seq was skipped");
+    seqs.membership_started(room, bob).await;
+    assert_eq!(seqs.next(room, Sender::Remembered(bob), false).await.unwrap(), Taken::Seq(4), "invited back");
+
+    redis.stop();
+    assert_eq!(seqs.next(room, Sender::Remembered(carol), false).await.unwrap(), Taken::Recheck);
+}

@@ -30,6 +30,10 @@ pub trait Inbox: Send + Sync + 'static {
     /// Called once per event per node, after de-duplication, from the bus's
     /// reader task; must not block.
     fn deliver(&self, topic: Topic, delivery: Delivery);
+
+    /// The bus lost its subscriptions and has them again: whatever was
+    /// published meanwhile never arrived.
+    fn resubscribed(&self) {}
 }
 
 #[async_trait]
@@ -60,8 +64,11 @@ pub enum Kind {
     /// Not stored (typing, presence, edits, receipts): delivered as is, and
     /// not to the connections of `subject`, if given (the user it came from).
     Ephemeral,
-    /// `subject` was removed from the room: its connections leave the room
-    /// on every node and receive the frame instead of further traffic.
+    /// On a room's topic, `subject` was removed from the room: its
+    /// connections leave the room on every node and receive the frame
+    /// instead of further traffic. On a user's topic, the user's membership
+    /// of room `subject` ended: every connection of theirs stops assuming it
+    /// and receives the frame.
     Evict,
     /// A notification for a user's topic: delivered to that user's
     /// connections that are not subscribed to the room `subject` (to all of
@@ -100,6 +107,11 @@ impl<'a> Event<'a> {
     /// Removes `user` from the room's live traffic; they receive `frame`.
     pub fn evict(user: ObjectId, frame: &'a [u8]) -> Self {
         Event { kind: Kind::Evict, id: None, subject: Some(user), stored_at_us: 0, seq: 0, frame }
+    }
+
+    /// For a user's topic: their membership of `room` ended; they receive `frame`.
+    pub fn membership_ended(room: ObjectId, frame: &'a [u8]) -> Self {
+        Event { kind: Kind::Evict, id: None, subject: Some(room), stored_at_us: 0, seq: 0, frame }
     }
 
     /// Notification `id` for a user's connections outside `room`;

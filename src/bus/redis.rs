@@ -101,12 +101,14 @@ impl RedisBus {
         }
         subscriber.manage_subscriptions();
         let rx = subscriber.message_rx();
-        tokio::spawn(read_loop(rx, keys.clone(), inbox));
+        tokio::spawn(read_loop(rx, keys.clone(), inbox.clone()));
         let mut reconnects = subscriber.reconnect_rx();
+        let resubscribed = inbox.clone();
         tokio::spawn(async move {
             while reconnects.recv().await.is_ok() {
                 metrics::counter!("confab_redis_reconnects_total").increment(1);
                 tracing::info!("redis subscriber reconnected; channels resubscribed");
+                resubscribed.resubscribed();
             }
         });
         Ok(Arc::new(RedisBus { publisher, subscriber, keys }))

@@ -67,6 +67,10 @@ pub struct GatewayInbox {
 }
 
 impl Inbox for GatewayInbox {
+    fn resubscribed(&self) {
+        self.registry.bus_resubscribed();
+    }
+
     fn deliver(&self, topic: Topic, delivery: Delivery) {
         match (topic, delivery.kind, delivery.subject) {
             (Topic::Room(room), Kind::Message, _) => {
@@ -94,6 +98,13 @@ impl Inbox for GatewayInbox {
             }
             (Topic::Room(room), _, _) => {
                 self.registry.fan_out(room, &delivery);
+            }
+            (Topic::User(user), Kind::Evict, Some(room)) => {
+                if self.registry.revoke(user, room, &delivery.frame) {
+                    if let Some(subscriptions) = self.subscriptions.get() {
+                        subscriptions.release(Topic::Room(room));
+                    }
+                }
             }
             (Topic::User(user), Kind::Notify, room) => {
                 let delivered = self.registry.send_to_user_except_room(user, room, &delivery.frame);

@@ -165,6 +165,12 @@ impl Outbox {
         self.user_topic.store(true, Ordering::Release);
     }
 
+    /// Whether this node's subscription to the connection's user topic is
+    /// confirmed (see `mark_user_topic_subscribed`).
+    pub fn user_topic_subscribed(&self) -> bool {
+        self.user_topic.load(Ordering::Acquire)
+    }
+
     /// Rooms this connection lost since the last call.
     pub fn take_revoked(&self) -> Vec<ObjectId> {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
@@ -217,6 +223,10 @@ pub struct Registry {
     pub watching: Watching,
     /// Who writes a fan-out: one lane (the caller) unless given more.
     lanes: Lanes,
+    /// Counts the bus's resubscriptions: events published while it was cut
+    /// off (a membership ending, say) never arrive, so whatever a session
+    /// concluded from their absence must be checked again.
+    bus_epoch: AtomicU64,
 }
 
 impl Registry {
@@ -337,6 +347,42 @@ impl Registry {
             move |o| o.offer_delivery(room, &d),
             tally,
         )
+    }
+
+    /// The bus's resubscription count (see `bus_epoch`).
+    pub fn bus_epoch(&self) -> u64 {
+        self.bus_epoch.load(Ordering::Acquire)
+    }
+
+    /// The bus resubscribed after losing its connection.
+    pub fn bus_resubscribed(&self) {
+        self.bus_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `user`'s membership of `room` ended: each of their local connections
+    /// leaves the room's traffic, forgets it is a member (see
+    /// `Outbox::take_revoked`), and receives `frame`. Returns true if the
+    /// room has no local subscriber left.
+    pub fn revoke(&self, user: ObjectId, room: ObjectId, frame: &Bytes) -> bool {
+        let conns: Vec<Arc<Outbox>> = match self.users.get(&user) {
+            Some(conns) => conns.values().cloned().collect(),
+            None => return false,
+        };
+        let emptied = self.evict(room, user, &Bytes::new());
+        for outbox in &conns {
+            outbox.revoke(room);
+        }
+        if !frame.is_empty() {
+            // Through the lanes, like every frame of the user's topic.
+            let frame = frame.clone();
+            self.lanes.offer(
+                conns.len(),
+                conns.iter(),
+                move |o| o.offer(Outbound::Text(frame.clone())),
+                Tally::Nothing,
+            );
+        }
+        emptied
     }
 
     /// Offers one frame to every local connection of `user`, through the

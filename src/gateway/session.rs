@@ -2,8 +2,9 @@
 //! and answers each with an `ack` or an `error` frame. Bad input never closes
 //! the connection; only transport-level violations do (see `socket`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bson::oid::ObjectId;
@@ -18,12 +19,12 @@ use super::socket::Handler;
 use crate::auth::Caller;
 use crate::bus::Topic;
 use crate::error::{Error, Result};
-use crate::messages::{self, Draft};
+use crate::messages::{self, Draft, Membership};
 use crate::node::App;
 use crate::ratelimit::{self, Admit, FrameLimiter};
 use crate::store::model::MessageView;
 use crate::store::{Cursor, HistoryQuery};
-use crate::{presence, receipts, rooms, typing, validate};
+use crate::{presence, receipts, rooms, seq, typing, validate};
 
 /// Rooms one connection may be subscribed to at once.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 1000;
@@ -35,9 +36,12 @@ pub struct ChatSession {
     outbox: Arc<Outbox>,
     /// Rooms this connection is subscribed to.
     rooms: HashSet<ObjectId>,
-    /// Rooms this connection has seen the user to be a member of, so that
-    /// repeated sends skip the membership lookup.
-    member_of: HashSet<ObjectId>,
+    /// Rooms this connection has seen the user to be a member of, and
+    /// when, so that repeated sends skip the membership lookup. Trusted only
+    /// while an ended membership cannot go unnoticed (see `is_known_member`).
+    member_of: HashMap<ObjectId, Instant>,
+    /// The registry's bus epoch when `member_of` was last trusted.
+    bus_epoch: u64,
     frames: FrameLimiter,
 }
 
@@ -57,7 +61,17 @@ impl ChatSession {
     pub fn new(app: Arc<App>, caller: Caller, outbox: Arc<Outbox>) -> Self {
         let user_hex = caller.user_id.to_hex();
         let frames = FrameLimiter::new(&app.config.rate_limits);
-        ChatSession { app, caller, user_hex, outbox, rooms: HashSet::new(), member_of: HashSet::new(), frames }
+        let bus_epoch = app.gateway.registry.bus_epoch();
+        ChatSession {
+            app,
+            caller,
+            user_hex,
+            outbox,
+            rooms: HashSet::new(),
+            member_of: HashMap::new(),
+            bus_epoch,
+            frames,
+        }
     }
 
     /// `send`, for the socket handler: a closed queue ends the connection.
@@ -96,9 +110,9 @@ impl ChatSession {
                 let data = SendData::deserialize(frame.data.as_ref().unwrap_or(&Value::Null))
                     .map_err(|e| Error::BadRequest(format!("data: {e}")))?;
                 let draft = Draft { content: data.content, client_msg_id: data.client_msg_id };
-                let known = self.member_of.contains(&room);
-                let sent = messages::send(&self.app, &self.caller, room, draft, known).await?;
-                self.member_of.insert(room);
+                let membership = if self.is_known_member(room) { Membership::Remembered } else { Membership::Lookup };
+                let sent = messages::send(&self.app, &self.caller, room, draft, membership).await?;
+                self.note_member(room);
                 Ok(r.map(|r| protocol::ack(Some(r), Some(channel), MessageView::from(&sent.message), &self.user_hex)))
             }
             "delivered" | "read" => {
@@ -137,6 +151,26 @@ impl ChatSession {
             self.rooms.remove(&room);
             self.member_of.remove(&room);
         }
+        let epoch = self.app.gateway.registry.bus_epoch();
+        if epoch != self.bus_epoch {
+            // The bus was cut off: a membership may have ended unannounced.
+            self.member_of.clear();
+            self.bus_epoch = epoch;
+        }
+    }
+
+    /// Whether a send may skip the membership lookup. A membership that
+    /// ends is announced on the user's topic, which revokes it on every
+    /// connection of theirs (`forget_revoked`); so the lookup is skipped
+    /// only while this node is known to receive that topic, and for at most
+    /// [`MEMBERSHIP_TRUST`], which bounds what a lost announcement can cost.
+    fn is_known_member(&self, room: ObjectId) -> bool {
+        self.outbox.user_topic_subscribed()
+            && self.member_of.get(&room).is_some_and(|seen| seen.elapsed() < seq::MEMBERSHIP_TRUST)
+    }
+
+    fn note_member(&mut self, room: ObjectId) {
+        self.member_of.insert(room, Instant::now());
     }
 
     /// Subscribes this connection to `room` (joining it if public). With a
@@ -156,7 +190,7 @@ impl ChatSession {
             ));
         }
         rooms::join(&self.app, &self.caller, room).await?;
-        self.member_of.insert(room);
+        self.note_member(room);
         let after = match from {
             None => None,
             Some(ReplayFrom::Seq(seq)) => Some(seq),

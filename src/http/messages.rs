@@ -39,7 +39,8 @@ pub async fn create(
     let draft = Draft { content: m.content, client_msg_id: m.client_msg_id };
     let sent = match (m.room_id, m.to_user_id) {
         (Some(room), None) => {
-            messages::send(&app, &caller, validate::object_id("room_id", &room)?, draft, false).await?
+            messages::send(&app, &caller, validate::object_id("room_id", &room)?, draft, messages::Membership::Lookup)
+                .await?
         }
         (None, Some(peer)) => {
             messages::send_direct(&app, &caller, validate::object_id("to_user_id", &peer)?, draft).await?

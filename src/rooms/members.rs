@@ -86,6 +86,7 @@ pub async fn add(
         return Ok((member, false));
     }
     let member = app.store.add_member(&Member::new(room_id, user_id, role, Utc::now())).await?;
+    app.seqs.membership_started(room_id, user_id).await;
     app.cache.user_changed(user_id).await;
     app.cache.members_changed(room_id, &[user_id], &[]).await;
     announce(app, room_id, "member_added", &member, caller.user_id).await;
@@ -138,12 +139,19 @@ pub async fn remove(app: &App, caller: &Caller, room_id: ObjectId, user_id: Obje
     if !app.store.remove_member(room_id, user_id).await? {
         return Err(not_a_member());
     }
+    // Before anything is acknowledged: from here on, no node stores a
+    // message of theirs in the room (`seq`).
+    app.seqs.membership_ended(room_id, user_id).await;
     app.cache.user_changed(user_id).await;
     app.cache.members_changed(room_id, &[], &[user_id]).await;
     // Out of the room's live traffic on every node first, then the news.
+    // The user's own topic carries the end of the membership to every
+    // connection of theirs, joined to the room or not: none of them may
+    // post there any more.
     publish(app, Topic::Room(room_id), Event::evict(user_id, b"")).await;
     announce(app, room_id, "member_removed", &target, caller.user_id).await;
-    tell_user(app, user_id, "room_removed", room_id, caller.user_id).await;
+    let frame = user_frame("room_removed", room_id, caller.user_id);
+    publish(app, Topic::User(user_id), Event::membership_ended(room_id, &frame)).await;
     Ok(())
 }
 
@@ -181,11 +189,16 @@ async fn announce(app: &App, room_id: ObjectId, kind: &str, member: &Member, by:
     publish(app, Topic::Room(room_id), Event::ephemeral(None, &frame)).await;
 }
 
-/// Tells a user, on all their connections, that they gained or lost a room.
+/// Tells a user, on all their connections, that they gained a room.
 async fn tell_user(app: &App, user_id: ObjectId, kind: &str, room_id: ObjectId, by: ObjectId) {
-    let data = json!({"room_id": room_id.to_hex(), "by": by.to_hex()});
-    let frame = protocol::event(kind, Some(&room_id.to_hex()), Some(&by.to_hex()), &data);
+    let frame = user_frame(kind, room_id, by);
     publish(app, Topic::User(user_id), Event::ephemeral(None, &frame)).await;
+}
+
+/// `room_added` / `room_removed`, for the user whose membership changed.
+fn user_frame(kind: &str, room_id: ObjectId, by: ObjectId) -> bytes::Bytes {
+    let data = json!({"room_id": room_id.to_hex(), "by": by.to_hex()});
+    protocol::event(kind, Some(&room_id.to_hex()), Some(&by.to_hex()), &data)
 }
 
 /// Publishes a live effect of a stored change; a failure is logged, not an

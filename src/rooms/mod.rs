@@ -84,6 +84,7 @@ pub async fn join(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Membe
     }
     let member = Member::new(room_id, caller.user_id, Role::Member, Utc::now());
     let member = app.store.add_member(&member).await?;
+    app.seqs.membership_started(room_id, caller.user_id).await;
     app.cache.user_changed(caller.user_id).await;
     app.cache.members_changed(room_id, &[caller.user_id], &[]).await;
     Ok(member)
