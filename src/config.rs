@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::backend::redis::RedisConfig;
 use crate::keyspace::Keyspace;
 
 /// `confab serve` flags. Each is optional here so that the TOML file and the
@@ -23,9 +24,13 @@ pub struct ServeArgs {
     /// Address to listen on for HTTP and WebSocket traffic.
     #[arg(long, env = "CONFAB_LISTEN")]
     pub listen: Option<String>,
-    /// Redis URL (Pub/Sub fan-out, presence, rate limits).
+    /// Redis URL (Pub/Sub fan-out, presence, rate limits); rediss:// for TLS.
     #[arg(long, env = "CONFAB_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// PEM file of CA certificates a rediss:// server's certificate may be
+    /// signed by, besides the system's roots.
+    #[arg(long, env = "CONFAB_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// MongoDB URL (durable history).
     #[arg(long, env = "CONFAB_MONGO_URL")]
     pub mongo_url: Option<String>,
@@ -117,6 +122,7 @@ pub struct ServeArgs {
 struct FileConfig {
     listen: Option<String>,
     redis_url: Option<String>,
+    redis_ca_file: Option<PathBuf>,
     mongo_url: Option<String>,
     mongo_db: Option<String>,
     key_prefix: Option<String>,
@@ -149,7 +155,7 @@ struct FileConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub redis_url: String,
+    pub redis: RedisConfig,
     pub mongo_url: String,
     pub mongo_db: String,
     /// The names of every Redis key and channel (`key_prefix`).
@@ -230,10 +236,7 @@ impl ServeArgs {
             .parse::<SocketAddr>()
             .map_err(|_| invalid("listen", "CONFAB_LISTEN", format!("`{listen}` is not host:port")))?;
 
-        let redis_url = self.redis_url.or(file.redis_url).ok_or_else(|| missing("redis-url", "CONFAB_REDIS_URL"))?;
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-            return Err(invalid("redis-url", "CONFAB_REDIS_URL", "must start with redis:// or rediss://"));
-        }
+        let redis = redis(self.redis_url.or(file.redis_url), self.redis_ca_file.or(file.redis_ca_file))?;
         let (mongo_url, mongo_db) = mongo(self.mongo_url.or(file.mongo_url), self.mongo_db.or(file.mongo_db))?;
         let keys = key_prefix(self.key_prefix.or(file.key_prefix))?;
         let jwt_secret =
@@ -365,7 +368,7 @@ impl ServeArgs {
         }
         Ok(Config {
             listen,
-            redis_url,
+            redis,
             mongo_url,
             mongo_db,
             keys,
@@ -412,6 +415,23 @@ fn mongo(url: Option<String>, db: Option<String>) -> Result<(String, String), Co
         return Err(invalid("mongo-db", "CONFAB_MONGO_DB", "must be 1-63 characters without / \\ . space \" $"));
     }
     Ok((url, db))
+}
+
+/// The Redis URL (required) and CA file, checked.
+pub(crate) fn redis(url: Option<String>, ca_file: Option<PathBuf>) -> Result<RedisConfig, ConfigError> {
+    let url = url.ok_or_else(|| missing("redis-url", "CONFAB_REDIS_URL"))?;
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(invalid("redis-url", "CONFAB_REDIS_URL", "must start with redis:// or rediss://"));
+    }
+    if let Some(path) = &ca_file {
+        if !path.is_file() {
+            return Err(invalid("redis-ca-file", "CONFAB_REDIS_CA_FILE", format!("{} is not a file", path.display())));
+        }
+    }
+    let redis = RedisConfig { url, ca_file };
+    // Parses the URL and loads the CA now, so that a bad one stops the start.
+    redis.builder(16).map_err(|e| invalid("redis-url", "CONFAB_REDIS_URL", e))?;
+    Ok(redis)
 }
 
 /// The Redis key prefix (`--key-prefix`), checked, as the keyspace it names.

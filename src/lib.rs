@@ -6,6 +6,7 @@
 //! (Redis Pub/Sub) traits. `node` wires one running node together.
 
 pub mod auth;
+pub mod backend;
 pub mod bus;
 pub mod cache;
 pub mod clock;

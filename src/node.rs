@@ -86,10 +86,10 @@ impl RunningNode {
             gap_wait: config.gap_wait,
         });
         let bus: Arc<dyn Bus> =
-            RedisBus::connect(&config.redis_url, config.keys.clone(), config.pubsub_buffer, inbox.clone())
+            RedisBus::connect(&config.redis, config.keys.clone(), config.pubsub_buffer, inbox.clone())
                 .await
                 .map_err(|e| StartError::Backend(e.to_string()))?;
-        let seqs = Seqs::connect(&config.redis_url, config.keys.clone(), store.clone())
+        let seqs = Seqs::connect(&config.redis, config.keys.clone(), store.clone())
             .map_err(|e| StartError::Backend(e.to_string()))?;
         let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone(), sequencer, seqs.clone());
         let _ = inbox.subscriptions.set(subscriptions.clone());
@@ -100,11 +100,10 @@ impl RunningNode {
             config.keys.clone(),
             config.cache_ttl,
         );
-        let limiter = SharedLimiter::connect(&config.redis_url, config.rate_limits, config.keys.clone())
+        let limiter = SharedLimiter::connect(&config.redis, config.rate_limits, config.keys.clone())
             .await
             .map_err(StartError::Backend)?;
-        let redis =
-            crate::presence::redis::client(&config.redis_url).map_err(|e| StartError::Backend(e.to_string()))?;
+        let redis = crate::presence::redis::client(&config.redis).map_err(|e| StartError::Backend(e.to_string()))?;
         let presence = Presence::new(Arc::new(RedisTracker::new(redis.clone(), config.keys.clone())), &config);
         let typing = Typing::new(Arc::new(RedisThrottle::new(redis)), config.keys.clone());
         let app = Arc::new(App {
@@ -196,7 +195,7 @@ fn cache_client(config: &Config) -> Result<Option<fred::clients::Client>, BusErr
     if config.cache_ttl.is_zero() {
         return Ok(None);
     }
-    crate::bus::redis::client(&config.redis_url, Duration::from_millis(200)).map(Some)
+    config.redis.client(Duration::from_millis(200)).map(Some).map_err(|e| BusError(e.to_string()))
 }
 
 /// Creates the indexes, retrying while MongoDB is unreachable.

@@ -30,6 +30,7 @@ use std::time::Duration;
 use bson::oid::ObjectId;
 use fred::prelude::*;
 
+use crate::backend::redis::RedisConfig;
 use crate::error::{Error, Result};
 use crate::keyspace::Keyspace;
 use crate::store::Store;
@@ -110,10 +111,10 @@ impl Source {
 }
 
 impl Seqs {
-    /// Counters named in `keys`, in the Redis at `redis_url` (connected in
-    /// the background, like the bus).
-    pub fn connect(redis_url: &str, keys: Keyspace, store: Arc<dyn Store>) -> Result<Seqs> {
-        let redis = crate::bus::redis::client(redis_url, REDIS_TIMEOUT).map_err(|e| Error::Internal(e.0))?;
+    /// Counters named in `keys`, in `redis` (connected in the background,
+    /// like the bus).
+    pub fn connect(redis: &RedisConfig, keys: Keyspace, store: Arc<dyn Store>) -> Result<Seqs> {
+        let redis = redis.client(REDIS_TIMEOUT).map_err(|e| Error::Internal(e.to_string()))?;
         Ok(Seqs { redis, store, keys })
     }
 

@@ -5,6 +5,8 @@
 
 mod common;
 
+use confab::backend::redis::RedisConfig;
+
 use common::{Node, User};
 use serde_json::{json, Value};
 
@@ -115,7 +117,7 @@ async fn every_kind_of_change_on_one_node_is_seen_at_once_on_another() {
 async fn redis_trouble_falls_back_to_mongodb_and_never_serves_stale_entries() {
     let mut redis = common::OwnRedis::start();
     let mut cfg = common::config(&common::unique_db());
-    cfg.redis_url = redis.url();
+    cfg.redis = RedisConfig::new(redis.url());
     let n = Node::start(cfg).await;
     let alice = n.register("alice").await;
     let room = n.create_room(&alice, "general", "public").await;

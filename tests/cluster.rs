@@ -4,6 +4,8 @@
 
 mod common;
 
+use confab::backend::redis::RedisConfig;
+
 use std::time::Duration;
 
 use common::{Client, Cluster, Node};
@@ -169,7 +171,7 @@ async fn nodes_on(redis: &common::OwnRedis, n: usize) -> (String, Vec<Node>) {
     let mut nodes = Vec::new();
     for _ in 0..n {
         let mut cfg = common::config(&db);
-        cfg.redis_url = redis.url();
+        cfg.redis = RedisConfig::new(redis.url());
         nodes.push(Node::start(cfg).await);
     }
     (db, nodes)
@@ -305,7 +307,7 @@ async fn seqs_never_repeat_when_redis_loses_its_counters_or_falls_behind() {
     for i in 6..=30 {
         assert_eq!(on_a.say(&room, &format!("m{i}")).await["seq"], i);
     }
-    let client = confab::jobs::redis_client(&redis.url()).await.unwrap();
+    let client = confab::jobs::redis_client(&RedisConfig::new(redis.url())).await.unwrap();
     let key = confab::keyspace::Keyspace::new(&db).room_seq(bson::oid::ObjectId::parse_str(&room).unwrap());
     let _: () = client.set(&key, 1, None, None, false).await.unwrap();
     assert_eq!(on_a.say(&room, "behind").await["seq"], 31);
@@ -392,7 +394,7 @@ async fn the_first_messages_after_a_node_subscribes_keep_their_order() {
     }
     let mut on_b = b.connect(&bob).await;
     on_b.join(&room).await; // node b subscribes; the counter stands at 3
-    let redis = confab::jobs::redis_client(&common::redis_url()).await.unwrap();
+    let redis = confab::jobs::redis_client(&RedisConfig::new(common::redis_url())).await.unwrap();
     publish_seq(&redis, &c.db, &room, 5).await;
     publish_seq(&redis, &c.db, &room, 4).await;
     assert_eq!(seqs(&mut on_b, 2).await, [4, 5]);
@@ -496,7 +498,7 @@ async fn a_message_missing_from_the_live_stream_is_filled_from_history_in_order(
     let c = Cluster::start(2).await;
     let isolated = common::OwnRedis::start();
     let mut cfg = common::config(&c.db);
-    cfg.redis_url = isolated.url();
+    cfg.redis = RedisConfig::new(isolated.url());
     let island = Node::start(cfg).await;
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     let alice = a.register("alice").await;

@@ -278,7 +278,12 @@ async fn the_seq_counter_refuses_a_remembered_sender_whose_membership_ended() {
     let mut redis = common::OwnRedis::start();
     let db = common::unique_db();
     let store = confab::store::mongo::MongoStore::connect(&common::mongo_url(), &db).await.unwrap();
-    let seqs = Seqs::connect(&redis.url(), confab::keyspace::Keyspace::new(&db), std::sync::Arc::new(store)).unwrap();
+    let seqs = Seqs::connect(
+        &confab::backend::redis::RedisConfig::new(redis.url()),
+        confab::keyspace::Keyspace::new(&db),
+        std::sync::Arc::new(store),
+    )
+    .unwrap();
     let (room, bob, carol) = (bson::oid::ObjectId::new(), bson::oid::ObjectId::new(), bson::oid::ObjectId::new());
     for _ in 0..50 {
         seqs.started(room).await;

@@ -2,10 +2,13 @@
 //! message on a node, the notification stored in their history and handed to
 //! the external queue, and a worker delivering it to a webhook, signed.
 //!
-//! Node and worker share a Redis of this test's own: the external queue has
+//! Nodes and worker share a Redis of this test's own: the external queue has
 //! one name per deployment, and other tests' queues must not mix with it.
+//! The same way runs once more over a Redis that speaks only TLS.
 
 mod common;
+
+use confab::backend::redis::RedisConfig;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,15 +58,36 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_offline_member_gets_the_notification_in_history_and_from_the_worker_sink() {
     let redis = OwnRedis::start();
+    the_whole_way(RedisConfig::new(redis.url())).await;
+}
+
+/// The same over a Redis that speaks only TLS, with a certificate of a
+/// private CA: nodes publish and subscribe, hand out seqs and queue
+/// notifications over `rediss://`, and the worker's queues run on it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_and_workers_run_on_a_tls_redis_with_a_private_ca() {
+    let redis = common::TlsRedis::start();
+    let trusted = RedisConfig { url: redis.url(), ca_file: Some(redis.ca_file()) };
+    // Without the CA the server's certificate is refused.
+    let untrusted = RedisConfig::new(redis.url());
+    let refused = tokio::time::timeout(Duration::from_secs(5), untrusted.connected(Duration::from_secs(2))).await;
+    assert!(!matches!(refused, Ok(Ok(_))), "a certificate of an unknown CA was accepted");
+    the_whole_way(trusted).await;
+}
+
+/// Two nodes and a worker on `redis`: a message crosses the nodes live, and
+/// a member with no connection is notified through the worker's webhook.
+async fn the_whole_way(redis: RedisConfig) {
     let db = common::unique_db();
     let mut config = common::config(&db);
-    config.redis_url = redis.url();
+    config.redis = redis.clone();
     let keys = config.keys.clone();
     assert_ne!(keys.prefix(), confab::keyspace::DEFAULT_PREFIX);
-    let node = Node::start(config).await;
+    let node = Node::start(config.clone()).await;
+    let other = Node::start(config).await;
     let (url, delivered) = receiver().await;
     let worker = RunningWorker::start(WorkerConfig {
-        redis_url: redis.url(),
+        redis,
         mongo_url: common::mongo_url(),
         mongo_db: db.clone(),
         worker_id: "external-delivery-test".into(),
@@ -85,13 +109,20 @@ async fn an_offline_member_gets_the_notification_in_history_and_from_the_worker_
 
     let alice = node.register("alice").await;
     let bob = node.register("bob").await;
+    let carol = other.register("carol").await;
     let room = node.create_room(&alice, "team", "private").await;
-    let (s, body) = node
-        .call("POST", &format!("/rooms/{room}/members"), Some(&alice.token), Some(json!({"user_id": bob.id})))
-        .await;
-    assert_eq!(s, 201, "{body}");
-    // Bob has no connection anywhere.
+    for user in [&bob, &carol] {
+        let (s, body) = node
+            .call("POST", &format!("/rooms/{room}/members"), Some(&alice.token), Some(json!({"user_id": user.id})))
+            .await;
+        assert_eq!(s, 201, "{body}");
+    }
+    // Carol listens on the other node; bob has no connection anywhere.
+    let mut carol_ws = other.connect(&carol).await;
+    carol_ws.join(&room).await;
     let sent = node.post_message(&alice, &room, "are you there, @bob?").await;
+    let live = carol_ws.recv_type("message").await;
+    assert_eq!((&live["data"]["id"], &live["data"]["seq"]), (&sent["id"], &json!(1)));
 
     let mut stored = None;
     for _ in 0..100 {
@@ -123,5 +154,6 @@ async fn an_offline_member_gets_the_notification_in_history_and_from_the_worker_
     assert_eq!(alices["notifications"], json!([]), "the sender is never notified");
 
     worker.shutdown().await;
+    other.shutdown().await;
     node.shutdown().await;
 }

@@ -8,6 +8,8 @@
 
 mod common;
 
+use confab::backend::redis::RedisConfig;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +39,7 @@ fn prefix() -> String {
 
 fn worker_config(db: &str, prefix: &str) -> WorkerConfig {
     WorkerConfig {
-        redis_url: common::redis_url(),
+        redis: RedisConfig::new(common::redis_url()),
         mongo_url: common::mongo_url(),
         mongo_db: db.to_string(),
         worker_id: format!("w-{:06x}", rand::random::<u32>() & 0xffffff),
@@ -59,7 +61,7 @@ async fn database(db: &str) -> Database {
 }
 
 async fn redis() -> Client {
-    confab::jobs::redis_client(&common::redis_url()).await.unwrap()
+    confab::jobs::redis_client(&RedisConfig::new(common::redis_url())).await.unwrap()
 }
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -598,7 +600,7 @@ async fn jobs_run_queues_a_run_that_status_then_shows() {
     worker.shutdown().await;
 
     // A run queued while no worker runs waits for one.
-    let queues = Queues::connect(&common::redis_url(), &keys, Duration::from_secs(1)).await.unwrap();
+    let queues = Queues::connect(&RedisConfig::new(common::redis_url()), &keys, Duration::from_secs(1)).await.unwrap();
     queues.push_run(Run::now(JobKind::Summaries)).await.unwrap();
     let (ready, scheduled) = status::queued(&redis, &keys, "runs").await.unwrap();
     assert_eq!(ready + scheduled, 1);

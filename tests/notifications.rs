@@ -5,6 +5,8 @@
 
 mod common;
 
+use confab::backend::redis::RedisConfig;
+
 use std::time::Duration;
 
 use common::{Client, Cluster, Node, User, WAIT};
@@ -368,7 +370,7 @@ async fn history_pages_newest_first_and_read_state_counts() {
 /// Whether node-side "watching" hint for (room, user) is in Redis.
 async fn watching_hint(db: &str, room: &str, user: &User) -> bool {
     use fred::prelude::*;
-    let client = confab::jobs::redis_client(&common::redis_url()).await.unwrap();
+    let client = confab::jobs::redis_client(&RedisConfig::new(common::redis_url())).await.unwrap();
     let lapse: Option<f64> = client
         .zscore(
             confab::keyspace::Keyspace::new(db).watching(bson::oid::ObjectId::parse_str(room).unwrap()),

@@ -5,6 +5,8 @@
 
 mod common;
 
+use confab::backend::redis::RedisConfig;
+
 use std::time::{Duration, Instant};
 
 use common::{Client, Cluster, Node, User};
@@ -363,7 +365,7 @@ async fn typing_reaches_the_room_on_every_node_but_not_the_typer_at_most_once_pe
 async fn connects_and_disconnects_during_a_redis_outage_are_repaired_when_it_returns() {
     let mut redis = common::OwnRedis::durable();
     let mut config = common::config(&common::unique_db());
-    config.redis_url = redis.url();
+    config.redis = RedisConfig::new(redis.url());
     let n = Node::start(config).await;
     let alice = n.register("alice").await;
     let bob = n.register("bob").await;

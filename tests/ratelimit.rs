@@ -7,6 +7,8 @@
 
 mod common;
 
+use confab::backend::redis::RedisConfig;
+
 use std::time::{Duration, Instant};
 
 use common::{Ended, Node, User};
@@ -184,7 +186,7 @@ async fn limits_fail_open_when_redis_is_unreachable() {
     let mut redis = common::OwnRedis::start();
     let db = common::unique_db();
     let limits = RateLimits { rest_per_minute: 2, login_max_failures: 1, ..common::config(&db).rate_limits };
-    let n = Node::start(Config { redis_url: redis.url(), ..with_limits(&db, limits) }).await;
+    let n = Node::start(Config { redis: RedisConfig::new(redis.url()), ..with_limits(&db, limits) }).await;
     let alice = n.register(&name("alice")).await;
     let rest_before = n.metric("confab_ratelimit_fail_open_total{scope=\"rest\"}").await;
     let login_before = n.metric("confab_ratelimit_fail_open_total{scope=\"login\"}").await;

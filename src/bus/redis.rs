@@ -20,6 +20,7 @@ use fred::types::Message as RedisMessage;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{wire, Bus, BusError, Event, Inbox, Topic};
+use crate::backend::redis::RedisConfig;
 use crate::keyspace::{Channel, Keyspace};
 
 pub struct RedisBus {
@@ -47,49 +48,17 @@ fn bus_err(e: fred::error::Error) -> BusError {
     BusError(e.to_string())
 }
 
-/// Builds a fred client config that reconnects forever and bounds how long a
-/// command may wait, so a Redis outage fails calls instead of hanging them.
-pub fn builder(url: &str, broadcast_capacity: usize) -> Result<Builder, BusError> {
-    let mut config = Config::from_url(url).map_err(bus_err)?;
-    // Keep retrying even when Redis is down at start (fred's default gives up).
-    config.fail_fast = false;
-    let mut builder = Builder::from_config(config);
-    builder
-        .with_performance_config(|p| {
-            p.broadcast_channel_capacity = broadcast_capacity;
-            p.default_command_timeout = Duration::from_secs(3);
-        })
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(3);
-            c.internal_command_timeout = Duration::from_secs(3);
-            c.tcp.nodelay = Some(true);
-        })
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2));
-    Ok(builder)
-}
-
-/// A plain client whose commands give up after `command_timeout`, for a
-/// part of the node that must fall back quickly when Redis is slow or away.
-/// It connects in the background and keeps reconnecting.
-pub fn client(url: &str, command_timeout: Duration) -> Result<Client, BusError> {
-    let mut builder = builder(url, 16)?;
-    builder.with_performance_config(|p| p.default_command_timeout = command_timeout);
-    let client = builder.build().map_err(bus_err)?;
-    client.connect();
-    Ok(client)
-}
-
 impl RedisBus {
     /// Starts both connections and the reader task that feeds `inbox`. A
     /// Redis that is down at start is not fatal: fred keeps reconnecting and
     /// `/readyz` reports the node not ready meanwhile.
     pub async fn connect(
-        url: &str,
+        redis: &RedisConfig,
         keys: Keyspace,
         broadcast_capacity: usize,
         inbox: Arc<dyn Inbox>,
     ) -> Result<Arc<Self>, BusError> {
-        let b = builder(url, broadcast_capacity)?;
+        let b = redis.builder(broadcast_capacity).map_err(|e| BusError(e.to_string()))?;
         let publisher = b.build().map_err(bus_err)?;
         let subscriber = b.build_subscriber_client().map_err(bus_err)?;
         publisher.connect();

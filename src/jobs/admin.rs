@@ -25,15 +25,15 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn execute(config: &JobsConfig, command: Command) -> Result<String, JobError> {
     tokio::time::timeout(TIMEOUT, execute_inner(config, command))
         .await
-        .unwrap_or_else(|_| Err(JobError(format!("no answer from Redis at {} in time", config.redis_url))))
+        .unwrap_or_else(|_| Err(JobError(format!("no answer from Redis at {} in time", config.redis.url))))
 }
 
 async fn execute_inner(config: &JobsConfig, command: Command) -> Result<String, JobError> {
     let keys = config.keys.clone();
-    let redis = super::redis_client(&config.redis_url).await?;
+    let redis = super::redis_client(&config.redis).await?;
     let out = match command {
         Command::Run(job) => {
-            let queues = Queues::connect(&config.redis_url, &keys, Duration::from_secs(5)).await?;
+            let queues = Queues::connect(&config.redis, &keys, Duration::from_secs(5)).await?;
             queues.push_run(Run::now(job)).await?;
             format!("queued a run of {job}\n")
         }
@@ -50,7 +50,7 @@ async fn execute_inner(config: &JobsConfig, command: Command) -> Result<String, 
             out
         }
         Command::RetryDead(only) => {
-            let queues = Queues::connect(&config.redis_url, &keys, Duration::from_secs(5)).await?;
+            let queues = Queues::connect(&config.redis, &keys, Duration::from_secs(5)).await?;
             let n = delivery::retry_dead(&redis, &queues, &keys, only.as_deref()).await?;
             if n == 0 && only.is_some() {
                 return Err(JobError(format!("no dead delivery with id {}", only.unwrap_or_default())));

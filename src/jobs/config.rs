@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::delivery::RetryPolicy;
 use super::sink::SinkConfig;
-use crate::config::{invalid, key_prefix, missing, ConfigError};
+use crate::backend::redis::RedisConfig;
+use crate::config::{invalid, key_prefix, missing, redis, ConfigError};
 use crate::keyspace::Keyspace;
 
 #[derive(Debug, Clone, Default, Args)]
@@ -20,9 +21,13 @@ pub struct WorkerArgs {
     /// TOML file with any of the settings below (keys are the flag names with `_`).
     #[arg(long, env = "CONFAB_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Redis URL (job queues, schedule locks, status).
+    /// Redis URL (job queues, schedule locks, status); rediss:// for TLS.
     #[arg(long, env = "CONFAB_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// PEM file of CA certificates a rediss:// server's certificate may be
+    /// signed by, besides the system's roots.
+    #[arg(long, env = "CONFAB_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// MongoDB URL.
     #[arg(long, env = "CONFAB_MONGO_URL")]
     pub mongo_url: Option<String>,
@@ -84,6 +89,7 @@ pub struct WorkerArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     redis_url: Option<String>,
+    redis_ca_file: Option<PathBuf>,
     mongo_url: Option<String>,
     mongo_db: Option<String>,
     worker_id: Option<String>,
@@ -107,7 +113,7 @@ struct FileConfig {
 /// A validated worker configuration.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub redis_url: String,
+    pub redis: RedisConfig,
     pub mongo_url: String,
     pub mongo_db: String,
     pub worker_id: String,
@@ -133,14 +139,6 @@ fn read_file<T: for<'de> Deserialize<'de> + Default>(path: &Option<PathBuf>) -> 
         .map_err(|e| invalid("config", "CONFAB_CONFIG", format!("{}: {e}", path.display())))?;
     toml::from_str::<T>(&text)
         .map_err(|e| invalid("config", "CONFAB_CONFIG", format!("{}: {}", path.display(), e.message())))
-}
-
-fn redis_url(value: Option<String>) -> Result<String, ConfigError> {
-    let url = value.ok_or_else(|| missing("redis-url", "CONFAB_REDIS_URL"))?;
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        return Err(invalid("redis-url", "CONFAB_REDIS_URL", "must start with redis:// or rediss://"));
-    }
-    Ok(url)
 }
 
 /// Parses a cron expression as the scheduler will, for a one-line error now
@@ -172,7 +170,7 @@ fn range<T: PartialOrd + std::fmt::Display + Copy>(
 impl WorkerArgs {
     pub fn resolve(self) -> Result<WorkerConfig, ConfigError> {
         let file: FileConfig = read_file(&self.config)?;
-        let redis_url = redis_url(self.redis_url.or(file.redis_url))?;
+        let redis = redis(self.redis_url.or(file.redis_url), self.redis_ca_file.or(file.redis_ca_file))?;
         let mongo_url = self.mongo_url.or(file.mongo_url).ok_or_else(|| missing("mongo-url", "CONFAB_MONGO_URL"))?;
         if !(mongo_url.starts_with("mongodb://") || mongo_url.starts_with("mongodb+srv://")) {
             return Err(invalid("mongo-url", "CONFAB_MONGO_URL", "must start with mongodb:// or mongodb+srv://"));
@@ -238,7 +236,7 @@ impl WorkerArgs {
         let heartbeat = self.heartbeat_secs.or(file.heartbeat_secs).unwrap_or(5);
         let heartbeat = range("heartbeat-secs", "CONFAB_HEARTBEAT_SECS", heartbeat, 1, 300)?;
         Ok(WorkerConfig {
-            redis_url,
+            redis,
             mongo_url,
             mongo_db,
             worker_id,
@@ -259,12 +257,15 @@ impl WorkerArgs {
 /// `confab jobs …` settings: only what reaching the queues takes.
 #[derive(Debug, Clone, Default, Args)]
 pub struct JobsArgs {
-    /// The worker's TOML file; only `redis_url` and `key_prefix` are read.
+    /// The worker's TOML file; only `redis_url`, `redis_ca_file` and `key_prefix` are read.
     #[arg(long, env = "CONFAB_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Redis URL.
     #[arg(long, env = "CONFAB_REDIS_URL", global = true)]
     pub redis_url: Option<String>,
+    /// PEM file of CA certificates for a rediss:// server.
+    #[arg(long, env = "CONFAB_REDIS_CA_FILE", global = true)]
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key the jobs use.
     #[arg(long, env = "CONFAB_KEY_PREFIX", global = true)]
     pub key_prefix: Option<String>,
@@ -273,13 +274,14 @@ pub struct JobsArgs {
 #[derive(Debug, Default, Deserialize)]
 struct JobsFile {
     redis_url: Option<String>,
+    redis_ca_file: Option<PathBuf>,
     key_prefix: Option<String>,
 }
 
 /// Validated `confab jobs` settings.
 #[derive(Debug, Clone)]
 pub struct JobsConfig {
-    pub redis_url: String,
+    pub redis: RedisConfig,
     pub keys: Keyspace,
 }
 
@@ -287,7 +289,7 @@ impl JobsArgs {
     pub fn resolve(self) -> Result<JobsConfig, ConfigError> {
         let file: JobsFile = read_file(&self.config)?;
         Ok(JobsConfig {
-            redis_url: redis_url(self.redis_url.or(file.redis_url))?,
+            redis: redis(self.redis_url.or(file.redis_url), self.redis_ca_file.or(file.redis_ca_file))?,
             keys: key_prefix(self.key_prefix.or(file.key_prefix))?,
         })
     }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::queue::Queues;
 use super::runner::Shared;
 use super::JobError;
+use crate::backend::redis::RedisConfig;
 use crate::keyspace::Keyspace;
 
 /// Longest a `BLMOVE` waits before looking at `stop` again, in seconds.
@@ -26,9 +27,9 @@ const BLOCK_SECS: f64 = 1.0;
 
 /// Moves ids until `stop`. Blocking commands hold their connection, so the
 /// intake has a Redis client of its own.
-pub async fn run(shared: Arc<Shared>, redis_url: String, stop: CancellationToken) {
+pub async fn run(shared: Arc<Shared>, redis: RedisConfig, stop: CancellationToken) {
     let timeout = Duration::from_secs_f64(BLOCK_SECS) + Duration::from_secs(5);
-    let redis = match super::redis_client_with_timeout(&redis_url, timeout).await {
+    let redis = match redis.connected(timeout).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "the notification intake cannot reach Redis; it is not running");

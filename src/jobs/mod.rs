@@ -34,6 +34,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use delivery::enqueue_delivery;
+
+use crate::backend::redis::RedisConfig;
 pub use queue::Queues;
 
 /// The scheduled jobs. (Deliveries are not scheduled: they are queued per
@@ -105,19 +107,6 @@ pub async fn database(url: &str, name: &str) -> Result<mongodb::Database, JobErr
 }
 
 /// A fred client for the worker's own keys (status, locks, dead letters).
-pub async fn redis_client(url: &str) -> Result<fred::clients::Client, JobError> {
-    redis_client_with_timeout(url, std::time::Duration::from_secs(3)).await
-}
-
-/// A fred client whose commands may take up to `timeout` (blocking ones wait).
-pub async fn redis_client_with_timeout(
-    url: &str,
-    timeout: std::time::Duration,
-) -> Result<fred::clients::Client, JobError> {
-    use fred::interfaces::ClientLike;
-    let mut builder = crate::bus::redis::builder(url, 64).map_err(|e| JobError(e.to_string()))?;
-    builder.with_performance_config(|p| p.default_command_timeout = timeout);
-    let client = builder.build().map_err(|e| JobError(e.to_string()))?;
-    client.init().await?;
-    Ok(client)
+pub async fn redis_client(redis: &RedisConfig) -> Result<fred::clients::Client, JobError> {
+    redis.connected(std::time::Duration::from_secs(3)).await.map_err(|e| JobError(e.to_string()))
 }

@@ -15,6 +15,7 @@ use apalis_redis::{ConnectionManager, RedisStorage};
 use super::delivery::Delivery;
 use super::runner::Run;
 use super::JobError;
+use crate::backend::redis::RedisConfig;
 use crate::keyspace::Keyspace;
 
 pub type Storage<T> = RedisStorage<T, ConnectionManager>;
@@ -51,8 +52,8 @@ pub const RUNS_QUEUE: &str = "runs";
 
 impl Queues {
     /// Connects to Redis (one multiplexed connection that reconnects by itself).
-    pub async fn connect(redis_url: &str, keys: &Keyspace, heartbeat: Duration) -> Result<Queues, JobError> {
-        let conn = apalis_redis::connect(redis_url).await.map_err(|e| JobError(format!("redis: {e}")))?;
+    pub async fn connect(redis: &RedisConfig, keys: &Keyspace, heartbeat: Duration) -> Result<Queues, JobError> {
+        let conn = redis.queue_connection().await.map_err(|e| JobError(e.to_string()))?;
         Ok(Queues {
             delivery: RedisStorage::new(conn.clone()).with_config(config(keys, DELIVERY_QUEUE, heartbeat)),
             runs: RedisStorage::new(conn).with_config(config(keys, RUNS_QUEUE, heartbeat)),

@@ -57,12 +57,12 @@ impl Shared {
     /// Connects to MongoDB and Redis for `config`.
     pub async fn connect(config: &WorkerConfig) -> Result<Shared, JobError> {
         let keys = config.keys.clone();
-        let redis = super::redis_client(&config.redis_url).await?;
+        let redis = super::redis_client(&config.redis).await?;
         Ok(Shared {
             db: super::database(&config.mongo_url, &config.mongo_db).await?,
             cache: Cache::new(Some(redis.clone()), keys.clone(), Duration::from_secs(1)),
             redis,
-            queues: Queues::connect(&config.redis_url, &keys, config.heartbeat).await?,
+            queues: Queues::connect(&config.redis, &keys, config.heartbeat).await?,
             keys,
             sink: sink::build(&config.sink)?,
             retry: config.retry,
@@ -169,7 +169,7 @@ impl RunningWorker {
         let mut tasks = vec![
             tokio::spawn(delivery_worker(shared.clone(), config.concurrency, stop.clone())),
             tokio::spawn(runs_worker(shared.clone(), stop.clone())),
-            tokio::spawn(intake::run(shared.clone(), config.redis_url.clone(), stop.clone())),
+            tokio::spawn(intake::run(shared.clone(), config.redis.clone(), stop.clone())),
             tokio::spawn(housekeeping(shared.clone(), stop.clone())),
         ];
         for (job, expr) in [(JobKind::Archive, &config.archive_cron), (JobKind::Summaries, &config.summary_cron)] {

@@ -245,7 +245,7 @@ pub struct Jobs(mpsc::Receiver<MessageJob>);
 impl Notifier {
     /// Starts the notifier's Redis connection (without waiting for it).
     pub fn connect(config: &Config) -> std::result::Result<(Notifier, Jobs), String> {
-        let mut builder = crate::bus::redis::builder(&config.redis_url, 16).map_err(|e| e.to_string())?;
+        let mut builder = config.redis.builder(16).map_err(|e| e.to_string())?;
         builder.with_performance_config(|p| p.default_command_timeout = Duration::from_secs(1));
         let redis = builder.build().map_err(|e| e.to_string())?;
         let subscriber = builder.build_subscriber_client().map_err(|e| e.to_string())?;

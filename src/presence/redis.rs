@@ -22,6 +22,7 @@ use bson::oid::ObjectId;
 use fred::prelude::*;
 
 use super::{Connection, State, Status, Tracker, TrackerError};
+use crate::backend::redis::RedisConfig;
 use crate::gateway::ConnId;
 use crate::keyspace::Keyspace;
 
@@ -123,8 +124,8 @@ fn err(e: fred::error::Error) -> TrackerError {
 /// connections so that sweeps never queue behind fan-out traffic. Not
 /// awaited: without Redis the node starts anyway, and presence repairs
 /// itself once Redis answers.
-pub fn client(url: &str) -> Result<Client, TrackerError> {
-    let client = crate::bus::redis::builder(url, 64).map_err(|e| TrackerError(e.0))?.build().map_err(err)?;
+pub fn client(redis: &RedisConfig) -> Result<Client, TrackerError> {
+    let client = redis.builder(64).map_err(|e| TrackerError(e.to_string()))?.build().map_err(err)?;
     client.connect();
     Ok(client)
 }

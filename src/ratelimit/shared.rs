@@ -17,6 +17,7 @@ use bson::oid::ObjectId;
 use fred::prelude::*;
 use tokio::sync::OnceCell;
 
+use crate::backend::redis::RedisConfig;
 use crate::config::RateLimits;
 use crate::error::Error;
 use crate::keyspace::Keyspace;
@@ -86,8 +87,8 @@ pub struct SharedLimiter {
 impl SharedLimiter {
     /// Starts the limiter's connection. An unreachable Redis is not an error:
     /// the client keeps reconnecting, and checks fail open meanwhile.
-    pub async fn connect(url: &str, limits: RateLimits, keys: Keyspace) -> Result<SharedLimiter, String> {
-        let mut builder = crate::bus::redis::builder(url, 16).map_err(|e| e.to_string())?;
+    pub async fn connect(redis: &RedisConfig, limits: RateLimits, keys: Keyspace) -> Result<SharedLimiter, String> {
+        let mut builder = redis.builder(16).map_err(|e| e.to_string())?;
         // Per-command options (`with_options`) do not reach fred's Lua
         // commands, so the timeout is the whole client's: it is ours alone.
         builder

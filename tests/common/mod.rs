@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use confab::backend::redis::RedisConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ pub fn unique_db() -> String {
 pub fn config(db: &str) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        redis_url: redis_url(),
+        redis: RedisConfig::new(redis_url()),
         mongo_url: mongo_url(),
         mongo_db: db.to_string(),
         // Each test's Redis names apart from every other test's.
@@ -455,6 +456,94 @@ impl Drop for OwnRedis {
     }
 }
 
+/// A redis-server of a test's own that speaks only TLS, with a certificate
+/// for 127.0.0.1 signed by a CA made for it (openssl).
+pub struct TlsRedis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl TlsRedis {
+    pub fn start() -> TlsRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl is installed");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=confab test CA"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[&["req"], &ec[..], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat(),
+        );
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--tls-auth-clients", "no"])
+            .args(["--tls-cert-file", "server.pem", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.pem"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsRedis { port, dir, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA that signed the server's certificate.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Asserts an error response: its status, its code, and a message.
 pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "{body}");
@@ -466,7 +555,7 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str
 /// for the nodes of database `db` (whose key prefix is the database name).
 pub async fn external_queue(db: &str) -> Vec<String> {
     use fred::prelude::*;
-    let client = confab::jobs::redis_client(&redis_url()).await.unwrap();
+    let client = confab::jobs::redis_client(&RedisConfig::new(redis_url())).await.unwrap();
     let keys = confab::keyspace::Keyspace::new(db);
     let ids: Vec<String> = client.lrange(keys.external_notifications(), 0, -1).await.unwrap();
     let _ = client.quit().await;
