@@ -606,6 +606,23 @@ async fn jobs_run_queues_a_run_that_status_then_shows() {
     assert_eq!(ready + scheduled, 1);
 }
 
+/// The intake's wait on an empty list ends with nothing, not with an error:
+/// an idle worker has nothing to log. An id pushed meanwhile is taken and
+/// parked on the moving list until it is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intake_waits_on_an_empty_list_without_failing() {
+    let keys = Keyspace::new(&prefix());
+    let redis = redis().await;
+    let waited = std::time::Instant::now();
+    assert_eq!(confab::jobs::intake::take(&redis, &keys).await.unwrap(), None);
+    assert!(waited.elapsed() >= Duration::from_millis(900), "it blocked for its second");
+    let id = ObjectId::new().to_hex();
+    let _: i64 = redis.lpush(keys.external_notifications(), id.as_str()).await.unwrap();
+    assert_eq!(confab::jobs::intake::take(&redis, &keys).await.unwrap(), Some(id.clone()));
+    let moving: Vec<String> = redis.lrange(keys.external_notifications_moving(), 0, -1).await.unwrap();
+    assert_eq!(moving, [id]);
+}
+
 /// A worker on a thread and runtime of its own, as a separate process would
 /// be, that can be killed: its runtime is dropped mid-flight, nothing shut
 /// down cleanly.

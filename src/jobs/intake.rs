@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bson::oid::ObjectId;
 use fred::prelude::*;
-use fred::types::lists::LMoveDirection;
+use fred::types::{ClusterHash, CustomCommand};
 use tokio_util::sync::CancellationToken;
 
 use super::queue::Queues;
@@ -38,9 +38,9 @@ pub async fn run(shared: Arc<Shared>, redis: RedisConfig, stop: CancellationToke
     };
     let keys = &shared.keys;
     while !stop.is_cancelled() {
-        let moved: Result<Option<String>, _> = tokio::select! {
+        let moved = tokio::select! {
             _ = stop.cancelled() => break,
-            r = redis.blmove(keys.external_notifications(), keys.external_notifications_moving(), LMoveDirection::Right, LMoveDirection::Left, BLOCK_SECS) => r,
+            r = take(&redis, keys) => r,
         };
         match moved {
             Ok(Some(id)) => {
@@ -59,6 +59,24 @@ pub async fn run(shared: Arc<Shared>, redis: RedisConfig, stop: CancellationToke
         }
     }
     let _ = redis.quit().await;
+}
+
+/// Moves the oldest id from the external list onto the moving list, waiting
+/// up to [`BLOCK_SECS`] for one; `None` when none came.
+///
+/// Sent as a plain command: fred's `blmove` turns the empty answer of a
+/// block that ran out into a timeout error, which would make an idle
+/// worker log a failure every time around.
+pub async fn take(redis: &Client, keys: &Keyspace) -> Result<Option<String>, fred::error::Error> {
+    let command = CustomCommand::new_static("BLMOVE", ClusterHash::FirstKey, true);
+    let args: Vec<Value> = vec![
+        keys.external_notifications().into(),
+        keys.external_notifications_moving().into(),
+        "RIGHT".into(),
+        "LEFT".into(),
+        BLOCK_SECS.into(),
+    ];
+    redis.custom(command, args).await
 }
 
 /// Queues every id left on the moving list; returns how many.
