@@ -114,7 +114,11 @@ impl RunningNode {
             gateway,
             cache,
             seqs,
-            metrics: crate::metrics::handle(),
+            metrics: {
+                let handle = crate::metrics::handle();
+                crate::metrics::register_node();
+                handle
+            },
             limiter,
             indexes_ready: AtomicBool::new(false),
             presence,

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use common::{Node, OwnRedis};
 use confab::jobs::config::WorkerConfig;
-use confab::jobs::delivery::RetryPolicy;
 use confab::jobs::runner::RunningWorker;
 use confab::jobs::sink::SinkConfig;
 use serde_json::{json, Value};
@@ -86,23 +85,13 @@ async fn the_whole_way(redis: RedisConfig) {
     let node = Node::start(config.clone()).await;
     let other = Node::start(config).await;
     let (url, delivered) = receiver().await;
+    // The node's own prefix (not the default): node and worker meet on the
+    // keys it names.
     let worker = RunningWorker::start(WorkerConfig {
-        redis,
-        mongo_url: common::mongo_url(),
-        mongo_db: db.clone(),
         worker_id: "external-delivery-test".into(),
-        // The node's own prefix (not the default): node and worker meet on
-        // the keys it names.
-        keys: keys.clone(),
         sink: SinkConfig::Webhook { url, secret: SECRET.into(), timeout: Duration::from_secs(2) },
-        retry: RetryPolicy { max_attempts: 3, base: Duration::from_millis(100), cap: Duration::from_millis(500) },
-        archive_after_days: 30,
-        archive_batch: 500,
-        archive_cron: "0 0 0 1 1 * 2099".into(),
-        summary_cron: "0 0 0 1 1 * 2099".into(),
         concurrency: 2,
-        metrics_listen: None,
-        heartbeat: Duration::from_secs(1),
+        ..common::worker_config(&db, redis, keys.clone())
     })
     .await
     .unwrap();

@@ -18,7 +18,6 @@ use bson::oid::ObjectId;
 use bson::{doc, Document};
 use chrono::{DateTime, Utc};
 use confab::jobs::config::WorkerConfig;
-use confab::jobs::delivery::RetryPolicy;
 use confab::jobs::notification::Notification;
 use confab::jobs::runner::{Run, RunningWorker, Shared};
 use confab::jobs::sink::SinkConfig;
@@ -30,30 +29,12 @@ use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 use serde_json::json;
 
-/// A cron expression that never fires during a test.
-const NEVER: &str = "0 0 0 1 1 * 2099";
-
 fn prefix() -> String {
     format!("confab-test-{:08x}", rand::random::<u32>())
 }
 
 fn worker_config(db: &str, prefix: &str) -> WorkerConfig {
-    WorkerConfig {
-        redis: RedisConfig::new(common::redis_url()),
-        mongo_url: common::mongo_url(),
-        mongo_db: db.to_string(),
-        worker_id: format!("w-{:06x}", rand::random::<u32>() & 0xffffff),
-        keys: Keyspace::new(prefix),
-        sink: SinkConfig::Log,
-        retry: RetryPolicy { max_attempts: 3, base: Duration::from_millis(100), cap: Duration::from_millis(500) },
-        archive_after_days: 30,
-        archive_batch: 500,
-        archive_cron: NEVER.into(),
-        summary_cron: NEVER.into(),
-        concurrency: 4,
-        metrics_listen: None,
-        heartbeat: Duration::from_secs(1),
-    }
+    common::worker_config(db, RedisConfig::new(common::redis_url()), Keyspace::new(prefix))
 }
 
 async fn database(db: &str) -> Database {

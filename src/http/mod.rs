@@ -23,7 +23,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -47,33 +47,43 @@ impl IntoResponse for Error {
     }
 }
 
-pub fn router(app: Arc<App>) -> Router {
-    let mut router = Router::new()
-        .route("/register", post(accounts::register))
-        .route("/login", post(accounts::login))
-        .route("/rooms", get(rooms::list).post(rooms::create))
-        .route("/rooms/{id}/join", post(rooms::join))
-        .route("/rooms/{id}/members", get(rooms::list_members).post(rooms::add_member))
-        .route("/rooms/{id}/members/{user_id}", patch(rooms::set_role).delete(rooms::remove_member))
-        .route("/rooms/{id}/read", post(rooms::read))
-        .route("/messages", get(messages::history).post(messages::create))
-        .route("/messages/{id}/status", get(messages::status))
-        .route("/users/me", get(users::me).patch(users::update_me))
-        .route("/users/search", get(users::search))
-        .route("/users/{id}", get(users::profile))
-        .route("/contacts", get(contacts::list))
-        .route("/contacts/{user_id}", axum::routing::put(contacts::add).delete(contacts::remove))
-        .route("/presence", get(presence::lookup))
-        .route("/ws", get(ws::chat))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/messages/search", get(messages::search))
-        .route("/messages/{id}", patch(messages::edit).delete(messages::delete));
+/// Every route: its path template and its handlers.
+fn routes(app: &App) -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
+    let mut routes = vec![
+        ("/register", post(accounts::register)),
+        ("/login", post(accounts::login)),
+        ("/rooms", get(rooms::list).post(rooms::create)),
+        ("/rooms/{id}/join", post(rooms::join)),
+        ("/rooms/{id}/members", get(rooms::list_members).post(rooms::add_member)),
+        ("/rooms/{id}/members/{user_id}", patch(rooms::set_role).delete(rooms::remove_member)),
+        ("/rooms/{id}/read", post(rooms::read)),
+        ("/messages", get(messages::history).post(messages::create)),
+        ("/messages/{id}/status", get(messages::status)),
+        ("/users/me", get(users::me).patch(users::update_me)),
+        ("/users/search", get(users::search)),
+        ("/users/{id}", get(users::profile)),
+        ("/contacts", get(contacts::list)),
+        ("/contacts/{user_id}", axum::routing::put(contacts::add).delete(contacts::remove)),
+        ("/presence", get(presence::lookup)),
+        ("/ws", get(ws::chat)),
+        ("/healthz", get(health::healthz)),
+        ("/readyz", get(health::readyz)),
+        ("/metrics", get(health::metrics)),
+        ("/messages/search", get(messages::search)),
+        ("/messages/{id}", patch(messages::edit).delete(messages::delete)),
+    ];
     if app.config.echo_endpoint {
-        router = router.route("/ws/echo", get(ws::echo));
+        routes.push(("/ws/echo", get(ws::echo)));
     }
-    router = router.merge(notifications::routes()).merge(server_api::routes());
+    routes.extend(notifications::routes());
+    routes.extend(server_api::routes());
+    routes
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let routes = routes(&app);
+    crate::metrics::register_routes(routes.iter().map(|(path, _)| *path));
+    let router = routes.into_iter().fold(Router::new(), |router, (path, handlers)| router.route(path, handlers));
     router
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {

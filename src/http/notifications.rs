@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::routing::{get, post, put, MethodRouter};
+use axum::Json;
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer};
@@ -20,13 +20,14 @@ use crate::notifications::{self, DEFAULT_PAGE, MAX_PAGE};
 use crate::store::PreferencesChange;
 use crate::validate;
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/notifications", get(history))
-        .route("/notifications/read", post(read))
-        .route("/notifications/unread_count", get(unread_count))
-        .route("/notifications/preferences", get(get_preferences).put(put_preferences))
-        .route("/rooms/{id}/notifications", put(mute_room))
+pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
+    vec![
+        ("/notifications", get(history)),
+        ("/notifications/read", post(read)),
+        ("/notifications/unread_count", get(unread_count)),
+        ("/notifications/preferences", get(get_preferences).put(put_preferences)),
+        ("/rooms/{id}/notifications", put(mute_room)),
+    ]
 }
 
 #[derive(Deserialize)]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{get, post, MethodRouter};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -29,13 +29,14 @@ use crate::{notifications, validate};
 /// Largest server API request body.
 const BODY_LIMIT: usize = 1 << 20;
 
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/api/notify", post(notify))
-        .route("/api/broadcast", post(broadcast))
-        .route("/api/notifications/{user_id}", get(history))
-        .route("/api/publish", post(publish))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
+    let limit = || DefaultBodyLimit::max(BODY_LIMIT);
+    vec![
+        ("/api/notify", post(notify).layer(limit())),
+        ("/api/broadcast", post(broadcast).layer(limit())),
+        ("/api/notifications/{user_id}", get(history).layer(limit())),
+        ("/api/publish", post(publish).layer(limit())),
+    ]
 }
 
 #[derive(Deserialize)]

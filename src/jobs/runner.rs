@@ -179,6 +179,7 @@ impl RunningWorker {
             tasks.push(tokio::spawn(serve_metrics(listener, stop.clone())));
         }
         crate::metrics::handle();
+        crate::metrics::register_worker(&[JobKind::Archive.as_str(), JobKind::Summaries.as_str(), super::DELIVERY]);
         tracing::info!(worker = %config.worker_id, metrics = ?metrics_addr, "confab worker running");
         Ok(RunningWorker { shared, metrics_addr, stop, tasks })
     }

@@ -66,6 +66,39 @@ pub fn config(db: &str) -> Config {
     }
 }
 
+/// A worker's settings for database `db` on `redis`, with names from `keys`:
+/// log sink, quick retries and heartbeats, no scheduled run during a test,
+/// no metrics listener.
+pub fn worker_config(
+    db: &str,
+    redis: RedisConfig,
+    keys: confab::keyspace::Keyspace,
+) -> confab::jobs::config::WorkerConfig {
+    confab::jobs::config::WorkerConfig {
+        redis,
+        mongo_url: mongo_url(),
+        mongo_db: db.to_string(),
+        worker_id: format!("w-{:06x}", rand::random::<u32>() & 0xffffff),
+        keys,
+        sink: confab::jobs::sink::SinkConfig::Log,
+        retry: confab::jobs::delivery::RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(500),
+        },
+        archive_after_days: 30,
+        archive_batch: 500,
+        archive_cron: NEVER.into(),
+        summary_cron: NEVER.into(),
+        concurrency: 4,
+        metrics_listen: None,
+        heartbeat: Duration::from_secs(1),
+    }
+}
+
+/// A cron expression that never fires during a test.
+pub const NEVER: &str = "0 0 0 1 1 * 2099";
+
 /// A running node and an HTTP client for it. Each node runs on its own
 /// thread and runtime, as a separate process would, so test clients and
 /// nodes never compete for one scheduler; dropping the handle stops it.
