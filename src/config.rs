@@ -56,6 +56,12 @@ pub struct ServeArgs {
     /// Frames queued for one connection before it is cut off as a slow consumer.
     #[arg(long, env = "CONFAB_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
+    /// Seconds a connection may take to send a request's head once it began.
+    #[arg(long, env = "CONFAB_HEADER_TIMEOUT_SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a connection may wait for its first or next request (keep-alive).
+    #[arg(long, env = "CONFAB_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
     /// Seconds between server pings; two unanswered pings drop the connection.
     #[arg(long, env = "CONFAB_PING_INTERVAL_SECS")]
     pub ping_interval_secs: Option<u64>,
@@ -131,6 +137,8 @@ struct FileConfig {
     token_ttl_secs: Option<u64>,
     max_message_bytes: Option<usize>,
     outbound_queue: Option<usize>,
+    header_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
     api_rate_per_minute: Option<u32>,
     ping_interval_secs: Option<u64>,
     allowed_origins: Option<String>,
@@ -165,6 +173,10 @@ pub struct Config {
     pub token_ttl: Duration,
     pub max_message_bytes: usize,
     pub outbound_queue: usize,
+    /// How long a request's head may take once its first bytes arrived.
+    pub header_timeout: Duration,
+    /// How long an HTTP connection may wait for a request.
+    pub idle_timeout: Duration,
     pub ping_interval: Duration,
     pub allowed_origins: Vec<String>,
     pub pubsub_buffer: usize,
@@ -262,6 +274,14 @@ impl ServeArgs {
         let outbound_queue = self.outbound_queue.or(file.outbound_queue).unwrap_or(1024);
         if !(8..=1_000_000).contains(&outbound_queue) {
             return Err(invalid("outbound-queue", "CONFAB_OUTBOUND_QUEUE", "must be between 8 and 1000000"));
+        }
+        let header_timeout_secs = self.header_timeout_secs.or(file.header_timeout_secs).unwrap_or(10);
+        if !(1..=600).contains(&header_timeout_secs) {
+            return Err(invalid("header-timeout-secs", "CONFAB_HEADER_TIMEOUT_SECS", "must be between 1 and 600"));
+        }
+        let idle_timeout_secs = self.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(60);
+        if !(1..=3600).contains(&idle_timeout_secs) {
+            return Err(invalid("idle-timeout-secs", "CONFAB_IDLE_TIMEOUT_SECS", "must be between 1 and 3600"));
         }
         let ping_interval_secs = self.ping_interval_secs.or(file.ping_interval_secs).unwrap_or(25);
         if !(1..=3600).contains(&ping_interval_secs) {
@@ -377,6 +397,8 @@ impl ServeArgs {
             token_ttl: Duration::from_secs(token_ttl_secs),
             max_message_bytes,
             outbound_queue,
+            header_timeout: Duration::from_secs(header_timeout_secs),
+            idle_timeout: Duration::from_secs(idle_timeout_secs),
             ping_interval: Duration::from_secs(ping_interval_secs),
             allowed_origins,
             pubsub_buffer,

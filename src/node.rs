@@ -131,7 +131,9 @@ impl RunningNode {
 
         let stop = CancellationToken::new();
         let service = NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(app.clone()));
-        let task = tokio::spawn(accept_loop(listener, service, stop.clone()));
+        let timeouts =
+            crate::http::serve::Timeouts { header: app.config.header_timeout, idle: app.config.idle_timeout };
+        let task = tokio::spawn(crate::http::serve::accept_loop(listener, service, timeouts, stop.clone()));
         tracing::info!(node = %app.config.node_id, %addr, "confab node serving");
         Ok(RunningNode { addr, app, stop, task })
     }
@@ -143,53 +145,6 @@ impl RunningNode {
         self.app.gateway.close_all().await;
         crate::presence::shutdown(&self.app).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
-    }
-}
-
-type Service = tower_http::normalize_path::NormalizePath<axum::Router>;
-
-/// Accepts connections and serves HTTP/1.1 with upgrades on each, until
-/// `stop`; then each connection finishes its request in flight and closes
-/// (upgraded sockets are the gateway's to close).
-///
-/// Our own loop rather than `axum::serve`: it sets TCP_NODELAY (small
-/// WebSocket frames must not wait for Nagle's algorithm), and serving plain
-/// HTTP/1.1 leaves the upgraded stream a bare TCP stream that the gateway
-/// can split into owned halves.
-async fn accept_loop(listener: TcpListener, service: Service, stop: CancellationToken) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors, typically: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(service.clone());
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-            .with_upgrades();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    tokio::time::timeout(Duration::from_secs(5), conn).await.unwrap_or(Ok(()))
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "http connection ended with an error");
-            }
-        });
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{assert_error, Cluster, Node};
 use serde_json::{json, Value};
 
@@ -351,4 +353,61 @@ async fn a_node_restarts_against_its_existing_database() {
     let (s, b) = again.call("GET", "/rooms", Some(&alice.token), None).await;
     assert_eq!((s, b["rooms"].as_array().map(Vec::len)), (200, Some(0)));
     again.shutdown().await;
+}
+
+/// Reads from a raw connection until the node closes it; how long it took.
+async fn closed_within(tcp: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(start + limit), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A connection reached without the proxy in front cannot hold the node:
+/// one that sends nothing, or stays idle after a request, is closed after
+/// the idle timeout; one that trickles a request's head is closed after the
+/// header timeout, however often it sends a byte. Upgraded sockets are the
+/// gateway's and stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_idle_and_slow_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let mut cfg = common::config(&common::unique_db());
+    cfg.idle_timeout = Duration::from_secs(4);
+    cfg.header_timeout = Duration::from_secs(1);
+    let n = Node::start(cfg).await;
+
+    let mut silent = tokio::net::TcpStream::connect(n.addr).await.unwrap();
+    let took = closed_within(&mut silent, Duration::from_secs(10)).await.expect("a silent connection is closed");
+    assert!(took >= Duration::from_millis(3500), "not before the idle timeout: {took:?}");
+
+    let mut kept_alive = tokio::net::TcpStream::connect(n.addr).await.unwrap();
+    kept_alive.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let took = closed_within(&mut kept_alive, Duration::from_secs(10)).await.expect("an idle keep-alive is closed");
+    assert!(took >= Duration::from_millis(3500), "answered, then kept until the idle timeout: {took:?}");
+
+    // A byte every 100 ms: never idle, and the head would take 7 s.
+    let (mut from_node, mut to_node) = tokio::net::TcpStream::connect(n.addr).await.unwrap().into_split();
+    let sender = tokio::spawn(async move {
+        for byte in [b"GET /healthz HTTP/1.1\r\nX-Slow: ".as_slice(), &[b'a'; 50]].concat() {
+            if to_node.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let took = closed_within(&mut from_node, Duration::from_secs(10)).await.expect("a trickled head is cut off");
+    assert!(took < Duration::from_millis(2500), "cut off at the header timeout, not kept alive: {took:?}");
+    sender.abort();
+
+    let alice = n.register("alice").await;
+    let mut ws = n.connect(&alice).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(ws.request(json!({"type": "ping"})).await["type"], "pong", "an upgraded socket outlives both");
+    n.shutdown().await;
 }

@@ -20,13 +20,13 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 use tokio::time::{interval_at, timeout, Instant};
 
 use super::assembler::{Assembler, DataMessage};
 use super::frames::{FrameReader, ReadError};
 use super::line::{Flushed, Line, Op};
 use super::registry::Outbox;
+use crate::http::serve::Watched;
 
 /// What a connection does with whole messages.
 #[async_trait]
@@ -61,8 +61,8 @@ pub type ReadSide = Box<dyn AsyncRead + Unpin + Send>;
 /// always hands over one (TLS ends at the proxy in front).
 pub fn split(ws: WebSocket<TokioIo<Upgraded>>) -> Option<(ReadSide, OwnedWriteHalf)> {
     let upgraded = ws.into_inner().into_inner();
-    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
-    let (r, w) = parts.io.into_inner().into_split();
+    let parts = upgraded.downcast::<TokioIo<Watched>>().ok()?;
+    let (r, w) = parts.io.into_inner().into_inner().into_split();
     // Bytes read past the handshake come first. They are a slice of hyper's
     // 8 KiB read buffer: copy them out, so that buffer is freed now rather
     // than kept for the connection's whole life.

@@ -13,6 +13,7 @@ mod messages;
 mod notifications;
 mod presence;
 mod rooms;
+pub mod serve;
 mod server_api;
 mod users;
 mod ws;

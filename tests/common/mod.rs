@@ -46,6 +46,8 @@ pub fn config(db: &str) -> Config {
         token_ttl: Duration::from_secs(3600),
         max_message_bytes: 64 * 1024,
         outbound_queue: 1024,
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
         ping_interval: Duration::from_secs(25),
         allowed_origins: vec![],
         pubsub_buffer: 16_384,
