@@ -114,6 +114,7 @@ render_nginx_conf() {
   done
   state_esc=$(sed_escape "$STATE")
   sed -e "s|@USER_DIRECTIVE@|$(user_directive)|" \
+    -e "s|@CONF_DIR@|$(sed_escape "$CONFAB_ROOT/nginx")|g" \
     -e "s|@STATE_DIR@|$state_esc|g" \
     -e "s|@LISTEN_PORT@|$port|g" \
     -e "s|@UPSTREAM_SERVERS@|$servers|" \

@@ -17,6 +17,9 @@ pub enum Error {
     /// Well-formed input that breaks a rule; `field` names the culprit.
     #[error("{field}: {message}")]
     Invalid { field: Cow<'static, str>, message: String },
+    /// A request body over the size limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// A socket frame whose `type` this server does not know.
     #[error("unknown frame type `{0}`")]
     UnknownType(String),
@@ -47,6 +50,7 @@ impl Error {
         match self {
             Error::BadRequest(_) | Error::UnknownType(_) => StatusCode::BAD_REQUEST,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
@@ -62,6 +66,7 @@ impl Error {
             Error::BadRequest(_) => "bad_request",
             Error::UnknownType(_) => "unknown_type",
             Error::Invalid { .. } => "validation_failed",
+            Error::PayloadTooLarge(_) => "payload_too_large",
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",

@@ -10,6 +10,37 @@ use std::time::Duration;
 use common::Client;
 use serde_json::json;
 
+/// Asserts a refusal of nginx's own: its status, and the API's JSON error.
+async fn json_refusal(resp: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(resp.status().as_u16(), status);
+    let kind = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(kind.as_deref(), Some("application/json"));
+    let body: serde_json::Value = resp.json().await.expect("a JSON body");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
+
+/// What nginx refuses by itself, before any node sees it, comes back as the
+/// API's JSON errors; /metrics is not served through the front.
+async fn refusals_are_json(http: &reqwest::Client, base: &str) {
+    let resp = http.post(format!("{base}/register")).body("x".repeat(100_000)).send().await.unwrap();
+    json_refusal(resp, 413, "payload_too_large").await;
+    let resp = http.get(format!("{base}/{}", "a".repeat(10_000))).send().await.unwrap();
+    json_refusal(resp, 414, "uri_too_long").await;
+    let resp = http.get(format!("{base}/healthz")).header("X-Big", "b".repeat(10_000)).send().await.unwrap();
+    json_refusal(resp, 431, "headers_too_large").await;
+    let resp = http.get(format!("{base}/metrics")).send().await.unwrap();
+    json_refusal(resp, 404, "not_found").await;
+    // Not HTTP at all.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+    tcp.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    assert!(raw.contains("{\"error\":{\"code\":\"bad_request\""), "{raw}");
+}
+
 struct ClusterScript {
     dir: tempfile::TempDir,
 }
@@ -94,6 +125,27 @@ async fn two_nodes_behind_nginx_exchange_messages() {
     let status = cluster.run("status");
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     drop(clients);
+
+    refusals_are_json(&http, &base).await;
+
+    // The sockets above put their tokens in the URL; the log has none of them.
+    let log = std::fs::read_to_string(cluster.dir.path().join("nginx-access.log")).unwrap();
+    assert!(log.contains("/ws?token=REDACTED"), "{log}");
+    for token in [&alice.token, &bob.token] {
+        assert!(!log.contains(token.as_str()), "a token in the access log:\n{log}");
+    }
+
+    // With every node gone, the front still answers in the API's shape.
+    for pid in std::fs::read_dir(cluster.dir.path()).unwrap().flatten() {
+        let name = pid.file_name().to_string_lossy().to_string();
+        if name.starts_with("node-") && name.ends_with(".pid") {
+            let pid = std::fs::read_to_string(pid.path()).unwrap();
+            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = http.get(format!("{base}/healthz")).send().await.unwrap();
+    json_refusal(resp, 502, "unavailable").await;
     let down = cluster.run("down");
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
 }

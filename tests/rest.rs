@@ -78,6 +78,10 @@ async fn registration_conflicts_and_validation() {
     assert_eq!(resp.status(), 400);
     let b: Value = resp.json().await.unwrap();
     assert_eq!(b["error"]["code"], "bad_request");
+    // A body over the limit (64 KiB) is a 413, in the same shape.
+    let big = json!({"username": "x".repeat(70_000), "email": "a@example.com", "password": "password1"});
+    let (s, b) = n.call("POST", "/register", None, Some(big)).await;
+    assert_error(s, &b, 413, "payload_too_large");
     n.shutdown().await;
 }
 
