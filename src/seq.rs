@@ -218,6 +218,20 @@ impl Seqs {
         value.filter(|seq| *seq >= 0)
     }
 
+    /// The last seq each room's counter handed out, in order; `None` for a
+    /// room whose counter is missing, and for all when Redis does not answer.
+    pub async fn current_many(&self, rooms: &[ObjectId]) -> Vec<Option<i64>> {
+        if rooms.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<String> = rooms.iter().map(|r| self.key(*r)).collect();
+        let values: Vec<Option<i64>> = self.redis.mget(keys).await.unwrap_or_else(|_| vec![None; rooms.len()]);
+        if values.len() != rooms.len() {
+            return vec![None; rooms.len()];
+        }
+        values.into_iter().map(|v| v.filter(|seq| *seq >= 0)).collect()
+    }
+
     async fn call(
         &self,
         room: ObjectId,

@@ -101,6 +101,18 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// A `limit` query parameter: a whole number from 1 to `max`, `default`
+/// when absent.
+pub(crate) fn limit(raw: Option<&str>, default: usize, max: usize) -> crate::Result<usize> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(Error::invalid("limit", format!("must be a whole number from 1 to {max}"))),
+        },
+    }
+}
+
 /// Counts and times every request by route template (bounded cardinality:
 /// no ids in labels).
 async fn track(req: Request, next: Next) -> Response {

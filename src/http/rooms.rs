@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Auth, Body};
+use super::{Auth, Body, Params};
 use crate::error::Result;
 use crate::node::App;
 use crate::rooms::{self, members, NewRoom};
@@ -26,9 +26,20 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(RoomView::from(&room))))
 }
 
-pub async fn list(State(app): State<Arc<App>>, Auth(caller): Auth) -> Result<Json<Value>> {
-    let rooms = rooms::list::list(&app, &caller).await?;
-    Ok(Json(json!({ "rooms": rooms })))
+#[derive(Deserialize)]
+pub struct ListParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Auth(caller): Auth,
+    Params(p): Params<ListParams>,
+) -> Result<Json<rooms::list::RoomPage>> {
+    let limit = super::limit(p.limit.as_deref(), rooms::list::DEFAULT_PAGE, rooms::list::MAX_PAGE)?;
+    let cursor = p.cursor.as_deref().map(rooms::list::ListCursor::parse).transpose()?;
+    Ok(Json(rooms::list::list(&app, &caller, limit, cursor).await?))
 }
 
 pub async fn join(State(app): State<Arc<App>>, Auth(caller): Auth, Path(id): Path<String>) -> Result<Json<MemberView>> {

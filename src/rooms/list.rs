@@ -1,7 +1,14 @@
 //! A user's room list: every room they can see, with their role, unread
-//! count, the last message, and for direct rooms the other user. Served from
-//! the Redis cache while fresh (see `crate::cache`), computed from MongoDB
-//! otherwise.
+//! count, the last message, and for direct rooms the other user; most
+//! recently active first, in pages.
+//!
+//! The cost of a list does not grow with one query per room: the rooms and
+//! memberships are one read each, every room's last seq comes from its
+//! counter in Redis (one `MGET`), and the last messages are one read of
+//! those (room, seq) pairs. Only a room whose counter is gone, or whose
+//! newest seq is not stored, is read on its own. Unread counts are counted
+//! for the rooms of the page asked for. The first page is served from the
+//! Redis cache while fresh (see `crate::cache`).
 
 use std::collections::HashMap;
 
@@ -12,13 +19,16 @@ use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::cache::{Entry, Version};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::node::App;
 use crate::store::model::{rfc3339, MessageView};
-use crate::store::{HistoryQuery, Member, Role, Room, RoomKind};
+use crate::store::{HistoryQuery, Member, Message, Role, Room, RoomKind};
 
 /// Unread counts stop at this (clients show "999+").
 pub const UNREAD_CAP: i64 = 1000;
+
+pub const DEFAULT_PAGE: usize = 50;
+pub const MAX_PAGE: usize = 200;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoomSummary {
@@ -43,33 +53,134 @@ pub struct Peer {
     pub username: Option<String>,
 }
 
-/// The caller's rooms, most recently active first.
-pub async fn list(app: &App, caller: &Caller) -> Result<Vec<RoomSummary>> {
+/// One page of the list, and where the next one starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomPage {
+    pub rooms: Vec<RoomSummary>,
+    /// Give it as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// Where a page starts: after the room with this activity and id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    activity_ms: i64,
+    room: ObjectId,
+}
+
+impl ListCursor {
+    /// Parses a cursor a previous page gave.
+    pub fn parse(raw: &str) -> Result<ListCursor> {
+        let bad = || Error::invalid("cursor", "is not a cursor this endpoint gave");
+        let (ms, hex) = raw.split_once('-').ok_or_else(bad)?;
+        Ok(ListCursor {
+            activity_ms: ms.parse().map_err(|_| bad())?,
+            room: ObjectId::parse_str(hex).map_err(|_| bad())?,
+        })
+    }
+
+    fn encode(&self) -> String {
+        format!("{}-{}", self.activity_ms, self.room.to_hex())
+    }
+
+    fn of(summary: &Listed) -> ListCursor {
+        ListCursor { activity_ms: summary.activity_ms, room: summary.room }
+    }
+}
+
+/// A summary with what the list is ordered by.
+struct Listed {
+    activity_ms: i64,
+    room: ObjectId,
+    member: Option<Member>,
+    summary: RoomSummary,
+}
+
+/// A page of the caller's rooms, most recently active first (ties: newer id
+/// first). `cursor` continues after a previous page.
+pub async fn list(app: &App, caller: &Caller, limit: usize, cursor: Option<ListCursor>) -> Result<RoomPage> {
     let user = caller.user_id;
-    if let Some(rooms) = app.cache.get::<Vec<RoomSummary>>(Entry::Rooms(user)).await {
-        return Ok(rooms);
+    let cacheable = cursor.is_none() && limit == DEFAULT_PAGE;
+    if cacheable {
+        if let Some(page) = app.cache.get::<RoomPage>(Entry::Rooms(user)).await {
+            return Ok(page);
+        }
     }
     // Versions first, then the data they cover (see `crate::cache`).
     let outer = app.cache.snapshot(&[Version::User(user), Version::PublicRooms]).await;
     let memberships: HashMap<ObjectId, Member> =
         app.store.memberships(user).await?.into_iter().map(|m| (m.room_id, m)).collect();
-    let rooms = app.store.rooms_visible_to(user).await?;
+    let member_rooms: Vec<ObjectId> = memberships.keys().copied().collect();
+    let rooms = app.store.rooms_listed(&member_rooms).await?;
     let versions: Vec<Version> = rooms.iter().map(|r| Version::Room(r.id)).collect();
     let inner = app.cache.snapshot(&versions).await;
-    let peers = peer_names(app, &rooms, user).await?;
-    // Concurrent, bounded by the store's connection pool.
-    let mut summaries =
-        try_join_all(rooms.iter().map(|room| summarize(app, room, memberships.get(&room.id), user, &peers))).await?;
-    summaries.sort_by(|a, b| activity(b).cmp(activity(a)));
-    if let (Some(outer), Some(inner)) = (outer, inner) {
-        app.cache.put(Entry::Rooms(user), outer.and(inner), &summaries).await;
+    let (last, peers) = tokio::try_join!(last_messages(app, &rooms), peer_names(app, &rooms, user))?;
+    let mut listed: Vec<Listed> = rooms
+        .iter()
+        .map(|room| {
+            let last = last.get(&room.id);
+            let at = last.map_or(room.created_at, |m| m.timestamp);
+            Listed {
+                activity_ms: at.timestamp_millis(),
+                room: room.id,
+                member: memberships.get(&room.id).cloned(),
+                summary: summarize(room, memberships.get(&room.id), last, user, &peers),
+            }
+        })
+        .collect();
+    listed.sort_by_key(|l| std::cmp::Reverse((l.activity_ms, l.room)));
+    let start = match cursor {
+        Some(c) => listed.partition_point(|l| (l.activity_ms, l.room) >= (c.activity_ms, c.room)),
+        None => 0,
+    };
+    let end = (start + limit).min(listed.len());
+    let next_cursor = (end < listed.len() && end > start).then(|| ListCursor::of(&listed[end - 1]).encode());
+    let mut page: Vec<Listed> = listed.drain(start..end).collect();
+    // Unread counts for the rooms shown: concurrent, bounded by the store's pool.
+    let counts = try_join_all(page.iter().map(|l| async move {
+        match &l.member {
+            Some(m) => app.store.count_unread(l.room, user, m.read_seq, UNREAD_CAP).await.map(Some),
+            None => Ok(None),
+        }
+    }))
+    .await?;
+    for (l, count) in page.iter_mut().zip(counts) {
+        l.summary.unread_count = count;
     }
-    Ok(summaries)
+    let page = RoomPage { rooms: page.into_iter().map(|l| l.summary).collect(), next_cursor };
+    if let (true, Some(outer), Some(inner)) = (cacheable, outer, inner) {
+        app.cache.put(Entry::Rooms(user), outer.and(inner), &page).await;
+    }
+    Ok(page)
 }
 
-/// When a room was last active: its last message, or its creation.
-fn activity(r: &RoomSummary) -> &str {
-    r.last_message.as_ref().and_then(|m| m["timestamp"].as_str()).unwrap_or(&r.created_at)
+/// Each room's newest stored message: its seq from the room's counter (or
+/// from the room document, whose counter takes over while Redis is out),
+/// all of them in one read; a room without a counter, or whose newest seq
+/// is not stored (a send in flight, or one that failed), on its own.
+async fn last_messages(app: &App, rooms: &[Room]) -> Result<HashMap<ObjectId, Message>> {
+    let ids: Vec<ObjectId> = rooms.iter().map(|r| r.id).collect();
+    let counters = app.seqs.current_many(&ids).await;
+    let seqs: Vec<Option<i64>> =
+        counters.iter().zip(rooms).map(|(counter, room)| counter.map(|c| c.max(room.last_seq))).collect();
+    let at: Vec<(ObjectId, i64)> =
+        ids.iter().zip(&seqs).filter_map(|(id, seq)| seq.filter(|s| *s > 0).map(|s| (*id, s))).collect();
+    let mut found: HashMap<ObjectId, Message> =
+        app.store.messages_at(&at).await?.into_iter().map(|m| (m.room_id, m)).collect();
+    // Rooms with a counter at 0 have no message yet; the rest not found are read one by one.
+    let unknown: Vec<ObjectId> = ids
+        .iter()
+        .zip(&seqs)
+        .filter(|(id, seq)| **seq != Some(0) && !found.contains_key(id))
+        .map(|(id, _)| *id)
+        .collect();
+    let newest = try_join_all(unknown.iter().map(|room| async move {
+        let query = HistoryQuery { room_id: *room, limit: 1, ..Default::default() };
+        app.store.history(&query).await.map(|(page, _)| page.into_iter().next())
+    }))
+    .await?;
+    found.extend(newest.into_iter().flatten().map(|m| (m.room_id, m)));
+    Ok(found)
 }
 
 async fn peer_names(app: &App, rooms: &[Room], user: ObjectId) -> Result<HashMap<ObjectId, String>> {
@@ -77,28 +188,36 @@ async fn peer_names(app: &App, rooms: &[Room], user: ObjectId) -> Result<HashMap
     Ok(app.store.users(&ids).await?.into_iter().map(|u| (u.id, u.username)).collect())
 }
 
-async fn summarize(
-    app: &App,
+fn summarize(
     room: &Room,
     member: Option<&Member>,
+    last: Option<&Message>,
     user: ObjectId,
     peers: &HashMap<ObjectId, String>,
-) -> Result<RoomSummary> {
-    let newest = HistoryQuery { room_id: room.id, limit: 1, ..Default::default() };
-    let (last, _) = app.store.history(&newest).await?;
-    let unread_count = match member {
-        Some(m) => Some(app.store.count_unread(room.id, user, m.read_seq, UNREAD_CAP).await?),
-        None => None,
-    };
-    Ok(RoomSummary {
+) -> RoomSummary {
+    RoomSummary {
         id: room.id.to_hex(),
         name: room.name.clone(),
         kind: room.kind,
         created_by: room.created_by.to_hex(),
         created_at: rfc3339(&room.created_at),
         role: member.map(|m| m.role),
-        unread_count,
-        last_message: last.first().map(|m| serde_json::json!(MessageView::from(m))),
+        unread_count: None,
+        last_message: last.map(|m| serde_json::json!(MessageView::from(m))),
         peer: room.peer_of(user).map(|p| Peer { id: p.to_hex(), username: peers.get(&p).cloned() }),
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_what_they_did_not_make() {
+        let c = ListCursor { activity_ms: 1_795_554_095_663, room: ObjectId::new() };
+        assert_eq!(ListCursor::parse(&c.encode()).unwrap(), c);
+        for bad in ["", "x", "12-nope", "-", "abc-507f1f77bcf86cd799439011"] {
+            assert_eq!(ListCursor::parse(bad).unwrap_err().status().as_u16(), 422, "{bad:?}");
+        }
+    }
 }

@@ -71,6 +71,8 @@ pub trait Store: Send + Sync + 'static {
     async fn room_name_taken(&self, name: &str) -> StoreResult<bool>;
     /// Public rooms and the private rooms `user_id` belongs to, oldest first.
     async fn rooms_visible_to(&self, user_id: ObjectId) -> StoreResult<Vec<Room>>;
+    /// Public rooms and the rooms `ids` (a user's memberships), in one read.
+    async fn rooms_listed(&self, ids: &[ObjectId]) -> StoreResult<Vec<Room>>;
 
     async fn room_by_name(&self, name: &str) -> StoreResult<Option<Room>>;
     async fn user(&self, id: ObjectId) -> StoreResult<Option<User>>;
@@ -112,6 +114,9 @@ pub trait Store: Send + Sync + 'static {
     /// document's counter and its newest message, live or archived. What
     /// a seq counter starts from; `None` if the room does not exist.
     async fn highest_seq(&self, room_id: ObjectId) -> StoreResult<Option<i64>>;
+    /// The stored messages with these (room, seq) pairs, in no order; pairs
+    /// with no stored message are left out. One read however many pairs.
+    async fn messages_at(&self, at: &[(ObjectId, i64)]) -> StoreResult<Vec<Message>>;
     /// Raises the room document's counter to at least `seq` (never lowers it).
     async fn raise_seq(&self, room_id: ObjectId, seq: i64) -> StoreResult<()>;
     async fn insert_message(&self, message: &Message) -> StoreResult<()>;

@@ -185,6 +185,10 @@ impl Store for MongoStore {
             timed("find_members", async { self.members.find(doc! {"user_id": user_id}).await?.try_collect().await })
                 .await?;
         let ids: Vec<ObjectId> = memberships.iter().map(|m| m.room_id).collect();
+        self.rooms_listed(&ids).await
+    }
+
+    async fn rooms_listed(&self, ids: &[ObjectId]) -> StoreResult<Vec<Room>> {
         let filter = doc! {"$or": [{"type": "public"}, {"_id": {"$in": ids}}]};
         timed("find_rooms", async {
             self.rooms.find(filter).sort(doc! {"created_at": 1, "_id": 1}).await?.try_collect().await
@@ -339,6 +343,18 @@ impl Store for MongoStore {
 
     async fn message_by_client_id(&self, sender_id: ObjectId, client_msg_id: &str) -> StoreResult<Option<Message>> {
         timed("find_message", self.messages.find_one(doc! {"sender_id": sender_id, "dedup_key": client_msg_id})).await
+    }
+
+    async fn messages_at(&self, at: &[(ObjectId, i64)]) -> StoreResult<Vec<Message>> {
+        let mut found = Vec::with_capacity(at.len());
+        for chunk in at.chunks(500) {
+            let any: Vec<Document> = chunk.iter().map(|(room, seq)| doc! {"room_id": room, "seq": seq}).collect();
+            let page: Vec<Message> =
+                timed("messages_at", async { self.messages.find(doc! {"$or": any}).await?.try_collect().await })
+                    .await?;
+            found.extend(page);
+        }
+        Ok(found)
     }
 
     async fn history(&self, q: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)> {
