@@ -411,3 +411,53 @@ async fn connects_and_disconnects_during_a_redis_outage_are_repaired_when_it_ret
     assert_eq!(pong["type"], "pong");
     n.shutdown().await;
 }
+
+/// A burst of status changes from one user, on another node: a co-member
+/// who shares ten rooms with them and is their contact sees each announced
+/// change once per connection (not once per shared room), at most about
+/// one a second, and finally the status the burst ended on; setting the
+/// same status again announces nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_status_changes_reaches_each_connection_once_a_second() {
+    let c = cluster(2, grace(300)).await;
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    add_contact(a, &bob, &alice).await;
+    let mut reader = online(b, &bob).await;
+    let mut rooms = Vec::new();
+    for i in 0..10 {
+        let room = a.create_room(&alice, &format!("shared-{i}"), "public").await;
+        let (s, body) = b.call("POST", &format!("/rooms/{room}/join"), Some(&bob.token), None).await;
+        assert_eq!(s, 200, "{body}");
+        reader.join(&room).await;
+        rooms.push(room);
+    }
+    let mut talker = online(a, &alice).await;
+    assert_eq!(presence_of(&mut reader, &alice).await["status"], "online");
+    reader.assert_quiet(Duration::from_millis(1200)).await; // one copy, not eleven
+
+    let started = Instant::now();
+    for i in 0..40 {
+        let status = ["away", "busy", "online"][i % 3];
+        let ack = talker.request(json!({"type": "set_status", "data": {"status": status}})).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let last = talker.request(json!({"type": "set_status", "data": {"status": "busy"}})).await;
+    assert_eq!(last["data"]["status"], "busy");
+    let mut seen = Vec::new();
+    while let Some(f) = reader.try_recv(Duration::from_millis(2500)).await {
+        assert_eq!((&f["type"], &f["user_id"]), (&json!("presence"), &json!(alice.id)), "{f}");
+        seen.push(f["data"]["status"].as_str().unwrap().to_string());
+    }
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(seen.last().map(String::as_str), Some("busy"), "the burst's last status arrives: {seen:?}");
+    assert!(seen.len() as f64 <= took + 2.0, "{} announcements in {took:.1} s: {seen:?}", seen.len());
+    assert!(seen.windows(2).all(|w| w[0] != w[1]), "a status is never announced twice in a row: {seen:?}");
+
+    // The same status again: nothing to announce.
+    let again = talker.request(json!({"type": "set_status", "data": {"status": "busy"}})).await;
+    assert_eq!(again["type"], "ack");
+    reader.assert_quiet(Duration::from_millis(2000)).await;
+    c.shutdown().await;
+}

@@ -70,6 +70,11 @@ pub enum Kind {
     /// of room `subject` ended: every connection of theirs stops assuming it
     /// and receives the frame.
     Evict,
+    /// A change of `subject`'s presence, published to each room they are in
+    /// and each contact's user topic under one id: a receiving node writes
+    /// it once to each connection, however many of those topics reach it,
+    /// and not to the user's own connections.
+    Presence,
     /// A notification for a user's topic: delivered to that user's
     /// connections that are not subscribed to the room `subject` (to all of
     /// them without one). A store time of 0 means "not stored yet": a node
@@ -114,6 +119,11 @@ impl<'a> Event<'a> {
         Event { kind: Kind::Evict, id: None, subject: Some(room), stored_at_us: 0, seq: 0, frame }
     }
 
+    /// Presence change `change` of `user`, the same under every topic.
+    pub fn presence(change: ObjectId, user: ObjectId, frame: &'a [u8]) -> Self {
+        Event { kind: Kind::Presence, id: Some(change), subject: Some(user), stored_at_us: 0, seq: 0, frame }
+    }
+
     /// Notification `id` for a user's connections outside `room`;
     /// `stored_at_us` is 0 while it is not stored.
     pub fn notify(id: ObjectId, room: Option<ObjectId>, stored_at_us: u64, frame: &'a [u8]) -> Self {
@@ -125,6 +135,8 @@ impl<'a> Event<'a> {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub kind: Kind,
+    /// The event's id (a message, a notification, a presence change).
+    pub id: Option<ObjectId>,
     pub subject: Option<ObjectId>,
     pub frame: Bytes,
     pub stored_at_us: u64,
@@ -134,11 +146,11 @@ pub struct Delivery {
 impl Delivery {
     /// A stored message's delivery (tests and benchmarks build these).
     pub fn message(frame: Bytes, seq: i64) -> Self {
-        Delivery { kind: Kind::Message, subject: None, frame, stored_at_us: 0, seq }
+        Delivery { kind: Kind::Message, id: None, subject: None, frame, stored_at_us: 0, seq }
     }
 }
 
-/// Wire form of a bus event: one byte of kind (`M`, `E`, `X`, `N`), 24 bytes of
+/// Wire form of a bus event: one byte of kind (`M`, `E`, `X`, `N`, `P`), 24 bytes of
 /// event id and 24 of subject (hex ObjectIds, or `-` padding), 16 hex digits
 /// of store time (Unix µs), 16 hex digits of seq, then the client frame,
 /// untouched, so a receiver can hand the frame bytes to sockets without
@@ -173,6 +185,7 @@ pub mod wire {
             Kind::Ephemeral => b'E',
             Kind::Evict => b'X',
             Kind::Notify => b'N',
+            Kind::Presence => b'P',
         });
         put_id(&mut out, event.id);
         put_id(&mut out, event.subject);
@@ -192,6 +205,7 @@ pub mod wire {
             b'E' => Kind::Ephemeral,
             b'X' => Kind::Evict,
             b'N' => Kind::Notify,
+            b'P' => Kind::Presence,
             _ => return None,
         };
         let id = get_id(&payload[1..ID])?;
@@ -200,7 +214,7 @@ pub mod wire {
             |range: std::ops::Range<usize>| u64::from_str_radix(std::str::from_utf8(&payload[range]).ok()?, 16).ok();
         let stored_at_us = hex(SUBJECT..AT)?;
         let seq = i64::try_from(hex(AT..HEADER)?).ok()?;
-        Some((id, Delivery { kind, subject, frame: payload.slice(HEADER..), stored_at_us, seq }))
+        Some((id, Delivery { kind, id, subject, frame: payload.slice(HEADER..), stored_at_us, seq }))
     }
 
     #[cfg(test)]

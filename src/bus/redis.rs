@@ -178,8 +178,10 @@ async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, keys:
             metrics::counter!("confab_pubsub_malformed_total").increment(1);
             continue;
         };
+        // A re-delivery is the same event on the same channel; one event may
+        // also travel several channels on purpose (presence).
         if let Some(id) = event_id {
-            if !seen.insert(id) {
+            if !seen.insert((topic, id)) {
                 metrics::counter!("confab_pubsub_duplicates_total").increment(1);
                 continue;
             }
@@ -188,10 +190,11 @@ async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, keys:
     }
 }
 
-/// A bounded set of the most recent event ids: old ids fall out first.
+/// A bounded set of the most recent events (channel and id): old ones
+/// fall out first.
 struct RecentIds {
-    set: HashSet<ObjectId>,
-    order: VecDeque<ObjectId>,
+    set: HashSet<(Topic, ObjectId)>,
+    order: VecDeque<(Topic, ObjectId)>,
     cap: usize,
 }
 
@@ -201,7 +204,7 @@ impl RecentIds {
     }
 
     /// False when `id` was seen recently.
-    fn insert(&mut self, id: ObjectId) -> bool {
+    fn insert(&mut self, id: (Topic, ObjectId)) -> bool {
         if !self.set.insert(id) {
             return false;
         }
@@ -232,11 +235,14 @@ mod tests {
     #[test]
     fn recent_ids_drop_repeats_and_forget_the_oldest() {
         let mut seen = RecentIds::new(2);
-        let (a, b, c) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+        let room = Topic::Room(ObjectId::new());
+        let (a, b, c) = ((room, ObjectId::new()), (room, ObjectId::new()), (room, ObjectId::new()));
         assert!(seen.insert(a));
         assert!(!seen.insert(a));
         assert!(seen.insert(b));
         assert!(seen.insert(c));
         assert!(seen.insert(a), "a fell out of the window");
+        let elsewhere = (Topic::User(ObjectId::new()), b.1);
+        assert!(seen.insert(elsewhere), "the same id on another channel is another delivery");
     }
 }

@@ -89,6 +89,11 @@ impl Inbox for GatewayInbox {
                     Accepted::Wait { schedule_fill: false } => {}
                 }
             }
+            (_, Kind::Presence, Some(user)) => {
+                if let Some(change) = delivery.id {
+                    self.registry.presence(topic, change, user, &delivery.frame);
+                }
+            }
             (Topic::Room(room), Kind::Evict, Some(user)) => {
                 if self.registry.evict(room, user, &delivery.frame) {
                     if let Some(subscriptions) = self.subscriptions.get() {
@@ -204,6 +209,7 @@ async fn fill_gaps(ctx: FillContext, room: ObjectId) {
 fn from_history(m: &Message) -> Delivery {
     Delivery {
         kind: Kind::Message,
+        id: Some(m.id),
         subject: None,
         frame: protocol::message(m),
         stored_at_us: m.timestamp.timestamp_micros().max(0) as u64,

@@ -223,6 +223,8 @@ pub struct Registry {
     pub watching: Watching,
     /// Who writes a fan-out: one lane (the caller) unless given more.
     lanes: Lanes,
+    /// Which connections recent presence changes were written to.
+    presence_seen: Mutex<PresenceSeen>,
     /// Counts the bus's resubscriptions: events published while it was cut
     /// off (a membership ending, say) never arrive, so whatever a session
     /// concluded from their absence must be checked again.
@@ -385,6 +387,31 @@ impl Registry {
         emptied
     }
 
+    /// Offers presence change `change` of `user`, arriving on `topic`, to
+    /// the topic's local connections that have not had it through another
+    /// topic (a room they share with the user, or the user's contact list),
+    /// except the user's own. Returns how many got it.
+    pub fn presence(&self, topic: Topic, change: ObjectId, user: ObjectId, frame: &Bytes) -> usize {
+        let listeners: Vec<Arc<Outbox>> = {
+            let map = match topic {
+                Topic::Room(_) => &self.rooms,
+                Topic::User(_) => &self.users,
+            };
+            let (Topic::Room(id) | Topic::User(id)) = topic;
+            match map.get(&id) {
+                Some(m) => m.values().filter(|o| o.user_id != Some(user)).cloned().collect(),
+                None => return 0,
+            }
+        };
+        let fresh: Vec<Arc<Outbox>> = {
+            let mut seen = self.presence_seen.lock().unwrap_or_else(|e| e.into_inner());
+            let conns = seen.change(change);
+            listeners.into_iter().filter(|o| conns.insert(o.id)).collect()
+        };
+        let frame = frame.clone();
+        self.lanes.offer(fresh.len(), fresh.iter(), move |o| o.offer(Outbound::Text(frame.clone())), Tally::Nothing)
+    }
+
     /// Offers one frame to every local connection of `user`, through the
     /// lanes: a receipt never overtakes the message it is about.
     pub fn send_to_user(&self, user: ObjectId, frame: &Bytes) -> usize {
@@ -440,6 +467,31 @@ impl Registry {
             );
         }
         emptied.is_some()
+    }
+}
+
+/// Presence changes this node wrote recently, each with the connections it
+/// went to. The topics of one change arrive together, so a window of the
+/// last [`PRESENCE_WINDOW`] changes keeps every connection to one copy.
+#[derive(Default)]
+struct PresenceSeen {
+    conns: HashMap<ObjectId, std::collections::HashSet<ConnId>>,
+    order: std::collections::VecDeque<ObjectId>,
+}
+
+const PRESENCE_WINDOW: usize = 1024;
+
+impl PresenceSeen {
+    fn change(&mut self, change: ObjectId) -> &mut std::collections::HashSet<ConnId> {
+        if !self.conns.contains_key(&change) {
+            if self.order.len() == PRESENCE_WINDOW {
+                if let Some(old) = self.order.pop_front() {
+                    self.conns.remove(&old);
+                }
+            }
+            self.order.push_back(change);
+        }
+        self.conns.entry(change).or_default()
     }
 }
 
@@ -501,6 +553,7 @@ mod tests {
         }
         let typing = Delivery {
             kind: Kind::Ephemeral,
+            id: None,
             subject: Some(alice),
             frame: Bytes::from_static(b"typing"),
             stored_at_us: 0,

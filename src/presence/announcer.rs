@@ -10,16 +10,28 @@
 //! message traffic is not starved by presence. Between two batches the
 //! announcer pauses as long as the last one took (up to a second), so even
 //! a long storm leaves the store at least half of its time.
+//!
+//! Before anything is published, each change passes the cluster-wide gate
+//! (see [`super::Gate`]): a status that is the one last announced is not
+//! announced again, and a user's changes reach others at most once per
+//! [`super::ANNOUNCE_EVERY`]; a change the gate holds back is looked at
+//! again when its window ends, with the status the user has by then. Each
+//! announcement travels every topic under one id, and a receiving node
+//! writes it once to each connection (see `Registry::presence`).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
 use futures::StreamExt;
 
-use super::{PresenceView, State};
+use tokio::sync::mpsc;
+use tokio_util::time::DelayQueue;
+
+use super::{Gate, PresenceView, State, Status, ANNOUNCE_EVERY};
 use crate::bus::{Event, Topic};
+use crate::clock::now_ms;
 use crate::gateway::protocol;
 use crate::node::App;
 
@@ -36,6 +48,16 @@ const PUBLISH_CONCURRENCY: usize = 32;
 #[derive(Default)]
 pub struct Announcer {
     queue: Mutex<Queue>,
+    /// Users whose change the gate held back, and when to look again.
+    later: Mutex<Later>,
+}
+
+#[derive(Default)]
+struct Later {
+    /// The trailing task's queue; none until the node started it.
+    tx: Option<mpsc::UnboundedSender<(ObjectId, Duration)>>,
+    /// Users already waiting there.
+    waiting: HashSet<ObjectId>,
 }
 
 #[derive(Default)]
@@ -46,6 +68,42 @@ struct Queue {
 }
 
 impl Announcer {
+    /// Looks at `user`'s presence again after `wait` (once, however many
+    /// held-back changes ask).
+    fn again_after(&self, user: ObjectId, wait: Duration) {
+        let mut later = self.later.lock().unwrap_or_else(|e| e.into_inner());
+        if later.waiting.insert(user) {
+            let sent = later.tx.as_ref().is_some_and(|tx| tx.send((user, wait)).is_ok());
+            if !sent {
+                later.waiting.remove(&user);
+            }
+        }
+    }
+
+    /// Runs the looks again until the node stops.
+    pub(super) async fn run_later(&self, app: Arc<App>) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.later.lock().unwrap_or_else(|e| e.into_inner()).tx = Some(tx);
+        let mut due: DelayQueue<ObjectId> = DelayQueue::new();
+        loop {
+            tokio::select! {
+                _ = app.presence.stop.cancelled() => return,
+                queued = rx.recv() => match queued {
+                    Some((user, wait)) => { due.insert(user, wait); }
+                    None => return,
+                },
+                Some(expired) = due.next(), if !due.is_empty() => {
+                    let user = expired.into_inner();
+                    self.later.lock().unwrap_or_else(|e| e.into_inner()).waiting.remove(&user);
+                    match app.presence.tracker.states(&[user]).await {
+                        Ok(states) => announce(&app, vec![user].into_iter().zip(states).collect()).await,
+                        Err(e) => tracing::warn!(error = %e, "a held-back presence change was not announced"),
+                    }
+                }
+            }
+        }
+    }
+
     /// Queues a change; starts a task to drain the queue if none runs.
     pub fn push(&self, app: &std::sync::Arc<App>, user: ObjectId, state: State) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,16 +138,39 @@ impl Announcer {
     }
 }
 
-/// Announces each change in `changes` (in order; a user's later change
-/// supersedes an earlier one in the same batch).
+/// Announces each change in `changes` that the gate lets through (in
+/// order; a user's later change supersedes an earlier one in the same batch).
 pub async fn announce(app: &App, changes: Vec<(ObjectId, State)>) {
     let mut latest: HashMap<ObjectId, State> = HashMap::with_capacity(changes.len());
     for (user, state) in changes {
         latest.insert(user, state);
     }
     for chunk in latest.into_iter().collect::<Vec<_>>().chunks(MAX_BATCH) {
-        announce_batch(app, chunk).await;
+        let due = gate(app, chunk).await;
+        announce_batch(app, &due).await;
     }
+}
+
+/// The changes the gate lets through now; those it holds back are looked
+/// at again later. Without Redis, every change goes through.
+async fn gate(app: &App, changes: &[(ObjectId, State)]) -> Vec<(ObjectId, State)> {
+    let asked: Vec<(ObjectId, Status)> = changes.iter().map(|(u, s)| (*u, s.status())).collect();
+    let verdicts = match app.presence.tracker.gate(&asked, now_ms(), ANNOUNCE_EVERY).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(error = %e, "presence gate not asked; announcing");
+            return changes.to_vec();
+        }
+    };
+    let mut due = Vec::with_capacity(changes.len());
+    for (change, verdict) in changes.iter().zip(verdicts) {
+        match verdict {
+            Gate::Now => due.push(*change),
+            Gate::After(wait) => app.presence.announcer.again_after(change.0, wait),
+            Gate::Unchanged => {}
+        }
+    }
+    due
 }
 
 async fn announce_batch(app: &App, changes: &[(ObjectId, State)]) {
@@ -116,12 +197,14 @@ async fn announce_batch(app: &App, changes: &[(ObjectId, State)]) {
         metrics::counter!("confab_presence_changes_total", "status" => state.status().as_str()).increment(1);
         let user_hex = user.to_hex();
         let frame = protocol::event("presence", None, Some(&user_hex), PresenceView::new(*user, state));
+        // One id for the change under every topic: each connection gets it once.
+        let change = ObjectId::new();
         let topics = audience.remove(user).unwrap_or_default();
-        topics.into_iter().map(move |topic| (*user, topic, frame.clone()))
+        topics.into_iter().map(move |topic| (change, *user, topic, frame.clone()))
     });
     futures::stream::iter(publishes)
-        .for_each_concurrent(PUBLISH_CONCURRENCY, |(user, topic, frame)| async move {
-            if let Err(e) = app.bus.publish(topic, Event::ephemeral(Some(user), &frame)).await {
+        .for_each_concurrent(PUBLISH_CONCURRENCY, |(change, user, topic, frame)| async move {
+            if let Err(e) = app.bus.publish(topic, Event::presence(change, user, &frame)).await {
                 metrics::counter!("confab_bus_publish_failures_total").increment(1);
                 tracing::debug!(error = %e, "presence frame not published");
             }

@@ -126,6 +126,21 @@ impl PresenceView {
 #[error("presence tracker: {0}")]
 pub struct TrackerError(pub String);
 
+/// What the announcement gate says of a change of status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// It is the status last announced: nothing to tell anyone.
+    Unchanged,
+    /// Announce it now.
+    Now,
+    /// The user's last announcement was less than the interval ago: ask
+    /// again after this long, with the status they have then.
+    After(Duration),
+}
+
+/// The least time between two announcements of one user's presence.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+
 /// One connection as the tracker counts it.
 #[derive(Debug, Clone, Copy)]
 pub struct Connection<'a> {
@@ -147,6 +162,14 @@ pub trait Tracker: Send + Sync + 'static {
     async fn set_status(&self, user: ObjectId, status: Option<Status>) -> Result<(State, State), TrackerError>;
     /// The states of many users, in one round trip.
     async fn states(&self, users: &[ObjectId]) -> Result<Vec<State>, TrackerError>;
+    /// Whether each user's new status may be announced now (see [`Gate`]),
+    /// at most one announcement per user per `every`, cluster-wide.
+    async fn gate(
+        &self,
+        changes: &[(ObjectId, Status)],
+        now_ms: i64,
+        every: Duration,
+    ) -> Result<Vec<Gate>, TrackerError>;
     /// Registers the node and refreshes its heartbeat for `ttl`; false if
     /// the heartbeat had expired (or never existed).
     async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<bool, TrackerError>;
@@ -214,10 +237,12 @@ impl Presence {
     }
 }
 
-/// Starts the node's heartbeat and sweeper.
+/// Starts the node's heartbeat and sweeper, and the announcer's second looks.
 pub fn start(app: &Arc<App>) {
     let task = tokio::spawn(heartbeat::run(app.clone()));
     *app.presence.heartbeat_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+    let later = app.clone();
+    tokio::spawn(async move { later.presence.announcer.run_later(later.clone()).await });
 }
 
 /// A chat connection opened. Never fails: without Redis the user's presence

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use bson::oid::ObjectId;
 use fred::prelude::*;
 
-use super::{Connection, State, Status, Tracker, TrackerError};
+use super::{Connection, Gate, State, Status, Tracker, TrackerError};
 use crate::backend::redis::RedisConfig;
 use crate::gateway::ConnId;
 use crate::keyspace::Keyspace;
@@ -64,6 +64,22 @@ else
   redis.call('HSET', KEYS[2], 'status', ARGV[1])
 end
 return {redis.call('HLEN', KEYS[1]), before, redis.call('HGET', KEYS[2], 'last_seen') or ''}
+"#;
+
+/// The announcement gate of one user: `ARGV[1]` the status to announce,
+/// `ARGV[2]` now (ms), `ARGV[3]` the least time between two announcements.
+/// Returns `{0}` if that status is the one last announced, `{1, wait_ms}`
+/// if one was announced less than the interval ago, `{2}` if this one may
+/// go out now (and is recorded as the last announced).
+const GATE: &str = r#"
+local last = redis.call('HGET', KEYS[1], 'status')
+if last == ARGV[1] then return {0} end
+local now = tonumber(ARGV[2])
+local open_at = tonumber(redis.call('HGET', KEYS[1], 'open_at') or '0')
+if now < open_at then return {1, open_at - now} end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'open_at', now + tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], 86400000)
+return {2}
 "#;
 
 /// Refreshes the heartbeat; returns 1 if it had not expired.
@@ -216,6 +232,32 @@ impl Tracker for RedisTracker {
                     connected: pair[0].as_i64().unwrap_or(0) > 0,
                     explicit: fields.first().and_then(Value::as_string).as_deref().and_then(Status::explicit),
                     last_seen_ms: fields.get(1).and_then(Value::as_i64),
+                }
+            })
+            .collect())
+    }
+
+    async fn gate(
+        &self,
+        changes: &[(ObjectId, Status)],
+        now_ms: i64,
+        every: Duration,
+    ) -> Result<Vec<Gate>, TrackerError> {
+        // Sent together: fred writes concurrent commands in one go.
+        let replies = futures::future::try_join_all(changes.iter().map(|(user, status)| {
+            let keys = vec![self.keys.presence_announced(*user)];
+            let args = vec![status.as_str().to_string(), now_ms.to_string(), every.as_millis().to_string()];
+            self.eval(GATE, keys, args)
+        }))
+        .await?;
+        Ok(replies
+            .into_iter()
+            .map(|reply| {
+                let reply = reply.into_array();
+                match reply.first().and_then(Value::as_i64) {
+                    Some(0) => Gate::Unchanged,
+                    Some(1) => Gate::After(Duration::from_millis(reply.get(1).and_then(Value::as_u64).unwrap_or(1))),
+                    _ => Gate::Now,
                 }
             })
             .collect())
