@@ -105,6 +105,16 @@ pub struct ServeArgs {
     /// The window failed logins are counted in, in seconds.
     #[arg(long, env = "CONFAB_LOGIN_WINDOW_SECS")]
     pub login_window_secs: Option<u64>,
+    /// Registrations and logins per client address per minute, shared by all nodes (0: no limit).
+    #[arg(long, env = "CONFAB_AUTH_RATE_PER_MINUTE")]
+    pub auth_rate_per_minute: Option<u32>,
+    /// Comma-separated addresses or CIDR ranges of proxies whose
+    /// X-Forwarded-For names the client (default: loopback).
+    #[arg(long, env = "CONFAB_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+    /// Simultaneous WebSocket connections one user may hold, cluster-wide (0: no limit).
+    #[arg(long, env = "CONFAB_MAX_SOCKETS_PER_USER")]
+    pub max_sockets_per_user: Option<u32>,
     /// Server API requests per API key per minute, shared by all nodes (0: no limit).
     #[arg(long, env = "CONFAB_API_RATE_PER_MINUTE")]
     pub api_rate_per_minute: Option<u32>,
@@ -140,6 +150,9 @@ struct FileConfig {
     header_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     api_rate_per_minute: Option<u32>,
+    auth_rate_per_minute: Option<u32>,
+    trusted_proxies: Option<String>,
+    max_sockets_per_user: Option<u32>,
     ping_interval_secs: Option<u64>,
     allowed_origins: Option<String>,
     pubsub_buffer: Option<usize>,
@@ -187,6 +200,10 @@ pub struct Config {
     pub cache_ttl: Duration,
     pub gap_wait: Duration,
     pub rate_limits: RateLimits,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Simultaneous sockets per user, cluster-wide (0: no limit).
+    pub max_sockets_per_user: u32,
     pub presence_grace: Duration,
     pub node_heartbeat: Duration,
     pub node_ttl: Duration,
@@ -207,6 +224,8 @@ pub struct RateLimits {
     pub login_window: Duration,
     /// Server API requests per API key per minute, counted in Redis across nodes.
     pub api_per_minute: u32,
+    /// Registrations and logins per client address per minute, across nodes.
+    pub auth_per_minute: u32,
 }
 
 impl Default for RateLimits {
@@ -219,6 +238,48 @@ impl Default for RateLimits {
             login_max_failures: 10,
             login_window: Duration::from_secs(900),
             api_per_minute: 10_000,
+            auth_per_minute: 30,
+        }
+    }
+}
+
+/// An address range: `addr/bits`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(raw: &str) -> Option<Cidr> {
+        let (addr, bits) = match raw.split_once('/') {
+            Some((a, b)) => (a.parse::<std::net::IpAddr>().ok()?, Some(b.parse::<u8>().ok()?)),
+            None => (raw.parse().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = bits.unwrap_or(max);
+        (bits <= max).then_some(Cidr { network: addr, bits })
+    }
+
+    pub fn contains(&self, addr: std::net::IpAddr) -> bool {
+        fn prefix(bytes: &[u8], bits: u8) -> impl Iterator<Item = u8> + '_ {
+            bytes.iter().enumerate().map(move |(i, b)| {
+                let keep = (bits as usize).saturating_sub(i * 8).min(8) as u32;
+                if keep == 0 {
+                    0
+                } else {
+                    b & (0xffu8 << (8 - keep))
+                }
+            })
+        }
+        match (self.network, addr.to_canonical()) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) => {
+                prefix(&n.octets(), self.bits).eq(prefix(&a.octets(), self.bits))
+            }
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) => {
+                prefix(&n.octets(), self.bits).eq(prefix(&a.octets(), self.bits))
+            }
+            _ => false,
         }
     }
 }
@@ -361,6 +422,35 @@ impl ServeArgs {
         if api_per_minute > 1_000_000 {
             return Err(invalid("api-rate-per-minute", "CONFAB_API_RATE_PER_MINUTE", "must be between 0 and 1000000"));
         }
+        let auth_per_minute = self.auth_rate_per_minute.or(file.auth_rate_per_minute).unwrap_or(d.auth_per_minute);
+        if auth_per_minute > 1_000_000 {
+            return Err(invalid(
+                "auth-rate-per-minute",
+                "CONFAB_AUTH_RATE_PER_MINUTE",
+                "must be between 0 and 1000000",
+            ));
+        }
+        let trusted_proxies = self
+            .trusted_proxies
+            .or(file.trusted_proxies)
+            .unwrap_or_else(|| "127.0.0.0/8,::1".into())
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                Cidr::parse(p).ok_or_else(|| {
+                    invalid(
+                        "trusted-proxies",
+                        "CONFAB_TRUSTED_PROXIES",
+                        format!("`{p}` is not an address or CIDR range"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_sockets_per_user = self.max_sockets_per_user.or(file.max_sockets_per_user).unwrap_or(50);
+        if max_sockets_per_user > 100_000 {
+            return Err(invalid("max-sockets-per-user", "CONFAB_MAX_SOCKETS_PER_USER", "must be between 0 and 100000"));
+        }
         let rate_limits = RateLimits {
             rest_per_minute,
             socket_per_sec,
@@ -369,6 +459,7 @@ impl ServeArgs {
             login_max_failures,
             login_window: Duration::from_secs(login_window_secs),
             api_per_minute,
+            auth_per_minute,
         };
         let presence_grace_ms = self.presence_grace_ms.or(file.presence_grace_ms).unwrap_or(5000);
         if presence_grace_ms > 600_000 {
@@ -408,6 +499,8 @@ impl ServeArgs {
             cache_ttl: Duration::from_secs(cache_ttl_secs),
             gap_wait: Duration::from_millis(gap_wait_ms),
             rate_limits,
+            trusted_proxies,
+            max_sockets_per_user,
             presence_grace: Duration::from_millis(presence_grace_ms),
             node_heartbeat: Duration::from_secs(node_heartbeat_secs),
             node_ttl: Duration::from_secs(node_ttl_secs),

@@ -20,8 +20,8 @@ pub enum Error {
     /// A request body over the size limit.
     #[error("{0}")]
     PayloadTooLarge(String),
-    /// A socket frame whose `type` this server does not know.
-    #[error("unknown frame type `{0}`")]
+    /// A socket frame whose `type` this server does not know (quoted).
+    #[error("unknown frame type {0}")]
     UnknownType(String),
     #[error("{0}")]
     Unauthorized(String),
@@ -32,6 +32,9 @@ pub enum Error {
     /// A uniqueness rule; `code` says which (e.g. `username_taken`).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// Over a limit of how many at once; `code` says which.
+    #[error("{message}")]
+    TooMany { code: &'static str, message: String },
     /// Over a rate limit; the caller may try again after `retry_after`.
     #[error("rate limit exceeded, retry in {} s", whole_seconds(*.retry_after))]
     RateLimited { retry_after: Duration },
@@ -55,7 +58,7 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
-            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::RateLimited { .. } | Error::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -72,6 +75,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Conflict { code, .. } => code,
             Error::RateLimited { .. } => "rate_limited",
+            Error::TooMany { code, .. } => code,
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",
         }
@@ -87,15 +91,37 @@ impl Error {
     }
 
     /// The text shown to clients; internal details go to the log instead.
+    /// Capped at [`MAX_MESSAGE`] characters, control characters escaped:
+    /// parts of it may come from the client's input (a parser's complaint
+    /// quotes what it could not read).
     pub fn public_message(&self) -> String {
         match self {
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 "internal error".into()
             }
-            other => other.to_string(),
+            other => shown(&other.to_string()),
         }
     }
+}
+
+/// Longest error message shown to a client, in characters.
+pub const MAX_MESSAGE: usize = 300;
+
+fn shown(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE + 8));
+    for (i, c) in message.chars().enumerate() {
+        if i == MAX_MESSAGE {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Rounded up and at least 1: a client that waits this long is not refused
@@ -133,6 +159,10 @@ mod tests {
         let e = Error::Conflict { code: "email_taken", message: "taken".into() };
         assert_eq!((e.status().as_u16(), e.code()), (409, "email_taken"));
         assert_eq!(Error::Internal("secret detail".into()).public_message(), "internal error");
+        let echoed = Error::BadRequest(format!("data: invalid type: string \"{}\"", "\n".repeat(1000)));
+        let shown = echoed.public_message();
+        assert!(shown.chars().count() <= MAX_MESSAGE + 1 && !shown.contains('\n'), "{shown}");
+        assert!(shown.starts_with("data: invalid type: string \"\\n\\n"), "{shown}");
     }
 
     #[test]

@@ -114,10 +114,11 @@ pub async fn update_profile(app: &App, id: ObjectId, patch: ProfilePatch) -> Res
         Some(Some(name)) => Some(Some(validate::display_name(&name)?)),
         other => other,
     };
-    if let Some(Some(url)) = &patch.avatar_url {
-        validate::avatar_url(url)?;
-    }
-    let change = ProfileChange { display_name, avatar_url: patch.avatar_url };
+    let avatar_url = match patch.avatar_url {
+        Some(Some(url)) => Some(Some(validate::avatar_url(&url)?)),
+        other => other,
+    };
+    let change = ProfileChange { display_name, avatar_url };
     app.store.update_profile(id, &change).await?.ok_or_else(|| Error::NotFound("user not found".into()))
 }
 

@@ -9,9 +9,12 @@ use crate::error::{Error, Result};
 pub const MAX_CONTENT_CHARS: usize = 4000;
 
 pub fn object_id(field: &'static str, raw: &str) -> Result<ObjectId> {
-    ObjectId::parse_str(raw)
-        .map_err(|_| Error::BadRequest(format!("{field}: `{}` is not a valid id", truncate(raw, 40))))
+    ObjectId::parse_str(raw).map_err(|_| Error::BadRequest(format!("{field}: {} is not a valid id", quoted(raw))))
 }
+
+/// Usernames nobody may register: the server API's system messages show as
+/// "System", and these read as the service speaking.
+pub const RESERVED_USERNAMES: &[&str] = &["system", "admin", "administrator", "root", "confab", "moderator", "support"];
 
 pub fn username(raw: &str) -> Result<()> {
     let len = raw.chars().count();
@@ -21,7 +24,27 @@ pub fn username(raw: &str) -> Result<()> {
     if !raw.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
         return Err(Error::invalid("username", "may contain only letters, digits, '_', '.' and '-'"));
     }
+    if RESERVED_USERNAMES.iter().any(|r| r.eq_ignore_ascii_case(raw)) {
+        return Err(Error::invalid("username", "is reserved"));
+    }
     Ok(())
+}
+
+/// Characters that make a name look like something it is not: controls,
+/// the bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069),
+/// and the zero-width ones.
+fn deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2060}' | '\u{FEFF}' | '\u{061C}')
+}
+
+/// Input shown back in an error message: quoted with escapes, at most 40
+/// characters of it.
+pub fn quoted(raw: &str) -> String {
+    let cut = truncate(raw, 40);
+    let more = if cut.len() < raw.len() { "…" } else { "" };
+    format!("{:?}{more}", cut)
 }
 
 /// A pragmatic address check: one `@`, a non-empty local part, and a dotted
@@ -64,8 +87,11 @@ pub fn room_name(raw: &str) -> Result<()> {
     if len > 64 {
         return Err(Error::invalid("name", "must be at most 64 characters"));
     }
-    if raw.trim() != raw || raw.chars().any(char::is_control) {
-        return Err(Error::invalid("name", "must not start or end with spaces or contain control characters"));
+    if raw.trim() != raw || raw.chars().any(deceptive) {
+        return Err(Error::invalid(
+            "name",
+            "must not start or end with spaces, nor contain control, direction-override or zero-width characters",
+        ));
     }
     if raw.get(..3).is_some_and(|p| p.eq_ignore_ascii_case(crate::store::model::DIRECT_PREFIX)) {
         return Err(Error::invalid("name", "names starting with \"dm:\" are reserved for direct conversations"));
@@ -97,25 +123,34 @@ pub fn display_name(raw: &str) -> Result<String> {
     if !(1..=64).contains(&len) {
         return Err(Error::invalid("display_name", "must be 1 to 64 characters (not counting surrounding spaces)"));
     }
-    if name.chars().any(char::is_control) {
-        return Err(Error::invalid("display_name", "must not contain control characters"));
+    if name.chars().any(deceptive) {
+        return Err(Error::invalid(
+            "display_name",
+            "must not contain control, direction-override or zero-width characters",
+        ));
     }
     Ok(name.to_string())
 }
 
-/// An absolute http(s) URL with a host, at most 2048 bytes.
-pub fn avatar_url(raw: &str) -> Result<()> {
-    let bad = || Error::invalid("avatar_url", "must be an http:// or https:// URL of at most 2048 characters");
-    if raw.len() > 2048 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+/// An absolute https URL with a host, at most 2048 bytes, in its normalized
+/// form (what is stored and shown). Quotes, spaces, angle brackets and
+/// backslashes are refused rather than escaped: a value carrying them is an
+/// attempt to break out of the HTML attribute it will be shown in.
+pub fn avatar_url(raw: &str) -> Result<String> {
+    let bad = || Error::invalid("avatar_url", "must be an https:// URL of at most 2048 characters");
+    let unsafe_char = |c: char| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '`' | '<' | '>' | '\\');
+    if raw.len() > 2048 || raw.chars().any(unsafe_char) {
         return Err(bad());
     }
-    let uri = raw.parse::<http::Uri>().map_err(|_| bad())?;
-    let web = uri.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
-    let has_host = uri.host().is_some_and(|h| !h.is_empty());
-    if !web || !has_host {
+    let url = reqwest::Url::parse(raw).map_err(|_| bad())?;
+    if url.scheme() != "https" || url.host_str().is_none_or(str::is_empty) || !url.username().is_empty() {
         return Err(bad());
     }
-    Ok(())
+    let normalized = url.to_string();
+    if normalized.len() > 2048 {
+        return Err(bad());
+    }
+    Ok(normalized)
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -137,6 +172,10 @@ mod tests {
         assert!(username(&"a".repeat(33)).is_err());
         assert!(username("bob smith").is_err());
         assert!(username("bøb").is_err());
+        for reserved in ["system", "Admin", "ROOT", "confab"] {
+            assert_eq!(username(reserved).unwrap_err().public_message(), "username: is reserved");
+        }
+        assert!(username("systemd").is_ok() && username("rooted").is_ok());
     }
 
     #[test]
@@ -171,6 +210,9 @@ mod tests {
         assert!(object_id("room_id", "507f1f77bcf86cd799439011").is_ok());
         let e = object_id("room_id", "nope").unwrap_err();
         assert_eq!(e.status().as_u16(), 400);
+        let e = object_id("room_id", &format!("<img src=x onerror=alert(1)>\n{}", "x".repeat(100))).unwrap_err();
+        let shown = e.public_message();
+        assert!(shown.starts_with("room_id: \"<img src=x onerror=alert(1)>\\n") && shown.len() < 100, "{shown}");
     }
 
     #[test]
@@ -181,12 +223,29 @@ mod tests {
             assert_eq!(display_name(bad).unwrap_err().status().as_u16(), 422, "{bad:?}");
         }
         assert!(display_name(&"x".repeat(65)).is_err());
-        assert!(avatar_url("https://cdn.example.com/a/b.png?s=64").is_ok());
-        assert!(avatar_url("HTTP://example.com").is_ok());
+        assert_eq!(avatar_url("https://cdn.example.com/a/b.png?s=64").unwrap(), "https://cdn.example.com/a/b.png?s=64");
+        assert_eq!(avatar_url("HTTPS://CDN.Example.com/a/../b.png").unwrap(), "https://cdn.example.com/b.png");
         let long = format!("https://example.com/{}", "a".repeat(2048));
-        for bad in ["ftp://example.com/a", "javascript:alert(1)", "/relative.png", "https://", "https://a b", &long] {
-            assert!(avatar_url(bad).is_err(), "{bad}");
+        for bad in [
+            "ftp://example.com/a",
+            "http://example.com/a.png",
+            "javascript:alert(1)",
+            "/relative.png",
+            "https://",
+            "https://a b",
+            "https://evil.example/a.png\"onerror=\"alert(1)",
+            "https://evil.example/a.png'x",
+            "https://evil.example/<script>",
+            "https://user:pw@example.com/a.png",
+            &long,
+        ] {
+            assert_eq!(avatar_url(bad).unwrap_err().status().as_u16(), 422, "{bad}");
         }
+        for bad in ["bob\u{202E}gnp.exe", "zero\u{200B}width", "bell\u{7}"] {
+            assert!(display_name(bad).is_err(), "{bad:?}");
+            assert!(room_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(display_name("Zoë 🎉").is_ok() && room_name("café ☕").is_ok());
     }
 
     #[test]

@@ -229,15 +229,7 @@ fn user(name: &str) -> User {
 }
 
 fn room(name: &str, kind: RoomKind, by: ObjectId) -> Room {
-    Room {
-        id: ObjectId::new(),
-        name: name.into(),
-        kind,
-        created_by: by,
-        created_at: t("2026-01-01T00:00:00Z"),
-        last_seq: 0,
-        peers: Vec::new(),
-    }
+    Room { created_at: t("2026-01-01T00:00:00Z"), ..Room::new(name.into(), kind, by, Vec::new()) }
 }
 
 fn member(room: &Room, user: &User, joined: DateTime<Utc>, read_seq: i64) -> Member {

@@ -327,6 +327,13 @@ async fn health_readiness_and_unknown_paths() {
     assert_error(s, &b, 405, "method_not_allowed");
     let metrics = n.http.get(n.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("confab_http_requests_total"), "{metrics}");
+    // Every answer, success or refusal, is neither sniffed nor cached.
+    for path in ["/healthz", "/rooms", "/no/such/thing"] {
+        let resp = n.http.get(n.url(path)).send().await.unwrap();
+        let header = |h: &str| resp.headers().get(h).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"), "{path}");
+        assert_eq!(header("cache-control").as_deref(), Some("no-store"), "{path}");
+    }
     n.shutdown().await;
 }
 
@@ -414,4 +421,72 @@ async fn silent_idle_and_slow_connections_are_closed() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(ws.request(json!({"type": "ping"})).await["type"], "pong", "an upgraded socket outlives both");
     n.shutdown().await;
+}
+
+/// Names that pass for someone else are refused: reserved usernames, room
+/// names differing only in case from an existing one, and names hiding
+/// direction overrides or zero-width characters. Input quoted back in an
+/// error is escaped and cut short.
+#[tokio::test]
+async fn names_cannot_impersonate_and_errors_do_not_echo_raw_input() {
+    let n = node().await;
+    for reserved in ["system", "Admin", "root", "confab"] {
+        let body = json!({"username": reserved, "email": format!("{reserved}@example.com"), "password": "password1"});
+        let (s, b) = n.call("POST", "/register", None, Some(body)).await;
+        assert_error(s, &b, 422, "validation_failed");
+        assert_eq!(b["error"]["message"], "username: is reserved", "{b}");
+    }
+    let alice = n.register("alice").await;
+    n.create_room(&alice, "General", "public").await;
+    for (name, code) in [
+        ("general", 409),
+        ("GENERAL", 409),
+        ("gen\u{202E}eral", 422),
+        ("gen\u{200B}eral", 422),
+        ("gen\u{2066}eral", 422),
+    ] {
+        let (s, b) = n.call("POST", "/rooms", Some(&alice.token), Some(json!({"name": name, "type": "public"}))).await;
+        assert_eq!(s, code, "{name:?}: {b}");
+    }
+    let long = format!("<script>\n{}", "x".repeat(5000));
+    let (s, b) = n.call("GET", &format!("/users/{}", urlencoding(&long)), Some(&alice.token), None).await;
+    assert_error(s, &b, 400, "bad_request");
+    let shown = b["error"]["message"].as_str().unwrap();
+    assert!(shown.contains("\"<script>\\n") && shown.len() < 120 && !shown.contains('\n'), "{shown}");
+    n.shutdown().await;
+}
+
+fn urlencoding(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// Registrations and logins are limited per client address, across nodes:
+/// each costs a password hash. Behind a trusted proxy the address is the
+/// one it forwards; other clients keep their own budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_and_logins_are_limited_per_client_address() {
+    let db = common::unique_db();
+    let mut cfg = common::config(&db);
+    cfg.rate_limits.auth_per_minute = 4;
+    let (a, b) = (Node::start(cfg.clone()).await, Node::start(cfg).await);
+    let register = |node: &Node, name: &str, from: &str| {
+        let body = json!({"username": name, "email": format!("{name}@example.com"), "password": "password1"});
+        node.http.post(node.url("/register")).header("X-Forwarded-For", from).json(&body).send()
+    };
+    let from = "203.0.113.7";
+    for (i, node) in [&a, &b, &a, &b].into_iter().enumerate() {
+        assert_eq!(register(node, &format!("user{i}"), from).await.unwrap().status(), 201);
+    }
+    let refused = register(&a, "user9", from).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("retry-after").is_some());
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let login = json!({"username": "user0", "password": "password1"});
+    let resp = b.http.post(b.url("/login")).header("X-Forwarded-For", from).json(&login).send().await.unwrap();
+    assert_eq!(resp.status(), 429, "logins count against the same budget, on every node");
+    // Another client, through the same proxy, is not affected.
+    assert_eq!(register(&b, "other", "198.51.100.2").await.unwrap().status(), 201);
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -66,6 +66,10 @@ async fn profiles_are_read_and_edited_and_only_their_owner_sees_the_email() {
         (json!({"avatar_url": "javascript:alert(1)"}), "avatar_url"),
         (json!({"avatar_url": "not a url"}), "avatar_url"),
         (json!({"avatar_url": long_url}), "avatar_url"),
+        (json!({"avatar_url": "http://example.com/a.png"}), "avatar_url"),
+        (json!({"avatar_url": "https://evil.example/a.png\"onerror=\"alert(1)"}), "avatar_url"),
+        (json!({"display_name": "alice\u{202E}gnp.exe"}), "display_name"),
+        (json!({"display_name": "zero\u{200B}width"}), "display_name"),
         (json!({"email": "new@example.com"}), "email"),
     ];
     for (body, field) in cases {
@@ -74,6 +78,10 @@ async fn profiles_are_read_and_edited_and_only_their_owner_sees_the_email() {
     }
     let (s, b) = n.call("PATCH", "/users/me", Some(&alice.token), Some(json!({"display_name": "x".repeat(64)}))).await;
     assert_eq!(s, 200, "{b}");
+    // Stored in its normalized form.
+    let patch = json!({"avatar_url": "HTTPS://CDN.Example.com/u/../a%20b.png"});
+    let (s, b) = n.call("PATCH", "/users/me", Some(&alice.token), Some(patch)).await;
+    assert_eq!((s, &b["avatar_url"]), (200, &json!("https://cdn.example.com/a%20b.png")), "{b}");
 
     // Ids: malformed → 400, unknown → 404; no token → 401.
     let (s, b) = n.call("GET", "/users/nope", Some(&bob.token), None).await;

@@ -306,3 +306,33 @@ async fn shutdown_says_going_away_with_1001() {
     n.shutdown().await;
     assert_eq!(c.ended().await, Ended::Close(Some(1001)));
 }
+
+/// A user may hold at most `max_sockets_per_user` sockets at once across
+/// the cluster; one more is refused before the upgrade, with 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_socket_too_many_is_refused_with_429() {
+    let db = common::unique_db();
+    let mut cfg = common::config(&db);
+    cfg.max_sockets_per_user = 2;
+    let (a, b) = (Node::start(cfg.clone()).await, Node::start(cfg).await);
+    let alice = a.register("alice").await;
+    let mut first = a.connect(&alice).await;
+    let mut second = b.connect(&alice).await;
+    for c in [&mut first, &mut second] {
+        assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+    }
+    let url = format!("ws://{}/ws?token={}", a.addr, alice.token);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429);
+            let body: serde_json::Value = serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["error"]["code"], "too_many_connections", "{body}");
+        }
+        other => panic!("a third socket was not refused: {:?}", other.map(|_| ())),
+    }
+    let bob = b.register("bob").await;
+    let mut others = a.connect(&bob).await;
+    assert_eq!(others.request(json!({"type": "ping"})).await["type"], "pong", "other users are not affected");
+    a.shutdown().await;
+    b.shutdown().await;
+}

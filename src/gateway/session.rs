@@ -139,7 +139,7 @@ impl ChatSession {
                 let data = json!({ "room_id": channel, "relayed": relayed });
                 Ok(r.map(|r| protocol::ack(Some(r), Some(channel), data, &self.user_hex)))
             }
-            other => Err(Error::UnknownType(other.chars().take(40).collect())),
+            other => Err(Error::UnknownType(validate::quoted(other))),
         }
     }
 

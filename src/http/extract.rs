@@ -8,6 +8,7 @@ use http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{apikey, ApiCaller, Caller};
+use crate::config::Cidr;
 use crate::error::Error;
 use crate::node::App;
 
@@ -27,6 +28,46 @@ impl FromRequestParts<Arc<App>> for Auth {
         let token = bearer(&parts.headers).ok_or_else(|| Error::Unauthorized("missing bearer token".into()))?;
         Ok(Auth(app.tokens.verify(token)?))
     }
+}
+
+/// The client's address: the connection's, or behind a trusted proxy
+/// (`trusted_proxies`), the nearest address in `X-Forwarded-For` that is
+/// not one of those proxies (then `X-Real-IP`).
+pub struct ClientAddress(pub std::net::IpAddr);
+
+impl FromRequestParts<Arc<App>> for ClientAddress {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Error> {
+        let peer = parts
+            .extensions
+            .get::<super::serve::Peer>()
+            .map(|p| p.0.ip().to_canonical())
+            .ok_or_else(|| Error::Internal("a request without its connection's address".into()))?;
+        Ok(ClientAddress(client_address(peer, &parts.headers, &app.config.trusted_proxies)))
+    }
+}
+
+fn client_address(peer: std::net::IpAddr, headers: &http::HeaderMap, trusted: &[Cidr]) -> std::net::IpAddr {
+    let trusts = |a: std::net::IpAddr| trusted.iter().any(|t| t.contains(a));
+    if !trusts(peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .collect::<Vec<_>>();
+    if let Some(client) = forwarded.iter().rev().map(|a| a.to_canonical()).find(|a| !trusts(*a)) {
+        return client;
+    }
+    headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok())
+        .unwrap_or(peer)
 }
 
 /// A JSON body. Unparsable JSON is 400; JSON of the wrong shape (missing or
@@ -88,5 +129,24 @@ impl FromRequestParts<Arc<App>> for ApiCaller {
         let caller = apikey::authenticate(app.store.as_ref(), key).await?;
         app.limiter.api_key(caller.key_id).await.into_result("api")?;
         Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_the_nearest_address_a_trusted_proxy_did_not_add() {
+        let trusted = [Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("10.0.0.0/8").unwrap()];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(client_address(ip("203.0.113.9"), &headers, &trusted), ip("203.0.113.9"));
+        headers.insert("x-forwarded-for", "198.51.100.1, 203.0.113.7, 10.1.2.3".parse().unwrap());
+        assert_eq!(client_address(ip("127.0.0.1"), &headers, &trusted), ip("203.0.113.7"), "spoofed left part ignored");
+        assert_eq!(client_address(ip("203.0.113.9"), &headers, &trusted), ip("203.0.113.9"), "an untrusted peer");
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-real-ip", "192.0.2.5".parse().unwrap());
+        assert_eq!(client_address(ip("::ffff:127.0.0.1"), &headers, &trusted), ip("192.0.2.5"));
     }
 }

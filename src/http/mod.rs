@@ -27,8 +27,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
+use tower_http::set_header::SetResponseHeaderLayer;
 
-pub use extract::{Auth, Body, Params};
+pub use extract::{Auth, Body, ClientAddress, Params};
 
 use crate::error::Error;
 use crate::node::App;
@@ -97,6 +98,16 @@ pub fn router(app: Arc<App>) -> Router {
         })
         .layer(middleware::from_fn_with_state(app.clone(), limit::per_user))
         .layer(middleware::from_fn(track))
+        // Answers are JSON for programs, never to be sniffed as something
+        // else, and carry users' data: no cache along the way keeps them.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            http::HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        ))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(app)
 }

@@ -143,7 +143,7 @@ impl AsyncWrite for Watched {
 /// gateway's to close).
 pub async fn accept_loop(listener: TcpListener, service: Service, timeouts: Timeouts, stop: CancellationToken) {
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -155,16 +155,28 @@ pub async fn accept_loop(listener: TcpListener, service: Service, timeouts: Time
                 }
             },
         };
-        tokio::spawn(serve_connection(tcp, service.clone(), timeouts, stop.clone()));
+        tokio::spawn(serve_connection(tcp, peer, service.clone(), timeouts, stop.clone()));
     }
 }
 
-async fn serve_connection(tcp: TcpStream, service: Service, timeouts: Timeouts, stop: CancellationToken) {
+/// The address a connection came from (the proxy's, behind one), in every
+/// request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    service: Service,
+    timeouts: Timeouts,
+    stop: CancellationToken,
+) {
     let _ = tcp.set_nodelay(true);
     let watch = Arc::new(Watch::default());
     let io = Watched { tcp, watch: watch.clone() };
     let watched = watch.clone();
-    let service = tower::service_fn(move |req: axum::extract::Request<hyper::body::Incoming>| {
+    let service = tower::service_fn(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
         let watch = watched.clone();
         let mut service = service.clone();
         watch.request_started();

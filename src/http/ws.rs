@@ -52,6 +52,7 @@ pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response>
     let token = token_of(&req).ok_or_else(|| Error::Unauthorized("missing access token".into()))?;
     let caller = app.tokens.verify(&token)?;
     check_origin(&app, &req)?;
+    crate::presence::may_connect(&app, caller.user_id, app.config.max_sockets_per_user).await?;
     let (response, fut) = upgrade(req)?;
     tokio::spawn(async move {
         match fut.await {

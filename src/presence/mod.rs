@@ -160,6 +160,9 @@ pub trait Tracker: Send + Sync + 'static {
     async fn disconnect(&self, c: Connection<'_>, now_ms: i64) -> Result<Option<State>, TrackerError>;
     /// Sets the explicit status (`None` clears it); the state before and after.
     async fn set_status(&self, user: ObjectId, status: Option<Status>) -> Result<(State, State), TrackerError>;
+    /// How many connections of `user` are counted, cluster-wide (those in
+    /// their grace period too).
+    async fn connection_count(&self, user: ObjectId) -> Result<usize, TrackerError>;
     /// The states of many users, in one round trip.
     async fn states(&self, users: &[ObjectId]) -> Result<Vec<State>, TrackerError>;
     /// Whether each user's new status may be announced now (see [`Gate`]),
@@ -286,6 +289,25 @@ pub async fn set_status(app: &App, user: ObjectId, raw: &str) -> Result<Presence
         announcer::announce(app, vec![(user, after)]).await;
     }
     Ok(PresenceView::new(user, &after))
+}
+
+/// Whether `user` may open another socket under a cap of `max` (0: no
+/// cap). Without Redis, yes: the cap is a guard, not worth an outage.
+pub async fn may_connect(app: &App, user: ObjectId, max: u32) -> Result<()> {
+    if max == 0 {
+        return Ok(());
+    }
+    match app.presence.tracker.connection_count(user).await {
+        Ok(n) if n >= max as usize => Err(Error::TooMany {
+            code: "too_many_connections",
+            message: format!("at most {max} simultaneous connections per user; close one first"),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::debug!(error = %e, "connection cap not checked");
+            Ok(())
+        }
+    }
 }
 
 /// The presence of each of `users`, in order. Unknown users are offline and

@@ -214,6 +214,10 @@ impl Tracker for RedisTracker {
         Ok((State { connected, explicit: before, last_seen_ms }, State { connected, explicit: status, last_seen_ms }))
     }
 
+    async fn connection_count(&self, user: ObjectId) -> Result<usize, TrackerError> {
+        self.client.hlen(self.conns_key(user)).await.map_err(err)
+    }
+
     async fn states(&self, users: &[ObjectId]) -> Result<Vec<State>, TrackerError> {
         let pipeline = self.client.pipeline();
         for user in users {

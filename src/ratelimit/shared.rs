@@ -46,6 +46,17 @@ impl Verdict {
     }
 }
 
+/// What an address is limited as: itself (IPv4), or its /64 (IPv6).
+fn client_network(address: std::net::IpAddr) -> String {
+    match address {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
 /// A Lua script run by EVALSHA, loaded once per process; EVAL when the
 /// server has forgotten it (a restart, SCRIPT FLUSH), which also reloads it.
 struct Script {
@@ -114,6 +125,20 @@ impl SharedLimiter {
         // The whole minute may be spent at once; then one request per interval.
         let args = vec![emission_interval_us(per_minute), i64::from(per_minute)];
         self.verdict("rest", GCRA.run(&self.client, key, args).await)
+    }
+
+    /// Counts one registration or login attempt from a client address
+    /// against its per-minute limit: each costs a password hash, and names
+    /// made up by the thousand must not buy an attacker the nodes' CPU. An
+    /// IPv6 address counts by its /64, which one client usually holds whole.
+    pub async fn address(&self, address: std::net::IpAddr) -> Verdict {
+        let per_minute = self.limits.auth_per_minute;
+        if per_minute == 0 {
+            return Verdict::Allowed;
+        }
+        let key = self.keys.rate_address(&client_network(address));
+        let args = vec![emission_interval_us(per_minute), i64::from(per_minute)];
+        self.verdict("auth", GCRA.run(&self.client, key, args).await)
     }
 
     /// Counts one server API request made with API key `key` against the

@@ -5,7 +5,6 @@
 //! be joined by anyone else.
 
 use bson::oid::ObjectId;
-use chrono::Utc;
 
 use crate::auth::Caller;
 use crate::error::{Error, Result};
@@ -34,15 +33,7 @@ pub async fn open(app: &App, caller: &Caller, peer: ObjectId) -> Result<Room> {
     peer_exists(app, caller, peer, "to_user_id").await?;
     let mut peers = vec![caller.user_id, peer];
     peers.sort_by_key(|id| id.bytes());
-    let room = Room {
-        id: ObjectId::new(),
-        name: name.clone(),
-        kind: RoomKind::Direct,
-        created_by: caller.user_id,
-        created_at: Utc::now(),
-        last_seq: 0,
-        peers,
-    };
+    let room = Room::new(name.clone(), RoomKind::Direct, caller.user_id, peers);
     let room = match app.store.insert_room(&room).await {
         Ok(()) => {
             app.seqs.started(room.id).await;

@@ -35,15 +35,7 @@ pub async fn create(app: &App, caller: &Caller, r: NewRoom) -> Result<Room> {
     if app.store.room_name_taken(&r.name).await? {
         return Err(name_taken());
     }
-    let room = Room {
-        id: ObjectId::new(),
-        name: r.name,
-        kind,
-        created_by: caller.user_id,
-        created_at: Utc::now(),
-        last_seq: 0,
-        peers: Vec::new(),
-    };
+    let room = Room::new(r.name, kind, caller.user_id, Vec::new());
     match app.store.insert_room(&room).await {
         Ok(()) => {}
         Err(StoreError::Duplicate) => return Err(name_taken()),

@@ -40,6 +40,9 @@ pub struct Room {
     #[serde(rename = "_id")]
     pub id: ObjectId,
     pub name: String,
+    /// The name lowercased: names are unique ignoring case.
+    #[serde(default)]
+    pub name_key: String,
     #[serde(rename = "type")]
     pub kind: RoomKind,
     pub created_by: ObjectId,
@@ -54,6 +57,25 @@ pub struct Room {
 }
 
 impl Room {
+    /// A new room (its seq counter at 0).
+    pub fn new(name: String, kind: RoomKind, created_by: ObjectId, peers: Vec<ObjectId>) -> Room {
+        Room {
+            id: ObjectId::new(),
+            name_key: Room::key_of(&name),
+            name,
+            kind,
+            created_by,
+            created_at: Utc::now(),
+            last_seq: 0,
+            peers,
+        }
+    }
+
+    /// What a name is unique as.
+    pub fn key_of(name: &str) -> String {
+        name.to_lowercase()
+    }
+
     /// The unique name of the direct room of two users: the unique index on
     /// names makes "create once" safe under concurrent first messages.
     pub fn direct_name(a: ObjectId, b: ObjectId) -> String {

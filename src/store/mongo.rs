@@ -98,6 +98,29 @@ async fn id_pairs<T: Send + Sync>(
     Ok(found.iter().filter_map(|d| Some((d.get_object_id(key).ok()?, d.get_object_id(other).ok()?))).collect())
 }
 
+impl MongoStore {
+    /// Gives each room stored before names were unique ignoring case its
+    /// `name_key`, so the unique index can be built. Two old rooms whose
+    /// names differ only in case keep their names; the later one's key
+    /// gets its id appended, and no new room can take either name.
+    async fn key_room_names(&self) -> StoreResult<()> {
+        let unkeyed: Vec<Room> = timed("find_rooms", async {
+            self.rooms.find(doc! {"name_key": {"$exists": false}}).sort(doc! {"_id": 1}).await?.try_collect().await
+        })
+        .await?;
+        for room in unkeyed {
+            let mut key = Room::key_of(&room.name);
+            let taken = self.rooms.find_one(doc! {"name_key": &key, "_id": {"$ne": room.id}});
+            if timed("find_room", taken).await?.is_some() {
+                key = format!("{key}~{}", room.id.to_hex());
+            }
+            let set = self.rooms.update_one(doc! {"_id": room.id}, doc! {"$set": {"name_key": key}});
+            timed("update_room", set).await?;
+        }
+        Ok(())
+    }
+}
+
 fn index(keys: Document, name: &str, unique: bool) -> IndexModel {
     IndexModel::builder()
         .keys(keys)
@@ -120,6 +143,9 @@ impl Store for MongoStore {
             timed("create_index", self.users.create_index(model)).await?;
         }
         timed("create_index", self.rooms.create_index(index(doc! {"name": 1}, "rooms_name_unique", true))).await?;
+        self.key_room_names().await?;
+        let by_key = index(doc! {"name_key": 1}, "rooms_name_key_unique", true);
+        timed("create_index", self.rooms.create_index(by_key)).await?;
         let members = [
             index(doc! {"room_id": 1, "user_id": 1}, "members_room_user_unique", true),
             index(doc! {"user_id": 1}, "members_user", false),
@@ -177,7 +203,8 @@ impl Store for MongoStore {
     }
 
     async fn room_name_taken(&self, name: &str) -> StoreResult<bool> {
-        Ok(timed("find_room", self.rooms.find_one(doc! {"name": name})).await?.is_some())
+        let found = self.rooms.find_one(doc! {"name_key": Room::key_of(name)});
+        Ok(timed("find_room", found).await?.is_some())
     }
 
     async fn rooms_visible_to(&self, user_id: ObjectId) -> StoreResult<Vec<Room>> {

@@ -61,7 +61,15 @@ pub fn config(db: &str) -> Config {
         gap_wait: Duration::from_millis(250),
         // The default limits, except a frame rate far above what tests that
         // stream messages send; tests of the frame limit set their own.
-        rate_limits: RateLimits { socket_per_sec: 100_000, socket_burst: 100_000, ..RateLimits::default() },
+        // Registrations and logins all come from 127.0.0.1 here.
+        rate_limits: RateLimits {
+            socket_per_sec: 100_000,
+            socket_burst: 100_000,
+            auth_per_minute: 100_000,
+            ..RateLimits::default()
+        },
+        trusted_proxies: vec![confab::config::Cidr::parse("127.0.0.0/8").unwrap()],
+        max_sockets_per_user: 50,
         presence_grace: Duration::from_millis(300),
         node_heartbeat: Duration::from_secs(1),
         node_ttl: Duration::from_secs(3),
