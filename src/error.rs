@@ -110,16 +110,19 @@ pub const MAX_MESSAGE: usize = 300;
 
 fn shown(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(MAX_MESSAGE + 8));
-    for (i, c) in message.chars().enumerate() {
-        if i == MAX_MESSAGE {
+    let mut count = 0;
+    for c in message.chars() {
+        let escaped = c.is_control().then(|| c.escape_default());
+        let width = escaped.clone().map_or(1, |e| e.count());
+        if count + width > MAX_MESSAGE {
             out.push('…');
             break;
         }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
+        match escaped {
+            Some(e) => out.extend(e),
+            None => out.push(c),
         }
+        count += width;
     }
     out
 }
