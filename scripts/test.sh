@@ -31,6 +31,7 @@ trap cleanup EXIT
 log "checking tools"
 ensure_redis
 ensure_nginx
+command -v docker-compose >/dev/null || apt_install docker-compose
 python3 -c 'import kosoku' 2>/dev/null || { log "installing kosoku (Autobahn cases)"; python3 -m pip install --quiet kosoku; }
 # Run it through the interpreter: a fresh pip install may not be on PATH yet
 # (pyenv shims, ~/.local/bin).
@@ -50,9 +51,12 @@ if [ -z "${MONGO_URL:-}" ]; then
 fi
 log "Redis at $REDIS_URL, MongoDB-compatible server at $MONGO_URL"
 
-log "lints: cargo fmt --check, cargo clippy"
+log "lints: cargo fmt --check, cargo clippy, docker-compose config"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# No Docker engine needed: the Compose file and what it mounts are checked
+# as Compose reads them.
+CONFAB_JWT_SECRET=compose-config-check docker-compose config -q
 
 log "unit and integration tests"
 cargo test --workspace --all-targets
