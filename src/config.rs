@@ -1,245 +1,190 @@
-//! Node configuration: one typed struct, filled from command-line flags, then
-//! environment variables (clap reads both), then a TOML file, then defaults.
+//! Settings, declared once: each is a field of a clap `Args` struct with its
+//! flag, its `CONFAB_*` environment variable, its default and its check.
 //!
-//! Every setting is validated before the node touches the network, and a bad
-//! one stops start-up with a single line naming the setting.
+//! A TOML file (`--config FILE` / `CONFAB_CONFIG`) fills in what the command
+//! line and the environment leave unset: its keys are the flag names with
+//! `_` for `-`, and before the command line is parsed each key's value
+//! becomes its setting's default. So the precedence is clap's own (flag,
+//! variable, file, built-in default), and every value, wherever it came
+//! from, passes the same check. A bad setting stops the command with one
+//! line naming the flag and the variable.
+//!
+//! [`Config`] is a node's settings (`confab serve`); the worker's are in
+//! `jobs::config`. Both flatten the shared [`RedisConfig`] and
+//! [`MongoConfig`].
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Args;
-use serde::Deserialize;
+use clap::builder::TypedValueParser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, Command};
 
-use crate::backend::redis::RedisConfig;
+pub use crate::backend::mongo::MongoConfig;
+pub use crate::backend::redis::RedisConfig;
 use crate::keyspace::Keyspace;
 
-/// `confab serve` flags. Each is optional here so that the TOML file and the
-/// defaults can fill whatever the command line and environment left out.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ServeArgs {
-    /// TOML file with any of the settings below (keys are the flag names with `_`).
-    #[arg(long, env = "CONFAB_CONFIG")]
-    pub config: Option<PathBuf>,
+/// A node's settings.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
     /// Address to listen on for HTTP and WebSocket traffic.
-    #[arg(long, env = "CONFAB_LISTEN")]
-    pub listen: Option<String>,
-    /// Redis URL (Pub/Sub fan-out, presence, rate limits); rediss:// for TLS.
-    #[arg(long, env = "CONFAB_REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// PEM file of CA certificates a rediss:// server's certificate may be
-    /// signed by, besides the system's roots.
-    #[arg(long, env = "CONFAB_REDIS_CA_FILE")]
-    pub redis_ca_file: Option<PathBuf>,
-    /// MongoDB URL (durable history).
-    #[arg(long, env = "CONFAB_MONGO_URL")]
-    pub mongo_url: Option<String>,
-    /// MongoDB database name.
-    #[arg(long, env = "CONFAB_MONGO_DB")]
-    pub mongo_db: Option<String>,
+    #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    #[command(flatten)]
+    pub mongo: MongoConfig,
     /// Prefix of every Redis key and channel; nodes and workers of one
     /// deployment share it (change it only to share one Redis between deployments).
-    #[arg(long, env = "CONFAB_KEY_PREFIX")]
-    pub key_prefix: Option<String>,
+    #[arg(long = "key-prefix", env = "CONFAB_KEY_PREFIX", default_value = "confab", value_parser = parse_keyspace)]
+    pub keys: Keyspace,
     /// Secret that signs access tokens (at least 32 bytes); all nodes share it.
-    #[arg(long, env = "CONFAB_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    #[arg(long, env = "CONFAB_JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub jwt_secret: String,
     /// This node's id in logs and metrics (default: random).
-    #[arg(long, env = "CONFAB_NODE_ID")]
-    pub node_id: Option<String>,
+    #[arg(long, env = "CONFAB_NODE_ID", default_value_t = random_id("node"), hide_default_value = true, value_parser = parse_name)]
+    pub node_id: String,
     /// Lifetime of access tokens, in seconds.
-    #[arg(long, env = "CONFAB_TOKEN_TTL_SECS")]
-    pub token_ttl_secs: Option<u64>,
+    #[arg(long = "token-ttl-secs", env = "CONFAB_TOKEN_TTL_SECS", default_value = "3600", value_parser = secs(60, 30 * 86_400))]
+    pub token_ttl: Duration,
     /// Largest WebSocket message accepted, in bytes (whole message, all fragments).
-    #[arg(long, env = "CONFAB_MAX_MESSAGE_BYTES")]
-    pub max_message_bytes: Option<usize>,
+    #[arg(long, env = "CONFAB_MAX_MESSAGE_BYTES", default_value = "65536", value_parser = count(1024, 64 << 20))]
+    pub max_message_bytes: usize,
     /// Frames queued for one connection before it is cut off as a slow consumer.
-    #[arg(long, env = "CONFAB_OUTBOUND_QUEUE")]
-    pub outbound_queue: Option<usize>,
+    #[arg(long, env = "CONFAB_OUTBOUND_QUEUE", default_value = "1024", value_parser = count(8, 1_000_000))]
+    pub outbound_queue: usize,
     /// Seconds a connection may take to send a request's head once it began.
-    #[arg(long, env = "CONFAB_HEADER_TIMEOUT_SECS")]
-    pub header_timeout_secs: Option<u64>,
+    #[arg(long = "header-timeout-secs", env = "CONFAB_HEADER_TIMEOUT_SECS", default_value = "10", value_parser = secs(1, 600))]
+    pub header_timeout: Duration,
     /// Seconds a connection may wait for its first or next request (keep-alive).
-    #[arg(long, env = "CONFAB_IDLE_TIMEOUT_SECS")]
-    pub idle_timeout_secs: Option<u64>,
+    #[arg(long = "idle-timeout-secs", env = "CONFAB_IDLE_TIMEOUT_SECS", default_value = "60", value_parser = secs(1, 3600))]
+    pub idle_timeout: Duration,
     /// Seconds between server pings; two unanswered pings drop the connection.
-    #[arg(long, env = "CONFAB_PING_INTERVAL_SECS")]
-    pub ping_interval_secs: Option<u64>,
+    #[arg(long = "ping-interval-secs", env = "CONFAB_PING_INTERVAL_SECS", default_value = "25", value_parser = secs(1, 3600))]
+    pub ping_interval: Duration,
     /// Comma-separated Origins allowed to open WebSockets (empty: any).
-    #[arg(long, env = "CONFAB_ALLOWED_ORIGINS")]
-    pub allowed_origins: Option<String>,
+    #[arg(long, env = "CONFAB_ALLOWED_ORIGINS", default_value = "", value_parser = parse_origins)]
+    pub allowed_origins: Origins,
     /// Pub/Sub messages buffered between Redis and the fan-out task.
-    #[arg(long, env = "CONFAB_PUBSUB_BUFFER")]
-    pub pubsub_buffer: Option<usize>,
+    #[arg(long, env = "CONFAB_PUBSUB_BUFFER", default_value = "16384", value_parser = count(64, 4_194_304))]
+    pub pubsub_buffer: usize,
     /// Threads that write a big room's fan-out, the bus reader's included
     /// (0: one per core; 1: the bus reader writes everything).
-    #[arg(long, env = "CONFAB_FANOUT_LANES")]
-    pub fanout_lanes: Option<usize>,
+    #[arg(long, env = "CONFAB_FANOUT_LANES", default_value = "0", value_parser = parse_lanes)]
+    pub fanout_lanes: usize,
     /// Local receivers from which an event is split over the fan-out lanes.
-    #[arg(long, env = "CONFAB_FANOUT_SPLIT_AT")]
-    pub fanout_split_at: Option<usize>,
+    #[arg(long, env = "CONFAB_FANOUT_SPLIT_AT", default_value_t = crate::gateway::lanes::SPLIT_AT, value_parser = count(1, 1_000_000))]
+    pub fanout_split_at: usize,
     /// Serve the RFC 6455 conformance echo endpoint at /ws/echo (for test runs).
-    #[arg(long, env = "CONFAB_ECHO_ENDPOINT")]
-    pub echo_endpoint: Option<bool>,
+    #[arg(long, env = "CONFAB_ECHO_ENDPOINT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub echo_endpoint: bool,
     /// Seconds a cached room list or history page may live in Redis (0: no cache).
-    #[arg(long, env = "CONFAB_CACHE_TTL_SECS")]
-    pub cache_ttl_secs: Option<u64>,
+    #[arg(long = "cache-ttl-secs", env = "CONFAB_CACHE_TTL_SECS", default_value = "300", value_parser = secs(0, 86_400))]
+    pub cache_ttl: Duration,
     /// Milliseconds a gap in a room's live seqs may stay open before it is filled from history.
-    #[arg(long, env = "CONFAB_GAP_WAIT_MS")]
-    pub gap_wait_ms: Option<u64>,
-    /// REST requests per user per minute, shared by all nodes (0: no limit).
-    #[arg(long, env = "CONFAB_REST_RATE_PER_MINUTE")]
-    pub rest_rate_per_minute: Option<u32>,
-    /// WebSocket frames per second per connection (0: no limit).
-    #[arg(long, env = "CONFAB_SOCKET_RATE_PER_SEC")]
-    pub socket_rate_per_sec: Option<u32>,
-    /// Most WebSocket frames a connection may send at once, before its rate applies.
-    #[arg(long, env = "CONFAB_SOCKET_BURST")]
-    pub socket_burst: Option<u32>,
-    /// Frames refused for rate within 10 s that close a connection with 1008.
-    #[arg(long, env = "CONFAB_SOCKET_MAX_REJECTIONS")]
-    pub socket_max_rejections: Option<u32>,
-    /// Failed logins per username per window before logins are refused (0: no limit).
-    #[arg(long, env = "CONFAB_LOGIN_MAX_FAILURES")]
-    pub login_max_failures: Option<u32>,
-    /// The window failed logins are counted in, in seconds.
-    #[arg(long, env = "CONFAB_LOGIN_WINDOW_SECS")]
-    pub login_window_secs: Option<u64>,
-    /// Registrations and logins per client address per minute, shared by all nodes (0: no limit).
-    #[arg(long, env = "CONFAB_AUTH_RATE_PER_MINUTE")]
-    pub auth_rate_per_minute: Option<u32>,
+    #[arg(long = "gap-wait-ms", env = "CONFAB_GAP_WAIT_MS", default_value = "250", value_parser = millis(1, 10_000))]
+    pub gap_wait: Duration,
+    #[command(flatten)]
+    pub rate_limits: RateLimits,
     /// Comma-separated addresses or CIDR ranges of proxies whose
-    /// X-Forwarded-For names the client (default: loopback).
-    #[arg(long, env = "CONFAB_TRUSTED_PROXIES")]
-    pub trusted_proxies: Option<String>,
+    /// X-Forwarded-For names the client.
+    #[arg(long, env = "CONFAB_TRUSTED_PROXIES", default_value = "127.0.0.0/8,::1", value_parser = parse_proxies)]
+    pub trusted_proxies: Proxies,
     /// Simultaneous WebSocket connections one user may hold, cluster-wide (0: no limit).
-    #[arg(long, env = "CONFAB_MAX_SOCKETS_PER_USER")]
-    pub max_sockets_per_user: Option<u32>,
-    /// Server API requests per API key per minute, shared by all nodes (0: no limit).
-    #[arg(long, env = "CONFAB_API_RATE_PER_MINUTE")]
-    pub api_rate_per_minute: Option<u32>,
+    #[arg(long, env = "CONFAB_MAX_SOCKETS_PER_USER", default_value = "50", value_parser = count32(0, 100_000))]
+    pub max_sockets_per_user: u32,
     /// Milliseconds a user stays online after their last connection closes,
     /// so that a quick reconnect is not seen as going offline and back.
-    #[arg(long, env = "CONFAB_PRESENCE_GRACE_MS")]
-    pub presence_grace_ms: Option<u64>,
+    #[arg(long = "presence-grace-ms", env = "CONFAB_PRESENCE_GRACE_MS", default_value = "5000", value_parser = millis(0, 600_000))]
+    pub presence_grace: Duration,
     /// Seconds between this node's heartbeats in Redis (also how often it
     /// sweeps the connections of nodes whose heartbeat has expired).
-    #[arg(long, env = "CONFAB_NODE_HEARTBEAT_SECS")]
-    pub node_heartbeat_secs: Option<u64>,
-    /// Seconds after its last heartbeat that a node counts as dead and its
-    /// users' connections are swept.
-    #[arg(long, env = "CONFAB_NODE_TTL_SECS")]
-    pub node_ttl_secs: Option<u64>,
-}
-
-/// The same settings as they appear in a TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    redis_url: Option<String>,
-    redis_ca_file: Option<PathBuf>,
-    mongo_url: Option<String>,
-    mongo_db: Option<String>,
-    key_prefix: Option<String>,
-    jwt_secret: Option<String>,
-    node_id: Option<String>,
-    token_ttl_secs: Option<u64>,
-    max_message_bytes: Option<usize>,
-    outbound_queue: Option<usize>,
-    header_timeout_secs: Option<u64>,
-    idle_timeout_secs: Option<u64>,
-    api_rate_per_minute: Option<u32>,
-    auth_rate_per_minute: Option<u32>,
-    trusted_proxies: Option<String>,
-    max_sockets_per_user: Option<u32>,
-    ping_interval_secs: Option<u64>,
-    allowed_origins: Option<String>,
-    pubsub_buffer: Option<usize>,
-    fanout_lanes: Option<usize>,
-    fanout_split_at: Option<usize>,
-    echo_endpoint: Option<bool>,
-    cache_ttl_secs: Option<u64>,
-    gap_wait_ms: Option<u64>,
-    rest_rate_per_minute: Option<u32>,
-    socket_rate_per_sec: Option<u32>,
-    socket_burst: Option<u32>,
-    socket_max_rejections: Option<u32>,
-    login_max_failures: Option<u32>,
-    login_window_secs: Option<u64>,
-    presence_grace_ms: Option<u64>,
-    node_heartbeat_secs: Option<u64>,
-    node_ttl_secs: Option<u64>,
-}
-
-/// A validated node configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub redis: RedisConfig,
-    pub mongo_url: String,
-    pub mongo_db: String,
-    /// The names of every Redis key and channel (`key_prefix`).
-    pub keys: Keyspace,
-    pub jwt_secret: String,
-    pub node_id: String,
-    pub token_ttl: Duration,
-    pub max_message_bytes: usize,
-    pub outbound_queue: usize,
-    /// How long a request's head may take once its first bytes arrived.
-    pub header_timeout: Duration,
-    /// How long an HTTP connection may wait for a request.
-    pub idle_timeout: Duration,
-    pub ping_interval: Duration,
-    pub allowed_origins: Vec<String>,
-    pub pubsub_buffer: usize,
-    /// Fan-out lanes, the bus reader's included (at least 1).
-    pub fanout_lanes: usize,
-    pub fanout_split_at: usize,
-    pub echo_endpoint: bool,
-    pub cache_ttl: Duration,
-    pub gap_wait: Duration,
-    pub rate_limits: RateLimits,
-    /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<Cidr>,
-    /// Simultaneous sockets per user, cluster-wide (0: no limit).
-    pub max_sockets_per_user: u32,
-    pub presence_grace: Duration,
+    #[arg(long = "node-heartbeat-secs", env = "CONFAB_NODE_HEARTBEAT_SECS", default_value = "5", value_parser = secs(1, 60))]
     pub node_heartbeat: Duration,
+    /// Seconds after its last heartbeat that a node counts as dead and its
+    /// users' connections are swept (at least twice the heartbeat).
+    #[arg(long = "node-ttl-secs", env = "CONFAB_NODE_TTL_SECS", default_value = "15", value_parser = secs(2, 600))]
     pub node_ttl: Duration,
 }
 
 /// Rate limits (docs/adr/0006-rate-limits.md). A zero rate turns that limit off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
 pub struct RateLimits {
-    /// REST requests per user per minute, counted in Redis across nodes.
+    /// REST requests per user per minute, shared by all nodes (0: no limit).
+    #[arg(long = "rest-rate-per-minute", env = "CONFAB_REST_RATE_PER_MINUTE", default_value = "1000", value_parser = count32(0, 1_000_000))]
     pub rest_per_minute: u32,
-    /// Frames per second per WebSocket connection, counted on its node.
+    /// WebSocket frames per second per connection (0: no limit).
+    #[arg(long = "socket-rate-per-sec", env = "CONFAB_SOCKET_RATE_PER_SEC", default_value = "20", value_parser = count32(0, 1_000_000))]
     pub socket_per_sec: u32,
+    /// Most WebSocket frames a connection may send at once, before its rate applies.
+    #[arg(long = "socket-burst", env = "CONFAB_SOCKET_BURST", default_value = "40", value_parser = count32(1, 1_000_000))]
     pub socket_burst: u32,
-    /// Frames refused within ten seconds that close the connection (1008).
+    /// Frames refused for rate within 10 s that close a connection with 1008.
+    #[arg(long = "socket-max-rejections", env = "CONFAB_SOCKET_MAX_REJECTIONS", default_value = "100", value_parser = count32(1, 1_000_000))]
     pub socket_max_rejections: u32,
-    /// Failed logins per username per `login_window`.
+    /// Failed logins per username per window before logins are refused (0: no limit).
+    #[arg(long = "login-max-failures", env = "CONFAB_LOGIN_MAX_FAILURES", default_value = "10", value_parser = count32(0, 1_000_000))]
     pub login_max_failures: u32,
+    /// The window failed logins are counted in, in seconds.
+    #[arg(long = "login-window-secs", env = "CONFAB_LOGIN_WINDOW_SECS", default_value = "900", value_parser = secs(1, 86_400))]
     pub login_window: Duration,
-    /// Server API requests per API key per minute, counted in Redis across nodes.
+    /// Server API requests per API key per minute, shared by all nodes (0: no limit).
+    #[arg(long = "api-rate-per-minute", env = "CONFAB_API_RATE_PER_MINUTE", default_value = "10000", value_parser = count32(0, 1_000_000))]
     pub api_per_minute: u32,
-    /// Registrations and logins per client address per minute, across nodes.
+    /// Registrations and logins per client address per minute, shared by all nodes (0: no limit).
+    #[arg(long = "auth-rate-per-minute", env = "CONFAB_AUTH_RATE_PER_MINUTE", default_value = "30", value_parser = count32(0, 1_000_000))]
     pub auth_per_minute: u32,
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits {
-            rest_per_minute: 1000,
-            socket_per_sec: 20,
-            socket_burst: 40,
-            socket_max_rejections: 100,
-            login_max_failures: 10,
-            login_window: Duration::from_secs(900),
-            api_per_minute: 10_000,
-            auth_per_minute: 30,
+        defaults::<RateLimits>(&[])
+    }
+}
+
+impl Config {
+    /// The defaults, with Redis and MongoDB at the given URLs and the given
+    /// secret: what a test or an embedding program starts from.
+    pub fn defaults(redis_url: &str, mongo_url: &str, jwt_secret: &str) -> Config {
+        defaults::<Config>(&["--redis-url", redis_url, "--mongo-url", mongo_url, "--jwt-secret", jwt_secret])
+    }
+
+    /// The checks that span several settings (each setting is checked
+    /// alone as it is parsed).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_ttl < 2 * self.node_heartbeat {
+            return Err(invalid(
+                "node-ttl-secs",
+                "CONFAB_NODE_TTL_SECS",
+                format!("must be at least twice --node-heartbeat-secs ({} s)", 2 * self.node_heartbeat.as_secs()),
+            ));
         }
+        self.redis.validate()
+    }
+}
+
+/// Browser Origins allowed to open WebSockets, lower-cased, without a
+/// trailing `/`; empty: any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origins(pub Vec<String>);
+
+impl std::ops::Deref for Origins {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// Proxies whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Proxies(pub Vec<Cidr>);
+
+impl std::ops::Deref for Proxies {
+    type Target = [Cidr];
+    fn deref(&self) -> &[Cidr] {
+        &self.0
     }
 }
 
@@ -284,436 +229,413 @@ impl Cidr {
     }
 }
 
+// --- Parsing -----------------------------------------------------------------
+
 /// A setting that is missing or invalid; the message names it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-pub(crate) fn invalid(flag: &str, env: &str, why: impl std::fmt::Display) -> ConfigError {
+pub fn invalid(flag: &str, env: &str, why: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("invalid setting --{flag} ({env}): {why}"))
 }
 
-pub(crate) fn missing(flag: &str, env: &str) -> ConfigError {
+fn missing(flag: &str, env: &str) -> ConfigError {
     ConfigError(format!(
         "missing setting --{flag} ({env}); set the flag, the variable, or `{}` in the config file",
         flag.replace('-', "_")
     ))
 }
 
-impl ServeArgs {
-    /// Merges the flags/environment with the config file and validates the result.
-    pub fn resolve(self) -> Result<Config, ConfigError> {
-        let file = read_file(self.config.as_deref())?;
-        let listen = self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen = listen
-            .parse::<SocketAddr>()
-            .map_err(|_| invalid("listen", "CONFAB_LISTEN", format!("`{listen}` is not host:port")))?;
+/// What a clap parse ended with that is not a configuration.
+pub enum Parsed<T> {
+    Ok(T),
+    /// `--help` or `--version`: clap's output, to print and exit with 0.
+    Shown(clap::Error),
+}
 
-        let redis = redis(self.redis_url.or(file.redis_url), self.redis_ca_file.or(file.redis_ca_file))?;
-        let (mongo_url, mongo_db) = mongo(self.mongo_url.or(file.mongo_url), self.mongo_db.or(file.mongo_db))?;
-        let keys = key_prefix(self.key_prefix.or(file.key_prefix))?;
-        let jwt_secret =
-            self.jwt_secret.or(file.jwt_secret).ok_or_else(|| missing("jwt-secret", "CONFAB_JWT_SECRET"))?;
-        if jwt_secret.len() < 32 {
-            return Err(invalid("jwt-secret", "CONFAB_JWT_SECRET", "must be at least 32 bytes"));
+/// Parses a command line into `C`, whose subcommands may take `--config`:
+/// the file given there fills in the defaults of that subcommand's settings.
+/// `lenient` names subcommands that read another command's file and skip
+/// the keys they do not know (operator commands reading a node's or a
+/// worker's file); any other unknown key is an error.
+pub fn parse<C: clap::Parser>(args: Vec<OsString>, lenient: &[&str]) -> Result<Parsed<C>, ConfigError> {
+    parse_with(args, lenient, C::command())
+}
+
+/// [`parse`] with the command as `command` (`C::command()`, adjusted).
+pub fn parse_with<C: clap::Parser>(
+    args: Vec<OsString>,
+    lenient: &[&str],
+    command: Command,
+) -> Result<Parsed<C>, ConfigError> {
+    // A setting given twice takes its last value, as the environment would.
+    let command = overriding(command);
+    // A first pass that minds no error, to find the subcommand and its file.
+    let first = command.clone().ignore_errors(true).try_get_matches_from(args.clone());
+    let mut command = command;
+    if let Ok(matches) = first {
+        let mut path = Vec::new();
+        let mut at = &matches;
+        let mut file = None;
+        while let Some((name, sub)) = at.subcommand() {
+            path.push(name.to_string());
+            if let Ok(Some(p)) = sub.try_get_one::<PathBuf>("config") {
+                file = Some((path.clone(), p.clone()));
+            }
+            at = sub;
         }
-        let node_id = self.node_id.or(file.node_id).unwrap_or_else(random_node_id);
-        if node_id.is_empty()
-            || node_id.len() > 64
-            || !node_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(invalid("node-id", "CONFAB_NODE_ID", "must be 1-64 of [A-Za-z0-9_.-]"));
+        if let Some((path, file)) = file {
+            let strict = !path.iter().any(|p| lenient.contains(&p.as_str()));
+            command = with_file(command, &path, &file, strict)?;
         }
-        let token_ttl_secs = self.token_ttl_secs.or(file.token_ttl_secs).unwrap_or(3600);
-        if !(60..=30 * 86_400).contains(&token_ttl_secs) {
-            return Err(invalid("token-ttl-secs", "CONFAB_TOKEN_TTL_SECS", "must be between 60 and 2592000"));
+    }
+    let matches = match command.clone().try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            return Ok(Parsed::Shown(e));
         }
-        let max_message_bytes = self.max_message_bytes.or(file.max_message_bytes).unwrap_or(64 * 1024);
-        if !(1024..=64 << 20).contains(&max_message_bytes) {
-            return Err(invalid("max-message-bytes", "CONFAB_MAX_MESSAGE_BYTES", "must be between 1024 and 67108864"));
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            return Ok(Parsed::Shown(e));
         }
-        let outbound_queue = self.outbound_queue.or(file.outbound_queue).unwrap_or(1024);
-        if !(8..=1_000_000).contains(&outbound_queue) {
-            return Err(invalid("outbound-queue", "CONFAB_OUTBOUND_QUEUE", "must be between 8 and 1000000"));
-        }
-        let header_timeout_secs = self.header_timeout_secs.or(file.header_timeout_secs).unwrap_or(10);
-        if !(1..=600).contains(&header_timeout_secs) {
-            return Err(invalid("header-timeout-secs", "CONFAB_HEADER_TIMEOUT_SECS", "must be between 1 and 600"));
-        }
-        let idle_timeout_secs = self.idle_timeout_secs.or(file.idle_timeout_secs).unwrap_or(60);
-        if !(1..=3600).contains(&idle_timeout_secs) {
-            return Err(invalid("idle-timeout-secs", "CONFAB_IDLE_TIMEOUT_SECS", "must be between 1 and 3600"));
-        }
-        let ping_interval_secs = self.ping_interval_secs.or(file.ping_interval_secs).unwrap_or(25);
-        if !(1..=3600).contains(&ping_interval_secs) {
-            return Err(invalid("ping-interval-secs", "CONFAB_PING_INTERVAL_SECS", "must be between 1 and 3600"));
-        }
-        let allowed_origins = self
-            .allowed_origins
-            .or(file.allowed_origins)
-            .unwrap_or_default()
-            .split(',')
-            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
-            .filter(|o| !o.is_empty())
-            .collect::<Vec<_>>();
-        if let Some(bad) = allowed_origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://"))) {
-            return Err(invalid(
-                "allowed-origins",
-                "CONFAB_ALLOWED_ORIGINS",
-                format!("`{bad}` is not an http(s) origin"),
-            ));
-        }
-        let pubsub_buffer = self.pubsub_buffer.or(file.pubsub_buffer).unwrap_or(16_384);
-        if !(64..=4_194_304).contains(&pubsub_buffer) {
-            return Err(invalid("pubsub-buffer", "CONFAB_PUBSUB_BUFFER", "must be between 64 and 4194304"));
-        }
-        let fanout_lanes = match self.fanout_lanes.or(file.fanout_lanes).unwrap_or(0) {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(crate::gateway::lanes::MAX_LANES),
-            n if n <= crate::gateway::lanes::MAX_LANES => n,
-            _ => return Err(invalid("fanout-lanes", "CONFAB_FANOUT_LANES", "must be between 0 and 64")),
+        Err(e) => return Err(one_line(&command, &e)),
+    };
+    C::from_arg_matches(&matches).map(Parsed::Ok).map_err(|e| one_line(&command, &e))
+}
+
+/// `command` with the settings of the subcommand at `path` defaulting to
+/// the file's values.
+fn with_file(command: Command, path: &[String], file: &Path, strict: bool) -> Result<Command, ConfigError> {
+    let bad = |why: String| invalid("config", "CONFAB_CONFIG", format!("{}: {why}", file.display()));
+    let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+    let mut values = Vec::new();
+    for (key, value) in table {
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => return Err(bad(format!("`{key}` is not a string, number, boolean or list"))),
         };
-        let fanout_split_at = self.fanout_split_at.or(file.fanout_split_at).unwrap_or(crate::gateway::lanes::SPLIT_AT);
-        if !(1..=1_000_000).contains(&fanout_split_at) {
-            return Err(invalid("fanout-split-at", "CONFAB_FANOUT_SPLIT_AT", "must be between 1 and 1000000"));
+        values.push((key, text));
+    }
+    let mut unknown = None;
+    let command = at_path(command, path, &mut |sub: Command| {
+        let mut sub = sub;
+        for (key, text) in &values {
+            let long = key.replace('_', "-");
+            let id = sub
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long.as_str()) && long != "config")
+                .map(|a| a.get_id().clone());
+            match id {
+                Some(id) => sub = sub.mut_arg(id, |a| a.default_value(clap::builder::OsStr::from(text.clone()))),
+                None if strict => {
+                    unknown.get_or_insert_with(|| key.clone());
+                }
+                None => {}
+            }
         }
-        let cache_ttl_secs = self.cache_ttl_secs.or(file.cache_ttl_secs).unwrap_or(300);
-        if cache_ttl_secs > 86_400 {
-            return Err(invalid("cache-ttl-secs", "CONFAB_CACHE_TTL_SECS", "must be between 0 and 86400"));
-        }
-        let gap_wait_ms = self.gap_wait_ms.or(file.gap_wait_ms).unwrap_or(250);
-        if !(1..=10_000).contains(&gap_wait_ms) {
-            return Err(invalid("gap-wait-ms", "CONFAB_GAP_WAIT_MS", "must be between 1 and 10000"));
-        }
-        let d = RateLimits::default();
-        let rest_per_minute = self.rest_rate_per_minute.or(file.rest_rate_per_minute).unwrap_or(d.rest_per_minute);
-        if rest_per_minute > 1_000_000 {
-            return Err(invalid(
-                "rest-rate-per-minute",
-                "CONFAB_REST_RATE_PER_MINUTE",
-                "must be between 0 and 1000000",
-            ));
-        }
-        let socket_per_sec = self.socket_rate_per_sec.or(file.socket_rate_per_sec).unwrap_or(d.socket_per_sec);
-        if socket_per_sec > 1_000_000 {
-            return Err(invalid("socket-rate-per-sec", "CONFAB_SOCKET_RATE_PER_SEC", "must be between 0 and 1000000"));
-        }
-        let socket_burst = self.socket_burst.or(file.socket_burst).unwrap_or(d.socket_burst);
-        if !(1..=1_000_000).contains(&socket_burst) {
-            return Err(invalid("socket-burst", "CONFAB_SOCKET_BURST", "must be between 1 and 1000000"));
-        }
-        let socket_max_rejections =
-            self.socket_max_rejections.or(file.socket_max_rejections).unwrap_or(d.socket_max_rejections);
-        if !(1..=1_000_000).contains(&socket_max_rejections) {
-            return Err(invalid(
-                "socket-max-rejections",
-                "CONFAB_SOCKET_MAX_REJECTIONS",
-                "must be between 1 and 1000000",
-            ));
-        }
-        let login_max_failures = self.login_max_failures.or(file.login_max_failures).unwrap_or(d.login_max_failures);
-        if login_max_failures > 1_000_000 {
-            return Err(invalid("login-max-failures", "CONFAB_LOGIN_MAX_FAILURES", "must be between 0 and 1000000"));
-        }
-        let login_window_secs = self.login_window_secs.or(file.login_window_secs).unwrap_or(d.login_window.as_secs());
-        if !(1..=86_400).contains(&login_window_secs) {
-            return Err(invalid("login-window-secs", "CONFAB_LOGIN_WINDOW_SECS", "must be between 1 and 86400"));
-        }
-        let api_per_minute = self.api_rate_per_minute.or(file.api_rate_per_minute).unwrap_or(d.api_per_minute);
-        if api_per_minute > 1_000_000 {
-            return Err(invalid("api-rate-per-minute", "CONFAB_API_RATE_PER_MINUTE", "must be between 0 and 1000000"));
-        }
-        let auth_per_minute = self.auth_rate_per_minute.or(file.auth_rate_per_minute).unwrap_or(d.auth_per_minute);
-        if auth_per_minute > 1_000_000 {
-            return Err(invalid(
-                "auth-rate-per-minute",
-                "CONFAB_AUTH_RATE_PER_MINUTE",
-                "must be between 0 and 1000000",
-            ));
-        }
-        let trusted_proxies = self
-            .trusted_proxies
-            .or(file.trusted_proxies)
-            .unwrap_or_else(|| "127.0.0.0/8,::1".into())
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                Cidr::parse(p).ok_or_else(|| {
-                    invalid(
-                        "trusted-proxies",
-                        "CONFAB_TRUSTED_PROXIES",
-                        format!("`{p}` is not an address or CIDR range"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let max_sockets_per_user = self.max_sockets_per_user.or(file.max_sockets_per_user).unwrap_or(50);
-        if max_sockets_per_user > 100_000 {
-            return Err(invalid("max-sockets-per-user", "CONFAB_MAX_SOCKETS_PER_USER", "must be between 0 and 100000"));
-        }
-        let rate_limits = RateLimits {
-            rest_per_minute,
-            socket_per_sec,
-            socket_burst,
-            socket_max_rejections,
-            login_max_failures,
-            login_window: Duration::from_secs(login_window_secs),
-            api_per_minute,
-            auth_per_minute,
-        };
-        let presence_grace_ms = self.presence_grace_ms.or(file.presence_grace_ms).unwrap_or(5000);
-        if presence_grace_ms > 600_000 {
-            return Err(invalid("presence-grace-ms", "CONFAB_PRESENCE_GRACE_MS", "must be between 0 and 600000"));
-        }
-        let node_heartbeat_secs = self.node_heartbeat_secs.or(file.node_heartbeat_secs).unwrap_or(5);
-        if !(1..=60).contains(&node_heartbeat_secs) {
-            return Err(invalid("node-heartbeat-secs", "CONFAB_NODE_HEARTBEAT_SECS", "must be between 1 and 60"));
-        }
-        let node_ttl_secs = self.node_ttl_secs.or(file.node_ttl_secs).unwrap_or(15);
-        if !(2 * node_heartbeat_secs..=600).contains(&node_ttl_secs) {
-            return Err(invalid(
-                "node-ttl-secs",
-                "CONFAB_NODE_TTL_SECS",
-                format!("must be between twice --node-heartbeat-secs ({}) and 600", 2 * node_heartbeat_secs),
-            ));
-        }
-        Ok(Config {
-            listen,
-            redis,
-            mongo_url,
-            mongo_db,
-            keys,
-            jwt_secret,
-            node_id,
-            token_ttl: Duration::from_secs(token_ttl_secs),
-            max_message_bytes,
-            outbound_queue,
-            header_timeout: Duration::from_secs(header_timeout_secs),
-            idle_timeout: Duration::from_secs(idle_timeout_secs),
-            ping_interval: Duration::from_secs(ping_interval_secs),
-            allowed_origins,
-            pubsub_buffer,
-            fanout_lanes,
-            fanout_split_at,
-            echo_endpoint: self.echo_endpoint.or(file.echo_endpoint).unwrap_or(false),
-            cache_ttl: Duration::from_secs(cache_ttl_secs),
-            gap_wait: Duration::from_millis(gap_wait_ms),
-            rate_limits,
-            trusted_proxies,
-            max_sockets_per_user,
-            presence_grace: Duration::from_millis(presence_grace_ms),
-            node_heartbeat: Duration::from_secs(node_heartbeat_secs),
-            node_ttl: Duration::from_secs(node_ttl_secs),
-        })
+        sub
+    });
+    match unknown {
+        Some(key) => Err(bad(format!("unknown setting `{key}`"))),
+        None => Ok(command),
     }
 }
 
-/// The config file's settings (none without a file).
-fn read_file(path: Option<&std::path::Path>) -> Result<FileConfig, ConfigError> {
-    let Some(path) = path else { return Ok(FileConfig::default()) };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| invalid("config", "CONFAB_CONFIG", format!("{}: {e}", path.display())))?;
-    toml::from_str::<FileConfig>(&text).map_err(|e| {
-        let msg = e.message().to_string();
-        invalid("config", "CONFAB_CONFIG", format!("{}: {msg}", path.display()))
-    })
+fn overriding(command: Command) -> Command {
+    let names: Vec<String> = command.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    names.iter().fold(command.args_override_self(true), |c, name| c.mut_subcommand(name, overriding))
 }
 
-/// The MongoDB URL (required) and database name, checked.
-fn mongo(url: Option<String>, db: Option<String>) -> Result<(String, String), ConfigError> {
-    let url = url.ok_or_else(|| missing("mongo-url", "CONFAB_MONGO_URL"))?;
-    if !(url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")) {
-        return Err(invalid("mongo-url", "CONFAB_MONGO_URL", "must start with mongodb:// or mongodb+srv://"));
+fn at_path(command: Command, path: &[String], f: &mut dyn FnMut(Command) -> Command) -> Command {
+    match path.split_first() {
+        None => f(command),
+        Some((first, rest)) => command.mut_subcommand(first, |sub| at_path(sub, rest, f)),
     }
-    let db = db.unwrap_or_else(|| "confab".into());
-    if db.is_empty() || db.len() > 63 || db.contains(['/', '\\', '.', ' ', '"', '$']) {
-        return Err(invalid("mongo-db", "CONFAB_MONGO_DB", "must be 1-63 characters without / \\ . space \" $"));
-    }
-    Ok((url, db))
 }
 
-/// The Redis URL (required) and CA file, checked.
-pub(crate) fn redis(url: Option<String>, ca_file: Option<PathBuf>) -> Result<RedisConfig, ConfigError> {
-    let url = url.ok_or_else(|| missing("redis-url", "CONFAB_REDIS_URL"))?;
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        return Err(invalid("redis-url", "CONFAB_REDIS_URL", "must start with redis:// or rediss://"));
+/// A clap error as one line naming the setting and its variable.
+fn one_line(command: &Command, e: &clap::Error) -> ConfigError {
+    let arg = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => v.first().cloned(),
+        _ => None,
+    };
+    let flag = arg.as_deref().and_then(|a| a.strip_prefix("--")).map(|a| a.split([' ', '=', '<']).next().unwrap_or(a));
+    // An argument found missing only when the settings are read names its id.
+    let by_id = (e.kind() == ErrorKind::MissingRequiredArgument && flag.is_none())
+        .then(|| first_line(e).rsplit(": ").next().and_then(|id| long_of(command, id.trim())))
+        .flatten();
+    let flag = flag.or(by_id.as_deref());
+    let env = flag.and_then(|f| env_of(command, f)).unwrap_or_default();
+    match (e.kind(), flag) {
+        (ErrorKind::MissingRequiredArgument, Some(flag)) => missing(flag, &env),
+        (ErrorKind::ValueValidation | ErrorKind::InvalidValue, Some(flag)) => {
+            let why = std::error::Error::source(e).map_or_else(
+                || first_line(e).rsplit(": ").next().unwrap_or("not valid").to_string(),
+                |s| s.to_string(),
+            );
+            invalid(flag, &env, why)
+        }
+        _ => ConfigError(first_line(e)),
     }
-    if let Some(path) = &ca_file {
-        if !path.is_file() {
-            return Err(invalid("redis-ca-file", "CONFAB_REDIS_CA_FILE", format!("{} is not a file", path.display())));
+}
+
+fn first_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let line = rendered.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+/// The flag of the setting whose id is `id`, in any subcommand of `command`.
+fn long_of(command: &Command, id: &str) -> Option<String> {
+    for arg in command.get_arguments() {
+        if arg.get_id() == id {
+            return arg.get_long().map(str::to_owned);
         }
     }
-    let redis = RedisConfig { url, ca_file };
-    // Parses the URL and loads the CA now, so that a bad one stops the start.
-    redis.builder(16).map_err(|e| invalid("redis-url", "CONFAB_REDIS_URL", e))?;
-    Ok(redis)
+    command.get_subcommands().find_map(|sub| long_of(sub, id))
 }
 
-/// The Redis key prefix (`--key-prefix`), checked, as the keyspace it names.
-pub(crate) fn key_prefix(value: Option<String>) -> Result<Keyspace, ConfigError> {
-    let prefix = value.unwrap_or_else(|| crate::keyspace::DEFAULT_PREFIX.into());
-    if !crate::keyspace::valid_prefix(&prefix) {
-        return Err(invalid("key-prefix", "CONFAB_KEY_PREFIX", "must be 1-64 of [A-Za-z0-9_.-]"));
+/// The environment variable of the setting whose flag is `--long`, in any
+/// subcommand of `command`.
+fn env_of(command: &Command, long: &str) -> Option<String> {
+    for arg in command.get_arguments() {
+        if arg.get_long() == Some(long) {
+            return arg.get_env().map(|e| e.to_string_lossy().into_owned());
+        }
     }
-    Ok(Keyspace::new(&prefix))
+    command.get_subcommands().find_map(|sub| env_of(sub, long))
 }
 
-/// The settings of commands that only talk to MongoDB (`confab apikey`):
-/// the same flags, variables and file keys as `confab serve`.
-#[derive(Debug, Clone, Default, Args)]
-pub struct StoreArgs {
-    /// TOML file with the settings (the same file `confab serve` reads).
-    #[arg(long, env = "CONFAB_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// MongoDB URL.
-    #[arg(long, env = "CONFAB_MONGO_URL")]
-    pub mongo_url: Option<String>,
-    /// MongoDB database name.
-    #[arg(long, env = "CONFAB_MONGO_DB")]
-    pub mongo_db: Option<String>,
+/// `A` with nothing given but `args`: its defaults.
+pub(crate) fn defaults<A: Args>(args: &[&str]) -> A {
+    let command = A::augment_args(Command::new("defaults").no_binary_name(true));
+    // The environment must not leak in: parse with every env lookup off.
+    let command = strip_env(command);
+    let matches = command.try_get_matches_from(args).expect("the defaults parse");
+    A::from_arg_matches(&matches).expect("the defaults parse")
 }
 
-impl StoreArgs {
-    /// The MongoDB URL and database name.
-    pub fn resolve(self) -> Result<(String, String), ConfigError> {
-        let file = read_file(self.config.as_deref())?;
-        mongo(self.mongo_url.or(file.mongo_url), self.mongo_db.or(file.mongo_db))
+fn strip_env(command: Command) -> Command {
+    let ids: Vec<clap::Id> = command.get_arguments().map(|a| a.get_id().clone()).collect();
+    ids.into_iter().fold(command, |c, id| c.mut_arg(id, |a| a.env(None::<&str>)))
+}
+
+// --- Value parsers -------------------------------------------------------------
+
+pub(crate) fn secs(lo: u64, hi: u64) -> impl TypedValueParser<Value = Duration> {
+    clap::value_parser!(u64).range(lo..=hi).map(Duration::from_secs)
+}
+
+pub(crate) fn millis(lo: u64, hi: u64) -> impl TypedValueParser<Value = Duration> {
+    clap::value_parser!(u64).range(lo..=hi).map(Duration::from_millis)
+}
+
+pub(crate) fn count(lo: u64, hi: u64) -> impl TypedValueParser<Value = usize> {
+    clap::value_parser!(u64).range(lo..=hi).map(|n| n as usize)
+}
+
+pub(crate) fn count32(lo: u32, hi: u32) -> impl TypedValueParser<Value = u32> {
+    clap::value_parser!(u32).range(i64::from(lo)..=i64::from(hi))
+}
+
+fn parse_listen(raw: &str) -> Result<SocketAddr, String> {
+    raw.parse().map_err(|_| format!("`{raw}` is not host:port"))
+}
+
+fn parse_secret(raw: &str) -> Result<String, String> {
+    if raw.len() < 32 {
+        return Err("must be at least 32 bytes".into());
+    }
+    Ok(raw.to_string())
+}
+
+/// A node's or worker's name: 1-64 of `[A-Za-z0-9_.-]`.
+pub fn parse_name(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > 64 || !raw.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err("must be 1-64 of [A-Za-z0-9_.-]".into());
+    }
+    Ok(raw.to_string())
+}
+
+/// `<kind>-` and eight random hex digits.
+pub fn random_id(kind: &str) -> String {
+    format!("{kind}-{:08x}", rand::random::<u32>())
+}
+
+pub fn parse_keyspace(raw: &str) -> Result<Keyspace, String> {
+    if !crate::keyspace::valid_prefix(raw) {
+        return Err("must be 1-64 of [A-Za-z0-9_.-]".into());
+    }
+    Ok(Keyspace::new(raw))
+}
+
+fn parse_origins(raw: &str) -> Result<Origins, String> {
+    let origins: Vec<String> =
+        raw.split(',').map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase()).filter(|o| !o.is_empty()).collect();
+    if let Some(bad) = origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://"))) {
+        return Err(format!("`{bad}` is not an http(s) origin"));
+    }
+    Ok(Origins(origins))
+}
+
+fn parse_lanes(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(0) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(crate::gateway::lanes::MAX_LANES)),
+        Ok(n) if n <= crate::gateway::lanes::MAX_LANES => Ok(n),
+        _ => Err(format!("must be between 0 and {}", crate::gateway::lanes::MAX_LANES)),
     }
 }
 
-fn random_node_id() -> String {
-    format!("node-{:08x}", rand::random::<u32>())
+fn parse_proxies(raw: &str) -> Result<Proxies, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| Cidr::parse(p).ok_or_else(|| format!("`{p}` is not an address or CIDR range")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Proxies)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn base() -> ServeArgs {
-        ServeArgs {
-            redis_url: Some("redis://127.0.0.1:6379".into()),
-            mongo_url: Some("mongodb://127.0.0.1:27017".into()),
-            jwt_secret: Some("x".repeat(32)),
-            ..Default::default()
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Sub {
+        Serve {
+            #[arg(long, env = "CONFAB_CONFIG")]
+            config: Option<PathBuf>,
+            #[command(flatten)]
+            settings: Box<Config>,
+        },
+    }
+
+    const BASE: &[&str] =
+        &["confab", "serve", "--redis-url", "redis://127.0.0.1:6379", "--mongo-url", "mongodb://127.0.0.1:27017"];
+
+    fn parse_args(extra: &[&str]) -> Result<Config, ConfigError> {
+        let secret = "x".repeat(32);
+        let mut args: Vec<OsString> = BASE.iter().map(OsString::from).collect();
+        args.extend(["--jwt-secret", secret.as_str()].iter().map(OsString::from));
+        args.extend(extra.iter().map(OsString::from));
+        match parse::<Cli>(args, &[])? {
+            Parsed::Ok(Cli { command: Sub::Serve { settings, .. } }) => {
+                settings.validate()?;
+                Ok(*settings)
+            }
+            Parsed::Shown(e) => panic!("{e}"),
         }
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path.to_string_lossy().into_owned())
     }
 
     #[test]
     fn defaults_fill_what_is_not_given() {
-        let c = base().resolve().unwrap();
+        let c = parse_args(&[]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.mongo_db, "confab");
+        assert_eq!((c.mongo.mongo_db.as_str(), c.keys.prefix()), ("confab", "confab"));
         assert_eq!(c.max_message_bytes, 65536);
         assert!(c.node_id.starts_with("node-"));
+        assert_eq!(c.rate_limits, RateLimits::default());
+        assert_eq!((c.presence_grace.as_millis(), c.node_heartbeat.as_secs(), c.node_ttl.as_secs()), (5000, 5, 15));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!((c.fanout_lanes, c.fanout_split_at), (cores.min(64), 64));
+        assert_eq!(Config::defaults("redis://r:1", "mongodb://m:2", &"s".repeat(32)).redis.url, "redis://r:1");
     }
 
     #[test]
-    fn missing_secret_names_the_setting() {
-        let err = ServeArgs { jwt_secret: None, ..base() }.resolve().unwrap_err();
-        assert!(err.0.contains("--jwt-secret (CONFAB_JWT_SECRET)"), "{err}");
-    }
-
-    #[test]
-    fn bad_listen_and_urls_are_rejected() {
-        let err = ServeArgs { listen: Some("nope".into()), ..base() }.resolve().unwrap_err();
-        assert!(err.0.contains("--listen"), "{err}");
-        let err = ServeArgs { redis_url: Some("http://x".into()), ..base() }.resolve().unwrap_err();
-        assert!(err.0.contains("--redis-url"), "{err}");
-        let err = ServeArgs { jwt_secret: Some("short".into()), ..base() }.resolve().unwrap_err();
-        assert!(err.0.contains("at least 32"), "{err}");
-    }
-
-    #[test]
-    fn file_fills_gaps_but_flags_win() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9999\"\nmongo_db = \"fromfile\"\n").unwrap();
-        let c = ServeArgs { config: Some(path), mongo_db: Some("fromflag".into()), ..base() }.resolve().unwrap();
-        assert_eq!(c.listen.port(), 9999);
-        assert_eq!(c.mongo_db, "fromflag");
-    }
-
-    #[test]
-    fn rate_limits_default_and_come_from_the_file() {
-        assert_eq!(base().resolve().unwrap().rate_limits, RateLimits::default());
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.toml");
-        std::fs::write(&path, "rest_rate_per_minute = 0\nsocket_burst = 5\nlogin_window_secs = 60\n").unwrap();
-        let c = ServeArgs { config: Some(path), socket_rate_per_sec: Some(7), ..base() }.resolve().unwrap();
-        let l = c.rate_limits;
-        assert_eq!((l.rest_per_minute, l.socket_per_sec, l.socket_burst), (0, 7, 5));
-        assert_eq!((l.login_max_failures, l.login_window), (10, Duration::from_secs(60)));
-        assert_eq!(l.api_per_minute, 10_000);
-        let path = dir.path().join("api.toml");
-        std::fs::write(&path, "api_rate_per_minute = 60\n").unwrap();
-        assert_eq!(ServeArgs { config: Some(path), ..base() }.resolve().unwrap().rate_limits.api_per_minute, 60);
-    }
-
-    #[test]
-    fn bad_rate_limits_name_the_setting() {
+    fn a_missing_or_bad_setting_is_named_in_one_line() {
+        let err = parse::<Cli>(BASE.iter().map(OsString::from).collect(), &[]).err().unwrap();
+        assert_eq!(
+            err.0,
+            "missing setting --jwt-secret (CONFAB_JWT_SECRET); set the flag, the variable, or `jwt_secret` in the config file"
+        );
         let cases = [
-            (ServeArgs { rest_rate_per_minute: Some(1_000_001), ..base() }, "--rest-rate-per-minute"),
-            (ServeArgs { socket_rate_per_sec: Some(1_000_001), ..base() }, "--socket-rate-per-sec"),
-            (ServeArgs { socket_burst: Some(0), ..base() }, "--socket-burst (CONFAB_SOCKET_BURST)"),
-            (ServeArgs { socket_max_rejections: Some(0), ..base() }, "--socket-max-rejections"),
-            (ServeArgs { login_max_failures: Some(1_000_001), ..base() }, "--login-max-failures"),
-            (ServeArgs { login_window_secs: Some(0), ..base() }, "--login-window-secs (CONFAB_LOGIN_WINDOW_SECS)"),
-            (
-                ServeArgs { api_rate_per_minute: Some(1_000_001), ..base() },
-                "--api-rate-per-minute (CONFAB_API_RATE_PER_MINUTE)",
-            ),
+            (&["--listen", "nope"][..], "--listen (CONFAB_LISTEN): `nope` is not host:port"),
+            (&["--jwt-secret", "short"], "--jwt-secret (CONFAB_JWT_SECRET): must be at least 32 bytes"),
+            (&["--redis-url", "http://x"], "--redis-url (CONFAB_REDIS_URL)"),
+            (&["--socket-burst", "0"], "--socket-burst (CONFAB_SOCKET_BURST)"),
+            (&["--login-window-secs", "0"], "--login-window-secs (CONFAB_LOGIN_WINDOW_SECS)"),
+            (&["--api-rate-per-minute", "1000001"], "--api-rate-per-minute (CONFAB_API_RATE_PER_MINUTE)"),
+            (&["--fanout-lanes", "65"], "--fanout-lanes (CONFAB_FANOUT_LANES)"),
+            (&["--fanout-split-at", "0"], "--fanout-split-at (CONFAB_FANOUT_SPLIT_AT)"),
+            (&["--node-heartbeat-secs", "5", "--node-ttl-secs", "9"], "--node-ttl-secs (CONFAB_NODE_TTL_SECS)"),
+            (&["--presence-grace-ms", "600001"], "--presence-grace-ms"),
+            (&["--key-prefix", "a b"], "--key-prefix (CONFAB_KEY_PREFIX)"),
+            (&["--trusted-proxies", "10.0.0.0/33"], "--trusted-proxies (CONFAB_TRUSTED_PROXIES)"),
+            (&["--allowed-origins", "ftp://x"], "--allowed-origins (CONFAB_ALLOWED_ORIGINS)"),
+            (&["--mongo-db", "a.b"], "--mongo-db (CONFAB_MONGO_DB)"),
         ];
-        for (args, name) in cases {
-            let err = args.resolve().unwrap_err();
-            assert!(err.0.contains(name), "{err}");
+        for (args, want) in cases {
+            let err = parse_args(args).unwrap_err();
+            assert!(err.0.contains(want), "{args:?}: {err}");
+            assert_eq!(err.0.lines().count(), 1, "{err}");
         }
     }
 
     #[test]
-    fn store_commands_read_the_same_settings() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.toml");
-        std::fs::write(&path, "mongo_url = \"mongodb://db:27017\"\nredis_url = \"redis://r\"\n").unwrap();
-        let (url, db) = StoreArgs { config: Some(path), ..Default::default() }.resolve().unwrap();
-        assert_eq!((url.as_str(), db.as_str()), ("mongodb://db:27017", "confab"));
-        let err = StoreArgs::default().resolve().unwrap_err();
-        assert!(err.0.contains("--mongo-url (CONFAB_MONGO_URL)"), "{err}");
-        let args =
-            StoreArgs { mongo_url: Some("mongodb://x".into()), mongo_db: Some("a.b".into()), ..Default::default() };
-        assert!(args.resolve().unwrap_err().0.contains("--mongo-db"));
-    }
-
-    #[test]
-    fn unknown_file_keys_are_rejected() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.toml");
-        std::fs::write(&path, "lissten = \"x\"\n").unwrap();
-        let err = ServeArgs { config: Some(path), ..base() }.resolve().unwrap_err();
+    fn the_file_fills_gaps_but_flags_win_and_its_values_are_checked_too() {
+        let (_dir, path) =
+            file("listen = \"127.0.0.1:9999\"\nmongo_db = \"fromfile\"\nsocket_burst = 5\nrest_rate_per_minute = 0\n");
+        let c = parse_args(&["--config", &path, "--mongo-db", "fromflag"]).unwrap();
+        assert_eq!((c.listen.port(), c.mongo.mongo_db.as_str()), (9999, "fromflag"));
+        assert_eq!((c.rate_limits.socket_burst, c.rate_limits.rest_per_minute), (5, 0));
+        let (_dir, path) = file("socket_burst = 0\n");
+        let err = parse_args(&["--config", &path]).unwrap_err();
+        assert!(err.0.contains("--socket-burst (CONFAB_SOCKET_BURST)"), "{err}");
+        let (_dir, path) = file("lissten = \"x\"\n");
+        let err = parse_args(&["--config", &path]).unwrap_err();
         assert!(err.0.contains("--config") && err.0.contains("lissten"), "{err}");
+        let (_dir, path) = file("allowed_origins = [\"https://a.example\", \"https://B.example/\"]\n");
+        assert_eq!(
+            parse_args(&["--config", &path]).unwrap().allowed_origins.0,
+            ["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]
-    fn fanout_lanes_default_to_one_per_core_and_are_bounded() {
-        let c = base().resolve().unwrap();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!((c.fanout_lanes, c.fanout_split_at), (cores.min(64), 64));
-        let c = ServeArgs { fanout_lanes: Some(1), fanout_split_at: Some(2), ..base() }.resolve().unwrap();
-        assert_eq!((c.fanout_lanes, c.fanout_split_at), (1, 2));
-        let err = ServeArgs { fanout_lanes: Some(65), ..base() }.resolve().unwrap_err();
-        assert!(err.0.contains("--fanout-lanes (CONFAB_FANOUT_LANES)"), "{err}");
-        let err = ServeArgs { fanout_split_at: Some(0), ..base() }.resolve().unwrap_err();
-        assert!(err.0.contains("--fanout-split-at (CONFAB_FANOUT_SPLIT_AT)"), "{err}");
+    fn the_example_file_shows_every_setting() {
+        let text = include_str!("../config/confab.example.toml");
+        let shown: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_string()))
+            .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        let command = Config::augment_args(Command::new("x"));
+        for arg in command.get_arguments() {
+            let key = arg.get_long().unwrap().replace('-', "_");
+            assert!(shown.contains(&key), "config/confab.example.toml does not show `{key}`");
+        }
     }
 
     #[test]
-    fn presence_timings_are_checked_together() {
-        let c = base().resolve().unwrap();
-        assert_eq!((c.presence_grace.as_millis(), c.node_heartbeat.as_secs(), c.node_ttl.as_secs()), (5000, 5, 15));
-        let err = ServeArgs { node_heartbeat_secs: Some(5), node_ttl_secs: Some(9), ..base() }.resolve().unwrap_err();
-        assert!(err.0.contains("--node-ttl-secs (CONFAB_NODE_TTL_SECS)"), "{err}");
-        let err = ServeArgs { node_heartbeat_secs: Some(0), ..base() }.resolve().unwrap_err();
-        assert!(err.0.contains("--node-heartbeat-secs"), "{err}");
-        let err = ServeArgs { presence_grace_ms: Some(600_001), ..base() }.resolve().unwrap_err();
-        assert!(err.0.contains("--presence-grace-ms"), "{err}");
+    fn proxies_match_their_ranges() {
+        let c = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(c.contains("10.1.200.3".parse().unwrap()) && !c.contains("10.2.0.1".parse().unwrap()));
+        let one = Cidr::parse("::1").unwrap();
+        assert!(one.contains("::1".parse().unwrap()) && !one.contains("::2".parse().unwrap()));
+        assert!(Cidr::parse("127.0.0.0/8").unwrap().contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("1.2.3.4/33").is_none() && Cidr::parse("nope").is_none());
     }
 }

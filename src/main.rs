@@ -2,11 +2,13 @@
 //! background jobs, `confab jobs` operates their queues, `confab token`
 //! mints access tokens, `confab apikey` manages server API keys.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use confab::config::{ServeArgs, StoreArgs};
-use confab::jobs::config::{JobsArgs, WorkerArgs};
+use confab::config::{Config, MongoConfig, Parsed};
+use confab::jobs::config::{JobsConfig, WorkerConfig};
 use confab::node::RunningNode;
 
 #[derive(Parser)]
@@ -19,12 +21,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: HTTP API, WebSocket gateway, Redis fan-out.
-    Serve(Box<ServeArgs>),
+    Serve(Box<Serve>),
     /// Mint access tokens with the cluster's secret (for load tests and
     /// operators); prints `user_id username token`, one line per token.
     Token(TokenArgs),
     /// Run a background worker: notification delivery, archive, daily summaries.
-    Worker(Box<WorkerArgs>),
+    Worker(Box<Worker>),
     /// Operate the job queues: run a job now, show status, dead letters.
     Jobs(JobsCli),
     /// Manage server API keys (kept in MongoDB): create one (the key is
@@ -33,12 +35,48 @@ enum Command {
     Apikey(ApikeyCommand),
 }
 
+/// A TOML file with any of a command's settings; keys are the flag names
+/// with `_` (flags and variables win over it).
+#[derive(clap::Args, Clone)]
+struct ConfigFile {
+    #[arg(long, env = "CONFAB_CONFIG", global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct Serve {
+    #[command(flatten)]
+    file: ConfigFile,
+    #[command(flatten)]
+    settings: Config,
+}
+
+#[derive(clap::Args)]
+struct Worker {
+    #[command(flatten)]
+    file: ConfigFile,
+    #[command(flatten)]
+    settings: WorkerConfig,
+}
+
 #[derive(clap::Args)]
 struct JobsCli {
+    /// The worker's TOML file; only its Redis settings are read.
     #[command(flatten)]
-    args: JobsArgs,
+    file: ConfigFile,
+    #[command(flatten)]
+    settings: JobsConfig,
     #[command(subcommand)]
     command: JobsCommand,
+}
+
+/// The store's settings, and the node's file they may come from.
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    #[command(flatten)]
+    file: ConfigFile,
+    #[command(flatten)]
+    mongo: MongoConfig,
 }
 
 #[derive(Subcommand)]
@@ -99,8 +137,18 @@ struct TokenArgs {
     user_id: Option<String>,
 }
 
+/// Subcommands that read another command's file and skip keys they do not know.
+const LENIENT: &[&str] = &["jobs", "apikey"];
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = match parse(std::env::args_os().collect()) {
+        Ok(Parsed::Ok(cli)) => cli,
+        Ok(Parsed::Shown(output)) => output.exit(),
+        Err(e) => {
+            eprintln!("confab: {e}");
+            std::process::exit(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("CONFAB_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
@@ -117,8 +165,22 @@ fn main() {
     }
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
-    let config = args.resolve().map_err(|e| e.to_string())?;
+/// The command line, with `confab jobs`' settings taken before or after its
+/// own subcommand.
+fn parse(args: Vec<std::ffi::OsString>) -> Result<Parsed<Cli>, confab::config::ConfigError> {
+    use clap::CommandFactory;
+    let command = Cli::command().mut_subcommand("jobs", |jobs| {
+        let ids: Vec<clap::Id> = jobs.get_arguments().map(|a| a.get_id().clone()).collect();
+        // Global arguments cannot be required: a missing one is named when
+        // the settings are read.
+        ids.into_iter().fold(jobs, |jobs, id| jobs.mut_arg(id, |a| a.global(true).required(false)))
+    });
+    confab::config::parse_with::<Cli>(args, LENIENT, command)
+}
+
+fn serve(args: Serve) -> Result<(), String> {
+    let config = args.settings;
+    config.validate().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
         let node = RunningNode::start(config).await.map_err(|e| e.to_string())?;
@@ -129,8 +191,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     })
 }
 
-fn worker(args: WorkerArgs) -> Result<(), String> {
-    let config = args.resolve().map_err(|e| e.to_string())?;
+fn worker(args: Worker) -> Result<(), String> {
+    let config = args.settings;
+    config.validate().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
         let worker = confab::jobs::runner::RunningWorker::start(config).await.map_err(|e| e.to_string())?;
@@ -149,7 +212,8 @@ fn jobs(cli: JobsCli) -> Result<(), String> {
         JobsCommand::Dead => Admin::Dead,
         JobsCommand::RetryDead { id } => Admin::RetryDead(id),
     };
-    let config = cli.args.resolve().map_err(|e| e.to_string())?;
+    let config = cli.settings;
+    config.redis.validate().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     let out = runtime.block_on(confab::jobs::admin::execute(&config, command)).map_err(|e| e.to_string())?;
     print!("{out}");
@@ -205,13 +269,15 @@ fn apikey(command: ApikeyCommand) -> Result<(), String> {
             store.clone()
         }
     };
-    let (url, db) = store_args.resolve().map_err(|e| e.to_string())?;
+    let mongo = store_args.mongo;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let store = confab::store::mongo::MongoStore::connect(&url, &db).await.map_err(|e| e.to_string())?;
+        let store = confab::store::mongo::MongoStore::connect(&mongo.mongo_url, &mongo.mongo_db)
+            .await
+            .map_err(|e| e.to_string())?;
         match command {
             ApikeyCommand::Create { name, .. } => {
                 let minted = apikey::create(&store, &name).await.map_err(|e| e.to_string())?;
@@ -245,8 +311,13 @@ fn apikey(command: ApikeyCommand) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("confab").chain(args.iter().copied()))
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        let args = std::iter::once("confab").chain(args.iter().copied()).map(Into::into).collect();
+        match super::parse(args) {
+            Ok(Parsed::Ok(cli)) => Ok(cli),
+            Ok(Parsed::Shown(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     #[test]
@@ -254,13 +325,18 @@ mod tests {
         let cli = parse(&["jobs", "--redis-url", "redis://r:1", "retry-dead", "--id", "abc"]).unwrap();
         let Command::Jobs(jobs) = cli.command else { panic!("not jobs") };
         assert!(matches!(jobs.command, JobsCommand::RetryDead { id: Some(ref id) } if id == "abc"));
-        assert_eq!(jobs.args.redis_url.as_deref(), Some("redis://r:1"));
-        let cli = parse(&["jobs", "status", "--key-prefix", "staging"]).unwrap();
+        assert_eq!(jobs.settings.redis.url, "redis://r:1");
+        let cli = parse(&["jobs", "status", "--redis-url", "redis://r:1", "--key-prefix", "staging"]).unwrap();
         let Command::Jobs(jobs) = cli.command else { panic!("not jobs") };
-        assert_eq!(jobs.args.key_prefix.as_deref(), Some("staging"));
-        assert!(matches!(parse(&["jobs", "run", "archive"]).unwrap().command, Command::Jobs(_)));
-        assert!(parse(&["jobs", "explode"]).is_err());
-        assert!(parse(&["worker", "--archive-cron", "0 0 3 * * *", "--sink", "log"]).is_ok());
+        assert_eq!(jobs.settings.keys.prefix(), "staging");
+        let with = ["--redis-url", "redis://r:1", "--mongo-url", "mongodb://m:2"];
+        assert!(matches!(
+            parse(&[&["jobs", "run", "archive"], &with[..2]].concat()).unwrap().command,
+            Command::Jobs(_)
+        ));
+        assert!(parse(&[&["jobs", "explode"], &with[..2]].concat()).is_err());
+        let worker = [&["worker", "--archive-cron", "0 0 3 * * *", "--sink", "log"], &with[..]].concat();
+        assert!(parse(&worker).is_ok());
     }
 
     #[test]

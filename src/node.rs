@@ -71,7 +71,7 @@ impl RunningNode {
         let listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Listen(config.listen, e))?;
         let addr = listener.local_addr().map_err(|e| StartError::Listen(config.listen, e))?;
         let store: Arc<dyn Store> = Arc::new(
-            MongoStore::connect(&config.mongo_url, &config.mongo_db)
+            MongoStore::connect(&config.mongo.mongo_url, &config.mongo.mongo_db)
                 .await
                 .map_err(|e| StartError::Backend(e.to_string()))?,
         );

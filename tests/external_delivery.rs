@@ -89,7 +89,7 @@ async fn the_whole_way(redis: RedisConfig) {
     // keys it names.
     let worker = RunningWorker::start(WorkerConfig {
         worker_id: "external-delivery-test".into(),
-        sink: SinkConfig::Webhook { url, secret: SECRET.into(), timeout: Duration::from_secs(2) },
+        sink: SinkConfig::webhook(&url, SECRET, Duration::from_secs(2)),
         concurrency: 2,
         ..common::worker_config(&db, redis, keys.clone())
     })

@@ -469,13 +469,8 @@ async fn jobs_cli(prefix: &str, args: &[&str]) -> String {
         ["retry-dead", "--id", id] => Command::RetryDead(Some(id.to_string())),
         other => panic!("not a jobs command: {other:?}"),
     };
-    let config = confab::jobs::config::JobsArgs {
-        redis_url: Some(common::redis_url()),
-        key_prefix: Some(prefix.to_string()),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap();
+    let config =
+        confab::jobs::config::JobsConfig { redis: RedisConfig::new(common::redis_url()), keys: Keyspace::new(prefix) };
     admin::execute(&config, command).await.unwrap()
 }
 
@@ -486,7 +481,7 @@ async fn webhook_retries_dead_letters_and_retry_dead_delivers() {
     let name = common::unique_db();
     let prefix = prefix();
     let mut config = worker_config(&name, &prefix);
-    config.sink = SinkConfig::Webhook { url, secret: SECRET.into(), timeout: Duration::from_secs(2) };
+    config.sink = SinkConfig::webhook(&url, SECRET, Duration::from_secs(2));
     let worker = RunningWorker::start(config).await.unwrap();
     let db = database(&name).await;
     let n = notification_for(ObjectId::new());
@@ -637,7 +632,7 @@ async fn a_delivery_cut_off_by_a_killed_worker_is_made_by_another() {
     let name = common::unique_db();
     let prefix = prefix();
     let mut config = worker_config(&name, &prefix);
-    config.sink = SinkConfig::Webhook { url, secret: SECRET.into(), timeout: Duration::from_secs(60) };
+    config.sink = SinkConfig::webhook(&url, SECRET, Duration::from_secs(60));
     let db = database(&name).await;
     let n = notification_for(ObjectId::new());
     let notifications: Collection<Notification> = db.collection("notifications");

@@ -341,7 +341,7 @@ async fn health_readiness_and_unknown_paths() {
 async fn unavailable_backend_gives_503() {
     // A node whose MongoDB does not answer: requests fail with 503, not 500.
     let mut cfg = common::config(&common::unique_db());
-    cfg.mongo_url = "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300&connectTimeoutMS=300".into();
+    cfg.mongo.mongo_url = "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300&connectTimeoutMS=300".into();
     let running = confab::node::RunningNode::start(cfg).await.unwrap();
     let http = reqwest::Client::new();
     let base = format!("http://{}", running.addr);

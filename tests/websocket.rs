@@ -162,7 +162,7 @@ async fn invalid_utf8_closes_with_1007_and_binary_with_1003() {
 #[tokio::test]
 async fn upgrade_needs_a_valid_token_and_an_allowed_origin() {
     let mut cfg = common::config(&common::unique_db());
-    cfg.allowed_origins = vec!["https://chat.example.com".into()];
+    cfg.allowed_origins = confab::config::Origins(vec!["https://chat.example.com".into()]);
     let n = Node::start(cfg).await;
     let alice = n.register("alice").await;
     let url = format!("ws://{}/ws", n.addr);

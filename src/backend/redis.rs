@@ -32,14 +32,24 @@ pub enum RedisError {
     CaRejected { path: PathBuf, source: rustls::Error },
 }
 
-/// Where Redis is and how to trust it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where Redis is and how to trust it: the settings every node, worker
+/// and operator command shares.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` (TLS).
+    /// Redis URL: redis://, or rediss:// for TLS.
+    #[arg(id = "redis_url", long = "redis-url", env = "CONFAB_REDIS_URL", value_name = "URL", value_parser = parse_url)]
     pub url: String,
-    /// A PEM file of CA certificates that may sign a `rediss://` server's
-    /// certificate, besides the system's roots.
+    /// PEM file of CA certificates a rediss:// server's certificate may be
+    /// signed by, besides the system's roots.
+    #[arg(id = "redis_ca_file", long = "redis-ca-file", env = "CONFAB_REDIS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+}
+
+fn parse_url(raw: &str) -> Result<String, String> {
+    if !(raw.starts_with("redis://") || raw.starts_with("rediss://")) {
+        return Err("must start with redis:// or rediss://".into());
+    }
+    Ok(raw.to_string())
 }
 
 /// How long a command may wait unless a client says otherwise.
@@ -49,6 +59,18 @@ impl RedisConfig {
     /// Redis at `url`, trusted through the system's roots.
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig { url: url.into(), ca_file: None }
+    }
+
+    /// Checks that a client can be built: the URL parses and the CA file
+    /// holds certificates.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        if let Some(path) = &self.ca_file {
+            if !path.is_file() {
+                let why = format!("{} is not a file", path.display());
+                return Err(crate::config::invalid("redis-ca-file", "CONFAB_REDIS_CA_FILE", why));
+            }
+        }
+        self.builder(16).map(|_| ()).map_err(|e| crate::config::invalid("redis-url", "CONFAB_REDIS_URL", e))
     }
 
     fn tls(&self) -> bool {

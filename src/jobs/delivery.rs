@@ -47,10 +47,16 @@ impl Delivery {
 }
 
 /// Retry settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct RetryPolicy {
+    /// Attempts at delivering a notification before it is dead-lettered.
+    #[arg(long = "delivery-max-attempts", env = "CONFAB_DELIVERY_MAX_ATTEMPTS", default_value = "8", value_parser = crate::config::count32(1, 100))]
     pub max_attempts: u32,
+    /// Wait after the first failed attempt, in milliseconds; doubles each time.
+    #[arg(id = "retry_base", long = "retry-base-ms", env = "CONFAB_RETRY_BASE_MS", default_value = "1000", value_parser = crate::config::millis(1, 3_600_000))]
     pub base: Duration,
+    /// Longest wait between attempts, in milliseconds (at least the base).
+    #[arg(id = "retry_max", long = "retry-max-ms", env = "CONFAB_RETRY_MAX_MS", default_value = "300000", value_parser = crate::config::millis(1, 86_400_000))]
     pub cap: Duration,
 }
 

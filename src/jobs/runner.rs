@@ -59,7 +59,7 @@ impl Shared {
         let keys = config.keys.clone();
         let redis = super::redis_client(&config.redis).await?;
         Ok(Shared {
-            db: super::database(&config.mongo_url, &config.mongo_db).await?,
+            db: super::database(&config.mongo.mongo_url, &config.mongo.mongo_db).await?,
             cache: Cache::new(Some(redis.clone()), keys.clone(), Duration::from_secs(1)),
             redis,
             queues: Queues::connect(&config.redis, &keys, config.heartbeat).await?,

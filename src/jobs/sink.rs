@@ -24,16 +24,68 @@ pub trait Sink: Send + Sync + 'static {
 }
 
 /// Which sink, as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SinkConfig {
-    Log,
-    Webhook { url: String, secret: String, timeout: Duration },
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct SinkConfig {
+    /// Where notifications are delivered: `log` or `webhook`.
+    #[arg(id = "sink", long = "sink", env = "CONFAB_SINK", default_value = "log", value_parser = ["log", "webhook"])]
+    pub kind: String,
+    /// The webhook sink's URL (http or https).
+    #[arg(id = "webhook_url", long = "webhook-url", env = "CONFAB_WEBHOOK_URL", value_parser = parse_url)]
+    pub url: Option<String>,
+    /// The key that signs webhook bodies (at least 16 bytes).
+    #[arg(id = "webhook_secret", long = "webhook-secret", env = "CONFAB_WEBHOOK_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Milliseconds a webhook request may take.
+    #[arg(id = "webhook_timeout", long = "webhook-timeout-ms", env = "CONFAB_WEBHOOK_TIMEOUT_MS", default_value = "10000", value_parser = crate::config::millis(100, 300_000))]
+    pub timeout: Duration,
+}
+
+impl SinkConfig {
+    /// One log line per notification.
+    pub fn log() -> Self {
+        crate::config::defaults::<SinkConfig>(&[])
+    }
+
+    /// A signed POST to `url`.
+    pub fn webhook(url: &str, secret: &str, timeout: Duration) -> Self {
+        SinkConfig { kind: "webhook".into(), url: Some(url.into()), secret: Some(secret.into()), timeout }
+    }
+
+    /// A webhook needs its URL and a secret of at least 16 bytes.
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        use crate::config::{invalid, ConfigError};
+        if self.kind != "webhook" {
+            return Ok(());
+        }
+        if self.url.is_none() {
+            return Err(ConfigError(
+                "missing setting --webhook-url (CONFAB_WEBHOOK_URL); the webhook sink needs it".into(),
+            ));
+        }
+        match &self.secret {
+            None => Err(ConfigError(
+                "missing setting --webhook-secret (CONFAB_WEBHOOK_SECRET); the webhook sink needs it".into(),
+            )),
+            Some(s) if s.len() < 16 => {
+                Err(invalid("webhook-secret", "CONFAB_WEBHOOK_SECRET", "must be at least 16 bytes"))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+fn parse_url(raw: &str) -> Result<String, String> {
+    if reqwest::Url::parse(raw).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    Ok(raw.to_string())
 }
 
 pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, JobError> {
-    Ok(match config {
-        SinkConfig::Log => Box::new(LogSink),
-        SinkConfig::Webhook { url, secret, timeout } => Box::new(WebhookSink::new(url, secret, *timeout)?),
+    Ok(match (config.kind.as_str(), &config.url, &config.secret) {
+        ("webhook", Some(url), Some(secret)) => Box::new(WebhookSink::new(url, secret, config.timeout)?),
+        ("webhook", _, _) => return Err(JobError("the webhook sink needs a URL and a secret".into())),
+        _ => Box::new(LogSink),
     })
 }
 

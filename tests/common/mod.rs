@@ -9,7 +9,7 @@ use confab::backend::redis::RedisConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use confab::config::{Config, RateLimits};
+use confab::config::Config;
 use confab::node::RunningNode;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -34,46 +34,27 @@ pub fn unique_db() -> String {
 }
 
 pub fn config(db: &str) -> Config {
-    Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        redis: RedisConfig::new(redis_url()),
-        mongo_url: mongo_url(),
-        mongo_db: db.to_string(),
-        // Each test's Redis names apart from every other test's.
-        keys: confab::keyspace::Keyspace::new(db),
-        jwt_secret: SECRET.to_string(),
-        node_id: format!("test-{:06x}", rand::random::<u32>() & 0xffffff),
-        token_ttl: Duration::from_secs(3600),
-        max_message_bytes: 64 * 1024,
-        outbound_queue: 1024,
-        header_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(60),
-        ping_interval: Duration::from_secs(25),
-        allowed_origins: vec![],
-        pubsub_buffer: 16_384,
-        // Every event for two or more local connections is split over three
-        // lanes, so that every test checks the lanes keep each connection's
-        // frames in order.
-        fanout_lanes: 3,
-        fanout_split_at: 2,
-        echo_endpoint: false,
-        cache_ttl: Duration::from_secs(300),
-        gap_wait: Duration::from_millis(250),
-        // The default limits, except a frame rate far above what tests that
-        // stream messages send; tests of the frame limit set their own.
-        // Registrations and logins all come from 127.0.0.1 here.
-        rate_limits: RateLimits {
-            socket_per_sec: 100_000,
-            socket_burst: 100_000,
-            auth_per_minute: 100_000,
-            ..RateLimits::default()
-        },
-        trusted_proxies: vec![confab::config::Cidr::parse("127.0.0.0/8").unwrap()],
-        max_sockets_per_user: 50,
-        presence_grace: Duration::from_millis(300),
-        node_heartbeat: Duration::from_secs(1),
-        node_ttl: Duration::from_secs(3),
-    }
+    let mut c = Config::defaults(&redis_url(), &mongo_url(), SECRET);
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.mongo.mongo_db = db.to_string();
+    // Each test's Redis names apart from every other test's.
+    c.keys = confab::keyspace::Keyspace::new(db);
+    c.node_id = format!("test-{:06x}", rand::random::<u32>() & 0xffffff);
+    // Every event for two or more local connections is split over three
+    // lanes, so that every test checks the lanes keep each connection's
+    // frames in order.
+    c.fanout_lanes = 3;
+    c.fanout_split_at = 2;
+    // The default limits, except a frame rate far above what tests that
+    // stream messages send (tests of the frame limit set their own), and
+    // registrations and logins, which all come from 127.0.0.1 here.
+    c.rate_limits.socket_per_sec = 100_000;
+    c.rate_limits.socket_burst = 100_000;
+    c.rate_limits.auth_per_minute = 100_000;
+    c.presence_grace = Duration::from_millis(300);
+    c.node_heartbeat = Duration::from_secs(1);
+    c.node_ttl = Duration::from_secs(3);
+    c
 }
 
 /// A worker's settings for database `db` on `redis`, with names from `keys`:
@@ -84,26 +65,21 @@ pub fn worker_config(
     redis: RedisConfig,
     keys: confab::keyspace::Keyspace,
 ) -> confab::jobs::config::WorkerConfig {
-    confab::jobs::config::WorkerConfig {
-        redis,
-        mongo_url: mongo_url(),
-        mongo_db: db.to_string(),
-        worker_id: format!("w-{:06x}", rand::random::<u32>() & 0xffffff),
-        keys,
-        sink: confab::jobs::sink::SinkConfig::Log,
-        retry: confab::jobs::delivery::RetryPolicy {
-            max_attempts: 3,
-            base: Duration::from_millis(100),
-            cap: Duration::from_millis(500),
-        },
-        archive_after_days: 30,
-        archive_batch: 500,
-        archive_cron: NEVER.into(),
-        summary_cron: NEVER.into(),
-        concurrency: 4,
-        metrics_listen: None,
-        heartbeat: Duration::from_secs(1),
-    }
+    let mut c = confab::jobs::config::WorkerConfig::defaults(&redis.url, &mongo_url());
+    c.redis = redis;
+    c.mongo.mongo_db = db.to_string();
+    c.worker_id = format!("w-{:06x}", rand::random::<u32>() & 0xffffff);
+    c.keys = keys;
+    c.retry = confab::jobs::delivery::RetryPolicy {
+        max_attempts: 3,
+        base: Duration::from_millis(100),
+        cap: Duration::from_millis(500),
+    };
+    c.archive_cron = NEVER.into();
+    c.summary_cron = NEVER.into();
+    c.metrics_listen = None;
+    c.heartbeat = Duration::from_secs(1);
+    c
 }
 
 /// A cron expression that never fires during a test.
