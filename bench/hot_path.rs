@@ -10,15 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bson::oid::ObjectId;
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tokio_util::sync::CancellationToken;
 
-use confab::bus::Delivery;
-use confab::gateway::line::Discard;
-use confab::gateway::protocol::{self, ClientFrame};
-use confab::gateway::registry::Outbox;
-use confab::gateway::Registry;
+use confab::bus::Stored;
+use confab::fanout::line::Discard;
+use confab::fanout::registry::Outbox;
+use confab::fanout::{Registry, RoomFrame};
+use confab::protocol::{Request, ServerEvent};
 use confab::ratelimit::FrameLimiter;
 use confab::store::Message;
 
@@ -43,9 +42,9 @@ fn message() -> Message {
 }
 
 fn envelope(c: &mut Criterion) {
-    c.bench_function("envelope_parse", |b| b.iter(|| serde_json::from_slice::<ClientFrame>(black_box(SEND)).unwrap()));
+    c.bench_function("envelope_parse", |b| b.iter(|| Request::parse(black_box(SEND)).ok().unwrap()));
     let m = message();
-    c.bench_function("frame_encode", |b| b.iter(|| protocol::message(black_box(&m))));
+    c.bench_function("frame_encode", |b| b.iter(|| ServerEvent::Message(black_box(&m)).encode()));
 }
 
 fn registry_lookup(c: &mut Criterion) {
@@ -69,7 +68,7 @@ fn registry_lookup(c: &mut Criterion) {
 fn fan_out(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _guard = runtime.enter();
-    let delivery = Delivery::message(Bytes::from(protocol::message(&message()).to_vec()), 1);
+    let delivery = RoomFrame::Message(Stored::new(1, ServerEvent::Message(&message()).encode()));
     let mut group = c.benchmark_group("fan_out");
     for n in [1usize, 100, 10_000] {
         let reg = Registry::new();

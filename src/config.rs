@@ -26,6 +26,12 @@ pub use crate::backend::mongo::MongoConfig;
 pub use crate::backend::redis::RedisConfig;
 use crate::keyspace::Keyspace;
 
+/// Most fan-out lanes a node may run.
+pub const MAX_LANES: usize = 64;
+
+/// Local receivers from which an event is split over the lanes, unless configured.
+pub const SPLIT_AT: usize = 64;
+
 /// A node's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -75,7 +81,7 @@ pub struct Config {
     #[arg(long, env = "CONFAB_FANOUT_LANES", default_value = "0", value_parser = parse_lanes)]
     pub fanout_lanes: usize,
     /// Local receivers from which an event is split over the fan-out lanes.
-    #[arg(long, env = "CONFAB_FANOUT_SPLIT_AT", default_value_t = crate::gateway::lanes::SPLIT_AT, value_parser = count(1, 1_000_000))]
+    #[arg(long, env = "CONFAB_FANOUT_SPLIT_AT", default_value_t = SPLIT_AT, value_parser = count(1, 1_000_000))]
     pub fanout_split_at: usize,
     /// Serve the RFC 6455 conformance echo endpoint at /ws/echo (for test runs).
     #[arg(long, env = "CONFAB_ECHO_ENDPOINT", default_value_t = false, action = clap::ArgAction::Set)]
@@ -490,9 +496,9 @@ fn parse_origins(raw: &str) -> Result<Origins, String> {
 
 fn parse_lanes(raw: &str) -> Result<usize, String> {
     match raw.parse::<usize>() {
-        Ok(0) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(crate::gateway::lanes::MAX_LANES)),
-        Ok(n) if n <= crate::gateway::lanes::MAX_LANES => Ok(n),
-        _ => Err(format!("must be between 0 and {}", crate::gateway::lanes::MAX_LANES)),
+        Ok(0) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_LANES)),
+        Ok(n) if n <= MAX_LANES => Ok(n),
+        _ => Err(format!("must be between 0 and {}", MAX_LANES)),
     }
 }
 

@@ -18,8 +18,8 @@ use crate::auth::Caller;
 use crate::bus::{Event, Topic};
 use crate::cache::{Entry, Version};
 use crate::error::{Error, Result};
-use crate::gateway::protocol;
 use crate::node::App;
+use crate::protocol::ServerEvent;
 use crate::rooms;
 use crate::seq::{Sender, Taken};
 use crate::store::model::MessageView;
@@ -76,8 +76,9 @@ pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, m
         Stored::Existing(original) => return replay(original, room_id),
     };
     metrics::counter!("confab_messages_sent_total").increment(1);
-    let frame = protocol::message(&message);
-    let event = Event::message(message.id, message.seq, crate::clock::now_us(), &frame);
+    let frame = ServerEvent::Message(&message).encode();
+    let event =
+        Event::Message { id: message.id, seq: message.seq, stored_at_us: crate::clock::now_us(), frame: &frame };
     // The cache bump and the publish are independent: one round trip's wait.
     let (published, ()) = tokio::join!(app.bus.publish(Topic::Room(room_id), event), app.cache.room_changed(room_id));
     if let Err(e) = published {
@@ -313,7 +314,7 @@ pub async fn edit(app: &App, caller: &Caller, id: ObjectId, content: String) -> 
     // cannot be undone by it.
     let edited = app.store.edit_message(id, &content, Utc::now()).await?.ok_or_else(already_deleted)?;
     metrics::counter!("confab_messages_edited_total").increment(1);
-    announce(app, &edited, protocol::message_updated(&edited, caller.user_id)).await;
+    announce(app, &edited, ServerEvent::MessageUpdated { message: &edited, by: caller.user_id }.encode()).await;
     Ok(edited)
 }
 
@@ -341,7 +342,8 @@ pub async fn delete(app: &App, caller: &Caller, id: ObjectId) -> Result<Message>
     match app.store.delete_message(id, Utc::now()).await? {
         Some(tombstone) => {
             metrics::counter!("confab_messages_deleted_total").increment(1);
-            announce(app, &tombstone, protocol::message_deleted(&tombstone, caller.user_id)).await;
+            let frame = ServerEvent::MessageDeleted { message: &tombstone, by: caller.user_id }.encode();
+            announce(app, &tombstone, frame).await;
             Ok(tombstone)
         }
         // Someone deleted it in between; they told the room.
@@ -355,7 +357,7 @@ pub async fn delete(app: &App, caller: &Caller, id: ObjectId) -> Result<Message>
 async fn announce(app: &App, message: &Message, frame: bytes::Bytes) {
     // The room's cached pages and lists show this message: bump with the publish.
     let (published, ()) = tokio::join!(
-        app.bus.publish(Topic::Room(message.room_id), Event::ephemeral(None, &frame)),
+        app.bus.publish(Topic::Room(message.room_id), Event::Ephemeral { skip: None, frame: &frame }),
         app.cache.room_changed(message.room_id)
     );
     if let Err(e) = published {

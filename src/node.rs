@@ -17,8 +17,8 @@ use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusError};
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::gateway::lanes::Lanes;
-use crate::gateway::{Gateway, GatewayInbox, Registry, Sequencer, Subscriptions};
+use crate::fanout::lanes::Lanes;
+use crate::fanout::{Fanout, FanoutInbox, Registry, Sequencer, Subscriptions};
 use crate::notifications::Notifier;
 use crate::presence::redis::RedisTracker;
 use crate::presence::Presence;
@@ -34,7 +34,7 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
     pub tokens: Tokens,
-    pub gateway: Gateway,
+    pub fanout: Fanout,
     pub cache: Cache,
     /// Hands out each room's message seqs.
     pub seqs: Seqs,
@@ -78,12 +78,18 @@ impl RunningNode {
         let lanes = Lanes::new(config.fanout_lanes, config.fanout_split_at, tokio::runtime::Handle::current());
         let registry = Arc::new(Registry::with_lanes(lanes));
         let sequencer = Arc::new(Sequencer::default());
-        let inbox = Arc::new(GatewayInbox {
+        let inbox = Arc::new(FanoutInbox {
             registry: registry.clone(),
             sequencer: sequencer.clone(),
             subscriptions: OnceLock::new(),
             store: store.clone(),
             gap_wait: config.gap_wait,
+            shown_live: {
+                let store = store.clone();
+                Box::new(move |user, _id, stored_at_us, frame| {
+                    crate::notifications::delivered_live(&store, user, stored_at_us, frame)
+                })
+            },
         });
         let bus: Arc<dyn Bus> =
             RedisBus::connect(&config.redis, config.keys.clone(), config.pubsub_buffer, inbox.clone())
@@ -93,7 +99,7 @@ impl RunningNode {
             .map_err(|e| StartError::Backend(e.to_string()))?;
         let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone(), sequencer, seqs.clone());
         let _ = inbox.subscriptions.set(subscriptions.clone());
-        let gateway = Gateway { subscriptions, registry, shutdown: CancellationToken::new() };
+        let fanout = Fanout { subscriptions, registry, shutdown: CancellationToken::new() };
         let (notifier, notification_jobs) = Notifier::connect(&config).map_err(StartError::Backend)?;
         let cache = Cache::new(
             cache_client(&config).map_err(|e| StartError::Backend(e.to_string()))?,
@@ -111,7 +117,7 @@ impl RunningNode {
             config,
             store,
             bus,
-            gateway,
+            fanout,
             cache,
             seqs,
             metrics: {
@@ -142,7 +148,7 @@ impl RunningNode {
     /// connections out of presence, and waits for the server task to finish.
     pub async fn shutdown(self) {
         self.stop.cancel();
-        self.app.gateway.close_all().await;
+        self.app.fanout.close_all().await;
         crate::presence::shutdown(&self.app).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }

@@ -11,13 +11,12 @@ use std::collections::HashMap;
 
 use bson::oid::ObjectId;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::auth::Caller;
 use crate::bus::{Event, Topic};
 use crate::error::{Error, Result};
-use crate::gateway::protocol;
 use crate::node::App;
+use crate::protocol::ServerEvent;
 use crate::rooms::{self, members::publish};
 use crate::store::{Cursor, HistoryQuery, Member, Message};
 
@@ -94,15 +93,8 @@ async fn tell_senders(app: &App, reader: ObjectId, up_to: &Message, cursor: Curs
         }
     };
     for (sender, newest) in newest_by_sender(&passed, reader) {
-        let data = json!({
-            "room_id": up_to.room_id.to_hex(),
-            "user_id": reader.to_hex(),
-            "status": cursor.as_str(),
-            "message_id": newest.id.to_hex(),
-            "seq": newest.seq,
-        });
-        let frame = protocol::event("receipt", Some(&up_to.room_id.to_hex()), Some(&reader.to_hex()), &data);
-        publish(app, Topic::User(sender), Event::ephemeral(None, &frame)).await;
+        let frame = ServerEvent::Receipt { room: up_to.room_id, reader, cursor, message: newest }.encode();
+        publish(app, Topic::User(sender), Event::Ephemeral { skip: None, frame: &frame }).await;
     }
 }
 

@@ -18,9 +18,9 @@ use fred::prelude::*;
 use fred::types::{Expiration, SetOptions};
 
 use crate::bus::{Event, Topic};
-use crate::gateway::protocol;
 use crate::keyspace::Keyspace;
 use crate::node::App;
+use crate::protocol::ServerEvent;
 
 /// At most one relay per user per room within this window.
 pub const WINDOW: Duration = Duration::from_secs(2);
@@ -107,10 +107,8 @@ pub async fn typing(app: &App, user: ObjectId, room: ObjectId) -> bool {
         metrics::counter!("confab_typing_throttled_total").increment(1);
         return false;
     }
-    let (room_hex, user_hex) = (room.to_hex(), user.to_hex());
-    let frame =
-        protocol::event("user_typing", Some(&room_hex), Some(&user_hex), serde_json::json!({ "user_id": user_hex }));
-    if let Err(e) = app.bus.publish(Topic::Room(room), Event::ephemeral(Some(user), &frame)).await {
+    let frame = ServerEvent::Typing { room, user }.encode();
+    if let Err(e) = app.bus.publish(Topic::Room(room), Event::Ephemeral { skip: Some(user), frame: &frame }).await {
         tracing::debug!(error = %e, "typing not relayed");
         return false;
     }

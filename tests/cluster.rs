@@ -370,8 +370,9 @@ async fn publish_seq(redis: &fred::prelude::Client, db: &str, room: &str, seq: i
         deleted: false,
         deleted_at: None,
     };
-    let frame = confab::gateway::protocol::message(&message);
-    let event = wire::encode(Event::message(message.id, seq, confab::clock::now_us(), &frame));
+    let frame = confab::protocol::ServerEvent::Message(&message).encode();
+    let event =
+        wire::encode(Event::Message { id: message.id, seq, stored_at_us: confab::clock::now_us(), frame: &frame });
     let keys = confab::keyspace::Keyspace::new(db);
     let channel = confab::bus::redis::channel(&keys, Topic::Room(message.room_id));
     let _: i64 = redis.publish(channel, event).await.unwrap();

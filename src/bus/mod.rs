@@ -56,105 +56,79 @@ pub trait Bus: Send + Sync + 'static {
     async fn subscribers(&self, topics: &[Topic]) -> Result<Vec<usize>, BusError>;
 }
 
-/// How a receiving node treats an event.
+/// One event for a topic's subscribers, as its publisher describes it:
+/// each kind carries what receiving nodes need to route it, and the client
+/// frame, already encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A stored message: ordered by seq, held back while a join replays.
-    Message,
-    /// Not stored (typing, presence, edits, receipts): delivered as is, and
-    /// not to the connections of `subject`, if given (the user it came from).
-    Ephemeral,
-    /// On a room's topic, `subject` was removed from the room: its
-    /// connections leave the room on every node and receive the frame
-    /// instead of further traffic. On a user's topic, the user's membership
-    /// of room `subject` ended: every connection of theirs stops assuming it
-    /// and receives the frame.
-    Evict,
-    /// A change of `subject`'s presence, published to each room they are in
-    /// and each contact's user topic under one id: a receiving node writes
-    /// it once to each connection, however many of those topics reach it,
-    /// and not to the user's own connections.
-    Presence,
-    /// A notification for a user's topic: delivered to that user's
-    /// connections that are not subscribed to the room `subject` (to all of
-    /// them without one). A store time of 0 means "not stored yet": a node
-    /// that delivers it stores it (see `notifications`).
-    Notify,
+pub enum Event<'a> {
+    /// A stored message: ordered by seq, held back while a join replays,
+    /// dropped as a re-delivery by its id.
+    Message { id: ObjectId, seq: i64, stored_at_us: u64, frame: &'a [u8] },
+    /// Not stored (edits, membership news, receipts, typing): relayed as is,
+    /// not to the connections of `skip` (the user it came from).
+    Ephemeral { skip: Option<ObjectId>, frame: &'a [u8] },
+    /// On a room's topic: `user` was removed; their connections leave the
+    /// room's traffic on every node before anything later on the channel.
+    Evict { user: ObjectId },
+    /// On a user's topic: their membership of `room` ended; every connection
+    /// of theirs forgets it and gets the frame.
+    MembershipEnded { room: ObjectId, frame: &'a [u8] },
+    /// `user`'s presence change `change`, published to each room they are in
+    /// and each contact's user topic under the same id: a node writes it
+    /// once to each connection, and not to `user`'s own.
+    Presence { change: ObjectId, user: ObjectId, frame: &'a [u8] },
+    /// On a user's topic: notification `id`, for their connections that are
+    /// not subscribed to `room` (all of them without one). A store time of
+    /// 0 means "not stored yet": a node that shows it stores it.
+    Notify { id: ObjectId, room: Option<ObjectId>, stored_at_us: u64, frame: &'a [u8] },
 }
 
-/// One event for a topic's subscribers.
-#[derive(Debug, Clone, Copy)]
-pub struct Event<'a> {
-    pub kind: Kind,
-    /// The message id, so receivers can drop re-deliveries.
-    pub id: Option<ObjectId>,
-    /// The user the event skips (ephemeral) or removes (evict).
-    pub subject: Option<ObjectId>,
-    /// When it was stored, Unix microseconds (0 if not a stored message).
-    pub stored_at_us: u64,
-    /// The message's seq in its room (0 if not a message).
+/// A stored message's delivery: what ordering and latency need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
     pub seq: i64,
-    /// The client frame, already encoded.
-    pub frame: &'a [u8],
+    /// When it was stored, Unix microseconds (0 if unknown).
+    pub stored_at_us: u64,
+    pub frame: Bytes,
 }
 
-impl<'a> Event<'a> {
-    /// A stored message.
-    pub fn message(id: ObjectId, seq: i64, stored_at_us: u64, frame: &'a [u8]) -> Self {
-        Event { kind: Kind::Message, id: Some(id), subject: None, stored_at_us, seq, frame }
-    }
-
-    /// A frame that is not stored; `skip` is the user who caused it.
-    pub fn ephemeral(skip: Option<ObjectId>, frame: &'a [u8]) -> Self {
-        Event { kind: Kind::Ephemeral, id: None, subject: skip, stored_at_us: 0, seq: 0, frame }
-    }
-
-    /// Removes `user` from the room's live traffic; they receive `frame`.
-    pub fn evict(user: ObjectId, frame: &'a [u8]) -> Self {
-        Event { kind: Kind::Evict, id: None, subject: Some(user), stored_at_us: 0, seq: 0, frame }
-    }
-
-    /// For a user's topic: their membership of `room` ended; they receive `frame`.
-    pub fn membership_ended(room: ObjectId, frame: &'a [u8]) -> Self {
-        Event { kind: Kind::Evict, id: None, subject: Some(room), stored_at_us: 0, seq: 0, frame }
-    }
-
-    /// Presence change `change` of `user`, the same under every topic.
-    pub fn presence(change: ObjectId, user: ObjectId, frame: &'a [u8]) -> Self {
-        Event { kind: Kind::Presence, id: Some(change), subject: Some(user), stored_at_us: 0, seq: 0, frame }
-    }
-
-    /// Notification `id` for a user's connections outside `room`;
-    /// `stored_at_us` is 0 while it is not stored.
-    pub fn notify(id: ObjectId, room: Option<ObjectId>, stored_at_us: u64, frame: &'a [u8]) -> Self {
-        Event { kind: Kind::Notify, id: Some(id), subject: room, stored_at_us, seq: 0, frame }
+impl Stored {
+    /// A stored message's delivery (tests and benchmarks build these).
+    pub fn new(seq: i64, frame: Bytes) -> Self {
+        Stored { seq, stored_at_us: 0, frame }
     }
 }
 
 /// An event as it arrives at a node.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub kind: Kind,
-    /// The event's id (a message, a notification, a presence change).
-    pub id: Option<ObjectId>,
-    pub subject: Option<ObjectId>,
-    pub frame: Bytes,
-    pub stored_at_us: u64,
-    pub seq: i64,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Message { id: ObjectId, message: Stored },
+    Ephemeral { skip: Option<ObjectId>, frame: Bytes },
+    Evict { user: ObjectId },
+    MembershipEnded { room: ObjectId, frame: Bytes },
+    Presence { change: ObjectId, user: ObjectId, frame: Bytes },
+    Notify { id: ObjectId, room: Option<ObjectId>, stored_at_us: u64, frame: Bytes },
 }
 
 impl Delivery {
-    /// A stored message's delivery (tests and benchmarks build these).
-    pub fn message(frame: Bytes, seq: i64) -> Self {
-        Delivery { kind: Kind::Message, id: None, subject: None, frame, stored_at_us: 0, seq }
+    /// The event's id, for dropping re-deliveries.
+    pub fn id(&self) -> Option<ObjectId> {
+        match self {
+            Delivery::Message { id, .. } | Delivery::Notify { id, .. } => Some(*id),
+            Delivery::Presence { change, .. } => Some(*change),
+            _ => None,
+        }
     }
 }
 
-/// Wire form of a bus event: one byte of kind (`M`, `E`, `X`, `N`, `P`), 24 bytes of
-/// event id and 24 of subject (hex ObjectIds, or `-` padding), 16 hex digits
-/// of store time (Unix µs), 16 hex digits of seq, then the client frame,
-/// untouched, so a receiver can hand the frame bytes to sockets without
-/// re-encoding.
+/// Wire form of a bus event: one byte of kind (`M`, `E`, `X`, `N`, `P`),
+/// 24 bytes of event id and 24 of subject (hex ObjectIds, or `-` padding),
+/// 16 hex digits of store time (Unix µs), 16 hex digits of seq, then the
+/// client frame, untouched, so a receiver can hand the frame bytes to
+/// sockets without re-encoding. The subject is the user an ephemeral event
+/// skips, the evicted user, the room whose membership ended (`X` on a user
+/// topic: an `X` with a room on a room topic never occurs), the presence's
+/// user, or a notification's room; which one, the kind and the topic say.
 pub mod wire {
     use super::*;
 
@@ -179,42 +153,45 @@ pub mod wire {
     }
 
     pub fn encode(event: Event<'_>) -> Bytes {
-        let mut out = BytesMut::with_capacity(HEADER + event.frame.len());
-        out.put_u8(match event.kind {
-            Kind::Message => b'M',
-            Kind::Ephemeral => b'E',
-            Kind::Evict => b'X',
-            Kind::Notify => b'N',
-            Kind::Presence => b'P',
-        });
-        put_id(&mut out, event.id);
-        put_id(&mut out, event.subject);
-        out.put_slice(format!("{:016x}{:016x}", event.stored_at_us, event.seq.max(0)).as_bytes());
-        out.put_slice(event.frame);
+        let (kind, id, subject, stored_at_us, seq, frame): (u8, _, _, u64, i64, &[u8]) = match event {
+            Event::Message { id, seq, stored_at_us, frame } => (b'M', Some(id), None, stored_at_us, seq, frame),
+            Event::Ephemeral { skip, frame } => (b'E', None, skip, 0, 0, frame),
+            Event::Evict { user } => (b'X', None, Some(user), 0, 0, b""),
+            Event::MembershipEnded { room, frame } => (b'X', None, Some(room), 0, 0, frame),
+            Event::Presence { change, user, frame } => (b'P', Some(change), Some(user), 0, 0, frame),
+            Event::Notify { id, room, stored_at_us, frame } => (b'N', Some(id), room, stored_at_us, 0, frame),
+        };
+        let mut out = BytesMut::with_capacity(HEADER + frame.len());
+        out.put_u8(kind);
+        put_id(&mut out, id);
+        put_id(&mut out, subject);
+        out.put_slice(format!("{:016x}{:016x}", stored_at_us, seq.max(0)).as_bytes());
+        out.put_slice(frame);
         out.freeze()
     }
 
-    /// Splits a payload into its event id and delivery; `None` for a
-    /// foreign payload.
-    pub fn decode(payload: Bytes) -> Option<(Option<ObjectId>, Delivery)> {
+    /// The delivery a payload carries on `topic`; `None` for a foreign
+    /// payload.
+    pub fn decode(topic: Topic, payload: Bytes) -> Option<Delivery> {
         if payload.len() < HEADER {
             return None;
         }
-        let kind = match payload[0] {
-            b'M' => Kind::Message,
-            b'E' => Kind::Ephemeral,
-            b'X' => Kind::Evict,
-            b'N' => Kind::Notify,
-            b'P' => Kind::Presence,
-            _ => return None,
-        };
         let id = get_id(&payload[1..ID])?;
         let subject = get_id(&payload[ID..SUBJECT])?;
         let hex =
             |range: std::ops::Range<usize>| u64::from_str_radix(std::str::from_utf8(&payload[range]).ok()?, 16).ok();
         let stored_at_us = hex(SUBJECT..AT)?;
         let seq = i64::try_from(hex(AT..HEADER)?).ok()?;
-        Some((id, Delivery { kind, id, subject, frame: payload.slice(HEADER..), stored_at_us, seq }))
+        let frame = payload.slice(HEADER..);
+        Some(match (payload[0], topic) {
+            (b'M', _) => Delivery::Message { id: id?, message: Stored { seq, stored_at_us, frame } },
+            (b'E', _) => Delivery::Ephemeral { skip: subject, frame },
+            (b'X', Topic::Room(_)) => Delivery::Evict { user: subject? },
+            (b'X', Topic::User(_)) => Delivery::MembershipEnded { room: subject?, frame },
+            (b'P', _) => Delivery::Presence { change: id?, user: subject?, frame },
+            (b'N', _) => Delivery::Notify { id: id?, room: subject, stored_at_us, frame },
+            _ => return None,
+        })
     }
 
     #[cfg(test)]
@@ -222,57 +199,85 @@ pub mod wire {
         use super::*;
 
         #[test]
-        fn round_trips_every_kind() {
-            let (id, user) = (ObjectId::new(), ObjectId::new());
-            let (got, d) = decode(encode(Event::message(id, 42, 1_795_554_095_663_123, b"{\"a\":1}"))).unwrap();
-            assert_eq!(
-                (got, d.kind, d.subject, d.stored_at_us, d.seq, &d.frame[..]),
-                (Some(id), Kind::Message, None, 1_795_554_095_663_123, 42, &b"{\"a\":1}"[..])
-            );
-            let (got, d) = decode(encode(Event::ephemeral(Some(user), b"x"))).unwrap();
-            assert_eq!(
-                (got, d.kind, d.subject, d.seq, &d.frame[..]),
-                (None, Kind::Ephemeral, Some(user), 0, &b"x"[..])
-            );
-            let (_, d) = decode(encode(Event::evict(user, b"bye"))).unwrap();
-            assert_eq!((d.kind, d.subject), (Kind::Evict, Some(user)));
-        }
-
-        #[test]
-        fn notifications_round_trip_with_and_without_a_room() {
-            let (id, room) = (ObjectId::new(), ObjectId::new());
-            let (got, d) = decode(encode(Event::notify(id, Some(room), 0, b"{\"n\":1}"))).unwrap();
-            assert_eq!(
-                (got, d.kind, d.subject, d.stored_at_us, d.seq, &d.frame[..]),
-                (Some(id), Kind::Notify, Some(room), 0, 0, &b"{\"n\":1}"[..])
-            );
-            let (got, d) = decode(encode(Event::notify(id, None, 1_795_554_095_663_123, b"n"))).unwrap();
-            assert_eq!((got, d.kind, d.subject, d.stored_at_us), (Some(id), Kind::Notify, None, 1_795_554_095_663_123));
+        fn every_kind_round_trips_on_its_topic() {
+            let (id, user, room) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+            let (on_room, on_user) = (Topic::Room(room), Topic::User(user));
+            let at = 1_795_554_095_663_123;
+            let cases = [
+                (
+                    on_room,
+                    Event::Message { id, seq: 42, stored_at_us: at, frame: b"{\"a\":1}" },
+                    Delivery::Message { id, message: Stored { seq: 42, stored_at_us: at, frame: "{\"a\":1}".into() } },
+                ),
+                (
+                    on_room,
+                    Event::Ephemeral { skip: Some(user), frame: b"x" },
+                    Delivery::Ephemeral { skip: Some(user), frame: "x".into() },
+                ),
+                (
+                    on_room,
+                    Event::Ephemeral { skip: None, frame: b"y" },
+                    Delivery::Ephemeral { skip: None, frame: "y".into() },
+                ),
+                (on_room, Event::Evict { user }, Delivery::Evict { user }),
+                (
+                    on_user,
+                    Event::MembershipEnded { room, frame: b"bye" },
+                    Delivery::MembershipEnded { room, frame: "bye".into() },
+                ),
+                (
+                    on_room,
+                    Event::Presence { change: id, user, frame: b"p" },
+                    Delivery::Presence { change: id, user, frame: "p".into() },
+                ),
+                (
+                    on_user,
+                    Event::Notify { id, room: Some(room), stored_at_us: 0, frame: b"n" },
+                    Delivery::Notify { id, room: Some(room), stored_at_us: 0, frame: "n".into() },
+                ),
+                (
+                    on_user,
+                    Event::Notify { id, room: None, stored_at_us: at, frame: b"n" },
+                    Delivery::Notify { id, room: None, stored_at_us: at, frame: "n".into() },
+                ),
+            ];
+            for (topic, event, delivery) in cases {
+                assert_eq!(decode(topic, encode(event)), Some(delivery), "{event:?}");
+            }
         }
 
         #[test]
         fn the_older_kinds_keep_their_bytes() {
             // Nodes of the previous release still read these.
             let user = ObjectId::new();
-            assert_eq!(encode(Event::message(user, 1, 0, b"")).first(), Some(&b'M'));
-            assert_eq!(encode(Event::ephemeral(None, b"")).first(), Some(&b'E'));
-            assert_eq!(encode(Event::evict(user, b"")).first(), Some(&b'X'));
-            assert_eq!(encode(Event::notify(user, None, 0, b"")).first(), Some(&b'N'));
+            assert_eq!(encode(Event::Message { id: user, seq: 1, stored_at_us: 0, frame: b"" }).first(), Some(&b'M'));
+            assert_eq!(encode(Event::Ephemeral { skip: None, frame: b"" }).first(), Some(&b'E'));
+            assert_eq!(encode(Event::Evict { user }).first(), Some(&b'X'));
+            assert_eq!(encode(Event::MembershipEnded { room: user, frame: b"" }).first(), Some(&b'X'));
+            assert_eq!(
+                encode(Event::Notify { id: user, room: None, stored_at_us: 0, frame: b"" }).first(),
+                Some(&b'N')
+            );
         }
 
         #[test]
         fn foreign_payloads_are_refused() {
-            assert!(decode(Bytes::from_static(b"short")).is_none());
-            let good = encode(Event::ephemeral(None, b"{}"));
+            let room = Topic::Room(ObjectId::new());
+            assert!(decode(room, Bytes::from_static(b"short")).is_none());
+            let good = encode(Event::Ephemeral { skip: None, frame: b"{}" });
             let mut bad = good.to_vec();
             bad[0] = b'Q';
-            assert!(decode(Bytes::from(bad)).is_none());
+            assert!(decode(room, Bytes::from(bad)).is_none());
             let mut bad = good.to_vec();
             bad[3] = b'z';
-            assert!(decode(Bytes::from(bad)).is_none());
+            assert!(decode(room, Bytes::from(bad)).is_none());
             let mut bad = good.to_vec();
             bad[60] = b'z';
-            assert!(decode(Bytes::from(bad)).is_none());
+            assert!(decode(room, Bytes::from(bad)).is_none());
+            let no_id = encode(Event::Ephemeral { skip: None, frame: b"" }).to_vec();
+            let mut message_without_id = no_id.clone();
+            message_without_id[0] = b'M';
+            assert!(decode(room, Bytes::from(message_without_id)).is_none(), "a message needs its id");
         }
     }
 }

@@ -174,13 +174,13 @@ async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, keys:
         else {
             continue;
         };
-        let Some((event_id, delivery)) = wire::decode(payload) else {
+        let Some(delivery) = wire::decode(topic, payload) else {
             metrics::counter!("confab_pubsub_malformed_total").increment(1);
             continue;
         };
         // A re-delivery is the same event on the same channel; one event may
         // also travel several channels on purpose (presence).
-        if let Some(id) = event_id {
+        if let Some(id) = delivery.id() {
             if !seen.insert((topic, id)) {
                 metrics::counter!("confab_pubsub_duplicates_total").increment(1);
                 continue;

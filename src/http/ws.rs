@@ -10,8 +10,8 @@ use axum::response::Response;
 
 use super::extract::bearer;
 use crate::error::{Error, Result};
-use crate::gateway;
 use crate::node::App;
+use crate::ws;
 
 /// The token from `Authorization: Bearer`, or else from `?token=` (browsers
 /// cannot set headers on a WebSocket).
@@ -56,7 +56,7 @@ pub async fn chat(State(app): State<Arc<App>>, req: Request) -> Result<Response>
     let (response, fut) = upgrade(req)?;
     tokio::spawn(async move {
         match fut.await {
-            Ok(ws) => gateway::run_chat(app, caller, ws).await,
+            Ok(ws) => ws::run_chat(app, caller, ws).await,
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
@@ -67,7 +67,7 @@ pub async fn echo(State(app): State<Arc<App>>, req: Request) -> Result<Response>
     let (response, fut) = upgrade(req)?;
     tokio::spawn(async move {
         if let Ok(ws) = fut.await {
-            gateway::run_echo(app, ws).await;
+            ws::run_echo(app, ws).await;
         }
     });
     Ok(response)

@@ -13,10 +13,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{count, external, json_of, online, Content, LiveView, Outcome, Route};
-use crate::bus::{Delivery, Event, Topic};
+use crate::bus::{Event, Topic};
 use crate::error::Result;
-use crate::gateway::protocol;
 use crate::node::App;
+use crate::protocol::ServerEvent;
 use crate::store::model::rfc3339;
 use crate::store::{Notification, Store};
 
@@ -65,9 +65,9 @@ pub(super) async fn deliver(
                 to_store.push(Notification { external: Some("pending".into()), ..n() });
                 external.push(id);
             }
-            (Route::OutsideRoom(room), 1) if app.gateway.registry.user_topic_held(user) => {
+            (Route::OutsideRoom(room), 1) if app.fanout.registry.user_topic_held(user) => {
                 // The one node holding the user is this one.
-                if app.gateway.registry.send_to_user_except_room(user, Some(room), &frame.with_id(id)) > 0 {
+                if app.fanout.registry.send_to_user_except_room(user, Some(room), &frame.with_id(id)) > 0 {
                     count("realtime", 1);
                     outcome.delivered_realtime += 1;
                     to_store.push(Notification { delivered_realtime: true, ..n() });
@@ -93,7 +93,7 @@ pub(super) async fn deliver(
                     Route::OutsideRoom(room) => Some(room),
                     Route::Everywhere => None,
                 };
-                (user, id, publish(app, user, Event::notify(id, room, stored_at_us, &frame)).await)
+                (user, id, publish(app, user, Event::Notify { id, room, stored_at_us, frame: &frame }).await)
             }
         })
         .buffer_unordered(PUBLISHING)
@@ -143,7 +143,7 @@ impl LiveFrame {
             data: json_of(&content.data),
             timestamp: rfc3339(&at),
         };
-        let bytes = protocol::event("notification", None, None, &view);
+        let bytes = ServerEvent::Notification { view: &view }.encode();
         let id_at = bytes.starts_with(FRAME_START).then_some(FRAME_START.len());
         LiveFrame { view, bytes, id_at }
     }
@@ -157,7 +157,7 @@ impl LiveFrame {
             }
             None => {
                 let view = LiveView { id: id.to_hex(), ..self.view.clone() };
-                protocol::event("notification", None, None, &view)
+                ServerEvent::Notification { view: &view }.encode()
             }
         }
     }
@@ -179,12 +179,12 @@ async fn publish(app: &App, user: ObjectId, event: Event<'_>) -> bool {
 /// A node showed a live notification to at least one connection of `user`:
 /// counts it, and stores it if nobody has yet (from the bus reader: the
 /// write runs in its own task).
-pub fn delivered_live(store: &Arc<dyn Store>, user: ObjectId, delivery: &Delivery) {
+pub fn delivered_live(store: &Arc<dyn Store>, user: ObjectId, stored_at_us: u64, frame: &Bytes) {
     count("realtime", 1);
-    if delivery.stored_at_us != 0 {
+    if stored_at_us != 0 {
         return;
     }
-    let Some(n) = from_frame(user, &delivery.frame) else {
+    let Some(n) = from_frame(user, frame) else {
         tracing::warn!("a live notification frame could not be read back; not stored");
         return;
     };
@@ -236,7 +236,7 @@ mod tests {
         let user = ObjectId::new();
         let n = content.notification(user, ObjectId::new(), Utc::now());
         let frame = LiveFrame::new(&content, n.created_at).with_id(n.id);
-        let encoded = protocol::event("notification", None, None, LiveView::from(&n));
+        let encoded = ServerEvent::Notification { view: &LiveView::from(&n) }.encode();
         // The same but for the envelope's own send time (milliseconds apart).
         let without_send_time = |f: &[u8]| {
             let mut v: Value = serde_json::from_slice(f).unwrap();

@@ -25,7 +25,7 @@ pub(super) async fn for_message(app: &App, job: MessageJob) -> Result<Outcome> {
     // Leave out first, before any preferences are read, whoever would be
     // shown nothing: every connection watches the room (busy rooms are
     // mostly watched).
-    let registry = &app.gateway.registry;
+    let registry = &app.fanout.registry;
     let (mut kept, mut watched) = (Vec::new(), 0);
     for (c, reached) in candidates.into_iter().zip(reach) {
         let held_here = || registry.user_topic_held(c.user);

@@ -274,7 +274,7 @@ impl Notifier {
 /// node stops.
 pub async fn run(app: Arc<App>, jobs: Jobs) {
     let mut jobs = jobs.0;
-    if let Some(changes) = app.gateway.registry.watching.changes() {
+    if let Some(changes) = app.fanout.registry.watching.changes() {
         tokio::spawn(watching::write_watching(app.clone(), changes));
     }
     tokio::spawn(reach::listen(app.clone()));

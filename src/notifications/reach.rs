@@ -222,7 +222,7 @@ async fn read(app: &App, room: ObjectId, users: &[ObjectId]) -> (Vec<Reached>, O
     let mut out: Vec<Reached> = nodes.into_iter().map(|nodes| Reached { nodes, watching_elsewhere: false }).collect();
     // Hints count only for users held by one node, and this node knows its
     // own users without them.
-    let registry = &app.gateway.registry;
+    let registry = &app.fanout.registry;
     let asked: Vec<usize> =
         (0..users.len()).filter(|&i| out[i].nodes == 1 && !registry.user_topic_held(users[i])).collect();
     let now = now_ms();

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::reach;
 use crate::clock::now_ms;
-use crate::gateway::watching::Change;
+use crate::fanout::watching::Change;
 use crate::node::App;
 
 /// How long a watching hint lives unless refreshed: the longest a lost
@@ -58,7 +58,7 @@ pub(super) async fn write_watching(app: Arc<App>, mut changes: mpsc::UnboundedRe
             },
             _ = refresh.tick() => {
                 // Queued behind the changes already made, in order.
-                app.gateway.registry.watching.refresh();
+                app.fanout.registry.watching.refresh();
                 continue;
             }
         };

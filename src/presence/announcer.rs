@@ -32,8 +32,8 @@ use tokio_util::time::DelayQueue;
 use super::{Gate, PresenceView, State, Status, ANNOUNCE_EVERY};
 use crate::bus::{Event, Topic};
 use crate::clock::now_ms;
-use crate::gateway::protocol;
 use crate::node::App;
+use crate::protocol::ServerEvent;
 
 /// Most users one batch announces (bounds each store read's `$in`).
 pub const MAX_BATCH: usize = 256;
@@ -195,8 +195,7 @@ async fn announce_batch(app: &App, changes: &[(ObjectId, State)]) {
     }
     let publishes = changes.iter().flat_map(|(user, state)| {
         metrics::counter!("confab_presence_changes_total", "status" => state.status().as_str()).increment(1);
-        let user_hex = user.to_hex();
-        let frame = protocol::event("presence", None, Some(&user_hex), PresenceView::new(*user, state));
+        let frame = ServerEvent::Presence { user: *user, view: &PresenceView::new(*user, state) }.encode();
         // One id for the change under every topic: each connection gets it once.
         let change = ObjectId::new();
         let topics = audience.remove(user).unwrap_or_default();
@@ -204,7 +203,7 @@ async fn announce_batch(app: &App, changes: &[(ObjectId, State)]) {
     });
     futures::stream::iter(publishes)
         .for_each_concurrent(PUBLISH_CONCURRENCY, |(change, user, topic, frame)| async move {
-            if let Err(e) = app.bus.publish(topic, Event::presence(change, user, &frame)).await {
+            if let Err(e) = app.bus.publish(topic, Event::Presence { change, user, frame: &frame }).await {
                 metrics::counter!("confab_bus_publish_failures_total").increment(1);
                 tracing::debug!(error = %e, "presence frame not published");
             }

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::gateway::ConnId;
+use crate::fanout::ConnId;
 use crate::node::App;
 
 /// Most ids one bulk lookup may ask about.

@@ -23,7 +23,7 @@ use fred::prelude::*;
 
 use super::{Connection, Gate, State, Status, Tracker, TrackerError};
 use crate::backend::redis::RedisConfig;
-use crate::gateway::ConnId;
+use crate::fanout::ConnId;
 use crate::keyspace::Keyspace;
 
 /// Connections one sweep script removes, so a node with very many

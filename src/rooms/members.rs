@@ -11,13 +11,12 @@
 use bson::oid::ObjectId;
 use chrono::Utc;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::auth::Caller;
 use crate::bus::{Event, Topic};
 use crate::error::{Error, Result};
-use crate::gateway::protocol;
 use crate::node::App;
+use crate::protocol::ServerEvent;
 use crate::store::model::MemberView;
 use crate::store::{Member, Role, Room, RoomKind, User};
 
@@ -89,8 +88,10 @@ pub async fn add(
     app.seqs.membership_started(room_id, user_id).await;
     app.cache.user_changed(user_id).await;
     app.cache.members_changed(room_id, &[user_id], &[]).await;
-    announce(app, room_id, "member_added", &member, caller.user_id).await;
-    tell_user(app, user_id, "room_added", room_id, caller.user_id).await;
+    let by = caller.user_id;
+    announce(app, room_id, ServerEvent::MemberAdded { member: &member, by }).await;
+    let frame = ServerEvent::RoomAdded { room: room_id, by }.encode();
+    publish(app, Topic::User(user_id), Event::Ephemeral { skip: None, frame: &frame }).await;
     Ok((member, true))
 }
 
@@ -110,7 +111,7 @@ pub async fn set_role(app: &App, caller: &Caller, room_id: ObjectId, user_id: Ob
         }
         target.role = role;
         app.cache.user_changed(user_id).await;
-        announce(app, room_id, "member_updated", &target, caller.user_id).await;
+        announce(app, room_id, ServerEvent::MemberUpdated { member: &target, by: caller.user_id }).await;
     }
     Ok(target)
 }
@@ -148,10 +149,10 @@ pub async fn remove(app: &App, caller: &Caller, room_id: ObjectId, user_id: Obje
     // The user's own topic carries the end of the membership to every
     // connection of theirs, joined to the room or not: none of them may
     // post there any more.
-    publish(app, Topic::Room(room_id), Event::evict(user_id, b"")).await;
-    announce(app, room_id, "member_removed", &target, caller.user_id).await;
-    let frame = user_frame("room_removed", room_id, caller.user_id);
-    publish(app, Topic::User(user_id), Event::membership_ended(room_id, &frame)).await;
+    publish(app, Topic::Room(room_id), Event::Evict { user: user_id }).await;
+    announce(app, room_id, ServerEvent::MemberRemoved { member: &target, by: caller.user_id }).await;
+    let frame = ServerEvent::RoomRemoved { room: room_id, by: caller.user_id }.encode();
+    publish(app, Topic::User(user_id), Event::MembershipEnded { room: room_id, frame: &frame }).await;
     Ok(())
 }
 
@@ -182,23 +183,8 @@ fn not_a_member() -> Error {
 }
 
 /// Tells the room's subscribers about a membership change.
-async fn announce(app: &App, room_id: ObjectId, kind: &str, member: &Member, by: ObjectId) {
-    let mut data = json!(MemberView::from(member));
-    data["by"] = json!(by.to_hex());
-    let frame = protocol::event(kind, Some(&room_id.to_hex()), Some(&by.to_hex()), &data);
-    publish(app, Topic::Room(room_id), Event::ephemeral(None, &frame)).await;
-}
-
-/// Tells a user, on all their connections, that they gained a room.
-async fn tell_user(app: &App, user_id: ObjectId, kind: &str, room_id: ObjectId, by: ObjectId) {
-    let frame = user_frame(kind, room_id, by);
-    publish(app, Topic::User(user_id), Event::ephemeral(None, &frame)).await;
-}
-
-/// `room_added` / `room_removed`, for the user whose membership changed.
-fn user_frame(kind: &str, room_id: ObjectId, by: ObjectId) -> bytes::Bytes {
-    let data = json!({"room_id": room_id.to_hex(), "by": by.to_hex()});
-    protocol::event(kind, Some(&room_id.to_hex()), Some(&by.to_hex()), &data)
+async fn announce(app: &App, room_id: ObjectId, event: ServerEvent<'_>) {
+    publish(app, Topic::Room(room_id), Event::Ephemeral { skip: None, frame: &event.encode() }).await;
 }
 
 /// Publishes a live effect of a stored change; a failure is logged, not an

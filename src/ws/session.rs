@@ -9,22 +9,21 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bson::oid::ObjectId;
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::assembler::DataMessage;
-use super::protocol::{self, ClientFrame};
-use super::registry::{Outbound, Outbox};
 use super::socket::Handler;
 use crate::auth::Caller;
 use crate::bus::Topic;
 use crate::error::{Error, Result};
+use crate::fanout::registry::{Outbound, Outbox};
 use crate::messages::{self, Draft, Membership};
 use crate::node::App;
+use crate::protocol::{self, Close, CloseCode, Command, ReplayFrom, Request, ServerEvent};
 use crate::ratelimit::{self, Admit, FrameLimiter};
 use crate::store::model::MessageView;
-use crate::store::{Cursor, HistoryQuery};
-use crate::{presence, receipts, rooms, seq, typing, validate};
+use crate::store::HistoryQuery;
+use crate::{presence, receipts, rooms, seq, typing};
 
 /// Rooms one connection may be subscribed to at once.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 1000;
@@ -45,23 +44,11 @@ pub struct ChatSession {
     frames: FrameLimiter,
 }
 
-#[derive(Deserialize)]
-struct AckData {
-    message_id: String,
-}
-
-#[derive(Deserialize)]
-struct SendData {
-    content: String,
-    #[serde(default)]
-    client_msg_id: Option<String>,
-}
-
 impl ChatSession {
     pub fn new(app: Arc<App>, caller: Caller, outbox: Arc<Outbox>) -> Self {
         let user_hex = caller.user_id.to_hex();
         let frames = FrameLimiter::new(&app.config.rate_limits);
-        let bus_epoch = app.gateway.registry.bus_epoch();
+        let bus_epoch = app.fanout.registry.bus_epoch();
         ChatSession {
             app,
             caller,
@@ -75,71 +62,56 @@ impl ChatSession {
     }
 
     /// `send`, for the socket handler: a closed queue ends the connection.
-    async fn reply(&self, frame: Bytes) -> Result<(), (u16, String)> {
-        self.send(frame).await.map_err(|_| (1011, "connection closing".into()))
+    async fn reply(&self, frame: Bytes) -> Result<(), Close> {
+        self.send(frame).await.map_err(|_| Close::new(CloseCode::InternalError, "connection closing"))
     }
 
-    async fn handle(&mut self, frame: &ClientFrame) -> Result<Option<Bytes>> {
+    /// Applies one command; the reply, if it has one to send.
+    async fn handle(&mut self, request: &Request) -> Result<Option<Bytes>> {
         self.forget_revoked();
-        let kind = frame.kind.as_deref().ok_or_else(|| Error::BadRequest("missing field `type`".into()))?;
-        let r = frame.reference.as_ref();
-        metrics::counter!("confab_ws_frames_in_total", "type" => frame_label(kind)).increment(1);
-        match kind {
-            "ping" => Ok(Some(protocol::pong(r))),
-            "join_channel" => {
-                let (room, channel) = channel_of(frame)?;
-                let from = replay_from(frame.data.as_ref())?;
-                let replay_after = self.join(room, from).await?;
-                let ack =
-                    r.map(|r| protocol::ack(Some(r), Some(channel), json!({ "room_id": channel }), &self.user_hex));
+        let r = request.reference.as_ref();
+        let channel = request.channel.as_deref();
+        let user = self.user_hex.clone();
+        let ack = |data: &dyn erased_serde::Serialize| r.map(|r| protocol::ack(Some(r), channel, data, &user));
+        match &request.command {
+            Command::Ping => Ok(Some(protocol::pong(r))),
+            Command::Join { room, replay } => {
+                let replay_after = self.join(*room, *replay).await?;
+                let ack = ack(&json!({ "room_id": channel }));
                 let Some(after) = replay_after else { return Ok(ack) };
                 // Ack first: everything after it is the room's traffic, in seq order.
                 if let Some(ack) = ack {
                     self.send(ack).await?;
                 }
-                self.replay(room, after).await?;
+                self.replay(*room, after).await?;
                 Ok(None)
             }
-            "leave_channel" => {
-                let (room, channel) = channel_of(frame)?;
-                self.leave(room);
-                Ok(r.map(|r| protocol::ack(Some(r), Some(channel), json!({ "room_id": channel }), &self.user_hex)))
+            Command::Leave { room } => {
+                self.leave(*room);
+                Ok(ack(&json!({ "room_id": channel })))
             }
-            "send_message" => {
-                let (room, channel) = channel_of(frame)?;
-                let data = SendData::deserialize(frame.data.as_ref().unwrap_or(&Value::Null))
-                    .map_err(|e| Error::BadRequest(format!("data: {e}")))?;
-                let draft = Draft { content: data.content, client_msg_id: data.client_msg_id };
-                let membership = if self.is_known_member(room) { Membership::Remembered } else { Membership::Lookup };
-                let sent = messages::send(&self.app, &self.caller, room, draft, membership).await?;
-                self.note_member(room);
-                Ok(r.map(|r| protocol::ack(Some(r), Some(channel), MessageView::from(&sent.message), &self.user_hex)))
+            Command::Send { room, content, client_msg_id } => {
+                let draft = Draft { content: content.clone(), client_msg_id: client_msg_id.clone() };
+                let membership = if self.is_known_member(*room) { Membership::Remembered } else { Membership::Lookup };
+                let sent = messages::send(&self.app, &self.caller, *room, draft, membership).await?;
+                self.note_member(*room);
+                Ok(ack(&MessageView::from(&sent.message)))
             }
-            "delivered" | "read" => {
-                let (room, channel) = channel_of(frame)?;
-                let data = AckData::deserialize(frame.data.as_ref().unwrap_or(&Value::Null))
-                    .map_err(|e| Error::BadRequest(format!("data: {e}")))?;
-                let message_id = validate::object_id("message_id", &data.message_id)?;
-                let cursor = if kind == "read" { Cursor::Read } else { Cursor::Delivered };
-                let cursors = receipts::acknowledge(&self.app, &self.caller, room, cursor, message_id).await?;
-                Ok(r.map(|r| protocol::ack(Some(r), Some(channel), cursors, &self.user_hex)))
+            Command::Acknowledge { room, cursor, message_id } => {
+                let cursors = receipts::acknowledge(&self.app, &self.caller, *room, *cursor, *message_id).await?;
+                Ok(ack(&cursors))
             }
-            "set_status" => {
-                let status = frame.data.as_ref().and_then(|d| d.get("status")).and_then(Value::as_str);
-                let status = status.ok_or_else(|| Error::invalid("status", "is required: online, away or busy"))?;
+            Command::SetStatus { status } => {
                 let view = presence::set_status(&self.app, self.caller.user_id, status).await?;
                 Ok(r.map(|r| protocol::ack(Some(r), None, view, &self.user_hex)))
             }
-            "user_typing" => {
-                let (room, channel) = channel_of(frame)?;
-                if !self.rooms.contains(&room) {
+            Command::Typing { room } => {
+                if !self.rooms.contains(room) {
                     return Err(Error::Forbidden("join the room before typing in it".into()));
                 }
-                let relayed = typing::typing(&self.app, self.caller.user_id, room).await;
-                let data = json!({ "room_id": channel, "relayed": relayed });
-                Ok(r.map(|r| protocol::ack(Some(r), Some(channel), data, &self.user_hex)))
+                let relayed = typing::typing(&self.app, self.caller.user_id, *room).await;
+                Ok(ack(&json!({ "room_id": channel, "relayed": relayed })))
             }
-            other => Err(Error::UnknownType(validate::quoted(other))),
         }
     }
 
@@ -151,7 +123,7 @@ impl ChatSession {
             self.rooms.remove(&room);
             self.member_of.remove(&room);
         }
-        let epoch = self.app.gateway.registry.bus_epoch();
+        let epoch = self.app.fanout.registry.bus_epoch();
         if epoch != self.bus_epoch {
             // The bus was cut off: a membership may have ended unannounced.
             self.member_of.clear();
@@ -202,10 +174,10 @@ impl ChatSession {
         if after.is_some() {
             self.outbox.start_hold(room);
         }
-        let gateway = &self.app.gateway;
-        gateway.registry.join(room, &self.outbox);
+        let fanout = &self.app.fanout;
+        fanout.registry.join(room, &self.outbox);
         self.rooms.insert(room);
-        if let Err(e) = gateway.subscriptions.ensure(Topic::Room(room)).await {
+        if let Err(e) = fanout.subscriptions.ensure(Topic::Room(room)).await {
             self.outbox.release_hold(i64::MAX);
             self.leave(room);
             tracing::warn!(error = %e, "join failed: bus subscription");
@@ -232,7 +204,7 @@ impl ChatSession {
                 }
             };
             for m in &page {
-                self.send(protocol::message(m)).await?;
+                self.send(ServerEvent::Message(m).encode()).await?;
                 last = m.seq;
             }
             sent += page.len();
@@ -266,8 +238,8 @@ impl ChatSession {
     }
 
     fn leave(&mut self, room: ObjectId) {
-        if self.rooms.remove(&room) && self.app.gateway.registry.leave(room, self.outbox.id) {
-            self.app.gateway.subscriptions.release(Topic::Room(room));
+        if self.rooms.remove(&room) && self.app.fanout.registry.leave(room, self.outbox.id) {
+            self.app.fanout.subscriptions.release(Topic::Room(room));
         }
     }
 }
@@ -275,7 +247,7 @@ impl ChatSession {
 impl ChatSession {
     /// Answers a frame over the rate limit with `rate_limited`, carrying its
     /// `ref` when it has one so the client knows which request was dropped.
-    async fn refuse(&self, text: &[u8], retry_after: std::time::Duration) -> Result<(), (u16, String)> {
+    async fn refuse(&self, text: &[u8], retry_after: std::time::Duration) -> Result<(), Close> {
         let value = serde_json::from_slice::<Value>(text).unwrap_or_default();
         let channel = value.get("channel").and_then(Value::as_str);
         self.reply(protocol::error(value.get("ref"), channel, &ratelimit::rejection("socket", retry_after))).await
@@ -285,60 +257,14 @@ impl ChatSession {
 /// Most messages one join replays; beyond, the client pages over REST.
 pub const MAX_REPLAY: usize = 10_000;
 
-/// Where a join's replay starts: after a seq, or after a message.
-enum ReplayFrom {
-    Seq(i64),
-    Message(ObjectId),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JoinData {
-    #[serde(default)]
-    after_seq: Option<i64>,
-    #[serde(default)]
-    after: Option<String>,
-}
-
-fn replay_from(data: Option<&Value>) -> Result<Option<ReplayFrom>> {
-    let Some(data) = data.filter(|d| !d.is_null()) else { return Ok(None) };
-    let d = JoinData::deserialize(data).map_err(|e| Error::BadRequest(format!("data: {e}")))?;
-    match (d.after_seq, d.after) {
-        (Some(_), Some(_)) => Err(Error::invalid("data", "give after_seq or after, not both")),
-        (Some(seq), None) if seq < 0 => Err(Error::invalid("after_seq", "must not be negative")),
-        (Some(seq), None) => Ok(Some(ReplayFrom::Seq(seq))),
-        (None, Some(id)) => Ok(Some(ReplayFrom::Message(validate::object_id("after", &id)?))),
-        (None, None) => Ok(None),
-    }
-}
-
-/// The room a frame addresses: `channel` must be a room id.
-fn channel_of(frame: &ClientFrame) -> Result<(ObjectId, &str)> {
-    let channel = frame.channel.as_deref().ok_or_else(|| Error::BadRequest("missing field `channel`".into()))?;
-    Ok((validate::object_id("channel", channel)?, channel))
-}
-
-/// Bounded label values for the frames-in metric.
-fn frame_label(kind: &str) -> &'static str {
-    match kind {
-        "ping" => "ping",
-        "join_channel" => "join_channel",
-        "leave_channel" => "leave_channel",
-        "send_message" => "send_message",
-        "delivered" => "delivered",
-        "read" => "read",
-        "set_status" => "set_status",
-        "user_typing" => "user_typing",
-        _ => "unknown",
-    }
-}
-
 #[async_trait]
 impl Handler for ChatSession {
-    async fn on_message(&mut self, message: DataMessage) -> Result<(), (u16, String)> {
+    async fn on_message(&mut self, message: DataMessage) -> Result<(), Close> {
         let text = match message {
             DataMessage::Text(t) => t,
-            DataMessage::Binary(_) => return Err((1003, "binary frames are not supported".into())),
+            DataMessage::Binary(_) => {
+                return Err(Close::new(CloseCode::Unsupported, "binary frames are not supported"))
+            }
         };
         match self.frames.admit() {
             Admit::Yes => {}
@@ -346,39 +272,35 @@ impl Handler for ChatSession {
             Admit::Close => {
                 ratelimit::count_rejection("socket");
                 tracing::info!(user = %self.user_hex, "closing a connection that keeps exceeding its frame rate");
-                return Err((1008, "rate limit exceeded".into()));
+                return Err(Close::new(CloseCode::PolicyViolation, "rate limit exceeded"));
             }
         }
-        // JSON first, then the envelope: a frame whose fields have the wrong
-        // types still has its `ref` read, so the error reaches its waiter.
-        let parsed = serde_json::from_slice::<Value>(&text).map_err(|e| (None, e)).and_then(|value| {
-            let reference = value.get("ref").cloned();
-            ClientFrame::deserialize(value).map_err(|e| (reference, e))
-        });
-        let frame = match parsed {
-            Ok(f) => f,
-            Err((reference, e)) => {
-                metrics::counter!("confab_ws_frames_in_total", "type" => "malformed").increment(1);
-                let err = Error::BadRequest(format!("malformed frame: {e}"));
-                return self.reply(protocol::error(reference.as_ref(), None, &err)).await;
+        let request = match Request::parse(&text) {
+            Ok(request) => request,
+            Err(unreadable) => {
+                metrics::counter!("confab_ws_frames_in_total", "type" => unreadable.label).increment(1);
+                let reply =
+                    protocol::error(unreadable.reference.as_ref(), unreadable.channel.as_deref(), &unreadable.error);
+                return self.reply(reply).await;
             }
         };
-        match self.handle(&frame).await {
+        metrics::counter!("confab_ws_frames_in_total", "type" => request.command.label()).increment(1);
+        match self.handle(&request).await {
             Ok(Some(reply)) => self.reply(reply).await,
             Ok(None) => Ok(()),
-            Err(e) => self.reply(protocol::error(frame.reference.as_ref(), frame.channel.as_deref(), &e)).await,
+            Err(e) => self.reply(protocol::error(request.reference.as_ref(), request.channel.as_deref(), &e)).await,
         }
     }
 
     async fn on_close(&mut self) {
-        let gateway = &self.app.gateway;
+        let fanout = &self.app.fanout;
         for room in std::mem::take(&mut self.rooms) {
-            if gateway.registry.leave(room, self.outbox.id) {
-                gateway.subscriptions.release(Topic::Room(room));
+            if fanout.registry.leave(room, self.outbox.id) {
+                fanout.subscriptions.release(Topic::Room(room));
             }
         }
-        if gateway.registry.unregister(self.outbox.id) {
-            gateway.subscriptions.release(Topic::User(self.caller.user_id));
+        if fanout.registry.unregister(self.outbox.id) {
+            fanout.subscriptions.release(Topic::User(self.caller.user_id));
         }
         presence::disconnected(&self.app, self.caller.user_id, self.outbox.id);
     }

@@ -40,11 +40,9 @@ impl Tally {
     }
 }
 
-/// Connections from which an event is split over the lanes by default.
-pub const SPLIT_AT: usize = 64;
+pub use crate::config::SPLIT_AT;
 
-/// Most lanes a node runs.
-pub const MAX_LANES: usize = 64;
+pub use crate::config::MAX_LANES;
 
 struct Job {
     conns: Vec<Arc<Outbox>>,
@@ -198,7 +196,7 @@ pub(super) fn offer_all<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::registry::Outbound;
+    use crate::fanout::registry::Outbound;
     use bytes::Bytes;
     use tokio_util::sync::CancellationToken;
 
@@ -279,7 +277,7 @@ mod tests {
             assert_eq!(frames(o), ["1", "2"]);
         }
         let (op, body) = slow.line.waiting().remove(0);
-        assert_eq!((op, &body[..2]), (0x8, &super::super::registry::CLOSE_SLOW_CONSUMER.to_be_bytes()[..]));
+        assert_eq!((op, &body[..2]), (0x8, &crate::protocol::CloseCode::TryAgainLater.code().to_be_bytes()[..]));
     }
 
     #[test]

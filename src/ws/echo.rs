@@ -7,8 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::assembler::DataMessage;
-use super::registry::{Outbound, Outbox};
 use super::socket::Handler;
+use crate::fanout::registry::{Outbound, Outbox};
+use crate::protocol::{Close, CloseCode};
 
 pub struct Echo {
     pub outbox: Arc<Outbox>,
@@ -16,7 +17,7 @@ pub struct Echo {
 
 #[async_trait]
 impl Handler for Echo {
-    async fn on_message(&mut self, message: DataMessage) -> Result<(), (u16, String)> {
+    async fn on_message(&mut self, message: DataMessage) -> Result<(), Close> {
         let frame = match message {
             DataMessage::Text(b) => Outbound::Text(b),
             DataMessage::Binary(b) => Outbound::Binary(b),
@@ -24,7 +25,7 @@ impl Handler for Echo {
         if self.outbox.send(frame).await {
             Ok(())
         } else {
-            Err((1011, "closing".into()))
+            Err(Close::new(CloseCode::InternalError, "closing"))
         }
     }
 

@@ -17,7 +17,7 @@
 //! cross in flight are put back in order like any others. Without a
 //! counter, the first message to arrive sets the baseline.
 //!
-//! The state machine here is pure; `GatewayInbox` drives it and does the
+//! The state machine here is pure; `FanoutInbox` drives it and does the
 //! reads. Fan-out happens under the room's lock, so the reader task and a
 //! gap fill can never interleave a room's frames.
 
@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bson::oid::ObjectId;
 use dashmap::DashMap;
 
-use crate::bus::Delivery;
+use crate::bus::Stored;
 
 /// Most seqs remembered as given up, per room.
 const SKIPPED_KEPT: usize = 1024;
@@ -44,7 +44,7 @@ pub struct RoomOrder {
     /// `last` came from the room's counter and no message above it has
     /// arrived yet.
     from_counter: bool,
-    waiting: BTreeMap<i64, Delivery>,
+    waiting: BTreeMap<i64, Stored>,
     /// Seqs given up on, in case their message turns up late.
     skipped: BTreeSet<i64>,
     /// A gap fill is scheduled or running.
@@ -55,7 +55,7 @@ pub struct RoomOrder {
 #[derive(Debug)]
 pub enum Accepted {
     /// Deliver these now, in this order.
-    Deliver(Vec<Delivery>),
+    Deliver(Vec<Stored>),
     /// It waits behind a gap; schedule a fill unless one is on its way.
     Wait { schedule_fill: bool },
 }
@@ -80,7 +80,7 @@ impl RoomOrder {
         }
     }
 
-    pub fn accept(&mut self, d: Delivery) -> Accepted {
+    pub fn accept(&mut self, d: Stored) -> Accepted {
         if let (true, Some(last)) = (self.from_counter, self.last) {
             if d.seq > last {
                 self.from_counter = false;
@@ -130,7 +130,7 @@ impl RoomOrder {
     /// Takes messages read from history for the gap below `floor`, and
     /// returns everything now deliverable, in order. Seqs below `floor` that
     /// history did not have are given up.
-    pub fn filled(&mut self, found: Vec<Delivery>, floor: i64) -> Vec<Delivery> {
+    pub fn filled(&mut self, found: Vec<Stored>, floor: i64) -> Vec<Stored> {
         let last = self.last.unwrap_or(i64::MIN);
         for d in found.into_iter().filter(|d| d.seq > last) {
             self.waiting.entry(d.seq).or_insert(d);
@@ -140,7 +140,7 @@ impl RoomOrder {
 
     /// Delivers waiting messages that are next in line, or at or below
     /// `floor` (giving up the holes before them).
-    fn drain(&mut self, floor: i64) -> Vec<Delivery> {
+    fn drain(&mut self, floor: i64) -> Vec<Stored> {
         let mut out = Vec::new();
         while let Some(entry) = self.waiting.first_entry() {
             let seq = *entry.key();
@@ -194,11 +194,11 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn d(seq: i64) -> Delivery {
-        Delivery::message(Bytes::from(seq.to_string()), seq)
+    fn d(seq: i64) -> Stored {
+        Stored::new(seq, Bytes::from(seq.to_string()))
     }
 
-    fn seqs(v: &[Delivery]) -> Vec<i64> {
+    fn seqs(v: &[Stored]) -> Vec<i64> {
         v.iter().map(|d| d.seq).collect()
     }
 

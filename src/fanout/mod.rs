@@ -1,12 +1,10 @@
-//! The socket edge of a node: live WebSocket connections, the registry that
-//! maps rooms and users to local connections, and fan-out of bus events to
-//! them.
+//! Delivery on this node: which local connections listen to which rooms
+//! and users, and the fan-out of bus events to them, in order.
 //!
-//! - `socket`: one connection's reader/writer pair, limits, pings, close codes.
-//! - `frames`: reads client frames with a buffer only while bytes arrive.
-//! - `assembler`: joins fragmented messages under a size cap, checking UTF-8.
 //! - `registry`: sharded maps room → local connections, user → local
-//!   connections, connection → queue.
+//!   connections, connection → [`Outbox`].
+//! - `line`: one connection's outbound side: frames written straight to
+//!   the socket when it takes them, a bounded backlog when it does not.
 //! - `lanes`: writes a big room's fan-out on several cores, each
 //!   connection's frames in order.
 //! - `subscriptions`: keeps the node subscribed to a room's or user's bus
@@ -14,20 +12,14 @@
 //! - `sequencer`: keeps each room's live messages in seq order, fills gaps.
 //! - `watching`: hints that a user watches a room on every connection, so
 //!   their notifications about it need not be sent.
-//! - `protocol`: the JSON envelope of client and server frames.
-//! - `session`: what a chat connection does with each client frame.
-//! - `echo`: the RFC 6455 conformance endpoint, on the same socket code.
+//!
+//! The bus hands every event it receives to [`FanoutInbox`]; the WebSocket
+//! edge (`ws`) registers connections here and joins them to rooms.
 
-pub mod assembler;
-pub mod echo;
-pub mod frames;
 pub mod lanes;
 pub mod line;
-pub mod protocol;
 pub mod registry;
 pub mod sequencer;
-pub mod session;
-pub mod socket;
 pub mod subscriptions;
 pub mod watching;
 
@@ -35,19 +27,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bson::oid::ObjectId;
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-pub use registry::{ConnId, Outbound, Outbox, Registry};
+pub use registry::{ConnId, Outbound, Outbox, Registry, RoomFrame};
 pub use sequencer::Sequencer;
 pub use subscriptions::Subscriptions;
 
-use crate::bus::{Delivery, Inbox, Kind, Topic};
+use crate::bus::{Delivery, Inbox, Stored, Topic};
+use crate::protocol::CloseCode;
 use crate::store::{HistoryQuery, Message, Store};
 use sequencer::Accepted;
 
-/// The node's gateway: registry plus subscription keeper. Cheap to clone.
+/// The node's fan-out: registry plus subscription keeper. Cheap to clone.
 #[derive(Clone)]
-pub struct Gateway {
+pub struct Fanout {
     pub registry: Arc<Registry>,
     pub subscriptions: Subscriptions,
     /// Cancelled at shutdown; every connection's own token is a child.
@@ -57,29 +51,36 @@ pub struct Gateway {
 /// What the bus delivers into: the sequencer and registry, plus the
 /// subscription keeper (set once the bus exists) for rooms an eviction
 /// leaves empty, and the store that gap fills read.
-pub struct GatewayInbox {
+pub struct FanoutInbox {
     pub registry: Arc<Registry>,
     pub sequencer: Arc<Sequencer>,
     pub subscriptions: OnceLock<Subscriptions>,
     pub store: Arc<dyn Store>,
     /// How long a gap in a room's seqs may stay open before history fills it.
     pub gap_wait: Duration,
+    /// Called when a notification was shown to a connection here:
+    /// (user, notification id, store time, frame). The notifications
+    /// service, wired in by the node, counts it and stores it if nobody has.
+    pub shown_live: ShownLive,
 }
 
-impl Inbox for GatewayInbox {
+/// See [`FanoutInbox::shown_live`].
+pub type ShownLive = Box<dyn Fn(ObjectId, ObjectId, u64, &Bytes) + Send + Sync>;
+
+impl Inbox for FanoutInbox {
     fn resubscribed(&self) {
         self.registry.bus_resubscribed();
     }
 
     fn deliver(&self, topic: Topic, delivery: Delivery) {
-        match (topic, delivery.kind, delivery.subject) {
-            (Topic::Room(room), Kind::Message, _) => {
+        match (topic, delivery) {
+            (Topic::Room(room), Delivery::Message { message, .. }) => {
                 let lock = self.sequencer.room(room);
                 let mut order = lock.lock();
-                match order.accept(delivery) {
+                match order.accept(message) {
                     Accepted::Deliver(ready) => {
-                        for d in &ready {
-                            self.registry.fan_out(room, d);
+                        for m in ready {
+                            self.registry.fan_out(room, &RoomFrame::Message(m));
                         }
                     }
                     Accepted::Wait { schedule_fill: true } => {
@@ -89,45 +90,46 @@ impl Inbox for GatewayInbox {
                     Accepted::Wait { schedule_fill: false } => {}
                 }
             }
-            (_, Kind::Presence, Some(user)) => {
-                if let Some(change) = delivery.id {
-                    self.registry.presence(topic, change, user, &delivery.frame);
-                }
+            (Topic::Room(room), Delivery::Ephemeral { skip, frame }) => {
+                self.registry.fan_out(room, &RoomFrame::Ephemeral { skip, frame });
             }
-            (Topic::Room(room), Kind::Evict, Some(user)) => {
-                if self.registry.evict(room, user, &delivery.frame) {
+            (Topic::Room(room), Delivery::Evict { user }) => {
+                if self.registry.evict(room, user, &Bytes::new()) {
                     if let Some(subscriptions) = self.subscriptions.get() {
                         subscriptions.release(topic);
                     }
                 }
             }
-            (Topic::Room(room), _, _) => {
-                self.registry.fan_out(room, &delivery);
+            (topic, Delivery::Presence { change, user, frame }) => {
+                self.registry.presence(topic, change, user, &frame);
             }
-            (Topic::User(user), Kind::Evict, Some(room)) => {
-                if self.registry.revoke(user, room, &delivery.frame) {
+            (Topic::User(user), Delivery::MembershipEnded { room, frame }) => {
+                if self.registry.revoke(user, room, &frame) {
                     if let Some(subscriptions) = self.subscriptions.get() {
                         subscriptions.release(Topic::Room(room));
                     }
                 }
             }
-            (Topic::User(user), Kind::Notify, room) => {
-                let delivered = self.registry.send_to_user_except_room(user, room, &delivery.frame);
+            (Topic::User(user), Delivery::Notify { id, room, stored_at_us, frame }) => {
+                let delivered = self.registry.send_to_user_except_room(user, room, &frame);
                 if delivered > 0 {
-                    crate::notifications::delivered_live(&self.store, user, &delivery);
+                    (self.shown_live)(user, id, stored_at_us, &frame);
                 } else if let Some(room) = room.filter(|_| self.registry.user_connections(user) > 0) {
                     // Every connection of theirs here watches the room.
                     self.registry.watching.note(user, room);
                 }
             }
-            (Topic::User(user), _, _) => {
-                self.registry.send_to_user(user, &delivery.frame);
+            (Topic::User(user), Delivery::Ephemeral { frame, .. }) => {
+                self.registry.send_to_user(user, &frame);
+            }
+            (topic, delivery) => {
+                tracing::debug!(?topic, ?delivery, "an event that does not belong on its topic; dropped");
             }
         }
     }
 }
 
-impl GatewayInbox {
+impl FanoutInbox {
     fn fill_context(&self) -> FillContext {
         FillContext {
             registry: self.registry.clone(),
@@ -191,11 +193,11 @@ async fn fill_gaps(ctx: FillContext, room: ObjectId) {
         read += found.len();
         let partial = more && read < MAX_FILL;
         let floor = if partial { found.last().map_or(before, |m| m.seq) } else { before };
-        let found: Vec<Delivery> = found.iter().map(from_history).collect();
+        let found: Vec<Stored> = found.iter().map(from_history).collect();
         metrics::counter!("confab_seq_gap_filled_total").increment(found.len() as u64);
         let order = &mut *lock.lock();
-        for d in &order.filled(found, floor) {
-            ctx.registry.fan_out(room, d);
+        for m in order.filled(found, floor) {
+            ctx.registry.fan_out(room, &RoomFrame::Message(m));
         }
         if !partial {
             // The next gap, if any, gets its own wait and its own budget.
@@ -206,72 +208,19 @@ async fn fill_gaps(ctx: FillContext, room: ObjectId) {
 }
 
 /// A stored message as a live delivery (the same frame its sender published).
-fn from_history(m: &Message) -> Delivery {
-    Delivery {
-        kind: Kind::Message,
-        id: Some(m.id),
-        subject: None,
-        frame: protocol::message(m),
-        stored_at_us: m.timestamp.timestamp_micros().max(0) as u64,
+fn from_history(m: &Message) -> Stored {
+    Stored {
         seq: m.seq,
+        stored_at_us: m.timestamp.timestamp_micros().max(0) as u64,
+        frame: crate::protocol::ServerEvent::Message(m).encode(),
     }
 }
 
-use fastwebsockets::WebSocket;
-
-use crate::auth::Caller;
-use crate::node::App;
-
-fn limits(app: &App) -> socket::Limits {
-    socket::Limits { max_message_bytes: app.config.max_message_bytes, ping_interval: app.config.ping_interval }
-}
-
-/// An upgraded WebSocket, as the HTTP layer hands it over.
-pub type Upgraded = WebSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
-
-/// Serves one authenticated chat connection until it ends.
-pub async fn run_chat(app: Arc<App>, caller: Caller, ws: Upgraded) {
-    let Some(halves) = split(ws) else { return };
-    let gateway = app.gateway.clone();
-    let outbox = Outbox::new(Some(caller.user_id), app.config.outbound_queue, gateway.shutdown.child_token());
-    gateway.registry.register(outbox.clone());
-    // Receipts and presence reach a user through their own topic. Counting
-    // the connection for presence goes alongside: with Redis down, each
-    // waits out its own timeout, not one after the other.
-    let (subscribed, ()) = tokio::join!(
-        gateway.subscriptions.ensure(Topic::User(caller.user_id)),
-        crate::presence::connected(&app, caller.user_id, outbox.id),
-    );
-    match subscribed {
-        Ok(()) => outbox.mark_user_topic_subscribed(),
-        Err(e) => tracing::warn!(error = %e, "user topic not subscribed; receipts reach this connection late"),
-    }
-    let session = session::ChatSession::new(app.clone(), caller, outbox.clone());
-    socket::drive(halves, outbox, limits(&app), session).await;
-}
-
-/// Serves one conformance-echo connection until it ends.
-pub async fn run_echo(app: Arc<App>, ws: Upgraded) {
-    let Some(halves) = split(ws) else { return };
-    let outbox = Outbox::new(None, app.config.outbound_queue, app.gateway.shutdown.child_token());
-    let echo = echo::Echo { outbox: outbox.clone() };
-    socket::drive(halves, outbox, limits(&app), echo).await;
-}
-
-/// The socket's halves; None (logged) if the upgrade is not a TCP stream.
-fn split(ws: Upgraded) -> Option<(socket::ReadSide, tokio::net::tcp::OwnedWriteHalf)> {
-    let halves = socket::split(ws);
-    if halves.is_none() {
-        tracing::error!("upgraded connection is not a TCP stream; dropped");
-    }
-    halves
-}
-
-impl Gateway {
+impl Fanout {
     /// Says goodbye (1001) to every connection, then cuts off the stragglers.
     pub async fn close_all(&self) {
         for outbox in self.registry.connections() {
-            outbox.close(1001, "server shutting down");
+            outbox.close(CloseCode::GoingAway, "server shutting down");
         }
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
         while self.registry.connection_count() > 0 && tokio::time::Instant::now() < deadline {

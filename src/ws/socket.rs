@@ -24,15 +24,16 @@ use tokio::time::{interval_at, timeout, Instant};
 
 use super::assembler::{Assembler, DataMessage};
 use super::frames::{FrameReader, ReadError};
-use super::line::{Flushed, Line, Op};
-use super::registry::Outbox;
+use crate::fanout::line::{Flushed, Line, Op};
+use crate::fanout::registry::Outbox;
 use crate::http::serve::Watched;
+use crate::protocol::{Close, CloseCode};
 
 /// What a connection does with whole messages.
 #[async_trait]
 pub trait Handler: Send + 'static {
-    /// Handles one message; `Err((code, reason))` closes the connection.
-    async fn on_message(&mut self, message: DataMessage) -> Result<(), (u16, String)>;
+    /// Handles one message; `Err(close)` closes the connection.
+    async fn on_message(&mut self, message: DataMessage) -> Result<(), Close>;
     /// Runs once when the connection ends, however it ends.
     async fn on_close(&mut self);
 }
@@ -48,7 +49,7 @@ enum Exit {
     /// The peer sent a close frame (already echoed).
     PeerClosed,
     /// We fail the connection with this code.
-    Fail(u16, String),
+    Fail(Close),
     /// The transport is gone or the connection was cancelled.
     Gone,
 }
@@ -92,8 +93,8 @@ pub async fn drive<H: Handler>(
         exit = read_loop(&mut reader, &outbox.line, &missed, &mut assembler, &mut handler) => exit,
         _ = kill.cancelled() => Exit::Gone,
     };
-    if let Exit::Fail(code, reason) = &exit {
-        outbox.close(*code, reason);
+    if let Exit::Fail(close) = &exit {
+        outbox.close(close.code, &close.reason);
         // Give the peer a moment to answer our close, as RFC 6455 asks.
         let _ = timeout(Duration::from_secs(2), async {
             tokio::select! {
@@ -154,11 +155,11 @@ where
             _ => {}
         }
         match assembler.push(frame) {
-            Err(v) => return Exit::Fail(v.close_code(), v.reason().into()),
+            Err(v) => return Exit::Fail(Close::new(v.close_code(), v.reason())),
             Ok(None) => {}
             Ok(Some(message)) => {
-                if let Err((code, reason)) = handler.on_message(message).await {
-                    return Exit::Fail(code, reason);
+                if let Err(close) = handler.on_message(message).await {
+                    return Exit::Fail(close);
                 }
             }
         }
@@ -169,11 +170,11 @@ where
 fn answer_close(payload: &[u8], line: &Line) -> Exit {
     let echo = match payload.len() {
         0 => Vec::new(),
-        1 => return Exit::Fail(1002, "malformed close frame".into()),
+        1 => return Exit::Fail(Close::new(CloseCode::ProtocolError, "malformed close frame")),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             if !fastwebsockets::CloseCode::from(code).is_allowed() || std::str::from_utf8(&payload[2..]).is_err() {
-                return Exit::Fail(1002, "malformed close frame".into());
+                return Exit::Fail(Close::new(CloseCode::ProtocolError, "malformed close frame"));
             }
             payload[..2].to_vec()
         }
@@ -199,8 +200,8 @@ async fn drain_until_close(reader: &mut Reader) {
 
 fn exit_for(e: ReadError) -> Exit {
     match e {
-        ReadError::TooBig => Exit::Fail(1009, "message too big".into()),
-        ReadError::Protocol(_) => Exit::Fail(1002, "protocol error".into()),
+        ReadError::TooBig => Exit::Fail(Close::new(CloseCode::TooBig, "message too big")),
+        ReadError::Protocol(_) => Exit::Fail(Close::new(CloseCode::ProtocolError, "protocol error")),
         ReadError::Eof | ReadError::Io(_) => Exit::Gone,
     }
 }
@@ -247,7 +248,7 @@ async fn write_loop(outbox: Arc<Outbox>, missed: Arc<AtomicU32>, ping_interval: 
             _ = line.pending() => {}
             _ = ticker.tick() => {
                 if missed.fetch_add(1, Ordering::Relaxed) >= 2 {
-                    outbox.close(1008, "ping timeout");
+                    outbox.close(CloseCode::PolicyViolation, "ping timeout");
                 } else {
                     line.control(Op::Ping, Bytes::from_static(b"confab"));
                 }

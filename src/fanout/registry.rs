@@ -20,10 +20,20 @@ use dashmap::DashMap;
 use super::lanes::{offer_all, Lanes, Tally};
 use super::line::{Line, Op, Refused};
 use super::watching::Watching;
-use crate::bus::{Delivery, Kind, Topic};
+use crate::bus::{Stored, Topic};
+use crate::protocol::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 pub type ConnId = u64;
+
+/// A room's event, for its local subscribers.
+#[derive(Debug, Clone)]
+pub enum RoomFrame {
+    /// A stored message, in seq order (held while a join replays).
+    Message(Stored),
+    /// Not stored; not for the connections of `skip`.
+    Ephemeral { skip: Option<ObjectId>, frame: Bytes },
+}
 
 /// A frame on its way to one socket. Message frames are encoded once per node
 /// and the same `Bytes` is shared by every receiver.
@@ -45,10 +55,6 @@ impl Outbound {
         }
     }
 }
-
-/// WebSocket close code for a client cut off for not reading fast enough
-/// (1013, "try again later": reconnect and catch up from history).
-pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
 
 /// Most bytes of a close reason (a close frame's payload is at most 125).
 const MAX_CLOSE_REASON: usize = 123;
@@ -110,15 +116,18 @@ impl Outbox {
     }
 
     /// Offers a room delivery, or holds it while that room is replaying.
-    fn offer_delivery(&self, room: ObjectId, d: &Delivery) -> Result<(), Refused> {
-        let frame = Outbound::Delivery(d.frame.clone(), d.stored_at_us);
+    fn offer_delivery(&self, room: ObjectId, d: &RoomFrame) -> Result<(), Refused> {
+        let (seq, frame) = match d {
+            RoomFrame::Message(m) => (Some(m.seq), Outbound::Delivery(m.frame.clone(), m.stored_at_us)),
+            RoomFrame::Ephemeral { frame, .. } => (None, Outbound::Delivery(frame.clone(), 0)),
+        };
         if self.holding.load(Ordering::Acquire) {
             let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(h) = hold.as_mut().filter(|h| h.room == room) {
                 if h.frames.len() >= MAX_HELD {
                     return Err(Refused::Full);
                 }
-                h.frames.push(((d.kind == Kind::Message).then_some(d.seq), frame));
+                h.frames.push((seq, frame));
                 return Ok(());
             }
         }
@@ -189,7 +198,7 @@ impl Outbox {
     pub fn cut_off_slow(&self) {
         metrics::counter!("confab_slow_consumer_disconnects_total").increment(1);
         tracing::info!(conn = self.id, "slow consumer cut off");
-        self.close(CLOSE_SLOW_CONSUMER, "slow consumer");
+        self.close(CloseCode::TryAgainLater, "slow consumer");
         let kill = self.kill.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -200,13 +209,13 @@ impl Outbox {
     /// Starts the closing handshake: a close frame goes ahead of waiting
     /// data, nothing follows it, and the connection is dropped once the peer
     /// answers (or does not, shortly after).
-    pub fn close(&self, code: u16, reason: &str) {
+    pub fn close(&self, code: CloseCode, reason: &str) {
         let mut cut = reason.len().min(MAX_CLOSE_REASON);
         while !reason.is_char_boundary(cut) {
             cut -= 1;
         }
         let mut body = Vec::with_capacity(2 + cut);
-        body.extend_from_slice(&code.to_be_bytes());
+        body.extend_from_slice(&code.code().to_be_bytes());
         body.extend_from_slice(&reason.as_bytes()[..cut]);
         self.line.close(body.into(), true);
     }
@@ -336,9 +345,11 @@ impl Registry {
     /// connections of an ephemeral event's own user), through the lanes;
     /// connections whose queue is full are cut off as slow consumers.
     /// Returns how many took it (those handed to another lane count).
-    pub fn fan_out(&self, room: ObjectId, delivery: &Delivery) -> usize {
-        let skip = if delivery.kind == Kind::Ephemeral { delivery.subject } else { None };
-        let tally = if delivery.kind == Kind::Message { Tally::Messages } else { Tally::Nothing };
+    pub fn fan_out(&self, room: ObjectId, delivery: &RoomFrame) -> usize {
+        let (skip, tally) = match delivery {
+            RoomFrame::Message(_) => (None, Tally::Messages),
+            RoomFrame::Ephemeral { skip, .. } => (*skip, Tally::Nothing),
+        };
         let Some(members) = self.rooms.get(&room) else {
             return 0;
         };
@@ -526,7 +537,7 @@ mod tests {
         o.start_hold(room);
         reg.join(room, &o);
         reg.join(other, &o);
-        let d = |seq: i64| Delivery::message(Bytes::from(seq.to_string()), seq);
+        let d = |seq: i64| RoomFrame::Message(Stored::new(seq, Bytes::from(seq.to_string())));
         for seq in [7, 5, 6, 5] {
             reg.fan_out(room, &d(seq));
         }
@@ -551,14 +562,7 @@ mod tests {
         for o in [&a1, &a2, &b] {
             reg.join(room, o);
         }
-        let typing = Delivery {
-            kind: Kind::Ephemeral,
-            id: None,
-            subject: Some(alice),
-            frame: Bytes::from_static(b"typing"),
-            stored_at_us: 0,
-            seq: 0,
-        };
+        let typing = RoomFrame::Ephemeral { skip: Some(alice), frame: Bytes::from_static(b"typing") };
         assert_eq!(reg.fan_out(room, &typing), 1, "only bob hears alice typing");
         assert_eq!(waiting(&b), ["typing"]);
         assert!(waiting(&a1).is_empty());
@@ -567,7 +571,11 @@ mod tests {
         assert_eq!(a1.take_revoked(), [room]);
         assert!(a1.take_revoked().is_empty(), "drained once");
         assert_eq!(waiting(&a2), ["removed"]);
-        assert_eq!(reg.fan_out(room, &Delivery::message(Bytes::from_static(b"m"), 1)), 1, "alice gets no more");
+        assert_eq!(
+            reg.fan_out(room, &RoomFrame::Message(Stored::new(1, Bytes::from_static(b"m")))),
+            1,
+            "alice gets no more"
+        );
         assert!(reg.evict(room, bob, &Bytes::from_static(b"removed")), "room emptied");
 
         assert_eq!(reg.send_to_user(alice, &Bytes::from_static(b"receipt")), 2);
@@ -624,7 +632,7 @@ mod tests {
         reg.join(room, &fast);
         reg.join(room, &slow);
         let frame = Bytes::from_static(b"{\"type\":\"message\"}");
-        let d = Delivery::message(frame.clone(), 1);
+        let d = RoomFrame::Message(Stored::new(1, frame.clone()));
         assert_eq!(reg.fan_out(room, &d), 2);
         assert_eq!(reg.fan_out(room, &d), 1, "slow backlog is full");
         let got = fast.line.waiting();
@@ -632,7 +640,7 @@ mod tests {
         assert_eq!(got[0].1.as_ptr(), frame.as_ptr(), "the same bytes, not a copy");
         let slow_waiting = slow.line.waiting();
         assert_eq!(slow_waiting[0].0, 0x8, "the close frame goes ahead of waiting data");
-        assert_eq!(&slow_waiting[0].1[..2], &CLOSE_SLOW_CONSUMER.to_be_bytes());
+        assert_eq!(&slow_waiting[0].1[..2], &CloseCode::TryAgainLater.code().to_be_bytes());
         assert_eq!(slow_waiting.len(), 2);
         assert_eq!(reg.fan_out(room, &d), 1, "nothing more for a closing connection, and no second cut-off");
     }
@@ -640,7 +648,7 @@ mod tests {
     #[test]
     fn close_reasons_are_cut_to_fit_a_close_frame_on_a_char_boundary() {
         let o = outbox(4);
-        o.close(1008, &"é".repeat(100));
+        o.close(CloseCode::PolicyViolation, &"é".repeat(100));
         let (op, body) = o.line.waiting().remove(0);
         assert_eq!(op, 0x8);
         assert!(body.len() <= 125);

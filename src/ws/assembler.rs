@@ -3,6 +3,7 @@
 //! UTF-8 validity of text checked as fragments arrive, so an invalid message
 //! fails fast instead of after the last fragment.
 
+use crate::protocol::CloseCode;
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
 
@@ -25,11 +26,11 @@ pub enum Violation {
 }
 
 impl Violation {
-    pub fn close_code(self) -> u16 {
+    pub fn close_code(self) -> CloseCode {
         match self {
-            Violation::Protocol => 1002,
-            Violation::InvalidUtf8 => 1007,
-            Violation::TooBig => 1009,
+            Violation::Protocol => CloseCode::ProtocolError,
+            Violation::InvalidUtf8 => CloseCode::InvalidPayload,
+            Violation::TooBig => CloseCode::TooBig,
         }
     }
 
