@@ -14,6 +14,7 @@ pub mod config;
 pub mod contacts;
 pub mod error;
 pub mod fanout;
+pub mod health;
 pub mod http;
 pub mod jobs;
 pub mod keyspace;

@@ -260,9 +260,8 @@ fn token(args: TokenArgs) -> Result<(), String> {
 }
 
 fn apikey(command: ApikeyCommand) -> Result<(), String> {
-    use confab::auth::apikey;
+    use confab::auth::ApiKeys;
     use confab::store::model::rfc3339;
-    use confab::store::Store;
 
     let store_args = match &command {
         ApikeyCommand::Create { store, .. } | ApikeyCommand::Revoke { store, .. } | ApikeyCommand::List { store } => {
@@ -278,9 +277,10 @@ fn apikey(command: ApikeyCommand) -> Result<(), String> {
         let store = confab::store::mongo::MongoStore::connect(&mongo.mongo_url, &mongo.mongo_db)
             .await
             .map_err(|e| e.to_string())?;
+        let keys = ApiKeys::new(std::sync::Arc::new(store));
         match command {
             ApikeyCommand::Create { name, .. } => {
-                let minted = apikey::create(&store, &name).await.map_err(|e| e.to_string())?;
+                let minted = keys.create(&name).await.map_err(|e| e.to_string())?;
                 println!("{}", minted.plaintext);
                 eprintln!(
                     "created API key {} ({}); it is shown only this once: keep it secret",
@@ -289,7 +289,7 @@ fn apikey(command: ApikeyCommand) -> Result<(), String> {
                 );
             }
             ApikeyCommand::Revoke { key, .. } => {
-                let (id, revoked) = apikey::revoke(&store, &key).await.map_err(|e| e.to_string())?;
+                let (id, revoked) = keys.revoke(&key).await.map_err(|e| e.to_string())?;
                 if revoked {
                     println!("revoked {}", id.to_hex());
                 } else {
@@ -297,7 +297,7 @@ fn apikey(command: ApikeyCommand) -> Result<(), String> {
                 }
             }
             ApikeyCommand::List { .. } => {
-                for key in store.api_keys().await.map_err(|e| e.to_string())? {
+                for key in keys.list().await.map_err(|e| e.to_string())? {
                     let state = key.revoked_at.map_or("active".to_string(), |t| format!("revoked {}", rfc3339(&t)));
                     println!("{}\t{state}\t{}\t{}", key.id.to_hex(), rfc3339(&key.created_at), key.name);
                 }

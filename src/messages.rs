@@ -9,21 +9,23 @@
 //! `message_updated` / `message_deleted` frame to the room. A deleted message
 //! stays as a tombstone in its place, so history and replays keep its seq.
 
+use std::sync::Arc;
+
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
-use crate::bus::{Event, Topic};
-use crate::cache::{Entry, Version};
+use crate::bus::{Bus, Event, Topic};
+use crate::cache::{Cache, Entry, Version};
 use crate::error::{Error, Result};
-use crate::node::App;
+use crate::notifications::Notifier;
 use crate::protocol::ServerEvent;
-use crate::rooms;
-use crate::seq::{Sender, Taken};
+use crate::rooms::Rooms;
+use crate::seq::{Sender, Seqs, Taken};
 use crate::store::model::MessageView;
-use crate::store::{HistoryQuery, Message, Role, StoreError};
+use crate::store::{HistoryQuery, Message, Role, Store, StoreError};
 use crate::validate;
 
 #[derive(Debug, Clone)]
@@ -53,48 +55,284 @@ pub enum Membership {
     Remembered,
 }
 
-/// Stores and publishes a message.
-pub async fn send(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, membership: Membership) -> Result<Sent> {
-    validate::content(&draft.content)?;
-    if let Some(id) = &draft.client_msg_id {
-        validate::client_msg_id(id)?;
-    }
-    if membership == Membership::Lookup {
-        rooms::require_member(app, caller, room_id).await?;
-    }
-    if let Some(id) = &draft.client_msg_id {
-        if let Some(original) = app.store.message_by_client_id(caller.user_id, id).await? {
-            return replay(original, room_id);
-        }
-    }
-    let sender = match membership {
-        Membership::Remembered => Sender::Remembered(caller.user_id),
-        Membership::Lookup | Membership::Confirmed => Sender::Confirmed,
-    };
-    let message = match store_new(app, caller, room_id, draft, sender).await? {
-        Stored::New(m) => m,
-        Stored::Existing(original) => return replay(original, room_id),
-    };
-    metrics::counter!("confab_messages_sent_total").increment(1);
-    let frame = ServerEvent::Message(&message).encode();
-    let event =
-        Event::Message { id: message.id, seq: message.seq, stored_at_us: crate::clock::now_us(), frame: &frame };
-    // The cache bump and the publish are independent: one round trip's wait.
-    let (published, ()) = tokio::join!(app.bus.publish(Topic::Room(room_id), event), app.cache.room_changed(room_id));
-    if let Err(e) = published {
-        metrics::counter!("confab_bus_publish_failures_total").increment(1);
-        tracing::warn!(message = %message.id, error = %e, "stored message not published; readers catch up from history");
-    }
-    // Queued, not awaited: notifications never hold up the ack.
-    app.notifier.message_sent(&message, &caller.username);
-    Ok(Sent { message, created: true })
+/// The send path, history, edits and deletes.
+pub struct Messages {
+    store: Arc<dyn Store>,
+    seqs: Seqs,
+    bus: Arc<dyn Bus>,
+    cache: Cache,
+    rooms: Arc<Rooms>,
+    notifier: Arc<Notifier>,
 }
 
-/// Sends a direct message to `peer`, in the pair's room (made on first use).
-pub async fn send_direct(app: &App, caller: &Caller, peer: ObjectId, draft: Draft) -> Result<Sent> {
-    validate::content(&draft.content)?;
-    let room = rooms::direct::open(app, caller, peer).await?;
-    send(app, caller, room.id, draft, Membership::Confirmed).await
+impl Messages {
+    pub fn new(
+        store: Arc<dyn Store>,
+        seqs: Seqs,
+        bus: Arc<dyn Bus>,
+        cache: Cache,
+        rooms: Arc<Rooms>,
+        notifier: Arc<Notifier>,
+    ) -> Self {
+        Messages { store, seqs, bus, cache, rooms, notifier }
+    }
+
+    /// Stores and publishes a message.
+    pub async fn send(&self, caller: &Caller, room_id: ObjectId, draft: Draft, membership: Membership) -> Result<Sent> {
+        validate::content(&draft.content)?;
+        if let Some(id) = &draft.client_msg_id {
+            validate::client_msg_id(id)?;
+        }
+        if membership == Membership::Lookup {
+            self.rooms.require_member(caller, room_id).await?;
+        }
+        if let Some(id) = &draft.client_msg_id {
+            if let Some(original) = self.store.message_by_client_id(caller.user_id, id).await? {
+                return replay(original, room_id);
+            }
+        }
+        let sender = match membership {
+            Membership::Remembered => Sender::Remembered(caller.user_id),
+            Membership::Lookup | Membership::Confirmed => Sender::Confirmed,
+        };
+        let message = match self.store_new(caller, room_id, draft, sender).await? {
+            Stored::New(m) => m,
+            Stored::Existing(original) => return replay(original, room_id),
+        };
+        metrics::counter!("confab_messages_sent_total").increment(1);
+        let frame = ServerEvent::Message(&message).encode();
+        let event =
+            Event::Message { id: message.id, seq: message.seq, stored_at_us: crate::clock::now_us(), frame: &frame };
+        // The cache bump and the publish are independent: one round trip's wait.
+        let (published, ()) =
+            tokio::join!(self.bus.publish(Topic::Room(room_id), event), self.cache.room_changed(room_id));
+        if let Err(e) = published {
+            metrics::counter!("confab_bus_publish_failures_total").increment(1);
+            tracing::warn!(message = %message.id, error = %e, "stored message not published; readers catch up from history");
+        }
+        // Queued, not awaited: notifications never hold up the ack.
+        self.notifier.message_sent(&message, &caller.username);
+        Ok(Sent { message, created: true })
+    }
+
+    /// Sends a direct message to `peer`, in the pair's room (made on first use).
+    pub async fn send_direct(&self, caller: &Caller, peer: ObjectId, draft: Draft) -> Result<Sent> {
+        validate::content(&draft.content)?;
+        let room = self.rooms.open(caller, peer).await?;
+        self.send(caller, room.id, draft, Membership::Confirmed).await
+    }
+
+    async fn store_new(&self, caller: &Caller, room_id: ObjectId, draft: Draft, mut sender: Sender) -> Result<Stored> {
+        let id = ObjectId::new();
+        let mut message = Message {
+            id,
+            room_id,
+            seq: 0,
+            sender_id: caller.user_id,
+            content: draft.content,
+            dedup_key: draft.client_msg_id.clone().unwrap_or_else(|| id.to_hex()),
+            client_msg_id: draft.client_msg_id,
+            timestamp: Utc::now(),
+            edited_at: None,
+            deleted: false,
+            deleted_at: None,
+        };
+        for attempt in 0..SEQ_ATTEMPTS {
+            message.seq = loop {
+                match self.seqs.next(room_id, sender, attempt > 0).await? {
+                    Taken::Seq(seq) => break seq,
+                    Taken::Recheck => {
+                        self.rooms.require_member(caller, room_id).await?;
+                        sender = Sender::Confirmed;
+                    }
+                }
+            };
+            message.timestamp = Utc::now();
+            match self.store.insert_message(&message).await {
+                Ok(()) => return Ok(Stored::New(message)),
+                Err(StoreError::Duplicate) => {
+                    if let Some(original) = self.store.message_by_client_id(caller.user_id, &message.dedup_key).await? {
+                        return Ok(Stored::Existing(original));
+                    }
+                    metrics::counter!("confab_seq_collisions_total").increment(1);
+                    // Concurrent senders that collided once tend to collide again
+                    // in lockstep: a little jitter breaks the tie.
+                    let jitter = rand::random::<u64>() % (attempt + 2);
+                    tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Unavailable("could not allocate a sequence number, try again".into()))
+    }
+
+    /// One page of history as clients see it: `{"messages": [...], "has_more"}`.
+    /// The newest page of a room (no cursor, default size) is served from the
+    /// cache while fresh; access is always checked first.
+    pub async fn history_page(&self, caller: &Caller, page: Page) -> Result<Value> {
+        let newest = page.before.is_none()
+            && page.after.is_none()
+            && page.after_seq.is_none()
+            && page.since.is_none()
+            && page.until.is_none()
+            && !page.include_archived
+            && page.limit == DEFAULT_PAGE;
+        if !newest {
+            let (messages, has_more) = self.history(caller, page).await?;
+            return Ok(render(&messages, has_more));
+        }
+        self.rooms.readable(caller, page.room_id).await?;
+        let entry = Entry::History(page.room_id);
+        if let Some(cached) = self.cache.get::<Value>(entry).await {
+            return Ok(cached);
+        }
+        let snapshot = self.cache.snapshot(&[Version::Room(page.room_id)]).await;
+        let query = HistoryQuery { room_id: page.room_id, limit: page.limit, ..Default::default() };
+        let (messages, has_more) = self.store.history(&query).await?;
+        let body = render(&messages, has_more);
+        if let Some(snapshot) = snapshot {
+            self.cache.put(entry, snapshot, &body).await;
+        }
+        Ok(body)
+    }
+
+    /// One page of a room's history in chronological order, and whether more
+    /// lies beyond it. Reads back from the newest match, or forward from the
+    /// oldest when `after` (or `since` without `before`) is given.
+    pub async fn history(&self, caller: &Caller, page: Page) -> Result<(Vec<Message>, bool)> {
+        self.rooms.readable(caller, page.room_id).await?;
+        let archived = page.include_archived;
+        let before_seq = match page.before {
+            Some(id) => Some(self.cursor_seq(page.room_id, id, "before", archived).await?),
+            None => None,
+        };
+        let after_seq = match page.after {
+            Some(id) => Some(self.cursor_seq(page.room_id, id, "after", archived).await?),
+            None => page.after_seq,
+        };
+        let forward = after_seq.is_some() || (page.since.is_some() && page.before.is_none());
+        let query = HistoryQuery {
+            room_id: page.room_id,
+            before_seq,
+            after_seq,
+            since: page.since,
+            until: page.until,
+            forward,
+            limit: page.limit,
+        };
+        if !archived {
+            return Ok(self.store.history(&query).await?);
+        }
+        let (live, archive) = tokio::try_join!(self.store.history(&query), self.store.archived_history(&query))?;
+        Ok(merge_pages(live, archive, forward, query.limit))
+    }
+
+    /// The seq of a cursor message, which must belong to the room; with
+    /// `archived`, an archived message will do too.
+    async fn cursor_seq(&self, room_id: ObjectId, id: ObjectId, field: &str, archived: bool) -> Result<i64> {
+        let mut found = self.store.message(id).await?;
+        if found.is_none() && archived {
+            found = self.store.archived_message(id).await?;
+        }
+        match found {
+            Some(m) if m.room_id == room_id => Ok(m.seq),
+            _ => Err(Error::NotFound(format!("{field}: no such message in this room"))),
+        }
+    }
+
+    /// The seq of a message in `room`, for a replay to start after; 404 if
+    /// the room has no such message.
+    pub async fn seq_in(&self, room_id: ObjectId, id: ObjectId) -> Result<i64> {
+        match self.store.message(id).await? {
+            Some(m) if m.room_id == room_id => Ok(m.seq),
+            _ => Err(Error::NotFound("after: no such message in this room".into())),
+        }
+    }
+
+    /// A page of what a socket replays after joining: the room's stored
+    /// messages with seq above `after_seq`, oldest first, and whether more
+    /// follow. The caller has joined the room.
+    pub async fn replay_page(&self, room_id: ObjectId, after_seq: i64, limit: i64) -> Result<(Vec<Message>, bool)> {
+        let query = HistoryQuery { room_id, after_seq: Some(after_seq), forward: true, limit, ..Default::default() };
+        Ok(self.store.history(&query).await?)
+    }
+
+    async fn existing(&self, id: ObjectId) -> Result<Message> {
+        self.store.message(id).await?.ok_or_else(|| Error::NotFound("message not found".into()))
+    }
+
+    /// Replaces the content of the caller's own message and tells the room.
+    /// Only the sender may edit, only while they can still read the room, and
+    /// not once the message is deleted.
+    pub async fn edit(&self, caller: &Caller, id: ObjectId, content: String) -> Result<Message> {
+        validate::content(&content)?;
+        let original = self.existing(id).await?;
+        if original.sender_id != caller.user_id {
+            return Err(Error::Forbidden("only the sender may edit a message".into()));
+        }
+        self.rooms.readable(caller, original.room_id).await?;
+        if original.deleted {
+            return Err(already_deleted());
+        }
+        // The update itself refuses a tombstone, so a delete racing this edit
+        // cannot be undone by it.
+        let edited = self.store.edit_message(id, &content, Utc::now()).await?.ok_or_else(already_deleted)?;
+        metrics::counter!("confab_messages_edited_total").increment(1);
+        self.announce(&edited, ServerEvent::MessageUpdated { message: &edited, by: caller.user_id }.encode()).await;
+        Ok(edited)
+    }
+
+    /// Turns a message into a tombstone and tells the room. Idempotent: deleting
+    /// a tombstone again returns it without a second frame. Senders may delete
+    /// their own messages even after leaving the room: their words, their call.
+    pub async fn delete(&self, caller: &Caller, id: ObjectId) -> Result<Message> {
+        let message = self.existing(id).await?;
+        let role = if message.sender_id == caller.user_id {
+            None
+        } else {
+            self.store.member(message.room_id, caller.user_id).await?.map(|m| m.role)
+        };
+        if !may_delete(caller.user_id, message.sender_id, role) {
+            return Err(Error::Forbidden("only the sender or a room owner or moderator may delete a message".into()));
+        }
+        if message.deleted {
+            return Ok(message);
+        }
+        match self.store.delete_message(id, Utc::now()).await? {
+            Some(tombstone) => {
+                metrics::counter!("confab_messages_deleted_total").increment(1);
+                let frame = ServerEvent::MessageDeleted { message: &tombstone, by: caller.user_id }.encode();
+                self.announce(&tombstone, frame).await;
+                Ok(tombstone)
+            }
+            // Someone deleted it in between; they told the room.
+            None => self.existing(id).await,
+        }
+    }
+
+    /// Publishes a change to a stored message to the room's live subscribers.
+    /// The store already holds the change, so a failed publish is logged, not an
+    /// error: readers find the change in history.
+    async fn announce(&self, message: &Message, frame: bytes::Bytes) {
+        // The room's cached pages and lists show this message: bump with the publish.
+        let (published, ()) = tokio::join!(
+            self.bus.publish(Topic::Room(message.room_id), Event::Ephemeral { skip: None, frame: &frame }),
+            self.cache.room_changed(message.room_id)
+        );
+        if let Err(e) = published {
+            metrics::counter!("confab_bus_publish_failures_total").increment(1);
+            tracing::warn!(message = %message.id, error = %e, "message change stored but not published");
+        }
+    }
+
+    /// Posts a system message into a room for a backend (server API): the send
+    /// path above with the system sender, so the message takes the room's next
+    /// seq, reaches subscribers live and notifies members like any other.
+    pub async fn send_system(&self, room_id: ObjectId, draft: Draft) -> Result<Sent> {
+        self.rooms.existing(room_id).await?;
+        let system = Caller { user_id: crate::store::model::SYSTEM_SENDER, username: "System".into() };
+        self.send(&system, room_id, draft, Membership::Confirmed).await
+    }
 }
 
 enum Stored {
@@ -109,50 +347,6 @@ enum Stored {
 /// the room document. The unique (room_id, seq) index turns either into a
 /// retry instead of a duplicate.
 const SEQ_ATTEMPTS: u64 = 16;
-
-async fn store_new(app: &App, caller: &Caller, room_id: ObjectId, draft: Draft, mut sender: Sender) -> Result<Stored> {
-    let id = ObjectId::new();
-    let mut message = Message {
-        id,
-        room_id,
-        seq: 0,
-        sender_id: caller.user_id,
-        content: draft.content,
-        dedup_key: draft.client_msg_id.clone().unwrap_or_else(|| id.to_hex()),
-        client_msg_id: draft.client_msg_id,
-        timestamp: Utc::now(),
-        edited_at: None,
-        deleted: false,
-        deleted_at: None,
-    };
-    for attempt in 0..SEQ_ATTEMPTS {
-        message.seq = loop {
-            match app.seqs.next(room_id, sender, attempt > 0).await? {
-                Taken::Seq(seq) => break seq,
-                Taken::Recheck => {
-                    rooms::require_member(app, caller, room_id).await?;
-                    sender = Sender::Confirmed;
-                }
-            }
-        };
-        message.timestamp = Utc::now();
-        match app.store.insert_message(&message).await {
-            Ok(()) => return Ok(Stored::New(message)),
-            Err(StoreError::Duplicate) => {
-                if let Some(original) = app.store.message_by_client_id(caller.user_id, &message.dedup_key).await? {
-                    return Ok(Stored::Existing(original));
-                }
-                metrics::counter!("confab_seq_collisions_total").increment(1);
-                // Concurrent senders that collided once tend to collide again
-                // in lockstep: a little jitter breaks the tie.
-                let jitter = rand::random::<u64>() % (attempt + 2);
-                tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(Error::Unavailable("could not allocate a sequence number, try again".into()))
-}
 
 fn replay(original: Message, room_id: ObjectId) -> Result<Sent> {
     if original.room_id != room_id {
@@ -181,70 +375,9 @@ pub struct Page {
     pub include_archived: bool,
 }
 
-/// One page of history as clients see it: `{"messages": [...], "has_more"}`.
-/// The newest page of a room (no cursor, default size) is served from the
-/// cache while fresh; access is always checked first.
-pub async fn history_page(app: &App, caller: &Caller, page: Page) -> Result<Value> {
-    let newest = page.before.is_none()
-        && page.after.is_none()
-        && page.after_seq.is_none()
-        && page.since.is_none()
-        && page.until.is_none()
-        && !page.include_archived
-        && page.limit == DEFAULT_PAGE;
-    if !newest {
-        let (messages, has_more) = history(app, caller, page).await?;
-        return Ok(render(&messages, has_more));
-    }
-    rooms::readable(app, caller, page.room_id).await?;
-    let entry = Entry::History(page.room_id);
-    if let Some(cached) = app.cache.get::<Value>(entry).await {
-        return Ok(cached);
-    }
-    let snapshot = app.cache.snapshot(&[Version::Room(page.room_id)]).await;
-    let query = HistoryQuery { room_id: page.room_id, limit: page.limit, ..Default::default() };
-    let (messages, has_more) = app.store.history(&query).await?;
-    let body = render(&messages, has_more);
-    if let Some(snapshot) = snapshot {
-        app.cache.put(entry, snapshot, &body).await;
-    }
-    Ok(body)
-}
-
 fn render(messages: &[Message], has_more: bool) -> Value {
     let views: Vec<MessageView> = messages.iter().map(MessageView::from).collect();
     json!({ "messages": views, "has_more": has_more })
-}
-
-/// One page of a room's history in chronological order, and whether more
-/// lies beyond it. Reads back from the newest match, or forward from the
-/// oldest when `after` (or `since` without `before`) is given.
-pub async fn history(app: &App, caller: &Caller, page: Page) -> Result<(Vec<Message>, bool)> {
-    rooms::readable(app, caller, page.room_id).await?;
-    let archived = page.include_archived;
-    let before_seq = match page.before {
-        Some(id) => Some(cursor_seq(app, page.room_id, id, "before", archived).await?),
-        None => None,
-    };
-    let after_seq = match page.after {
-        Some(id) => Some(cursor_seq(app, page.room_id, id, "after", archived).await?),
-        None => page.after_seq,
-    };
-    let forward = after_seq.is_some() || (page.since.is_some() && page.before.is_none());
-    let query = HistoryQuery {
-        room_id: page.room_id,
-        before_seq,
-        after_seq,
-        since: page.since,
-        until: page.until,
-        forward,
-        limit: page.limit,
-    };
-    if !archived {
-        return Ok(app.store.history(&query).await?);
-    }
-    let (live, archive) = tokio::try_join!(app.store.history(&query), app.store.archived_history(&query))?;
-    Ok(merge_pages(live, archive, forward, query.limit))
 }
 
 /// One page from a page of live history and a page of the archive, each
@@ -276,103 +409,13 @@ pub fn merge_pages(
     (all, has_more)
 }
 
-/// The seq of a cursor message, which must belong to the room; with
-/// `archived`, an archived message will do too.
-async fn cursor_seq(app: &App, room_id: ObjectId, id: ObjectId, field: &str, archived: bool) -> Result<i64> {
-    let mut found = app.store.message(id).await?;
-    if found.is_none() && archived {
-        found = app.store.archived_message(id).await?;
-    }
-    match found {
-        Some(m) if m.room_id == room_id => Ok(m.seq),
-        _ => Err(Error::NotFound(format!("{field}: no such message in this room"))),
-    }
-}
-
-async fn existing(app: &App, id: ObjectId) -> Result<Message> {
-    app.store.message(id).await?.ok_or_else(|| Error::NotFound("message not found".into()))
-}
-
 fn already_deleted() -> Error {
     Error::Conflict { code: "message_deleted", message: "this message was deleted and cannot be edited".into() }
-}
-
-/// Replaces the content of the caller's own message and tells the room.
-/// Only the sender may edit, only while they can still read the room, and
-/// not once the message is deleted.
-pub async fn edit(app: &App, caller: &Caller, id: ObjectId, content: String) -> Result<Message> {
-    validate::content(&content)?;
-    let original = existing(app, id).await?;
-    if original.sender_id != caller.user_id {
-        return Err(Error::Forbidden("only the sender may edit a message".into()));
-    }
-    rooms::readable(app, caller, original.room_id).await?;
-    if original.deleted {
-        return Err(already_deleted());
-    }
-    // The update itself refuses a tombstone, so a delete racing this edit
-    // cannot be undone by it.
-    let edited = app.store.edit_message(id, &content, Utc::now()).await?.ok_or_else(already_deleted)?;
-    metrics::counter!("confab_messages_edited_total").increment(1);
-    announce(app, &edited, ServerEvent::MessageUpdated { message: &edited, by: caller.user_id }.encode()).await;
-    Ok(edited)
 }
 
 /// Who may delete a message: its sender, or an owner or moderator of its room.
 pub fn may_delete(caller: ObjectId, sender: ObjectId, role: Option<Role>) -> bool {
     caller == sender || role.is_some_and(Role::manages)
-}
-
-/// Turns a message into a tombstone and tells the room. Idempotent: deleting
-/// a tombstone again returns it without a second frame. Senders may delete
-/// their own messages even after leaving the room: their words, their call.
-pub async fn delete(app: &App, caller: &Caller, id: ObjectId) -> Result<Message> {
-    let message = existing(app, id).await?;
-    let role = if message.sender_id == caller.user_id {
-        None
-    } else {
-        app.store.member(message.room_id, caller.user_id).await?.map(|m| m.role)
-    };
-    if !may_delete(caller.user_id, message.sender_id, role) {
-        return Err(Error::Forbidden("only the sender or a room owner or moderator may delete a message".into()));
-    }
-    if message.deleted {
-        return Ok(message);
-    }
-    match app.store.delete_message(id, Utc::now()).await? {
-        Some(tombstone) => {
-            metrics::counter!("confab_messages_deleted_total").increment(1);
-            let frame = ServerEvent::MessageDeleted { message: &tombstone, by: caller.user_id }.encode();
-            announce(app, &tombstone, frame).await;
-            Ok(tombstone)
-        }
-        // Someone deleted it in between; they told the room.
-        None => existing(app, id).await,
-    }
-}
-
-/// Publishes a change to a stored message to the room's live subscribers.
-/// The store already holds the change, so a failed publish is logged, not an
-/// error: readers find the change in history.
-async fn announce(app: &App, message: &Message, frame: bytes::Bytes) {
-    // The room's cached pages and lists show this message: bump with the publish.
-    let (published, ()) = tokio::join!(
-        app.bus.publish(Topic::Room(message.room_id), Event::Ephemeral { skip: None, frame: &frame }),
-        app.cache.room_changed(message.room_id)
-    );
-    if let Err(e) = published {
-        metrics::counter!("confab_bus_publish_failures_total").increment(1);
-        tracing::warn!(message = %message.id, error = %e, "message change stored but not published");
-    }
-}
-
-/// Posts a system message into a room for a backend (server API): the send
-/// path above with the system sender, so the message takes the room's next
-/// seq, reaches subscribers live and notifies members like any other.
-pub async fn send_system(app: &App, room_id: ObjectId, draft: Draft) -> Result<Sent> {
-    rooms::existing(app, room_id).await?;
-    let system = Caller { user_id: crate::store::model::SYSTEM_SENDER, username: "System".into() };
-    send(app, &system, room_id, draft, Membership::Confirmed).await
 }
 
 #[cfg(test)]

@@ -1,68 +1,80 @@
-//! One running node: connects the backends, builds the shared [`App`], serves
+//! One running node: connects the backends, builds the services, serves
 //! HTTP and WebSocket traffic, and shuts down cleanly.
+//!
+//! The wiring, from the bottom up: backends (store, bus, Redis clients),
+//! then fan-out (registry, sequencer, subscriptions), then the domain
+//! services, then the edges (`http::Api`, `ws::Sockets`). Every task the
+//! node starts belongs to one of them and ends with [`RunningNode::shutdown`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 
-use crate::auth::Tokens;
+use crate::auth::{ApiKeys, Tokens};
 use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusError};
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::contacts::Contacts;
 use crate::fanout::lanes::Lanes;
 use crate::fanout::{Fanout, FanoutInbox, Registry, Sequencer, Subscriptions};
+use crate::health::Health;
+use crate::http::{Api, Edge};
+use crate::messages::Messages;
 use crate::notifications::Notifier;
 use crate::presence::redis::RedisTracker;
 use crate::presence::Presence;
 use crate::ratelimit::SharedLimiter;
+use crate::receipts::Receipts;
+use crate::rooms::Rooms;
+use crate::search::Searcher;
 use crate::seq::Seqs;
 use crate::store::mongo::MongoStore;
 use crate::store::Store;
 use crate::typing::{RedisThrottle, Typing};
-
-/// Everything a request handler or socket needs. Shared as one `Arc`.
-pub struct App {
-    pub config: Config,
-    pub store: Arc<dyn Store>,
-    pub bus: Arc<dyn Bus>,
-    pub tokens: Tokens,
-    pub fanout: Fanout,
-    pub cache: Cache,
-    /// Hands out each room's message seqs.
-    pub seqs: Seqs,
-    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    /// REST and login limits, shared with every node through Redis.
-    /// Turns messages into notifications, off the send path.
-    pub notifier: Notifier,
-    pub limiter: SharedLimiter,
-    /// Set once the store's indexes exist; until then the node is not ready.
-    pub indexes_ready: AtomicBool,
-    pub presence: Presence,
-    pub typing: Typing,
-}
+use crate::users::Users;
+use crate::ws::{self, Sockets};
 
 /// A node that is serving; dropping it does not stop it, `shutdown` does.
 pub struct RunningNode {
     pub addr: SocketAddr,
-    pub app: Arc<App>,
+    node_id: String,
+    /// Cancelled first at shutdown: stops accepting connections.
+    accepting: CancellationToken,
+    accept: JoinHandle<()>,
+    /// Cancelled once the sockets are closed: ends the services' tasks.
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// The node's own tasks (index creation).
+    tasks: TaskTracker,
+    sockets: Arc<Sockets>,
+    presence: Arc<Presence>,
+    notifier: Arc<Notifier>,
+    fanout: Fanout,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {0}: {1}")]
-    Listen(SocketAddr, std::io::Error),
-    #[error("{0}")]
-    Backend(String),
+    Listen(SocketAddr, #[source] std::io::Error),
+    #[error("{what}: {source}")]
+    Backend {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StartError {
+    fn backend(what: &'static str) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> StartError {
+        move |source| StartError::Backend { what, source }
+    }
 }
 
 impl RunningNode {
@@ -70,10 +82,14 @@ impl RunningNode {
     pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         let listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Listen(config.listen, e))?;
         let addr = listener.local_addr().map_err(|e| StartError::Listen(config.listen, e))?;
+        let stop = CancellationToken::new();
+        let keys = &config.keys;
+
+        // Backends.
         let store: Arc<dyn Store> = Arc::new(
             MongoStore::connect(&config.mongo.mongo_url, &config.mongo.mongo_db)
                 .await
-                .map_err(|e| StartError::Backend(e.to_string()))?,
+                .map_err(|e| StartError::backend("MongoDB")(e.into()))?,
         );
         let lanes = Lanes::new(config.fanout_lanes, config.fanout_split_at, tokio::runtime::Handle::current());
         let registry = Arc::new(Registry::with_lanes(lanes));
@@ -91,66 +107,128 @@ impl RunningNode {
                 })
             },
         });
-        let bus: Arc<dyn Bus> =
-            RedisBus::connect(&config.redis, config.keys.clone(), config.pubsub_buffer, inbox.clone())
-                .await
-                .map_err(|e| StartError::Backend(e.to_string()))?;
-        let seqs = Seqs::connect(&config.redis, config.keys.clone(), store.clone())
-            .map_err(|e| StartError::Backend(e.to_string()))?;
-        let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone(), sequencer, seqs.clone());
-        let _ = inbox.subscriptions.set(subscriptions.clone());
-        let fanout = Fanout { subscriptions, registry, shutdown: CancellationToken::new() };
-        let (notifier, notification_jobs) = Notifier::connect(&config).map_err(StartError::Backend)?;
+        let bus: Arc<dyn Bus> = RedisBus::connect(&config.redis, keys.clone(), config.pubsub_buffer, inbox.clone())
+            .await
+            .map_err(|e| StartError::backend("Redis Pub/Sub")(e.into()))?;
+        let seqs = Seqs::connect(&config.redis, keys.clone(), store.clone())
+            .map_err(|e| StartError::backend("Redis (seqs)")(e.into()))?;
         let cache = Cache::new(
-            cache_client(&config).map_err(|e| StartError::Backend(e.to_string()))?,
-            config.keys.clone(),
+            cache_client(&config).map_err(|e| StartError::backend("Redis (cache)")(e.into()))?,
+            keys.clone(),
             config.cache_ttl,
         );
-        let limiter = SharedLimiter::connect(&config.redis, config.rate_limits, config.keys.clone())
-            .await
-            .map_err(StartError::Backend)?;
-        let redis = crate::presence::redis::client(&config.redis).map_err(|e| StartError::Backend(e.to_string()))?;
-        let presence = Presence::new(Arc::new(RedisTracker::new(redis.clone(), config.keys.clone())), &config);
-        let typing = Typing::new(Arc::new(RedisThrottle::new(redis)), config.keys.clone());
-        let app = Arc::new(App {
-            tokens: Tokens::new(&config.jwt_secret, config.token_ttl),
-            config,
-            store,
-            bus,
-            fanout,
-            cache,
-            seqs,
-            metrics: {
-                let handle = crate::metrics::handle();
-                crate::metrics::register_node();
-                handle
-            },
-            limiter,
-            indexes_ready: AtomicBool::new(false),
-            presence,
-            typing,
-            notifier,
-        });
-        tokio::spawn(ensure_indexes(app.clone()));
-        tokio::spawn(crate::notifications::run(app.clone(), notification_jobs));
-        crate::presence::start(&app);
+        let limiter = Arc::new(
+            SharedLimiter::connect(&config.redis, config.rate_limits, keys.clone())
+                .await
+                .map_err(|e| StartError::backend("Redis (rate limits)")(e.into()))?,
+        );
+        let redis = crate::presence::redis::client(&config.redis)
+            .map_err(|e| StartError::backend("Redis (presence)")(e.into()))?;
 
-        let stop = CancellationToken::new();
-        let service = NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(app.clone()));
-        let timeouts =
-            crate::http::serve::Timeouts { header: app.config.header_timeout, idle: app.config.idle_timeout };
-        let task = tokio::spawn(crate::http::serve::accept_loop(listener, service, timeouts, stop.clone()));
-        tracing::info!(node = %app.config.node_id, %addr, "confab node serving");
-        Ok(RunningNode { addr, app, stop, task })
+        // Fan-out.
+        let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone(), sequencer, seqs.clone());
+        let _ = inbox.subscriptions.set(subscriptions.clone());
+        let fanout = Fanout { subscriptions, registry: registry.clone(), shutdown: CancellationToken::new() };
+
+        // Domain services.
+        let tokens = Tokens::new(&config.jwt_secret, config.token_ttl);
+        let (notifier, notification_jobs) =
+            Notifier::connect(&config, store.clone(), bus.clone(), cache.clone(), registry, stop.child_token())
+                .map_err(|e| StartError::backend("Redis (notifications)")(e.into()))?;
+        let notifier = Arc::new(notifier);
+        let presence = Arc::new(Presence::new(
+            Arc::new(RedisTracker::new(redis.clone(), keys.clone())),
+            bus.clone(),
+            store.clone(),
+            &config,
+            stop.child_token(),
+        ));
+        let typing = Arc::new(Typing::new(Arc::new(RedisThrottle::new(redis)), keys.clone(), bus.clone()));
+        let rooms = Arc::new(Rooms::new(store.clone(), seqs.clone(), bus.clone(), cache.clone()));
+        let users = Arc::new(Users::new(store.clone(), tokens.clone(), limiter.clone()));
+        let messages =
+            Arc::new(Messages::new(store.clone(), seqs, bus.clone(), cache.clone(), rooms.clone(), notifier.clone()));
+        let receipts = Arc::new(Receipts::new(store.clone(), bus.clone(), cache, rooms.clone()));
+        let health = Arc::new(Health::new(config.node_id.clone(), bus, store.clone(), {
+            let handle = crate::metrics::handle();
+            crate::metrics::register_node();
+            handle
+        }));
+
+        // Edges.
+        let sockets = Arc::new(Sockets::new(
+            fanout.clone(),
+            messages.clone(),
+            rooms.clone(),
+            receipts.clone(),
+            presence.clone(),
+            typing,
+            ws::Settings::of(&config),
+        ));
+        let api = Api {
+            contacts: Arc::new(Contacts::new(store.clone(), users.clone(), presence.clone())),
+            searcher: Arc::new(Searcher::new(store.clone(), rooms.clone())),
+            api_keys: Arc::new(ApiKeys::new(store)),
+            users,
+            rooms,
+            messages,
+            receipts,
+            presence: presence.clone(),
+            notifier: notifier.clone(),
+            health: health.clone(),
+            sockets: sockets.clone(),
+            tokens,
+            limiter,
+            edge: Arc::new(Edge {
+                trusted_proxies: config.trusted_proxies.0.clone(),
+                echo_endpoint: config.echo_endpoint,
+            }),
+        };
+
+        let tasks = TaskTracker::new();
+        tasks.spawn({
+            let stop = stop.clone();
+            async move { health.ensure_indexes(stop).await }
+        });
+        notifier.start(notification_jobs);
+        presence.start();
+
+        let accepting = CancellationToken::new();
+        let service = NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(api));
+        let timeouts = crate::http::serve::Timeouts { header: config.header_timeout, idle: config.idle_timeout };
+        let accept = tokio::spawn(crate::http::serve::accept_loop(listener, service, timeouts, accepting.clone()));
+        tracing::info!(node = %config.node_id, %addr, "confab node serving");
+        Ok(RunningNode {
+            addr,
+            node_id: config.node_id,
+            accepting,
+            accept,
+            stop,
+            tasks,
+            sockets,
+            presence,
+            notifier,
+            fanout,
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// Stops accepting, closes every socket with 1001, takes the node's
-    /// connections out of presence, and waits for the server task to finish.
+    /// connections out of presence, stops every task the node started, and
+    /// waits for them (a few seconds at most).
     pub async fn shutdown(self) {
+        self.accepting.cancel();
+        self.sockets.close_all().await;
         self.stop.cancel();
-        self.app.fanout.close_all().await;
-        crate::presence::shutdown(&self.app).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        self.tasks.close();
+        tokio::join!(self.presence.shutdown(), self.notifier.shutdown(), async {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+        });
+        self.fanout.subscriptions.stop().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.accept).await;
     }
 }
 
@@ -161,22 +239,4 @@ fn cache_client(config: &Config) -> Result<Option<fred::clients::Client>, BusErr
         return Ok(None);
     }
     config.redis.client(Duration::from_millis(200)).map(Some).map_err(|e| BusError(e.to_string()))
-}
-
-/// Creates the indexes, retrying while MongoDB is unreachable.
-async fn ensure_indexes(app: Arc<App>) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match app.store.ensure_indexes().await {
-            Ok(()) => {
-                app.indexes_ready.store(true, Ordering::Relaxed);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "creating indexes failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
 }

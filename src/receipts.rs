@@ -9,15 +9,19 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use bson::oid::ObjectId;
 use serde::Serialize;
 
 use crate::auth::Caller;
+use crate::bus::{publish_live, Bus};
 use crate::bus::{Event, Topic};
+use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::node::App;
 use crate::protocol::ServerEvent;
-use crate::rooms::{self, members::publish};
+use crate::rooms::Rooms;
+use crate::store::Store;
 use crate::store::{Cursor, HistoryQuery, Member, Message};
 
 /// Above this many recipients, `status` gives counts instead of lists.
@@ -34,67 +38,94 @@ pub struct Cursors {
     pub read_up_to: Option<String>,
 }
 
-/// Moves the caller's cursor in `room_id` to `message_id` (and the delivery
-/// cursor too when reading). Moving back is a no-op, not an error.
-pub async fn acknowledge(
-    app: &App,
-    caller: &Caller,
-    room_id: ObjectId,
-    cursor: Cursor,
-    message_id: ObjectId,
-) -> Result<Cursors> {
-    let mut member = rooms::require_member(app, caller, room_id).await?;
-    let message = match app.store.message(message_id).await? {
-        Some(m) if m.room_id == room_id => m,
-        _ => return Err(Error::NotFound("message_id: no such message in this room".into())),
-    };
-    let cursors: &[Cursor] = match cursor {
-        Cursor::Delivered => &[Cursor::Delivered],
-        Cursor::Read => &[Cursor::Delivered, Cursor::Read],
-    };
-    let mut moved = Vec::new();
-    for &c in cursors {
-        if let Some(previous) = app.store.advance_cursor(room_id, caller.user_id, c, message.seq, message.id).await? {
-            moved.push((c, previous));
-            match c {
-                Cursor::Delivered => (member.delivered_seq, member.delivered_up_to) = (message.seq, Some(message.id)),
-                Cursor::Read => (member.read_seq, member.read_up_to) = (message.seq, Some(message.id)),
-            }
-        }
-    }
-    if !moved.is_empty() {
-        app.cache.user_changed(caller.user_id).await;
-        for (c, previous) in moved {
-            tell_senders(app, caller.user_id, &message, c, previous).await;
-        }
-    }
-    Ok(Cursors {
-        room_id: room_id.to_hex(),
-        delivered_up_to: member.delivered_up_to.map(|id| id.to_hex()),
-        read_up_to: member.read_up_to.map(|id| id.to_hex()),
-    })
+/// Delivery and read cursors, and the receipts they send.
+pub struct Receipts {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    cache: Cache,
+    rooms: Arc<Rooms>,
 }
 
-/// Sends one `receipt` to each other sender of the messages the cursor
-/// passed (seq in `previous`..=`up_to.seq`), naming their newest one.
-async fn tell_senders(app: &App, reader: ObjectId, up_to: &Message, cursor: Cursor, previous: i64) {
-    let query = HistoryQuery {
-        room_id: up_to.room_id,
-        after_seq: Some(previous),
-        before_seq: Some(up_to.seq + 1),
-        limit: RECEIPT_SCAN,
-        ..Default::default()
-    };
-    let passed = match app.store.history(&query).await {
-        Ok((page, _)) => page,
-        Err(e) => {
-            tracing::warn!(error = %e, "receipts not sent: could not read the passed messages");
-            return;
+impl Receipts {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, cache: Cache, rooms: Arc<Rooms>) -> Self {
+        Receipts { store, bus, cache, rooms }
+    }
+
+    /// Moves the caller's cursor in `room_id` to `message_id` (and the delivery
+    /// cursor too when reading). Moving back is a no-op, not an error.
+    pub async fn acknowledge(
+        &self,
+        caller: &Caller,
+        room_id: ObjectId,
+        cursor: Cursor,
+        message_id: ObjectId,
+    ) -> Result<Cursors> {
+        let mut member = self.rooms.require_member(caller, room_id).await?;
+        let message = match self.store.message(message_id).await? {
+            Some(m) if m.room_id == room_id => m,
+            _ => return Err(Error::NotFound("message_id: no such message in this room".into())),
+        };
+        let cursors: &[Cursor] = match cursor {
+            Cursor::Delivered => &[Cursor::Delivered],
+            Cursor::Read => &[Cursor::Delivered, Cursor::Read],
+        };
+        let mut moved = Vec::new();
+        for &c in cursors {
+            if let Some(previous) =
+                self.store.advance_cursor(room_id, caller.user_id, c, message.seq, message.id).await?
+            {
+                moved.push((c, previous));
+                match c {
+                    Cursor::Delivered => {
+                        (member.delivered_seq, member.delivered_up_to) = (message.seq, Some(message.id))
+                    }
+                    Cursor::Read => (member.read_seq, member.read_up_to) = (message.seq, Some(message.id)),
+                }
+            }
         }
-    };
-    for (sender, newest) in newest_by_sender(&passed, reader) {
-        let frame = ServerEvent::Receipt { room: up_to.room_id, reader, cursor, message: newest }.encode();
-        publish(app, Topic::User(sender), Event::Ephemeral { skip: None, frame: &frame }).await;
+        if !moved.is_empty() {
+            self.cache.user_changed(caller.user_id).await;
+            for (c, previous) in moved {
+                self.tell_senders(caller.user_id, &message, c, previous).await;
+            }
+        }
+        Ok(Cursors {
+            room_id: room_id.to_hex(),
+            delivered_up_to: member.delivered_up_to.map(|id| id.to_hex()),
+            read_up_to: member.read_up_to.map(|id| id.to_hex()),
+        })
+    }
+
+    /// Sends one `receipt` to each other sender of the messages the cursor
+    /// passed (seq in `previous`..=`up_to.seq`), naming their newest one.
+    async fn tell_senders(&self, reader: ObjectId, up_to: &Message, cursor: Cursor, previous: i64) {
+        let query = HistoryQuery {
+            room_id: up_to.room_id,
+            after_seq: Some(previous),
+            before_seq: Some(up_to.seq + 1),
+            limit: RECEIPT_SCAN,
+            ..Default::default()
+        };
+        let passed = match self.store.history(&query).await {
+            Ok((page, _)) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "receipts not sent: could not read the passed messages");
+                return;
+            }
+        };
+        for (sender, newest) in newest_by_sender(&passed, reader) {
+            let frame = ServerEvent::Receipt { room: up_to.room_id, reader, cursor, message: newest }.encode();
+            publish_live(self.bus.as_ref(), Topic::User(sender), Event::Ephemeral { skip: None, frame: &frame }).await;
+        }
+    }
+
+    /// A message's delivery and read status among the room's other members.
+    pub async fn status(&self, caller: &Caller, message_id: ObjectId) -> Result<Status> {
+        let message =
+            self.store.message(message_id).await?.ok_or_else(|| Error::NotFound("message not found".into()))?;
+        self.rooms.readable(caller, message.room_id).await?;
+        let members = self.store.room_members(message.room_id, 100_000).await?;
+        Ok(status_among(&message, &members))
     }
 }
 
@@ -125,14 +156,6 @@ pub struct Status {
     pub delivered_to: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_by: Option<Vec<String>>,
-}
-
-/// A message's delivery and read status among the room's other members.
-pub async fn status(app: &App, caller: &Caller, message_id: ObjectId) -> Result<Status> {
-    let message = app.store.message(message_id).await?.ok_or_else(|| Error::NotFound("message not found".into()))?;
-    rooms::readable(app, caller, message.room_id).await?;
-    let members = app.store.room_members(message.room_id, 100_000).await?;
-    Ok(status_among(&message, &members))
 }
 
 fn status_among(message: &Message, members: &[Member]) -> Status {

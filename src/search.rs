@@ -6,12 +6,14 @@
 //! (public rooms and the caller's memberships). The store never decides who
 //! may read what.
 
+use std::sync::Arc;
+
 use bson::oid::ObjectId;
 
 use crate::auth::Caller;
 use crate::error::{Error, Result};
-use crate::node::App;
-use crate::rooms;
+use crate::rooms::Rooms;
+use crate::store::Store;
 use crate::store::{Message, SearchQuery};
 
 pub const DEFAULT_LIMIT: i64 = 20;
@@ -47,24 +49,36 @@ pub fn words(q: &str) -> Result<Vec<String>> {
     Ok(words)
 }
 
-/// One page of matching messages, newest first, and whether more match.
-pub async fn search(app: &App, caller: &Caller, s: Search) -> Result<(Vec<Message>, bool)> {
-    let words = words(&s.q)?;
-    let rooms: Vec<ObjectId> = match s.room_id {
-        Some(id) => vec![rooms::readable(app, caller, id).await?.id],
-        None => app.store.rooms_visible_to(caller.user_id).await?.iter().map(|r| r.id).collect(),
-    };
-    let before = match s.before {
-        None => None,
-        // A cursor from a room the caller may not search is as unknown as
-        // one that does not exist.
-        Some(id) => match app.store.message(id).await? {
-            Some(m) if rooms.contains(&m.room_id) => Some((m.timestamp, m.id)),
-            _ => return Err(Error::NotFound("before: no such message in the rooms searched".into())),
-        },
-    };
-    let query = SearchQuery { rooms, words, before, limit: s.limit };
-    Ok(app.store.search_messages(&query).await?)
+/// Message search, within the rooms a caller may read.
+pub struct Searcher {
+    store: Arc<dyn Store>,
+    rooms: Arc<Rooms>,
+}
+
+impl Searcher {
+    pub fn new(store: Arc<dyn Store>, rooms: Arc<Rooms>) -> Self {
+        Searcher { store, rooms }
+    }
+
+    /// One page of matching messages, newest first, and whether more match.
+    pub async fn search(&self, caller: &Caller, s: Search) -> Result<(Vec<Message>, bool)> {
+        let words = words(&s.q)?;
+        let rooms: Vec<ObjectId> = match s.room_id {
+            Some(id) => vec![self.rooms.readable(caller, id).await?.id],
+            None => self.store.rooms_visible_to(caller.user_id).await?.iter().map(|r| r.id).collect(),
+        };
+        let before = match s.before {
+            None => None,
+            // A cursor from a room the caller may not search is as unknown as
+            // one that does not exist.
+            Some(id) => match self.store.message(id).await? {
+                Some(m) if rooms.contains(&m.room_id) => Some((m.timestamp, m.id)),
+                _ => return Err(Error::NotFound("before: no such message in the rooms searched".into())),
+            },
+        };
+        let query = SearchQuery { rooms, words, before, limit: s.limit };
+        Ok(self.store.search_messages(&query).await?)
+    }
 }
 
 #[cfg(test)]

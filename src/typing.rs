@@ -17,9 +17,8 @@ use dashmap::DashMap;
 use fred::prelude::*;
 use fred::types::{Expiration, SetOptions};
 
-use crate::bus::{Event, Topic};
+use crate::bus::{Bus, Event, Topic};
 use crate::keyspace::Keyspace;
-use crate::node::App;
 use crate::protocol::ServerEvent;
 
 /// At most one relay per user per room within this window.
@@ -56,8 +55,15 @@ impl Throttle for RedisThrottle {
     }
 }
 
-/// The node's typing relay (in [`App`]).
+/// The node's typing relay.
 pub struct Typing {
+    gate: Gate,
+    bus: Arc<dyn Bus>,
+}
+
+/// Whether a typing notice may go out: one per user and room per window,
+/// cluster-wide through the throttle, or per node while it does not answer.
+struct Gate {
     throttle: Arc<dyn Throttle>,
     keys: Keyspace,
     /// The fallback throttle while Redis does not answer: (room, user) →
@@ -66,10 +72,29 @@ pub struct Typing {
 }
 
 impl Typing {
-    pub fn new(throttle: Arc<dyn Throttle>, keys: Keyspace) -> Self {
-        Typing { throttle, keys, local: DashMap::new() }
+    pub fn new(throttle: Arc<dyn Throttle>, keys: Keyspace, bus: Arc<dyn Bus>) -> Self {
+        Typing { gate: Gate { throttle, keys, local: DashMap::new() }, bus }
     }
 
+    /// Relays that `user` is typing in `room` (which the caller's connection has
+    /// joined) unless they did within the window; true if relayed.
+    pub async fn relay(&self, user: ObjectId, room: ObjectId) -> bool {
+        if !self.gate.pass(room, user).await {
+            metrics::counter!("confab_typing_throttled_total").increment(1);
+            return false;
+        }
+        let frame = ServerEvent::Typing { room, user }.encode();
+        if let Err(e) = self.bus.publish(Topic::Room(room), Event::Ephemeral { skip: Some(user), frame: &frame }).await
+        {
+            tracing::debug!(error = %e, "typing not relayed");
+            return false;
+        }
+        metrics::counter!("confab_typing_relayed_total").increment(1);
+        true
+    }
+}
+
+impl Gate {
     async fn pass(&self, room: ObjectId, user: ObjectId) -> bool {
         let key = self.keys.typing(room, user);
         match self.throttle.pass(&key, WINDOW).await {
@@ -100,22 +125,6 @@ impl Typing {
     }
 }
 
-/// Relays that `user` is typing in `room` (which the caller's connection has
-/// joined) unless they did within the window; true if relayed.
-pub async fn typing(app: &App, user: ObjectId, room: ObjectId) -> bool {
-    if !app.typing.pass(room, user).await {
-        metrics::counter!("confab_typing_throttled_total").increment(1);
-        return false;
-    }
-    let frame = ServerEvent::Typing { room, user }.encode();
-    if let Err(e) = app.bus.publish(Topic::Room(room), Event::Ephemeral { skip: Some(user), frame: &frame }).await {
-        tracing::debug!(error = %e, "typing not relayed");
-        return false;
-    }
-    metrics::counter!("confab_typing_relayed_total").increment(1);
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,7 +140,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_redis_each_node_throttles_per_user_and_room() {
-        let typing = Typing::new(Arc::new(Down), Keyspace::default());
+        let typing = Gate { throttle: Arc::new(Down), keys: Keyspace::default(), local: DashMap::new() };
         let (room, other, user) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
         assert!(typing.pass(room, user).await);
         assert!(!typing.pass(room, user).await, "within the window");

@@ -1,13 +1,15 @@
 //! Accounts and profiles: registration, login, profile edits and search.
 
+use std::sync::Arc;
+
 use bson::oid::ObjectId;
 use chrono::Utc;
 use serde::{Deserialize, Deserializer};
 
-use crate::auth::{hash_password, verify_password};
+use crate::auth::{hash_password, verify_password, Tokens};
 use crate::error::{Error, Result};
-use crate::node::App;
-use crate::store::{ProfileChange, User};
+use crate::ratelimit::SharedLimiter;
+use crate::store::{ProfileChange, Store, User};
 use crate::validate;
 
 #[derive(Debug, Deserialize)]
@@ -24,34 +26,116 @@ pub struct Login {
     pub password: String,
 }
 
-pub async fn register(app: &App, r: Registration) -> Result<User> {
-    validate::username(&r.username)?;
-    validate::email(&r.email)?;
-    validate::password(&r.password)?;
-    let username_key = r.username.to_lowercase();
-    let email = r.email.to_lowercase();
-    if let Some(field) = app.store.taken_user_field(&username_key, &email).await? {
-        return Err(taken(field));
+/// Accounts: who may register, log in, and what their profile says.
+pub struct Users {
+    store: Arc<dyn Store>,
+    tokens: Tokens,
+    limiter: Arc<SharedLimiter>,
+}
+
+impl Users {
+    pub fn new(store: Arc<dyn Store>, tokens: Tokens, limiter: Arc<SharedLimiter>) -> Self {
+        Users { store, tokens, limiter }
     }
-    let user = User {
-        id: bson::oid::ObjectId::new(),
-        username: r.username,
-        username_key,
-        email,
-        password_hash: hash_password(r.password).await?,
-        created_at: Utc::now(),
-        display_name: None,
-        display_name_key: None,
-        avatar_url: None,
-    };
-    match app.store.insert_user(&user).await {
-        Ok(()) => Ok(user),
-        // Lost a race with a concurrent registration: say which field.
-        Err(crate::store::StoreError::Duplicate) => {
-            let field = app.store.taken_user_field(&user.username_key, &user.email).await?.unwrap_or("username");
-            Err(taken(field))
+
+    /// Access tokens' lifetime.
+    pub fn token_ttl(&self) -> std::time::Duration {
+        self.tokens.ttl()
+    }
+
+    pub async fn register(&self, r: Registration) -> Result<User> {
+        validate::username(&r.username)?;
+        validate::email(&r.email)?;
+        validate::password(&r.password)?;
+        let username_key = r.username.to_lowercase();
+        let email = r.email.to_lowercase();
+        if let Some(field) = self.store.taken_user_field(&username_key, &email).await? {
+            return Err(taken(field));
         }
-        Err(e) => Err(e.into()),
+        let user = User {
+            id: bson::oid::ObjectId::new(),
+            username: r.username,
+            username_key,
+            email,
+            password_hash: hash_password(r.password).await?,
+            created_at: Utc::now(),
+            display_name: None,
+            display_name_key: None,
+            avatar_url: None,
+        };
+        match self.store.insert_user(&user).await {
+            Ok(()) => Ok(user),
+            // Lost a race with a concurrent registration: say which field.
+            Err(crate::store::StoreError::Duplicate) => {
+                let field = self.store.taken_user_field(&user.username_key, &user.email).await?.unwrap_or("username");
+                Err(taken(field))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks credentials and issues an access token. Unknown users and wrong
+    /// passwords fail identically, in the same time.
+    ///
+    /// A name whose failed attempts in the window are used up is refused with
+    /// 429 before its password is checked, right or wrong. Failures are counted
+    /// per account (its username, whether it logs in by username or by email),
+    /// or per name given when no account has it, so unknown names lock out too.
+    pub async fn login(&self, l: Login) -> Result<String> {
+        let key = l.username.trim().to_lowercase();
+        let possible = !key.is_empty() && key.len() <= 254;
+        let user = if possible { self.store.user_by_login(&key).await? } else { None };
+        // A name no account can have has nothing to guess at: not counted.
+        if possible {
+            let counted = user.as_ref().map_or(key.as_str(), |u| u.username_key.as_str());
+            self.limiter.login_attempt(counted).await.into_result("login")?;
+        }
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        if !verify_password(l.password, hash).await {
+            return Err(Error::Unauthorized("invalid username or password".into()));
+        }
+        let user = user.ok_or_else(|| Error::Unauthorized("invalid username or password".into()))?;
+        self.limiter.login_succeeded(&user.username_key).await;
+        self.tokens.issue(user.id, &user.username)
+    }
+
+    /// A user by id; 404 if there is none.
+    pub async fn profile(&self, id: ObjectId) -> Result<User> {
+        self.store.user(id).await?.ok_or_else(|| Error::NotFound("user not found".into()))
+    }
+
+    pub async fn update_profile(&self, id: ObjectId, patch: ProfilePatch) -> Result<User> {
+        let display_name = match patch.display_name {
+            Some(Some(name)) => Some(Some(validate::display_name(&name)?)),
+            other => other,
+        };
+        let avatar_url = match patch.avatar_url {
+            Some(Some(url)) => Some(Some(validate::avatar_url(&url)?)),
+            other => other,
+        };
+        let change = ProfileChange { display_name, avatar_url };
+        self.store.update_profile(id, &change).await?.ok_or_else(|| Error::NotFound("user not found".into()))
+    }
+
+    /// Users whose username or display name starts with `query`, ignoring case,
+    /// by username; `after` is a `next_cursor` from the previous page.
+    pub async fn search(&self, query: &str, after: Option<&str>, limit: i64) -> Result<Found> {
+        let prefix = query.trim().to_lowercase();
+        if prefix.is_empty() || prefix.chars().count() > MAX_QUERY_CHARS {
+            return Err(Error::invalid("q", format!("must be 1 to {MAX_QUERY_CHARS} characters")));
+        }
+        if !(1..=MAX_SEARCH_PAGE).contains(&limit) {
+            return Err(Error::invalid("limit", format!("must be a whole number from 1 to {MAX_SEARCH_PAGE}")));
+        }
+        // A cursor is a username key: at most 32 characters of [a-z0-9_.-].
+        if after.is_some_and(|a| a.is_empty() || a.len() > 32) {
+            return Err(Error::invalid("after", "is not a cursor this endpoint returned"));
+        }
+        let mut users = self.store.search_users(&prefix, after, limit + 1).await?;
+        let more = users.len() as i64 > limit;
+        users.truncate(limit as usize);
+        let next_cursor = if more { users.last().map(|u| u.username_key.clone()) } else { None };
+        Ok(Found { users, next_cursor })
     }
 }
 
@@ -61,36 +145,6 @@ fn taken(field: &str) -> Error {
     } else {
         Error::Conflict { code: "username_taken", message: "username is already taken".into() }
     }
-}
-
-/// Checks credentials and issues an access token. Unknown users and wrong
-/// passwords fail identically, in the same time.
-///
-/// A name whose failed attempts in the window are used up is refused with
-/// 429 before its password is checked, right or wrong. Failures are counted
-/// per account (its username, whether it logs in by username or by email),
-/// or per name given when no account has it, so unknown names lock out too.
-pub async fn login(app: &App, l: Login) -> Result<String> {
-    let key = l.username.trim().to_lowercase();
-    let possible = !key.is_empty() && key.len() <= 254;
-    let user = if possible { app.store.user_by_login(&key).await? } else { None };
-    // A name no account can have has nothing to guess at: not counted.
-    if possible {
-        let counted = user.as_ref().map_or(key.as_str(), |u| u.username_key.as_str());
-        app.limiter.login_attempt(counted).await.into_result("login")?;
-    }
-    let hash = user.as_ref().map(|u| u.password_hash.clone());
-    if !verify_password(l.password, hash).await {
-        return Err(Error::Unauthorized("invalid username or password".into()));
-    }
-    let user = user.ok_or_else(|| Error::Unauthorized("invalid username or password".into()))?;
-    app.limiter.login_succeeded(&user.username_key).await;
-    app.tokens.issue(user.id, &user.username)
-}
-
-/// A user by id; 404 if there is none.
-pub async fn profile(app: &App, id: ObjectId) -> Result<User> {
-    app.store.user(id).await?.ok_or_else(|| Error::NotFound("user not found".into()))
 }
 
 /// A profile edit as `PATCH /users/me` takes it: a field left out stays as
@@ -109,19 +163,6 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Option
     Option::<String>::deserialize(d).map(Some)
 }
 
-pub async fn update_profile(app: &App, id: ObjectId, patch: ProfilePatch) -> Result<User> {
-    let display_name = match patch.display_name {
-        Some(Some(name)) => Some(Some(validate::display_name(&name)?)),
-        other => other,
-    };
-    let avatar_url = match patch.avatar_url {
-        Some(Some(url)) => Some(Some(validate::avatar_url(&url)?)),
-        other => other,
-    };
-    let change = ProfileChange { display_name, avatar_url };
-    app.store.update_profile(id, &change).await?.ok_or_else(|| Error::NotFound("user not found".into()))
-}
-
 /// Longest search term, in characters.
 pub const MAX_QUERY_CHARS: usize = 64;
 pub const DEFAULT_SEARCH_PAGE: i64 = 20;
@@ -132,25 +173,4 @@ pub struct Found {
     pub users: Vec<User>,
     /// Where the next page starts (`after`), if there is one.
     pub next_cursor: Option<String>,
-}
-
-/// Users whose username or display name starts with `query`, ignoring case,
-/// by username; `after` is a `next_cursor` from the previous page.
-pub async fn search(app: &App, query: &str, after: Option<&str>, limit: i64) -> Result<Found> {
-    let prefix = query.trim().to_lowercase();
-    if prefix.is_empty() || prefix.chars().count() > MAX_QUERY_CHARS {
-        return Err(Error::invalid("q", format!("must be 1 to {MAX_QUERY_CHARS} characters")));
-    }
-    if !(1..=MAX_SEARCH_PAGE).contains(&limit) {
-        return Err(Error::invalid("limit", format!("must be a whole number from 1 to {MAX_SEARCH_PAGE}")));
-    }
-    // A cursor is a username key: at most 32 characters of [a-z0-9_.-].
-    if after.is_some_and(|a| a.is_empty() || a.len() > 32) {
-        return Err(Error::invalid("after", "is not a cursor this endpoint returned"));
-    }
-    let mut users = app.store.search_users(&prefix, after, limit + 1).await?;
-    let more = users.len() as i64 > limit;
-    users.truncate(limit as usize);
-    let next_cursor = if more { users.last().map(|u| u.username_key.clone()) } else { None };
-    Ok(Found { users, next_cursor })
 }

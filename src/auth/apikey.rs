@@ -8,6 +8,8 @@
 //! hash however fast the guessing, and a slow hash would cost every API
 //! request its time. The key itself is shown once, when it is made.
 
+use std::sync::Arc;
+
 use bson::oid::ObjectId;
 use chrono::Utc;
 use rand::RngCore;
@@ -63,39 +65,54 @@ pub fn mint(name: &str) -> Result<Minted> {
     Ok(Minted { key, plaintext: format!("{PREFIX}{}_{secret}", id.to_hex()) })
 }
 
-/// Stores a new key; the caller shows `plaintext` once.
-pub async fn create(store: &dyn Store, name: &str) -> Result<Minted> {
-    let minted = mint(name)?;
-    store.insert_api_key(&minted.key).await?;
-    Ok(minted)
+/// The server API's keys, as stored.
+pub struct ApiKeys {
+    store: Arc<dyn Store>,
 }
 
-/// The caller behind a key; 401 for a key that is malformed, unknown,
-/// wrong or revoked (all alike, so a caller learns nothing from which).
-pub async fn authenticate(store: &dyn Store, raw: &str) -> Result<ApiCaller> {
-    let invalid = || Error::Unauthorized("invalid or revoked API key".into());
-    let (id, secret) = parse(raw.trim()).ok_or_else(invalid)?;
-    let key = store.api_key(id).await?.ok_or_else(invalid)?;
-    if key.revoked_at.is_some() || !same(&key.hash, &secret_hash(secret)) {
-        return Err(invalid());
+impl ApiKeys {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        ApiKeys { store }
     }
-    Ok(ApiCaller { key_id: key.id, name: key.name })
-}
 
-/// Revokes a key given by id or as the whole key. Returns its id and
-/// whether this call revoked it (false: it already was).
-pub async fn revoke(store: &dyn Store, id_or_key: &str) -> Result<(ObjectId, bool)> {
-    let raw = id_or_key.trim();
-    let id = match parse(raw) {
-        Some((id, _)) => id,
-        None => {
-            ObjectId::parse_str(raw).map_err(|_| Error::BadRequest(format!("`{raw}` is neither a key id nor a key")))?
+    /// Every key, revoked ones included.
+    pub async fn list(&self) -> Result<Vec<ApiKey>> {
+        Ok(self.store.api_keys().await?)
+    }
+
+    /// Stores a new key; the caller shows `plaintext` once.
+    pub async fn create(&self, name: &str) -> Result<Minted> {
+        let minted = mint(name)?;
+        self.store.insert_api_key(&minted.key).await?;
+        Ok(minted)
+    }
+
+    /// The caller behind a key; 401 for a key that is malformed, unknown,
+    /// wrong or revoked (all alike, so a caller learns nothing from which).
+    pub async fn authenticate(&self, raw: &str) -> Result<ApiCaller> {
+        let invalid = || Error::Unauthorized("invalid or revoked API key".into());
+        let (id, secret) = parse(raw.trim()).ok_or_else(invalid)?;
+        let key = self.store.api_key(id).await?.ok_or_else(invalid)?;
+        if key.revoked_at.is_some() || !same(&key.hash, &secret_hash(secret)) {
+            return Err(invalid());
         }
-    };
-    if store.api_key(id).await?.is_none() {
-        return Err(Error::NotFound(format!("no API key with id {}", id.to_hex())));
+        Ok(ApiCaller { key_id: key.id, name: key.name })
     }
-    Ok((id, store.revoke_api_key(id, Utc::now()).await?))
+
+    /// Revokes a key given by id or as the whole key. Returns its id and
+    /// whether this call revoked it (false: it already was).
+    pub async fn revoke(&self, id_or_key: &str) -> Result<(ObjectId, bool)> {
+        let raw = id_or_key.trim();
+        let id = match parse(raw) {
+            Some((id, _)) => id,
+            None => ObjectId::parse_str(raw)
+                .map_err(|_| Error::BadRequest(format!("`{raw}` is neither a key id nor a key")))?,
+        };
+        if self.store.api_key(id).await?.is_none() {
+            return Err(Error::NotFound(format!("no API key with id {}", id.to_hex())));
+        }
+        Ok((id, self.store.revoke_api_key(id, Utc::now()).await?))
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,6 @@ pub mod apikey;
 mod password;
 mod token;
 
-pub use apikey::ApiCaller;
+pub use apikey::{ApiCaller, ApiKeys};
 pub use password::{hash_password, verify_password};
 pub use token::{Caller, Claims, Tokens};

@@ -17,6 +17,22 @@ use bytes::{BufMut, Bytes, BytesMut};
 #[error("message bus: {0}")]
 pub struct BusError(pub String);
 
+/// Publishes the live effect of something already stored or decided (an
+/// edit, a membership change, a receipt, presence): a failure is counted in
+/// `confab_bus_publish_failures_total` and logged, not returned, since
+/// clients find the change in the store when they catch up. False if it
+/// was not published.
+pub async fn publish_live(bus: &dyn Bus, topic: Topic, event: Event<'_>) -> bool {
+    match bus.publish(topic, event).await {
+        Ok(()) => true,
+        Err(e) => {
+            metrics::counter!("confab_bus_publish_failures_total").increment(1);
+            tracing::warn!(error = %e, ?topic, "live update not published");
+            false
+        }
+    }
+}
+
 /// What an event is addressed to: a room's subscribers, or one user's
 /// connections (receipts, presence, notices about their memberships).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

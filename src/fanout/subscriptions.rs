@@ -13,6 +13,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Registry, Sequencer};
 use crate::bus::{Bus, BusError, Topic};
@@ -23,13 +25,26 @@ type Reply = oneshot::Sender<Result<(), BusError>>;
 #[derive(Clone)]
 pub struct Subscriptions {
     tx: mpsc::UnboundedSender<(Topic, Option<Reply>)>,
+    stop: CancellationToken,
+    task: TaskTracker,
 }
 
 impl Subscriptions {
+    /// Starts the keeper; it runs until [`stop`](Self::stop).
     pub fn spawn(bus: Arc<dyn Bus>, registry: Arc<Registry>, sequencer: Arc<Sequencer>, seqs: Seqs) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(reconcile_loop(rx, bus, registry, sequencer, seqs));
-        Subscriptions { tx }
+        let stop = CancellationToken::new();
+        let task = TaskTracker::new();
+        task.spawn(reconcile_loop(rx, stop.clone(), bus, registry, sequencer, seqs));
+        task.close();
+        Subscriptions { tx, stop, task }
+    }
+
+    /// Ends the keeper (subscriptions stay as they are: the bus goes with
+    /// the node) and waits for it.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        self.task.wait().await;
     }
 
     /// Waits until the node is subscribed to `topic` (call after registering
@@ -48,13 +63,21 @@ impl Subscriptions {
 
 async fn reconcile_loop(
     mut rx: mpsc::UnboundedReceiver<(Topic, Option<Reply>)>,
+    stop: CancellationToken,
     bus: Arc<dyn Bus>,
     registry: Arc<Registry>,
     sequencer: Arc<Sequencer>,
     seqs: Seqs,
 ) {
     let mut subscribed: HashSet<Topic> = HashSet::new();
-    while let Some((topic, reply)) = rx.recv().await {
+    loop {
+        let (topic, reply) = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = rx.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
         let wanted = registry.has_local(topic);
         let was = subscribed.contains(&topic);
         let result = match (wanted, was) {

@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::Auth;
-use crate::contacts::{self, Entry};
+use crate::contacts::Contacts;
+use crate::contacts::Entry;
 use crate::error::Result;
-use crate::node::App;
 use crate::presence::PresenceView;
 use crate::store::model::{rfc3339, ProfileView};
 use crate::validate;
@@ -35,27 +35,27 @@ impl From<Entry> for ContactView {
     }
 }
 
-pub async fn list(State(app): State<Arc<App>>, Auth(caller): Auth) -> Result<Json<Value>> {
-    let entries = contacts::list(&app, &caller).await?;
+pub async fn list(State(contacts): State<Arc<Contacts>>, Auth(caller): Auth) -> Result<Json<Value>> {
+    let entries = contacts.list(&caller).await?;
     let views: Vec<ContactView> = entries.into_iter().map(ContactView::from).collect();
     Ok(Json(json!({ "contacts": views })))
 }
 
 pub async fn add(
-    State(app): State<Arc<App>>,
+    State(contacts): State<Arc<Contacts>>,
     Auth(caller): Auth,
     Path(user_id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let (entry, created) = contacts::add(&app, &caller, validate::object_id("user_id", &user_id)?).await?;
+    let (entry, created) = contacts.add(&caller, validate::object_id("user_id", &user_id)?).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(json!(ContactView::from(entry)))))
 }
 
 pub async fn remove(
-    State(app): State<Arc<App>>,
+    State(contacts): State<Arc<Contacts>>,
     Auth(caller): Auth,
     Path(user_id): Path<String>,
 ) -> Result<StatusCode> {
-    contacts::remove(&app, &caller, validate::object_id("user_id", &user_id)?).await?;
+    contacts.remove(&caller, validate::object_id("user_id", &user_id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,16 +1,14 @@
 //! Extractors: authentication and JSON/query parsing with our error body, so
 //! no handler repeats either and every rejection has the same shape.
 
-use std::sync::Arc;
-
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::auth::{apikey, ApiCaller, Caller};
+use super::Api;
+use crate::auth::{ApiCaller, Caller};
 use crate::config::Cidr;
 use crate::error::Error;
-use crate::node::App;
 
 /// The authenticated caller, from `Authorization: Bearer <token>`.
 pub struct Auth(pub Caller);
@@ -21,12 +19,12 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-impl FromRequestParts<Arc<App>> for Auth {
+impl FromRequestParts<Api> for Auth {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Error> {
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Error> {
         let token = bearer(&parts.headers).ok_or_else(|| Error::Unauthorized("missing bearer token".into()))?;
-        Ok(Auth(app.tokens.verify(token)?))
+        Ok(Auth(api.tokens.verify(token)?))
     }
 }
 
@@ -35,16 +33,16 @@ impl FromRequestParts<Arc<App>> for Auth {
 /// not one of those proxies (then `X-Real-IP`).
 pub struct ClientAddress(pub std::net::IpAddr);
 
-impl FromRequestParts<Arc<App>> for ClientAddress {
+impl FromRequestParts<Api> for ClientAddress {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Error> {
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Error> {
         let peer = parts
             .extensions
             .get::<super::serve::Peer>()
             .map(|p| p.0.ip().to_canonical())
             .ok_or_else(|| Error::Internal("a request without its connection's address".into()))?;
-        Ok(ClientAddress(client_address(peer, &parts.headers, &app.config.trusted_proxies)))
+        Ok(ClientAddress(client_address(peer, &parts.headers, &api.edge.trusted_proxies)))
     }
 }
 
@@ -116,18 +114,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
 /// A backend calling the server API, from `Authorization: ApiKey <key>`:
 /// 401 for a missing, malformed, unknown or revoked key; then the key's
 /// per-minute limit is counted (429 with `Retry-After` when spent).
-impl FromRequestParts<Arc<App>> for ApiCaller {
+impl FromRequestParts<Api> for ApiCaller {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Error> {
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Error> {
         let value = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let key = value
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
             .map(|(_, key)| key)
             .ok_or_else(|| Error::Unauthorized("missing API key: send Authorization: ApiKey <key>".into()))?;
-        let caller = apikey::authenticate(app.store.as_ref(), key).await?;
-        app.limiter.api_key(caller.key_id).await.into_result("api")?;
+        let caller = api.api_keys.authenticate(key).await?;
+        api.limiter.api_key(caller.key_id).await.into_result("api")?;
         Ok(caller)
     }
 }

@@ -13,11 +13,14 @@ use serde_json::{json, Value};
 
 use super::{Auth, Body, Params};
 use crate::error::{Error, Result};
+use crate::messages::Messages;
 use crate::messages::{self, Draft, Page, DEFAULT_PAGE, MAX_PAGE};
-use crate::node::App;
+use crate::receipts::Receipts;
+use crate::rooms::Rooms;
+use crate::search::Searcher;
 use crate::search::{self, Search};
 use crate::store::model::MessageView;
-use crate::{receipts, rooms, validate};
+use crate::{receipts, validate};
 
 #[derive(Deserialize)]
 pub struct NewMessage {
@@ -32,19 +35,16 @@ pub struct NewMessage {
 }
 
 pub async fn create(
-    State(app): State<Arc<App>>,
+    State(messages): State<Arc<Messages>>,
     Auth(caller): Auth,
     Body(m): Body<NewMessage>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let draft = Draft { content: m.content, client_msg_id: m.client_msg_id };
     let sent = match (m.room_id, m.to_user_id) {
         (Some(room), None) => {
-            messages::send(&app, &caller, validate::object_id("room_id", &room)?, draft, messages::Membership::Lookup)
-                .await?
+            messages.send(&caller, validate::object_id("room_id", &room)?, draft, messages::Membership::Lookup).await?
         }
-        (None, Some(peer)) => {
-            messages::send_direct(&app, &caller, validate::object_id("to_user_id", &peer)?, draft).await?
-        }
+        (None, Some(peer)) => messages.send_direct(&caller, validate::object_id("to_user_id", &peer)?, draft).await?,
         (Some(_), Some(_)) => return Err(Error::invalid("to_user_id", "give room_id or to_user_id, not both")),
         (None, None) => return Err(Error::invalid("room_id", "is required (or to_user_id for a direct message)")),
     };
@@ -116,7 +116,8 @@ fn page(room_id: ObjectId, p: HistoryParams) -> Result<Page> {
 }
 
 pub async fn history(
-    State(app): State<Arc<App>>,
+    State(rooms): State<Arc<Rooms>>,
+    State(messages): State<Arc<Messages>>,
     Auth(caller): Auth,
     Params(p): Params<HistoryParams>,
 ) -> Result<Json<Value>> {
@@ -124,7 +125,7 @@ pub async fn history(
         (Some(room), None) => validate::object_id("room_id", room)?,
         (None, Some(peer)) => {
             let peer = validate::object_id("peer", peer)?;
-            match rooms::direct::find(&app, &caller, peer).await? {
+            match rooms.find(&caller, peer).await? {
                 Some(room) => room.id,
                 // Nobody has written yet: an empty conversation.
                 None => return Ok(Json(json!({ "messages": [], "has_more": false }))),
@@ -133,17 +134,17 @@ pub async fn history(
         (Some(_), Some(_)) => return Err(Error::invalid("peer", "give room_id or peer, not both")),
         (None, None) => return Err(Error::invalid("room_id", "is required (or peer for a direct conversation)")),
     };
-    Ok(Json(messages::history_page(&app, &caller, page(room_id, p)?).await?))
+    Ok(Json(messages.history_page(&caller, page(room_id, p)?).await?))
 }
 
 /// `GET /messages/{id}/status`
 pub async fn status(
-    State(app): State<Arc<App>>,
+    State(receipts): State<Arc<Receipts>>,
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<receipts::Status>> {
     let id = validate::object_id("id", &id)?;
-    Ok(Json(receipts::status(&app, &caller, id).await?))
+    Ok(Json(receipts.status(&caller, id).await?))
 }
 
 #[derive(Deserialize)]
@@ -152,21 +153,25 @@ pub struct Edit {
 }
 
 pub async fn edit(
-    State(app): State<Arc<App>>,
+    State(messages): State<Arc<Messages>>,
     Auth(caller): Auth,
     Path(id): Path<String>,
     Body(e): Body<Edit>,
 ) -> Result<Json<Value>> {
     let id = validate::object_id("id", &id)?;
-    let message = messages::edit(&app, &caller, id, e.content).await?;
+    let message = messages.edit(&caller, id, e.content).await?;
     Ok(Json(json!(MessageView::from(&message))))
 }
 
 /// Answers with the tombstone (200, not 204), also when it was deleted
 /// before: clients replace the message in place with what they get.
-pub async fn delete(State(app): State<Arc<App>>, Auth(caller): Auth, Path(id): Path<String>) -> Result<Json<Value>> {
+pub async fn delete(
+    State(messages): State<Arc<Messages>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
     let id = validate::object_id("id", &id)?;
-    let tombstone = messages::delete(&app, &caller, id).await?;
+    let tombstone = messages.delete(&caller, id).await?;
     Ok(Json(json!(MessageView::from(&tombstone))))
 }
 
@@ -179,7 +184,7 @@ pub struct SearchParams {
 }
 
 pub async fn search(
-    State(app): State<Arc<App>>,
+    State(searcher): State<Arc<Searcher>>,
     Auth(caller): Auth,
     Params(p): Params<SearchParams>,
 ) -> Result<Json<Value>> {
@@ -199,7 +204,7 @@ pub async fn search(
         before: id("before", p.before)?,
         limit,
     };
-    let (messages, has_more) = search::search(&app, &caller, s).await?;
+    let (messages, has_more) = searcher.search(&caller, s).await?;
     let views: Vec<MessageView> = messages.iter().map(MessageView::from).collect();
     Ok(Json(json!({ "messages": views, "has_more": has_more })))
 }

@@ -31,8 +31,49 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use extract::{Auth, Body, ClientAddress, Params};
 
+use crate::auth::{ApiKeys, Tokens};
+use crate::config::Cidr;
+use crate::contacts::Contacts;
 use crate::error::Error;
-use crate::node::App;
+use crate::health::Health;
+use crate::messages::Messages;
+use crate::notifications::Notifier;
+use crate::presence::Presence;
+use crate::ratelimit::SharedLimiter;
+use crate::receipts::Receipts;
+use crate::rooms::Rooms;
+use crate::search::Searcher;
+use crate::users::Users;
+use crate::ws::Sockets;
+
+/// What the REST edge serves from: the node's services, each handler taking
+/// only the ones it uses (`State<Arc<Rooms>>`, ...).
+#[derive(Clone, axum::extract::FromRef)]
+pub struct Api {
+    pub users: Arc<Users>,
+    pub rooms: Arc<Rooms>,
+    pub messages: Arc<Messages>,
+    pub receipts: Arc<Receipts>,
+    pub presence: Arc<Presence>,
+    pub contacts: Arc<Contacts>,
+    pub searcher: Arc<Searcher>,
+    pub notifier: Arc<Notifier>,
+    pub api_keys: Arc<ApiKeys>,
+    pub health: Arc<Health>,
+    pub sockets: Arc<Sockets>,
+    pub tokens: Tokens,
+    pub limiter: Arc<SharedLimiter>,
+    pub edge: Arc<Edge>,
+}
+
+/// How the edge itself behaves.
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Serves `/ws/echo`, the conformance endpoint.
+    pub echo_endpoint: bool,
+}
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -50,7 +91,7 @@ impl IntoResponse for Error {
 }
 
 /// Every route: its path template and its handlers.
-fn routes(app: &App) -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
+fn routes(edge: &Edge) -> Vec<(&'static str, MethodRouter<Api>)> {
     let mut routes = vec![
         ("/register", post(accounts::register)),
         ("/login", post(accounts::login)),
@@ -74,7 +115,7 @@ fn routes(app: &App) -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
         ("/messages/search", get(messages::search)),
         ("/messages/{id}", patch(messages::edit).delete(messages::delete)),
     ];
-    if app.config.echo_endpoint {
+    if edge.echo_endpoint {
         routes.push(("/ws/echo", get(ws::echo)));
     }
     routes.extend(notifications::routes());
@@ -82,8 +123,8 @@ fn routes(app: &App) -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
     routes
 }
 
-pub fn router(app: Arc<App>) -> Router {
-    let routes = routes(&app);
+pub fn router(api: Api) -> Router {
+    let routes = routes(&api.edge);
     crate::metrics::register_routes(routes.iter().map(|(path, _)| *path));
     let router = routes.into_iter().fold(Router::new(), |router, (path, handlers)| router.route(path, handlers));
     router
@@ -96,7 +137,7 @@ pub fn router(app: Arc<App>) -> Router {
                 ),
             )
         })
-        .layer(middleware::from_fn_with_state(app.clone(), limit::per_user))
+        .layer(middleware::from_fn_with_state(api.clone(), limit::per_user))
         .layer(middleware::from_fn(track))
         // Answers are JSON for programs, never to be sniffed as something
         // else, and carry users' data: no cache along the way keeps them.
@@ -109,7 +150,7 @@ pub fn router(app: Arc<App>) -> Router {
             http::HeaderValue::from_static("no-store"),
         ))
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .with_state(app)
+        .with_state(api)
 }
 
 /// A `limit` query parameter: a whole number from 1 to `max`, `default`

@@ -14,13 +14,13 @@ use serde_json::{json, Value};
 
 use super::{Auth, Body, Params};
 use crate::error::{Error, Result};
-use crate::node::App;
-use crate::notifications::preferences::{self, PreferencesView};
-use crate::notifications::{self, DEFAULT_PAGE, MAX_PAGE};
+use crate::notifications::preferences::PreferencesView;
+use crate::notifications::Notifier;
+use crate::notifications::{DEFAULT_PAGE, MAX_PAGE};
 use crate::store::PreferencesChange;
 use crate::validate;
 
-pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
+pub fn routes() -> Vec<(&'static str, MethodRouter<super::Api>)> {
     vec![
         ("/notifications", get(history)),
         ("/notifications/read", post(read)),
@@ -50,12 +50,12 @@ pub(super) fn page(p: PageParams) -> Result<(Option<ObjectId>, i64)> {
 }
 
 async fn history(
-    State(app): State<Arc<App>>,
+    State(notifier): State<Arc<Notifier>>,
     Auth(caller): Auth,
     Params(p): Params<PageParams>,
 ) -> Result<Json<Value>> {
     let (before, limit) = page(p)?;
-    Ok(Json(notifications::history(&app, caller.user_id, before, limit).await?))
+    Ok(Json(notifier.history(caller.user_id, before, limit).await?))
 }
 
 #[derive(Deserialize)]
@@ -67,7 +67,11 @@ struct ReadBody {
     all: Option<bool>,
 }
 
-async fn read(State(app): State<Arc<App>>, Auth(caller): Auth, Body(b): Body<ReadBody>) -> Result<Json<Value>> {
+async fn read(
+    State(notifier): State<Arc<Notifier>>,
+    Auth(caller): Auth,
+    Body(b): Body<ReadBody>,
+) -> Result<Json<Value>> {
     let ids = match (b.ids, b.all) {
         (Some(_), Some(_)) => return Err(Error::invalid("all", "give ids or all, not both")),
         (None, Some(true)) => None,
@@ -76,16 +80,16 @@ async fn read(State(app): State<Arc<App>>, Auth(caller): Auth, Body(b): Body<Rea
         }
         (Some(ids), None) => Some(ids.iter().map(|id| validate::object_id("ids", id)).collect::<Result<Vec<_>>>()?),
     };
-    let marked = notifications::mark_read(&app, caller.user_id, ids).await?;
+    let marked = notifier.mark_read(caller.user_id, ids).await?;
     Ok(Json(json!({ "marked": marked })))
 }
 
-async fn unread_count(State(app): State<Arc<App>>, Auth(caller): Auth) -> Result<Json<Value>> {
-    Ok(Json(json!({ "unread_count": notifications::unread_count(&app, caller.user_id).await? })))
+async fn unread_count(State(notifier): State<Arc<Notifier>>, Auth(caller): Auth) -> Result<Json<Value>> {
+    Ok(Json(json!({ "unread_count": notifier.unread_count(caller.user_id).await? })))
 }
 
-async fn get_preferences(State(app): State<Arc<App>>, Auth(caller): Auth) -> Result<Json<PreferencesView>> {
-    Ok(Json(PreferencesView::from(&preferences::get(&app, caller.user_id).await?)))
+async fn get_preferences(State(notifier): State<Arc<Notifier>>, Auth(caller): Auth) -> Result<Json<PreferencesView>> {
+    Ok(Json(PreferencesView::from(&notifier.get(caller.user_id).await?)))
 }
 
 /// A field that is present, even as `null` (so `"dnd_until": null` clears
@@ -114,7 +118,7 @@ fn instant(field: &'static str, raw: &str) -> Result<DateTime<Utc>> {
 }
 
 async fn put_preferences(
-    State(app): State<Arc<App>>,
+    State(notifier): State<Arc<Notifier>>,
     Auth(caller): Auth,
     Body(b): Body<PreferencesBody>,
 ) -> Result<Json<PreferencesView>> {
@@ -129,7 +133,7 @@ async fn put_preferences(
     };
     let change =
         PreferencesChange { enabled: b.enabled, muted_rooms, mentions_only: b.mentions_only, dnd_until, mute: None };
-    let saved = preferences::update(&app, caller.user_id, change).await?;
+    let saved = notifier.update(caller.user_id, change).await?;
     Ok(Json(PreferencesView::from(&saved)))
 }
 
@@ -140,12 +144,12 @@ struct MuteBody {
 }
 
 async fn mute_room(
-    State(app): State<Arc<App>>,
+    State(notifier): State<Arc<Notifier>>,
     Auth(caller): Auth,
     Path(id): Path<String>,
     Body(b): Body<MuteBody>,
 ) -> Result<Json<PreferencesView>> {
     let room = validate::object_id("id", &id)?;
-    let saved = preferences::set_muted(&app, caller.user_id, room, b.muted).await?;
+    let saved = notifier.set_muted(caller.user_id, room, b.muted).await?;
     Ok(Json(PreferencesView::from(&saved)))
 }

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 use super::{Auth, Params};
 use crate::error::{Error, Result};
-use crate::node::App;
-use crate::presence::{self, MAX_LOOKUP};
+use crate::presence::Presence;
+use crate::presence::MAX_LOOKUP;
 use crate::validate;
 
 #[derive(Deserialize)]
@@ -21,7 +21,7 @@ pub struct LookupParams {
 }
 
 pub async fn lookup(
-    State(app): State<Arc<App>>,
+    State(presence): State<Arc<Presence>>,
     Auth(_): Auth,
     Params(p): Params<LookupParams>,
 ) -> Result<Json<Value>> {
@@ -39,6 +39,6 @@ pub async fn lookup(
             ids.push(id);
         }
     }
-    let views = presence::lookup(&app, &ids).await?;
+    let views = presence.lookup(&ids).await?;
     Ok(Json(json!({ "presence": views })))
 }

@@ -11,18 +11,19 @@ use serde_json::{json, Value};
 
 use super::{Auth, Body, Params};
 use crate::error::Result;
-use crate::node::App;
+use crate::receipts::Receipts;
+use crate::rooms::Rooms;
 use crate::rooms::{self, members, NewRoom};
 use crate::store::model::{MemberView, RoomView};
 use crate::store::Cursor;
 use crate::{receipts, validate};
 
 pub async fn create(
-    State(app): State<Arc<App>>,
+    State(rooms): State<Arc<Rooms>>,
     Auth(caller): Auth,
     Body(r): Body<NewRoom>,
 ) -> Result<(StatusCode, Json<RoomView>)> {
-    let room = rooms::create(&app, &caller, r).await?;
+    let room = rooms.create(&caller, r).await?;
     Ok((StatusCode::CREATED, Json(RoomView::from(&room))))
 }
 
@@ -33,18 +34,22 @@ pub struct ListParams {
 }
 
 pub async fn list(
-    State(app): State<Arc<App>>,
+    State(rooms): State<Arc<Rooms>>,
     Auth(caller): Auth,
     Params(p): Params<ListParams>,
 ) -> Result<Json<rooms::list::RoomPage>> {
     let limit = super::limit(p.limit.as_deref(), rooms::list::DEFAULT_PAGE, rooms::list::MAX_PAGE)?;
     let cursor = p.cursor.as_deref().map(rooms::list::ListCursor::parse).transpose()?;
-    Ok(Json(rooms::list::list(&app, &caller, limit, cursor).await?))
+    Ok(Json(rooms.list(&caller, limit, cursor).await?))
 }
 
-pub async fn join(State(app): State<Arc<App>>, Auth(caller): Auth, Path(id): Path<String>) -> Result<Json<MemberView>> {
+pub async fn join(
+    State(rooms): State<Arc<Rooms>>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<MemberView>> {
     let room_id = validate::object_id("id", &id)?;
-    let member = rooms::join(&app, &caller, room_id).await?;
+    let member = rooms.join(&caller, room_id).await?;
     Ok(Json(MemberView::from(&member)))
 }
 
@@ -56,7 +61,7 @@ pub struct NewMember {
 }
 
 pub async fn add_member(
-    State(app): State<Arc<App>>,
+    State(rooms): State<Arc<Rooms>>,
     Auth(caller): Auth,
     Path(id): Path<String>,
     Body(m): Body<NewMember>,
@@ -64,7 +69,7 @@ pub async fn add_member(
     let room_id = validate::object_id("id", &id)?;
     let user_id = validate::object_id("user_id", &m.user_id)?;
     let role = members::parse_role(m.role.as_deref().unwrap_or("member"))?;
-    let (member, created) = members::add(&app, &caller, room_id, user_id, role).await?;
+    let (member, created) = rooms.add(&caller, room_id, user_id, role).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(MemberView::from(&member))))
 }
@@ -75,35 +80,35 @@ pub struct RoleChange {
 }
 
 pub async fn set_role(
-    State(app): State<Arc<App>>,
+    State(rooms): State<Arc<Rooms>>,
     Auth(caller): Auth,
     Path((id, user)): Path<(String, String)>,
     Body(r): Body<RoleChange>,
 ) -> Result<Json<MemberView>> {
     let room_id = validate::object_id("id", &id)?;
     let user_id = validate::object_id("user_id", &user)?;
-    let member = members::set_role(&app, &caller, room_id, user_id, members::parse_role(&r.role)?).await?;
+    let member = rooms.set_role(&caller, room_id, user_id, members::parse_role(&r.role)?).await?;
     Ok(Json(MemberView::from(&member)))
 }
 
 pub async fn remove_member(
-    State(app): State<Arc<App>>,
+    State(rooms): State<Arc<Rooms>>,
     Auth(caller): Auth,
     Path((id, user)): Path<(String, String)>,
 ) -> Result<StatusCode> {
     let room_id = validate::object_id("id", &id)?;
     let user_id = validate::object_id("user_id", &user)?;
-    members::remove(&app, &caller, room_id, user_id).await?;
+    rooms.remove(&caller, room_id, user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn list_members(
-    State(app): State<Arc<App>>,
+    State(rooms): State<Arc<Rooms>>,
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     let room_id = validate::object_id("id", &id)?;
-    Ok(Json(json!({ "members": members::list(&app, &caller, room_id).await? })))
+    Ok(Json(json!({ "members": rooms.members(&caller, room_id).await? })))
 }
 
 #[derive(Deserialize)]
@@ -112,12 +117,12 @@ pub struct ReadUpTo {
 }
 
 pub async fn read(
-    State(app): State<Arc<App>>,
+    State(receipts): State<Arc<Receipts>>,
     Auth(caller): Auth,
     Path(id): Path<String>,
     Body(r): Body<ReadUpTo>,
 ) -> Result<Json<receipts::Cursors>> {
     let room_id = validate::object_id("id", &id)?;
     let message_id = validate::object_id("message_id", &r.message_id)?;
-    Ok(Json(receipts::acknowledge(&app, &caller, room_id, Cursor::Read, message_id).await?))
+    Ok(Json(receipts.acknowledge(&caller, room_id, Cursor::Read, message_id).await?))
 }

@@ -20,16 +20,18 @@ use super::notifications::{page, PageParams};
 use super::{Body, Params};
 use crate::auth::ApiCaller;
 use crate::error::{Error, Result};
-use crate::messages::{self, Draft};
-use crate::node::App;
+use crate::messages::Draft;
+use crate::messages::Messages;
 use crate::notifications::server::{self, NotificationInput, MAX_USER_IDS};
+use crate::notifications::Notifier;
 use crate::store::model::MessageView;
-use crate::{notifications, validate};
+use crate::users::Users;
+use crate::validate;
 
 /// Largest server API request body.
 const BODY_LIMIT: usize = 1 << 20;
 
-pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<App>>)> {
+pub fn routes() -> Vec<(&'static str, MethodRouter<super::Api>)> {
     let limit = || DefaultBodyLimit::max(BODY_LIMIT);
     vec![
         ("/api/notify", post(notify).layer(limit())),
@@ -46,7 +48,11 @@ struct NotifyBody {
     notification: NotificationInput,
 }
 
-async fn notify(State(app): State<Arc<App>>, caller: ApiCaller, Body(b): Body<NotifyBody>) -> Result<Json<Value>> {
+async fn notify(
+    State(notifier): State<Arc<Notifier>>,
+    caller: ApiCaller,
+    Body(b): Body<NotifyBody>,
+) -> Result<Json<Value>> {
     if b.user_ids.len() > MAX_USER_IDS {
         return Err(Error::invalid("user_ids", format!("at most {MAX_USER_IDS} per call")));
     }
@@ -55,7 +61,7 @@ async fn notify(State(app): State<Arc<App>>, caller: ApiCaller, Body(b): Body<No
     }
     let ids = b.user_ids.iter().map(|id| validate::object_id("user_ids", id)).collect::<Result<Vec<_>>>()?;
     let content = server::validate(b.notification)?;
-    let outcome = server::notify(&app, &ids, &content).await?;
+    let outcome = notifier.notify(&ids, &content).await?;
     tracing::info!(api_key = %caller.key_id, key_name = %caller.name, users = ids.len(), kind = %content.kind, "server API: notify");
     Ok(Json(json!(outcome)))
 }
@@ -68,28 +74,29 @@ struct BroadcastBody {
 }
 
 async fn broadcast(
-    State(app): State<Arc<App>>,
+    State(notifier): State<Arc<Notifier>>,
     caller: ApiCaller,
     Body(b): Body<BroadcastBody>,
 ) -> Result<Json<Value>> {
     let room = validate::object_id("room_id", &b.room_id)?;
     let content = server::validate(b.notification)?;
-    let outcome = server::broadcast(&app, room, &content).await?;
+    let outcome = notifier.broadcast(room, &content).await?;
     tracing::info!(api_key = %caller.key_id, key_name = %caller.name, room = %room, kind = %content.kind, "server API: broadcast");
     Ok(Json(json!(outcome)))
 }
 
 async fn history(
-    State(app): State<Arc<App>>,
+    State(notifier): State<Arc<Notifier>>,
+    State(users): State<Arc<Users>>,
     caller: ApiCaller,
     Path(user): Path<String>,
     Params(p): Params<PageParams>,
 ) -> Result<Json<Value>> {
     let user = validate::object_id("user_id", &user)?;
     let (before, limit) = page(p)?;
-    app.store.user(user).await?.ok_or_else(|| Error::NotFound("user not found".into()))?;
+    users.profile(user).await?;
     tracing::info!(api_key = %caller.key_id, key_name = %caller.name, user = %user, "server API: history");
-    Ok(Json(notifications::history(&app, user, before, limit).await?))
+    Ok(Json(notifier.history(user, before, limit).await?))
 }
 
 #[derive(Deserialize)]
@@ -102,12 +109,12 @@ struct PublishBody {
 }
 
 async fn publish(
-    State(app): State<Arc<App>>,
+    State(messages): State<Arc<Messages>>,
     caller: ApiCaller,
     Body(b): Body<PublishBody>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let room = validate::object_id("room_id", &b.room_id)?;
-    let sent = messages::send_system(&app, room, Draft { content: b.content, client_msg_id: b.client_msg_id }).await?;
+    let sent = messages.send_system(room, Draft { content: b.content, client_msg_id: b.client_msg_id }).await?;
     tracing::info!(api_key = %caller.key_id, key_name = %caller.name, room = %room, message = %sent.message.id, "server API: publish");
     let status = if sent.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(json!(MessageView::from(&sent.message)))))

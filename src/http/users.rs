@@ -10,27 +10,31 @@ use serde_json::{json, Value};
 
 use super::{Auth, Body, Params};
 use crate::error::{Error, Result};
-use crate::node::App;
 use crate::store::model::{ProfileView, UserView};
-use crate::users::{self, ProfilePatch, DEFAULT_SEARCH_PAGE, MAX_SEARCH_PAGE};
+use crate::users::Users;
+use crate::users::{ProfilePatch, DEFAULT_SEARCH_PAGE, MAX_SEARCH_PAGE};
 use crate::validate;
 
-pub async fn me(State(app): State<Arc<App>>, Auth(caller): Auth) -> Result<Json<UserView>> {
-    let user = users::profile(&app, caller.user_id).await?;
+pub async fn me(State(users): State<Arc<Users>>, Auth(caller): Auth) -> Result<Json<UserView>> {
+    let user = users.profile(caller.user_id).await?;
     Ok(Json(UserView::from(&user)))
 }
 
 pub async fn update_me(
-    State(app): State<Arc<App>>,
+    State(users): State<Arc<Users>>,
     Auth(caller): Auth,
     Body(patch): Body<ProfilePatch>,
 ) -> Result<Json<UserView>> {
-    let user = users::update_profile(&app, caller.user_id, patch).await?;
+    let user = users.update_profile(caller.user_id, patch).await?;
     Ok(Json(UserView::from(&user)))
 }
 
-pub async fn profile(State(app): State<Arc<App>>, Auth(_): Auth, Path(id): Path<String>) -> Result<Json<ProfileView>> {
-    let user = users::profile(&app, validate::object_id("id", &id)?).await?;
+pub async fn profile(
+    State(users): State<Arc<Users>>,
+    Auth(_): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<ProfileView>> {
+    let user = users.profile(validate::object_id("id", &id)?).await?;
     Ok(Json(ProfileView::from(&user)))
 }
 
@@ -42,7 +46,7 @@ pub struct SearchParams {
 }
 
 pub async fn search(
-    State(app): State<Arc<App>>,
+    State(users): State<Arc<Users>>,
     Auth(_): Auth,
     Params(p): Params<SearchParams>,
 ) -> Result<Json<Value>> {
@@ -53,7 +57,7 @@ pub async fn search(
             .parse::<i64>()
             .map_err(|_| Error::invalid("limit", format!("must be a whole number from 1 to {MAX_SEARCH_PAGE}")))?,
     };
-    let found = users::search(&app, &q, p.after.as_deref(), limit).await?;
+    let found = users.search(&q, p.after.as_deref(), limit).await?;
     let views: Vec<ProfileView> = found.users.iter().map(ProfileView::from).collect();
     Ok(Json(json!({ "users": views, "next_cursor": found.next_cursor })))
 }

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use bson::oid::ObjectId;
 use dashmap::DashMap;
 
+use super::Notifier;
 use crate::cache::{MemberChange, Version};
 use crate::error::{Error, Result};
-use crate::node::App;
 use crate::store::RoomKind;
 
 /// Rooms with more members notify only those mentioned.
@@ -61,12 +61,12 @@ pub struct Audiences {
 impl Audiences {
     /// The room's audience, from this node's copy while its version is
     /// current, brought up to date from the members log when it can be.
-    pub async fn of(&self, app: &App, room: ObjectId) -> Result<Arc<Audience>> {
+    pub async fn of(&self, notifier: &Notifier, room: ObjectId) -> Result<Arc<Audience>> {
         // The version is read before the members, as the cache does: a
         // change after this read moves the version past the copy.
-        let Some(version) = app.cache.version(Version::Members(room)).await else {
+        let Some(version) = notifier.cache.version(Version::Members(room)).await else {
             count("store");
-            return Ok(Arc::new(load(app, room).await?));
+            return Ok(Arc::new(notifier.load(room).await?));
         };
         if let Some(kept) = self.kept_at(room, version) {
             count("kept");
@@ -74,7 +74,7 @@ impl Audiences {
         }
         let gate = self.updating.entry(room).or_default().clone();
         let turn = gate.lock().await;
-        let audience = self.bring_up_to_date(app, room, version).await;
+        let audience = self.bring_up_to_date(notifier, room, version).await;
         drop(turn);
         // The last one through lets the room's gate go.
         self.updating.remove_if(&room, |_, g| Arc::strong_count(g) == 2);
@@ -89,14 +89,14 @@ impl Audiences {
     /// The room's list at `version`, for the one caller holding the room's
     /// gate: kept by a caller that held it before, updated from the members
     /// log, or read whole.
-    async fn bring_up_to_date(&self, app: &App, room: ObjectId, version: i64) -> Result<Arc<Audience>> {
+    async fn bring_up_to_date(&self, notifier: &Notifier, room: ObjectId, version: i64) -> Result<Arc<Audience>> {
         if let Some(kept) = self.kept_at(room, version) {
             count("kept");
             return Ok(kept);
         }
         let kept = self.kept.get(&room).map(|k| (k.0, k.1.clone()));
         if let Some((kept_at, kept)) = kept {
-            if let Some(updated) = updated(app, room, &kept, kept_at, version).await {
+            if let Some(updated) = notifier.updated(room, &kept, kept_at, version).await {
                 count("updated");
                 let updated = Arc::new(updated);
                 self.keep(room, version, updated.clone());
@@ -104,7 +104,7 @@ impl Audiences {
             }
         }
         count("store");
-        let audience = Arc::new(load(app, room).await?);
+        let audience = Arc::new(notifier.load(room).await?);
         self.keep(room, version, audience.clone());
         Ok(audience)
     }
@@ -119,47 +119,49 @@ fn count(source: &'static str) {
     metrics::counter!("confab_notification_audience_total", "source" => source).increment(1);
 }
 
-/// `kept` (read at version `from`) with the logged changes up to version
-/// `to` applied; `None` when the log does not cover them all, or the room
-/// outgrew a member list.
-async fn updated(app: &App, room: ObjectId, kept: &Audience, from: i64, to: i64) -> Option<Audience> {
-    let mut members = kept.members.clone()?;
-    let log = app.cache.members_log(room).await?;
-    let mut joined = Vec::new();
-    for change in MemberChange::between(&log, from, to)? {
-        members.retain(|(id, _)| *id != change.user);
-        joined.retain(|id| *id != change.user);
-        if change.joined {
-            joined.push(change.user);
+impl Notifier {
+    /// `kept` (read at version `from`) with the logged changes up to version
+    /// `to` applied; `None` when the log does not cover them all, or the room
+    /// outgrew a member list.
+    async fn updated(&self, room: ObjectId, kept: &Audience, from: i64, to: i64) -> Option<Audience> {
+        let mut members = kept.members.clone()?;
+        let log = self.cache.members_log(room).await?;
+        let mut joined = Vec::new();
+        for change in MemberChange::between(&log, from, to)? {
+            members.retain(|(id, _)| *id != change.user);
+            joined.retain(|id| *id != change.user);
+            if change.joined {
+                joined.push(change.user);
+            }
         }
+        members.extend(self.named(joined).await.ok()?);
+        (members.len() <= MAX_AUDIENCE).then(|| Audience {
+            room_name: kept.room_name.clone(),
+            kind: kept.kind,
+            members: Some(members),
+        })
     }
-    members.extend(named(app, joined).await.ok()?);
-    (members.len() <= MAX_AUDIENCE).then(|| Audience {
-        room_name: kept.room_name.clone(),
-        kind: kept.kind,
-        members: Some(members),
-    })
-}
 
-async fn load(app: &App, room: ObjectId) -> Result<Audience> {
-    let found = app.store.room(room).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
-    let members = app.store.room_members(room, MAX_AUDIENCE as i64 + 1).await?;
-    let members = if members.len() > MAX_AUDIENCE {
-        None
-    } else {
-        Some(named(app, members.iter().map(|m| m.user_id).collect()).await?)
-    };
-    Ok(Audience { room_name: found.name, kind: found.kind, members })
-}
-
-/// Users with their lower-cased usernames, in one store read.
-async fn named(app: &App, ids: Vec<ObjectId>) -> Result<Vec<(ObjectId, String)>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
+    async fn load(&self, room: ObjectId) -> Result<Audience> {
+        let found = self.store.room(room).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
+        let members = self.store.room_members(room, MAX_AUDIENCE as i64 + 1).await?;
+        let members = if members.len() > MAX_AUDIENCE {
+            None
+        } else {
+            Some(self.named(members.iter().map(|m| m.user_id).collect()).await?)
+        };
+        Ok(Audience { room_name: found.name, kind: found.kind, members })
     }
-    let names: HashMap<ObjectId, String> =
-        app.store.users(&ids).await?.into_iter().map(|u| (u.id, u.username_key)).collect();
-    Ok(ids.into_iter().map(|id| (id, names.get(&id).cloned().unwrap_or_default())).collect())
+
+    /// Users with their lower-cased usernames, in one store read.
+    async fn named(&self, ids: Vec<ObjectId>) -> Result<Vec<(ObjectId, String)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: HashMap<ObjectId, String> =
+            self.store.users(&ids).await?.into_iter().map(|u| (u.id, u.username_key)).collect();
+        Ok(ids.into_iter().map(|id| (id, names.get(&id).cloned().unwrap_or_default())).collect())
+    }
 }
 
 /// A member to consider for a message.
@@ -183,7 +185,7 @@ impl Audience {
     /// Whom to consider for a message from `sender` mentioning `mentions`.
     pub async fn candidates(
         &self,
-        app: &App,
+        notifier: &Notifier,
         room: ObjectId,
         sender: ObjectId,
         mentions: &[String],
@@ -205,8 +207,8 @@ impl Audience {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        for user in app.store.users_by_username_keys(mentions).await?.into_iter().filter(|u| u.id != sender) {
-            if app.store.member(room, user.id).await?.is_some() {
+        for user in notifier.store.users_by_username_keys(mentions).await?.into_iter().filter(|u| u.id != sender) {
+            if notifier.store.member(room, user.id).await?.is_some() {
                 out.push(Candidate { user: user.id, addressed: true, member: None });
             }
         }

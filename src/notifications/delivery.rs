@@ -12,10 +12,10 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{count, external, json_of, online, Content, LiveView, Outcome, Route};
+use super::Notifier;
+use super::{count, json_of, Content, LiveView, Outcome, Route};
 use crate::bus::{Event, Topic};
 use crate::error::Result;
-use crate::node::App;
 use crate::protocol::ServerEvent;
 use crate::store::model::rfc3339;
 use crate::store::{Notification, Store};
@@ -23,102 +23,119 @@ use crate::store::{Notification, Store};
 /// Live notifications published at once by one dispatch.
 const PUBLISHING: usize = 64;
 
-/// Notifies each of `users` with `content`; see the module doc.
-pub async fn dispatch(app: &App, users: &[ObjectId], content: &Content, route: Route) -> Result<Outcome> {
-    let holders = holders(app, users).await.unwrap_or_else(|| vec![0; users.len()]);
-    deliver(app, users.iter().copied().zip(holders).collect(), content, route).await
-}
-
-/// How many nodes hold each user's connections; `None` (logged) when Redis
-/// cannot say, and then the notifications go to the external queue.
-pub(super) async fn holders(app: &App, users: &[ObjectId]) -> Option<Vec<usize>> {
-    if users.is_empty() {
-        return Some(Vec::new());
+impl Notifier {
+    /// Notifies each of `users` with `content`; see the module doc.
+    pub async fn dispatch(&self, users: &[ObjectId], content: &Content, route: Route) -> Result<Outcome> {
+        let holders = self.holders(users).await.unwrap_or_else(|| vec![0; users.len()]);
+        self.deliver(users.iter().copied().zip(holders).collect(), content, route).await
     }
-    online::nodes(app, users)
-        .await
-        .inspect_err(|e| tracing::warn!(error = %e, "presence check failed; notifications go to the external queue"))
-        .ok()
-}
 
-/// Notifies users, each with the number of nodes holding them. A user held
-/// by this node alone is served here without the bus round trip.
-pub(super) async fn deliver(
-    app: &App,
-    users: Vec<(ObjectId, usize)>,
-    content: &Content,
-    route: Route,
-) -> Result<Outcome> {
-    if users.is_empty() {
-        return Ok(Outcome::default());
+    /// How many nodes hold each user's connections; `None` (logged) when Redis
+    /// cannot say, and then the notifications go to the external queue.
+    pub(super) async fn holders(&self, users: &[ObjectId]) -> Option<Vec<usize>> {
+        if users.is_empty() {
+            return Some(Vec::new());
+        }
+        self.nodes(users)
+            .await
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "presence check failed; notifications go to the external queue"),
+            )
+            .ok()
     }
-    let now = Utc::now();
-    let frame = LiveFrame::new(content, now);
-    let store_first = route == Route::Everywhere;
-    let mut outcome = Outcome { notified: users.len(), ..Default::default() };
-    let (mut to_store, mut external, mut remote) = (Vec::new(), Vec::new(), Vec::new());
-    for (user, nodes) in users {
-        let id = ObjectId::new();
-        let n = || content.notification(user, id, now);
-        match (route, nodes) {
-            (_, 0) => {
-                to_store.push(Notification { external: Some("pending".into()), ..n() });
-                external.push(id);
-            }
-            (Route::OutsideRoom(room), 1) if app.fanout.registry.user_topic_held(user) => {
-                // The one node holding the user is this one.
-                if app.fanout.registry.send_to_user_except_room(user, Some(room), &frame.with_id(id)) > 0 {
-                    count("realtime", 1);
-                    outcome.delivered_realtime += 1;
-                    to_store.push(Notification { delivered_realtime: true, ..n() });
+
+    /// Notifies users, each with the number of nodes holding them. A user held
+    /// by this node alone is served here without the bus round trip.
+    pub(super) async fn deliver(
+        &self,
+        users: Vec<(ObjectId, usize)>,
+        content: &Content,
+        route: Route,
+    ) -> Result<Outcome> {
+        if users.is_empty() {
+            return Ok(Outcome::default());
+        }
+        let now = Utc::now();
+        let frame = LiveFrame::new(content, now);
+        let store_first = route == Route::Everywhere;
+        let mut outcome = Outcome { notified: users.len(), ..Default::default() };
+        let (mut to_store, mut external, mut remote) = (Vec::new(), Vec::new(), Vec::new());
+        for (user, nodes) in users {
+            let id = ObjectId::new();
+            let n = || content.notification(user, id, now);
+            match (route, nodes) {
+                (_, 0) => {
+                    to_store.push(Notification { external: Some("pending".into()), ..n() });
+                    external.push(id);
+                }
+                (Route::OutsideRoom(room), 1) if self.registry.user_topic_held(user) => {
+                    // The one node holding the user is this one.
+                    if self.registry.send_to_user_except_room(user, Some(room), &frame.with_id(id)) > 0 {
+                        count("realtime", 1);
+                        outcome.delivered_realtime += 1;
+                        to_store.push(Notification { delivered_realtime: true, ..n() });
+                    }
+                }
+                _ => {
+                    if store_first {
+                        to_store.push(Notification { delivered_realtime: true, ..n() });
+                    }
+                    remote.push((user, id));
                 }
             }
-            _ => {
-                if store_first {
-                    to_store.push(Notification { delivered_realtime: true, ..n() });
-                }
-                remote.push((user, id));
-            }
         }
-    }
-    app.store.insert_notifications(&to_store).await?;
-    count("stored", to_store.len());
+        self.store.insert_notifications(&to_store).await?;
+        count("stored", to_store.len());
 
-    let stored_at_us = if store_first { now.timestamp_micros().max(1) as u64 } else { 0 };
-    let published: Vec<(ObjectId, ObjectId, bool)> = futures::stream::iter(remote)
-        .map(|(user, id)| {
-            let frame = frame.with_id(id);
-            async move {
-                let room = match route {
-                    Route::OutsideRoom(room) => Some(room),
-                    Route::Everywhere => None,
-                };
-                (user, id, publish(app, user, Event::Notify { id, room, stored_at_us, frame: &frame }).await)
+        let stored_at_us = if store_first { now.timestamp_micros().max(1) as u64 } else { 0 };
+        let published: Vec<(ObjectId, ObjectId, bool)> = futures::stream::iter(remote)
+            .map(|(user, id)| {
+                let frame = frame.with_id(id);
+                async move {
+                    let room = match route {
+                        Route::OutsideRoom(room) => Some(room),
+                        Route::Everywhere => None,
+                    };
+                    (user, id, self.publish(user, Event::Notify { id, room, stored_at_us, frame: &frame }).await)
+                }
+            })
+            .buffer_unordered(PUBLISHING)
+            .collect()
+            .await;
+        for (user, id, reached) in published {
+            if reached {
+                outcome.delivered_realtime += 1;
+                continue;
             }
-        })
-        .buffer_unordered(PUBLISHING)
-        .collect()
-        .await;
-    for (user, id, reached) in published {
-        if reached {
-            outcome.delivered_realtime += 1;
-            continue;
+            // Their last connection closed after the check: deliver externally.
+            let saved = if store_first {
+                self.store.set_notification_delivery(id, false, Some("pending")).await
+            } else {
+                let n = Notification { external: Some("pending".into()), ..content.notification(user, id, now) };
+                self.store.insert_notification_once(&n).await.inspect(|&stored| count("stored", usize::from(stored)))
+            };
+            match saved {
+                Ok(_) => external.push(id),
+                Err(e) => tracing::warn!(error = %e, "notification for a user who just went offline is lost"),
+            }
         }
-        // Their last connection closed after the check: deliver externally.
-        let saved = if store_first {
-            app.store.set_notification_delivery(id, false, Some("pending")).await
-        } else {
-            let n = Notification { external: Some("pending".into()), ..content.notification(user, id, now) };
-            app.store.insert_notification_once(&n).await.inspect(|&stored| count("stored", usize::from(stored)))
-        };
-        match saved {
-            Ok(_) => external.push(id),
-            Err(e) => tracing::warn!(error = %e, "notification for a user who just went offline is lost"),
+        outcome.queued_external = external.len();
+        self.enqueue(&external).await;
+        Ok(outcome)
+    }
+
+    /// Publishes one live notification on its user's topic; whether any node
+    /// holding a connection of theirs received it.
+    async fn publish(&self, user: ObjectId, event: Event<'_>) -> bool {
+        match self.bus.publish_counted(Topic::User(user), event).await {
+            Ok(nodes) => nodes > 0,
+            Err(e) => {
+                metrics::counter!("confab_bus_publish_failures_total").increment(1);
+                tracing::warn!(error = %e, "live notification not published");
+                false
+            }
         }
     }
-    outcome.queued_external = external.len();
-    external::enqueue(app, &external).await;
-    Ok(outcome)
 }
 
 /// A dispatch's live frame, encoded once: each recipient's copy differs
@@ -159,19 +176,6 @@ impl LiveFrame {
                 let view = LiveView { id: id.to_hex(), ..self.view.clone() };
                 ServerEvent::Notification { view: &view }.encode()
             }
-        }
-    }
-}
-
-/// Publishes one live notification on its user's topic; whether any node
-/// holding a connection of theirs received it.
-async fn publish(app: &App, user: ObjectId, event: Event<'_>) -> bool {
-    match app.bus.publish_counted(Topic::User(user), event).await {
-        Ok(nodes) => nodes > 0,
-        Err(e) => {
-            metrics::counter!("confab_bus_publish_failures_total").increment(1);
-            tracing::warn!(error = %e, "live notification not published");
-            false
         }
     }
 }

@@ -12,40 +12,42 @@ use bson::oid::ObjectId;
 use fred::prelude::*;
 
 use super::count;
-use crate::node::App;
+use super::Notifier;
 use crate::store::Notification;
 
-/// Queues one notification for external delivery.
-pub async fn enqueue_external(app: &App, notification: &Notification) -> bool {
-    enqueue(app, &[notification.id]).await
-}
-
-/// Queues notifications for external delivery.
-pub async fn enqueue_external_all(app: &App, notifications: &[Notification]) -> bool {
-    let ids: Vec<ObjectId> = notifications.iter().map(|n| n.id).collect();
-    enqueue(app, &ids).await
-}
-
-/// Pushes ids onto the external list in one command. If Redis refuses,
-/// the notifications stay `pending` in MongoDB for a sweep to find.
-pub(super) async fn enqueue(app: &App, ids: &[ObjectId]) -> bool {
-    if ids.is_empty() {
-        return true;
+impl Notifier {
+    /// Queues one notification for external delivery.
+    pub async fn enqueue_external(&self, notification: &Notification) -> bool {
+        self.enqueue(&[notification.id]).await
     }
-    let hex: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
-    let pushed: Result<i64, _> = match app.notifier.redis() {
-        Some(redis) => redis.lpush(app.config.keys.external_notifications(), hex).await,
-        None => Err(fred::error::Error::new(fred::error::ErrorKind::IO, "not connected")),
-    };
-    match pushed {
-        Ok(_) => {
-            count("external", ids.len());
-            true
+
+    /// Queues notifications for external delivery.
+    pub async fn enqueue_external_all(&self, notifications: &[Notification]) -> bool {
+        let ids: Vec<ObjectId> = notifications.iter().map(|n| n.id).collect();
+        self.enqueue(&ids).await
+    }
+
+    /// Pushes ids onto the external list in one command. If Redis refuses,
+    /// the notifications stay `pending` in MongoDB for a sweep to find.
+    pub(super) async fn enqueue(&self, ids: &[ObjectId]) -> bool {
+        if ids.is_empty() {
+            return true;
         }
-        Err(e) => {
-            metrics::counter!("confab_notifications_external_failures_total").increment(ids.len() as u64);
-            tracing::warn!(error = %e, "notifications not queued for external delivery; they stay pending");
-            false
+        let hex: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
+        let pushed: Result<i64, _> = match self.redis() {
+            Some(redis) => redis.lpush(self.keys.external_notifications(), hex).await,
+            None => Err(fred::error::Error::new(fred::error::ErrorKind::IO, "not connected")),
+        };
+        match pushed {
+            Ok(_) => {
+                count("external", ids.len());
+                true
+            }
+            Err(e) => {
+                metrics::counter!("confab_notifications_external_failures_total").increment(ids.len() as u64);
+                tracing::warn!(error = %e, "notifications not queued for external delivery; they stay pending");
+                false
+            }
         }
     }
 }

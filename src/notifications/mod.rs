@@ -47,8 +47,7 @@ pub mod reach;
 pub mod server;
 mod watching;
 
-pub use delivery::{delivered_live, dispatch};
-pub use external::{enqueue_external, enqueue_external_all};
+pub use delivery::delivered_live;
 pub use messages::{preview, PREVIEW_CHARS};
 
 use std::sync::Arc;
@@ -63,8 +62,15 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::node::App;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::Bus;
+use crate::cache::Cache;
+use crate::fanout::Registry;
+use crate::keyspace::Keyspace;
 use crate::store::model::rfc3339;
+use crate::store::Store;
 use crate::store::{Message, Notification};
 
 /// Messages waiting to become notifications, per node; beyond, they are
@@ -200,27 +206,29 @@ pub const UNREAD_CAP: i64 = 1000;
 /// Most ids one `read` call may name.
 pub const MAX_READ_IDS: usize = 1000;
 
-/// One page of a user's notifications, newest first: `{"notifications", "has_more"}`.
-pub async fn history(app: &App, user: ObjectId, before: Option<ObjectId>, limit: i64) -> Result<Value> {
-    let (page, has_more) = app.store.notifications(user, before, limit).await?;
-    let views: Vec<NotificationView> = page.iter().map(NotificationView::from).collect();
-    Ok(serde_json::json!({ "notifications": views, "has_more": has_more }))
-}
-
-/// Marks the user's notifications read: those named, or all. Ids of other
-/// users' notifications change nothing. Returns how many changed.
-pub async fn mark_read(app: &App, user: ObjectId, ids: Option<Vec<ObjectId>>) -> Result<u64> {
-    if ids.as_ref().is_some_and(|ids| ids.len() > MAX_READ_IDS) {
-        return Err(Error::invalid("ids", format!("at most {MAX_READ_IDS} per call")));
+impl Notifier {
+    /// One page of a user's notifications, newest first: `{"notifications", "has_more"}`.
+    pub async fn history(&self, user: ObjectId, before: Option<ObjectId>, limit: i64) -> Result<Value> {
+        let (page, has_more) = self.store.notifications(user, before, limit).await?;
+        let views: Vec<NotificationView> = page.iter().map(NotificationView::from).collect();
+        Ok(serde_json::json!({ "notifications": views, "has_more": has_more }))
     }
-    if ids.as_ref().is_some_and(Vec::is_empty) {
-        return Ok(0);
-    }
-    Ok(app.store.mark_notifications_read(user, ids.as_deref(), Utc::now()).await?)
-}
 
-pub async fn unread_count(app: &App, user: ObjectId) -> Result<i64> {
-    Ok(app.store.count_unread_notifications(user, UNREAD_CAP).await?)
+    /// Marks the user's notifications read: those named, or all. Ids of other
+    /// users' notifications change nothing. Returns how many changed.
+    pub async fn mark_read(&self, user: ObjectId, ids: Option<Vec<ObjectId>>) -> Result<u64> {
+        if ids.as_ref().is_some_and(|ids| ids.len() > MAX_READ_IDS) {
+            return Err(Error::invalid("ids", format!("at most {MAX_READ_IDS} per call")));
+        }
+        if ids.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(0);
+        }
+        Ok(self.store.mark_notifications_read(user, ids.as_deref(), Utc::now()).await?)
+    }
+
+    pub async fn unread_count(&self, user: ObjectId) -> Result<i64> {
+        Ok(self.store.count_unread_notifications(user, UNREAD_CAP).await?)
+    }
 }
 
 /// A message on its way to becoming notifications.
@@ -237,6 +245,14 @@ pub struct Notifier {
     jobs: mpsc::Sender<MessageJob>,
     pub audiences: audience::Audiences,
     pub reach: reach::Reach,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    cache: Cache,
+    /// Who is connected here, and the watching hints this node makes.
+    registry: Arc<Registry>,
+    keys: Keyspace,
+    stop: CancellationToken,
+    tasks: TaskTracker,
 }
 
 /// The receiving end of the notifier's queue, for [`run`].
@@ -244,7 +260,14 @@ pub struct Jobs(mpsc::Receiver<MessageJob>);
 
 impl Notifier {
     /// Starts the notifier's Redis connection (without waiting for it).
-    pub fn connect(config: &Config) -> std::result::Result<(Notifier, Jobs), String> {
+    pub fn connect(
+        config: &Config,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        cache: Cache,
+        registry: Arc<Registry>,
+        stop: CancellationToken,
+    ) -> std::result::Result<(Notifier, Jobs), String> {
         let mut builder = config.redis.builder(16).map_err(|e| e.to_string())?;
         builder.with_performance_config(|p| p.default_command_timeout = Duration::from_secs(1));
         let redis = builder.build().map_err(|e| e.to_string())?;
@@ -253,7 +276,20 @@ impl Notifier {
         subscriber.connect();
         let (tx, rx) = mpsc::channel(QUEUE);
         let reach = reach::Reach::new(subscriber);
-        Ok((Notifier { redis, jobs: tx, audiences: audience::Audiences::default(), reach }, Jobs(rx)))
+        let notifier = Notifier {
+            redis,
+            jobs: tx,
+            audiences: audience::Audiences::default(),
+            reach,
+            store,
+            bus,
+            cache,
+            registry,
+            keys: config.keys.clone(),
+            stop,
+            tasks: TaskTracker::new(),
+        };
+        Ok((notifier, Jobs(rx)))
     }
 
     /// The Redis client, unless it is known to be disconnected.
@@ -270,24 +306,49 @@ impl Notifier {
     }
 }
 
-/// Turns queued messages into notifications, a few at a time, until the
-/// node stops.
-pub async fn run(app: Arc<App>, jobs: Jobs) {
-    let mut jobs = jobs.0;
-    if let Some(changes) = app.fanout.registry.watching.changes() {
-        tokio::spawn(watching::write_watching(app.clone(), changes));
+impl Notifier {
+    /// Starts the notifier's tasks: the dispatchers that turn queued
+    /// messages into notifications, the writer of this node's watching
+    /// hints and the listener for reach changes. They run until
+    /// [`shutdown`](Self::shutdown).
+    pub fn start(self: &Arc<Self>, jobs: Jobs) {
+        if let Some(changes) = self.registry.watching.changes() {
+            self.tasks.spawn(self.clone().write_watching(changes));
+        }
+        self.tasks.spawn(self.clone().listen_reach());
+        self.tasks.spawn(self.clone().dispatch_jobs(jobs));
     }
-    tokio::spawn(reach::listen(app.clone()));
-    let permits = Arc::new(Semaphore::new(WORKERS));
-    while let Some(job) = jobs.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let app = app.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let room = job.message.room_id;
-            if let Err(e) = messages::for_message(&app, job).await {
-                tracing::warn!(error = %e, room = %room, "message notifications failed");
-            }
-        });
+
+    /// Turns queued messages into notifications, a few at a time.
+    async fn dispatch_jobs(self: Arc<Self>, jobs: Jobs) {
+        let mut jobs = jobs.0;
+        let permits = Arc::new(Semaphore::new(WORKERS));
+        loop {
+            let job = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                job = jobs.recv() => match job {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let notifier = self.clone();
+            self.tasks.spawn(async move {
+                let _permit = permit;
+                let room = job.message.room_id;
+                if let Err(e) = notifier.for_message(job).await {
+                    tracing::warn!(error = %e, room = %room, "message notifications failed");
+                }
+            });
+        }
+    }
+
+    /// Stops every task, letting dispatches in flight finish (briefly).
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(std::time::Duration::from_secs(2), self.tasks.wait()).await.is_err() {
+            tracing::warn!("notification tasks still running at shutdown");
+        }
     }
 }

@@ -8,16 +8,18 @@
 
 use bson::oid::ObjectId;
 
+use super::Notifier;
 use crate::bus::{BusError, Topic};
-use crate::node::App;
 
-/// For each user, in order: connected somewhere.
-pub async fn online(app: &App, users: &[ObjectId]) -> Result<Vec<bool>, BusError> {
-    Ok(nodes(app, users).await?.into_iter().map(|n| n > 0).collect())
-}
+impl Notifier {
+    /// For each user, in order: connected somewhere.
+    pub async fn online(&self, users: &[ObjectId]) -> Result<Vec<bool>, BusError> {
+        Ok(self.nodes(users).await?.into_iter().map(|n| n > 0).collect())
+    }
 
-/// For each user, in order: how many nodes hold their connections (0: offline).
-pub async fn nodes(app: &App, users: &[ObjectId]) -> Result<Vec<usize>, BusError> {
-    let topics: Vec<Topic> = users.iter().map(|u| Topic::User(*u)).collect();
-    app.bus.subscribers(&topics).await
+    /// For each user, in order: how many nodes hold their connections (0: offline).
+    pub async fn nodes(&self, users: &[ObjectId]) -> Result<Vec<usize>, BusError> {
+        let topics: Vec<Topic> = users.iter().map(|u| Topic::User(*u)).collect();
+        self.bus.subscribers(&topics).await
+    }
 }

@@ -18,8 +18,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::Notifier;
 use crate::error::{Error, Result};
-use crate::node::App;
 use crate::store::model::rfc3339;
 use crate::store::{NotificationPreferences, PreferencesChange};
 
@@ -91,134 +91,136 @@ impl From<&NotificationPreferences> for PreferencesView {
     }
 }
 
-/// A user's preferences, as stored (the defaults if none are).
-pub async fn get(app: &App, user: ObjectId) -> Result<NotificationPreferences> {
-    let found = app.store.notification_preferences(&[user]).await?.pop();
-    Ok(found.unwrap_or_else(|| NotificationPreferences::defaults(user)))
-}
+impl Notifier {
+    /// A user's preferences, as stored (the defaults if none are).
+    pub async fn get(&self, user: ObjectId) -> Result<NotificationPreferences> {
+        let found = self.store.notification_preferences(&[user]).await?.pop();
+        Ok(found.unwrap_or_else(|| NotificationPreferences::defaults(user)))
+    }
 
-/// Replaces the fields given. Rooms newly muted must exist (404) and have
-/// the user as a member (403); rooms muted before stay mutable even after
-/// the user left them, so a client can send back what it read.
-pub async fn update(app: &App, user: ObjectId, mut change: PreferencesChange) -> Result<NotificationPreferences> {
-    change.mute = None;
-    if let Some(rooms) = change.muted_rooms.as_mut() {
-        let mut seen = HashSet::new();
-        rooms.retain(|r| seen.insert(*r));
-        if rooms.len() > MAX_MUTED_ROOMS {
-            return Err(Error::invalid("muted_rooms", format!("at most {MAX_MUTED_ROOMS} rooms")));
-        }
-        let before: HashSet<ObjectId> = get(app, user).await?.muted_rooms.into_iter().collect();
-        let added: Vec<ObjectId> = rooms.iter().copied().filter(|r| !before.contains(r)).collect();
-        if !added.is_empty() {
-            let member_of: HashSet<ObjectId> =
-                app.store.memberships(user).await?.into_iter().map(|m| m.room_id).collect();
-            // The first room that is not yours: unknown (404) or not joined (403).
-            if let Some(room) = added.into_iter().find(|r| !member_of.contains(r)) {
-                crate::rooms::existing(app, room).await?;
-                return Err(not_a_member(room));
+    /// Replaces the fields given. Rooms newly muted must exist (404) and have
+    /// the user as a member (403); rooms muted before stay mutable even after
+    /// the user left them, so a client can send back what it read.
+    pub async fn update(&self, user: ObjectId, mut change: PreferencesChange) -> Result<NotificationPreferences> {
+        change.mute = None;
+        if let Some(rooms) = change.muted_rooms.as_mut() {
+            let mut seen = HashSet::new();
+            rooms.retain(|r| seen.insert(*r));
+            if rooms.len() > MAX_MUTED_ROOMS {
+                return Err(Error::invalid("muted_rooms", format!("at most {MAX_MUTED_ROOMS} rooms")));
+            }
+            let before: HashSet<ObjectId> = self.get(user).await?.muted_rooms.into_iter().collect();
+            let added: Vec<ObjectId> = rooms.iter().copied().filter(|r| !before.contains(r)).collect();
+            if !added.is_empty() {
+                let member_of: HashSet<ObjectId> =
+                    self.store.memberships(user).await?.into_iter().map(|m| m.room_id).collect();
+                // The first room that is not yours: unknown (404) or not joined (403).
+                if let Some(room) = added.into_iter().find(|r| !member_of.contains(r)) {
+                    self.store.room(room).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
+                    return Err(not_a_member(room));
+                }
             }
         }
+        self.save(user, &change).await
     }
-    save(app, user, &change).await
-}
 
-/// Mutes or unmutes one room for the user. The room must exist (404);
-/// muting needs membership (403).
-pub async fn set_muted(app: &App, user: ObjectId, room: ObjectId, muted: bool) -> Result<NotificationPreferences> {
-    crate::rooms::existing(app, room).await?;
-    if muted {
-        if app.store.member(room, user).await?.is_none() {
-            return Err(not_a_member(room));
+    /// Mutes or unmutes one room for the user. The room must exist (404);
+    /// muting needs membership (403).
+    pub async fn set_muted(&self, user: ObjectId, room: ObjectId, muted: bool) -> Result<NotificationPreferences> {
+        self.store.room(room).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
+        if muted {
+            if self.store.member(room, user).await?.is_none() {
+                return Err(not_a_member(room));
+            }
+            let current = self.get(user).await?;
+            if current.muted_rooms.contains(&room) {
+                return Ok(current);
+            }
+            if current.muted_rooms.len() >= MAX_MUTED_ROOMS {
+                return Err(Error::invalid("muted", format!("at most {MAX_MUTED_ROOMS} rooms may be muted")));
+            }
         }
-        let current = get(app, user).await?;
-        if current.muted_rooms.contains(&room) {
-            return Ok(current);
-        }
-        if current.muted_rooms.len() >= MAX_MUTED_ROOMS {
-            return Err(Error::invalid("muted", format!("at most {MAX_MUTED_ROOMS} rooms may be muted")));
-        }
+        self.save(user, &PreferencesChange { mute: Some((room, muted)), ..Default::default() }).await
     }
-    save(app, user, &PreferencesChange { mute: Some((room, muted)), ..Default::default() }).await
+
+    /// Writes a change to MongoDB, then through to the cache.
+    async fn save(&self, user: ObjectId, change: &PreferencesChange) -> Result<NotificationPreferences> {
+        let saved = self.store.change_notification_preferences(user, change).await?;
+        let written: Result<(), fred::error::Error> = match self.redis() {
+            Some(redis) => {
+                redis
+                    .set(
+                        self.keys.notification_preferences(user),
+                        Cached::from(&saved).encode(),
+                        Some(Expiration::EX(CACHE_TTL)),
+                        None,
+                        false,
+                    )
+                    .await
+            }
+            None => Err(fred::error::Error::new(fred::error::ErrorKind::IO, "not connected")),
+        };
+        if let Err(e) = written {
+            metrics::counter!("confab_notification_preferences_cache_failures_total").increment(1);
+            tracing::warn!(error = %e, "preferences saved but not cached; old ones may apply for up to {CACHE_TTL} s");
+        }
+        Ok(saved)
+    }
+
+    /// The preferences of many users at once: from the cache, the rest from
+    /// MongoDB (then cached). Users without any get the defaults.
+    pub async fn load_many(&self, users: &[ObjectId]) -> Result<HashMap<ObjectId, NotificationPreferences>> {
+        let mut found = HashMap::with_capacity(users.len());
+        if users.is_empty() {
+            return Ok(found);
+        }
+        let redis = self.redis();
+        if let Some(redis) = redis {
+            let keys: Vec<String> = users.iter().map(|u| self.keys.notification_preferences(*u)).collect();
+            let cached: Vec<Option<String>> = if keys.len() == 1 {
+                redis.get::<Option<String>, _>(&keys[0]).await.map(|v| vec![v]).unwrap_or_default()
+            } else {
+                redis.mget(keys).await.unwrap_or_default()
+            };
+            for (user, raw) in users.iter().zip(cached) {
+                if let Some(p) = raw.and_then(|r| Cached::decode(&r)) {
+                    found.insert(*user, p.into_preferences(*user));
+                }
+            }
+        }
+        let missing: Vec<ObjectId> = users.iter().copied().filter(|u| !found.contains_key(u)).collect();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let mut loaded: HashMap<ObjectId, NotificationPreferences> =
+            self.store.notification_preferences(&missing).await?.into_iter().map(|p| (p.user_id, p)).collect();
+        let fills: Vec<NotificationPreferences> =
+            missing.iter().map(|u| loaded.remove(u).unwrap_or_else(|| NotificationPreferences::defaults(*u))).collect();
+        if let Some(redis) = redis {
+            let pipeline = redis.pipeline();
+            for p in &fills {
+                let value = Cached::from(p).encode();
+                let _: FredResult<()> = pipeline
+                    .set(
+                        self.keys.notification_preferences(p.user_id),
+                        value,
+                        Some(Expiration::EX(CACHE_TTL)),
+                        Some(SetOptions::NX),
+                        false,
+                    )
+                    .await;
+            }
+            if let Err(e) = pipeline.all::<Value>().await {
+                tracing::debug!(error = %e, "preferences cache fill failed");
+            }
+        }
+        found.extend(fills.into_iter().map(|p| (p.user_id, p)));
+        Ok(found)
+    }
 }
 
 fn not_a_member(room: ObjectId) -> Error {
     Error::Forbidden(format!("muted_rooms: you are not a member of room {}", room.to_hex()))
-}
-
-/// Writes a change to MongoDB, then through to the cache.
-async fn save(app: &App, user: ObjectId, change: &PreferencesChange) -> Result<NotificationPreferences> {
-    let saved = app.store.change_notification_preferences(user, change).await?;
-    let written: Result<(), fred::error::Error> = match app.notifier.redis() {
-        Some(redis) => {
-            redis
-                .set(
-                    app.config.keys.notification_preferences(user),
-                    Cached::from(&saved).encode(),
-                    Some(Expiration::EX(CACHE_TTL)),
-                    None,
-                    false,
-                )
-                .await
-        }
-        None => Err(fred::error::Error::new(fred::error::ErrorKind::IO, "not connected")),
-    };
-    if let Err(e) = written {
-        metrics::counter!("confab_notification_preferences_cache_failures_total").increment(1);
-        tracing::warn!(error = %e, "preferences saved but not cached; old ones may apply for up to {CACHE_TTL} s");
-    }
-    Ok(saved)
-}
-
-/// The preferences of many users at once: from the cache, the rest from
-/// MongoDB (then cached). Users without any get the defaults.
-pub async fn load_many(app: &App, users: &[ObjectId]) -> Result<HashMap<ObjectId, NotificationPreferences>> {
-    let mut found = HashMap::with_capacity(users.len());
-    if users.is_empty() {
-        return Ok(found);
-    }
-    let redis = app.notifier.redis();
-    if let Some(redis) = redis {
-        let keys: Vec<String> = users.iter().map(|u| app.config.keys.notification_preferences(*u)).collect();
-        let cached: Vec<Option<String>> = if keys.len() == 1 {
-            redis.get::<Option<String>, _>(&keys[0]).await.map(|v| vec![v]).unwrap_or_default()
-        } else {
-            redis.mget(keys).await.unwrap_or_default()
-        };
-        for (user, raw) in users.iter().zip(cached) {
-            if let Some(p) = raw.and_then(|r| Cached::decode(&r)) {
-                found.insert(*user, p.into_preferences(*user));
-            }
-        }
-    }
-    let missing: Vec<ObjectId> = users.iter().copied().filter(|u| !found.contains_key(u)).collect();
-    if missing.is_empty() {
-        return Ok(found);
-    }
-    let mut loaded: HashMap<ObjectId, NotificationPreferences> =
-        app.store.notification_preferences(&missing).await?.into_iter().map(|p| (p.user_id, p)).collect();
-    let fills: Vec<NotificationPreferences> =
-        missing.iter().map(|u| loaded.remove(u).unwrap_or_else(|| NotificationPreferences::defaults(*u))).collect();
-    if let Some(redis) = redis {
-        let pipeline = redis.pipeline();
-        for p in &fills {
-            let value = Cached::from(p).encode();
-            let _: FredResult<()> = pipeline
-                .set(
-                    app.config.keys.notification_preferences(p.user_id),
-                    value,
-                    Some(Expiration::EX(CACHE_TTL)),
-                    Some(SetOptions::NX),
-                    false,
-                )
-                .await;
-        }
-        if let Err(e) = pipeline.all::<Value>().await {
-            tracing::debug!(error = %e, "preferences cache fill failed");
-        }
-    }
-    found.extend(fills.into_iter().map(|p| (p.user_id, p)));
-    Ok(found)
 }
 
 /// The cached form: short keys, hex ids, Unix milliseconds.

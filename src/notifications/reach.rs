@@ -32,9 +32,8 @@ use fred::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::audience::{Audience, Candidate};
-use super::delivery::holders;
+use super::Notifier;
 use crate::clock::now_ms;
-use crate::node::App;
 
 /// The longest a room's reach is kept, whatever happens.
 pub const MAX_AGE_MS: i64 = 10_000;
@@ -90,14 +89,14 @@ impl Reach {
     /// Where each candidate for a message in `room` can be reached.
     pub async fn of(
         &self,
-        app: &App,
+        notifier: &Notifier,
         room: ObjectId,
         audience: &Arc<Audience>,
         candidates: &[Candidate],
     ) -> Vec<Reached> {
         if audience.member_ids().is_none() || !self.listening() {
             let users: Vec<ObjectId> = candidates.iter().map(|c| c.user).collect();
-            return read(app, room, &users).await.0;
+            return notifier.read(room, &users).await.0;
         }
         let members = match self.known(room, audience) {
             Some(members) => {
@@ -108,7 +107,7 @@ impl Reach {
                 metrics::counter!("confab_notification_reach_total", "source" => "redis").increment(1);
                 let token = self.begin(room, audience);
                 let ids: Vec<ObjectId> = audience.member_ids().into_iter().flatten().collect();
-                let (reached, until_ms) = read(app, room, &ids).await;
+                let (reached, until_ms) = notifier.read(room, &ids).await;
                 let members: Arc<[Reached]> = reached.into();
                 if let Some(until_ms) = until_ms {
                     self.finish(room, token, Known { members: members.clone(), until_ms });
@@ -210,82 +209,90 @@ impl Reach {
     }
 }
 
-/// Reads where `users` can be reached in `room`; with the moment until
-/// which the answer may be kept, `None` if part of it could not be read.
-async fn read(app: &App, room: ObjectId, users: &[ObjectId]) -> (Vec<Reached>, Option<i64>) {
-    if users.is_empty() {
-        return (Vec::new(), None);
-    }
-    let Some(nodes) = holders(app, users).await else {
-        return (vec![Reached::default(); users.len()], None);
-    };
-    let mut out: Vec<Reached> = nodes.into_iter().map(|nodes| Reached { nodes, watching_elsewhere: false }).collect();
-    // Hints count only for users held by one node, and this node knows its
-    // own users without them.
-    let registry = &app.fanout.registry;
-    let asked: Vec<usize> =
-        (0..users.len()).filter(|&i| out[i].nodes == 1 && !registry.user_topic_held(users[i])).collect();
-    let now = now_ms();
-    let mut until = Some(now + MAX_AGE_MS);
-    if asked.is_empty() {
-        return (out, until);
-    }
-    let hinted: Vec<ObjectId> = asked.iter().map(|&i| users[i]).collect();
-    match super::watching::lapses(app, room, &hinted).await {
-        Some(lapses) => {
-            for (i, lapse) in asked.into_iter().zip(lapses) {
-                if let Some(lapse) = lapse.filter(|&at| at > now) {
-                    out[i].watching_elsewhere = true;
-                    until = until.map(|u| u.min(lapse));
+impl Notifier {
+    /// Reads where `users` can be reached in `room`; with the moment until
+    /// which the answer may be kept, `None` if part of it could not be read.
+    async fn read(&self, room: ObjectId, users: &[ObjectId]) -> (Vec<Reached>, Option<i64>) {
+        if users.is_empty() {
+            return (Vec::new(), None);
+        }
+        let Some(nodes) = self.holders(users).await else {
+            return (vec![Reached::default(); users.len()], None);
+        };
+        let mut out: Vec<Reached> =
+            nodes.into_iter().map(|nodes| Reached { nodes, watching_elsewhere: false }).collect();
+        // Hints count only for users held by one node, and this node knows its
+        // own users without them.
+        let registry = &self.registry;
+        let asked: Vec<usize> =
+            (0..users.len()).filter(|&i| out[i].nodes == 1 && !registry.user_topic_held(users[i])).collect();
+        let now = now_ms();
+        let mut until = Some(now + MAX_AGE_MS);
+        if asked.is_empty() {
+            return (out, until);
+        }
+        let hinted: Vec<ObjectId> = asked.iter().map(|&i| users[i]).collect();
+        match self.lapses(room, &hinted).await {
+            Some(lapses) => {
+                for (i, lapse) in asked.into_iter().zip(lapses) {
+                    if let Some(lapse) = lapse.filter(|&at| at > now) {
+                        out[i].watching_elsewhere = true;
+                        until = until.map(|u| u.min(lapse));
+                    }
                 }
             }
+            // Nobody is left out, and nothing is kept.
+            None => until = None,
         }
-        // Nobody is left out, and nothing is kept.
-        None => until = None,
+        (out, until)
     }
-    (out, until)
 }
 
-/// Listens on the reach channel (`Keyspace::reach_channel`) and forgets what the announced changes void,
-/// until the node stops.
-pub(super) async fn listen(app: Arc<App>) {
-    let reach = &app.notifier.reach;
-    let mut messages = reach.subscriber.message_rx();
-    let mut reconnects = reach.subscriber.reconnect_rx();
-    let mut errors = reach.subscriber.error_rx();
-    let channel = app.config.keys.reach_channel();
-    loop {
-        reach.listening.store(false, Ordering::Release);
-        reach.forget_all();
-        if let Err(e) = reach.subscriber.subscribe(&channel).await {
-            tracing::debug!(error = %e, "reach changes not subscribed; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        // Whatever was read before the subscription may be stale.
-        reach.forget_all();
-        reach.listening.store(true, Ordering::Release);
+impl Notifier {
+    /// Listens on the reach channel (`Keyspace::reach_channel`) and forgets
+    /// what the announced changes void, until the node stops.
+    pub(super) async fn listen_reach(self: Arc<Self>) {
+        let reach = &self.reach;
+        let mut messages = reach.subscriber.message_rx();
+        let mut reconnects = reach.subscriber.reconnect_rx();
+        let mut errors = reach.subscriber.error_rx();
+        let channel = self.keys.reach_channel();
         loop {
-            tokio::select! {
-                message = messages.recv() => match message {
-                    Ok(m) if *m.channel == *channel => {
-                        for user in users_of(m.value.as_bytes().unwrap_or_default()) {
-                            reach.forget(user);
+            reach.listening.store(false, Ordering::Release);
+            reach.forget_all();
+            if let Err(e) = reach.subscriber.subscribe(&channel).await {
+                tracing::debug!(error = %e, "reach changes not subscribed; retrying");
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+            // Whatever was read before the subscription may be stale.
+            reach.forget_all();
+            reach.listening.store(true, Ordering::Release);
+            loop {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    message = messages.recv() => match message {
+                        Ok(m) if *m.channel == *channel => {
+                            for user in users_of(m.value.as_bytes().unwrap_or_default()) {
+                                reach.forget(user);
+                            }
                         }
-                    }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => reach.forget_all(),
-                    Err(RecvError::Closed) => return,
-                },
-                // Changes may have been missed: start over.
-                event = reconnects.recv() => match event {
-                    Err(RecvError::Closed) => return,
-                    _ => break,
-                },
-                event = errors.recv() => match event {
-                    Err(RecvError::Closed) => return,
-                    _ => break,
-                },
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => reach.forget_all(),
+                        Err(RecvError::Closed) => return,
+                    },
+                    // Changes may have been missed: start over.
+                    event = reconnects.recv() => match event {
+                        Err(RecvError::Closed) => return,
+                        _ => break,
+                    },
+                    event = errors.recv() => match event {
+                        Err(RecvError::Closed) => return,
+                        _ => break,
+                    },
+                }
             }
         }
     }

@@ -10,9 +10,9 @@ use bson::oid::ObjectId;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{dispatch, Content, Outcome, Route};
+use super::Notifier;
+use super::{Content, Outcome, Route};
 use crate::error::{Error, Result};
-use crate::node::App;
 
 /// Most user ids one `notify` call may name.
 pub const MAX_USER_IDS: usize = 10_000;
@@ -106,33 +106,35 @@ pub struct NotifyOutcome {
     pub unknown_user_ids: Vec<String>,
 }
 
-/// Notifies each named user once (duplicates count once; ids of no user are
-/// reported, not notified).
-pub async fn notify(app: &App, user_ids: &[ObjectId], content: &Content) -> Result<NotifyOutcome> {
-    if user_ids.len() > MAX_USER_IDS {
-        return Err(Error::invalid("user_ids", format!("at most {MAX_USER_IDS} per call")));
-    }
-    let mut seen = HashSet::with_capacity(user_ids.len());
-    let distinct: Vec<ObjectId> = user_ids.iter().copied().filter(|id| seen.insert(*id)).collect();
-    let known: HashSet<ObjectId> = app.store.users(&distinct).await?.into_iter().map(|u| u.id).collect();
-    let (users, unknown): (Vec<ObjectId>, Vec<ObjectId>) = distinct.into_iter().partition(|id| known.contains(id));
-    let outcome = dispatch(app, &users, content, Route::Everywhere).await?;
-    Ok(NotifyOutcome { outcome, unknown_user_ids: unknown.iter().map(|id| id.to_hex()).collect() })
-}
-
-/// Notifies every member of a room, a page of members at a time.
-pub async fn broadcast(app: &App, room: ObjectId, content: &Content) -> Result<Outcome> {
-    crate::rooms::existing(app, room).await?;
-    let mut total = Outcome::default();
-    let mut after = None;
-    loop {
-        let page = app.store.room_members_page(room, after, BROADCAST_PAGE).await?;
-        let users: Vec<ObjectId> = page.iter().map(|m| m.user_id).collect();
-        total += dispatch(app, &users, content, Route::Everywhere).await?;
-        if (page.len() as i64) < BROADCAST_PAGE {
-            return Ok(total);
+impl Notifier {
+    /// Notifies each named user once (duplicates count once; ids of no user are
+    /// reported, not notified).
+    pub async fn notify(&self, user_ids: &[ObjectId], content: &Content) -> Result<NotifyOutcome> {
+        if user_ids.len() > MAX_USER_IDS {
+            return Err(Error::invalid("user_ids", format!("at most {MAX_USER_IDS} per call")));
         }
-        after = users.last().copied();
+        let mut seen = HashSet::with_capacity(user_ids.len());
+        let distinct: Vec<ObjectId> = user_ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        let known: HashSet<ObjectId> = self.store.users(&distinct).await?.into_iter().map(|u| u.id).collect();
+        let (users, unknown): (Vec<ObjectId>, Vec<ObjectId>) = distinct.into_iter().partition(|id| known.contains(id));
+        let outcome = self.dispatch(&users, content, Route::Everywhere).await?;
+        Ok(NotifyOutcome { outcome, unknown_user_ids: unknown.iter().map(|id| id.to_hex()).collect() })
+    }
+
+    /// Notifies every member of a room, a page of members at a time.
+    pub async fn broadcast(&self, room: ObjectId, content: &Content) -> Result<Outcome> {
+        self.store.room(room).await?.ok_or_else(|| Error::NotFound("room not found".into()))?;
+        let mut total = Outcome::default();
+        let mut after = None;
+        loop {
+            let page = self.store.room_members_page(room, after, BROADCAST_PAGE).await?;
+            let users: Vec<ObjectId> = page.iter().map(|m| m.user_id).collect();
+            total += self.dispatch(&users, content, Route::Everywhere).await?;
+            if (page.len() as i64) < BROADCAST_PAGE {
+                return Ok(total);
+            }
+            after = users.last().copied();
+        }
     }
 }
 

@@ -20,9 +20,9 @@ use fred::prelude::*;
 use tokio::sync::mpsc;
 
 use super::reach;
+use super::Notifier;
 use crate::clock::now_ms;
 use crate::fanout::watching::Change;
-use crate::node::App;
 
 /// How long a watching hint lives unless refreshed: the longest a lost
 /// withdrawal can silence a user's notifications about one room.
@@ -37,69 +37,75 @@ const REFRESH: Duration = Duration::from_secs(3);
 const BATCH: usize = 4096;
 const PER_COMMAND: usize = 1024;
 
-/// When each user's hint in `room` lapses (Unix ms; `None`: no hint), in
-/// one `ZMSCORE`; `None` without an answer from Redis.
-pub(super) async fn lapses(app: &App, room: ObjectId, users: &[ObjectId]) -> Option<Vec<Option<i64>>> {
-    let redis = app.notifier.redis()?;
-    let members: Vec<String> = users.iter().map(|u| u.to_hex()).collect();
-    let lapses: Vec<Option<f64>> = redis.zmscore(app.config.keys.watching(room), members).await.ok()?;
-    (lapses.len() == users.len()).then(|| lapses.into_iter().map(|l| l.map(|at| at as i64)).collect())
+impl Notifier {
+    /// When each user's hint in `room` lapses (Unix ms; `None`: no hint), in
+    /// one `ZMSCORE`; `None` without an answer from Redis.
+    pub(super) async fn lapses(&self, room: ObjectId, users: &[ObjectId]) -> Option<Vec<Option<i64>>> {
+        let redis = self.redis()?;
+        let members: Vec<String> = users.iter().map(|u| u.to_hex()).collect();
+        let lapses: Vec<Option<f64>> = redis.zmscore(self.keys.watching(room), members).await.ok()?;
+        (lapses.len() == users.len()).then(|| lapses.into_iter().map(|l| l.map(|at| at as i64)).collect())
+    }
 }
 
-/// Writes this node's watching notes to Redis, in the order they were made.
-pub(super) async fn write_watching(app: Arc<App>, mut changes: mpsc::UnboundedReceiver<Change>) {
-    let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + REFRESH, REFRESH);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let first = tokio::select! {
-            change = changes.recv() => match change {
-                Some(c) => c,
-                None => return,
-            },
-            _ = refresh.tick() => {
-                // Queued behind the changes already made, in order.
-                app.fanout.registry.watching.refresh();
-                continue;
+impl Notifier {
+    /// Writes this node's watching notes to Redis, in the order they were
+    /// made, until the node stops.
+    pub(super) async fn write_watching(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<Change>) {
+        let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + REFRESH, REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                change = changes.recv() => match change {
+                    Some(c) => c,
+                    None => return,
+                },
+                _ = refresh.tick() => {
+                    // Queued behind the changes already made, in order.
+                    self.registry.watching.refresh();
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match changes.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
             }
-        };
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match changes.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+            // Without Redis a note is lost (fine) or a withdrawal is (it
+            // lapses), and so is the announcement (dispatchers lose their
+            // subscription too, and forget).
+            let Some(redis) = self.redis() else { continue };
+            let pipeline = redis.pipeline();
+            let now = now_ms();
+            let lapse = (now + WATCHING_TTL_MS) as f64;
+            let changed = reach_changed(&batch);
+            for (room, users) in by_room(batch) {
+                let key = self.keys.watching(room);
+                let (noted, ended): (Vec<_>, Vec<_>) = users.into_iter().partition(|(_, watching)| *watching);
+                for chunk in noted.chunks(PER_COMMAND) {
+                    let values: Vec<(f64, String)> = chunk.iter().map(|(u, _)| (lapse, u.to_hex())).collect();
+                    let _: FredResult<()> = pipeline.zadd(&key, None, None, false, false, values).await;
+                }
+                for chunk in ended.chunks(PER_COMMAND) {
+                    let users: Vec<String> = chunk.iter().map(|(u, _)| u.to_hex()).collect();
+                    let _: FredResult<()> = pipeline.zrem(&key, users).await;
+                }
+                // Sweep out hints of nodes that stopped renewing them; the key
+                // lives as long as some node keeps writing to it.
+                let _: FredResult<()> = pipeline.zremrangebyscore(&key, "-inf", now as f64).await;
+                let _: FredResult<()> = pipeline.pexpire(&key, WATCHING_TTL_MS, None).await;
             }
-        }
-        // Without Redis a note is lost (fine) or a withdrawal is (it
-        // lapses), and so is the announcement (dispatchers lose their
-        // subscription too, and forget).
-        let Some(redis) = app.notifier.redis() else { continue };
-        let pipeline = redis.pipeline();
-        let now = now_ms();
-        let lapse = (now + WATCHING_TTL_MS) as f64;
-        let changed = reach_changed(&batch);
-        for (room, users) in by_room(batch) {
-            let key = app.config.keys.watching(room);
-            let (noted, ended): (Vec<_>, Vec<_>) = users.into_iter().partition(|(_, watching)| *watching);
-            for chunk in noted.chunks(PER_COMMAND) {
-                let values: Vec<(f64, String)> = chunk.iter().map(|(u, _)| (lapse, u.to_hex())).collect();
-                let _: FredResult<()> = pipeline.zadd(&key, None, None, false, false, values).await;
+            // After the changes themselves, so a dispatcher that hears of them
+            // reads them.
+            if !changed.is_empty() {
+                let _: FredResult<()> = pipeline.publish(self.keys.reach_channel(), reach::payload(&changed)).await;
             }
-            for chunk in ended.chunks(PER_COMMAND) {
-                let users: Vec<String> = chunk.iter().map(|(u, _)| u.to_hex()).collect();
-                let _: FredResult<()> = pipeline.zrem(&key, users).await;
+            if let Err(e) = pipeline.all::<fred::types::Value>().await {
+                tracing::debug!(error = %e, "watching hints not written");
             }
-            // Sweep out hints of nodes that stopped renewing them; the key
-            // lives as long as some node keeps writing to it.
-            let _: FredResult<()> = pipeline.zremrangebyscore(&key, "-inf", now as f64).await;
-            let _: FredResult<()> = pipeline.pexpire(&key, WATCHING_TTL_MS, None).await;
-        }
-        // After the changes themselves, so a dispatcher that hears of them
-        // reads them.
-        if !changed.is_empty() {
-            let _: FredResult<()> = pipeline.publish(app.config.keys.reach_channel(), reach::payload(&changed)).await;
-        }
-        if let Err(e) = pipeline.all::<fred::types::Value>().await {
-            tracing::debug!(error = %e, "watching hints not written");
         }
     }
 }

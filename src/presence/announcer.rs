@@ -29,10 +29,9 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::time::DelayQueue;
 
-use super::{Gate, PresenceView, State, Status, ANNOUNCE_EVERY};
+use super::{Gate, Presence, PresenceView, State, Status, ANNOUNCE_EVERY};
 use crate::bus::{Event, Topic};
 use crate::clock::now_ms;
-use crate::node::App;
 use crate::protocol::ServerEvent;
 
 /// Most users one batch announces (bounds each store read's `$in`).
@@ -79,24 +78,26 @@ impl Announcer {
             }
         }
     }
+}
 
-    /// Runs the looks again until the node stops.
-    pub(super) async fn run_later(&self, app: Arc<App>) {
+impl Presence {
+    /// Runs the announcer's looks again until the node stops.
+    pub(super) async fn run_later(self: Arc<Self>) {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        self.later.lock().unwrap_or_else(|e| e.into_inner()).tx = Some(tx);
+        self.announcer.later.lock().unwrap_or_else(|e| e.into_inner()).tx = Some(tx);
         let mut due: DelayQueue<ObjectId> = DelayQueue::new();
         loop {
             tokio::select! {
-                _ = app.presence.stop.cancelled() => return,
+                _ = self.stop.cancelled() => return,
                 queued = rx.recv() => match queued {
                     Some((user, wait)) => { due.insert(user, wait); }
                     None => return,
                 },
                 Some(expired) = due.next(), if !due.is_empty() => {
                     let user = expired.into_inner();
-                    self.later.lock().unwrap_or_else(|e| e.into_inner()).waiting.remove(&user);
-                    match app.presence.tracker.states(&[user]).await {
-                        Ok(states) => announce(&app, vec![user].into_iter().zip(states).collect()).await,
+                    self.announcer.later.lock().unwrap_or_else(|e| e.into_inner()).waiting.remove(&user);
+                    match self.tracker.states(&[user]).await {
+                        Ok(states) => self.announce(vec![user].into_iter().zip(states).collect()).await,
                         Err(e) => tracing::warn!(error = %e, "a held-back presence change was not announced"),
                     }
                 }
@@ -105,17 +106,17 @@ impl Announcer {
     }
 
     /// Queues a change; starts a task to drain the queue if none runs.
-    pub fn push(&self, app: &std::sync::Arc<App>, user: ObjectId, state: State) {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+    pub(super) fn push(self: &Arc<Self>, user: ObjectId, state: State) {
+        let mut q = self.announcer.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.changes.push((user, state));
         if !q.draining {
             q.draining = true;
-            let app = app.clone();
-            tokio::spawn(async move { app.presence.announcer.drain(&app).await });
+            let presence = self.clone();
+            self.tasks.spawn(async move { presence.drain().await });
         }
     }
 
-    async fn drain(&self, app: &App) {
+    async fn drain(&self) {
         let mut pause = Duration::ZERO;
         loop {
             // Under a storm, leave the store as much time for other work as
@@ -123,7 +124,7 @@ impl Announcer {
             // of the store's load. A lone change waits for nothing.
             tokio::time::sleep(pause).await;
             let batch = {
-                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let mut q = self.announcer.queue.lock().unwrap_or_else(|e| e.into_inner());
                 if q.changes.is_empty() {
                     q.draining = false;
                     return;
@@ -132,81 +133,81 @@ impl Announcer {
                 q.changes.drain(..n).collect::<Vec<_>>()
             };
             let started = Instant::now();
-            announce(app, batch).await;
+            self.announce(batch).await;
             pause = started.elapsed().min(MAX_PAUSE);
         }
     }
-}
 
-/// Announces each change in `changes` that the gate lets through (in
-/// order; a user's later change supersedes an earlier one in the same batch).
-pub async fn announce(app: &App, changes: Vec<(ObjectId, State)>) {
-    let mut latest: HashMap<ObjectId, State> = HashMap::with_capacity(changes.len());
-    for (user, state) in changes {
-        latest.insert(user, state);
-    }
-    for chunk in latest.into_iter().collect::<Vec<_>>().chunks(MAX_BATCH) {
-        let due = gate(app, chunk).await;
-        announce_batch(app, &due).await;
-    }
-}
-
-/// The changes the gate lets through now; those it holds back are looked
-/// at again later. Without Redis, every change goes through.
-async fn gate(app: &App, changes: &[(ObjectId, State)]) -> Vec<(ObjectId, State)> {
-    let asked: Vec<(ObjectId, Status)> = changes.iter().map(|(u, s)| (*u, s.status())).collect();
-    let verdicts = match app.presence.tracker.gate(&asked, now_ms(), ANNOUNCE_EVERY).await {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::debug!(error = %e, "presence gate not asked; announcing");
-            return changes.to_vec();
+    /// Announces each change in `changes` that the gate lets through (in
+    /// order; a user's later change supersedes an earlier one in the same batch).
+    pub(super) async fn announce(&self, changes: Vec<(ObjectId, State)>) {
+        let mut latest: HashMap<ObjectId, State> = HashMap::with_capacity(changes.len());
+        for (user, state) in changes {
+            latest.insert(user, state);
         }
-    };
-    let mut due = Vec::with_capacity(changes.len());
-    for (change, verdict) in changes.iter().zip(verdicts) {
-        match verdict {
-            Gate::Now => due.push(*change),
-            Gate::After(wait) => app.presence.announcer.again_after(change.0, wait),
-            Gate::Unchanged => {}
+        for chunk in latest.into_iter().collect::<Vec<_>>().chunks(MAX_BATCH) {
+            let due = self.gate(chunk).await;
+            self.announce_batch(&due).await;
         }
     }
-    due
-}
 
-async fn announce_batch(app: &App, changes: &[(ObjectId, State)]) {
-    let users: Vec<ObjectId> = changes.iter().map(|(u, _)| *u).collect();
-    let (owners, rooms) = tokio::join!(app.store.contact_owners_of(&users), app.store.rooms_of(&users));
-    let owners = owners.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "presence not announced to contacts");
-        Vec::new()
-    });
-    let rooms = rooms.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "presence not announced to rooms");
-        Vec::new()
-    });
-    let mut audience: HashMap<ObjectId, Vec<Topic>> = HashMap::with_capacity(changes.len());
-    for (user, owner) in owners {
-        if owner != user {
-            audience.entry(user).or_default().push(Topic::User(owner));
-        }
-    }
-    for (user, room) in rooms {
-        audience.entry(user).or_default().push(Topic::Room(room));
-    }
-    let publishes = changes.iter().flat_map(|(user, state)| {
-        metrics::counter!("confab_presence_changes_total", "status" => state.status().as_str()).increment(1);
-        let frame = ServerEvent::Presence { user: *user, view: &PresenceView::new(*user, state) }.encode();
-        // One id for the change under every topic: each connection gets it once.
-        let change = ObjectId::new();
-        let topics = audience.remove(user).unwrap_or_default();
-        topics.into_iter().map(move |topic| (change, *user, topic, frame.clone()))
-    });
-    futures::stream::iter(publishes)
-        .for_each_concurrent(PUBLISH_CONCURRENCY, |(change, user, topic, frame)| async move {
-            if let Err(e) = app.bus.publish(topic, Event::Presence { change, user, frame: &frame }).await {
-                metrics::counter!("confab_bus_publish_failures_total").increment(1);
-                tracing::debug!(error = %e, "presence frame not published");
+    /// The changes the gate lets through now; those it holds back are looked
+    /// at again later. Without Redis, every change goes through.
+    async fn gate(&self, changes: &[(ObjectId, State)]) -> Vec<(ObjectId, State)> {
+        let asked: Vec<(ObjectId, Status)> = changes.iter().map(|(u, s)| (*u, s.status())).collect();
+        let verdicts = match self.tracker.gate(&asked, now_ms(), ANNOUNCE_EVERY).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "presence gate not asked; announcing");
+                return changes.to_vec();
             }
-        })
-        .await;
+        };
+        let mut due = Vec::with_capacity(changes.len());
+        for (change, verdict) in changes.iter().zip(verdicts) {
+            match verdict {
+                Gate::Now => due.push(*change),
+                Gate::After(wait) => self.announcer.again_after(change.0, wait),
+                Gate::Unchanged => {}
+            }
+        }
+        due
+    }
+
+    async fn announce_batch(&self, changes: &[(ObjectId, State)]) {
+        let users: Vec<ObjectId> = changes.iter().map(|(u, _)| *u).collect();
+        let (owners, rooms) = tokio::join!(self.store.contact_owners_of(&users), self.store.rooms_of(&users));
+        let owners = owners.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "presence not announced to contacts");
+            Vec::new()
+        });
+        let rooms = rooms.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "presence not announced to rooms");
+            Vec::new()
+        });
+        let mut audience: HashMap<ObjectId, Vec<Topic>> = HashMap::with_capacity(changes.len());
+        for (user, owner) in owners {
+            if owner != user {
+                audience.entry(user).or_default().push(Topic::User(owner));
+            }
+        }
+        for (user, room) in rooms {
+            audience.entry(user).or_default().push(Topic::Room(room));
+        }
+        let publishes = changes.iter().flat_map(|(user, state)| {
+            metrics::counter!("confab_presence_changes_total", "status" => state.status().as_str()).increment(1);
+            let frame = ServerEvent::Presence { user: *user, view: &PresenceView::new(*user, state) }.encode();
+            // One id for the change under every topic: each connection gets it once.
+            let change = ObjectId::new();
+            let topics = audience.remove(user).unwrap_or_default();
+            topics.into_iter().map(move |topic| (change, *user, topic, frame.clone()))
+        });
+        futures::stream::iter(publishes)
+            .for_each_concurrent(PUBLISH_CONCURRENCY, |(change, user, topic, frame)| async move {
+                if let Err(e) = self.bus.publish(topic, Event::Presence { change, user, frame: &frame }).await {
+                    metrics::counter!("confab_bus_publish_failures_total").increment(1);
+                    tracing::debug!(error = %e, "presence frame not published");
+                }
+            })
+            .await;
+    }
 }

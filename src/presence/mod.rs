@@ -32,13 +32,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bson::oid::ObjectId;
 use serde::Serialize;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::bus::Bus;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::fanout::ConnId;
-use crate::node::App;
+use crate::store::Store;
 
 /// Most ids one bulk lookup may ask about.
 pub const MAX_LOOKUP: usize = 500;
@@ -203,13 +204,23 @@ pub struct Presence {
     dirty: AtomicBool,
     /// Cancelled at shutdown: ends the heartbeat and every grace period.
     stop: CancellationToken,
-    heartbeat_task: Mutex<Option<JoinHandle<()>>>,
+    /// The heartbeat, the second looks and the grace timers.
+    tasks: TaskTracker,
     /// Connects and disconnects wait here to be announced, in batches.
     announcer: announcer::Announcer,
+    bus: Arc<dyn Bus>,
+    /// Where announcements read their audience (contacts and rooms).
+    store: Arc<dyn Store>,
 }
 
 impl Presence {
-    pub fn new(tracker: Arc<dyn Tracker>, config: &crate::config::Config) -> Self {
+    pub fn new(
+        tracker: Arc<dyn Tracker>,
+        bus: Arc<dyn Bus>,
+        store: Arc<dyn Store>,
+        config: &crate::config::Config,
+        stop: CancellationToken,
+    ) -> Self {
         Presence {
             tracker,
             node: config.node_id.clone(),
@@ -218,9 +229,11 @@ impl Presence {
             ttl: config.node_ttl,
             local: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(true),
-            stop: CancellationToken::new(),
-            heartbeat_task: Mutex::new(None),
+            stop,
+            tasks: TaskTracker::new(),
             announcer: announcer::Announcer::default(),
+            bus,
+            store,
         }
     }
 
@@ -240,126 +253,123 @@ impl Presence {
     }
 }
 
-/// Starts the node's heartbeat and sweeper, and the announcer's second looks.
-pub fn start(app: &Arc<App>) {
-    let task = tokio::spawn(heartbeat::run(app.clone()));
-    *app.presence.heartbeat_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
-    let later = app.clone();
-    tokio::spawn(async move { later.presence.announcer.run_later(later.clone()).await });
-}
-
-/// A chat connection opened. Never fails: without Redis the user's presence
-/// is repaired later.
-pub async fn connected(app: &Arc<App>, user: ObjectId, conn: ConnId) {
-    let presence = &app.presence;
-    presence.local().insert(conn, user);
-    match presence.tracker.connect(presence.connection(conn, user), now_ms()).await {
-        Ok(Some(state)) => presence.announcer.push(app, user, state),
-        Ok(None) => {}
-        Err(e) => presence.failed("connect", &e),
+impl Presence {
+    /// Starts the node's heartbeat and sweeper, and the announcer's second
+    /// looks; they run until [`shutdown`](Self::shutdown).
+    pub fn start(self: &Arc<Self>) {
+        self.tasks.spawn(self.clone().heartbeat());
+        self.tasks.spawn(self.clone().run_later());
     }
-}
 
-/// A chat connection closed: after the grace period, it stops counting.
-pub fn disconnected(app: &Arc<App>, user: ObjectId, conn: ConnId) {
-    let app = app.clone();
-    tokio::spawn(async move {
-        let presence = &app.presence;
-        tokio::select! {
-            // Shutting down: `shutdown` retires all of the node's connections.
-            _ = presence.stop.cancelled() => return,
-            _ = tokio::time::sleep(presence.grace) => {}
-        }
-        presence.local().remove(&conn);
-        match presence.tracker.disconnect(presence.connection(conn, user), now_ms()).await {
-            Ok(Some(state)) => presence.announcer.push(&app, user, state),
+    /// A chat connection opened. Never fails: without Redis the user's
+    /// presence is repaired later.
+    pub async fn connected(self: &Arc<Self>, user: ObjectId, conn: ConnId) {
+        self.local().insert(conn, user);
+        match self.tracker.connect(self.connection(conn, user), now_ms()).await {
+            Ok(Some(state)) => self.push(user, state),
             Ok(None) => {}
-            Err(e) => presence.failed("disconnect", &e),
-        }
-    });
-}
-
-/// `set_status` from one of the user's connections. Announced before it
-/// returns, so that the acknowledgement follows the announcement.
-pub async fn set_status(app: &App, user: ObjectId, raw: &str) -> Result<PresenceView> {
-    let status = Status::settable(raw)?;
-    let explicit = (status != Status::Online).then_some(status);
-    let (before, after) = app.presence.tracker.set_status(user, explicit).await.map_err(unavailable)?;
-    if before.status() != after.status() {
-        announcer::announce(app, vec![(user, after)]).await;
-    }
-    Ok(PresenceView::new(user, &after))
-}
-
-/// Whether `user` may open another socket under a cap of `max` (0: no
-/// cap). Without Redis, yes: the cap is a guard, not worth an outage.
-pub async fn may_connect(app: &App, user: ObjectId, max: u32) -> Result<()> {
-    if max == 0 {
-        return Ok(());
-    }
-    match app.presence.tracker.connection_count(user).await {
-        Ok(n) if n >= max as usize => Err(Error::TooMany {
-            code: "too_many_connections",
-            message: format!("at most {max} simultaneous connections per user; close one first"),
-        }),
-        Ok(_) => Ok(()),
-        Err(e) => {
-            tracing::debug!(error = %e, "connection cap not checked");
-            Ok(())
+            Err(e) => self.failed("connect", &e),
         }
     }
-}
 
-/// The presence of each of `users`, in order. Unknown users are offline and
-/// were never seen.
-pub async fn lookup(app: &App, users: &[ObjectId]) -> Result<Vec<PresenceView>> {
-    if users.is_empty() {
-        return Ok(Vec::new());
+    /// A chat connection closed: after the grace period, it stops counting.
+    pub fn disconnected(self: &Arc<Self>, user: ObjectId, conn: ConnId) {
+        let presence = self.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                // Shutting down: `shutdown` retires all of the node's connections.
+                _ = presence.stop.cancelled() => return,
+                _ = tokio::time::sleep(presence.grace) => {}
+            }
+            presence.local().remove(&conn);
+            match presence.tracker.disconnect(presence.connection(conn, user), now_ms()).await {
+                Ok(Some(state)) => presence.push(user, state),
+                Ok(None) => {}
+                Err(e) => presence.failed("disconnect", &e),
+            }
+        });
     }
-    let states = app.presence.tracker.states(users).await.map_err(unavailable)?;
-    Ok(users.iter().zip(&states).map(|(u, s)| PresenceView::new(*u, s)).collect())
+
+    /// `set_status` from one of the user's connections. Announced before it
+    /// returns, so that the acknowledgement follows the announcement.
+    pub async fn set_status(&self, user: ObjectId, raw: &str) -> Result<PresenceView> {
+        let status = Status::settable(raw)?;
+        let explicit = (status != Status::Online).then_some(status);
+        let (before, after) = self.tracker.set_status(user, explicit).await.map_err(unavailable)?;
+        if before.status() != after.status() {
+            self.announce(vec![(user, after)]).await;
+        }
+        Ok(PresenceView::new(user, &after))
+    }
+
+    /// Whether `user` may open another socket under a cap of `max` (0: no
+    /// cap). Without Redis, yes: the cap is a guard, not worth an outage.
+    pub async fn may_connect(&self, user: ObjectId, max: u32) -> Result<()> {
+        if max == 0 {
+            return Ok(());
+        }
+        match self.tracker.connection_count(user).await {
+            Ok(n) if n >= max as usize => Err(Error::TooMany {
+                code: "too_many_connections",
+                message: format!("at most {max} simultaneous connections per user; close one first"),
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "connection cap not checked");
+                Ok(())
+            }
+        }
+    }
+
+    /// The presence of each of `users`, in order. Unknown users are offline
+    /// and were never seen.
+    pub async fn lookup(&self, users: &[ObjectId]) -> Result<Vec<PresenceView>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let states = self.tracker.states(users).await.map_err(unavailable)?;
+        Ok(users.iter().zip(&states).map(|(u, s)| PresenceView::new(*u, s)).collect())
+    }
+
+    /// Stops the heartbeat, the grace timers and the second looks, then
+    /// takes all of the node's connections out at once and announces who
+    /// went offline: a node that stops cleanly does not wait to be swept.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        // Not waited out for long: with Redis slow the heartbeat could be
+        // mid-way through a repair. Its commands already sent run before
+        // ours (one client, in order), so no heartbeat follows the retirement.
+        if tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await.is_err() {
+            tracing::warn!("presence tasks still running at shutdown");
+        }
+        self.local().clear();
+        match tokio::time::timeout(Duration::from_secs(5), self.tracker.retire(&self.node, now_ms())).await {
+            Ok(Ok(users)) => self.announce_offline(users).await,
+            Ok(Err(e)) => tracing::warn!(error = %e, "presence not retired; the other nodes will sweep it"),
+            Err(_) => tracing::warn!("presence retirement timed out; the other nodes will sweep it"),
+        }
+    }
+
+    /// Announces that each of `users` went offline (after a sweep).
+    async fn announce_offline(&self, users: Vec<ObjectId>) {
+        if users.is_empty() {
+            return;
+        }
+        let states = match self.tracker.states(&users).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "swept users' presence not announced");
+                return;
+            }
+        };
+        self.announce(users.into_iter().zip(states).collect()).await;
+    }
 }
 
 fn unavailable(e: TrackerError) -> Error {
     tracing::warn!(error = %e, "presence unavailable");
     Error::Unavailable("presence is unavailable, try again".into())
-}
-
-/// Stops the heartbeat and grace timers, then takes all of the node's
-/// connections out at once and announces who went offline: a node that
-/// stops cleanly does not wait to be swept.
-pub async fn shutdown(app: &App) {
-    let presence = &app.presence;
-    presence.stop.cancel();
-    let task = presence.heartbeat_task.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(task) = task {
-        // Not waited out: with Redis slow it could be mid-way through a
-        // repair. Its commands already sent run before ours (one client,
-        // in order), so no heartbeat follows the retirement.
-        task.abort();
-        let _ = task.await;
-    }
-    presence.local().clear();
-    match tokio::time::timeout(Duration::from_secs(5), presence.tracker.retire(&presence.node, now_ms())).await {
-        Ok(Ok(users)) => announce_offline(app, users).await,
-        Ok(Err(e)) => tracing::warn!(error = %e, "presence not retired; the other nodes will sweep it"),
-        Err(_) => tracing::warn!("presence retirement timed out; the other nodes will sweep it"),
-    }
-}
-
-/// Announces that each of `users` went offline (after a sweep).
-async fn announce_offline(app: &App, users: Vec<ObjectId>) {
-    if users.is_empty() {
-        return;
-    }
-    let states = match app.presence.tracker.states(&users).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "swept users' presence not announced");
-            return;
-        }
-    };
-    announcer::announce(app, users.into_iter().zip(states).collect()).await;
 }
 
 #[cfg(test)]

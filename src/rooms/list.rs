@@ -17,10 +17,10 @@ use futures::future::try_join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::Rooms;
 use crate::auth::Caller;
 use crate::cache::{Entry, Version};
 use crate::error::{Error, Result};
-use crate::node::App;
 use crate::store::model::{rfc3339, MessageView};
 use crate::store::{HistoryQuery, Member, Message, Role, Room, RoomKind};
 
@@ -96,96 +96,98 @@ struct Listed {
     summary: RoomSummary,
 }
 
-/// A page of the caller's rooms, most recently active first (ties: newer id
-/// first). `cursor` continues after a previous page.
-pub async fn list(app: &App, caller: &Caller, limit: usize, cursor: Option<ListCursor>) -> Result<RoomPage> {
-    let user = caller.user_id;
-    let cacheable = cursor.is_none() && limit == DEFAULT_PAGE;
-    if cacheable {
-        if let Some(page) = app.cache.get::<RoomPage>(Entry::Rooms(user)).await {
-            return Ok(page);
-        }
-    }
-    // Versions first, then the data they cover (see `crate::cache`).
-    let outer = app.cache.snapshot(&[Version::User(user), Version::PublicRooms]).await;
-    let memberships: HashMap<ObjectId, Member> =
-        app.store.memberships(user).await?.into_iter().map(|m| (m.room_id, m)).collect();
-    let member_rooms: Vec<ObjectId> = memberships.keys().copied().collect();
-    let rooms = app.store.rooms_listed(&member_rooms).await?;
-    let versions: Vec<Version> = rooms.iter().map(|r| Version::Room(r.id)).collect();
-    let inner = app.cache.snapshot(&versions).await;
-    let (last, peers) = tokio::try_join!(last_messages(app, &rooms), peer_names(app, &rooms, user))?;
-    let mut listed: Vec<Listed> = rooms
-        .iter()
-        .map(|room| {
-            let last = last.get(&room.id);
-            let at = last.map_or(room.created_at, |m| m.timestamp);
-            Listed {
-                activity_ms: at.timestamp_millis(),
-                room: room.id,
-                member: memberships.get(&room.id).cloned(),
-                summary: summarize(room, memberships.get(&room.id), last, user, &peers),
+impl Rooms {
+    /// A page of the caller's rooms, most recently active first (ties: newer id
+    /// first). `cursor` continues after a previous page.
+    pub async fn list(&self, caller: &Caller, limit: usize, cursor: Option<ListCursor>) -> Result<RoomPage> {
+        let user = caller.user_id;
+        let cacheable = cursor.is_none() && limit == DEFAULT_PAGE;
+        if cacheable {
+            if let Some(page) = self.cache.get::<RoomPage>(Entry::Rooms(user)).await {
+                return Ok(page);
             }
-        })
-        .collect();
-    listed.sort_by_key(|l| std::cmp::Reverse((l.activity_ms, l.room)));
-    let start = match cursor {
-        Some(c) => listed.partition_point(|l| (l.activity_ms, l.room) >= (c.activity_ms, c.room)),
-        None => 0,
-    };
-    let end = (start + limit).min(listed.len());
-    let next_cursor = (end < listed.len() && end > start).then(|| ListCursor::of(&listed[end - 1]).encode());
-    let mut page: Vec<Listed> = listed.drain(start..end).collect();
-    // Unread counts for the rooms shown: concurrent, bounded by the store's pool.
-    let counts = try_join_all(page.iter().map(|l| async move {
-        match &l.member {
-            Some(m) => app.store.count_unread(l.room, user, m.read_seq, UNREAD_CAP).await.map(Some),
-            None => Ok(None),
         }
-    }))
-    .await?;
-    for (l, count) in page.iter_mut().zip(counts) {
-        l.summary.unread_count = count;
+        // Versions first, then the data they cover (see `crate::cache`).
+        let outer = self.cache.snapshot(&[Version::User(user), Version::PublicRooms]).await;
+        let memberships: HashMap<ObjectId, Member> =
+            self.store.memberships(user).await?.into_iter().map(|m| (m.room_id, m)).collect();
+        let member_rooms: Vec<ObjectId> = memberships.keys().copied().collect();
+        let rooms = self.store.rooms_listed(&member_rooms).await?;
+        let versions: Vec<Version> = rooms.iter().map(|r| Version::Room(r.id)).collect();
+        let inner = self.cache.snapshot(&versions).await;
+        let (last, peers) = tokio::try_join!(self.last_messages(&rooms), self.peer_names(&rooms, user))?;
+        let mut listed: Vec<Listed> = rooms
+            .iter()
+            .map(|room| {
+                let last = last.get(&room.id);
+                let at = last.map_or(room.created_at, |m| m.timestamp);
+                Listed {
+                    activity_ms: at.timestamp_millis(),
+                    room: room.id,
+                    member: memberships.get(&room.id).cloned(),
+                    summary: summarize(room, memberships.get(&room.id), last, user, &peers),
+                }
+            })
+            .collect();
+        listed.sort_by_key(|l| std::cmp::Reverse((l.activity_ms, l.room)));
+        let start = match cursor {
+            Some(c) => listed.partition_point(|l| (l.activity_ms, l.room) >= (c.activity_ms, c.room)),
+            None => 0,
+        };
+        let end = (start + limit).min(listed.len());
+        let next_cursor = (end < listed.len() && end > start).then(|| ListCursor::of(&listed[end - 1]).encode());
+        let mut page: Vec<Listed> = listed.drain(start..end).collect();
+        // Unread counts for the rooms shown: concurrent, bounded by the store's pool.
+        let counts = try_join_all(page.iter().map(|l| async move {
+            match &l.member {
+                Some(m) => self.store.count_unread(l.room, user, m.read_seq, UNREAD_CAP).await.map(Some),
+                None => Ok(None),
+            }
+        }))
+        .await?;
+        for (l, count) in page.iter_mut().zip(counts) {
+            l.summary.unread_count = count;
+        }
+        let page = RoomPage { rooms: page.into_iter().map(|l| l.summary).collect(), next_cursor };
+        if let (true, Some(outer), Some(inner)) = (cacheable, outer, inner) {
+            self.cache.put(Entry::Rooms(user), outer.and(inner), &page).await;
+        }
+        Ok(page)
     }
-    let page = RoomPage { rooms: page.into_iter().map(|l| l.summary).collect(), next_cursor };
-    if let (true, Some(outer), Some(inner)) = (cacheable, outer, inner) {
-        app.cache.put(Entry::Rooms(user), outer.and(inner), &page).await;
+
+    /// Each room's newest stored message: its seq from the room's counter (or
+    /// from the room document, whose counter takes over while Redis is out),
+    /// all of them in one read; a room without a counter, or whose newest seq
+    /// is not stored (a send in flight, or one that failed), on its own.
+    async fn last_messages(&self, rooms: &[Room]) -> Result<HashMap<ObjectId, Message>> {
+        let ids: Vec<ObjectId> = rooms.iter().map(|r| r.id).collect();
+        let counters = self.seqs.current_many(&ids).await;
+        let seqs: Vec<Option<i64>> =
+            counters.iter().zip(rooms).map(|(counter, room)| counter.map(|c| c.max(room.last_seq))).collect();
+        let at: Vec<(ObjectId, i64)> =
+            ids.iter().zip(&seqs).filter_map(|(id, seq)| seq.filter(|s| *s > 0).map(|s| (*id, s))).collect();
+        let mut found: HashMap<ObjectId, Message> =
+            self.store.messages_at(&at).await?.into_iter().map(|m| (m.room_id, m)).collect();
+        // Rooms with a counter at 0 have no message yet; the rest not found are read one by one.
+        let unknown: Vec<ObjectId> = ids
+            .iter()
+            .zip(&seqs)
+            .filter(|(id, seq)| **seq != Some(0) && !found.contains_key(id))
+            .map(|(id, _)| *id)
+            .collect();
+        let newest = try_join_all(unknown.iter().map(|room| async move {
+            let query = HistoryQuery { room_id: *room, limit: 1, ..Default::default() };
+            self.store.history(&query).await.map(|(page, _)| page.into_iter().next())
+        }))
+        .await?;
+        found.extend(newest.into_iter().flatten().map(|m| (m.room_id, m)));
+        Ok(found)
     }
-    Ok(page)
-}
 
-/// Each room's newest stored message: its seq from the room's counter (or
-/// from the room document, whose counter takes over while Redis is out),
-/// all of them in one read; a room without a counter, or whose newest seq
-/// is not stored (a send in flight, or one that failed), on its own.
-async fn last_messages(app: &App, rooms: &[Room]) -> Result<HashMap<ObjectId, Message>> {
-    let ids: Vec<ObjectId> = rooms.iter().map(|r| r.id).collect();
-    let counters = app.seqs.current_many(&ids).await;
-    let seqs: Vec<Option<i64>> =
-        counters.iter().zip(rooms).map(|(counter, room)| counter.map(|c| c.max(room.last_seq))).collect();
-    let at: Vec<(ObjectId, i64)> =
-        ids.iter().zip(&seqs).filter_map(|(id, seq)| seq.filter(|s| *s > 0).map(|s| (*id, s))).collect();
-    let mut found: HashMap<ObjectId, Message> =
-        app.store.messages_at(&at).await?.into_iter().map(|m| (m.room_id, m)).collect();
-    // Rooms with a counter at 0 have no message yet; the rest not found are read one by one.
-    let unknown: Vec<ObjectId> = ids
-        .iter()
-        .zip(&seqs)
-        .filter(|(id, seq)| **seq != Some(0) && !found.contains_key(id))
-        .map(|(id, _)| *id)
-        .collect();
-    let newest = try_join_all(unknown.iter().map(|room| async move {
-        let query = HistoryQuery { room_id: *room, limit: 1, ..Default::default() };
-        app.store.history(&query).await.map(|(page, _)| page.into_iter().next())
-    }))
-    .await?;
-    found.extend(newest.into_iter().flatten().map(|m| (m.room_id, m)));
-    Ok(found)
-}
-
-async fn peer_names(app: &App, rooms: &[Room], user: ObjectId) -> Result<HashMap<ObjectId, String>> {
-    let ids: Vec<ObjectId> = rooms.iter().filter_map(|r| r.peer_of(user)).collect();
-    Ok(app.store.users(&ids).await?.into_iter().map(|u| (u.id, u.username)).collect())
+    async fn peer_names(&self, rooms: &[Room], user: ObjectId) -> Result<HashMap<ObjectId, String>> {
+        let ids: Vec<ObjectId> = rooms.iter().filter_map(|r| r.peer_of(user)).collect();
+        Ok(self.store.users(&ids).await?.into_iter().map(|u| (u.id, u.username)).collect())
+    }
 }
 
 fn summarize(

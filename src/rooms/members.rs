@@ -12,10 +12,10 @@ use bson::oid::ObjectId;
 use chrono::Utc;
 use serde::Serialize;
 
+use super::Rooms;
 use crate::auth::Caller;
 use crate::bus::{Event, Topic};
 use crate::error::{Error, Result};
-use crate::node::App;
 use crate::protocol::ServerEvent;
 use crate::store::model::MemberView;
 use crate::store::{Member, Role, Room, RoomKind, User};
@@ -50,125 +50,141 @@ pub fn parse_role(raw: &str) -> Result<Role> {
     }
 }
 
-/// The room and the caller's membership, for a change of its members.
-async fn managed(app: &App, caller: &Caller, room_id: ObjectId) -> Result<(Room, Member)> {
-    let room = super::existing(app, room_id).await?;
-    if room.kind == RoomKind::Direct {
-        return Err(Error::Forbidden("a direct conversation's members cannot change".into()));
-    }
-    let member = super::require_member(app, caller, room_id).await?;
-    Ok((room, member))
-}
-
-async fn existing_user(app: &App, user_id: ObjectId) -> Result<User> {
-    app.store.user(user_id).await?.ok_or_else(|| Error::NotFound("user not found".into()))
-}
-
-/// Adds `user_id` to the room with `role`; returns the membership and
-/// whether it is new (an existing member is returned unchanged).
-pub async fn add(
-    app: &App,
-    caller: &Caller,
-    room_id: ObjectId,
-    user_id: ObjectId,
-    role: Role,
-) -> Result<(Member, bool)> {
-    let (_, actor) = managed(app, caller, room_id).await?;
-    if !may_assign(actor.role, role) {
-        return Err(Error::Forbidden(match actor.role {
-            Role::Member => "only the room's owner and moderators add members".into(),
-            _ => "only the room's owner appoints moderators".into(),
-        }));
-    }
-    existing_user(app, user_id).await?;
-    if let Some(member) = app.store.member(room_id, user_id).await? {
-        return Ok((member, false));
-    }
-    let member = app.store.add_member(&Member::new(room_id, user_id, role, Utc::now())).await?;
-    app.seqs.membership_started(room_id, user_id).await;
-    app.cache.user_changed(user_id).await;
-    app.cache.members_changed(room_id, &[user_id], &[]).await;
-    let by = caller.user_id;
-    announce(app, room_id, ServerEvent::MemberAdded { member: &member, by }).await;
-    let frame = ServerEvent::RoomAdded { room: room_id, by }.encode();
-    publish(app, Topic::User(user_id), Event::Ephemeral { skip: None, frame: &frame }).await;
-    Ok((member, true))
-}
-
-/// Changes a member's role (owner only; the owner's own role is fixed).
-pub async fn set_role(app: &App, caller: &Caller, room_id: ObjectId, user_id: ObjectId, role: Role) -> Result<Member> {
-    let (_, actor) = managed(app, caller, room_id).await?;
-    if actor.role != Role::Owner {
-        return Err(Error::Forbidden("only the room's owner changes roles".into()));
-    }
-    let mut target = app.store.member(room_id, user_id).await?.ok_or_else(not_a_member)?;
-    if target.role == Role::Owner {
-        return Err(Error::Forbidden("the owner's role cannot change".into()));
-    }
-    if target.role != role {
-        if !app.store.set_role(room_id, user_id, role).await? {
-            return Err(not_a_member());
+impl Rooms {
+    /// The room and the caller's membership, for a change of its members.
+    async fn managed(&self, caller: &Caller, room_id: ObjectId) -> Result<(Room, Member)> {
+        let room = self.existing(room_id).await?;
+        if room.kind == RoomKind::Direct {
+            return Err(Error::Forbidden("a direct conversation's members cannot change".into()));
         }
-        target.role = role;
-        app.cache.user_changed(user_id).await;
-        announce(app, room_id, ServerEvent::MemberUpdated { member: &target, by: caller.user_id }).await;
+        let member = self.require_member(caller, room_id).await?;
+        Ok((room, member))
     }
-    Ok(target)
-}
 
-/// Removes a member; a member removing themselves leaves the room.
-pub async fn remove(app: &App, caller: &Caller, room_id: ObjectId, user_id: ObjectId) -> Result<()> {
-    let (_, actor) = managed(app, caller, room_id).await?;
-    let target = if user_id == caller.user_id {
-        if actor.role == Role::Owner {
-            return Err(Error::Conflict {
-                code: "owner_cannot_leave",
-                message: "the owner cannot leave the room they own".into(),
-            });
-        }
-        actor
-    } else {
-        let target = app.store.member(room_id, user_id).await?.ok_or_else(not_a_member)?;
-        if !may_remove(actor.role, target.role) {
+    async fn existing_user(&self, user_id: ObjectId) -> Result<User> {
+        self.store.user(user_id).await?.ok_or_else(|| Error::NotFound("user not found".into()))
+    }
+
+    /// Adds `user_id` to the room with `role`; returns the membership and
+    /// whether it is new (an existing member is returned unchanged).
+    pub async fn add(
+        &self,
+        caller: &Caller,
+        room_id: ObjectId,
+        user_id: ObjectId,
+        role: Role,
+    ) -> Result<(Member, bool)> {
+        let (_, actor) = self.managed(caller, room_id).await?;
+        if !may_assign(actor.role, role) {
             return Err(Error::Forbidden(match actor.role {
-                Role::Member => "only the room's owner and moderators remove members".into(),
-                _ => "moderators remove members, not moderators or the owner".into(),
+                Role::Member => "only the room's owner and moderators add members".into(),
+                _ => "only the room's owner appoints moderators".into(),
             }));
         }
-        target
-    };
-    if !app.store.remove_member(room_id, user_id).await? {
-        return Err(not_a_member());
+        self.existing_user(user_id).await?;
+        if let Some(member) = self.store.member(room_id, user_id).await? {
+            return Ok((member, false));
+        }
+        let member = self.store.add_member(&Member::new(room_id, user_id, role, Utc::now())).await?;
+        self.seqs.membership_started(room_id, user_id).await;
+        self.cache.user_changed(user_id).await;
+        self.cache.members_changed(room_id, &[user_id], &[]).await;
+        let by = caller.user_id;
+        self.announce(room_id, ServerEvent::MemberAdded { member: &member, by }).await;
+        let frame = ServerEvent::RoomAdded { room: room_id, by }.encode();
+        self.publish(Topic::User(user_id), Event::Ephemeral { skip: None, frame: &frame }).await;
+        Ok((member, true))
     }
-    // Before anything is acknowledged: from here on, no node stores a
-    // message of theirs in the room (`seq`).
-    app.seqs.membership_ended(room_id, user_id).await;
-    app.cache.user_changed(user_id).await;
-    app.cache.members_changed(room_id, &[], &[user_id]).await;
-    // Out of the room's live traffic on every node first, then the news.
-    // The user's own topic carries the end of the membership to every
-    // connection of theirs, joined to the room or not: none of them may
-    // post there any more.
-    publish(app, Topic::Room(room_id), Event::Evict { user: user_id }).await;
-    announce(app, room_id, ServerEvent::MemberRemoved { member: &target, by: caller.user_id }).await;
-    let frame = ServerEvent::RoomRemoved { room: room_id, by: caller.user_id }.encode();
-    publish(app, Topic::User(user_id), Event::MembershipEnded { room: room_id, frame: &frame }).await;
-    Ok(())
-}
 
-/// A room's members (up to [`MAX_LISTED`]) with their usernames.
-pub async fn list(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Vec<MemberEntry>> {
-    super::readable(app, caller, room_id).await?;
-    let members = app.store.room_members(room_id, MAX_LISTED).await?;
-    let ids: Vec<ObjectId> = members.iter().map(|m| m.user_id).collect();
-    let users = app.store.users(&ids).await?;
-    Ok(members
-        .iter()
-        .map(|m| MemberEntry {
-            username: users.iter().find(|u| u.id == m.user_id).map(|u| u.username.clone()),
-            member: MemberView::from(m),
-        })
-        .collect())
+    /// Changes a member's role (owner only; the owner's own role is fixed).
+    pub async fn set_role(&self, caller: &Caller, room_id: ObjectId, user_id: ObjectId, role: Role) -> Result<Member> {
+        let (_, actor) = self.managed(caller, room_id).await?;
+        if actor.role != Role::Owner {
+            return Err(Error::Forbidden("only the room's owner changes roles".into()));
+        }
+        let mut target = self.store.member(room_id, user_id).await?.ok_or_else(not_a_member)?;
+        if target.role == Role::Owner {
+            return Err(Error::Forbidden("the owner's role cannot change".into()));
+        }
+        if target.role != role {
+            if !self.store.set_role(room_id, user_id, role).await? {
+                return Err(not_a_member());
+            }
+            target.role = role;
+            self.cache.user_changed(user_id).await;
+            self.announce(room_id, ServerEvent::MemberUpdated { member: &target, by: caller.user_id }).await;
+        }
+        Ok(target)
+    }
+
+    /// Removes a member; a member removing themselves leaves the room.
+    pub async fn remove(&self, caller: &Caller, room_id: ObjectId, user_id: ObjectId) -> Result<()> {
+        let (_, actor) = self.managed(caller, room_id).await?;
+        let target = if user_id == caller.user_id {
+            if actor.role == Role::Owner {
+                return Err(Error::Conflict {
+                    code: "owner_cannot_leave",
+                    message: "the owner cannot leave the room they own".into(),
+                });
+            }
+            actor
+        } else {
+            let target = self.store.member(room_id, user_id).await?.ok_or_else(not_a_member)?;
+            if !may_remove(actor.role, target.role) {
+                return Err(Error::Forbidden(match actor.role {
+                    Role::Member => "only the room's owner and moderators remove members".into(),
+                    _ => "moderators remove members, not moderators or the owner".into(),
+                }));
+            }
+            target
+        };
+        if !self.store.remove_member(room_id, user_id).await? {
+            return Err(not_a_member());
+        }
+        // Before anything is acknowledged: from here on, no node stores a
+        // message of theirs in the room (`seq`).
+        self.seqs.membership_ended(room_id, user_id).await;
+        self.cache.user_changed(user_id).await;
+        self.cache.members_changed(room_id, &[], &[user_id]).await;
+        // Out of the room's live traffic on every node first, then the news.
+        // The user's own topic carries the end of the membership to every
+        // connection of theirs, joined to the room or not: none of them may
+        // post there any more.
+        self.publish(Topic::Room(room_id), Event::Evict { user: user_id }).await;
+        self.announce(room_id, ServerEvent::MemberRemoved { member: &target, by: caller.user_id }).await;
+        let frame = ServerEvent::RoomRemoved { room: room_id, by: caller.user_id }.encode();
+        self.publish(Topic::User(user_id), Event::MembershipEnded { room: room_id, frame: &frame }).await;
+        Ok(())
+    }
+
+    /// A room's members (up to [`MAX_LISTED`]) with their usernames.
+    pub async fn members(&self, caller: &Caller, room_id: ObjectId) -> Result<Vec<MemberEntry>> {
+        self.readable(caller, room_id).await?;
+        let members = self.store.room_members(room_id, MAX_LISTED).await?;
+        let ids: Vec<ObjectId> = members.iter().map(|m| m.user_id).collect();
+        let users = self.store.users(&ids).await?;
+        Ok(members
+            .iter()
+            .map(|m| MemberEntry {
+                username: users.iter().find(|u| u.id == m.user_id).map(|u| u.username.clone()),
+                member: MemberView::from(m),
+            })
+            .collect())
+    }
+
+    /// Tells the room's subscribers about a membership change.
+    async fn announce(&self, room_id: ObjectId, event: ServerEvent<'_>) {
+        self.publish(Topic::Room(room_id), Event::Ephemeral { skip: None, frame: &event.encode() }).await;
+    }
+
+    /// Publishes a live effect of a stored change; a failure is logged, not an
+    /// error: the change itself is stored, and clients catch up on reconnect.
+    pub(crate) async fn publish(&self, topic: Topic, event: Event<'_>) {
+        if let Err(e) = self.bus.publish(topic, event).await {
+            metrics::counter!("confab_bus_publish_failures_total").increment(1);
+            tracing::warn!(error = %e, ?topic, "live update not published");
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -180,20 +196,6 @@ pub struct MemberEntry {
 
 fn not_a_member() -> Error {
     Error::NotFound("that user is not a member of this room".into())
-}
-
-/// Tells the room's subscribers about a membership change.
-async fn announce(app: &App, room_id: ObjectId, event: ServerEvent<'_>) {
-    publish(app, Topic::Room(room_id), Event::Ephemeral { skip: None, frame: &event.encode() }).await;
-}
-
-/// Publishes a live effect of a stored change; a failure is logged, not an
-/// error: the change itself is stored, and clients catch up on reconnect.
-pub(crate) async fn publish(app: &App, topic: Topic, event: Event<'_>) {
-    if let Err(e) = app.bus.publish(topic, event).await {
-        metrics::counter!("confab_bus_publish_failures_total").increment(1);
-        tracing::warn!(error = %e, ?topic, "live update not published");
-    }
 }
 
 #[cfg(test)]

@@ -8,13 +8,18 @@ pub mod direct;
 pub mod list;
 pub mod members;
 
+use std::sync::Arc;
+
 use bson::oid::ObjectId;
 use chrono::Utc;
 use serde::Deserialize;
 
 use crate::auth::Caller;
+use crate::bus::Bus;
+use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::node::App;
+use crate::seq::Seqs;
+use crate::store::Store;
 use crate::store::{Member, Role, Room, RoomKind, StoreError};
 use crate::validate;
 
@@ -25,79 +30,95 @@ pub struct NewRoom {
     pub kind: String,
 }
 
-pub async fn create(app: &App, caller: &Caller, r: NewRoom) -> Result<Room> {
-    validate::room_name(&r.name)?;
-    let kind = match r.kind.as_str() {
-        "public" => RoomKind::Public,
-        "private" => RoomKind::Private,
-        _ => return Err(Error::invalid("type", "must be \"public\" or \"private\"")),
-    };
-    if app.store.room_name_taken(&r.name).await? {
-        return Err(name_taken());
+/// Rooms and who is in them. Holds what it touches: the store, the rooms'
+/// seq counters (a new room's starts at 0; an ended membership is marked
+/// beside them), the bus (membership news), the cache (versions to bump).
+pub struct Rooms {
+    store: Arc<dyn Store>,
+    seqs: Seqs,
+    bus: Arc<dyn Bus>,
+    cache: Cache,
+}
+
+impl Rooms {
+    pub fn new(store: Arc<dyn Store>, seqs: Seqs, bus: Arc<dyn Bus>, cache: Cache) -> Self {
+        Rooms { store, seqs, bus, cache }
     }
-    let room = Room::new(r.name, kind, caller.user_id, Vec::new());
-    match app.store.insert_room(&room).await {
-        Ok(()) => {}
-        Err(StoreError::Duplicate) => return Err(name_taken()),
-        Err(e) => return Err(e.into()),
+
+    pub async fn create(&self, caller: &Caller, r: NewRoom) -> Result<Room> {
+        validate::room_name(&r.name)?;
+        let kind = match r.kind.as_str() {
+            "public" => RoomKind::Public,
+            "private" => RoomKind::Private,
+            _ => return Err(Error::invalid("type", "must be \"public\" or \"private\"")),
+        };
+        if self.store.room_name_taken(&r.name).await? {
+            return Err(name_taken());
+        }
+        let room = Room::new(r.name, kind, caller.user_id, Vec::new());
+        match self.store.insert_room(&room).await {
+            Ok(()) => {}
+            Err(StoreError::Duplicate) => return Err(name_taken()),
+            Err(e) => return Err(e.into()),
+        }
+        self.seqs.started(room.id).await;
+        let owner = Member::new(room.id, caller.user_id, Role::Owner, room.created_at);
+        self.store.add_member(&owner).await?;
+        if kind == RoomKind::Public {
+            self.cache.public_rooms_changed().await;
+        } else {
+            self.cache.user_changed(caller.user_id).await;
+        }
+        Ok(room)
     }
-    app.seqs.started(room.id).await;
-    let owner = Member::new(room.id, caller.user_id, Role::Owner, room.created_at);
-    app.store.add_member(&owner).await?;
-    if kind == RoomKind::Public {
-        app.cache.public_rooms_changed().await;
-    } else {
-        app.cache.user_changed(caller.user_id).await;
+
+    pub(crate) async fn existing(&self, room_id: ObjectId) -> Result<Room> {
+        self.store.room(room_id).await?.ok_or_else(|| Error::NotFound("room not found".into()))
     }
-    Ok(room)
+
+    /// Joins a public room (idempotent); a private room only confirms an
+    /// existing membership.
+    pub async fn join(&self, caller: &Caller, room_id: ObjectId) -> Result<Member> {
+        let room = self.existing(room_id).await?;
+        if let Some(member) = self.store.member(room_id, caller.user_id).await? {
+            return Ok(member);
+        }
+        match room.kind {
+            RoomKind::Public => {}
+            RoomKind::Private => {
+                return Err(Error::Forbidden("this room is private: members join by invitation".into()));
+            }
+            RoomKind::Direct => return Err(Error::Forbidden("a direct conversation has only its two users".into())),
+        }
+        let member = Member::new(room_id, caller.user_id, Role::Member, Utc::now());
+        let member = self.store.add_member(&member).await?;
+        self.seqs.membership_started(room_id, caller.user_id).await;
+        self.cache.user_changed(caller.user_id).await;
+        self.cache.members_changed(room_id, &[caller.user_id], &[]).await;
+        Ok(member)
+    }
+
+    /// The room, if the caller may read its history: public rooms to anyone
+    /// signed in, private and direct rooms to members.
+    pub async fn readable(&self, caller: &Caller, room_id: ObjectId) -> Result<Room> {
+        let room = self.existing(room_id).await?;
+        if room.kind != RoomKind::Public && self.store.member(room_id, caller.user_id).await?.is_none() {
+            return Err(Error::Forbidden("you are not a member of this room".into()));
+        }
+        Ok(room)
+    }
+
+    /// The caller's membership; fails unless the caller is a member (only
+    /// members may post, and acknowledge messages).
+    pub async fn require_member(&self, caller: &Caller, room_id: ObjectId) -> Result<Member> {
+        if let Some(member) = self.store.member(room_id, caller.user_id).await? {
+            return Ok(member);
+        }
+        self.existing(room_id).await?;
+        Err(Error::Forbidden("you are not a member of this room".into()))
+    }
 }
 
 fn name_taken() -> Error {
     Error::Conflict { code: "room_name_taken", message: "a room with this name already exists".into() }
-}
-
-pub(crate) async fn existing(app: &App, room_id: ObjectId) -> Result<Room> {
-    app.store.room(room_id).await?.ok_or_else(|| Error::NotFound("room not found".into()))
-}
-
-/// Joins a public room (idempotent); a private room only confirms an
-/// existing membership.
-pub async fn join(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Member> {
-    let room = existing(app, room_id).await?;
-    if let Some(member) = app.store.member(room_id, caller.user_id).await? {
-        return Ok(member);
-    }
-    match room.kind {
-        RoomKind::Public => {}
-        RoomKind::Private => {
-            return Err(Error::Forbidden("this room is private: members join by invitation".into()));
-        }
-        RoomKind::Direct => return Err(Error::Forbidden("a direct conversation has only its two users".into())),
-    }
-    let member = Member::new(room_id, caller.user_id, Role::Member, Utc::now());
-    let member = app.store.add_member(&member).await?;
-    app.seqs.membership_started(room_id, caller.user_id).await;
-    app.cache.user_changed(caller.user_id).await;
-    app.cache.members_changed(room_id, &[caller.user_id], &[]).await;
-    Ok(member)
-}
-
-/// The room, if the caller may read its history: public rooms to anyone
-/// signed in, private and direct rooms to members.
-pub async fn readable(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Room> {
-    let room = existing(app, room_id).await?;
-    if room.kind != RoomKind::Public && app.store.member(room_id, caller.user_id).await?.is_none() {
-        return Err(Error::Forbidden("you are not a member of this room".into()));
-    }
-    Ok(room)
-}
-
-/// The caller's membership; fails unless the caller is a member (only
-/// members may post, and acknowledge messages).
-pub async fn require_member(app: &App, caller: &Caller, room_id: ObjectId) -> Result<Member> {
-    if let Some(member) = app.store.member(room_id, caller.user_id).await? {
-        return Ok(member);
-    }
-    existing(app, room_id).await?;
-    Err(Error::Forbidden("you are not a member of this room".into()))
 }

@@ -16,47 +16,150 @@ pub mod socket;
 
 use std::sync::Arc;
 
-use crate::bus::Topic;
-use crate::fanout::Outbox;
 use fastwebsockets::WebSocket;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Caller;
-use crate::node::App;
-
-fn limits(app: &App) -> socket::Limits {
-    socket::Limits { max_message_bytes: app.config.max_message_bytes, ping_interval: app.config.ping_interval }
-}
+use crate::bus::Topic;
+use crate::config::{Config, RateLimits};
+use crate::error::{Error, Result};
+use crate::fanout::{Fanout, Outbox};
+use crate::messages::Messages;
+use crate::presence::Presence;
+use crate::receipts::Receipts;
+use crate::rooms::Rooms;
+use crate::typing::Typing;
 
 /// An upgraded WebSocket, as the HTTP layer hands it over.
 pub type Upgraded = WebSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
-/// Serves one authenticated chat connection until it ends.
-pub async fn run_chat(app: Arc<App>, caller: Caller, ws: Upgraded) {
-    let Some(halves) = split(ws) else { return };
-    let fanout = app.fanout.clone();
-    let outbox = Outbox::new(Some(caller.user_id), app.config.outbound_queue, fanout.shutdown.child_token());
-    fanout.registry.register(outbox.clone());
-    // Receipts and presence reach a user through their own topic. Counting
-    // the connection for presence goes alongside: with Redis down, each
-    // waits out its own timeout, not one after the other.
-    let (subscribed, ()) = tokio::join!(
-        fanout.subscriptions.ensure(Topic::User(caller.user_id)),
-        crate::presence::connected(&app, caller.user_id, outbox.id),
-    );
-    match subscribed {
-        Ok(()) => outbox.mark_user_topic_subscribed(),
-        Err(e) => tracing::warn!(error = %e, "user topic not subscribed; receipts reach this connection late"),
-    }
-    let session = session::ChatSession::new(app.clone(), caller, outbox.clone());
-    socket::drive(halves, outbox, limits(&app), session).await;
+/// The node's sockets: what a connection may use, and every connection's
+/// task, so that shutdown can wait for them all to end.
+pub struct Sockets {
+    fanout: Fanout,
+    messages: Arc<Messages>,
+    rooms: Arc<Rooms>,
+    receipts: Arc<Receipts>,
+    presence: Arc<Presence>,
+    typing: Arc<Typing>,
+    settings: Settings,
+    tasks: TaskTracker,
 }
 
-/// Serves one conformance-echo connection until it ends.
-pub async fn run_echo(app: Arc<App>, ws: Upgraded) {
-    let Some(halves) = split(ws) else { return };
-    let outbox = Outbox::new(None, app.config.outbound_queue, app.fanout.shutdown.child_token());
-    let echo = echo::Echo { outbox: outbox.clone() };
-    socket::drive(halves, outbox, limits(&app), echo).await;
+/// The socket settings, from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub limits: socket::Limits,
+    pub outbound_queue: usize,
+    pub rate_limits: RateLimits,
+    /// Browser origins allowed to connect; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Open connections one user may hold across the cluster; 0: no cap.
+    pub max_per_user: u32,
+}
+
+impl Settings {
+    pub fn of(config: &Config) -> Self {
+        Settings {
+            limits: socket::Limits { max_message_bytes: config.max_message_bytes, ping_interval: config.ping_interval },
+            outbound_queue: config.outbound_queue,
+            rate_limits: config.rate_limits,
+            allowed_origins: config.allowed_origins.0.clone(),
+            max_per_user: config.max_sockets_per_user,
+        }
+    }
+}
+
+impl Sockets {
+    pub fn new(
+        fanout: Fanout,
+        messages: Arc<Messages>,
+        rooms: Arc<Rooms>,
+        receipts: Arc<Receipts>,
+        presence: Arc<Presence>,
+        typing: Arc<Typing>,
+        settings: Settings,
+    ) -> Self {
+        Sockets { fanout, messages, rooms, receipts, presence, typing, settings, tasks: TaskTracker::new() }
+    }
+
+    /// Whether `caller` may open a chat connection from a page at `origin`
+    /// (None: not a browser): 403 for an origin not allowed, 429 when the
+    /// user already holds as many connections as allowed.
+    pub async fn admit(&self, caller: &Caller, origin: Option<&str>) -> Result<()> {
+        let allowed = &self.settings.allowed_origins;
+        if let Some(origin) = origin {
+            if !allowed.is_empty() && !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/'))) {
+                return Err(Error::Forbidden("origin not allowed".into()));
+            }
+        }
+        self.presence.may_connect(caller.user_id, self.settings.max_per_user).await
+    }
+
+    /// Serves one authenticated chat connection, once upgraded, until it ends.
+    pub fn spawn_chat<F>(self: &Arc<Self>, caller: Caller, upgrade: F)
+    where
+        F: std::future::Future<Output = std::result::Result<Upgraded, fastwebsockets::WebSocketError>> + Send + 'static,
+    {
+        let sockets = self.clone();
+        self.tasks.spawn(async move {
+            match upgrade.await {
+                Ok(ws) => sockets.run_chat(caller, ws).await,
+                Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            }
+        });
+    }
+
+    /// Serves one conformance-echo connection, once upgraded, until it ends.
+    pub fn spawn_echo<F>(self: &Arc<Self>, upgrade: F)
+    where
+        F: std::future::Future<Output = std::result::Result<Upgraded, fastwebsockets::WebSocketError>> + Send + 'static,
+    {
+        let sockets = self.clone();
+        self.tasks.spawn(async move {
+            if let Ok(ws) = upgrade.await {
+                sockets.run_echo(ws).await;
+            }
+        });
+    }
+
+    async fn run_chat(self: Arc<Self>, caller: Caller, ws: Upgraded) {
+        let Some(halves) = split(ws) else { return };
+        let fanout = &self.fanout;
+        let outbox = Outbox::new(Some(caller.user_id), self.settings.outbound_queue, fanout.shutdown.child_token());
+        fanout.registry.register(outbox.clone());
+        // Receipts and presence reach a user through their own topic. Counting
+        // the connection for presence goes alongside: with Redis down, each
+        // waits out its own timeout, not one after the other.
+        let (subscribed, ()) = tokio::join!(
+            fanout.subscriptions.ensure(Topic::User(caller.user_id)),
+            self.presence.connected(caller.user_id, outbox.id),
+        );
+        match subscribed {
+            Ok(()) => outbox.mark_user_topic_subscribed(),
+            Err(e) => tracing::warn!(error = %e, "user topic not subscribed; receipts reach this connection late"),
+        }
+        let limits = self.settings.limits;
+        let session = session::ChatSession::new(self, caller, outbox.clone());
+        socket::drive(halves, outbox, limits, session).await;
+    }
+
+    async fn run_echo(self: Arc<Self>, ws: Upgraded) {
+        let Some(halves) = split(ws) else { return };
+        let outbox = Outbox::new(None, self.settings.outbound_queue, self.fanout.shutdown.child_token());
+        let echo = echo::Echo { outbox: outbox.clone() };
+        socket::drive(halves, outbox, self.settings.limits, echo).await;
+    }
+
+    /// Says goodbye (1001) to every connection, cuts off the stragglers, and
+    /// waits (briefly) for every connection's task to end.
+    pub async fn close_all(&self) {
+        self.tasks.close();
+        self.fanout.close_all().await;
+        if tokio::time::timeout(std::time::Duration::from_secs(2), self.tasks.wait()).await.is_err() {
+            tracing::warn!(left = self.tasks.len(), "connections still open after shutdown");
+        }
+    }
 }
 
 /// The socket's halves; None (logged) if the upgrade is not a TCP stream.

@@ -13,23 +13,22 @@ use serde_json::{json, Value};
 
 use super::assembler::DataMessage;
 use super::socket::Handler;
+use super::Sockets;
 use crate::auth::Caller;
 use crate::bus::Topic;
 use crate::error::{Error, Result};
 use crate::fanout::registry::{Outbound, Outbox};
-use crate::messages::{self, Draft, Membership};
-use crate::node::App;
+use crate::messages::{Draft, Membership};
 use crate::protocol::{self, Close, CloseCode, Command, ReplayFrom, Request, ServerEvent};
 use crate::ratelimit::{self, Admit, FrameLimiter};
+use crate::seq;
 use crate::store::model::MessageView;
-use crate::store::HistoryQuery;
-use crate::{presence, receipts, rooms, seq, typing};
 
 /// Rooms one connection may be subscribed to at once.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 1000;
 
 pub struct ChatSession {
-    app: Arc<App>,
+    sockets: Arc<Sockets>,
     caller: Caller,
     user_hex: String,
     outbox: Arc<Outbox>,
@@ -45,12 +44,12 @@ pub struct ChatSession {
 }
 
 impl ChatSession {
-    pub fn new(app: Arc<App>, caller: Caller, outbox: Arc<Outbox>) -> Self {
+    pub fn new(sockets: Arc<Sockets>, caller: Caller, outbox: Arc<Outbox>) -> Self {
         let user_hex = caller.user_id.to_hex();
-        let frames = FrameLimiter::new(&app.config.rate_limits);
-        let bus_epoch = app.fanout.registry.bus_epoch();
+        let frames = FrameLimiter::new(&sockets.settings.rate_limits);
+        let bus_epoch = sockets.fanout.registry.bus_epoch();
         ChatSession {
-            app,
+            sockets,
             caller,
             user_hex,
             outbox,
@@ -93,23 +92,23 @@ impl ChatSession {
             Command::Send { room, content, client_msg_id } => {
                 let draft = Draft { content: content.clone(), client_msg_id: client_msg_id.clone() };
                 let membership = if self.is_known_member(*room) { Membership::Remembered } else { Membership::Lookup };
-                let sent = messages::send(&self.app, &self.caller, *room, draft, membership).await?;
+                let sent = self.sockets.messages.send(&self.caller, *room, draft, membership).await?;
                 self.note_member(*room);
                 Ok(ack(&MessageView::from(&sent.message)))
             }
             Command::Acknowledge { room, cursor, message_id } => {
-                let cursors = receipts::acknowledge(&self.app, &self.caller, *room, *cursor, *message_id).await?;
+                let cursors = self.sockets.receipts.acknowledge(&self.caller, *room, *cursor, *message_id).await?;
                 Ok(ack(&cursors))
             }
             Command::SetStatus { status } => {
-                let view = presence::set_status(&self.app, self.caller.user_id, status).await?;
+                let view = self.sockets.presence.set_status(self.caller.user_id, status).await?;
                 Ok(r.map(|r| protocol::ack(Some(r), None, view, &self.user_hex)))
             }
             Command::Typing { room } => {
                 if !self.rooms.contains(room) {
                     return Err(Error::Forbidden("join the room before typing in it".into()));
                 }
-                let relayed = typing::typing(&self.app, self.caller.user_id, *room).await;
+                let relayed = self.sockets.typing.relay(self.caller.user_id, *room).await;
                 Ok(ack(&json!({ "room_id": channel, "relayed": relayed })))
             }
         }
@@ -123,7 +122,7 @@ impl ChatSession {
             self.rooms.remove(&room);
             self.member_of.remove(&room);
         }
-        let epoch = self.app.fanout.registry.bus_epoch();
+        let epoch = self.sockets.fanout.registry.bus_epoch();
         if epoch != self.bus_epoch {
             // The bus was cut off: a membership may have ended unannounced.
             self.member_of.clear();
@@ -161,20 +160,17 @@ impl ChatSession {
                 format!("a connection may join at most {MAX_ROOMS_PER_CONNECTION} rooms"),
             ));
         }
-        rooms::join(&self.app, &self.caller, room).await?;
+        self.sockets.rooms.join(&self.caller, room).await?;
         self.note_member(room);
         let after = match from {
             None => None,
             Some(ReplayFrom::Seq(seq)) => Some(seq),
-            Some(ReplayFrom::Message(id)) => match self.app.store.message(id).await? {
-                Some(m) if m.room_id == room => Some(m.seq),
-                _ => return Err(Error::NotFound("after: no such message in this room".into())),
-            },
+            Some(ReplayFrom::Message(id)) => Some(self.sockets.messages.seq_in(room, id).await?),
         };
         if after.is_some() {
             self.outbox.start_hold(room);
         }
-        let fanout = &self.app.fanout;
+        let fanout = &self.sockets.fanout;
         fanout.registry.join(room, &self.outbox);
         self.rooms.insert(room);
         if let Err(e) = fanout.subscriptions.ensure(Topic::Room(room)).await {
@@ -193,14 +189,12 @@ impl ChatSession {
         let mut last = after;
         let mut sent = 0;
         loop {
-            let query =
-                HistoryQuery { room_id: room, after_seq: Some(last), forward: true, limit: 200, ..Default::default() };
-            let (page, more) = match self.app.store.history(&query).await {
+            let (page, more) = match self.sockets.messages.replay_page(room, last, 200).await {
                 Ok(p) => p,
                 Err(e) => {
                     self.outbox.release_hold(i64::MAX);
                     self.leave(room);
-                    return Err(e.into());
+                    return Err(e);
                 }
             };
             for m in &page {
@@ -238,8 +232,8 @@ impl ChatSession {
     }
 
     fn leave(&mut self, room: ObjectId) {
-        if self.rooms.remove(&room) && self.app.fanout.registry.leave(room, self.outbox.id) {
-            self.app.fanout.subscriptions.release(Topic::Room(room));
+        if self.rooms.remove(&room) && self.sockets.fanout.registry.leave(room, self.outbox.id) {
+            self.sockets.fanout.subscriptions.release(Topic::Room(room));
         }
     }
 }
@@ -293,7 +287,7 @@ impl Handler for ChatSession {
     }
 
     async fn on_close(&mut self) {
-        let fanout = &self.app.fanout;
+        let fanout = &self.sockets.fanout;
         for room in std::mem::take(&mut self.rooms) {
             if fanout.registry.leave(room, self.outbox.id) {
                 fanout.subscriptions.release(Topic::Room(room));
@@ -302,6 +296,6 @@ impl Handler for ChatSession {
         if fanout.registry.unregister(self.outbox.id) {
             fanout.subscriptions.release(Topic::User(self.caller.user_id));
         }
-        presence::disconnected(&self.app, self.caller.user_id, self.outbox.id);
+        self.sockets.presence.disconnected(self.caller.user_id, self.outbox.id);
     }
 }
