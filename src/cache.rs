@@ -24,6 +24,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use bson::oid::ObjectId;
 use fred::prelude::*;
@@ -178,13 +180,34 @@ pub struct Cache {
     /// Version keys whose bump failed, with a count of failures: retried
     /// until Redis takes a bump made after the last failure.
     pending: Arc<Mutex<HashMap<String, u64>>>,
+    /// The retry of pending bumps, while there are any; ends at `shutdown`.
+    retries: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl Cache {
     /// A cache over `redis`; `None` (or a zero TTL) turns caching off.
     pub fn new(redis: Option<Client>, keys: Keyspace, ttl: Duration) -> Self {
         let redis = redis.filter(|_| !ttl.is_zero());
-        Cache { redis, keys, ttl: ttl.as_secs().max(1) as i64, pending: Default::default() }
+        Cache {
+            redis,
+            keys,
+            ttl: ttl.as_secs().max(1) as i64,
+            pending: Default::default(),
+            retries: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Stops retrying bumps (what is pending expires with the TTL) and
+    /// closes the connection.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.retries.close();
+        self.retries.wait().await;
+        if let Some(redis) = &self.redis {
+            let _ = redis.quit().await;
+        }
     }
 
     pub async fn room_changed(&self, room: ObjectId) {
@@ -248,7 +271,7 @@ impl Cache {
                 first
             };
             if first {
-                tokio::spawn(retry_pending(redis.clone(), self.pending.clone()));
+                self.retries.spawn(retry_pending(redis.clone(), self.pending.clone(), self.stop.clone()));
             }
         }
     }
@@ -316,9 +339,12 @@ async fn current(redis: &Client, keys: &[String]) -> Option<Vec<i64>> {
 
 /// Bumps the failed versions until Redis takes them all. A key is done only
 /// if no bump of it failed again while its retry was under way.
-async fn retry_pending(redis: Client, pending: Arc<Mutex<HashMap<String, u64>>>) {
+async fn retry_pending(redis: Client, pending: Arc<Mutex<HashMap<String, u64>>>, stop: CancellationToken) {
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
         let keys: Vec<(String, u64)> =
             pending.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, n)| (k.clone(), *n)).collect();
         if keys.is_empty() {

@@ -24,13 +24,13 @@ pub struct Entry {
 
 /// Each user's one-way contact list.
 pub struct Contacts {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     users: Arc<Users>,
     presence: Arc<Presence>,
 }
 
 impl Contacts {
-    pub fn new(store: Arc<dyn Store>, users: Arc<Users>, presence: Arc<Presence>) -> Self {
+    pub fn new(store: Arc<Store>, users: Arc<Users>, presence: Arc<Presence>) -> Self {
         Contacts { store, users, presence }
     }
 

@@ -9,6 +9,9 @@ use http::StatusCode;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Any error, kept as the cause of ours.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Malformed input: unparsable JSON, an id that is not an ObjectId.
@@ -38,10 +41,20 @@ pub enum Error {
     /// Over a rate limit; the caller may try again after `retry_after`.
     #[error("rate limit exceeded, retry in {} s", whole_seconds(*.retry_after))]
     RateLimited { retry_after: Duration },
+    /// Something this node depends on cannot serve now; try again.
     #[error("{0}")]
     Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
+    /// A backend did not answer; `what` names it for the client ("the
+    /// message store"), `source` says why, for the log.
+    #[error("{what} is unavailable: {source}")]
+    Backend {
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// A fault of ours; clients see only "internal error".
+    #[error("internal error: {0}")]
+    Internal(#[source] BoxError),
 }
 
 impl Error {
@@ -59,7 +72,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::RateLimited { .. } | Error::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::Backend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -76,7 +89,7 @@ impl Error {
             Error::Conflict { code, .. } => code,
             Error::RateLimited { .. } => "rate_limited",
             Error::TooMany { code, .. } => code,
-            Error::Unavailable(_) => "unavailable",
+            Error::Unavailable(_) | Error::Backend { .. } => "unavailable",
             Error::Internal(_) => "internal",
         }
     }
@@ -90,17 +103,46 @@ impl Error {
         }
     }
 
-    /// The text shown to clients; internal details go to the log instead.
-    /// Capped at [`MAX_MESSAGE`] characters, control characters escaped:
-    /// parts of it may come from the client's input (a parser's complaint
-    /// quotes what it could not read).
+    /// The text shown to clients; causes stay out of it (the edge logs them,
+    /// see [`report`](Self::report)). Capped at [`MAX_MESSAGE`] characters,
+    /// control characters escaped: parts of it may come from the client's
+    /// input (a parser's complaint quotes what it could not read).
     pub fn public_message(&self) -> String {
         match self {
-            Error::Internal(detail) => {
-                tracing::error!(error = %detail, "internal error");
-                "internal error".into()
-            }
+            Error::Internal(_) => "internal error".into(),
+            Error::Backend { what, .. } => format!("{what} is unavailable, try again"),
             other => shown(&other.to_string()),
+        }
+    }
+
+    /// For the log, once the answer is made: the error with its causes, if
+    /// it is the server's fault (5xx); None for the client's errors, which
+    /// the client is told and the log need not repeat.
+    pub fn report(&self) -> Option<String> {
+        if !self.status().is_server_error() {
+            return None;
+        }
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        // Causes a variant already prints are not printed twice.
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            cause = e.source();
+        }
+        Some(out)
+    }
+
+    /// Logs [`report`](Self::report), if there is one: at error level for
+    /// our faults, warn for a backend that is away. `context` says where.
+    pub fn log(&self, context: &str) {
+        match (self.report(), self) {
+            (None, _) => {}
+            (Some(report), Error::Internal(_)) => tracing::error!(error = %report, "{context}"),
+            (Some(report), _) => tracing::warn!(error = %report, "{context}"),
         }
     }
 }
@@ -133,23 +175,6 @@ fn whole_seconds(d: Duration) -> u64 {
     d.as_millis().div_ceil(1000).clamp(1, u64::MAX as u128) as u64
 }
 
-impl From<crate::store::StoreError> for Error {
-    fn from(e: crate::store::StoreError) -> Self {
-        use crate::store::StoreError;
-        match e {
-            StoreError::Unavailable(m) => {
-                tracing::warn!(error = %m, "store unavailable");
-                Error::Unavailable("the message store is unavailable, try again".into())
-            }
-            StoreError::Duplicate => Error::Conflict { code: "conflict", message: "already exists".into() },
-            StoreError::Other(m) => {
-                tracing::error!(error = %m, "store error");
-                Error::Internal(m)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,7 +186,10 @@ mod tests {
         assert_eq!(e.public_message(), "username: too short");
         let e = Error::Conflict { code: "email_taken", message: "taken".into() };
         assert_eq!((e.status().as_u16(), e.code()), (409, "email_taken"));
-        assert_eq!(Error::Internal("secret detail".into()).public_message(), "internal error");
+        let internal = Error::Internal("secret detail".into());
+        assert_eq!(internal.public_message(), "internal error");
+        assert_eq!(internal.report().as_deref(), Some("internal error: secret detail"));
+        assert_eq!(Error::NotFound("x".into()).report(), None, "the client's errors are not logged");
         let echoed = Error::BadRequest(format!("data: invalid type: string \"{}\"", "\n".repeat(1000)));
         let shown = echoed.public_message();
         assert!(shown.chars().count() <= MAX_MESSAGE + 1 && !shown.contains('\n'), "{shown}");

@@ -16,8 +16,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Health {
     node_id: String,
-    bus: Arc<dyn Bus>,
-    store: Arc<dyn Store>,
+    bus: Arc<Bus>,
+    store: Arc<Store>,
     /// Set once the store's indexes exist; until then the node is not ready.
     indexes_ready: AtomicBool,
     metrics: PrometheusHandle,
@@ -38,7 +38,7 @@ impl Readiness {
 }
 
 impl Health {
-    pub fn new(node_id: String, bus: Arc<dyn Bus>, store: Arc<dyn Store>, metrics: PrometheusHandle) -> Self {
+    pub fn new(node_id: String, bus: Arc<Bus>, store: Arc<Store>, metrics: PrometheusHandle) -> Self {
         Health { node_id, bus, store, indexes_ready: AtomicBool::new(false), metrics }
     }
 

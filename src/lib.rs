@@ -1,9 +1,12 @@
 //! Confab: a horizontally scaled real-time chat backend.
 //!
-//! The module tree mirrors the architecture: HTTP and WebSocket edges (`http`,
-//! `gateway`) call the domain services (`users`, `rooms`, `messages`), which
-//! talk to the backends only through the `Store` (MongoDB) and `Bus`
-//! (Redis Pub/Sub) traits. `node` wires one running node together.
+//! The module tree mirrors the architecture (docs/architecture.md): the
+//! edges (`http`, `ws`) call the domain services (`users`, `rooms`,
+//! `messages`, …), which use the fan-out (`fanout`), the client protocol
+//! (`protocol`) and the backends (`store` for MongoDB, `bus` for Redis
+//! Pub/Sub, `cache`, `seq`, `ratelimit`), all over the core (`error`,
+//! `config`, `keyspace`, `backend`). `node` wires one running node together;
+//! `tests/layers.rs` keeps every import pointing down.
 
 pub mod auth;
 pub mod backend;

@@ -261,7 +261,7 @@ fn token(args: TokenArgs) -> Result<(), String> {
 
 fn apikey(command: ApikeyCommand) -> Result<(), String> {
     use confab::auth::ApiKeys;
-    use confab::store::model::rfc3339;
+    use confab::clock::rfc3339;
 
     let store_args = match &command {
         ApikeyCommand::Create { store, .. } | ApikeyCommand::Revoke { store, .. } | ApikeyCommand::List { store } => {
@@ -274,9 +274,8 @@ fn apikey(command: ApikeyCommand) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let store = confab::store::mongo::MongoStore::connect(&mongo.mongo_url, &mongo.mongo_db)
-            .await
-            .map_err(|e| e.to_string())?;
+        let store =
+            confab::store::Store::connect(&mongo.mongo_url, &mongo.mongo_db).await.map_err(|e| e.to_string())?;
         let keys = ApiKeys::new(std::sync::Arc::new(store));
         match command {
             ApikeyCommand::Create { name, .. } => {

@@ -21,10 +21,10 @@ use crate::bus::{Bus, Event, Topic};
 use crate::cache::{Cache, Entry, Version};
 use crate::error::{Error, Result};
 use crate::notifications::Notifier;
+use crate::protocol::views::MessageView;
 use crate::protocol::ServerEvent;
 use crate::rooms::Rooms;
 use crate::seq::{Sender, Seqs, Taken};
-use crate::store::model::MessageView;
 use crate::store::{HistoryQuery, Message, Role, Store, StoreError};
 use crate::validate;
 
@@ -57,9 +57,9 @@ pub enum Membership {
 
 /// The send path, history, edits and deletes.
 pub struct Messages {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     seqs: Seqs,
-    bus: Arc<dyn Bus>,
+    bus: Arc<Bus>,
     cache: Cache,
     rooms: Arc<Rooms>,
     notifier: Arc<Notifier>,
@@ -67,9 +67,9 @@ pub struct Messages {
 
 impl Messages {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<Store>,
         seqs: Seqs,
-        bus: Arc<dyn Bus>,
+        bus: Arc<Bus>,
         cache: Cache,
         rooms: Arc<Rooms>,
         notifier: Arc<Notifier>,
@@ -104,12 +104,7 @@ impl Messages {
         let event =
             Event::Message { id: message.id, seq: message.seq, stored_at_us: crate::clock::now_us(), frame: &frame };
         // The cache bump and the publish are independent: one round trip's wait.
-        let (published, ()) =
-            tokio::join!(self.bus.publish(Topic::Room(room_id), event), self.cache.room_changed(room_id));
-        if let Err(e) = published {
-            metrics::counter!("confab_bus_publish_failures_total").increment(1);
-            tracing::warn!(message = %message.id, error = %e, "stored message not published; readers catch up from history");
-        }
+        tokio::join!(self.bus.publish_live(Topic::Room(room_id), event), self.cache.room_changed(room_id));
         // Queued, not awaited: notifications never hold up the ack.
         self.notifier.message_sent(&message, &caller.username);
         Ok(Sent { message, created: true })
@@ -315,14 +310,10 @@ impl Messages {
     /// error: readers find the change in history.
     async fn announce(&self, message: &Message, frame: bytes::Bytes) {
         // The room's cached pages and lists show this message: bump with the publish.
-        let (published, ()) = tokio::join!(
-            self.bus.publish(Topic::Room(message.room_id), Event::Ephemeral { skip: None, frame: &frame }),
+        tokio::join!(
+            self.bus.publish_live(Topic::Room(message.room_id), Event::Ephemeral { skip: None, frame: &frame }),
             self.cache.room_changed(message.room_id)
         );
-        if let Err(e) = published {
-            metrics::counter!("confab_bus_publish_failures_total").increment(1);
-            tracing::warn!(message = %message.id, error = %e, "message change stored but not published");
-        }
     }
 
     /// Posts a system message into a room for a backend (server API): the send

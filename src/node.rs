@@ -7,7 +7,7 @@
 //! node starts belongs to one of them and ends with [`RunningNode::shutdown`].
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -18,25 +18,22 @@ use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::auth::{ApiKeys, Tokens};
-use crate::bus::redis::RedisBus;
 use crate::bus::{Bus, BusError};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::contacts::Contacts;
 use crate::fanout::lanes::Lanes;
-use crate::fanout::{Fanout, FanoutInbox, Registry, Sequencer, Subscriptions};
+use crate::fanout::{Fanout, Registry};
 use crate::health::Health;
 use crate::http::{Api, Edge};
 use crate::messages::Messages;
 use crate::notifications::Notifier;
-use crate::presence::redis::RedisTracker;
-use crate::presence::Presence;
+use crate::presence::{Presence, Tracker};
 use crate::ratelimit::SharedLimiter;
 use crate::receipts::Receipts;
 use crate::rooms::Rooms;
 use crate::search::Searcher;
 use crate::seq::Seqs;
-use crate::store::mongo::MongoStore;
 use crate::store::Store;
 use crate::typing::{RedisThrottle, Typing};
 use crate::users::Users;
@@ -57,6 +54,34 @@ pub struct RunningNode {
     presence: Arc<Presence>,
     notifier: Arc<Notifier>,
     fanout: Fanout,
+    backends: Backends,
+}
+
+/// The connections closed last, once nothing uses them.
+struct Backends {
+    store: Arc<Store>,
+    bus: Arc<Bus>,
+    seqs: Seqs,
+    cache: Cache,
+    limiter: Arc<SharedLimiter>,
+    /// Presence's and typing's.
+    redis: fred::clients::Client,
+}
+
+impl Backends {
+    async fn close(self) {
+        use fred::interfaces::ClientLike;
+        tokio::join!(
+            self.bus.shutdown(),
+            self.cache.shutdown(),
+            self.seqs.shutdown(),
+            self.limiter.shutdown(),
+            async {
+                let _ = self.redis.quit().await;
+            },
+            self.store.shutdown(),
+        );
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,28 +111,16 @@ impl RunningNode {
         let keys = &config.keys;
 
         // Backends.
-        let store: Arc<dyn Store> = Arc::new(
-            MongoStore::connect(&config.mongo.mongo_url, &config.mongo.mongo_db)
+        let store: Arc<Store> = Arc::new(
+            Store::connect(&config.mongo.mongo_url, &config.mongo.mongo_db)
                 .await
                 .map_err(|e| StartError::backend("MongoDB")(e.into()))?,
         );
         let lanes = Lanes::new(config.fanout_lanes, config.fanout_split_at, tokio::runtime::Handle::current());
         let registry = Arc::new(Registry::with_lanes(lanes));
-        let sequencer = Arc::new(Sequencer::default());
-        let inbox = Arc::new(FanoutInbox {
-            registry: registry.clone(),
-            sequencer: sequencer.clone(),
-            subscriptions: OnceLock::new(),
-            store: store.clone(),
-            gap_wait: config.gap_wait,
-            shown_live: {
-                let store = store.clone();
-                Box::new(move |user, _id, stored_at_us, frame| {
-                    crate::notifications::delivered_live(&store, user, stored_at_us, frame)
-                })
-            },
-        });
-        let bus: Arc<dyn Bus> = RedisBus::connect(&config.redis, keys.clone(), config.pubsub_buffer, inbox.clone())
+        let (shown, shown_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (fanout, inbox, keeper) = Fanout::new(registry.clone(), store.clone(), config.gap_wait, shown);
+        let bus: Arc<Bus> = Bus::connect(&config.redis, keys.clone(), config.pubsub_buffer, inbox)
             .await
             .map_err(|e| StartError::backend("Redis Pub/Sub")(e.into()))?;
         let seqs = Seqs::connect(&config.redis, keys.clone(), store.clone())
@@ -124,11 +137,7 @@ impl RunningNode {
         );
         let redis = crate::presence::redis::client(&config.redis)
             .map_err(|e| StartError::backend("Redis (presence)")(e.into()))?;
-
-        // Fan-out.
-        let subscriptions = Subscriptions::spawn(bus.clone(), registry.clone(), sequencer, seqs.clone());
-        let _ = inbox.subscriptions.set(subscriptions.clone());
-        let fanout = Fanout { subscriptions, registry: registry.clone(), shutdown: CancellationToken::new() };
+        keeper.start(bus.clone(), seqs.clone());
 
         // Domain services.
         let tokens = Tokens::new(&config.jwt_secret, config.token_ttl);
@@ -137,19 +146,25 @@ impl RunningNode {
                 .map_err(|e| StartError::backend("Redis (notifications)")(e.into()))?;
         let notifier = Arc::new(notifier);
         let presence = Arc::new(Presence::new(
-            Arc::new(RedisTracker::new(redis.clone(), keys.clone())),
+            Arc::new(Tracker::new(redis.clone(), keys.clone())),
             bus.clone(),
             store.clone(),
             &config,
             stop.child_token(),
         ));
-        let typing = Arc::new(Typing::new(Arc::new(RedisThrottle::new(redis)), keys.clone(), bus.clone()));
+        let typing = Arc::new(Typing::new(Arc::new(RedisThrottle::new(redis.clone())), keys.clone(), bus.clone()));
         let rooms = Arc::new(Rooms::new(store.clone(), seqs.clone(), bus.clone(), cache.clone()));
         let users = Arc::new(Users::new(store.clone(), tokens.clone(), limiter.clone()));
-        let messages =
-            Arc::new(Messages::new(store.clone(), seqs, bus.clone(), cache.clone(), rooms.clone(), notifier.clone()));
-        let receipts = Arc::new(Receipts::new(store.clone(), bus.clone(), cache, rooms.clone()));
-        let health = Arc::new(Health::new(config.node_id.clone(), bus, store.clone(), {
+        let messages = Arc::new(Messages::new(
+            store.clone(),
+            seqs.clone(),
+            bus.clone(),
+            cache.clone(),
+            rooms.clone(),
+            notifier.clone(),
+        ));
+        let receipts = Arc::new(Receipts::new(store.clone(), bus.clone(), cache.clone(), rooms.clone()));
+        let health = Arc::new(Health::new(config.node_id.clone(), bus.clone(), store.clone(), {
             let handle = crate::metrics::handle();
             crate::metrics::register_node();
             handle
@@ -168,7 +183,7 @@ impl RunningNode {
         let api = Api {
             contacts: Arc::new(Contacts::new(store.clone(), users.clone(), presence.clone())),
             searcher: Arc::new(Searcher::new(store.clone(), rooms.clone())),
-            api_keys: Arc::new(ApiKeys::new(store)),
+            api_keys: Arc::new(ApiKeys::new(store.clone())),
             users,
             rooms,
             messages,
@@ -178,7 +193,7 @@ impl RunningNode {
             health: health.clone(),
             sockets: sockets.clone(),
             tokens,
-            limiter,
+            limiter: limiter.clone(),
             edge: Arc::new(Edge {
                 trusted_proxies: config.trusted_proxies.0.clone(),
                 echo_endpoint: config.echo_endpoint,
@@ -190,7 +205,7 @@ impl RunningNode {
             let stop = stop.clone();
             async move { health.ensure_indexes(stop).await }
         });
-        notifier.start(notification_jobs);
+        notifier.start(notification_jobs, shown_rx);
         presence.start();
 
         let accepting = CancellationToken::new();
@@ -209,6 +224,7 @@ impl RunningNode {
             presence,
             notifier,
             fanout,
+            backends: Backends { store, bus, seqs, cache, limiter, redis },
         })
     }
 
@@ -216,9 +232,11 @@ impl RunningNode {
         &self.node_id
     }
 
-    /// Stops accepting, closes every socket with 1001, takes the node's
-    /// connections out of presence, stops every task the node started, and
-    /// waits for them (a few seconds at most).
+    /// Shuts the node down in a fixed order, within a few seconds: stop
+    /// accepting; say goodbye (1001) to every socket and let its outbound
+    /// frames drain; take the node's connections out of presence and stop
+    /// the services' tasks; stop the fan-out; close the backends. Nothing
+    /// the node started runs afterwards.
     pub async fn shutdown(self) {
         self.accepting.cancel();
         self.sockets.close_all().await;
@@ -227,8 +245,9 @@ impl RunningNode {
         tokio::join!(self.presence.shutdown(), self.notifier.shutdown(), async {
             let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
         });
-        self.fanout.subscriptions.stop().await;
+        self.fanout.stop().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.accept).await;
+        self.backends.close().await;
     }
 }
 
@@ -238,5 +257,5 @@ fn cache_client(config: &Config) -> Result<Option<fred::clients::Client>, BusErr
     if config.cache_ttl.is_zero() {
         return Ok(None);
     }
-    config.redis.client(Duration::from_millis(200)).map(Some).map_err(|e| BusError(e.to_string()))
+    Ok(Some(config.redis.client(Duration::from_millis(200))?))
 }

@@ -15,7 +15,7 @@ use bson::oid::ObjectId;
 use serde::Serialize;
 
 use crate::auth::Caller;
-use crate::bus::{publish_live, Bus};
+use crate::bus::Bus;
 use crate::bus::{Event, Topic};
 use crate::cache::Cache;
 use crate::error::{Error, Result};
@@ -40,14 +40,14 @@ pub struct Cursors {
 
 /// Delivery and read cursors, and the receipts they send.
 pub struct Receipts {
-    store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
+    store: Arc<Store>,
+    bus: Arc<Bus>,
     cache: Cache,
     rooms: Arc<Rooms>,
 }
 
 impl Receipts {
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, cache: Cache, rooms: Arc<Rooms>) -> Self {
+    pub fn new(store: Arc<Store>, bus: Arc<Bus>, cache: Cache, rooms: Arc<Rooms>) -> Self {
         Receipts { store, bus, cache, rooms }
     }
 
@@ -115,7 +115,7 @@ impl Receipts {
         };
         for (sender, newest) in newest_by_sender(&passed, reader) {
             let frame = ServerEvent::Receipt { room: up_to.room_id, reader, cursor, message: newest }.encode();
-            publish_live(self.bus.as_ref(), Topic::User(sender), Event::Ephemeral { skip: None, frame: &frame }).await;
+            self.bus.publish_live(Topic::User(sender), Event::Ephemeral { skip: None, frame: &frame }).await;
         }
     }
 

@@ -51,12 +51,12 @@ pub fn words(q: &str) -> Result<Vec<String>> {
 
 /// Message search, within the rooms a caller may read.
 pub struct Searcher {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     rooms: Arc<Rooms>,
 }
 
 impl Searcher {
-    pub fn new(store: Arc<dyn Store>, rooms: Arc<Rooms>) -> Self {
+    pub fn new(store: Arc<Store>, rooms: Arc<Rooms>) -> Self {
         Searcher { store, rooms }
     }
 

@@ -14,7 +14,7 @@
 //!   (`$inc`), raised to the highest stored seq after a collision: sends
 //!   go on being stored and acknowledged during a Redis outage.
 //! - The counter also tells a node that subscribes to a room where the
-//!   room's order begins (`gateway::sequencer`); a new room's counter is
+//!   room's order begins (`fanout::sequencer`); a new room's counter is
 //!   started at 0 for this.
 //! - A connection that has seen its user post to a room may skip the
 //!   membership lookup for a while ([`MEMBERSHIP_TRUST`]). Ending a
@@ -30,7 +30,7 @@ use std::time::Duration;
 use bson::oid::ObjectId;
 use fred::prelude::*;
 
-use crate::backend::redis::RedisConfig;
+use crate::backend::redis::{RedisConfig, RedisError};
 use crate::error::{Error, Result};
 use crate::keyspace::Keyspace;
 use crate::store::Store;
@@ -85,7 +85,7 @@ pub enum Taken {
 #[derive(Clone)]
 pub struct Seqs {
     redis: Client,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     keys: Keyspace,
 }
 
@@ -113,9 +113,14 @@ impl Source {
 impl Seqs {
     /// Counters named in `keys`, in `redis` (connected in the background,
     /// like the bus).
-    pub fn connect(redis: &RedisConfig, keys: Keyspace, store: Arc<dyn Store>) -> Result<Seqs> {
-        let redis = redis.client(REDIS_TIMEOUT).map_err(|e| Error::Internal(e.to_string()))?;
+    pub fn connect(redis: &RedisConfig, keys: Keyspace, store: Arc<Store>) -> std::result::Result<Seqs, RedisError> {
+        let redis = redis.client(REDIS_TIMEOUT)?;
         Ok(Seqs { redis, store, keys })
+    }
+
+    /// Closes the counters' connection.
+    pub async fn shutdown(&self) {
+        let _ = self.redis.quit().await;
     }
 
     fn key(&self, room: ObjectId) -> String {

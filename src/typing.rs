@@ -58,7 +58,7 @@ impl Throttle for RedisThrottle {
 /// The node's typing relay.
 pub struct Typing {
     gate: Gate,
-    bus: Arc<dyn Bus>,
+    bus: Arc<Bus>,
 }
 
 /// Whether a typing notice may go out: one per user and room per window,
@@ -72,7 +72,7 @@ struct Gate {
 }
 
 impl Typing {
-    pub fn new(throttle: Arc<dyn Throttle>, keys: Keyspace, bus: Arc<dyn Bus>) -> Self {
+    pub fn new(throttle: Arc<dyn Throttle>, keys: Keyspace, bus: Arc<Bus>) -> Self {
         Typing { gate: Gate { throttle, keys, local: DashMap::new() }, bus }
     }
 

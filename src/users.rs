@@ -28,13 +28,13 @@ pub struct Login {
 
 /// Accounts: who may register, log in, and what their profile says.
 pub struct Users {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     tokens: Tokens,
     limiter: Arc<SharedLimiter>,
 }
 
 impl Users {
-    pub fn new(store: Arc<dyn Store>, tokens: Tokens, limiter: Arc<SharedLimiter>) -> Self {
+    pub fn new(store: Arc<Store>, tokens: Tokens, limiter: Arc<SharedLimiter>) -> Self {
         Users { store, tokens, limiter }
     }
 

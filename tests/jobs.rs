@@ -18,12 +18,12 @@ use bson::oid::ObjectId;
 use bson::{doc, Document};
 use chrono::{DateTime, Utc};
 use confab::jobs::config::WorkerConfig;
-use confab::jobs::notification::Notification;
 use confab::jobs::runner::{Run, RunningWorker, Shared};
 use confab::jobs::sink::SinkConfig;
 use confab::jobs::{archive, delivery, status, summary, JobKind, Queues};
 use confab::keyspace::Keyspace;
-use confab::store::{Member, Message, Role, Room, RoomKind, User};
+use confab::store::Notification;
+use confab::store::{Member, Message, Role, Room, RoomKind, Store, User};
 use fred::prelude::*;
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
@@ -37,8 +37,13 @@ fn worker_config(db: &str, prefix: &str) -> WorkerConfig {
     common::worker_config(db, RedisConfig::new(common::redis_url()), Keyspace::new(prefix))
 }
 
+/// The raw database, for what a test seeds or inspects behind the store.
 async fn database(db: &str) -> Database {
-    confab::jobs::database(&common::mongo_url(), db).await.unwrap()
+    mongodb::Client::with_uri_str(common::mongo_url()).await.unwrap().database(db)
+}
+
+async fn store(db: &str) -> Store {
+    Store::connect(&common::mongo_url(), db).await.unwrap()
 }
 
 async fn redis() -> Client {
@@ -89,8 +94,10 @@ where
 
 #[tokio::test]
 async fn archive_moves_exactly_the_messages_older_than_n_days() {
-    let db = database(&common::unique_db()).await;
-    archive::ensure_indexes(&db).await.unwrap();
+    let name = common::unique_db();
+    let db = database(&name).await;
+    let store = store(&name).await;
+    archive::ensure_indexes(&store).await.unwrap();
     let now = t("2026-03-31T03:00:00Z");
     let cutoff = now - chrono::Duration::days(30);
     let (room, sender) = (ObjectId::new(), ObjectId::new());
@@ -102,7 +109,7 @@ async fn archive_moves_exactly_the_messages_older_than_n_days() {
     messages.insert_many([&older, &just_older, &exactly, &newer]).await.unwrap();
 
     // A batch of one: the loop must go round until nothing is due.
-    let moved = archive::run(&db, now, 30, 1).await.unwrap();
+    let moved = archive::run(&store, now, 30, 1).await.unwrap();
     assert_eq!(moved.messages, 2);
     assert_eq!(moved.rooms.into_iter().collect::<Vec<_>>(), vec![room]);
     assert_eq!(ids_in(&db, "messages_archive").await, vec![older.id, just_older.id]);
@@ -114,18 +121,20 @@ async fn archive_moves_exactly_the_messages_older_than_n_days() {
     assert_eq!((copy.seq, copy.content.as_str(), copy.timestamp), (2, "message 2", just_older.timestamp));
 
     // A re-run finds nothing more to do and changes nothing.
-    assert_eq!(archive::run(&db, now, 30, 1).await.unwrap().messages, 0);
+    assert_eq!(archive::run(&store, now, 30, 1).await.unwrap().messages, 0);
     assert_eq!(ids_in(&db, "messages_archive").await, vec![older.id, just_older.id]);
     assert_eq!(ids_in(&db, "messages").await, vec![exactly.id, newer.id]);
     // A day later the boundary message is due.
-    assert_eq!(archive::run(&db, now + chrono::Duration::days(1), 30, 500).await.unwrap().messages, 2);
+    assert_eq!(archive::run(&store, now + chrono::Duration::days(1), 30, 500).await.unwrap().messages, 2);
     assert!(ids_in(&db, "messages").await.is_empty());
 }
 
 #[tokio::test]
 async fn archive_after_a_crash_between_copy_and_delete_loses_and_doubles_nothing() {
-    let db = database(&common::unique_db()).await;
-    archive::ensure_indexes(&db).await.unwrap();
+    let name = common::unique_db();
+    let db = database(&name).await;
+    let store = store(&name).await;
+    archive::ensure_indexes(&store).await.unwrap();
     let now = t("2026-03-31T03:00:00Z");
     let room = ObjectId::new();
     let old: Vec<Message> =
@@ -135,9 +144,9 @@ async fn archive_after_a_crash_between_copy_and_delete_loses_and_doubles_nothing
     messages.insert_many(old.iter().chain([&live])).await.unwrap();
 
     // The first step of a batch of three, then the "crash": no delete.
-    let batch = archive::next_batch(&db, now, 30, 3).await.unwrap();
+    let batch = archive::next_batch(&store, now, 30, 3).await.unwrap();
     assert_eq!(batch.len(), 3);
-    archive::copy(&db, &batch).await.unwrap();
+    archive::copy(&store, &batch).await.unwrap();
     assert_eq!(ids_in(&db, "messages_archive").await.len(), 3);
     assert_eq!(ids_in(&db, "messages").await.len(), 6, "the crash left the batch in both");
     // Meanwhile one of them is deleted by its sender: the live copy wins.
@@ -145,7 +154,7 @@ async fn archive_after_a_crash_between_copy_and_delete_loses_and_doubles_nothing
     messages.update_one(doc! {"_id": tombstoned}, doc! {"$set": {"content": "", "deleted": true}}).await.unwrap();
 
     // The whole job again.
-    let moved = archive::run(&db, now, 30, 3).await.unwrap();
+    let moved = archive::run(&store, now, 30, 3).await.unwrap();
     assert_eq!(moved.messages, 5);
     let mut want: Vec<ObjectId> = old.iter().map(|m| m.id).collect();
     want.sort();
@@ -170,13 +179,14 @@ async fn history_pages_across_live_and_archived_messages() {
     }
     // The first four are two months old, and get archived.
     let db = database(&name).await;
+    let store = store(&name).await;
     let messages: Collection<Document> = db.collection("messages");
     let old = Utc::now() - chrono::Duration::days(60);
     for id in &ids[..4] {
         let oid = ObjectId::parse_str(id).unwrap();
         messages.update_one(doc! {"_id": oid}, doc! {"$set": {"timestamp": old}}).await.unwrap();
     }
-    let moved = archive::run(&db, Utc::now(), 30, 500).await.unwrap();
+    let moved = archive::run(&store, Utc::now(), 30, 500).await.unwrap();
     assert_eq!(moved.messages, 4);
 
     let page = |query: String| {
@@ -240,6 +250,7 @@ fn member(room: &Room, user: &User, joined: DateTime<Utc>, read_seq: i64) -> Mem
 async fn daily_summary_of_a_seeded_day() {
     let name = common::unique_db();
     let db = database(&name).await;
+    let store = store(&name).await;
     let config = worker_config(&name, &prefix());
     let shared = Shared::connect(&config).await.unwrap();
 
@@ -303,7 +314,7 @@ async fn daily_summary_of_a_seeded_day() {
     let state: Collection<Document> = db.collection("summary_state");
     state.insert_one(doc! {"_id": alice.id, "last_summary_at": since}).await.unwrap();
 
-    let report = summary::run(&db, &shared.queues, now).await.unwrap();
+    let report = summary::run(&store, &shared.queues, now).await.unwrap();
     assert_eq!((report.items, report.failures), (1, 0));
 
     let notifications: Collection<Notification> = db.collection("notifications");
@@ -349,8 +360,8 @@ async fn daily_summary_of_a_seeded_day() {
     // The same run again (its worker died) doubles nothing; a later one has nothing new.
     state.delete_one(doc! {"_id": alice.id}).await.unwrap();
     state.insert_one(doc! {"_id": alice.id, "last_summary_at": since}).await.unwrap();
-    summary::run(&db, &shared.queues, now).await.unwrap();
-    let report = summary::run(&db, &shared.queues, now + chrono::Duration::minutes(1)).await.unwrap();
+    summary::run(&store, &shared.queues, now).await.unwrap();
+    let report = summary::run(&store, &shared.queues, now + chrono::Duration::minutes(1)).await.unwrap();
     assert_eq!(report.items, 0);
     assert_eq!(notifications.count_documents(doc! {}).await.unwrap(), 1);
     let (ready, scheduled) = status::queued(&shared.redis, &keys, "delivery").await.unwrap();

@@ -384,7 +384,7 @@ async fn closed_within(tcp: &mut (impl tokio::io::AsyncRead + Unpin), limit: Dur
 /// one that sends nothing, or stays idle after a request, is closed after
 /// the idle timeout; one that trickles a request's head is closed after the
 /// header timeout, however often it sends a byte. Upgraded sockets are the
-/// gateway's and stay.
+/// WebSocket edge's and stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_idle_and_slow_connections_are_closed() {
     use tokio::io::AsyncWriteExt;

@@ -67,11 +67,11 @@ pub fn mint(name: &str) -> Result<Minted> {
 
 /// The server API's keys, as stored.
 pub struct ApiKeys {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
 }
 
 impl ApiKeys {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<Store>) -> Self {
         ApiKeys { store }
     }
 

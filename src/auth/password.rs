@@ -21,10 +21,10 @@ pub async fn hash_password(password: String) -> Result<String> {
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
-            .map_err(|e| Error::Internal(format!("hashing failed: {e}")))
+            .map_err(|e| Error::Internal(format!("hashing failed: {e}").into()))
     })
     .await
-    .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?
+    .map_err(|e| Error::Internal(format!("hashing task failed: {e}").into()))?
 }
 
 /// Checks `password` against `hash`, or against a decoy when there is no user.

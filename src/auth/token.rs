@@ -55,7 +55,7 @@ impl Tokens {
         let claims =
             Claims { sub: user_id.to_hex(), username: username.to_string(), iat: now, exp: now + self.ttl.as_secs() };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| Error::Internal(format!("token signing failed: {e}")))
+            .map_err(|e| Error::Internal(format!("token signing failed: {e}").into()))
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller> {

@@ -2,35 +2,29 @@
 //!
 //! A node publishes each event once; every node subscribed to the topic (a
 //! room, or a user) receives it, including the publisher, and fans it out
-//! to its local sockets.
-//! [`redis::RedisBus`] is the real implementation (Redis Pub/Sub). Pub/Sub is
-//! at-most-once: what is published while a node is cut off from the bus
+//! to its local sockets. [`Bus`] carries events over Redis Pub/Sub, which
+//! is at-most-once: what is published while a node is cut off from the bus
 //! reaches that node's clients only through history.
 
 pub mod redis;
 
-use async_trait::async_trait;
+pub use redis::Bus;
+
 use bson::oid::ObjectId;
 use bytes::{BufMut, Bytes, BytesMut};
 
 #[derive(Debug, thiserror::Error)]
-#[error("message bus: {0}")]
-pub struct BusError(pub String);
-
-/// Publishes the live effect of something already stored or decided (an
-/// edit, a membership change, a receipt, presence): a failure is counted in
-/// `confab_bus_publish_failures_total` and logged, not returned, since
-/// clients find the change in the store when they catch up. False if it
-/// was not published.
-pub async fn publish_live(bus: &dyn Bus, topic: Topic, event: Event<'_>) -> bool {
-    match bus.publish(topic, event).await {
-        Ok(()) => true,
-        Err(e) => {
-            metrics::counter!("confab_bus_publish_failures_total").increment(1);
-            tracing::warn!(error = %e, ?topic, "live update not published");
-            false
-        }
-    }
+pub enum BusError {
+    #[error("message bus: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("message bus: {0}")]
+    Setup(#[from] crate::backend::redis::RedisError),
+    /// Redis answered something this node did not ask for.
+    #[error("message bus: {0}")]
+    Reply(String),
+    /// The node is shutting down.
+    #[error("message bus: this node is stopping")]
+    Stopped,
 }
 
 /// What an event is addressed to: a room's subscribers, or one user's
@@ -41,7 +35,8 @@ pub enum Topic {
     User(ObjectId),
 }
 
-/// Where incoming bus events go: the node's gateway.
+/// Where incoming bus events go: the node's fan-out. A seam, so that the
+/// bus knows nothing above it.
 pub trait Inbox: Send + Sync + 'static {
     /// Called once per event per node, after de-duplication, from the bus's
     /// reader task; must not block.
@@ -50,26 +45,6 @@ pub trait Inbox: Send + Sync + 'static {
     /// The bus lost its subscriptions and has them again: whatever was
     /// published meanwhile never arrived.
     fn resubscribed(&self) {}
-}
-
-#[async_trait]
-pub trait Bus: Send + Sync + 'static {
-    /// Publishes an already-encoded client frame to every node subscribed to
-    /// the topic. A message's id lets receivers drop re-deliveries.
-    async fn publish(&self, topic: Topic, event: Event<'_>) -> Result<(), BusError>;
-    async fn subscribe(&self, topic: Topic) -> Result<(), BusError>;
-    async fn unsubscribe(&self, topic: Topic) -> Result<(), BusError>;
-    async fn ping(&self) -> Result<(), BusError>;
-
-    /// Like `publish`, and says how many nodes received the event (0: no
-    /// node is subscribed to the topic). Buses that cannot tell say 1.
-    async fn publish_counted(&self, topic: Topic, event: Event<'_>) -> Result<usize, BusError> {
-        self.publish(topic, event).await.map(|()| 1)
-    }
-
-    /// How many nodes are subscribed to each topic, in the order given: for
-    /// a user's topic, whether the user has a connection anywhere.
-    async fn subscribers(&self, topics: &[Topic]) -> Result<Vec<usize>, BusError>;
 }
 
 /// One event for a topic's subscribers, as its publisher describes it:

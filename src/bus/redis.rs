@@ -12,21 +12,28 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bson::oid::ObjectId;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Message as RedisMessage;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{wire, Bus, BusError, Event, Inbox, Topic};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{wire, BusError, Event, Inbox, Topic};
 use crate::backend::redis::RedisConfig;
 use crate::keyspace::{Channel, Keyspace};
 
-pub struct RedisBus {
+/// The bus: one connection to publish on, one to receive; the reader task
+/// hands what arrives to the [`Inbox`].
+pub struct Bus {
     publisher: Client,
     subscriber: SubscriberClient,
     keys: Keyspace,
+    /// The reader and the reconnect watcher; end at `shutdown`.
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 /// The Redis channel of a topic.
@@ -44,11 +51,7 @@ fn topic_of(keys: &Keyspace, channel: &str) -> Option<Topic> {
     })
 }
 
-fn bus_err(e: fred::error::Error) -> BusError {
-    BusError(e.to_string())
-}
-
-impl RedisBus {
+impl Bus {
     /// Starts both connections and the reader task that feeds `inbox`. A
     /// Redis that is down at start is not fatal: fred keeps reconnecting and
     /// `/readyz` reports the node not ready meanwhile.
@@ -58,9 +61,9 @@ impl RedisBus {
         broadcast_capacity: usize,
         inbox: Arc<dyn Inbox>,
     ) -> Result<Arc<Self>, BusError> {
-        let b = redis.builder(broadcast_capacity).map_err(|e| BusError(e.to_string()))?;
-        let publisher = b.build().map_err(bus_err)?;
-        let subscriber = b.build_subscriber_client().map_err(bus_err)?;
+        let b = redis.builder(broadcast_capacity)?;
+        let publisher = b.build()?;
+        let subscriber = b.build_subscriber_client()?;
         publisher.connect();
         subscriber.connect();
         for (name, client) in [("publisher", &publisher as &dyn ClientLikeExt), ("subscriber", &subscriber)] {
@@ -69,18 +72,49 @@ impl RedisBus {
             }
         }
         subscriber.manage_subscriptions();
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
         let rx = subscriber.message_rx();
-        tokio::spawn(read_loop(rx, keys.clone(), inbox.clone()));
+        tasks.spawn(read_loop(rx, keys.clone(), inbox.clone(), stop.clone()));
         let mut reconnects = subscriber.reconnect_rx();
         let resubscribed = inbox.clone();
-        tokio::spawn(async move {
-            while reconnects.recv().await.is_ok() {
+        let stopped = stop.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    reconnected = reconnects.recv() => if reconnected.is_err() { return },
+                }
                 metrics::counter!("confab_redis_reconnects_total").increment(1);
                 tracing::info!("redis subscriber reconnected; channels resubscribed");
                 resubscribed.resubscribed();
             }
         });
-        Ok(Arc::new(RedisBus { publisher, subscriber, keys }))
+        tasks.close();
+        Ok(Arc::new(Bus { publisher, subscriber, keys, tasks, stop }))
+    }
+
+    /// Publishes the live effect of something already stored or decided (a
+    /// message, an edit, a membership change, a receipt): a failure is
+    /// counted in `confab_bus_publish_failures_total` and logged, not
+    /// returned, since clients find the change in the store when they catch
+    /// up. False if it was not published.
+    pub async fn publish_live(&self, topic: Topic, event: Event<'_>) -> bool {
+        match self.publish(topic, event).await {
+            Ok(()) => true,
+            Err(e) => {
+                metrics::counter!("confab_bus_publish_failures_total").increment(1);
+                tracing::warn!(error = %e, ?topic, "stored change not published; readers catch up from the store");
+                false
+            }
+        }
+    }
+
+    /// Stops delivering and closes both connections; the last step of a
+    /// node's shutdown.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.wait().await;
+        let _ = tokio::join!(self.subscriber.quit(), self.publisher.quit());
     }
 }
 
@@ -97,50 +131,55 @@ impl<T: ClientLike + Sync> ClientLikeExt for T {
     }
 }
 
-#[async_trait]
-impl Bus for RedisBus {
-    async fn publish(&self, topic: Topic, event: Event<'_>) -> Result<(), BusError> {
+impl Bus {
+    /// Publishes an already-encoded client frame to every node subscribed to
+    /// the topic. A message's id lets receivers drop re-deliveries.
+    pub async fn publish(&self, topic: Topic, event: Event<'_>) -> Result<(), BusError> {
         let start = Instant::now();
         let payload = wire::encode(event);
         let out: Result<i64, _> = self.publisher.publish(channel(&self.keys, topic), payload).await;
         metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
-        out.map(|_| ()).map_err(bus_err)
+        out.map(|_| ()).map_err(Into::into)
     }
 
-    async fn subscribe(&self, topic: Topic) -> Result<(), BusError> {
-        self.subscriber.subscribe(channel(&self.keys, topic)).await.map_err(bus_err)
+    pub async fn subscribe(&self, topic: Topic) -> Result<(), BusError> {
+        self.subscriber.subscribe(channel(&self.keys, topic)).await.map_err(Into::into)
     }
 
-    async fn unsubscribe(&self, topic: Topic) -> Result<(), BusError> {
-        self.subscriber.unsubscribe(channel(&self.keys, topic)).await.map_err(bus_err)
+    pub async fn unsubscribe(&self, topic: Topic) -> Result<(), BusError> {
+        self.subscriber.unsubscribe(channel(&self.keys, topic)).await.map_err(Into::into)
     }
 
-    async fn ping(&self) -> Result<(), BusError> {
-        let _: String = self.publisher.ping(None).await.map_err(bus_err)?;
-        let _: () = self.subscriber.ping(None).await.map_err(bus_err)?;
+    pub async fn ping(&self) -> Result<(), BusError> {
+        let _: String = self.publisher.ping(None).await?;
+        let _: () = self.subscriber.ping(None).await?;
         Ok(())
     }
 
     /// PUBLISH answers with the number of subscribed connections; each node
     /// subscribes through one connection, so that is the number of nodes.
-    async fn publish_counted(&self, topic: Topic, event: Event<'_>) -> Result<usize, BusError> {
+    /// Like `publish`, and says how many nodes received the event (0: no
+    /// node is subscribed to the topic). Buses that cannot tell say 1.
+    pub async fn publish_counted(&self, topic: Topic, event: Event<'_>) -> Result<usize, BusError> {
         let start = Instant::now();
         let out: Result<i64, _> = self.publisher.publish(channel(&self.keys, topic), wire::encode(event)).await;
         metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
-        out.map(|n| n.max(0) as usize).map_err(bus_err)
+        out.map(|n| n.max(0) as usize).map_err(Into::into)
     }
 
     /// One `PUBSUB NUMSUB` per thousand topics.
-    async fn subscribers(&self, topics: &[Topic]) -> Result<Vec<usize>, BusError> {
+    /// How many nodes are subscribed to each topic, in the order given: for
+    /// a user's topic, whether the user has a connection anywhere.
+    pub async fn subscribers(&self, topics: &[Topic]) -> Result<Vec<usize>, BusError> {
         let mut counts = Vec::with_capacity(topics.len());
         for chunk in topics.chunks(1000) {
             let channels: Vec<String> = chunk.iter().map(|t| channel(&self.keys, *t)).collect();
-            let reply: Vec<Value> = self.publisher.pubsub_numsub(channels).await.map_err(bus_err)?;
+            let reply: Vec<Value> = self.publisher.pubsub_numsub(channels).await?;
             // [channel, count, channel, count, ...] in the order asked.
             counts.extend(reply.iter().skip(1).step_by(2).map(|v| v.as_i64().unwrap_or(0).max(0) as usize));
         }
         if counts.len() != topics.len() {
-            return Err(BusError(format!(
+            return Err(BusError::Reply(format!(
                 "PUBSUB NUMSUB answered {} counts for {} topics",
                 counts.len(),
                 topics.len()
@@ -150,10 +189,19 @@ impl Bus for RedisBus {
     }
 }
 
-async fn read_loop(mut rx: tokio::sync::broadcast::Receiver<RedisMessage>, keys: Keyspace, inbox: Arc<dyn Inbox>) {
+async fn read_loop(
+    mut rx: tokio::sync::broadcast::Receiver<RedisMessage>,
+    keys: Keyspace,
+    inbox: Arc<dyn Inbox>,
+    stop: CancellationToken,
+) {
     let mut seen = RecentIds::new(65_536);
     loop {
-        let message = match rx.recv().await {
+        let received = tokio::select! {
+            _ = stop.cancelled() => return,
+            received = rx.recv() => received,
+        };
+        let message = match received {
             Ok(m) => m,
             Err(RecvError::Lagged(n)) => {
                 metrics::counter!("confab_pubsub_lagged_total").increment(n);

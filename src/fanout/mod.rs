@@ -23,16 +23,18 @@ pub mod sequencer;
 pub mod subscriptions;
 pub mod watching;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bson::oid::ObjectId;
 use bytes::Bytes;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use registry::{ConnId, Outbound, Outbox, Registry, RoomFrame};
 pub use sequencer::Sequencer;
-pub use subscriptions::Subscriptions;
+pub use subscriptions::{Keeper, Subscriptions};
 
 use crate::bus::{Delivery, Inbox, Stored, Topic};
 use crate::protocol::CloseCode;
@@ -43,29 +45,94 @@ use sequencer::Accepted;
 #[derive(Clone)]
 pub struct Fanout {
     pub registry: Arc<Registry>,
-    pub subscriptions: Subscriptions,
+    subscriptions: Subscriptions,
     /// Cancelled at shutdown; every connection's own token is a child.
     pub shutdown: CancellationToken,
+    /// Gap fills in flight, and the token that ends them.
+    fills: TaskTracker,
+    stop: CancellationToken,
 }
 
-/// What the bus delivers into: the sequencer and registry, plus the
-/// subscription keeper (set once the bus exists) for rooms an eviction
-/// leaves empty, and the store that gap fills read.
+/// What the bus delivers into: the sequencer and registry, the
+/// subscription keeper for rooms an eviction leaves empty, and the store
+/// that gap fills read.
 pub struct FanoutInbox {
-    pub registry: Arc<Registry>,
-    pub sequencer: Arc<Sequencer>,
-    pub subscriptions: OnceLock<Subscriptions>,
-    pub store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    sequencer: Arc<Sequencer>,
+    subscriptions: Subscriptions,
+    store: Arc<Store>,
     /// How long a gap in a room's seqs may stay open before history fills it.
-    pub gap_wait: Duration,
-    /// Called when a notification was shown to a connection here:
-    /// (user, notification id, store time, frame). The notifications
-    /// service, wired in by the node, counts it and stores it if nobody has.
-    pub shown_live: ShownLive,
+    gap_wait: Duration,
+    shown: mpsc::UnboundedSender<Shown>,
+    fills: TaskTracker,
+    stop: CancellationToken,
 }
 
-/// See [`FanoutInbox::shown_live`].
-pub type ShownLive = Box<dyn Fn(ObjectId, ObjectId, u64, &Bytes) + Send + Sync>;
+/// A notification shown to at least one connection here, for the
+/// notifications service to count and to store if nobody has yet.
+#[derive(Debug)]
+pub struct Shown {
+    pub user: ObjectId,
+    /// When the notification was stored (µs since the epoch), 0 if it was not.
+    pub stored_at_us: u64,
+    pub frame: Bytes,
+}
+
+impl Fanout {
+    /// The fan-out over `registry`, the inbox the bus is to deliver into, and
+    /// the subscription keeper to start once that bus exists. Notifications
+    /// shown here are reported on `shown`.
+    pub fn new(
+        registry: Arc<Registry>,
+        store: Arc<Store>,
+        gap_wait: Duration,
+        shown: mpsc::UnboundedSender<Shown>,
+    ) -> (Fanout, Arc<FanoutInbox>, Keeper) {
+        let sequencer = Arc::new(Sequencer::default());
+        let (subscriptions, keeper) = Subscriptions::new(registry.clone(), sequencer.clone());
+        let (fills, stop) = (TaskTracker::new(), CancellationToken::new());
+        let inbox = Arc::new(FanoutInbox {
+            registry: registry.clone(),
+            sequencer,
+            subscriptions: subscriptions.clone(),
+            store,
+            gap_wait,
+            shown,
+            fills: fills.clone(),
+            stop: stop.clone(),
+        });
+        let fanout = Fanout { registry, subscriptions, shutdown: CancellationToken::new(), fills, stop };
+        (fanout, inbox, keeper)
+    }
+
+    /// Waits until this node is subscribed to the room's topic (call after
+    /// registering the local listener): what is published next reaches it.
+    pub async fn listen_room(&self, room: ObjectId) -> Result<(), crate::bus::BusError> {
+        self.subscriptions.ensure(Topic::Room(room)).await
+    }
+
+    /// Waits until this node is subscribed to the user's topic.
+    pub async fn listen_user(&self, user: ObjectId) -> Result<(), crate::bus::BusError> {
+        self.subscriptions.ensure(Topic::User(user)).await
+    }
+
+    /// Lets the node unsubscribe from the room if nobody here listens to it.
+    pub fn release_room(&self, room: ObjectId) {
+        self.subscriptions.release(Topic::Room(room));
+    }
+
+    /// Lets the node unsubscribe from the user if none of theirs is here.
+    pub fn release_user(&self, user: ObjectId) {
+        self.subscriptions.release(Topic::User(user));
+    }
+
+    /// Ends gap fills and the subscription keeper, and waits for them.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        self.fills.close();
+        tokio::join!(self.fills.wait(), self.subscriptions.stop());
+    }
+}
 
 impl Inbox for FanoutInbox {
     fn resubscribed(&self) {
@@ -85,7 +152,7 @@ impl Inbox for FanoutInbox {
                     }
                     Accepted::Wait { schedule_fill: true } => {
                         metrics::counter!("confab_seq_gaps_total").increment(1);
-                        tokio::spawn(fill_gaps(self.fill_context(), room));
+                        self.fills.spawn(fill_gaps(self.fill_context(), room));
                     }
                     Accepted::Wait { schedule_fill: false } => {}
                 }
@@ -95,9 +162,7 @@ impl Inbox for FanoutInbox {
             }
             (Topic::Room(room), Delivery::Evict { user }) => {
                 if self.registry.evict(room, user, &Bytes::new()) {
-                    if let Some(subscriptions) = self.subscriptions.get() {
-                        subscriptions.release(topic);
-                    }
+                    self.subscriptions.release(topic);
                 }
             }
             (topic, Delivery::Presence { change, user, frame }) => {
@@ -105,15 +170,15 @@ impl Inbox for FanoutInbox {
             }
             (Topic::User(user), Delivery::MembershipEnded { room, frame }) => {
                 if self.registry.revoke(user, room, &frame) {
-                    if let Some(subscriptions) = self.subscriptions.get() {
-                        subscriptions.release(Topic::Room(room));
-                    }
+                    self.subscriptions.release(Topic::Room(room));
                 }
             }
-            (Topic::User(user), Delivery::Notify { id, room, stored_at_us, frame }) => {
+            (Topic::User(user), Delivery::Notify { room, stored_at_us, frame, .. }) => {
                 let delivered = self.registry.send_to_user_except_room(user, room, &frame);
                 if delivered > 0 {
-                    (self.shown_live)(user, id, stored_at_us, &frame);
+                    // Unbounded: the notifier takes these as fast as they come,
+                    // and one lost here is a notification never stored.
+                    let _ = self.shown.send(Shown { user, stored_at_us, frame });
                 } else if let Some(room) = room.filter(|_| self.registry.user_connections(user) > 0) {
                     // Every connection of theirs here watches the room.
                     self.registry.watching.note(user, room);
@@ -136,6 +201,7 @@ impl FanoutInbox {
             sequencer: self.sequencer.clone(),
             store: self.store.clone(),
             wait: self.gap_wait,
+            stop: self.stop.clone(),
         }
     }
 }
@@ -143,8 +209,9 @@ impl FanoutInbox {
 struct FillContext {
     registry: Arc<Registry>,
     sequencer: Arc<Sequencer>,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     wait: Duration,
+    stop: CancellationToken,
 }
 
 /// Messages one gap fill reads at most; a wider gap is given up beyond them
@@ -159,7 +226,11 @@ async fn fill_gaps(ctx: FillContext, room: ObjectId) {
     let mut waited = false;
     loop {
         if !waited {
-            tokio::time::sleep(ctx.wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(ctx.wait) => {}
+                // Shutting down: the room's listeners are gone with the node.
+                _ = ctx.stop.cancelled() => return,
+            }
             waited = true;
         }
         let (after, before) = {

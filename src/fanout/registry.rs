@@ -67,6 +67,8 @@ pub struct Outbox {
     pub line: Line,
     /// Cancelled to drop the connection at once, whatever it is doing.
     pub kill: CancellationToken,
+    /// Cancelled when the connection is cut off as a slow consumer.
+    slow: CancellationToken,
     /// While a join replays a room's history, that room's live deliveries
     /// wait here, so replay and live traffic reach the client in seq order.
     holding: AtomicBool,
@@ -101,6 +103,7 @@ impl Outbox {
             user_id,
             line: Line::new(capacity),
             kill,
+            slow: CancellationToken::new(),
             holding: AtomicBool::new(false),
             hold: Mutex::new(None),
             revoked: Mutex::new(Vec::new()),
@@ -193,17 +196,24 @@ impl Outbox {
         self.line.send(op, body).await
     }
 
-    /// Closes a connection that cannot keep up (1013) and drops it a moment
-    /// later, since its socket may take no more bytes, not even the close.
+    /// Closes a connection that cannot keep up (1013); the connection's
+    /// task drops it a moment later ([`cut_off`](Self::cut_off)), since its
+    /// socket may take no more bytes, not even the close.
     pub fn cut_off_slow(&self) {
+        if self.slow.is_cancelled() {
+            return;
+        }
         metrics::counter!("confab_slow_consumer_disconnects_total").increment(1);
         tracing::info!(conn = self.id, "slow consumer cut off");
         self.close(CloseCode::TryAgainLater, "slow consumer");
-        let kill = self.kill.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            kill.cancel();
-        });
+        self.slow.cancel();
+    }
+
+    /// Resolves a second after the connection was cut off as a slow
+    /// consumer: time enough for a close frame it can still take.
+    pub async fn cut_off(&self) {
+        self.slow.cancelled().await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 
     /// Starts the closing handshake: a close frame goes ahead of waiting

@@ -29,21 +29,31 @@ pub struct Subscriptions {
     task: TaskTracker,
 }
 
+/// The keeper's side, until the bus it subscribes on exists: the bus
+/// delivers into the fan-out, which releases subscriptions, so the handle
+/// comes first and the keeper starts second (requests made in between
+/// wait in its queue).
+pub struct Keeper {
+    rx: mpsc::UnboundedReceiver<(Topic, Option<Reply>)>,
+    subscriptions: Subscriptions,
+    registry: Arc<Registry>,
+    sequencer: Arc<Sequencer>,
+}
+
 impl Subscriptions {
-    /// Starts the keeper; it runs until [`stop`](Self::stop).
-    pub fn spawn(bus: Arc<dyn Bus>, registry: Arc<Registry>, sequencer: Arc<Sequencer>, seqs: Seqs) -> Self {
+    /// A handle, and the keeper to [`start`](Keeper::start) once the bus exists.
+    pub fn new(registry: Arc<Registry>, sequencer: Arc<Sequencer>) -> (Subscriptions, Keeper) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let stop = CancellationToken::new();
-        let task = TaskTracker::new();
-        task.spawn(reconcile_loop(rx, stop.clone(), bus, registry, sequencer, seqs));
-        task.close();
-        Subscriptions { tx, stop, task }
+        let subscriptions = Subscriptions { tx, stop: CancellationToken::new(), task: TaskTracker::new() };
+        let keeper = Keeper { rx, subscriptions: subscriptions.clone(), registry, sequencer };
+        (subscriptions, keeper)
     }
 
     /// Ends the keeper (subscriptions stay as they are: the bus goes with
     /// the node) and waits for it.
     pub async fn stop(&self) {
         self.stop.cancel();
+        self.task.close();
         self.task.wait().await;
     }
 
@@ -51,8 +61,8 @@ impl Subscriptions {
     /// the local listener).
     pub async fn ensure(&self, topic: Topic) -> Result<(), BusError> {
         let (reply, done) = oneshot::channel();
-        self.tx.send((topic, Some(reply))).map_err(|_| BusError("subscription keeper stopped".into()))?;
-        done.await.map_err(|_| BusError("subscription keeper stopped".into()))?
+        self.tx.send((topic, Some(reply))).map_err(|_| BusError::Stopped)?;
+        done.await.map_err(|_| BusError::Stopped)?
     }
 
     /// Lets the keeper drop the subscription if nobody local is left.
@@ -61,10 +71,20 @@ impl Subscriptions {
     }
 }
 
+impl Keeper {
+    /// Starts the keeper on `bus`; it runs until [`Subscriptions::stop`].
+    pub fn start(self, bus: Arc<Bus>, seqs: Seqs) {
+        let Keeper { rx, subscriptions, registry, sequencer } = self;
+        let stop = subscriptions.stop.clone();
+        subscriptions.task.spawn(reconcile_loop(rx, stop, bus, registry, sequencer, seqs));
+        subscriptions.task.close();
+    }
+}
+
 async fn reconcile_loop(
     mut rx: mpsc::UnboundedReceiver<(Topic, Option<Reply>)>,
     stop: CancellationToken,
-    bus: Arc<dyn Bus>,
+    bus: Arc<Bus>,
     registry: Arc<Registry>,
     sequencer: Arc<Sequencer>,
     seqs: Seqs,

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use super::{Body, ClientAddress};
 use crate::error::Result;
+use crate::protocol::views::UserView;
 use crate::ratelimit::SharedLimiter;
-use crate::store::model::UserView;
 use crate::users::{Login, Registration, Users};
 
 pub async fn register(

@@ -9,11 +9,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::Auth;
+use crate::clock::rfc3339;
 use crate::contacts::Contacts;
 use crate::contacts::Entry;
 use crate::error::Result;
 use crate::presence::PresenceView;
-use crate::store::model::{rfc3339, ProfileView};
+use crate::protocol::views::ProfileView;
 use crate::validate;
 
 /// A contact: their public profile, when they were added, their presence.

@@ -15,11 +15,11 @@ use super::{Auth, Body, Params};
 use crate::error::{Error, Result};
 use crate::messages::Messages;
 use crate::messages::{self, Draft, Page, DEFAULT_PAGE, MAX_PAGE};
+use crate::protocol::views::MessageView;
 use crate::receipts::Receipts;
 use crate::rooms::Rooms;
 use crate::search::Searcher;
 use crate::search::{self, Search};
-use crate::store::model::MessageView;
 use crate::{receipts, validate};
 
 #[derive(Deserialize)]
@@ -76,13 +76,7 @@ fn instant(field: &'static str, raw: Option<&str>) -> Result<Option<DateTime<Utc
 }
 
 fn page(room_id: ObjectId, p: HistoryParams) -> Result<Page> {
-    let limit = match p.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => return Err(Error::invalid("limit", format!("must be a whole number from 1 to {MAX_PAGE}"))),
-        },
-    };
+    let limit = super::limit(p.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
     let id = |field, raw: Option<String>| raw.map(|s| validate::object_id(field, &s)).transpose();
     let page = Page {
         room_id,
@@ -188,15 +182,7 @@ pub async fn search(
     Auth(caller): Auth,
     Params(p): Params<SearchParams>,
 ) -> Result<Json<Value>> {
-    let limit = match p.limit.as_deref() {
-        None => search::DEFAULT_LIMIT,
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n) if (1..=search::MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(Error::invalid("limit", format!("must be a whole number from 1 to {}", search::MAX_LIMIT)))
-            }
-        },
-    };
+    let limit = super::limit(p.limit.as_deref(), search::DEFAULT_LIMIT, search::MAX_LIMIT)?;
     let id = |field, raw: Option<String>| raw.map(|s| validate::object_id(field, &s)).transpose();
     let s = Search {
         q: p.q.ok_or_else(|| Error::invalid("q", "is required"))?,

@@ -86,9 +86,17 @@ impl IntoResponse for Error {
         if let Some(secs) = self.retry_after_secs() {
             response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
         }
+        if let Some(report) = self.report() {
+            response.extensions_mut().insert(Failure(report));
+        }
         response
     }
 }
+
+/// Why a request failed on our side, for [`track`] to log: the response is
+/// made without logging, the one middleware logs.
+#[derive(Clone)]
+struct Failure(String);
 
 /// Every route: its path template and its handlers.
 fn routes(edge: &Edge) -> Vec<(&'static str, MethodRouter<Api>)> {
@@ -155,10 +163,10 @@ pub fn router(api: Api) -> Router {
 
 /// A `limit` query parameter: a whole number from 1 to `max`, `default`
 /// when absent.
-pub(crate) fn limit(raw: Option<&str>, default: usize, max: usize) -> crate::Result<usize> {
+pub(crate) fn limit(raw: Option<&str>, default: i64, max: i64) -> crate::error::Result<i64> {
     match raw {
         None => Ok(default),
-        Some(raw) => match raw.parse::<usize>() {
+        Some(raw) => match raw.parse::<i64>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
             _ => Err(Error::invalid("limit", format!("must be a whole number from 1 to {max}"))),
         },
@@ -166,12 +174,20 @@ pub(crate) fn limit(raw: Option<&str>, default: usize, max: usize) -> crate::Res
 }
 
 /// Counts and times every request by route template (bounded cardinality:
-/// no ids in labels).
+/// no ids in labels), and logs the cause of every failure of ours (5xx).
 async fn track(req: Request, next: Next) -> Response {
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
     let start = Instant::now();
     let response = next.run(req).await;
+    if let Some(Failure(report)) = response.extensions().get::<Failure>() {
+        if response.status() == http::StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(%method, route, error = %report, "request failed");
+        } else {
+            tracing::warn!(%method, route, error = %report, "request failed");
+        }
+    }
     let status = response.status().as_u16().to_string();
     metrics::counter!("confab_http_requests_total", "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("confab_http_request_seconds", "route" => route).record(start.elapsed().as_secs_f64());

@@ -38,13 +38,7 @@ pub struct PageParams {
 
 /// `limit` (1–200, default 50) and `before` (a notification id).
 pub(super) fn page(p: PageParams) -> Result<(Option<ObjectId>, i64)> {
-    let limit = match p.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => return Err(Error::invalid("limit", format!("must be a whole number from 1 to {MAX_PAGE}"))),
-        },
-    };
+    let limit = super::limit(p.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
     let before = p.before.map(|b| validate::object_id("before", &b)).transpose()?;
     Ok((before, limit))
 }

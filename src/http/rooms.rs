@@ -11,10 +11,10 @@ use serde_json::{json, Value};
 
 use super::{Auth, Body, Params};
 use crate::error::Result;
+use crate::protocol::views::{MemberView, RoomView};
 use crate::receipts::Receipts;
 use crate::rooms::Rooms;
 use crate::rooms::{self, members, NewRoom};
-use crate::store::model::{MemberView, RoomView};
 use crate::store::Cursor;
 use crate::{receipts, validate};
 

@@ -3,7 +3,7 @@
 //!
 //! Our own loop rather than `axum::serve`: it sets TCP_NODELAY (small
 //! WebSocket frames must not wait for Nagle's algorithm), it serves plain
-//! HTTP/1.1 so that an upgraded stream stays a bare TCP stream the gateway
+//! HTTP/1.1 so that an upgraded stream stays a bare TCP stream the WebSocket edge (`ws`)
 //! can split into owned halves, and it bounds how long a connection may
 //! hold the node without asking anything:
 //! - `idle_timeout`: a connection waiting for its first or next request
@@ -13,7 +13,7 @@
 //!   head must arrive within this long (slowloris: a client that trickles
 //!   its headers is cut off, whatever its idle allowance).
 //!
-//! An upgraded connection is the gateway's, which pings it; neither
+//! An upgraded connection belongs to `ws`, which pings it; neither
 //! timeout applies to it.
 
 use std::io;
@@ -29,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long connections may wait; see the module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +96,7 @@ pub struct Watched {
 }
 
 impl Watched {
-    /// The TCP stream, for the gateway to split once the connection is upgraded.
+    /// The TCP stream, for `ws` to split once the connection is upgraded.
     pub fn into_inner(self) -> TcpStream {
         self.tcp
     }
@@ -139,9 +140,10 @@ impl AsyncWrite for Watched {
 }
 
 /// Accepts connections and serves each until `stop`; then each connection
-/// finishes its request in flight and closes (upgraded sockets are the
-/// gateway's to close).
+/// finishes its request in flight and closes (upgraded sockets are
+/// `ws::Sockets`' to close), and the loop returns once all have.
 pub async fn accept_loop(listener: TcpListener, service: Service, timeouts: Timeouts, stop: CancellationToken) {
+    let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -155,8 +157,11 @@ pub async fn accept_loop(listener: TcpListener, service: Service, timeouts: Time
                 }
             },
         };
-        tokio::spawn(serve_connection(tcp, peer, service.clone(), timeouts, stop.clone()));
+        connections.spawn(serve_connection(tcp, peer, service.clone(), timeouts, stop.clone()));
     }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
 }
 
 /// The address a connection came from (the proxy's, behind one), in every

@@ -24,7 +24,7 @@ use crate::messages::Draft;
 use crate::messages::Messages;
 use crate::notifications::server::{self, NotificationInput, MAX_USER_IDS};
 use crate::notifications::Notifier;
-use crate::store::model::MessageView;
+use crate::protocol::views::MessageView;
 use crate::users::Users;
 use crate::validate;
 

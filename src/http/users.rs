@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{Auth, Body, Params};
 use crate::error::{Error, Result};
-use crate::store::model::{ProfileView, UserView};
+use crate::protocol::views::{ProfileView, UserView};
 use crate::users::Users;
 use crate::users::{ProfilePatch, DEFAULT_SEARCH_PAGE, MAX_SEARCH_PAGE};
 use crate::validate;
@@ -51,12 +51,7 @@ pub async fn search(
     Params(p): Params<SearchParams>,
 ) -> Result<Json<Value>> {
     let q = p.q.ok_or_else(|| Error::invalid("q", "is required"))?;
-    let limit = match p.limit.as_deref() {
-        None => DEFAULT_SEARCH_PAGE,
-        Some(raw) => raw
-            .parse::<i64>()
-            .map_err(|_| Error::invalid("limit", format!("must be a whole number from 1 to {MAX_SEARCH_PAGE}")))?,
-    };
+    let limit = super::limit(p.limit.as_deref(), DEFAULT_SEARCH_PAGE, MAX_SEARCH_PAGE)?;
     let found = users.search(&q, p.after.as_deref(), limit).await?;
     let views: Vec<ProfileView> = found.users.iter().map(ProfileView::from).collect();
     Ok(Json(json!({ "users": views, "next_cursor": found.next_cursor })))

@@ -25,7 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn execute(config: &JobsConfig, command: Command) -> Result<String, JobError> {
     tokio::time::timeout(TIMEOUT, execute_inner(config, command))
         .await
-        .unwrap_or_else(|_| Err(JobError(format!("no answer from Redis at {} in time", config.redis.url))))
+        .unwrap_or_else(|_| Err(JobError::Failed(format!("no answer from Redis at {} in time", config.redis.url))))
 }
 
 async fn execute_inner(config: &JobsConfig, command: Command) -> Result<String, JobError> {
@@ -53,7 +53,7 @@ async fn execute_inner(config: &JobsConfig, command: Command) -> Result<String, 
             let queues = Queues::connect(&config.redis, &keys, Duration::from_secs(5)).await?;
             let n = delivery::retry_dead(&redis, &queues, &keys, only.as_deref()).await?;
             if n == 0 && only.is_some() {
-                return Err(JobError(format!("no dead delivery with id {}", only.unwrap_or_default())));
+                return Err(JobError::Failed(format!("no dead delivery with id {}", only.unwrap_or_default())));
             }
             format!("queued {n} dead deliveries again\n")
         }

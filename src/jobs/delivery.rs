@@ -21,7 +21,6 @@ use bson::oid::ObjectId;
 use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::notification;
 use super::queue::Queues;
 use super::runner::Shared;
 use super::status;
@@ -97,7 +96,7 @@ pub async fn attempt(shared: &Shared, job: Delivery) -> Result<(), JobError> {
         dead_letter(shared, &job, &error).await?;
         return Ok(());
     };
-    let Some(n) = notification::load(&shared.db, id).await? else {
+    let Some(n) = shared.store.notification(id).await? else {
         tracing::warn!(notification = %id, "notification to deliver no longer exists; skipped");
         return Ok(());
     };
@@ -109,7 +108,7 @@ pub async fn attempt(shared: &Shared, job: Delivery) -> Result<(), JobError> {
         }
         Err(e) if job.attempt >= shared.retry.max_attempts => {
             tracing::warn!(notification = %id, attempt = job.attempt, error = %e, "delivery failed for the last time");
-            dead_letter(shared, &job, &e.0).await?;
+            dead_letter(shared, &job, &e.to_string()).await?;
         }
         Err(e) => {
             let wait = shared.retry.backoff(job.attempt);
@@ -118,7 +117,8 @@ pub async fn attempt(shared: &Shared, job: Delivery) -> Result<(), JobError> {
             shared.queues.push_delivery(next.clone(), Some(SystemTime::now() + wait), &next.key()).await?;
         }
     }
-    status::record_delivery(&shared.redis, &shared.keys, elapsed, outcome.as_ref().err().map(|e| e.0.as_str())).await;
+    let failure = outcome.as_ref().err().map(|e| e.to_string());
+    status::record_delivery(&shared.redis, &shared.keys, elapsed, failure.as_deref()).await;
     Ok(())
 }
 
@@ -129,9 +129,9 @@ async fn dead_letter(shared: &Shared, job: &Delivery, error: &str) -> Result<(),
         attempts: job.attempt,
         round: job.round,
         error: error.to_string(),
-        failed_at: crate::store::model::rfc3339(&chrono::Utc::now()),
+        failed_at: crate::clock::rfc3339(&chrono::Utc::now()),
     };
-    let text = serde_json::to_string(&entry).map_err(|e| JobError(e.to_string()))?;
+    let text = serde_json::to_string(&entry).map_err(|e| JobError::step("encoding a dead letter", e))?;
     let size: i64 = shared.redis.lpush(shared.keys.dead_letters(), text).await?;
     metrics::gauge!("confab_deliveries_dead_letter").set(size as f64);
     metrics::counter!("confab_deliveries_dead_lettered_total").increment(1);

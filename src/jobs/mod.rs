@@ -79,34 +79,36 @@ impl FromStr for JobKind {
 /// The name deliveries are reported under in status and metrics.
 pub const DELIVERY: &str = "delivery";
 
-/// A job failure, as a message for logs, status and the dead-letter list.
+/// A job failure, as a message for logs, status and the dead-letter list,
+/// with its cause kept.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct JobError(pub String);
-
-impl From<mongodb::error::Error> for JobError {
-    fn from(e: mongodb::error::Error) -> Self {
-        JobError(format!("mongodb: {e}"))
-    }
+pub enum JobError {
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("redis: {0}")]
+    RedisSetup(#[from] crate::backend::redis::RedisError),
+    /// A step failed because of `source`; `what` says which step.
+    #[error("{what}: {source}")]
+    Step {
+        what: String,
+        #[source]
+        source: crate::error::BoxError,
+    },
+    /// A failure with no cause beyond itself.
+    #[error("{0}")]
+    Failed(String),
 }
 
-impl From<fred::error::Error> for JobError {
-    fn from(e: fred::error::Error) -> Self {
-        JobError(format!("redis: {e}"))
+impl JobError {
+    /// `source`, as the failure of step `what`.
+    pub fn step(what: impl Into<String>, source: impl Into<crate::error::BoxError>) -> Self {
+        JobError::Step { what: what.into(), source: source.into() }
     }
-}
-
-/// Connects to MongoDB the way nodes do (lazily, short timeouts).
-pub async fn database(url: &str, name: &str) -> Result<mongodb::Database, JobError> {
-    let mut options =
-        mongodb::options::ClientOptions::parse(url).await.map_err(|e| JobError(format!("bad mongo url: {e}")))?;
-    options.app_name = Some("confab-worker".into());
-    options.server_selection_timeout = Some(std::time::Duration::from_secs(5));
-    options.connect_timeout = Some(std::time::Duration::from_secs(5));
-    Ok(mongodb::Client::with_options(options)?.database(name))
 }
 
 /// A fred client for the worker's own keys (status, locks, dead letters).
 pub async fn redis_client(redis: &RedisConfig) -> Result<fred::clients::Client, JobError> {
-    redis.connected(std::time::Duration::from_secs(3)).await.map_err(|e| JobError(e.to_string()))
+    Ok(redis.connected(std::time::Duration::from_secs(3)).await?)
 }

@@ -53,7 +53,7 @@ pub const RUNS_QUEUE: &str = "runs";
 impl Queues {
     /// Connects to Redis (one multiplexed connection that reconnects by itself).
     pub async fn connect(redis: &RedisConfig, keys: &Keyspace, heartbeat: Duration) -> Result<Queues, JobError> {
-        let conn = redis.queue_connection().await.map_err(|e| JobError(e.to_string()))?;
+        let conn = redis.queue_connection().await?;
         Ok(Queues {
             delivery: RedisStorage::new(conn.clone()).with_config(config(keys, DELIVERY_QUEUE, heartbeat)),
             runs: RedisStorage::new(conn).with_config(config(keys, RUNS_QUEUE, heartbeat)),
@@ -78,11 +78,11 @@ impl Queues {
             let since_epoch = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
             task = task.run_at_timestamp(since_epoch.as_millis().div_ceil(1000) as u64);
         }
-        self.delivery.clone().push_task(task.build()).await.map_err(|e| JobError(format!("queueing a delivery: {e}")))
+        self.delivery.clone().push_task(task.build()).await.map_err(|e| JobError::step("queueing a delivery", e))
     }
 
     /// Queues a run of a scheduled job.
     pub async fn push_run(&self, run: Run) -> Result<(), JobError> {
-        self.runs.clone().push(run).await.map_err(|e| JobError(format!("queueing a run: {e}")))
+        self.runs.clone().push(run).await.map_err(|e| JobError::step("queueing a run", e))
     }
 }

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use apalis::prelude::{BackendExt, BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
 use chrono::{DateTime, Utc};
 use fred::prelude::*;
-use mongodb::Database;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,8 +26,9 @@ use super::sink::{self, Sink};
 use super::status::{self, HistoryEntry, RunReport};
 use super::{archive, intake, schedule, summary, JobError, JobKind};
 use crate::cache::Cache;
+use crate::clock::rfc3339;
 use crate::keyspace::Keyspace;
-use crate::store::model::rfc3339;
+use crate::store::Store;
 
 /// How often an idle worker looks for jobs.
 const POLL: Duration = Duration::from_millis(250);
@@ -39,7 +39,7 @@ const HOUSEKEEPING: Duration = Duration::from_secs(30);
 
 /// What every job of this worker shares.
 pub struct Shared {
-    pub db: Database,
+    pub store: Store,
     /// For status, locks and dead letters.
     pub redis: Client,
     pub queues: Queues,
@@ -59,7 +59,7 @@ impl Shared {
         let keys = config.keys.clone();
         let redis = super::redis_client(&config.redis).await?;
         Ok(Shared {
-            db: super::database(&config.mongo.mongo_url, &config.mongo.mongo_db).await?,
+            store: Store::connect_as(&config.mongo.mongo_url, &config.mongo.mongo_db, "confab-worker").await?,
             cache: Cache::new(Some(redis.clone()), keys.clone(), Duration::from_secs(1)),
             redis,
             queues: Queues::connect(&config.redis, &keys, config.heartbeat).await?,
@@ -98,7 +98,7 @@ pub async fn execute(shared: &Shared, run: &Run) -> RunReport {
     let now = DateTime::from_timestamp_millis(run.at_ms).unwrap_or(started_at);
     let result = match run.job {
         JobKind::Archive => {
-            match archive::run(&shared.db, now, shared.archive_after_days, shared.archive_batch).await {
+            match archive::run(&shared.store, now, shared.archive_after_days, shared.archive_batch).await {
                 Ok(moved) => {
                     // Nodes cache each room's newest page: those rooms' pages changed.
                     for room in &moved.rooms {
@@ -109,9 +109,9 @@ pub async fn execute(shared: &Shared, run: &Run) -> RunReport {
                 Err(e) => Err(e),
             }
         }
-        JobKind::Summaries => summary::run(&shared.db, &shared.queues, now).await,
+        JobKind::Summaries => summary::run(&shared.store, &shared.queues, now).await,
     };
-    let report = result.unwrap_or_else(|e| RunReport { error: Some(e.0), ..Default::default() });
+    let report = result.unwrap_or_else(|e| RunReport { error: Some(e.to_string()), ..Default::default() });
     let elapsed = clock.elapsed();
     match &report.error {
         None => {
@@ -155,13 +155,13 @@ impl RunningWorker {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
                     .await
-                    .map_err(|e| JobError(format!("cannot listen on {addr}: {e}")))?,
+                    .map_err(|e| JobError::step(format!("cannot listen on {addr}"), e))?,
             ),
             None => None,
         };
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
         let shared = Arc::new(Shared::connect(&config).await?);
-        if let Err(e) = archive::ensure_indexes(&shared.db).await {
+        if let Err(e) = archive::ensure_indexes(&shared.store).await {
             // Not fatal: the archive job works without them, only slower.
             tracing::warn!(error = %e, "creating the archive indexes failed; retried at the next start");
         }
@@ -192,6 +192,8 @@ impl RunningWorker {
         if tokio::time::timeout(DRAIN + Duration::from_secs(2), all).await.is_err() {
             tracing::warn!("jobs still running at the deadline; other workers will take them over");
         }
+        // The cache's client is `redis` too: closing it closes both.
+        tokio::join!(self.shared.cache.shutdown(), self.shared.store.shutdown());
     }
 }
 

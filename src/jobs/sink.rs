@@ -84,7 +84,7 @@ fn parse_url(raw: &str) -> Result<String, String> {
 pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, JobError> {
     Ok(match (config.kind.as_str(), &config.url, &config.secret) {
         ("webhook", Some(url), Some(secret)) => Box::new(WebhookSink::new(url, secret, config.timeout)?),
-        ("webhook", _, _) => return Err(JobError("the webhook sink needs a URL and a secret".into())),
+        ("webhook", _, _) => return Err(JobError::Failed("the webhook sink needs a URL and a secret".into())),
         _ => Box::new(LogSink),
     })
 }
@@ -124,7 +124,7 @@ impl WebhookSink {
             .timeout(timeout)
             .user_agent(concat!("confab-worker/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| JobError(format!("webhook client: {e}")))?;
+            .map_err(|e| JobError::step("webhook client", e))?;
         Ok(WebhookSink { http, url: url.to_string(), secret: secret.to_string() })
     }
 }
@@ -132,7 +132,7 @@ impl WebhookSink {
 #[async_trait]
 impl Sink for WebhookSink {
     async fn deliver(&self, n: &Notification) -> Result<(), JobError> {
-        let body = serde_json::to_vec(&n.to_json()).map_err(|e| JobError(e.to_string()))?;
+        let body = serde_json::to_vec(&n.to_json()).map_err(|e| JobError::step("encoding the notification", e))?;
         let timestamp = chrono::Utc::now().timestamp();
         let response = self
             .http
@@ -144,12 +144,12 @@ impl Sink for WebhookSink {
             .body(body)
             .send()
             .await
-            .map_err(|e| JobError(format!("webhook: {}", without_url(e))))?;
+            .map_err(|e| JobError::step("webhook", without_url(e)))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(JobError(format!("webhook answered {status}")))
+            Err(JobError::Failed(format!("webhook answered {status}")))
         }
     }
 }

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::queue::{self, DELIVERY_QUEUE, RUNS_QUEUE};
 use super::{JobError, JobKind, DELIVERY};
+use crate::clock::rfc3339;
 use crate::keyspace::Keyspace;
-use crate::store::model::rfc3339;
 
 /// Runs kept in each job's history list.
 const HISTORY: i64 = 100;
@@ -66,7 +66,7 @@ pub async fn record_run(redis: &Client, keys: &Keyspace, job: JobKind, entry: &H
         let pipe = redis.pipeline();
         let _: () = pipe.hset(keys.job_status(label), fields).await?;
         let _: () = pipe.hincrby(keys.job_status(label), "runs", 1).await?;
-        let text = serde_json::to_string(entry).map_err(|e| JobError(e.to_string()))?;
+        let text = serde_json::to_string(entry).map_err(|e| JobError::step("encoding a status", e))?;
         let _: () = pipe.lpush(keys.job_history(label), text).await?;
         let _: () = pipe.ltrim(keys.job_history(label), 0, HISTORY - 1).await?;
         let _: Vec<Value> = pipe.all().await?;

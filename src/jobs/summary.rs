@@ -23,41 +23,18 @@ use bson::oid::ObjectId;
 use bson::{doc, Document};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use mongodb::{Collection, Database};
-use serde::Deserialize;
 use sha2::Digest;
 
-use super::notification::{self, Notification};
 use super::queue::Queues;
 use super::status::RunReport;
 use super::JobError;
-use crate::store::model::rfc3339;
-use crate::store::{Member, Room, RoomKind};
+use crate::clock::rfc3339;
+use crate::store::{Member, Notification, NotificationPreferences, RoomKind, Store};
 
-pub const STATE: &str = "summary_state";
-pub const PREFERENCES: &str = "notification_preferences";
 pub const KIND: &str = "daily_summary";
 
 /// Unread counts stop at this many per room.
 const UNREAD_CAP: u64 = 10_000;
-
-#[derive(Debug, Deserialize)]
-struct Preferences {
-    #[serde(default = "enabled_by_default")]
-    enabled: bool,
-    #[serde(default)]
-    muted_rooms: Vec<ObjectId>,
-}
-
-fn enabled_by_default() -> bool {
-    true
-}
-
-impl Default for Preferences {
-    fn default() -> Self {
-        Preferences { enabled: true, muted_rooms: Vec::new() }
-    }
-}
 
 /// One room's line in a summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,9 +46,8 @@ pub struct RoomCounts {
 
 /// Makes the summaries due at `now`; `items` counts summaries stored,
 /// `failures` users whose summary could not be made (tried again next run).
-pub async fn run(db: &Database, queues: &Queues, now: DateTime<Utc>) -> Result<RunReport, JobError> {
-    let members: Collection<Member> = db.collection("room_members");
-    let mut cursor = members.find(doc! {}).sort(doc! {"user_id": 1, "_id": 1}).await?;
+pub async fn run(store: &Store, queues: &Queues, now: DateTime<Utc>) -> Result<RunReport, JobError> {
+    let mut cursor = store.memberships_by_user().await?;
     let mut report = RunReport::default();
     let mut current: Vec<Member> = Vec::new();
     loop {
@@ -84,7 +60,7 @@ pub async fn run(db: &Database, queues: &Queues, now: DateTime<Utc>) -> Result<R
         if boundary {
             let memberships = std::mem::take(&mut current);
             let user = memberships[0].user_id;
-            match summarize(db, queues, user, &memberships, now).await {
+            match summarize(store, queues, user, &memberships, now).await {
                 Ok(true) => report.items += 1,
                 Ok(false) => {}
                 Err(e) => {
@@ -102,76 +78,43 @@ pub async fn run(db: &Database, queues: &Queues, now: DateTime<Utc>) -> Result<R
 
 /// One user's summary; whether one was stored.
 async fn summarize(
-    db: &Database,
+    store: &Store,
     queues: &Queues,
     user: ObjectId,
     memberships: &[Member],
     now: DateTime<Utc>,
 ) -> Result<bool, JobError> {
-    let prefs: Collection<Preferences> = db.collection(PREFERENCES);
-    let prefs = prefs.find_one(doc! {"_id": user}).await?.unwrap_or_default();
+    let prefs = store.notification_preferences(&[user]).await?.pop();
+    let prefs = prefs.unwrap_or_else(|| NotificationPreferences::defaults(user));
     if !prefs.enabled {
         return Ok(false);
     }
-    let since = last_summary_at(db, user).await?.unwrap_or(now - chrono::Duration::days(1));
+    let since = store.last_summary_at(user).await?.unwrap_or(now - chrono::Duration::days(1));
     if since >= now {
         return Ok(false);
     }
     let mut rooms = Vec::new();
     for m in memberships.iter().filter(|m| !prefs.muted_rooms.contains(&m.room_id)) {
-        rooms.push(counts(db, m, since.max(m.joined_at), now).await?);
+        let (new_messages, unread) = store.summary_counts(m, since.max(m.joined_at), now, UNREAD_CAP).await?;
+        rooms.push(RoomCounts { room_id: m.room_id, new_messages, unread });
     }
     let stored = if rooms.iter().any(|r| r.new_messages > 0) {
-        let n = summary(db, user, since, now, &rooms).await?;
-        notification::insert(db, &n).await?;
+        let n = summary(store, user, since, now, &rooms).await?;
+        // Already there: a re-run of the run that made it.
+        store.insert_notification_once(&n).await?;
         super::enqueue_delivery(queues, n.id).await?;
         true
     } else {
         false
     };
-    let state: Collection<Document> = db.collection(STATE);
-    state
-        .update_one(doc! {"_id": user}, doc! {"$set": {"last_summary_at": bson::DateTime::from_chrono(now)}})
-        .upsert(true)
-        .await?;
+    store.set_last_summary_at(user, now).await?;
     Ok(stored)
-}
-
-async fn last_summary_at(db: &Database, user: ObjectId) -> Result<Option<DateTime<Utc>>, JobError> {
-    let state: Collection<Document> = db.collection(STATE);
-    let doc = state.find_one(doc! {"_id": user}).await?;
-    Ok(doc.and_then(|d| d.get_datetime("last_summary_at").ok().map(|t| t.to_chrono())))
-}
-
-/// New messages in (from, now] and unread messages, for one membership.
-async fn counts(db: &Database, m: &Member, from: DateTime<Utc>, now: DateTime<Utc>) -> Result<RoomCounts, JobError> {
-    let messages: Collection<Document> = db.collection("messages");
-    let until = bson::DateTime::from_chrono(now);
-    let new_messages = messages
-        .count_documents(doc! {
-            "room_id": m.room_id,
-            "timestamp": {"$gt": bson::DateTime::from_chrono(from), "$lte": until},
-            "sender_id": {"$ne": m.user_id},
-            "deleted": {"$ne": true},
-        })
-        .await?;
-    let unread = messages
-        .count_documents(doc! {
-            "room_id": m.room_id,
-            "seq": {"$gt": m.read_seq},
-            "timestamp": {"$lte": until},
-            "sender_id": {"$ne": m.user_id},
-            "deleted": {"$ne": true},
-        })
-        .limit(UNREAD_CAP)
-        .await?;
-    Ok(RoomCounts { room_id: m.room_id, new_messages, unread })
 }
 
 /// The summary notification. Its id is a function of (user, now): the
 /// timestamp part is `now`, so ids still sort by time.
 async fn summary(
-    db: &Database,
+    store: &Store,
     user: ObjectId,
     since: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -181,7 +124,7 @@ async fn summary(
     let total_unread: u64 = rooms.iter().map(|r| r.unread).sum();
     let mut active: Vec<&RoomCounts> = rooms.iter().filter(|r| r.new_messages > 0).collect();
     active.sort_by(|a, b| b.new_messages.cmp(&a.new_messages).then(a.room_id.cmp(&b.room_id)));
-    let names = room_names(db, user, active.iter().map(|r| r.room_id).collect()).await?;
+    let names = room_names(store, user, active.iter().map(|r| r.room_id).collect()).await?;
     let lines: Vec<Document> = active
         .iter()
         .map(|r| {
@@ -222,20 +165,12 @@ async fn summary(
 }
 
 /// Room names for a summary; a direct room is named after the other user.
-async fn room_names(db: &Database, user: ObjectId, ids: Vec<ObjectId>) -> Result<HashMap<ObjectId, String>, JobError> {
-    let rooms: Collection<Room> = db.collection("rooms");
-    let found: Vec<Room> = rooms.find(doc! {"_id": {"$in": &ids}}).await?.try_collect().await?;
+async fn room_names(store: &Store, user: ObjectId, ids: Vec<ObjectId>) -> Result<HashMap<ObjectId, String>, JobError> {
+    let found = store.rooms_by_id(&ids).await?;
     let peers: Vec<ObjectId> =
         found.iter().filter(|r| r.kind == RoomKind::Direct).filter_map(|r| r.peer_of(user)).collect();
-    let users: Collection<Document> = db.collection("users");
-    let usernames: HashMap<ObjectId, String> = users
-        .find(doc! {"_id": {"$in": peers}})
-        .await?
-        .try_collect::<Vec<Document>>()
-        .await?
-        .into_iter()
-        .filter_map(|u| Some((u.get_object_id("_id").ok()?, u.get_str("username").ok()?.to_string())))
-        .collect();
+    let usernames: HashMap<ObjectId, String> =
+        store.users(&peers).await?.into_iter().map(|u| (u.id, u.username)).collect();
     Ok(found
         .into_iter()
         .map(|r| {
@@ -273,13 +208,5 @@ mod tests {
         assert_ne!(summary_id(a, t), summary_id(a, t + chrono::Duration::milliseconds(1)));
         assert_eq!(summary_id(a, t).timestamp().timestamp_millis(), t.timestamp_millis());
         assert!(summary_id(a, t) < summary_id(b, t + chrono::Duration::days(1)));
-    }
-
-    #[test]
-    fn missing_preferences_mean_enabled_and_nothing_muted() {
-        let p: Preferences = bson::from_document(doc! {"mentions_only": true}).unwrap();
-        assert!(p.enabled && p.muted_rooms.is_empty());
-        let p: Preferences = bson::from_document(doc! {"enabled": false}).unwrap();
-        assert!(!p.enabled);
     }
 }

@@ -11,14 +11,16 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use super::Notifier;
 use super::{count, json_of, Content, LiveView, Outcome, Route};
 use crate::bus::{Event, Topic};
+use crate::clock::rfc3339;
 use crate::error::Result;
+use crate::fanout::Shown;
 use crate::protocol::ServerEvent;
-use crate::store::model::rfc3339;
-use crate::store::{Notification, Store};
+use crate::store::Notification;
 
 /// Live notifications published at once by one dispatch.
 const PUBLISHING: usize = 64;
@@ -180,26 +182,35 @@ impl LiveFrame {
     }
 }
 
-/// A node showed a live notification to at least one connection of `user`:
-/// counts it, and stores it if nobody has yet (from the bus reader: the
-/// write runs in its own task).
-pub fn delivered_live(store: &Arc<dyn Store>, user: ObjectId, stored_at_us: u64, frame: &Bytes) {
-    count("realtime", 1);
-    if stored_at_us != 0 {
-        return;
-    }
-    let Some(n) = from_frame(user, frame) else {
-        tracing::warn!("a live notification frame could not be read back; not stored");
-        return;
-    };
-    let store = store.clone();
-    tokio::spawn(async move {
-        match store.insert_notification_once(&n).await {
-            Ok(true) => count("stored", 1),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "notification shown live but not stored"),
+impl Notifier {
+    /// Takes the notifications the fan-out showed here: counts each, and
+    /// stores those nobody has stored yet (the id makes a second node's
+    /// store a no-op). Runs until shutdown, then stores what is queued.
+    pub(super) async fn store_shown(self: Arc<Self>, mut shown: mpsc::UnboundedReceiver<Shown>) {
+        loop {
+            let next = tokio::select! {
+                next = shown.recv() => next,
+                _ = self.stop.cancelled() => None,
+            };
+            let Some(next) = next.or_else(|| shown.try_recv().ok()) else { return };
+            count("realtime", 1);
+            if next.stored_at_us != 0 {
+                continue;
+            }
+            let Some(n) = from_frame(next.user, &next.frame) else {
+                tracing::warn!("a live notification frame could not be read back; not stored");
+                continue;
+            };
+            let store = self.store.clone();
+            self.tasks.spawn(async move {
+                match store.insert_notification_once(&n).await {
+                    Ok(true) => count("stored", 1),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "notification shown live but not stored"),
+                }
+            });
         }
-    });
+    }
 }
 
 /// The notification a live frame carries, as its user's stored record.

@@ -23,7 +23,7 @@
 //!   subscribe to. Each such node offers it to the user's connections that
 //!   are not subscribed to the message's room — a connection watching the
 //!   room sees the message itself — and stores it once it has shown it
-//!   somewhere (`delivered_live`; the id makes a second node's store a
+//!   somewhere (`Notifier::store_shown`; the id makes a second node's store a
 //!   no-op). A user whose every connection watches the room gets nothing
 //!   stored: they saw the message. Server API notifications have no room:
 //!   they are stored for everyone first, then shown on every connection.
@@ -47,7 +47,6 @@ pub mod reach;
 pub mod server;
 mod watching;
 
-pub use delivery::delivered_live;
 pub use messages::{preview, PREVIEW_CHARS};
 
 use std::sync::Arc;
@@ -59,19 +58,17 @@ use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, Semaphore};
-
-use crate::config::Config;
-use crate::error::{Error, Result};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, BusError};
 use crate::cache::Cache;
-use crate::fanout::Registry;
+use crate::clock::rfc3339;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::fanout::{Registry, Shown};
 use crate::keyspace::Keyspace;
-use crate::store::model::rfc3339;
-use crate::store::Store;
-use crate::store::{Message, Notification};
+use crate::store::{Message, Notification, Store};
 
 /// Messages waiting to become notifications, per node; beyond, they are
 /// dropped (and counted) rather than slow the send path or grow memory.
@@ -245,8 +242,8 @@ pub struct Notifier {
     jobs: mpsc::Sender<MessageJob>,
     pub audiences: audience::Audiences,
     pub reach: reach::Reach,
-    store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
+    store: Arc<Store>,
+    bus: Arc<Bus>,
     cache: Cache,
     /// Who is connected here, and the watching hints this node makes.
     registry: Arc<Registry>,
@@ -262,16 +259,16 @@ impl Notifier {
     /// Starts the notifier's Redis connection (without waiting for it).
     pub fn connect(
         config: &Config,
-        store: Arc<dyn Store>,
-        bus: Arc<dyn Bus>,
+        store: Arc<Store>,
+        bus: Arc<Bus>,
         cache: Cache,
         registry: Arc<Registry>,
         stop: CancellationToken,
-    ) -> std::result::Result<(Notifier, Jobs), String> {
-        let mut builder = config.redis.builder(16).map_err(|e| e.to_string())?;
+    ) -> std::result::Result<(Notifier, Jobs), BusError> {
+        let mut builder = config.redis.builder(16)?;
         builder.with_performance_config(|p| p.default_command_timeout = Duration::from_secs(1));
-        let redis = builder.build().map_err(|e| e.to_string())?;
-        let subscriber = builder.build_subscriber_client().map_err(|e| e.to_string())?;
+        let redis = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
         redis.connect();
         subscriber.connect();
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -309,14 +306,15 @@ impl Notifier {
 impl Notifier {
     /// Starts the notifier's tasks: the dispatchers that turn queued
     /// messages into notifications, the writer of this node's watching
-    /// hints and the listener for reach changes. They run until
-    /// [`shutdown`](Self::shutdown).
-    pub fn start(self: &Arc<Self>, jobs: Jobs) {
+    /// hints, the listener for reach changes, and the keeper of what the
+    /// fan-out showed here (`shown`). They run until [`shutdown`](Self::shutdown).
+    pub fn start(self: &Arc<Self>, jobs: Jobs, shown: mpsc::UnboundedReceiver<Shown>) {
         if let Some(changes) = self.registry.watching.changes() {
             self.tasks.spawn(self.clone().write_watching(changes));
         }
         self.tasks.spawn(self.clone().listen_reach());
         self.tasks.spawn(self.clone().dispatch_jobs(jobs));
+        self.tasks.spawn(self.clone().store_shown(shown));
     }
 
     /// Turns queued messages into notifications, a few at a time.
@@ -350,5 +348,6 @@ impl Notifier {
         if tokio::time::timeout(std::time::Duration::from_secs(2), self.tasks.wait()).await.is_err() {
             tracing::warn!("notification tasks still running at shutdown");
         }
+        let _ = tokio::join!(self.redis.quit(), self.reach.shutdown());
     }
 }

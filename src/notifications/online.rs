@@ -2,7 +2,7 @@
 //! decides it, so a richer presence can take over here.
 //!
 //! A node subscribes to a user's bus topic while it holds at least one of
-//! their connections (`gateway::run_chat`), so the topic's subscriber count
+//! their connections (`ws::Sockets::spawn_chat`), so the topic's subscriber count
 //! is the number of nodes holding the user: one `PUBSUB NUMSUB` answers for
 //! a thousand users at a time.
 

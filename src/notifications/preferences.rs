@@ -19,8 +19,8 @@ use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::Notifier;
+use crate::clock::rfc3339;
 use crate::error::{Error, Result};
-use crate::store::model::rfc3339;
 use crate::store::{NotificationPreferences, PreferencesChange};
 
 /// Most rooms one user may mute.

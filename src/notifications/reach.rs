@@ -76,6 +76,11 @@ struct Known {
 }
 
 impl Reach {
+    /// Closes the reach listener's connection.
+    pub async fn shutdown(&self) {
+        let _ = self.subscriber.quit().await;
+    }
+
     pub fn new(subscriber: SubscriberClient) -> Self {
         Reach {
             subscriber,

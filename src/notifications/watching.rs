@@ -1,4 +1,4 @@
-//! Watching hints in Redis (see `gateway::watching` for how nodes make and
+//! Watching hints in Redis (see `fanout::watching` for how nodes make and
 //! withdraw them): read by dispatchers to skip users who watch a room on
 //! every connection, written by each node for its own users.
 //!

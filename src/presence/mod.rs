@@ -24,12 +24,13 @@ pub mod announcer;
 mod heartbeat;
 pub mod redis;
 
+pub use redis::Tracker;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bson::oid::ObjectId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -115,17 +116,22 @@ pub struct PresenceView {
 
 impl PresenceView {
     pub fn new(user: ObjectId, state: &State) -> Self {
-        let last_seen = state
-            .last_seen_ms
-            .and_then(chrono::DateTime::from_timestamp_millis)
-            .map(|t| crate::store::model::rfc3339(&t));
+        let last_seen =
+            state.last_seen_ms.and_then(chrono::DateTime::from_timestamp_millis).map(|t| crate::clock::rfc3339(&t));
         PresenceView { user_id: user.to_hex(), status: state.status(), last_seen }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("presence tracker: {0}")]
-pub struct TrackerError(pub String);
+pub enum TrackerError {
+    #[error("presence: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("presence: {0}")]
+    Setup(#[from] crate::backend::redis::RedisError),
+    /// Redis answered something this node did not ask for.
+    #[error("presence: {0}")]
+    Reply(String),
+}
 
 /// What the announcement gate says of a change of status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,47 +156,9 @@ pub struct Connection<'a> {
     pub user: ObjectId,
 }
 
-/// Cluster-wide connection counts, explicit statuses and node liveness.
-#[async_trait]
-pub trait Tracker: Send + Sync + 'static {
-    /// Counts a connection (idempotent); the user's state if it was their
-    /// first anywhere, i.e. they came online.
-    async fn connect(&self, c: Connection<'_>, now_ms: i64) -> Result<Option<State>, TrackerError>;
-    /// Stops counting a connection (idempotent); the user's state if it was
-    /// their last anywhere, i.e. they went offline.
-    async fn disconnect(&self, c: Connection<'_>, now_ms: i64) -> Result<Option<State>, TrackerError>;
-    /// Sets the explicit status (`None` clears it); the state before and after.
-    async fn set_status(&self, user: ObjectId, status: Option<Status>) -> Result<(State, State), TrackerError>;
-    /// How many connections of `user` are counted, cluster-wide (those in
-    /// their grace period too).
-    async fn connection_count(&self, user: ObjectId) -> Result<usize, TrackerError>;
-    /// The states of many users, in one round trip.
-    async fn states(&self, users: &[ObjectId]) -> Result<Vec<State>, TrackerError>;
-    /// Whether each user's new status may be announced now (see [`Gate`]),
-    /// at most one announcement per user per `every`, cluster-wide.
-    async fn gate(
-        &self,
-        changes: &[(ObjectId, Status)],
-        now_ms: i64,
-        every: Duration,
-    ) -> Result<Vec<Gate>, TrackerError>;
-    /// Registers the node and refreshes its heartbeat for `ttl`; false if
-    /// the heartbeat had expired (or never existed).
-    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<bool, TrackerError>;
-    /// Registered nodes whose heartbeat has expired.
-    async fn dead_nodes(&self) -> Result<Vec<String>, TrackerError>;
-    /// Stops counting every connection of a dead node and forgets the node,
-    /// unless its heartbeat is back; the users that went offline.
-    async fn sweep(&self, node: &str, now_ms: i64) -> Result<Vec<ObjectId>, TrackerError>;
-    /// Ends `node`'s heartbeat, then sweeps it: a clean shutdown.
-    async fn retire(&self, node: &str, now_ms: i64) -> Result<Vec<ObjectId>, TrackerError>;
-    /// The connections counted for `node`.
-    async fn connections(&self, node: &str) -> Result<Vec<(ObjectId, ConnId)>, TrackerError>;
-}
-
-/// The node's presence keeper, one per node (in [`App`]).
+/// The node's presence keeper, one per node.
 pub struct Presence {
-    tracker: Arc<dyn Tracker>,
+    tracker: Arc<Tracker>,
     node: String,
     grace: Duration,
     heartbeat: Duration,
@@ -208,16 +176,16 @@ pub struct Presence {
     tasks: TaskTracker,
     /// Connects and disconnects wait here to be announced, in batches.
     announcer: announcer::Announcer,
-    bus: Arc<dyn Bus>,
+    bus: Arc<Bus>,
     /// Where announcements read their audience (contacts and rooms).
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
 }
 
 impl Presence {
     pub fn new(
-        tracker: Arc<dyn Tracker>,
-        bus: Arc<dyn Bus>,
-        store: Arc<dyn Store>,
+        tracker: Arc<Tracker>,
+        bus: Arc<Bus>,
+        store: Arc<Store>,
         config: &crate::config::Config,
         stop: CancellationToken,
     ) -> Self {

@@ -17,11 +17,10 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bson::oid::ObjectId;
 use fred::prelude::*;
 
-use super::{Connection, Gate, State, Status, Tracker, TrackerError};
+use super::{Connection, Gate, State, Status, TrackerError};
 use crate::backend::redis::RedisConfig;
 use crate::fanout::ConnId;
 use crate::keyspace::Keyspace;
@@ -125,15 +124,13 @@ end
 return out
 "#;
 
-pub struct RedisTracker {
+/// Cluster-wide connection counts, explicit statuses and node liveness, in
+/// Redis.
+pub struct Tracker {
     client: Client,
     keys: Keyspace,
     /// What the scripts put in front of the names they build.
     prefix: String,
-}
-
-fn err(e: fred::error::Error) -> TrackerError {
-    TrackerError(e.to_string())
 }
 
 /// A Redis client for presence and typing, apart from the bus's
@@ -141,14 +138,14 @@ fn err(e: fred::error::Error) -> TrackerError {
 /// awaited: without Redis the node starts anyway, and presence repairs
 /// itself once Redis answers.
 pub fn client(redis: &RedisConfig) -> Result<Client, TrackerError> {
-    let client = redis.builder(64).map_err(|e| TrackerError(e.to_string()))?.build().map_err(err)?;
+    let client = redis.builder(64)?.build()?;
     client.connect();
     Ok(client)
 }
 
-impl RedisTracker {
+impl Tracker {
     pub fn new(client: Client, keys: Keyspace) -> Self {
-        RedisTracker { client, prefix: keys.presence_prefix(), keys }
+        Tracker { client, prefix: keys.presence_prefix(), keys }
     }
 
     fn conns_key(&self, user: ObjectId) -> String {
@@ -168,7 +165,7 @@ impl RedisTracker {
     }
 
     async fn eval(&self, script: &'static str, keys: Vec<String>, args: Vec<String>) -> Result<Value, TrackerError> {
-        self.client.eval(script, keys, args).await.map_err(err)
+        self.client.eval(script, keys, args).await.map_err(Into::into)
     }
 
     /// Runs CONNECT or DISCONNECT for one connection.
@@ -194,17 +191,21 @@ impl RedisTracker {
     }
 }
 
-#[async_trait]
-impl Tracker for RedisTracker {
-    async fn connect(&self, c: Connection<'_>, now_ms: i64) -> Result<Option<State>, TrackerError> {
+impl Tracker {
+    /// Counts a connection (idempotent); the user's state if it was their
+    /// first anywhere, i.e. they came online.
+    pub async fn connect(&self, c: Connection<'_>, now_ms: i64) -> Result<Option<State>, TrackerError> {
         self.change(CONNECT, c, now_ms, true).await
     }
 
-    async fn disconnect(&self, c: Connection<'_>, now_ms: i64) -> Result<Option<State>, TrackerError> {
+    /// Stops counting a connection (idempotent); the user's state if it was
+    /// their last anywhere, i.e. they went offline.
+    pub async fn disconnect(&self, c: Connection<'_>, now_ms: i64) -> Result<Option<State>, TrackerError> {
         self.change(DISCONNECT, c, now_ms, false).await
     }
 
-    async fn set_status(&self, user: ObjectId, status: Option<Status>) -> Result<(State, State), TrackerError> {
+    /// Sets the explicit status (`None` clears it); the state before and after.
+    pub async fn set_status(&self, user: ObjectId, status: Option<Status>) -> Result<(State, State), TrackerError> {
         let keys = vec![self.conns_key(user), self.user_key(user)];
         let arg = status.map(Status::as_str).unwrap_or_default().to_string();
         let out = self.eval(SET_STATUS, keys, vec![arg]).await?.into_array();
@@ -214,19 +215,22 @@ impl Tracker for RedisTracker {
         Ok((State { connected, explicit: before, last_seen_ms }, State { connected, explicit: status, last_seen_ms }))
     }
 
-    async fn connection_count(&self, user: ObjectId) -> Result<usize, TrackerError> {
-        self.client.hlen(self.conns_key(user)).await.map_err(err)
+    /// How many connections of `user` are counted, cluster-wide (those in
+    /// their grace period too).
+    pub async fn connection_count(&self, user: ObjectId) -> Result<usize, TrackerError> {
+        self.client.hlen(self.conns_key(user)).await.map_err(Into::into)
     }
 
-    async fn states(&self, users: &[ObjectId]) -> Result<Vec<State>, TrackerError> {
+    /// The states of many users, in one round trip.
+    pub async fn states(&self, users: &[ObjectId]) -> Result<Vec<State>, TrackerError> {
         let pipeline = self.client.pipeline();
         for user in users {
-            let _: () = pipeline.hlen(self.conns_key(*user)).await.map_err(err)?;
-            let _: () = pipeline.hmget(self.user_key(*user), vec!["status", "last_seen"]).await.map_err(err)?;
+            let _: () = pipeline.hlen(self.conns_key(*user)).await?;
+            let _: () = pipeline.hmget(self.user_key(*user), vec!["status", "last_seen"]).await?;
         }
-        let replies: Vec<Value> = pipeline.all().await.map_err(err)?;
+        let replies: Vec<Value> = pipeline.all().await?;
         if replies.len() != 2 * users.len() {
-            return Err(TrackerError(format!("{} replies to {} commands", replies.len(), 2 * users.len())));
+            return Err(TrackerError::Reply(format!("{} replies to {} commands", replies.len(), 2 * users.len())));
         }
         Ok(replies
             .chunks(2)
@@ -241,7 +245,9 @@ impl Tracker for RedisTracker {
             .collect())
     }
 
-    async fn gate(
+    /// Whether each user's new status may be announced now (see [`Gate`]),
+    /// at most one announcement per user per `every`, cluster-wide.
+    pub async fn gate(
         &self,
         changes: &[(ObjectId, Status)],
         now_ms: i64,
@@ -267,18 +273,23 @@ impl Tracker for RedisTracker {
             .collect())
     }
 
-    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<bool, TrackerError> {
+    /// Registers the node and refreshes its heartbeat for `ttl`; false if
+    /// the heartbeat had expired (or never existed).
+    pub async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<bool, TrackerError> {
         let keys = vec![self.node_key(node, "alive"), self.nodes_key()];
         let args = vec![ttl.as_millis().to_string(), node.to_string()];
         Ok(self.eval(HEARTBEAT, keys, args).await?.as_i64() == Some(1))
     }
 
-    async fn dead_nodes(&self) -> Result<Vec<String>, TrackerError> {
+    /// Registered nodes whose heartbeat has expired.
+    pub async fn dead_nodes(&self) -> Result<Vec<String>, TrackerError> {
         let out = self.eval(DEAD_NODES, vec![self.nodes_key()], vec![self.prefix.clone()]).await?;
         Ok(out.into_array().iter().filter_map(Value::as_string).collect())
     }
 
-    async fn sweep(&self, node: &str, now_ms: i64) -> Result<Vec<ObjectId>, TrackerError> {
+    /// Stops counting every connection of a dead node and forgets the node,
+    /// unless its heartbeat is back; the users that went offline.
+    pub async fn sweep(&self, node: &str, now_ms: i64) -> Result<Vec<ObjectId>, TrackerError> {
         let keys = vec![self.node_key(node, "conns"), self.node_key(node, "alive"), self.nodes_key()];
         let args = vec![self.prefix.clone(), node.to_string(), now_ms.to_string(), SWEEP_BATCH.to_string()];
         let mut offline = Vec::new();
@@ -292,13 +303,15 @@ impl Tracker for RedisTracker {
         }
     }
 
-    async fn retire(&self, node: &str, now_ms: i64) -> Result<Vec<ObjectId>, TrackerError> {
-        let _: i64 = self.client.del(self.node_key(node, "alive")).await.map_err(err)?;
+    /// Ends `node`'s heartbeat, then sweeps it: a clean shutdown.
+    pub async fn retire(&self, node: &str, now_ms: i64) -> Result<Vec<ObjectId>, TrackerError> {
+        let _: i64 = self.client.del(self.node_key(node, "alive")).await?;
         self.sweep(node, now_ms).await
     }
 
-    async fn connections(&self, node: &str) -> Result<Vec<(ObjectId, ConnId)>, TrackerError> {
-        let members: Vec<String> = self.client.smembers(self.node_key(node, "conns")).await.map_err(err)?;
+    /// The connections counted for `node`.
+    pub async fn connections(&self, node: &str) -> Result<Vec<(ObjectId, ConnId)>, TrackerError> {
+        let members: Vec<String> = self.client.smembers(self.node_key(node, "conns")).await?;
         Ok(members
             .iter()
             .filter_map(|m| {

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::clock::now_ms;
 use crate::error::Error;
-use crate::store::model::{MemberView, MessageView};
+use crate::protocol::views::{MemberView, MessageView};
 use crate::store::{Cursor, Member, Message};
 
 /// Something that happened, for the clients that should hear of it.

@@ -5,10 +5,12 @@
 //! Nothing here does anything: the WebSocket session applies commands, the
 //! domain describes events. This is the one place either becomes bytes or
 //! comes from them, and it depends on nothing but the stored models.
+//! `views` are the JSON shapes of stored things that REST answers share.
 
 pub mod close;
 pub mod command;
 pub mod frames;
+pub mod views;
 
 pub use close::{Close, CloseCode};
 pub use command::{Command, ReplayFrom, Request, Unreadable};

@@ -17,7 +17,7 @@ use bson::oid::ObjectId;
 use fred::prelude::*;
 use tokio::sync::OnceCell;
 
-use crate::backend::redis::RedisConfig;
+use crate::backend::redis::{RedisConfig, RedisError};
 use crate::config::RateLimits;
 use crate::error::Error;
 use crate::keyspace::Keyspace;
@@ -98,8 +98,8 @@ pub struct SharedLimiter {
 impl SharedLimiter {
     /// Starts the limiter's connection. An unreachable Redis is not an error:
     /// the client keeps reconnecting, and checks fail open meanwhile.
-    pub async fn connect(redis: &RedisConfig, limits: RateLimits, keys: Keyspace) -> Result<SharedLimiter, String> {
-        let mut builder = redis.builder(16).map_err(|e| e.to_string())?;
+    pub async fn connect(redis: &RedisConfig, limits: RateLimits, keys: Keyspace) -> Result<SharedLimiter, RedisError> {
+        let mut builder = redis.builder(16)?;
         // Per-command options (`with_options`) do not reach fred's Lua
         // commands, so the timeout is the whole client's: it is ours alone.
         builder
@@ -107,12 +107,17 @@ impl SharedLimiter {
             .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT)
             // Never re-send a check after a reconnect: it would count twice.
             .with_connection_config(|c| c.max_command_attempts = 1);
-        let client = builder.build().map_err(|e| e.to_string())?;
+        let client = builder.build()?;
         client.connect();
         if tokio::time::timeout(Duration::from_secs(1), client.wait_for_connect()).await.is_err() {
             tracing::warn!("rate limiter: redis not reachable yet; limits fail open until it is");
         }
         Ok(SharedLimiter { client, limits, keys, last_warning_ms: AtomicU64::new(0) })
+    }
+
+    /// Closes the limiter's connection.
+    pub async fn shutdown(&self) {
+        let _ = self.client.quit().await;
     }
 
     /// Counts one REST request by `user` against its per-minute limit.

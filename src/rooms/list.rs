@@ -21,23 +21,20 @@ use super::Rooms;
 use crate::auth::Caller;
 use crate::cache::{Entry, Version};
 use crate::error::{Error, Result};
-use crate::store::model::{rfc3339, MessageView};
-use crate::store::{HistoryQuery, Member, Message, Role, Room, RoomKind};
+use crate::protocol::views::{MessageView, RoomView};
+use crate::store::{HistoryQuery, Member, Message, Role, Room};
 
 /// Unread counts stop at this (clients show "999+").
 pub const UNREAD_CAP: i64 = 1000;
 
-pub const DEFAULT_PAGE: usize = 50;
-pub const MAX_PAGE: usize = 200;
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 200;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoomSummary {
-    pub id: String,
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: RoomKind,
-    pub created_by: String,
-    pub created_at: String,
+    /// The room as every answer shows it.
+    #[serde(flatten)]
+    pub room: RoomView,
     /// The caller's role; null in a public room they have not joined.
     pub role: Option<Role>,
     /// Messages from others after the caller's read cursor (members only).
@@ -99,7 +96,7 @@ struct Listed {
 impl Rooms {
     /// A page of the caller's rooms, most recently active first (ties: newer id
     /// first). `cursor` continues after a previous page.
-    pub async fn list(&self, caller: &Caller, limit: usize, cursor: Option<ListCursor>) -> Result<RoomPage> {
+    pub async fn list(&self, caller: &Caller, limit: i64, cursor: Option<ListCursor>) -> Result<RoomPage> {
         let user = caller.user_id;
         let cacheable = cursor.is_none() && limit == DEFAULT_PAGE;
         if cacheable {
@@ -134,7 +131,7 @@ impl Rooms {
             Some(c) => listed.partition_point(|l| (l.activity_ms, l.room) >= (c.activity_ms, c.room)),
             None => 0,
         };
-        let end = (start + limit).min(listed.len());
+        let end = (start + limit.clamp(1, MAX_PAGE) as usize).min(listed.len());
         let next_cursor = (end < listed.len() && end > start).then(|| ListCursor::of(&listed[end - 1]).encode());
         let mut page: Vec<Listed> = listed.drain(start..end).collect();
         // Unread counts for the rooms shown: concurrent, bounded by the store's pool.
@@ -198,11 +195,7 @@ fn summarize(
     peers: &HashMap<ObjectId, String>,
 ) -> RoomSummary {
     RoomSummary {
-        id: room.id.to_hex(),
-        name: room.name.clone(),
-        kind: room.kind,
-        created_by: room.created_by.to_hex(),
-        created_at: rfc3339(&room.created_at),
+        room: RoomView::from(room),
         role: member.map(|m| m.role),
         unread_count: None,
         last_message: last.map(|m| serde_json::json!(MessageView::from(m))),

@@ -16,8 +16,8 @@ use super::Rooms;
 use crate::auth::Caller;
 use crate::bus::{Event, Topic};
 use crate::error::{Error, Result};
+use crate::protocol::views::MemberView;
 use crate::protocol::ServerEvent;
-use crate::store::model::MemberView;
 use crate::store::{Member, Role, Room, RoomKind, User};
 
 /// Most members `GET /rooms/{id}/members` lists.
@@ -180,10 +180,7 @@ impl Rooms {
     /// Publishes a live effect of a stored change; a failure is logged, not an
     /// error: the change itself is stored, and clients catch up on reconnect.
     pub(crate) async fn publish(&self, topic: Topic, event: Event<'_>) {
-        if let Err(e) = self.bus.publish(topic, event).await {
-            metrics::counter!("confab_bus_publish_failures_total").increment(1);
-            tracing::warn!(error = %e, ?topic, "live update not published");
-        }
+        self.bus.publish_live(topic, event).await;
     }
 }
 

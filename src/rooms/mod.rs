@@ -34,14 +34,14 @@ pub struct NewRoom {
 /// seq counters (a new room's starts at 0; an ended membership is marked
 /// beside them), the bus (membership news), the cache (versions to bump).
 pub struct Rooms {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     seqs: Seqs,
-    bus: Arc<dyn Bus>,
+    bus: Arc<Bus>,
     cache: Cache,
 }
 
 impl Rooms {
-    pub fn new(store: Arc<dyn Store>, seqs: Seqs, bus: Arc<dyn Bus>, cache: Cache) -> Self {
+    pub fn new(store: Arc<Store>, seqs: Seqs, bus: Arc<Bus>, cache: Cache) -> Self {
         Rooms { store, seqs, bus, cache }
     }
 

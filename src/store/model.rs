@@ -1,7 +1,7 @@
 //! Documents as stored, and their JSON views as clients see them.
 
 use bson::oid::ObjectId;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,113 +201,6 @@ pub struct Message {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
-/// RFC 3339, UTC, millisecond precision (what BSON dates hold).
-pub fn rfc3339(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-#[derive(Debug, Serialize)]
-pub struct UserView {
-    pub id: String,
-    pub username: String,
-    pub email: String,
-    pub created_at: String,
-    pub display_name: Option<String>,
-    pub avatar_url: Option<String>,
-}
-
-impl From<&User> for UserView {
-    fn from(u: &User) -> Self {
-        UserView {
-            id: u.id.to_hex(),
-            username: u.username.clone(),
-            email: u.email.clone(),
-            created_at: rfc3339(&u.created_at),
-            display_name: u.display_name.clone(),
-            avatar_url: u.avatar_url.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct RoomView {
-    pub id: String,
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: RoomKind,
-    pub created_by: String,
-    pub created_at: String,
-}
-
-impl From<&Room> for RoomView {
-    fn from(r: &Room) -> Self {
-        RoomView {
-            id: r.id.to_hex(),
-            name: r.name.clone(),
-            kind: r.kind,
-            created_by: r.created_by.to_hex(),
-            created_at: rfc3339(&r.created_at),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct MemberView {
-    pub room_id: String,
-    pub user_id: String,
-    pub role: Role,
-    pub joined_at: String,
-    pub delivered_up_to: Option<String>,
-    pub read_up_to: Option<String>,
-}
-
-impl From<&Member> for MemberView {
-    fn from(m: &Member) -> Self {
-        MemberView {
-            room_id: m.room_id.to_hex(),
-            user_id: m.user_id.to_hex(),
-            role: m.role,
-            joined_at: rfc3339(&m.joined_at),
-            delivered_up_to: m.delivered_up_to.map(|id| id.to_hex()),
-            read_up_to: m.read_up_to.map(|id| id.to_hex()),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct MessageView<'a> {
-    pub id: String,
-    pub room_id: String,
-    pub seq: i64,
-    pub sender_id: String,
-    /// `None` for a tombstone.
-    pub content: Option<&'a str>,
-    pub client_msg_id: Option<&'a str>,
-    pub timestamp: String,
-    pub edited_at: Option<String>,
-    pub deleted: bool,
-    /// Posted by a backend through the server API (`sender_id` is [`SYSTEM_SENDER`]).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub system: bool,
-}
-
-impl<'a> From<&'a Message> for MessageView<'a> {
-    fn from(m: &'a Message) -> Self {
-        MessageView {
-            id: m.id.to_hex(),
-            room_id: m.room_id.to_hex(),
-            seq: m.seq,
-            sender_id: m.sender_id.to_hex(),
-            content: (!m.deleted).then_some(m.content.as_str()),
-            client_msg_id: m.client_msg_id.as_deref(),
-            timestamp: rfc3339(&m.timestamp),
-            edited_at: m.edited_at.as_ref().map(rfc3339),
-            deleted: m.deleted,
-            system: m.sender_id == SYSTEM_SENDER,
-        }
-    }
-}
-
 /// The sender of system messages, which a backend posts through the server
 /// API: all zeros, an id no user can have.
 pub const SYSTEM_SENDER: ObjectId = ObjectId::from_bytes([0; 12]);
@@ -318,6 +211,7 @@ pub const SYSTEM_SENDER: ObjectId = ObjectId::from_bytes([0; 12]);
 pub struct NotificationPreferences {
     #[serde(rename = "_id")]
     pub user_id: ObjectId,
+    #[serde(default = "enabled_by_default")]
     pub enabled: bool,
     #[serde(default)]
     pub muted_rooms: Vec<ObjectId>,
@@ -326,6 +220,10 @@ pub struct NotificationPreferences {
     /// Do not disturb until this instant.
     #[serde(default, with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional")]
     pub dnd_until: Option<DateTime<Utc>>,
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 impl NotificationPreferences {
@@ -389,28 +287,6 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// A user as other users see them: no email.
-#[derive(Debug, Serialize)]
-pub struct ProfileView {
-    pub id: String,
-    pub username: String,
-    pub display_name: Option<String>,
-    pub avatar_url: Option<String>,
-    pub created_at: String,
-}
-
-impl From<&User> for ProfileView {
-    fn from(u: &User) -> Self {
-        ProfileView {
-            id: u.id.to_hex(),
-            username: u.username.clone(),
-            display_name: u.display_name.clone(),
-            avatar_url: u.avatar_url.clone(),
-            created_at: rfc3339(&u.created_at),
-        }
-    }
-}
-
 /// One entry of a user's contact list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Contact {
@@ -434,10 +310,9 @@ impl Contact {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stored() -> Message {
+impl Message {
+    /// A stored message for unit tests: seq 7, "hello", never edited.
+    pub(crate) fn sample() -> Message {
         let id = ObjectId::new();
         Message {
             id,
@@ -452,6 +327,15 @@ mod tests {
             deleted: false,
             deleted_at: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored() -> Message {
+        Message::sample()
     }
 
     #[test]
@@ -474,16 +358,11 @@ mod tests {
     }
 
     #[test]
-    fn a_tombstone_shows_no_content() {
-        let mut m = stored();
-        let v = serde_json::to_value(MessageView::from(&m)).unwrap();
-        assert_eq!(
-            (v["content"].as_str(), v["deleted"].as_bool(), v["edited_at"].is_null()),
-            (Some("hello"), Some(false), true)
-        );
-        m.deleted = true;
-        let v = serde_json::to_value(MessageView::from(&m)).unwrap();
-        assert!(v["content"].is_null());
-        assert_eq!((v["deleted"].as_bool(), v["seq"].as_i64()), (Some(true), Some(7)));
+    fn missing_preferences_fields_mean_enabled_and_nothing_muted() {
+        let user = ObjectId::new();
+        let p: NotificationPreferences = bson::from_document(bson::doc! {"_id": user, "mentions_only": true}).unwrap();
+        assert!(p.enabled && p.muted_rooms.is_empty() && p.mentions_only);
+        let p: NotificationPreferences = bson::from_document(bson::doc! {"_id": user, "enabled": false}).unwrap();
+        assert!(!p.enabled);
     }
 }

@@ -20,7 +20,6 @@ use fastwebsockets::WebSocket;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Caller;
-use crate::bus::Topic;
 use crate::config::{Config, RateLimits};
 use crate::error::{Error, Result};
 use crate::fanout::{Fanout, Outbox};
@@ -131,10 +130,8 @@ impl Sockets {
         // Receipts and presence reach a user through their own topic. Counting
         // the connection for presence goes alongside: with Redis down, each
         // waits out its own timeout, not one after the other.
-        let (subscribed, ()) = tokio::join!(
-            fanout.subscriptions.ensure(Topic::User(caller.user_id)),
-            self.presence.connected(caller.user_id, outbox.id),
-        );
+        let (subscribed, ()) =
+            tokio::join!(fanout.listen_user(caller.user_id), self.presence.connected(caller.user_id, outbox.id),);
         match subscribed {
             Ok(()) => outbox.mark_user_topic_subscribed(),
             Err(e) => tracing::warn!(error = %e, "user topic not subscribed; receipts reach this connection late"),

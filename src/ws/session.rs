@@ -15,14 +15,13 @@ use super::assembler::DataMessage;
 use super::socket::Handler;
 use super::Sockets;
 use crate::auth::Caller;
-use crate::bus::Topic;
 use crate::error::{Error, Result};
 use crate::fanout::registry::{Outbound, Outbox};
 use crate::messages::{Draft, Membership};
+use crate::protocol::views::MessageView;
 use crate::protocol::{self, Close, CloseCode, Command, ReplayFrom, Request, ServerEvent};
 use crate::ratelimit::{self, Admit, FrameLimiter};
 use crate::seq;
-use crate::store::model::MessageView;
 
 /// Rooms one connection may be subscribed to at once.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 1000;
@@ -173,7 +172,7 @@ impl ChatSession {
         let fanout = &self.sockets.fanout;
         fanout.registry.join(room, &self.outbox);
         self.rooms.insert(room);
-        if let Err(e) = fanout.subscriptions.ensure(Topic::Room(room)).await {
+        if let Err(e) = fanout.listen_room(room).await {
             self.outbox.release_hold(i64::MAX);
             self.leave(room);
             tracing::warn!(error = %e, "join failed: bus subscription");
@@ -233,7 +232,7 @@ impl ChatSession {
 
     fn leave(&mut self, room: ObjectId) {
         if self.rooms.remove(&room) && self.sockets.fanout.registry.leave(room, self.outbox.id) {
-            self.sockets.fanout.subscriptions.release(Topic::Room(room));
+            self.sockets.fanout.release_room(room);
         }
     }
 }
@@ -282,7 +281,10 @@ impl Handler for ChatSession {
         match self.handle(&request).await {
             Ok(Some(reply)) => self.reply(reply).await,
             Ok(None) => Ok(()),
-            Err(e) => self.reply(protocol::error(request.reference.as_ref(), request.channel.as_deref(), &e)).await,
+            Err(e) => {
+                e.log(&format!("{} failed", request.command.label()));
+                self.reply(protocol::error(request.reference.as_ref(), request.channel.as_deref(), &e)).await
+            }
         }
     }
 
@@ -290,11 +292,11 @@ impl Handler for ChatSession {
         let fanout = &self.sockets.fanout;
         for room in std::mem::take(&mut self.rooms) {
             if fanout.registry.leave(room, self.outbox.id) {
-                fanout.subscriptions.release(Topic::Room(room));
+                fanout.release_room(room);
             }
         }
         if fanout.registry.unregister(self.outbox.id) {
-            fanout.subscriptions.release(Topic::User(self.caller.user_id));
+            fanout.release_user(self.caller.user_id);
         }
         self.sockets.presence.disconnected(self.caller.user_id, self.outbox.id);
     }

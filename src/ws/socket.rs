@@ -92,6 +92,7 @@ pub async fn drive<H: Handler>(
     let exit = tokio::select! {
         exit = read_loop(&mut reader, &outbox.line, &missed, &mut assembler, &mut handler) => exit,
         _ = kill.cancelled() => Exit::Gone,
+        _ = outbox.cut_off() => Exit::Gone,
     };
     if let Exit::Fail(close) = &exit {
         outbox.close(close.code, &close.reason);

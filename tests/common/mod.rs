@@ -113,7 +113,10 @@ impl Node {
                 let running = RunningNode::start(config).await.expect("node starts");
                 let _ = ready_tx.send(running.addr);
                 tokio::select! {
-                    _ = stopped => running.shutdown().await,
+                    _ = stopped => {
+                        running.shutdown().await;
+                        assert_nothing_left().await;
+                    }
                     // Killed: return at once; dropping the runtime drops every task.
                     Ok(()) = killed => {}
                 }
@@ -241,6 +244,20 @@ pub async fn register_at(http: &reqwest::Client, base: &str, username: &str) -> 
         id: reg["id"].as_str().unwrap().into(),
         username: username.into(),
         token: login["access_token"].as_str().unwrap().into(),
+    }
+}
+
+/// After a clean shutdown nothing of the node may run on its runtime: no
+/// task it spawned, no backend client's connection task.
+async fn assert_nothing_left() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // This check itself is the runtime's one task (block_on's future is not counted).
+    while metrics.num_alive_tasks() > 0 {
+        if tokio::time::Instant::now() > deadline {
+            panic!("{} of the node's tasks still run after shutdown", metrics.num_alive_tasks());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,0 +1,226 @@
+//! Messages: seqs, history (live and archived), edits, search.
+
+use bson::{doc, oid::ObjectId, Document};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::options::ReturnDocument;
+use mongodb::Collection;
+
+use super::mongo::timed;
+use super::{HistoryQuery, Message, SearchQuery, Store, StoreResult};
+
+impl Store {
+    /// Hands out the room's next seq from the room document's counter: the
+    /// fallback while Redis cannot (`crate::seq`, ADR 11). `None` if the
+    /// room does not exist.
+    pub async fn next_seq(&self, room_id: ObjectId) -> StoreResult<Option<i64>> {
+        let room = timed(
+            "next_seq",
+            self.rooms
+                .find_one_and_update(doc! {"_id": room_id}, doc! {"$inc": {"last_seq": 1_i64}})
+                .return_document(ReturnDocument::After),
+        )
+        .await?;
+        Ok(room.map(|r| r.last_seq))
+    }
+
+    /// The highest seq the room has used as far as the store knows: its
+    /// document's counter and its newest message, live or archived. What
+    /// a seq counter starts from; `None` if the room does not exist.
+    pub async fn highest_seq(&self, room_id: ObjectId) -> StoreResult<Option<i64>> {
+        let Some(room) = timed("find_room", self.rooms.find_one(doc! {"_id": room_id})).await? else {
+            return Ok(None);
+        };
+        // Only the seq is read: the newest by the unique (room_id, seq) index.
+        let newest = |c: Collection<Document>| async move {
+            let found =
+                c.find_one(doc! {"room_id": room_id}).sort(doc! {"seq": -1}).projection(doc! {"seq": 1}).await?;
+            Ok(found.and_then(|d| d.get_i64("seq").ok()))
+        };
+        let live = timed("highest_seq", newest(self.messages.clone_with_type()));
+        let archived = timed("highest_seq", newest(self.archive.clone_with_type()));
+        let (live, archived) = tokio::try_join!(live, archived)?;
+        Ok(Some([live, archived].into_iter().flatten().fold(room.last_seq, i64::max)))
+    }
+
+    /// Raises the room document's counter to at least `seq` (never lowers it).
+    pub async fn raise_seq(&self, room_id: ObjectId, seq: i64) -> StoreResult<()> {
+        timed("raise_seq", self.rooms.update_one(doc! {"_id": room_id}, doc! {"$max": {"last_seq": seq}})).await?;
+        Ok(())
+    }
+
+    pub async fn insert_message(&self, message: &Message) -> StoreResult<()> {
+        timed("insert_message", self.messages.insert_one(message)).await.map(|_| ())
+    }
+
+    pub async fn message(&self, id: ObjectId) -> StoreResult<Option<Message>> {
+        timed("find_message", self.messages.find_one(doc! {"_id": id})).await
+    }
+
+    pub async fn message_by_client_id(&self, sender_id: ObjectId, client_msg_id: &str) -> StoreResult<Option<Message>> {
+        timed("find_message", self.messages.find_one(doc! {"sender_id": sender_id, "dedup_key": client_msg_id})).await
+    }
+
+    /// The stored messages with these (room, seq) pairs, in no order; pairs
+    /// with no stored message are left out. One read however many pairs.
+    pub async fn messages_at(&self, at: &[(ObjectId, i64)]) -> StoreResult<Vec<Message>> {
+        let mut found = Vec::with_capacity(at.len());
+        for chunk in at.chunks(500) {
+            let any: Vec<Document> = chunk.iter().map(|(room, seq)| doc! {"room_id": room, "seq": seq}).collect();
+            let page: Vec<Message> =
+                timed("messages_at", async { self.messages.find(doc! {"$or": any}).await?.try_collect().await })
+                    .await?;
+            found.extend(page);
+        }
+        Ok(found)
+    }
+
+    /// Up to `limit` messages in chronological order, and whether more match
+    /// beyond the page (older when reading back, newer when reading forward).
+    pub async fn history(&self, q: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)> {
+        history_page(&self.messages, q, "history").await
+    }
+
+    /// `history` over the archive: messages the archive job moved out of
+    /// the live collection (`confab worker`, docs/architecture.md).
+    pub async fn archived_history(&self, q: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)> {
+        history_page(&self.archive, q, "archived_history").await
+    }
+
+    /// An archived message by id.
+    pub async fn archived_message(&self, id: ObjectId) -> StoreResult<Option<Message>> {
+        timed("find_archived_message", self.archive.find_one(doc! {"_id": id})).await
+    }
+
+    /// Replaces a message's content and sets `edited_at`; returns the message
+    /// as stored, or `None` if there is no such message that is not deleted.
+    pub async fn edit_message(&self, id: ObjectId, content: &str, at: DateTime<Utc>) -> StoreResult<Option<Message>> {
+        let update = doc! {"$set": {"content": content, "edited_at": bson::DateTime::from_chrono(at)}};
+        timed(
+            "edit_message",
+            self.messages
+                .find_one_and_update(doc! {"_id": id, "deleted": {"$ne": true}}, update)
+                .return_document(ReturnDocument::After),
+        )
+        .await
+    }
+
+    /// Turns a message into a tombstone: content cleared (it must not linger
+    /// in the store), `deleted` and `deleted_at` set. Returns the tombstone,
+    /// or `None` if there is no such message that is not already deleted.
+    pub async fn delete_message(&self, id: ObjectId, at: DateTime<Utc>) -> StoreResult<Option<Message>> {
+        let update = doc! {
+            "$set": {"content": "", "deleted": true, "deleted_at": bson::DateTime::from_chrono(at)},
+            "$unset": {"edited_at": ""},
+        };
+        timed(
+            "delete_message",
+            self.messages
+                .find_one_and_update(doc! {"_id": id, "deleted": {"$ne": true}}, update)
+                .return_document(ReturnDocument::After),
+        )
+        .await
+    }
+
+    /// One query: every word as a case-insensitive `$regex` of its escaped
+    /// text (FerretDB has no text indexes; it scans, which is acceptable
+    /// for search), newest first with the id breaking timestamp ties.
+    /// Up to `limit` messages matching the search, newest first, and whether
+    /// more match beyond the page.
+    pub async fn search_messages(&self, q: &SearchQuery) -> StoreResult<(Vec<Message>, bool)> {
+        if q.rooms.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let mut all: Vec<Document> =
+            q.words.iter().map(|w| doc! {"content": {"$regex": literal_pattern(w), "$options": "i"}}).collect();
+        if let Some((at, id)) = q.before {
+            let at = bson::DateTime::from_chrono(at);
+            all.push(doc! {"$or": [{"timestamp": {"$lt": at}}, {"timestamp": at, "_id": {"$lt": id}}]});
+        }
+        let mut filter = doc! {"room_id": {"$in": &q.rooms}, "deleted": {"$ne": true}};
+        if !all.is_empty() {
+            filter.insert("$and", all);
+        }
+        let mut page: Vec<Message> = timed("search_messages", async {
+            self.messages
+                .find(filter)
+                .sort(doc! {"timestamp": -1, "_id": -1})
+                .limit(q.limit + 1)
+                .await?
+                .try_collect()
+                .await
+        })
+        .await?;
+        let has_more = page.len() as i64 > q.limit;
+        page.truncate(q.limit as usize);
+        Ok((page, has_more))
+    }
+}
+
+/// One page of a room's history from `messages` or the archive: the same
+/// query on either collection.
+async fn history_page(
+    messages: &Collection<Message>,
+    q: &HistoryQuery,
+    op: &'static str,
+) -> StoreResult<(Vec<Message>, bool)> {
+    let mut filter = doc! {"room_id": q.room_id};
+    let mut seq = Document::new();
+    if let Some(b) = q.before_seq {
+        seq.insert("$lt", b);
+    }
+    if let Some(a) = q.after_seq {
+        seq.insert("$gt", a);
+    }
+    if !seq.is_empty() {
+        filter.insert("seq", seq);
+    }
+    let mut ts = Document::new();
+    if let Some(s) = q.since {
+        ts.insert("$gte", bson::DateTime::from_chrono(s));
+    }
+    if let Some(u) = q.until {
+        ts.insert("$lte", bson::DateTime::from_chrono(u));
+    }
+    if !ts.is_empty() {
+        filter.insert("timestamp", ts);
+    }
+    let order = if q.forward { 1 } else { -1 };
+    let mut page: Vec<Message> = timed(op, async {
+        messages.find(filter).sort(doc! {"seq": order}).limit(q.limit + 1).await?.try_collect().await
+    })
+    .await?;
+    let has_more = page.len() as i64 > q.limit;
+    page.truncate(q.limit as usize);
+    if !q.forward {
+        page.reverse();
+    }
+    Ok((page, has_more))
+}
+
+/// A regular expression matching `text` literally: every ASCII character
+/// that is not a letter or digit is escaped, which both PCRE (MongoDB) and
+/// RE2 (FerretDB) read as the character itself.
+pub(super) fn literal_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if c.is_ascii() && !c.is_ascii_alphanumeric() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literal_pattern;
+
+    #[test]
+    fn patterns_escape_every_ascii_symbol_and_keep_the_rest() {
+        assert_eq!(literal_pattern("a.b*c"), r"a\.b\*c");
+        assert_eq!(literal_pattern("(x|y)+[z]{2}^$?"), r"\(x\|y\)\+\[z\]\{2\}\^\$\?");
+        assert_eq!(literal_pattern(r"back\slash"), r"back\\slash");
+        assert_eq!(literal_pattern("Grüße_1"), r"Grüße\_1");
+    }
+}
