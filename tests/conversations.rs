@@ -277,7 +277,7 @@ async fn the_seq_counter_refuses_a_remembered_sender_whose_membership_ended() {
     use confab::seq::{Sender, Seqs, Taken};
     let mut redis = common::OwnRedis::start();
     let db = common::unique_db();
-    let store = confab::store::mongo::MongoStore::connect(&common::mongo_url(), &db).await.unwrap();
+    let store = confab::store::Store::connect(&common::mongo_url(), &db).await.unwrap();
     let seqs = Seqs::connect(
         &confab::backend::redis::RedisConfig::new(redis.url()),
         confab::keyspace::Keyspace::new(&db),
