@@ -129,9 +129,13 @@ impl Sockets {
         fanout.registry.register(outbox.clone());
         // Receipts and presence reach a user through their own topic. Counting
         // the connection for presence goes alongside: with Redis down, each
-        // waits out its own timeout, not one after the other.
-        let (subscribed, ()) =
-            tokio::join!(fanout.listen_user(caller.user_id), self.presence.connected(caller.user_id, outbox.id),);
+        // waits out its own timeout, not one after the other. Boxed: these
+        // Redis calls' futures are large, and unboxed they would be part of
+        // this task's state for the connection's whole life.
+        let (subscribed, ()) = Box::pin(async {
+            tokio::join!(fanout.listen_user(caller.user_id), self.presence.connected(caller.user_id, outbox.id))
+        })
+        .await;
         match subscribed {
             Ok(()) => outbox.mark_user_topic_subscribed(),
             Err(e) => tracing::warn!(error = %e, "user topic not subscribed; receipts reach this connection late"),
