@@ -9,7 +9,8 @@
 # builds the release binaries, starts one Redis (and FerretDB) in a temporary
 # directory, runs `confab-loadtest fanout` against each system in turn, stops
 # everything it started, and prints a Markdown table (also written to
-# DIR/comparison.md; each system's own report is in DIR/results/NAME).
+# DIR/comparison.md; each system's own report is in DIR/results/NAME, and
+# Confab's nodes' /metrics at the end of the run in DIR/results/confab).
 #
 #   scripts/compare.sh                   all four systems
 #   scripts/compare.sh confab baseline   only those
@@ -179,7 +180,16 @@ run_confab() {
     pids+="$(cat "$DIR/confab-$n.pid") "
     urls+="http://127.0.0.1:$port "
   done
-  run_load confab "$pids" "$urls" --jwt-secret "$secret"
+  local rc=0
+  run_load confab "$pids" "$urls" --jwt-secret "$secret" || rc=$?
+  # The nodes' own view of the run (store latency, seq gaps, slow consumers).
+  n=1
+  mkdir -p "$DIR/results/confab"
+  for u in $urls; do
+    curl -fsS "$u/metrics" >"$DIR/results/confab/metrics-node-$n.txt" 2>/dev/null || true
+    n=$((n + 1))
+  done
+  return $rc
 }
 
 run_centrifugo() {
