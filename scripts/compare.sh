@@ -31,9 +31,14 @@
 #                        debug (quick checks of this script only)
 #   CARGO_TARGET_DIR     as for cargo (default: target in the repository)
 #   CENTRIFUGO_BIN       a Centrifugo v6 binary to use instead of installing one
+#   COMPARE_STORE        the FerretDB backend started for Confab: postgresql
+#                        (default; a PostgreSQL of its own, from Debian) or
+#                        sqlite (the test suite's; its single-writer lock
+#                        makes a few inserts wait 25-500 ms under load, which
+#                        every delivery behind them inherits: docs/benchmarks.md)
 #   MONGO_URL            Confab's store: use this MongoDB instead of starting
-#                        FerretDB (FerretDB on SQLite caps Confab's accepted
-#                        publish rate, as every message is stored first)
+#                        FerretDB (every message is stored before delivery,
+#                        so the store bounds Confab's publish rate and tail)
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -68,6 +73,7 @@ DIR="$(cd "$DIR" && pwd)"
 cleanup() {
   local rc=$? f
   for f in "$DIR"/*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
+  [ -f "$DIR/postgres.dir" ] && rm -rf "$(cat "$DIR/postgres.dir")"
   if [ $rc -ne 0 ]; then
     for f in "$DIR"/*.log; do [ -f "$f" ] && { echo "--- tail of $f" >&2; tail -n 20 "$f" >&2; }; done
     echo "logs and partial results in $DIR" >&2
@@ -85,7 +91,12 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log "checking tools"
 command -v python3 >/dev/null || apt_install python3
 if needs_redis; then ensure_redis; fi
-if wants confab && [ -z "${MONGO_URL:-}" ]; then ensure_ferretdb; fi
+STORE="${COMPARE_STORE:-postgresql}"
+case "$STORE" in postgresql | sqlite) ;; *) die "COMPARE_STORE must be postgresql or sqlite" ;; esac
+if wants confab && [ -z "${MONGO_URL:-}" ]; then
+  ensure_ferretdb
+  [ "$STORE" = sqlite ] || ensure_postgresql
+fi
 if wants centrifugo && ! { [ -x "$CENTRIFUGO_BIN" ] && "$CENTRIFUGO_BIN" version >/dev/null 2>&1; }; then
   command -v go >/dev/null || die "Go is needed to install Centrifugo (apt-get install golang-go), or set CENTRIFUGO_BIN"
   log "installing Centrifugo $CENTRIFUGO_VERSION (go install; this takes a few minutes)"
@@ -130,9 +141,9 @@ fi
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 if wants confab && [ -z "${MONGO_URL:-}" ]; then
   mongo_port=$(free_port)
-  start_ferretdb "$DIR" "$mongo_port"
+  if [ "$STORE" = sqlite ]; then start_ferretdb "$DIR" "$mongo_port"; else start_ferretdb_pg "$DIR" "$mongo_port"; fi
   MONGO_URL="mongodb://127.0.0.1:$mongo_port"
-  log "FerretDB on 127.0.0.1:$mongo_port"
+  log "FerretDB ($STORE) on 127.0.0.1:$mongo_port"
 fi
 
 reset_redis() { [ -z "$REDIS_PORT" ] || redis-cli -p "$REDIS_PORT" flushall >/dev/null; }

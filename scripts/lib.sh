@@ -84,6 +84,51 @@ start_ferretdb() {
   wait_port "$port" 30 || die "FerretDB did not start (see $dir/ferretdb.log)"
 }
 
+# PostgreSQL from Debian, for FerretDB's PostgreSQL backend (benchmarks).
+ensure_postgresql() {
+  pg_bindir >/dev/null 2>&1 || apt_install postgresql
+  pg_bindir >/dev/null || die "PostgreSQL's server binaries not found after installing postgresql"
+}
+
+pg_bindir() {
+  # The newest installed server's bin directory (Debian keeps them apart).
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$d" ] && [ -x "$d/postgres" ] && echo "$d"
+}
+
+start_ferretdb_pg() {
+  # start_ferretdb_pg DIR PORT : FerretDB on a PostgreSQL of its own whose
+  # data lives in a new temporary directory (printed to DIR/postgres.dir);
+  # pids in DIR/ferretdb.pid and DIR/postgres.pid. Commits do not wait for
+  # fsync (synchronous_commit=off), like the SQLite setup above and like
+  # mongod's default acknowledged write.
+  local dir=$1 port=$2 bin pgdir pgport run=()
+  bin=$(pg_bindir)
+  pgport=$(free_port)
+  pgdir=$(mktemp -d -t confab-pg.XXXXXX)
+  echo "$pgdir" >"$dir/postgres.dir"
+  if [ "$(id -u)" = 0 ]; then
+    # initdb and postgres refuse to run as root.
+    chown postgres "$pgdir"
+    run=(runuser -u postgres --)
+  fi
+  "${run[@]}" "$bin/initdb" -D "$pgdir/data" -A trust -U postgres >"$dir/postgres-init.log" 2>&1 ||
+    die "initdb failed (see $dir/postgres-init.log)"
+  "${run[@]}" "$bin/postgres" -D "$pgdir/data" -p "$pgport" -k "$pgdir" -c listen_addresses=127.0.0.1 \
+    -c synchronous_commit=off -c max_connections=300 >"$dir/postgres.log" 2>&1 &
+  echo $! >"$dir/postgres.pid"
+  wait_port "$pgport" 30 || die "PostgreSQL did not start (see $dir/postgres.log)"
+  for _ in $(seq 1 50); do "$bin/pg_isready" -h 127.0.0.1 -p "$pgport" -q && break; sleep 0.1; done
+  "${run[@]}" "$bin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres ferretdb || die "createdb failed"
+  "$FERRETDB_BIN" --handler=postgresql --postgresql-url="postgres://postgres@127.0.0.1:$pgport/ferretdb" \
+    --listen-addr="127.0.0.1:$port" \
+    --telemetry=disable --debug-addr=- --state-dir="$pgdir" --log-level=warn \
+    >"$dir/ferretdb.log" 2>&1 &
+  echo $! >"$dir/ferretdb.pid"
+  wait_port "$port" 30 || die "FerretDB did not start (see $dir/ferretdb.log)"
+}
+
 stop_pidfile() {
   # stop_pidfile FILE : TERM the process, KILL it if it lingers
   local f=$1 pid i
