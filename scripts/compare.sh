@@ -31,6 +31,10 @@
 #                        debug (quick checks of this script only)
 #   CARGO_TARGET_DIR     as for cargo (default: target in the repository)
 #   CENTRIFUGO_BIN       a Centrifugo v6 binary to use instead of installing one
+#   COMPARE_STEPS        saturation mode: rates (msgs/s) to run each system at,
+#                        e.g. "20 50 100 200 400"; prints p99 per rate, each
+#                        system's highest load with p99 <= 50 ms and nothing
+#                        lost (DIR/saturation.md), and draws DIR/saturation.png
 #   COMPARE_STORE        the FerretDB backend started for Confab: postgresql
 #                        (default; a PostgreSQL of its own, from Debian) or
 #                        sqlite (the test suite's; its single-writer lock
@@ -167,7 +171,7 @@ run_load() {
   "$BIN/confab-loadtest" fanout --target "$name" "${args[@]}" "$@" \
     --rooms "$ROOMS" --subscribers "$SUBSCRIBERS" --publishers "$PUBLISHERS" \
     --rate "$RATE" --warmup "$WARMUP" --duration "$DURATION" --payload "$PAYLOAD" \
-    --out "$DIR/results/$name" >"$DIR/loadtest-$name.log" 2>&1 ||
+    --out "$DIR/results/${RUN_OUT:-$name}" >"$DIR/loadtest-$name.log" 2>&1 ||
     { log "$name: the load generator failed (see $DIR/loadtest-$name.log)"; tail -n 5 "$DIR/loadtest-$name.log" >&2; return 1; }
 }
 
@@ -195,9 +199,9 @@ run_confab() {
   run_load confab "$pids" "$urls" --jwt-secret "$secret" || rc=$?
   # The nodes' own view of the run (store latency, seq gaps, slow consumers).
   n=1
-  mkdir -p "$DIR/results/confab"
+  mkdir -p "$DIR/results/${RUN_OUT:-confab}"
   for u in $urls; do
-    curl -fsS "$u/metrics" >"$DIR/results/confab/metrics-node-$n.txt" 2>/dev/null || true
+    curl -fsS "$u/metrics" >"$DIR/results/${RUN_OUT:-confab}/metrics-node-$n.txt" 2>/dev/null || true
     n=$((n + 1))
   done
   return $rc
@@ -238,6 +242,60 @@ run_baseline() {
   wait_port "$port" 30 || die "confab-baseline did not start (see $DIR/baseline-1.log)"
   run_load baseline "$(cat "$DIR/baseline-1.pid")" "ws://127.0.0.1:$port"
 }
+
+# --- saturation: each system at each rate --------------------------------------
+
+if [ -n "${COMPARE_STEPS:-}" ]; then
+  for s in "${SYSTEMS[@]}"; do
+    for r in $COMPARE_STEPS; do
+      reset_redis
+      RATE=$r RUN_OUT="$s/r$r" "run_$s" || true
+      stop_all "$s-"
+    done
+  done
+  series=()
+  for s in "${SYSTEMS[@]}"; do series+=(--series "$s=$DIR/results/$s"); done
+  "$BIN/confab-loadtest" plot "${series[@]}" --limit-ms 50 --out "$DIR/saturation.png" ||
+    log "the saturation plot could not be drawn"
+  python3 - "$DIR" "$COMPARE_STEPS" "${SYSTEMS[@]}" <<'EOF' | tee "$DIR/saturation.md"
+import json, os, sys
+
+out, steps, systems = sys.argv[1], [int(s) for s in sys.argv[2].split()], sys.argv[3:]
+def load(s, r):
+    try:
+        with open(os.path.join(out, "results", s, f"r{r}", "results.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+print("# Saturation\n")
+print("p99 at each publishing rate (deliveries/s measured in brackets); a run that lost or duplicated messages is marked.\n")
+print("| msgs/s | " + " | ".join(systems) + " |")
+print("|---:|" + "---:|" * len(systems))
+best = {s: None for s in systems}
+for r in steps:
+    cells = []
+    for s in systems:
+        res = load(s, r)
+        if not res:
+            cells.append("–")
+            continue
+        p99, lost, dup = res["latency"]["p99_ms"], res.get("lost", 0), res.get("duplicated", 0)
+        rate = res.get("delivered_per_sec", 0)
+        cell = f"{p99:.1f} ms ({rate:,.0f}/s)"
+        if lost or dup:
+            cell += f" **{lost} lost, {dup} dup**"
+        elif p99 <= 50:
+            best[s] = max(best[s] or 0, rate)
+        cells.append(cell)
+    print(f"| {r} | " + " | ".join(cells) + " |")
+print()
+for s in systems:
+    b = best[s]
+    print(f"- {s}: highest load with p99 ≤ 50 ms and nothing lost: " + (f"{b:,.0f} deliveries/s" if b else "none of the rates"))
+print(f"\nPlot: {os.path.join(out, 'saturation.png')}")
+EOF
+  exit 0
+fi
 
 # --- the runs ------------------------------------------------------------------
 

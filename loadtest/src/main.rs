@@ -80,6 +80,19 @@ enum Scenario {
         #[command(flatten)]
         churn: ChurnParams,
     },
+    /// Draws p99 against deliveries per second from fan-out results, one
+    /// line per system: `--series NAME=DIR` (repeat), each DIR holding one
+    /// `results.json` per rate in its subdirectories.
+    Plot {
+        #[arg(long = "series", required = true, value_parser = parse_opt)]
+        series: Vec<(String, String)>,
+        /// The PNG to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Drawn as a horizontal line (ms).
+        #[arg(long, default_value_t = 50.0)]
+        limit_ms: f64,
+    },
     /// REST history reads per second (Confab only; needs --jwt-secret).
     History {
         #[command(flatten)]
@@ -130,6 +143,13 @@ async fn run(cli: Cli) -> Result<()> {
                 r.target, r.opened, r.failures, r.connects_per_sec, r.server_rss_bytes_per_connection / 1024.0
             );
             finish(&common.out, &r, &md)
+        }
+        Scenario::Plot { series, out, limit_ms } => {
+            let mut lines = Vec::new();
+            for (name, dir) in series {
+                lines.push((name, report::saturation_points(std::path::Path::new(&dir))?));
+            }
+            report::write_saturation_png(&out, &lines, limit_ms)
         }
         Scenario::History { common, params } => {
             let secret = common.jwt_secret.as_deref().context("history needs --jwt-secret")?;

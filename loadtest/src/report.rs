@@ -77,9 +77,69 @@ pub fn write_latency_png(dir: &Path, title: &str, h: &Histogram<u64>) -> Result<
     Ok(())
 }
 
+/// (deliveries per second, p99 ms) of every fan-out `results.json` in the
+/// subdirectories of `dir`, by rate; runs that lost messages are left out.
+pub fn saturation_points(dir: &Path) -> Result<Vec<(f64, f64)>> {
+    let mut points = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path().join("results.json");
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let r: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let (Some(rate), Some(p99), lost) =
+            (r["delivered_per_sec"].as_f64(), r["latency"]["p99_ms"].as_f64(), r["lost"].as_u64().unwrap_or(0))
+        else {
+            continue;
+        };
+        if lost == 0 && rate > 0.0 {
+            points.push((rate, p99));
+        }
+    }
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(points)
+}
+
+/// One line per system: p99 (ms, log axis) against deliveries per second,
+/// with the acceptable p99 as a dashed line.
+pub fn write_saturation_png(path: &Path, series: &[(String, Vec<(f64, f64)>)], limit_ms: f64) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let labelled = load_font();
+    let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let all = series.iter().flat_map(|(_, p)| p.iter());
+    let xmax = all.clone().map(|p| p.0).fold(1.0, f64::max) * 1.1;
+    let ymax = all.map(|p| p.1).fold(limit_ms, f64::max) * 1.5;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(20);
+    if labelled {
+        builder.caption("p99 against load", ("sans-serif", 22)).x_label_area_size(40).y_label_area_size(60);
+    }
+    let mut chart = builder.build_cartesian_2d(0.0..xmax, (0.5f64..ymax).log_scale())?;
+    if labelled {
+        chart.configure_mesh().x_desc("deliveries per second").y_desc("p99 latency (ms)").draw()?;
+    }
+    let limit = [(0.0, limit_ms), (xmax, limit_ms)];
+    chart.draw_series(DashedLineSeries::new(limit, 6, 4, BLACK.into()))?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let drawn = chart.draw_series(LineSeries::new(points.clone(), color))?;
+        if labelled {
+            drawn.label(name.clone()).legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+        }
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    }
+    if labelled {
+        chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn writes_all_three_files() {
@@ -94,6 +154,23 @@ mod tests {
         for f in ["results.json", "summary.md", "latency.png"] {
             assert!(std::fs::metadata(dir.join(f)).unwrap().len() > 0, "{f}");
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_saturation_plot_takes_the_runs_that_lost_nothing() {
+        let dir = std::env::temp_dir().join(format!("lt-saturation-{}", std::process::id()));
+        for (rate, delivered, p99, lost) in
+            [(20, 10_000.0, 7.5, 0), (100, 50_000.0, 9.0, 0), (400, 150_000.0, 80.0, 12)]
+        {
+            let run = json!({"delivered_per_sec": delivered, "latency": {"p99_ms": p99}, "lost": lost});
+            write_json(&dir.join(format!("r{rate}")), &run).unwrap();
+        }
+        let points = saturation_points(&dir).unwrap();
+        assert_eq!(points, [(10_000.0, 7.5), (50_000.0, 9.0)]);
+        let png = dir.join("saturation.png");
+        write_saturation_png(&png, &[("confab".into(), points)], 50.0).unwrap();
+        assert!(std::fs::metadata(&png).unwrap().len() > 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
