@@ -33,6 +33,7 @@ pub mod rooms;
 pub mod search;
 pub mod seq;
 pub mod store;
+pub mod tasks;
 pub mod typing;
 pub mod users;
 pub mod validate;

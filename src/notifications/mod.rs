@@ -59,7 +59,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::bus::{Bus, BusError};
 use crate::cache::Cache;
@@ -69,6 +68,7 @@ use crate::error::{Error, Result};
 use crate::fanout::{Registry, Shown};
 use crate::keyspace::Keyspace;
 use crate::store::{Message, Notification, Store};
+use crate::tasks::Tasks;
 
 /// Messages waiting to become notifications, per node; beyond, they are
 /// dropped (and counted) rather than slow the send path or grow memory.
@@ -249,7 +249,7 @@ pub struct Notifier {
     registry: Arc<Registry>,
     keys: Keyspace,
     stop: CancellationToken,
-    tasks: TaskTracker,
+    tasks: Tasks,
 }
 
 /// The receiving end of the notifier's queue, for [`run`].
@@ -284,7 +284,7 @@ impl Notifier {
             registry,
             keys: config.keys.clone(),
             stop,
-            tasks: TaskTracker::new(),
+            tasks: Tasks::new(),
         };
         Ok((notifier, Jobs(rx)))
     }
@@ -344,9 +344,8 @@ impl Notifier {
     /// Stops every task, letting dispatches in flight finish (briefly).
     pub async fn shutdown(&self) {
         self.stop.cancel();
-        self.tasks.close();
-        if tokio::time::timeout(std::time::Duration::from_secs(2), self.tasks.wait()).await.is_err() {
-            tracing::warn!("notification tasks still running at shutdown");
+        if !self.tasks.stop(std::time::Duration::from_secs(2)).await {
+            tracing::warn!("notification tasks cut off at shutdown");
         }
         let _ = tokio::join!(self.redis.quit(), self.reach.shutdown());
     }

@@ -34,13 +34,13 @@ use std::time::Duration;
 use bson::oid::ObjectId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::fanout::ConnId;
 use crate::store::Store;
+use crate::tasks::Tasks;
 
 /// Most ids one bulk lookup may ask about.
 pub const MAX_LOOKUP: usize = 500;
@@ -173,7 +173,7 @@ pub struct Presence {
     /// Cancelled at shutdown: ends the heartbeat and every grace period.
     stop: CancellationToken,
     /// The heartbeat, the second looks and the grace timers.
-    tasks: TaskTracker,
+    tasks: Tasks,
     /// Connects and disconnects wait here to be announced, in batches.
     announcer: announcer::Announcer,
     bus: Arc<Bus>,
@@ -198,7 +198,7 @@ impl Presence {
             local: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(true),
             stop,
-            tasks: TaskTracker::new(),
+            tasks: Tasks::new(),
             announcer: announcer::Announcer::default(),
             bus,
             store,
@@ -304,12 +304,12 @@ impl Presence {
     /// went offline: a node that stops cleanly does not wait to be swept.
     pub async fn shutdown(&self) {
         self.stop.cancel();
-        self.tasks.close();
         // Not waited out for long: with Redis slow the heartbeat could be
-        // mid-way through a repair. Its commands already sent run before
-        // ours (one client, in order), so no heartbeat follows the retirement.
-        if tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await.is_err() {
-            tracing::warn!("presence tasks still running at shutdown");
+        // mid-way through a repair, and is then cut off. Its commands already
+        // sent run before ours (one client, in order), so no heartbeat
+        // follows the retirement.
+        if !self.tasks.stop(Duration::from_secs(2)).await {
+            tracing::warn!("presence tasks cut off at shutdown");
         }
         self.local().clear();
         match tokio::time::timeout(Duration::from_secs(5), self.tracker.retire(&self.node, now_ms())).await {
