@@ -392,19 +392,8 @@ impl Registry {
             None => return false,
         };
         let emptied = self.evict(room, user, &Bytes::new());
-        for outbox in &conns {
-            outbox.revoke(room);
-        }
-        if !frame.is_empty() {
-            // Through the lanes, like every frame of the user's topic.
-            let frame = frame.clone();
-            self.lanes.offer(
-                conns.len(),
-                conns.iter(),
-                move |o| o.offer(Outbound::Text(frame.clone())),
-                Tally::Nothing,
-            );
-        }
+        // Through the lanes, like every frame of the user's topic.
+        self.revoke_and_tell(room, &conns, frame);
         emptied
     }
 
@@ -459,6 +448,23 @@ impl Registry {
         offer_all(conns.iter().filter(|o| !watching(o)), |o| o.offer(Outbound::Text(frame.clone())))
     }
 
+    /// Marks `room` revoked on each of `conns`, then sends them `frame` (if
+    /// not empty) through the lanes, so it follows what they were handed.
+    fn revoke_and_tell(&self, room: ObjectId, conns: &[Arc<Outbox>], frame: &Bytes) {
+        for outbox in conns {
+            outbox.revoke(room);
+        }
+        if !frame.is_empty() {
+            let frame = frame.clone();
+            self.lanes.offer(
+                conns.len(),
+                conns.iter(),
+                move |o| o.offer(Outbound::Text(frame.clone())),
+                Tally::Nothing,
+            );
+        }
+    }
+
     /// Takes `user`'s local connections out of `room` and sends them `frame`
     /// (if not empty). Returns true if the room has no local subscriber left.
     pub fn evict(&self, room: ObjectId, user: ObjectId, frame: &Bytes) -> bool {
@@ -474,19 +480,8 @@ impl Registry {
             });
             members.is_empty()
         });
-        for outbox in &evicted {
-            outbox.revoke(room);
-        }
-        if !frame.is_empty() {
-            // Through the lanes, after the room's frames handed over before.
-            let frame = frame.clone();
-            self.lanes.offer(
-                evicted.len(),
-                evicted.iter(),
-                move |o| o.offer(Outbound::Text(frame.clone())),
-                Tally::Nothing,
-            );
-        }
+        // Through the lanes, after the room's frames handed over before.
+        self.revoke_and_tell(room, &evicted, frame);
         emptied.is_some()
     }
 }
