@@ -14,6 +14,9 @@ const BUCKETS: &[f64] =
 /// Background job durations, in seconds: a webhook call to a long archive run.
 const JOB_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
 
+/// Messages per message insert (`store::batch`).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
 /// Installs the recorder on first use and returns the handle that renders it.
 pub fn handle() -> PrometheusHandle {
     HANDLE
@@ -22,6 +25,8 @@ pub fn handle() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
                 .expect("bucket list is not empty")
                 .set_buckets_for_metric(Matcher::Full("confab_job_duration_seconds".into()), JOB_BUCKETS)
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(Matcher::Full("confab_store_insert_batch_size".into()), BATCH_BUCKETS)
                 .expect("bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -48,6 +53,7 @@ const COUNTERS: &[&str] = &[
     "confab_bus_publish_failures_total",
     "confab_redis_reconnects_total",
     "confab_seq_collisions_total",
+    "confab_store_batch_orphans_total",
     "confab_replayed_messages_total",
     "confab_seq_gaps_total",
     "confab_seq_gap_filled_total",
@@ -95,10 +101,11 @@ const LABELLED_COUNTERS: &[(&str, &str, &[&str])] = &[
 
 const GAUGES: &[&str] = &["confab_connections_active", "confab_bus_subscriptions"];
 
-const HISTOGRAMS: &[&str] = &["confab_message_delivery_latency_seconds", "confab_redis_publish_seconds"];
+const HISTOGRAMS: &[&str] =
+    &["confab_message_delivery_latency_seconds", "confab_redis_publish_seconds", "confab_store_insert_batch_size"];
 
 /// The store operations on the send and read paths, whose timings exist from start.
-const STORE_OPS: &[&str] = &["insert_message", "history", "find_member", "highest_seq"];
+const STORE_OPS: &[&str] = &["insert_message", "insert_messages", "history", "find_member", "highest_seq"];
 
 /// Registers every series of a node at zero (see [`COUNTERS`]). Adding zero
 /// leaves a series another node of the process already counted as it is.

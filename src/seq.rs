@@ -37,7 +37,7 @@ use crate::store::Store;
 
 /// How long a room's counter outlives its last message; then it is seeded
 /// from the store again.
-const COUNTER_TTL_MS: u64 = 7 * 24 * 3_600_000;
+pub const COUNTER_TTL_MS: u64 = 7 * 24 * 3_600_000;
 
 /// How long a counter call may take before the store's counter is used.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);

@@ -1,12 +1,14 @@
 //! Messages: seqs, history (live and archived), edits, search.
 
-use bson::{doc, oid::ObjectId, Document};
+use std::future::IntoFuture;
+
+use bson::{doc, oid::ObjectId, Bson, Document};
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use mongodb::options::ReturnDocument;
 use mongodb::Collection;
 
-use super::mongo::timed;
+use super::mongo::{timed, SPLIT_READS_IN_FLIGHT};
 use super::{HistoryQuery, Message, SearchQuery, Store, StoreResult};
 
 impl Store {
@@ -49,8 +51,11 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a new message; [`StoreError::Duplicate`](super::StoreError::Duplicate)
+    /// if its (room, seq) or (sender, dedup key) is taken. Messages stored
+    /// at the same moment go to the store together (`batch`).
     pub async fn insert_message(&self, message: &Message) -> StoreResult<()> {
-        timed("insert_message", self.messages.insert_one(message)).await.map(|_| ())
+        self.inserts.insert(&self.messages, message).await
     }
 
     pub async fn message(&self, id: ObjectId) -> StoreResult<Option<Message>> {
@@ -62,8 +67,21 @@ impl Store {
     }
 
     /// The stored messages with these (room, seq) pairs, in no order; pairs
-    /// with no stored message are left out. One read however many pairs.
+    /// with no stored message are left out. One read however many pairs
+    /// (on FerretDB one equality read per pair, timed as one operation:
+    /// see [`Store::equality_only`]).
     pub async fn messages_at(&self, at: &[(ObjectId, i64)]) -> StoreResult<Vec<Message>> {
+        if self.equality_only().await {
+            // Collected first: a stream over borrowing closures is not Send
+            // for every lifetime, which axum's handlers need.
+            let each: Vec<_> = at
+                .iter()
+                .map(|(room, seq)| self.messages.find_one(doc! {"room_id": room, "seq": seq}).into_future())
+                .collect();
+            let found: Vec<Option<Message>> =
+                timed("messages_at", futures::stream::iter(each).buffered(SPLIT_READS_IN_FLIGHT).try_collect()).await?;
+            return Ok(found.into_iter().flatten().collect());
+        }
         let mut found = Vec::with_capacity(at.len());
         for chunk in at.chunks(500) {
             let any: Vec<Document> = chunk.iter().map(|(room, seq)| doc! {"room_id": room, "seq": seq}).collect();
@@ -137,20 +155,41 @@ impl Store {
             let at = bson::DateTime::from_chrono(at);
             all.push(doc! {"$or": [{"timestamp": {"$lt": at}}, {"timestamp": at, "_id": {"$lt": id}}]});
         }
-        let mut filter = doc! {"room_id": {"$in": &q.rooms}, "deleted": {"$ne": true}};
-        if !all.is_empty() {
-            filter.insert("$and", all);
-        }
-        let mut page: Vec<Message> = timed("search_messages", async {
+        let filter = |rooms: Bson| {
+            let mut filter = doc! {"room_id": rooms, "deleted": {"$ne": true}};
+            if !all.is_empty() {
+                filter.insert("$and", all.clone());
+            }
+            filter
+        };
+        let page = |filter: Document| async move {
             self.messages
                 .find(filter)
                 .sort(doc! {"timestamp": -1, "_id": -1})
                 .limit(q.limit + 1)
                 .await?
-                .try_collect()
+                .try_collect::<Vec<Message>>()
                 .await
-        })
-        .await?;
+        };
+        let mut page = match q.rooms.as_slice() {
+            // One room by equality, which FerretDB hands its database (`$in` it does not).
+            [room] => timed("search_messages", page(filter(Bson::ObjectId(*room)))).await?,
+            rooms if self.equality_only().await => {
+                // Each room's newest matches, then the newest of those: the
+                // same page as one query over every room (`equality_only`).
+                let each: Vec<_> = rooms.iter().map(|room| page(filter(Bson::ObjectId(*room)))).collect();
+                let pages: Vec<Vec<Message>> = timed(
+                    "search_messages",
+                    futures::stream::iter(each).buffer_unordered(SPLIT_READS_IN_FLIGHT).try_collect(),
+                )
+                .await?;
+                newest_of(pages, q.limit as usize + 1)
+            }
+            rooms => {
+                let any = Bson::Array(rooms.iter().map(|r| Bson::ObjectId(*r)).collect());
+                timed("search_messages", page(filter(doc! {"$in": any}.into()))).await?
+            }
+        };
         let has_more = page.len() as i64 > q.limit;
         page.truncate(q.limit as usize);
         Ok((page, has_more))
@@ -198,6 +237,15 @@ async fn history_page(
     Ok((page, has_more))
 }
 
+/// The `n` newest messages of several pages, newest first with the id
+/// breaking timestamp ties: the order search reads in.
+fn newest_of(pages: Vec<Vec<Message>>, n: usize) -> Vec<Message> {
+    let mut all: Vec<Message> = pages.into_iter().flatten().collect();
+    all.sort_by_key(|m| std::cmp::Reverse((m.timestamp, m.id.bytes())));
+    all.truncate(n);
+    all
+}
+
 /// A regular expression matching `text` literally: every ASCII character
 /// that is not a letter or digit is escaped, which both PCRE (MongoDB) and
 /// RE2 (FerretDB) read as the character itself.
@@ -214,7 +262,26 @@ pub(super) fn literal_pattern(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::literal_pattern;
+    use super::{literal_pattern, newest_of};
+    use crate::store::Message;
+    use bson::oid::ObjectId;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn split_search_pages_merge_newest_first_with_ids_breaking_ties() {
+        let at = |secs: i64, id: u8| {
+            let mut m = Message::sample();
+            m.timestamp = Utc.timestamp_opt(secs, 0).unwrap();
+            m.id = ObjectId::from_bytes([id; 12]);
+            m
+        };
+        let one = vec![at(30, 1), at(10, 2)];
+        let two = vec![at(30, 9), at(20, 3), at(5, 4)];
+        let merged: Vec<(i64, u8)> =
+            newest_of(vec![one, two], 4).iter().map(|m| (m.timestamp.timestamp(), m.id.bytes()[0])).collect();
+        assert_eq!(merged, [(30, 9), (30, 1), (20, 3), (10, 2)]);
+        assert!(newest_of(vec![vec![], vec![]], 3).is_empty());
+    }
 
     #[test]
     fn patterns_escape_every_ascii_symbol_and_keep_the_rest() {

@@ -7,6 +7,7 @@
 //! (with contacts and API keys), `rooms` (with members and cursors),
 //! `messages`, `notifications`, and `jobs` for the worker's batch work.
 
+mod batch;
 mod jobs;
 mod messages;
 pub mod model;
@@ -15,7 +16,7 @@ mod notifications;
 mod rooms;
 mod users;
 
-pub use mongo::Store;
+pub use mongo::{collections, Store};
 
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};

@@ -2,6 +2,7 @@
 //! shares (error mapping, timing). The queries themselves live beside it,
 //! one file per aggregate.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::{doc, oid::ObjectId, Document};
@@ -9,9 +10,19 @@ use futures::TryStreamExt;
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Collection, Database, IndexModel};
+use tokio::sync::OnceCell;
 
 use super::{ApiKey, Notification, NotificationPreferences};
 use super::{Contact, Member, Message, Room, StoreError, StoreResult, User};
+
+/// The names of the collections that tools outside the store write to
+/// directly (the load generator's seeding).
+pub mod collections {
+    pub const USERS: &str = "users";
+    pub const ROOMS: &str = "rooms";
+    pub const MEMBERS: &str = "room_members";
+    pub const MESSAGES: &str = "messages";
+}
 
 /// The store: one MongoDB database and its collections. Cheap to clone.
 #[derive(Clone)]
@@ -27,6 +38,10 @@ pub struct Store {
     pub(super) notifications: Collection<Notification>,
     pub(super) preferences: Collection<NotificationPreferences>,
     pub(super) api_keys: Collection<ApiKey>,
+    /// Whether the server is FerretDB (see [`Store::equality_only`]), asked once.
+    ferretdb: Arc<OnceCell<bool>>,
+    /// Message inserts, grouped when they come together.
+    pub(super) inserts: Arc<super::batch::Inserts>,
 }
 
 impl Store {
@@ -43,19 +58,44 @@ impl Store {
         options.server_selection_timeout = Some(Duration::from_secs(5));
         options.connect_timeout = Some(Duration::from_secs(5));
         let client = mongodb::Client::with_options(options).map_err(map_err)?;
+        Ok(Store::with_client(client, db_name))
+    }
+
+    /// The store on a client made elsewhere (tools that load or inspect a
+    /// database, with options of their own).
+    pub fn with_client(client: mongodb::Client, db_name: &str) -> Self {
         let db = client.database(db_name);
-        Ok(Store {
-            users: db.collection("users"),
-            rooms: db.collection("rooms"),
-            members: db.collection("room_members"),
-            messages: db.collection("messages"),
+        Store {
+            users: db.collection(collections::USERS),
+            rooms: db.collection(collections::ROOMS),
+            members: db.collection(collections::MEMBERS),
+            messages: db.collection(collections::MESSAGES),
             contacts: db.collection("contacts"),
             archive: db.collection("messages_archive"),
             notifications: db.collection("notifications"),
             preferences: db.collection("notification_preferences"),
             api_keys: db.collection("api_keys"),
+            ferretdb: Arc::new(OnceCell::new()),
+            inserts: Arc::default(),
             db,
-        })
+        }
+    }
+
+    /// Whether the server hands its database only the equality conditions
+    /// of a filter, as FerretDB 1.x does (on PostgreSQL and SQLite alike):
+    /// there a read that selects by `$or` or `$in` fetches and decodes the
+    /// whole collection, so the few reads that would are split into
+    /// equality reads giving the same documents. MongoDB gets the one query.
+    /// Asked once (`buildInfo`); if the server cannot be asked, `false`.
+    pub(super) async fn equality_only(&self) -> bool {
+        let asked = self
+            .ferretdb
+            .get_or_try_init(|| async {
+                let info = timed("build_info", self.db.run_command(doc! {"buildInfo": 1})).await?;
+                Ok::<_, StoreError>(info.contains_key("ferretdbVersion"))
+            })
+            .await;
+        asked.is_ok_and(|ferretdb| *ferretdb)
     }
 
     /// Closes the driver's connections and ends its background tasks,
@@ -64,6 +104,9 @@ impl Store {
         self.db.client().clone().shutdown().immediate(true).await;
     }
 }
+
+/// Equality reads in flight at once when one read is split (`equality_only`).
+pub(super) const SPLIT_READS_IN_FLIGHT: usize = 16;
 
 pub(super) fn map_err(e: mongodb::error::Error) -> StoreError {
     match *e.kind {
