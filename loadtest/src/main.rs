@@ -20,6 +20,8 @@ use scenario::churn::{Churn, ChurnParams, ChurnResult};
 use scenario::connections::ConnectionsParams;
 use scenario::fanout::{FanoutParams, FanoutResult};
 use scenario::history::HistoryParams;
+use scenario::ingest::IngestParams;
+use scenario::volume::{SeedParams, VolumeParams};
 
 #[derive(Parser)]
 #[command(name = "confab-loadtest", version, about = "Load generator for Confab and its peers")]
@@ -93,6 +95,34 @@ enum Scenario {
         #[arg(long, default_value_t = 50.0)]
         limit_ms: f64,
     },
+    /// Many small rooms, one publisher each, at rates stepping up; beside
+    /// it the store's own insert ceiling (Confab only; needs --jwt-secret,
+    /// and --mongo-url for the ceiling).
+    Ingest {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        params: IngestParams,
+    },
+    /// Fills an empty store with a long history (users, private rooms,
+    /// memberships, messages) and Redis with the rooms' seq counters, for
+    /// `volume`. Writes to the store directly; run no node on it meanwhile.
+    Seed {
+        #[command(flatten)]
+        params: SeedParams,
+        /// Where results.json and summary.md go.
+        #[arg(long, default_value = "loadtest-results")]
+        out: PathBuf,
+    },
+    /// Reads against a store `seed` filled: history pages deep and newest,
+    /// the room list with unread counts, search (Confab only; needs
+    /// --jwt-secret); `--explain` prints the store's plans first.
+    Volume {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        params: VolumeParams,
+    },
     /// REST history reads per second (Confab only; needs --jwt-secret).
     History {
         #[command(flatten)]
@@ -150,6 +180,20 @@ async fn run(cli: Cli) -> Result<()> {
                 lines.push((name, report::saturation_points(std::path::Path::new(&dir))?));
             }
             report::write_saturation_png(&out, &lines, limit_ms)
+        }
+        Scenario::Ingest { common, params } => {
+            let secret = common.jwt_secret.as_deref().context("ingest needs --jwt-secret")?;
+            let r = scenario::ingest::run(&common.urls, secret, &params, &common.server_pids).await?;
+            finish(&common.out, &r, &scenario::ingest::markdown(&r))
+        }
+        Scenario::Seed { params, out } => {
+            let r = scenario::volume::seed(&params).await?;
+            finish(&out, &r, &scenario::volume::seed_markdown(&r))
+        }
+        Scenario::Volume { common, params } => {
+            let secret = common.jwt_secret.as_deref().context("volume needs --jwt-secret")?;
+            let r = scenario::volume::run(&common.urls, secret, &params).await?;
+            finish(&common.out, &r, &scenario::volume::markdown(&r))
         }
         Scenario::History { common, params } => {
             let secret = common.jwt_secret.as_deref().context("history needs --jwt-secret")?;

@@ -140,7 +140,7 @@ pub async fn run(
     }
     drop(pending);
     bar.finish_and_clear();
-    let settled_secs = settle(p).await;
+    let settled_secs = super::settle(p.settle, p.settle_below).await;
     let connected = stats::sample(server_pids);
 
     let mut publishers = Vec::with_capacity(p.publishers);
@@ -298,23 +298,4 @@ fn per_connection(before: ServerSample, after: ServerSample, n: usize) -> f64 {
         return 0.0;
     }
     after.rss_bytes.saturating_sub(before.rss_bytes) as f64 / n as f64
-}
-
-/// Waits (at most `p.settle` seconds) until the machine is quiet; returns
-/// how long it waited.
-async fn settle(p: &FanoutParams) -> f64 {
-    let started = Instant::now();
-    if p.settle == 0 {
-        return 0.0;
-    }
-    let bar = super::timed_bar(Duration::from_secs(p.settle), "settling");
-    while started.elapsed() < Duration::from_secs(p.settle) {
-        match stats::machine_busy(Duration::from_secs(1)).await {
-            Some(busy) if busy >= p.settle_below => bar.set_message(format!("machine {:.0}% busy", busy * 100.0)),
-            _ => break,
-        }
-        bar.set_position(started.elapsed().as_secs());
-    }
-    bar.finish_and_clear();
-    started.elapsed().as_secs_f64()
 }

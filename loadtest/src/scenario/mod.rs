@@ -5,8 +5,10 @@ pub mod churn;
 pub mod connections;
 pub mod fanout;
 pub mod history;
+pub mod ingest;
+pub mod volume;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -29,4 +31,25 @@ pub fn count_bar(n: u64, what: &str) -> ProgressBar {
     );
     bar.set_prefix(what.to_string());
     bar
+}
+
+/// Waits (at most `max_secs`) until the machine is quiet, its CPUs busy less
+/// than `below` of a second, so that work set off by connecting (presence
+/// announcements, store reads) is not counted in what follows; returns how
+/// long it waited. 0 does not wait.
+pub async fn settle(max_secs: u64, below: f64) -> f64 {
+    let started = Instant::now();
+    if max_secs == 0 {
+        return 0.0;
+    }
+    let bar = timed_bar(Duration::from_secs(max_secs), "settling");
+    while started.elapsed() < Duration::from_secs(max_secs) {
+        match crate::stats::machine_busy(Duration::from_secs(1)).await {
+            Some(busy) if busy >= below => bar.set_message(format!("machine {:.0}% busy", busy * 100.0)),
+            _ => break,
+        }
+        bar.set_position(started.elapsed().as_secs());
+    }
+    bar.finish_and_clear();
+    started.elapsed().as_secs_f64()
 }
