@@ -11,6 +11,20 @@
 #   BENCH_WARMUP (seconds of publishing before the measured duration)
 #   BENCH_CONNECTIONS (default 10000; the 100k target: BENCH_CONNECTIONS=100000)
 #   BENCH_SKIP_MICRO=1 skips criterion.
+#
+# `scripts/bench.sh ingest` runs the ingest scenario instead: 2,000 rooms of
+# three members on two nodes, the offered rate stepping up, and beside it the
+# store's own insert ceiling, on FerretDB over PostgreSQL. Its sizes:
+#   INGEST_ROOMS (2000) INGEST_MEMBERS (3) INGEST_STEPS (250,500,1000,1500,2000,3000,4000)
+#   INGEST_STEP_SECS (10)
+#
+# `scripts/bench.sh volume` seeds a long history straight into the store
+# (FerretDB over PostgreSQL), then times REST reads against two nodes:
+# history pages deep and newest, the room list with unread counts, search;
+# first on FerretDB's own indexes, then again with GIN indexes added in
+# PostgreSQL (VOLUME_SKIP_GIN=1 skips that). Each store plan is printed. Sizes:
+#   VOLUME_MESSAGES (1000000) VOLUME_ROOMS (10000) VOLUME_USERS (1000)
+#   VOLUME_MEMBERS (10 a room) VOLUME_READERS (2) VOLUME_READ_SECS (10)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$CONFAB_ROOT"
@@ -26,9 +40,13 @@ OUT=${BENCH_OUT:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
+MODE=${1:-standard}
+case "$MODE" in standard | ingest | volume) ;; *) die "usage: scripts/bench.sh [standard|ingest|volume]" ;; esac
+
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 ensure_redis
 ensure_ferretdb
+[ "$MODE" = standard ] || ensure_postgresql
 
 log "building (release)"
 cargo build --release -q -p confab -p confab-loadtest
@@ -36,7 +54,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import js
 CONFAB="$target_dir/release/confab"
 LOADTEST="$target_dir/release/confab-loadtest"
 
-if [ -z "${BENCH_SKIP_MICRO:-}" ]; then
+if [ "$MODE" = standard ] && [ -z "${BENCH_SKIP_MICRO:-}" ]; then
   log "micro-benchmarks (criterion)"
   cargo bench -q --bench hot_path -- --noplot 2>/dev/null | grep -E -B1 "time:" | tee "$OUT/micro.txt"
 fi
@@ -44,12 +62,17 @@ fi
 work=$(mktemp -d -t confab-bench.XXXXXX)
 cleanup() {
   for f in "$work"/*.pid; do [ -f "$f" ] && stop_pidfile "$f"; done
+  # The servers' logs stay with the results.
+  mkdir -p "$OUT/logs" && cp "$work"/*.log "$OUT/logs/" 2>/dev/null || true
+  # PostgreSQL's data (start_ferretdb_pg) lives apart from $work.
+  if [ -f "$work/postgres.dir" ]; then rm -rf "$(cat "$work/postgres.dir")"; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 rport=$(free_port); start_redis "$work" "$rport"
-mport=$(free_port); start_ferretdb "$work" "$mport"
+mport=$(free_port)
+if [ "$MODE" = standard ]; then start_ferretdb "$work" "$mport"; else start_ferretdb_pg "$work" "$mport"; fi
 SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 
 start_node() {
@@ -71,6 +94,67 @@ start_node() {
 p1=$(start_node bench-node-1)
 p2=$(start_node bench-node-2)
 pids=(--server-pid "$(cat "$work/bench-node-1.pid")" --server-pid "$(cat "$work/bench-node-2.pid")")
+
+if [ "$MODE" = ingest ]; then
+  log "ingest: ${INGEST_ROOMS:-2000} rooms x ${INGEST_MEMBERS:-3} members, steps ${INGEST_STEPS:-250,500,1000,1500,2000,3000,4000} msgs/s, two nodes, FerretDB on PostgreSQL"
+  "$LOADTEST" ingest --url "http://127.0.0.1:$p1" --url "http://127.0.0.1:$p2" --jwt-secret "$SECRET" "${pids[@]}" \
+    --rooms "${INGEST_ROOMS:-2000}" --members "${INGEST_MEMBERS:-3}" --steps "${INGEST_STEPS:-250,500,1000,1500,2000,3000,4000}" \
+    --step-secs "${INGEST_STEP_SECS:-10}" --mongo-url "mongodb://127.0.0.1:$mport" --mongo-db confab_bench \
+    --out "$OUT/ingest" | tee "$OUT/ingest.txt"
+  # The nodes' own view (store calls, fan-out, bus) of the same run.
+  curl -fs "http://127.0.0.1:$p1/metrics" >"$OUT/ingest/metrics-node-1.txt" || true
+  curl -fs "http://127.0.0.1:$p2/metrics" >"$OUT/ingest/metrics-node-2.txt" || true
+  log "results in $OUT"
+  exit 0
+fi
+
+if [ "$MODE" = volume ]; then
+  sizes=(--messages "${VOLUME_MESSAGES:-1000000}" --rooms "${VOLUME_ROOMS:-10000}" --users "${VOLUME_USERS:-1000}"
+    --members "${VOLUME_MEMBERS:-10}")
+  store=(--mongo-url "mongodb://127.0.0.1:$mport" --mongo-db confab_bench)
+  log "volume: seeding ${sizes[*]}, FerretDB on PostgreSQL"
+  "$LOADTEST" seed "${sizes[@]}" "${store[@]}" --redis-url "redis://127.0.0.1:$rport" --out "$OUT/seed" | tee "$OUT/seed.txt"
+  log "volume: VACUUM ANALYZE, as autovacuum would soon after a bulk load"
+  pg_vacuum "$work"
+  volume_reads() {
+    # volume_reads DIR READS : times READS (comma-separated) into $OUT/DIR, plans first
+    "$LOADTEST" volume --url "http://127.0.0.1:$p1" --url "http://127.0.0.1:$p2" --jwt-secret "$SECRET" \
+      "${sizes[@]}" "${store[@]}" --explain --readers "${VOLUME_READERS:-2}" --duration "${VOLUME_READ_SECS:-10}" \
+      --reads "$2" --out "$OUT/$1" >/dev/null
+    cat "$OUT/$1/summary.md"
+  }
+  # Without an index every read of a room scans the messages: the room list
+  # and search (one such read per room) would take minutes; only plans for them.
+  log "volume: reads on FerretDB's own indexes"
+  volume_reads volume history_deep,history_newest,unread,search_room
+  if [ -z "${VOLUME_SKIP_GIN:-}" ]; then
+    log "volume: GIN indexes on the fields FerretDB passes to PostgreSQL, then the reads again"
+    ferretdb_pg_gin "$work" confab_bench messages:_id messages:room_id room_members:_id room_members:user_id \
+      rooms:_id rooms:type
+    volume_reads volume-gin history_deep,history_newest,rooms,unread,search,search_room
+  fi
+  python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
+import json, os, sys
+out = sys.argv[1]
+runs = [(name, os.path.join(out, d, "results.json")) for name, d in (("own indexes", "volume"), ("GIN", "volume-gin"))]
+runs = [(name, {r["read"]: r for r in json.load(open(p))["reads"]}) for name, p in runs if os.path.exists(p)]
+names = [r for _, reads in runs for r in reads]
+print("| read | " + " | ".join(f"{n}: p50 ms | {n}: p99 ms | {n}: requests (errors)" for n, _ in runs) + " |")
+print("|---|" + "---|---|---|" * len(runs))
+for read in dict.fromkeys(names):
+    cells = []
+    for _, reads in runs:
+        r = reads.get(read)
+        if r is None:
+            cells += ["-", "-", "not run"]
+        else:
+            l = r["latency"]
+            cells += [f"{l['p50_ms']:.2f}", f"{l['p99_ms']:.2f}", f"{r['requests']} ({r['errors']})"]
+    print(f"| {read} | " + " | ".join(cells) + " |")
+PY
+  log "results in $OUT"
+  exit 0
+fi
 
 log "fan-out: $ROOMS rooms x $SUBS subscribers, $PUBS publishers, $RATE msgs/s, ${WARMUP}s warm-up + ${DURATION}s, two nodes"
 "$LOADTEST" fanout --url "http://127.0.0.1:$p1" --url "http://127.0.0.1:$p2" --jwt-secret "$SECRET" "${pids[@]}" \

@@ -108,6 +108,7 @@ start_ferretdb_pg() {
   pgport=$(free_port)
   pgdir=$(mktemp -d -t confab-pg.XXXXXX)
   echo "$pgdir" >"$dir/postgres.dir"
+  echo "$pgport" >"$dir/postgres.port"
   if [ "$(id -u)" = 0 ]; then
     # initdb and postgres refuse to run as root.
     chown postgres "$pgdir"
@@ -127,6 +128,38 @@ start_ferretdb_pg() {
     >"$dir/ferretdb.log" 2>&1 &
   echo $! >"$dir/ferretdb.pid"
   wait_port "$port" 30 || die "FerretDB did not start (see $dir/ferretdb.log)"
+}
+
+ferretdb_pg_gin() {
+  # ferretdb_pg_gin DIR DB COLLECTION:FIELD... : a GIN index on each given
+  # top-level field, made in the PostgreSQL that start_ferretdb_pg DIR started.
+  # FerretDB 1.x passes an equality to PostgreSQL as `_jsonb->'f' @> value`,
+  # which the B-tree indexes FerretDB makes cannot serve; a GIN index can.
+  # FerretDB does not know these indexes; dropping the collection drops them.
+  local dir=$1 db=$2 bin port pair coll field table psql
+  shift 2
+  bin=$(pg_bindir)
+  port=$(cat "$dir/postgres.port")
+  psql=("$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d ferretdb -v ON_ERROR_STOP=1 -Atq)
+  for pair in "$@"; do
+    coll=${pair%%:*} field=${pair#*:}
+    table=$("${psql[@]}" -c "SELECT _jsonb->>'table' FROM \"$db\"._ferretdb_database_metadata WHERE _jsonb->>'_id' = '$coll'")
+    [ -n "$table" ] || die "no collection $coll in database $db"
+    "${psql[@]}" -c "CREATE INDEX IF NOT EXISTS \"${table}_${field}_gin\" ON \"$db\".\"$table\" USING gin ((_jsonb->'$field') jsonb_path_ops)" ||
+      die "creating a GIN index on $coll.$field failed"
+  done
+  "${psql[@]}" -c "ANALYZE" || die "ANALYZE failed"
+}
+
+pg_vacuum() {
+  # pg_vacuum DIR : VACUUM ANALYZE in the PostgreSQL that start_ferretdb_pg DIR
+  # started: after a bulk load, the state of a store that has lived with its
+  # data (else autovacuum does it during whatever is measured next).
+  local bin port
+  bin=$(pg_bindir)
+  port=$(cat "$1/postgres.port")
+  "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d ferretdb -v ON_ERROR_STOP=1 -q -c "VACUUM (ANALYZE)" ||
+    die "VACUUM failed"
 }
 
 stop_pidfile() {
