@@ -13,7 +13,9 @@
 //! and its message is still queued. When nothing else is in flight a
 //! message is written at once, alone: batching adds no wait.
 //!
-//! A writer's future can be dropped mid-write (its connection went away).
+//! A message whose sender goes away while it waits in the queue is not
+//! written, as an insert not yet sent is not. A writer's future can be
+//! dropped mid-write (its connection went away).
 //! The messages it took then learn nothing; each of their callers looks for
 //! its message by id and, if it is not there, writes it alone.
 
@@ -46,8 +48,12 @@ impl Queue {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push_back(q);
     }
 
+    /// The next batch, oldest first. Messages whose sender went away while
+    /// they waited are dropped unwritten, as an insert not yet sent is when
+    /// its sender goes away.
     fn take(&self) -> Vec<Queued> {
         let mut queue = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        queue.retain(|q| !q.done.is_closed());
         let n = queue.len().min(MAX_BATCH);
         queue.drain(..n).collect()
     }
@@ -73,41 +79,39 @@ impl Inserts {
         loop {
             let permit = tokio::select! {
                 biased;
-                result = &mut outcome => return self.settle(messages, message, result).await,
+                result = &mut outcome => return settle(messages, message, result).await,
                 permit = self.writers.acquire() => permit,
             };
-            let Ok(_permit) = permit else {
+            let Ok(writing) = permit else {
                 // The semaphore is never closed; write alone if it were.
                 return insert_one(messages, message).await;
             };
             let batch = self.queue.take();
             if batch.is_empty() {
                 // Another writer took this message: its outcome is coming.
-                drop(_permit);
-                let result = (&mut outcome).await;
-                return self.settle(messages, message, result).await;
+                drop(writing);
+                return settle(messages, message, (&mut outcome).await).await;
             }
             write(messages, batch).await;
         }
     }
+}
 
-    /// The outcome handed over, or, if its writer was dropped before
-    /// handing it over, what the store says.
-    async fn settle(
-        &self,
-        messages: &Collection<Message>,
-        message: &Message,
-        result: Result<StoreResult<()>, oneshot::error::RecvError>,
-    ) -> StoreResult<()> {
-        match result {
-            Ok(r) => r,
-            Err(_) => {
-                metrics::counter!("confab_store_batch_orphans_total").increment(1);
-                let stored = timed("find_message", messages.find_one(bson::doc! {"_id": message.id})).await?;
-                match stored {
-                    Some(_) => Ok(()),
-                    None => insert_one(messages, message).await,
-                }
+/// The outcome handed over, or, if its writer was dropped before handing it
+/// over, what the store says.
+async fn settle(
+    messages: &Collection<Message>,
+    message: &Message,
+    result: Result<StoreResult<()>, oneshot::error::RecvError>,
+) -> StoreResult<()> {
+    match result {
+        Ok(r) => r,
+        Err(_) => {
+            metrics::counter!("confab_store_batch_orphans_total").increment(1);
+            let stored = timed("find_message", messages.find_one(bson::doc! {"_id": message.id})).await?;
+            match stored {
+                Some(_) => Ok(()),
+                None => insert_one(messages, message).await,
             }
         }
     }
@@ -165,33 +169,31 @@ fn outcomes_of(e: mongodb::error::Error, n: usize) -> Vec<StoreResult<()>> {
 mod tests {
     use super::*;
 
+    fn queued(q: &Queue, seq: i64) -> oneshot::Receiver<StoreResult<()>> {
+        let (done, rx) = oneshot::channel();
+        q.push(Queued { message: Message { seq, ..Message::sample() }, done });
+        rx
+    }
+
     #[test]
     fn a_queue_hands_out_at_most_a_batch_in_order() {
         let q = Queue::default();
-        let mut receivers = Vec::new();
-        for seq in 0..(MAX_BATCH as i64 + 3) {
-            let (done, rx) = oneshot::channel();
-            receivers.push(rx);
-            let message = Message {
-                id: bson::oid::ObjectId::new(),
-                room_id: bson::oid::ObjectId::new(),
-                seq,
-                sender_id: bson::oid::ObjectId::new(),
-                content: "hi".into(),
-                client_msg_id: None,
-                dedup_key: "k".into(),
-                timestamp: chrono::Utc::now(),
-                edited_at: None,
-                deleted: false,
-                deleted_at: None,
-            };
-            q.push(Queued { message, done });
-        }
+        let _waiting: Vec<_> = (0..(MAX_BATCH as i64 + 3)).map(|seq| queued(&q, seq)).collect();
         let first = q.take();
         assert_eq!(first.len(), MAX_BATCH);
         assert_eq!(first[0].message.seq, 0);
         let rest = q.take();
         assert_eq!(rest.iter().map(|q| q.message.seq).collect::<Vec<_>>(), vec![64, 65, 66]);
         assert!(q.take().is_empty());
+    }
+
+    #[test]
+    fn messages_whose_sender_went_away_are_not_written() {
+        let q = Queue::default();
+        let kept = queued(&q, 1);
+        drop(queued(&q, 2));
+        let _also_kept = queued(&q, 3);
+        assert_eq!(q.take().iter().map(|q| q.message.seq).collect::<Vec<_>>(), vec![1, 3]);
+        drop(kept);
     }
 }
