@@ -4,11 +4,11 @@ use std::future::IntoFuture;
 
 use bson::{doc, oid::ObjectId, Bson, Document};
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use mongodb::Collection;
 
-use super::mongo::{timed, SPLIT_READS_IN_FLIGHT};
+use super::mongo::{split_reads, timed};
 use super::{HistoryQuery, Message, SearchQuery, Store, StoreResult};
 
 impl Store {
@@ -72,14 +72,11 @@ impl Store {
     /// see [`Store::equality_only`]).
     pub async fn messages_at(&self, at: &[(ObjectId, i64)]) -> StoreResult<Vec<Message>> {
         if self.equality_only().await {
-            // Collected first: a stream over borrowing closures is not Send
-            // for every lifetime, which axum's handlers need.
             let each: Vec<_> = at
                 .iter()
                 .map(|(room, seq)| self.messages.find_one(doc! {"room_id": room, "seq": seq}).into_future())
                 .collect();
-            let found: Vec<Option<Message>> =
-                timed("messages_at", futures::stream::iter(each).buffered(SPLIT_READS_IN_FLIGHT).try_collect()).await?;
+            let found: Vec<Option<Message>> = timed("messages_at", split_reads(each)).await?;
             return Ok(found.into_iter().flatten().collect());
         }
         let mut found = Vec::with_capacity(at.len());
@@ -178,11 +175,7 @@ impl Store {
                 // Each room's newest matches, then the newest of those: the
                 // same page as one query over every room (`equality_only`).
                 let each: Vec<_> = rooms.iter().map(|room| page(filter(Bson::ObjectId(*room)))).collect();
-                let pages: Vec<Vec<Message>> = timed(
-                    "search_messages",
-                    futures::stream::iter(each).buffer_unordered(SPLIT_READS_IN_FLIGHT).try_collect(),
-                )
-                .await?;
+                let pages: Vec<Vec<Message>> = timed("search_messages", split_reads(each)).await?;
                 newest_of(pages, q.limit as usize + 1)
             }
             rooms => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::{doc, oid::ObjectId, Document};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Collection, Database, IndexModel};
@@ -106,7 +106,18 @@ impl Store {
 }
 
 /// Equality reads in flight at once when one read is split (`equality_only`).
-pub(super) const SPLIT_READS_IN_FLIGHT: usize = 16;
+const SPLIT_READS_IN_FLIGHT: usize = 16;
+
+/// Runs the equality reads one read was split into (`equality_only`), a
+/// few at a time; their results in the order given. The reads come
+/// collected: a stream over borrowing closures is not `Send` for every
+/// lifetime, which axum's handlers need.
+pub(super) async fn split_reads<T, F>(reads: Vec<F>) -> mongodb::error::Result<Vec<T>>
+where
+    F: std::future::Future<Output = mongodb::error::Result<T>>,
+{
+    futures::stream::iter(reads).buffered(SPLIT_READS_IN_FLIGHT).try_collect().await
+}
 
 pub(super) fn map_err(e: mongodb::error::Error) -> StoreError {
     match *e.kind {

@@ -3,10 +3,10 @@
 use std::future::IntoFuture;
 
 use bson::{doc, oid::ObjectId};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 
-use super::mongo::{id_pairs, timed, SPLIT_READS_IN_FLIGHT};
+use super::mongo::{id_pairs, split_reads, timed};
 use super::{Cursor, Member, Role, Room, Store, StoreError, StoreResult};
 
 impl Store {
@@ -40,15 +40,12 @@ impl Store {
             let rooms = timed("find_rooms", async {
                 let public: Vec<Room> = self.rooms.find(doc! {"type": "public"}).await?.try_collect().await?;
                 let known: std::collections::HashSet<ObjectId> = public.iter().map(|r| r.id).collect();
-                // Collected first: a stream over borrowing closures is not
-                // Send for every lifetime, which axum's handlers need.
                 let each: Vec<_> = ids
                     .iter()
                     .filter(|id| !known.contains(id))
                     .map(|id| self.rooms.find_one(doc! {"_id": id}).into_future())
                     .collect();
-                let found: Vec<Option<Room>> =
-                    futures::stream::iter(each).buffered(SPLIT_READS_IN_FLIGHT).try_collect().await?;
+                let found: Vec<Option<Room>> = split_reads(each).await?;
                 Ok(public.into_iter().chain(found.into_iter().flatten()).collect::<Vec<Room>>())
             });
             let mut rooms = rooms.await?;
