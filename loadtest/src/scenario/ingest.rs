@@ -180,13 +180,16 @@ impl Tally {
     }
 
     fn step_of(&self, sent_ns: u64) -> Option<usize> {
-        step_of(&self.starts.iter().map(|s| s.load(Ordering::Relaxed)).collect::<Vec<_>>(), sent_ns)
+        step_of(&self.starts, sent_ns)
     }
 }
 
 /// The last step that began at or before `sent_ns`.
-fn step_of(starts: &[u64], sent_ns: u64) -> Option<usize> {
-    starts.iter().rposition(|&s| s != u64::MAX && s <= sent_ns)
+fn step_of(starts: &[AtomicU64], sent_ns: u64) -> Option<usize> {
+    starts.iter().rposition(|s| {
+        let s = s.load(Ordering::Relaxed);
+        s != u64::MAX && s <= sent_ns
+    })
 }
 
 pub async fn run(urls: &[String], secret: &str, p: &IngestParams, server_pids: &[u32]) -> Result<IngestResult> {
@@ -700,7 +703,7 @@ mod tests {
 
     #[test]
     fn a_probe_belongs_to_the_last_step_begun_before_it_was_sent() {
-        let starts = [100, 200, u64::MAX];
+        let starts = [100, 200, u64::MAX].map(AtomicU64::new);
         assert_eq!(step_of(&starts, 50), None);
         assert_eq!(step_of(&starts, 100), Some(0));
         assert_eq!(step_of(&starts, 199), Some(0));
