@@ -75,12 +75,19 @@ start_ferretdb() {
   # reaches the journal within 100 ms rather than before the reply.
   local dir=$1 port=$2
   mkdir -p "$dir/ferretdb"
-  "$FERRETDB_BIN" --handler=sqlite \
-    --sqlite-url="file:$dir/ferretdb/?_pragma=busy_timeout(10000)&_pragma=journal_mode(wal)&_pragma=synchronous(normal)" \
-    --listen-addr="127.0.0.1:$port" \
-    --telemetry=disable --debug-addr=- --state-dir="$dir/ferretdb" --log-level=warn \
+  run_ferretdb "$dir" "$port" "$dir/ferretdb" --handler=sqlite \
+    --sqlite-url="file:$dir/ferretdb/?_pragma=busy_timeout(10000)&_pragma=journal_mode(wal)&_pragma=synchronous(normal)"
+}
+
+run_ferretdb() {
+  # run_ferretdb DIR PORT STATE_DIR BACKEND_ARGS... : FerretDB on 127.0.0.1:PORT
+  # in the background, log in DIR/ferretdb.log, pid in DIR/ferretdb.pid
+  local dir=$1 port=$2 state=$3
+  shift 3
+  "$FERRETDB_BIN" "$@" --listen-addr="127.0.0.1:$port" \
+    --telemetry=disable --debug-addr=- --state-dir="$state" --log-level=warn \
     >"$dir/ferretdb.log" 2>&1 &
-  echo $! > "$dir/ferretdb.pid"
+  echo $! >"$dir/ferretdb.pid"
   wait_port "$port" 30 || die "FerretDB did not start (see $dir/ferretdb.log)"
 }
 
@@ -122,12 +129,8 @@ start_ferretdb_pg() {
   wait_port "$pgport" 30 || die "PostgreSQL did not start (see $dir/postgres.log)"
   for _ in $(seq 1 50); do "$bin/pg_isready" -h 127.0.0.1 -p "$pgport" -q && break; sleep 0.1; done
   "${run[@]}" "$bin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres ferretdb || die "createdb failed"
-  "$FERRETDB_BIN" --handler=postgresql --postgresql-url="postgres://postgres@127.0.0.1:$pgport/ferretdb" \
-    --listen-addr="127.0.0.1:$port" \
-    --telemetry=disable --debug-addr=- --state-dir="$pgdir" --log-level=warn \
-    >"$dir/ferretdb.log" 2>&1 &
-  echo $! >"$dir/ferretdb.pid"
-  wait_port "$port" 30 || die "FerretDB did not start (see $dir/ferretdb.log)"
+  run_ferretdb "$dir" "$port" "$pgdir" --handler=postgresql \
+    --postgresql-url="postgres://postgres@127.0.0.1:$pgport/ferretdb"
 }
 
 ferretdb_pg_gin() {
