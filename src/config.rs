@@ -83,6 +83,12 @@ pub struct Config {
     /// Local receivers from which an event is split over the fan-out lanes.
     #[arg(long, env = "CONFAB_FANOUT_SPLIT_AT", default_value_t = SPLIT_AT, value_parser = count(1, 1_000_000))]
     pub fanout_split_at: usize,
+    /// Offer permessage-deflate (RFC 7692) to WebSocket clients that ask for it.
+    #[arg(long, env = "CONFAB_WS_DEFLATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ws_deflate: bool,
+    /// With permessage-deflate on: frames smaller than this many bytes go uncompressed.
+    #[arg(long, env = "CONFAB_WS_DEFLATE_MIN_BYTES", default_value = "256", value_parser = count(0, 64 << 20))]
+    pub ws_deflate_min_bytes: usize,
     /// Serve the RFC 6455 conformance echo endpoint at /ws/echo (for test runs).
     #[arg(long, env = "CONFAB_ECHO_ENDPOINT", default_value_t = false, action = clap::ArgAction::Set)]
     pub echo_endpoint: bool,

@@ -9,7 +9,9 @@
 //! waits for it.
 //!
 //! Control frames (pong, ping, close) go ahead of waiting data, at a frame
-//! boundary. Nothing is written after a close frame.
+//! boundary. Nothing is written after a close frame. Where the connection
+//! agreed to a compression extension, data frames from a size up are
+//! written compressed, with RSV1 set ([`Compression`]).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -43,8 +45,12 @@ struct Frame {
 
 impl Frame {
     fn new(op: Op, body: Bytes, stored_at_us: u64) -> Frame {
+        Frame::with_rsv1(op, body, stored_at_us, false)
+    }
+
+    fn with_rsv1(op: Op, body: Bytes, stored_at_us: u64, rsv1: bool) -> Frame {
         let mut head = [0u8; 10];
-        head[0] = 0x80 | op as u8; // FIN, never fragmented
+        head[0] = 0x80 | u8::from(rsv1) << 6 | op as u8; // FIN, never fragmented
         let len = body.len();
         let head_len = if len < 126 {
             head[1] = len as u8;
@@ -125,6 +131,19 @@ impl Wire for Discard {
     }
 }
 
+/// How a connection's data frames are compressed, once it agreed to
+/// (permessage-deflate: see `ws::deflate`).
+#[derive(Debug, Clone, Copy)]
+pub struct Compression {
+    /// Smaller payloads go as they are.
+    pub min_bytes: usize,
+    /// The compressor's window, as agreed.
+    pub window: u8,
+    /// Compresses a whole payload; called for every receiver of a shared
+    /// frame, so it should cache what many receivers get.
+    pub compress: fn(&Bytes, u8) -> Bytes,
+}
+
 /// Why a frame was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -181,6 +200,7 @@ pub struct Line {
     /// Wakes senders waiting for room in the backlog.
     room: Notify,
     latency: OnceLock<metrics::Histogram>,
+    compression: OnceLock<Compression>,
 }
 
 impl Line {
@@ -193,6 +213,7 @@ impl Line {
             pending: Notify::new(),
             room: Notify::new(),
             latency: OnceLock::new(),
+            compression: OnceLock::new(),
         }
     }
 
@@ -203,6 +224,12 @@ impl Line {
         self.pending.notify_one();
     }
 
+    /// Compresses data frames from now on (set once, before the socket is
+    /// attached).
+    pub fn compress_with(&self, compression: Compression) {
+        let _ = self.compression.set(compression);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -210,6 +237,12 @@ impl Line {
     /// Offers a data frame without waiting: written at once if the socket
     /// takes it, else kept in the backlog if it has room.
     pub fn offer(&self, op: Op, body: Bytes, stored_at_us: u64) -> Result<(), Refused> {
+        let (body, rsv1) = match self.compression.get() {
+            Some(c) if body.len() >= c.min_bytes && matches!(op, Op::Text | Op::Binary) => {
+                ((c.compress)(&body, c.window), true)
+            }
+            _ => (body, false),
+        };
         let mut st = self.lock();
         if st.closing || st.failed {
             return Err(Refused::Closed);
@@ -217,7 +250,7 @@ impl Line {
         if st.data >= self.capacity {
             return Err(Refused::Full);
         }
-        let frame = Frame::new(op, body, stored_at_us);
+        let frame = Frame::with_rsv1(op, body, stored_at_us, rsv1);
         if st.backlog.is_empty() {
             if let Some(wire) = self.wire.get() {
                 match wire.try_write_first(&frame.slices(0)) {
@@ -507,6 +540,26 @@ mod tests {
         let frames = drain.await.unwrap();
         assert_eq!(frames.iter().filter(|(op, b)| *op == 0x1 && b[..] == body[..]).count(), sent);
         assert!(frames.contains(&(0xA, vec![39])));
+    }
+
+    /// A "compressor" that reverses the payload: enough to see what went through it.
+    fn reversed(body: &Bytes, _window: u8) -> Bytes {
+        body.iter().rev().copied().collect::<Vec<u8>>().into()
+    }
+
+    #[tokio::test]
+    async fn data_frames_from_the_threshold_go_compressed_with_rsv1_and_control_frames_never() {
+        let (line, mut client) = connected(8).await;
+        line.compress_with(Compression { min_bytes: 4, window: 15, compress: reversed });
+        line.offer(Op::Text, Bytes::from_static(b"abc"), 0).unwrap();
+        line.offer(Op::Binary, Bytes::from_static(b"abcd"), 0).unwrap();
+        assert!(line.control(Op::Pong, Bytes::from_static(b"ping-data")));
+        assert_eq!(line.flush().unwrap(), Flushed::All, "the writer's part");
+        let mut wire = vec![0u8; 2 + 3 + 2 + 4 + 2 + 9];
+        client.read_exact(&mut wire).await.unwrap();
+        assert_eq!(&wire[..5], b"\x81\x03abc", "under the threshold: as it is, RSV1 clear");
+        assert_eq!(&wire[5..11], b"\xC2\x04dcba", "from it: through the compressor, RSV1 set");
+        assert_eq!(&wire[11..], b"\x8A\x09ping-data", "a pong never");
     }
 
     #[tokio::test]

@@ -7,10 +7,14 @@ use std::sync::Arc;
 use axum::body::Body as AxumBody;
 use axum::extract::{Request, State};
 use axum::response::Response;
+use fastwebsockets::upgrade::UpgradeFut;
+use http::header::SEC_WEBSOCKET_EXTENSIONS;
+use http::HeaderValue;
 
 use super::extract::bearer;
 use crate::auth::Tokens;
 use crate::error::{Error, Result};
+use crate::ws::socket::Extensions;
 use crate::ws::Sockets;
 
 /// The token from `Authorization: Bearer`, or else from `?token=` (browsers
@@ -23,13 +27,21 @@ pub(super) fn token_of(req: &Request) -> Option<String> {
     query.0.get("token").cloned()
 }
 
-fn upgrade(mut req: Request) -> Result<(Response, fastwebsockets::upgrade::UpgradeFut)> {
+/// Upgrades, agreeing to the extensions the node offers and the client asked for.
+fn upgrade(sockets: &Sockets, mut req: Request) -> Result<(Response, UpgradeFut, Extensions)> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return Err(Error::BadRequest("expected a WebSocket upgrade request".into()));
     }
+    let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS);
+    let extensions = sockets.extensions(offers.iter().filter_map(|v| v.to_str().ok()));
     let (response, fut) = fastwebsockets::upgrade::upgrade(&mut req)
         .map_err(|e| Error::BadRequest(format!("WebSocket handshake: {e}")))?;
-    Ok((response.map(|_| AxumBody::empty()), fut))
+    let mut response = response.map(|_| AxumBody::empty());
+    if let Some(agreed) = extensions.deflate {
+        let value = HeaderValue::from_str(&agreed.response()).expect("the extension response is ASCII");
+        response.headers_mut().insert(SEC_WEBSOCKET_EXTENSIONS, value);
+    }
+    Ok((response, fut, extensions))
 }
 
 pub async fn chat(State(tokens): State<Tokens>, State(sockets): State<Arc<Sockets>>, req: Request) -> Result<Response> {
@@ -38,13 +50,13 @@ pub async fn chat(State(tokens): State<Tokens>, State(sockets): State<Arc<Socket
     // Browsers always send an Origin; other clients need not.
     let origin = req.headers().get(http::header::ORIGIN).map(|o| o.to_str().unwrap_or("\u{fffd}"));
     sockets.admit(&caller, origin).await?;
-    let (response, fut) = upgrade(req)?;
-    sockets.spawn_chat(caller, fut);
+    let (response, fut, extensions) = upgrade(&sockets, req)?;
+    sockets.spawn_chat(caller, extensions, fut);
     Ok(response)
 }
 
 pub async fn echo(State(sockets): State<Arc<Sockets>>, req: Request) -> Result<Response> {
-    let (response, fut) = upgrade(req)?;
-    sockets.spawn_echo(fut);
+    let (response, fut, extensions) = upgrade(&sockets, req)?;
+    sockets.spawn_echo(extensions, fut);
     Ok(response)
 }

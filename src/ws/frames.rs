@@ -7,9 +7,10 @@
 //! (grown to the frame's size when needed), handed on as its own bytes, and
 //! an idle connection waits holding a few hundred bytes at most.
 //!
-//! It checks what the transport layer must: masking, reserved bits, opcodes,
-//! control-frame rules and the frame-size cap. Fragment order and UTF-8 are
-//! the assembler's business.
+//! It checks what the transport layer must: masking, reserved bits (RSV1
+//! only where permessage-deflate was agreed, and only on a message's first
+//! frame), opcodes, control-frame rules and the frame-size cap. Fragment
+//! order, inflating and UTF-8 are the assembler's business.
 
 use bytes::{Buf, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
@@ -34,11 +35,13 @@ pub enum ReadError {
 pub struct FrameReader {
     buf: BytesMut,
     max_frame: usize,
+    /// permessage-deflate was agreed: RSV1 marks a compressed message.
+    deflate: bool,
 }
 
 impl FrameReader {
-    pub fn new(max_frame: usize) -> Self {
-        FrameReader { buf: BytesMut::new(), max_frame }
+    pub fn new(max_frame: usize, deflate: bool) -> Self {
+        FrameReader { buf: BytesMut::new(), max_frame, deflate }
     }
 
     /// Reads until at least `need` bytes are buffered.
@@ -55,18 +58,22 @@ impl FrameReader {
         Ok(())
     }
 
-    /// The next frame, unmasked.
-    pub async fn next<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> Result<Frame<'static>, ReadError> {
+    /// The next frame, unmasked, and whether it starts a compressed message.
+    pub async fn next<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> Result<(Frame<'static>, bool), ReadError> {
         if self.buf.is_empty() {
             // Give back what the last frame left behind before going idle.
             self.buf = BytesMut::new();
         }
         self.fill(io, 2).await?;
         let (head, len_code) = (self.buf[0], self.buf[1]);
-        if head & 0b0111_0000 != 0 {
+        let compressed = head & 0b0100_0000 != 0;
+        if head & 0b0011_0000 != 0 || (compressed && !self.deflate) {
             return Err(ReadError::Protocol("reserved bits set without an extension"));
         }
         let opcode = OpCode::try_from(head & 0x0F).map_err(|_| ReadError::Protocol("unknown opcode"))?;
+        if compressed && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return Err(ReadError::Protocol("RSV1 on a frame that does not start a message"));
+        }
         let fin = head & 0x80 != 0;
         if len_code & 0x80 == 0 {
             return Err(ReadError::Protocol("client frames must be masked"));
@@ -100,7 +107,7 @@ impl FrameReader {
         self.buf.advance(header);
         let mut payload = self.buf.split_to(len);
         unmask(&mut payload, mask);
-        Ok(Frame::new(fin, opcode, None, Payload::Bytes(payload)))
+        Ok((Frame::new(fin, opcode, None, Payload::Bytes(payload)), compressed))
     }
 }
 
@@ -140,12 +147,18 @@ mod tests {
     }
 
     async fn read_all(bytes: Vec<u8>, max: usize) -> Vec<Result<(bool, OpCode, Vec<u8>), String>> {
-        let mut reader = FrameReader::new(max);
+        read_with(bytes, max, false).await.into_iter().map(|r| r.map(|(fin, op, body, _)| (fin, op, body))).collect()
+    }
+
+    type Read = Result<(bool, OpCode, Vec<u8>, bool), String>;
+
+    async fn read_with(bytes: Vec<u8>, max: usize, deflate: bool) -> Vec<Read> {
+        let mut reader = FrameReader::new(max, deflate);
         let mut io = std::io::Cursor::new(bytes);
         let mut out = Vec::new();
         loop {
             match reader.next(&mut io).await {
-                Ok(f) => out.push(Ok((f.fin, f.opcode, f.payload.to_vec()))),
+                Ok((f, compressed)) => out.push(Ok((f.fin, f.opcode, f.payload.to_vec(), compressed))),
                 Err(ReadError::Eof) => return out,
                 Err(e) => {
                     out.push(Err(format!("{e:?}")));
@@ -188,6 +201,23 @@ mod tests {
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
         huge.extend_from_slice(&[0; 4]);
         assert!(read_all(huge, 1024).await[0].as_ref().is_err_and(|e| e.starts_with("Protocol")));
+    }
+
+    #[tokio::test]
+    async fn rsv1_marks_a_compressed_message_only_where_deflate_was_agreed() {
+        let mut wire = frame(0x41, b"abc", [1, 2, 3, 4]); // RSV1, text, not FIN
+        wire.extend(frame(0x80, b"def", [5, 6, 7, 8])); // continuation, FIN
+        let got = read_with(wire.clone(), 1024, true).await;
+        assert_eq!(got[0].as_ref().unwrap(), &(false, OpCode::Text, b"abc".to_vec(), true));
+        assert_eq!(got[1].as_ref().unwrap(), &(true, OpCode::Continuation, b"def".to_vec(), false));
+        assert!(read_with(wire, 1024, false).await[0].as_ref().is_err_and(|e| e.starts_with("Protocol")));
+        let compressed_continuation = frame(0xC0, b"x", [1, 1, 1, 1]);
+        let compressed_ping = frame(0xC9, b"x", [1, 1, 1, 1]);
+        let rsv2 = frame(0xA1, b"x", [1, 1, 1, 1]);
+        for wire in [compressed_continuation, compressed_ping, rsv2] {
+            let got = read_with(wire, 1024, true).await;
+            assert!(got[0].as_ref().is_err_and(|e| e.starts_with("Protocol")), "{got:?}");
+        }
     }
 
     #[tokio::test]

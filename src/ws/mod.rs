@@ -6,9 +6,11 @@
 //! - `socket`: one connection's reader and writer, limits, pings, close codes.
 //! - `frames`: reads client frames with a buffer only while bytes arrive.
 //! - `assembler`: joins fragmented messages under a size cap, checking UTF-8.
+//! - `deflate`: permessage-deflate, when offered: negotiation and codec.
 //! - `session`: applies each client [`Command`](crate::protocol::Command).
 
 pub mod assembler;
+pub mod deflate;
 pub mod echo;
 pub mod frames;
 pub mod session;
@@ -22,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Caller;
 use crate::config::{Config, RateLimits};
 use crate::error::{Error, Result};
+use crate::fanout::line::Compression;
 use crate::fanout::{Fanout, Outbox};
 use crate::messages::Messages;
 use crate::presence::Presence;
@@ -55,6 +58,8 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// Open connections one user may hold across the cluster; 0: no cap.
     pub max_per_user: u32,
+    /// permessage-deflate is offered, compressing payloads from this size.
+    pub deflate_min_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -65,6 +70,7 @@ impl Settings {
             rate_limits: config.rate_limits,
             allowed_origins: config.allowed_origins.0.clone(),
             max_per_user: config.max_sockets_per_user,
+            deflate_min_bytes: config.ws_deflate.then_some(config.ws_deflate_min_bytes),
         }
     }
 }
@@ -95,37 +101,53 @@ impl Sockets {
         self.presence.may_connect(caller.user_id, self.settings.max_per_user).await
     }
 
+    /// The extensions to agree to, given the request's
+    /// `Sec-WebSocket-Extensions` values.
+    pub fn extensions<'a>(&self, offers: impl IntoIterator<Item = &'a str>) -> socket::Extensions {
+        let deflate = self.settings.deflate_min_bytes.and_then(|_| deflate::negotiate(offers));
+        socket::Extensions { deflate }
+    }
+
+    /// A new connection's outbox, compressing as agreed.
+    fn outbox(&self, user: Option<bson::oid::ObjectId>, extensions: socket::Extensions) -> Arc<Outbox> {
+        let outbox = Outbox::new(user, self.settings.outbound_queue, self.fanout.shutdown.child_token());
+        if let (Some(agreed), Some(min_bytes)) = (extensions.deflate, self.settings.deflate_min_bytes) {
+            outbox.line.compress_with(Compression { min_bytes, window: agreed.window, compress: deflate::shared });
+        }
+        outbox
+    }
+
     /// Serves one authenticated chat connection, once upgraded, until it ends.
-    pub fn spawn_chat<F>(self: &Arc<Self>, caller: Caller, upgrade: F)
+    pub fn spawn_chat<F>(self: &Arc<Self>, caller: Caller, extensions: socket::Extensions, upgrade: F)
     where
         F: std::future::Future<Output = std::result::Result<Upgraded, fastwebsockets::WebSocketError>> + Send + 'static,
     {
         let sockets = self.clone();
         self.tasks.spawn(async move {
             match upgrade.await {
-                Ok(ws) => sockets.run_chat(caller, ws).await,
+                Ok(ws) => sockets.run_chat(caller, extensions, ws).await,
                 Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
             }
         });
     }
 
     /// Serves one conformance-echo connection, once upgraded, until it ends.
-    pub fn spawn_echo<F>(self: &Arc<Self>, upgrade: F)
+    pub fn spawn_echo<F>(self: &Arc<Self>, extensions: socket::Extensions, upgrade: F)
     where
         F: std::future::Future<Output = std::result::Result<Upgraded, fastwebsockets::WebSocketError>> + Send + 'static,
     {
         let sockets = self.clone();
         self.tasks.spawn(async move {
             if let Ok(ws) = upgrade.await {
-                sockets.run_echo(ws).await;
+                sockets.run_echo(extensions, ws).await;
             }
         });
     }
 
-    async fn run_chat(self: Arc<Self>, caller: Caller, ws: Upgraded) {
+    async fn run_chat(self: Arc<Self>, caller: Caller, extensions: socket::Extensions, ws: Upgraded) {
         let Some(halves) = split(ws) else { return };
         let fanout = &self.fanout;
-        let outbox = Outbox::new(Some(caller.user_id), self.settings.outbound_queue, fanout.shutdown.child_token());
+        let outbox = self.outbox(Some(caller.user_id), extensions);
         fanout.registry.register(outbox.clone());
         // Receipts and presence reach a user through their own topic. Counting
         // the connection for presence goes alongside: with Redis down, each
@@ -142,14 +164,14 @@ impl Sockets {
         }
         let limits = self.settings.limits;
         let session = session::ChatSession::new(self, caller, outbox.clone());
-        socket::drive(halves, outbox, limits, session).await;
+        socket::drive(halves, outbox, limits, extensions, session).await;
     }
 
-    async fn run_echo(self: Arc<Self>, ws: Upgraded) {
+    async fn run_echo(self: Arc<Self>, extensions: socket::Extensions, ws: Upgraded) {
         let Some(halves) = split(ws) else { return };
-        let outbox = Outbox::new(None, self.settings.outbound_queue, self.fanout.shutdown.child_token());
+        let outbox = self.outbox(None, extensions);
         let echo = echo::Echo { outbox: outbox.clone() };
-        socket::drive(halves, outbox, self.settings.limits, echo).await;
+        socket::drive(halves, outbox, self.settings.limits, extensions, echo).await;
     }
 
     /// Says goodbye (1001) to every connection, cuts off the stragglers, and

@@ -23,6 +23,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::{interval_at, timeout, Instant};
 
 use super::assembler::{Assembler, DataMessage};
+use super::deflate::{Agreed, Inflater};
 use super::frames::{FrameReader, ReadError};
 use crate::fanout::line::{Flushed, Line, Op};
 use crate::fanout::registry::Outbox;
@@ -42,6 +43,13 @@ pub trait Handler: Send + 'static {
 pub struct Limits {
     pub max_message_bytes: usize,
     pub ping_interval: Duration,
+}
+
+/// What the handshake agreed to beyond RFC 6455.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extensions {
+    /// permessage-deflate, with its parameters.
+    pub deflate: Option<Agreed>,
 }
 
 /// How the read side ended.
@@ -80,15 +88,17 @@ pub async fn drive<H: Handler>(
     (io, write): (ReadSide, OwnedWriteHalf),
     outbox: Arc<Outbox>,
     limits: Limits,
+    extensions: Extensions,
     mut handler: H,
 ) {
     outbox.line.attach(write);
-    let mut reader = Reader { io, frames: FrameReader::new(limits.max_message_bytes) };
+    let deflate = extensions.deflate;
+    let mut reader = Reader { io, frames: FrameReader::new(limits.max_message_bytes, deflate.is_some()) };
     let missed = Arc::new(AtomicU32::new(0));
     let kill = outbox.kill.clone();
     let writer = tokio::spawn(write_loop(outbox.clone(), missed.clone(), limits.ping_interval));
 
-    let mut assembler = Assembler::new(limits.max_message_bytes);
+    let mut assembler = Assembler::new(limits.max_message_bytes, deflate.map(Inflater::new));
     let exit = tokio::select! {
         exit = read_loop(&mut reader, &outbox.line, &missed, &mut assembler, &mut handler) => exit,
         _ = kill.cancelled() => Exit::Gone,
@@ -123,7 +133,8 @@ struct Reader {
 }
 
 impl Reader {
-    async fn frame(&mut self) -> Result<Frame<'static>, ReadError> {
+    /// The next frame, and whether it starts a compressed message.
+    async fn frame(&mut self) -> Result<(Frame<'static>, bool), ReadError> {
         self.frames.next(&mut self.io).await
     }
 }
@@ -139,8 +150,8 @@ where
     H: Handler,
 {
     loop {
-        let frame = match reader.frame().await {
-            Ok(frame) => frame,
+        let (frame, compressed) = match reader.frame().await {
+            Ok(read) => read,
             Err(e) => return exit_for(e),
         };
         missed.store(0, Ordering::Relaxed);
@@ -155,7 +166,7 @@ where
             OpCode::Pong => continue,
             _ => {}
         }
-        match assembler.push(frame) {
+        match assembler.push(frame, compressed) {
             Err(v) => return Exit::Fail(Close::new(v.close_code(), v.reason())),
             Ok(None) => {}
             Ok(Some(message)) => {
@@ -187,7 +198,7 @@ fn answer_close(payload: &[u8], line: &Line) -> Exit {
 async fn drain_until_close(reader: &mut Reader) {
     loop {
         match reader.frame().await {
-            Ok(frame) if frame.opcode == OpCode::Close => return,
+            Ok((frame, _)) if frame.opcode == OpCode::Close => return,
             Ok(_) => {}
             Err(ReadError::Eof | ReadError::Io(_)) => return,
             // After a violation the byte stream may be out of step: stop
