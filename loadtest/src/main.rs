@@ -42,7 +42,9 @@ struct Common {
     /// registering users over REST.
     #[arg(long, env = "CONFAB_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
-    /// Adapter settings, key=value (repeat).
+    /// Adapter settings, key=value (repeat). confab: `deflate=true`
+    /// (subscribers negotiate permessage-deflate; the server must run with
+    /// CONFAB_WS_DEFLATE=true). centrifugo: `centrifugo_hmac_secret=S`.
     #[arg(long = "opt", value_parser = parse_opt)]
     opts: Vec<(String, String)>,
     /// Server process ids, for CPU and memory figures (repeat).
@@ -253,6 +255,10 @@ fn fanout_markdown(r: &FanoutResult, churn: Option<&ChurnResult>) -> String {
         r.cpu_seconds_per_million, r.server_rss_bytes_per_connection / 1024.0,
         r.published, r.expected, r.delivered, r.measured, r.connect_failures, r.subscriber_disconnects, r.settled_secs,
     );
+    md.push_str(&format!(
+        "\nwire: subscribers read {} bytes in the measured window, {:.1} bytes per measured delivery\n",
+        r.wire_bytes_received, r.wire_bytes_per_delivery
+    ));
     if let Some(c) = churn {
         md.push_str(&format!("\nchurn: {} connects, {} failures\n", c.connects, c.failures));
     }

@@ -8,6 +8,10 @@
 //! duplicated) but not measured, so that latency, rate and CPU describe the
 //! steady state rather than the target's first look at each room (caches
 //! filling, connections to its store opening).
+//!
+//! Subscribers' sockets count the bytes they read (`target::wire`), so the
+//! result also says what the deliveries cost on the wire, e.g. with and
+//! without permessage-deflate (`--opt deflate=true` for Confab).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::probe;
 use crate::stats::{self, Latencies, Percentiles, Seen, ServerSample};
-use crate::target::Target;
+use crate::target::{wire, Target};
 
 #[derive(Debug, Clone, Serialize, clap::Args)]
 pub struct FanoutParams {
@@ -87,6 +91,16 @@ pub struct FanoutResult {
     pub cpu_seconds_per_million: f64,
     pub server_rss_bytes: u64,
     pub server_rss_bytes_per_connection: f64,
+    /// Bytes the subscribers' sockets read from TCP (WebSocket framing and
+    /// any compression included, TCP/IP headers not) in the measured
+    /// window: from the end of the warm-up until every subscriber stopped
+    /// reading, after the grace period. Besides the measured deliveries this
+    /// holds what else arrived meanwhile: the last warm-up deliveries, pings
+    /// and, with churn, the churning connections' handshakes, joins and
+    /// deliveries.
+    pub wire_bytes_received: u64,
+    /// `wire_bytes_received / measured` (0 without measured deliveries).
+    pub wire_bytes_per_delivery: f64,
     #[serde(skip)]
     pub histogram: Option<hdrhistogram::Histogram<u64>>,
 }
@@ -227,9 +241,11 @@ pub async fn run(
         });
     }
     let mut begin = None;
+    let mut wire_begin = None;
     while started.elapsed() < Duration::from_secs(p.warmup + p.duration) {
         if begin.is_none() && started.elapsed() >= Duration::from_secs(p.warmup) {
             measure_from.store(probe::now_ns(), Ordering::Relaxed);
+            wire_begin = Some(wire::subscriber_bytes());
             begin = Some(stats::sample(server_pids));
             bar.set_prefix("fan-out");
         }
@@ -238,6 +254,7 @@ pub async fn run(
         bar.set_message(format!("{} delivered", delivered.load(Ordering::Relaxed)));
     }
     let begin = begin.unwrap_or_else(|| stats::sample(server_pids));
+    let wire_begin = wire_begin.unwrap_or_else(wire::subscriber_bytes);
     let mut published_per_room = vec![0u64; p.rooms];
     let mut published = 0;
     while let Some(r) = writers.join_next().await {
@@ -264,6 +281,8 @@ pub async fn run(
         duplicated += o.seen.duplicates;
         disconnects += o.disconnected as u64;
     }
+    // Every reader has stopped: `measured` and the wire count end together.
+    let wire_bytes = wire::subscriber_bytes() - wire_begin;
     let histogram = latencies.merged();
     let cpu = end.cpu_seconds - begin.cpu_seconds;
     let measured = measured.load(Ordering::Relaxed);
@@ -289,6 +308,8 @@ pub async fn run(
         cpu_seconds_per_million: if measured > 0 { cpu / (measured as f64 / 1e6) } else { 0.0 },
         server_rss_bytes: end.rss_bytes,
         server_rss_bytes_per_connection: per_connection(idle, connected, total_subs),
+        wire_bytes_received: wire_bytes,
+        wire_bytes_per_delivery: if measured > 0 { wire_bytes as f64 / measured as f64 } else { 0.0 },
         histogram: Some(histogram),
     })
 }

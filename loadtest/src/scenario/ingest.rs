@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::probe;
 use crate::stats::{self, Latencies, Percentiles, Seen};
 use crate::target::confab::message_content;
+use crate::target::wire::Role;
 use crate::target::ws::{self, json_string_field, Ws};
 
 #[derive(Debug, Clone, Serialize, clap::Args)]
@@ -391,7 +392,7 @@ pub async fn run(urls: &[String], secret: &str, p: &IngestParams, server_pids: &
 /// Opens a socket as the holder of `token`, joining `room` if given (and
 /// returning once the join is acknowledged).
 async fn open(base: &str, token: &str, spread: usize, room: Option<&str>) -> Result<Ws> {
-    let mut ws = ws::open(&format!("{}/ws?token={token}", base.replacen("http", "ws", 1)), spread).await?;
+    let mut ws = ws::open(&format!("{}/ws?token={token}", base.replacen("http", "ws", 1)), spread, Role::Other).await?;
     let Some(room) = room else { return Ok(ws) };
     ws.send(Message::Text(json!({"type": "join_channel", "channel": room, "ref": 1}).to_string())).await?;
     loop {

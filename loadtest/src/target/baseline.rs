@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use anyhow::{bail, Result};
 use async_trait::async_trait;
 
+use super::wire::Role;
 use super::ws::{self, AckedSender, Acks, Sink, Ws};
 use super::{Publisher, Subscriber, Target};
 
@@ -26,10 +27,10 @@ impl Baseline {
         Baseline { urls }
     }
 
-    async fn socket(&self, idx: usize, query: &str) -> Result<Ws> {
+    async fn socket(&self, idx: usize, query: &str, role: Role) -> Result<Ws> {
         let base = ws::ws_url(&self.urls[idx % self.urls.len()], "/");
         let url = format!("{}/?{query}", base.trim_end_matches('/'));
-        let mut ws = ws::open(&url, idx).await?;
+        let mut ws = ws::open(&url, idx, role).await?;
         loop {
             match ws.next().await {
                 Some(Ok(Message::Text(t))) if t == r#"{"type":"joined"}"# => return Ok(ws),
@@ -53,12 +54,12 @@ impl Target for Baseline {
     }
 
     async fn subscriber(&self, idx: usize, room: usize) -> Result<Box<dyn Subscriber>> {
-        let ws = self.socket(idx, &format!("room={room}")).await?;
+        let ws = self.socket(idx, &format!("room={room}"), Role::Subscriber).await?;
         Ok(Box::new(BaselineSubscriber { ws }))
     }
 
     async fn publisher(&self, idx: usize, room: usize) -> Result<Box<dyn Publisher>> {
-        let ws = self.socket(idx + 1, &format!("publish={room}")).await?;
+        let ws = self.socket(idx + 1, &format!("publish={room}"), Role::Other).await?;
         Ok(AckedSender::spawn(ws, count_acks, |_, content| content.to_string()))
     }
 }

@@ -25,6 +25,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+use super::wire::Role;
 use super::ws::{self, AckedSender, Acks, Sink, Ws};
 use super::{Options, Publisher, Subscriber, Target};
 
@@ -57,10 +58,11 @@ impl Centrifugo {
         .context("signing a Centrifugo token")
     }
 
-    /// A connected (authenticated) client on node `idx % urls`.
-    async fn client(&self, idx: usize, user: &str) -> Result<Ws> {
+    /// A connected (authenticated) client on node `idx % urls`, its reads
+    /// counted toward `role`.
+    async fn client(&self, idx: usize, user: &str, role: Role) -> Result<Ws> {
         let url = ws::ws_url(&self.urls[idx % self.urls.len()], PATH);
-        let mut ws = ws::open(&url, idx).await?;
+        let mut ws = ws::open(&url, idx, role).await?;
         let token = self.token(user)?;
         ws.send(Message::Text(json!({"id": 1, "connect": {"token": token}}).to_string())).await?;
         let reply = await_reply(&mut ws, 1).await.context("centrifugo connect")?;
@@ -105,13 +107,13 @@ impl Target for Centrifugo {
 
     async fn prepare(&mut self, _rooms: usize) -> Result<()> {
         // Channels need no creation; check that a client gets in.
-        let mut ws = self.client(0, &format!("lt{}check", self.run_id)).await?;
+        let mut ws = self.client(0, &format!("lt{}check", self.run_id), Role::Other).await?;
         let _ = ws.close(None).await;
         Ok(())
     }
 
     async fn subscriber(&self, idx: usize, room: usize) -> Result<Box<dyn Subscriber>> {
-        let mut ws = self.client(idx, &format!("lt{}s{idx}", self.run_id)).await?;
+        let mut ws = self.client(idx, &format!("lt{}s{idx}", self.run_id), Role::Subscriber).await?;
         ws.send(Message::Text(json!({"id": 2, "subscribe": {"channel": format!("room{room}")}}).to_string())).await?;
         let reply = await_reply(&mut ws, 2).await.context("centrifugo subscribe")?;
         if reply.get("subscribe").is_none() {
@@ -122,7 +124,7 @@ impl Target for Centrifugo {
 
     async fn publisher(&self, idx: usize, room: usize) -> Result<Box<dyn Publisher>> {
         // The node after the subscriber's, so traffic crosses Redis.
-        let ws = self.client(idx + 1, &format!("lt{}p{idx}", self.run_id)).await?;
+        let ws = self.client(idx + 1, &format!("lt{}p{idx}", self.run_id), Role::Other).await?;
         let channel = format!("room{room}");
         // Command ids 1 and 2 were connect and subscribe; publishes follow.
         Ok(AckedSender::spawn(ws, read_replies, move |n, content| {

@@ -5,7 +5,9 @@
 pub mod baseline;
 pub mod centrifugo;
 pub mod confab;
+pub mod rawws;
 pub mod socketio;
+pub mod wire;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -80,7 +82,7 @@ pub type Options = std::collections::HashMap<String, String>;
 /// Builds the adapter for `--target NAME`.
 pub fn build(name: &str, urls: Vec<String>, secret: Option<String>, opts: &Options) -> Result<Box<dyn Target>> {
     match name {
-        "confab" => Ok(Box::new(confab::Confab::new(urls, secret))),
+        "confab" => Ok(Box::new(confab::Confab::new(urls, secret, opts)?)),
         "centrifugo" => Ok(Box::new(centrifugo::Centrifugo::new(urls, secret, opts)?)),
         "socketio" => Ok(Box::new(socketio::SocketIo::new(urls))),
         "baseline" => Ok(Box::new(baseline::Baseline::new(urls))),

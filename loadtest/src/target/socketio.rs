@@ -17,6 +17,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::wire::Role;
 use super::ws::{self, AckedSender, Acks, Sink, Ws};
 use super::{Publisher, Subscriber, Target};
 
@@ -31,10 +32,11 @@ impl SocketIo {
         SocketIo { urls }
     }
 
-    /// A socket on node `idx % urls`, connected to the default namespace.
-    async fn client(&self, idx: usize) -> Result<Ws> {
+    /// A socket on node `idx % urls`, connected to the default namespace,
+    /// its reads counted toward `role`.
+    async fn client(&self, idx: usize, role: Role) -> Result<Ws> {
         let url = ws::ws_url(&self.urls[idx % self.urls.len()], PATH);
-        let mut ws = ws::open(&url, idx).await?;
+        let mut ws = ws::open(&url, idx, role).await?;
         let open = next_packet(&mut ws).await.context("waiting for the Engine.IO open packet")?;
         if !open.starts_with('0') {
             bail!("expected an Engine.IO open packet, got `{open}`");
@@ -69,13 +71,13 @@ impl Target for SocketIo {
     }
 
     async fn prepare(&mut self, _rooms: usize) -> Result<()> {
-        let mut ws = self.client(0).await?;
+        let mut ws = self.client(0, Role::Other).await?;
         let _ = ws.close(None).await;
         Ok(())
     }
 
     async fn subscriber(&self, idx: usize, room: usize) -> Result<Box<dyn Subscriber>> {
-        let mut ws = self.client(idx).await?;
+        let mut ws = self.client(idx, Role::Subscriber).await?;
         ws.send(Message::Text(format!("421{}", json!(["join", format!("room{room}")])))).await?;
         loop {
             let p = next_packet(&mut ws).await.context("waiting for the join ack")?;
@@ -94,7 +96,7 @@ impl Target for SocketIo {
 
     async fn publisher(&self, idx: usize, room: usize) -> Result<Box<dyn Publisher>> {
         // The node after the subscriber's, so traffic crosses Redis.
-        let ws = self.client(idx + 1).await?;
+        let ws = self.client(idx + 1, Role::Other).await?;
         let room = format!("room{room}");
         // Ack ids start after the join's (1); any id works since the count is
         // what matters.

@@ -1,6 +1,6 @@
 //! Helpers shared by the WebSocket adapters of the peers (Centrifugo,
 //! Socket.IO, the baseline): URL shaping, opening a socket from a spread
-//! source address, pulling a string field out of a frame without a full
+//! source address (with its reads counted, see `wire`), pulling a string field out of a frame without a full
 //! parse, and waiting for acknowledgements at the end of a run.
 
 use std::future::Future;
@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::wire::{Counted, Role};
 use super::{connect_spread, socket_addr, Publisher};
 
 /// The WebSocket URL for `base`: `http(s)://` becomes `ws(s)://`, and a URL
@@ -40,11 +41,12 @@ pub fn ws_url(base: &str, default_path: &str) -> String {
     }
 }
 
-/// Opens a WebSocket to `url`, from source address number `spread`.
-pub async fn open(url: &str, spread: usize) -> Result<WebSocketStream<TcpStream>> {
+/// Opens a WebSocket to `url`, from source address number `spread`; its
+/// reads count toward `role`'s wire bytes.
+pub async fn open(url: &str, spread: usize, role: Role) -> Result<Ws> {
     let addr = socket_addr(url)?;
     let stream = connect_spread(addr, spread).await.with_context(|| format!("connecting to {addr}"))?;
-    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+    let (ws, _) = tokio_tungstenite::client_async(url, Counted::new(stream, role))
         .await
         .with_context(|| format!("websocket handshake with {url}"))?;
     Ok(ws)
@@ -79,8 +81,8 @@ pub fn json_string_field(frame: &str, key: &str) -> Option<String> {
     }
 }
 
-/// A client WebSocket as the adapters use it.
-pub type Ws = WebSocketStream<TcpStream>;
+/// A client WebSocket as the adapters use it (reads counted by role).
+pub type Ws = WebSocketStream<Counted<TcpStream>>;
 /// Its sending half, shared by a publisher and the reader task that answers
 /// the server's pings.
 pub type Sink = Arc<Mutex<SplitSink<Ws, Message>>>;
