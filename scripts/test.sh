@@ -72,15 +72,17 @@ loadtest="$target/debug/confab-loadtest"
 
 log "RFC 6455 conformance (Autobahn cases) against a node's echo endpoint"
 port=$(free_port)
-# The cases send messages of up to 16 MiB; this node allows 20 MB.
+# The cases send messages of up to 16 MiB; this node allows 20 MB. It offers
+# permessage-deflate, which only 12.* and 13.* ask for, and compresses every
+# message: the harness mishandles uncompressed ones on a compressed connection.
 CONFAB_LISTEN="127.0.0.1:$port" CONFAB_REDIS_URL="$REDIS_URL" CONFAB_MONGO_URL="$MONGO_URL" \
   CONFAB_MONGO_DB="confab_conformance" CONFAB_JWT_SECRET="conformance-run-secret-0123456789abcdef" \
   CONFAB_ECHO_ENDPOINT=true CONFAB_MAX_MESSAGE_BYTES=20000000 CONFAB_LOG=warn \
+  CONFAB_WS_DEFLATE=true CONFAB_WS_DEFLATE_MIN_BYTES=0 \
   "$bin" serve >"$work/echo-node.log" 2>&1 &
 echo $! >"$work/echo-node.pid"
 wait_port "$port" 30 || die "the conformance node did not start"
-# 12.* and 13.* test permessage-deflate, an extension Confab does not offer.
-kosoku "ws://127.0.0.1:$port/ws/echo" -p 2 -x '12.*' -x '13.*' -o "$work/autobahn" | tail -n 3
+kosoku "ws://127.0.0.1:$port/ws/echo" -p 2 -o "$work/autobahn" | tail -n 3
 stop_pidfile "$work/echo-node.pid"
 
 log "load generator: a small fan-out across two nodes must lose nothing"
