@@ -35,6 +35,9 @@
 #                        e.g. "20 50 100 200 400"; prints p99 per rate, each
 #                        system's highest load with p99 <= 50 ms and nothing
 #                        lost (DIR/saturation.md), and draws DIR/saturation.png
+#   COMPARE_DEFLATE=1    Confab's nodes offer permessage-deflate and its
+#                        subscribers take it (publishers do not): bytes on the
+#                        wire against CPU (docs/benchmarks.md)
 #   COMPARE_STORE        the FerretDB backend started for Confab: postgresql
 #                        (default; a PostgreSQL of its own, from Debian) or
 #                        sqlite (the test suite's; its single-writer lock
@@ -183,20 +186,21 @@ stop_all() {
 }
 
 run_confab() {
-  local secret pids="" urls="" n port
+  local secret pids="" urls="" n port deflate=false extra=()
   secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  if [ "${COMPARE_DEFLATE:-0}" = 1 ]; then deflate=true extra=(--opt deflate=true); fi
   for n in 1 2; do
     port=$(free_port)
     start "confab-$n" env CONFAB_LISTEN="127.0.0.1:$port" CONFAB_REDIS_URL="$REDIS_URL" \
       CONFAB_MONGO_URL="$MONGO_URL" CONFAB_MONGO_DB="compare_$$" \
       CONFAB_JWT_SECRET="$secret" CONFAB_NODE_ID="compare-$n" CONFAB_LOG="${CONFAB_LOG:-warn}" \
-      "$BIN/confab" serve
+      CONFAB_WS_DEFLATE="$deflate" "$BIN/confab" serve
     wait_port "$port" 60 || die "confab node $n did not start (see $DIR/confab-$n.log)"
     pids+="$(cat "$DIR/confab-$n.pid") "
     urls+="http://127.0.0.1:$port "
   done
   local rc=0
-  run_load confab "$pids" "$urls" --jwt-secret "$secret" || rc=$?
+  run_load confab "$pids" "$urls" --jwt-secret "$secret" "${extra[@]}" || rc=$?
   # The nodes' own view of the run (store latency, seq gaps, slow consumers).
   n=1
   mkdir -p "$DIR/results/${RUN_OUT:-confab}"
@@ -336,14 +340,14 @@ if first:
           f"{p.get('payload')} B payload; "
           f"two nodes each (baseline: one process), one shared Redis.\n")
 print("| system | delivered msgs/s | p50 ms | p99 ms | CPU s per 1M deliveries | RSS per connection KiB "
-      "| lost | dup | deliveries per CPU-s | Confab ÷ system (deliveries per CPU-s) |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| wire B per delivery | lost | dup | deliveries per CPU-s | Confab ÷ system (deliveries per CPU-s) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 confab = res.get("confab")
 confab_eff = per_cpu_second(confab) if confab else None
 for s in systems:
     r = res[s]
     if r is None:
-        print(f"| {s} | failed | | | | | | | | |")
+        print(f"| {s} | failed | | | | | | | | | |")
         continue
     lat = r.get("latency", {})
     eff = per_cpu_second(r)
@@ -351,7 +355,8 @@ for s in systems:
     rss = r.get("server_rss_bytes_per_connection")
     print(f"| {s} | {num(r.get('delivered_per_sec'))} | {num(lat.get('p50_ms'), '{:.2f}')} "
           f"| {num(lat.get('p99_ms'), '{:.2f}')} | {num(r.get('cpu_seconds_per_million'), '{:.1f}')} "
-          f"| {num(rss / 1024 if rss is not None else None, '{:.1f}')} | {r.get('lost', '–')} "
+          f"| {num(rss / 1024 if rss is not None else None, '{:.1f}')} "
+          f"| {num(r.get('wire_bytes_per_delivery'))} | {r.get('lost', '–')} "
           f"| {r.get('duplicated', '–')} | {num(eff)} | {num(ratio, '{:.2f}')} |")
 base = res.get("baseline")
 if confab and base:
@@ -369,6 +374,7 @@ if confab and base:
 print()
 print("CPU and RSS are the server processes' own (sum over nodes); Redis, Confab's store and the load "
       "generator are not counted. Confab stores every message before fanning it out; the peers store "
-      "nothing. A ratio above 1 means Confab delivers more per CPU-second.")
+      "nothing. A ratio above 1 means Confab delivers more per CPU-second. Wire bytes: what the "
+      "subscribers' sockets read per delivery, WebSocket framing included, TCP/IP headers not.")
 EOF
 log "results in $DIR (comparison.md, results/NAME/)"
