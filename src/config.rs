@@ -49,6 +49,16 @@ pub struct Config {
     /// Secret that signs access tokens (at least 32 bytes); all nodes share it.
     #[arg(long, env = "CONFAB_JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub jwt_secret: String,
+    /// Comma-separated earlier secrets: tokens they signed are still
+    /// accepted, so the secret rotates without logging anyone out.
+    #[arg(long, env = "CONFAB_JWT_PREVIOUS_SECRETS", default_value = "", hide_env_values = true, hide_default_value = true, value_parser = parse_secrets)]
+    pub jwt_previous_secrets: Secrets,
+    /// The `iss` claim of access tokens (checked on every token).
+    #[arg(long, env = "CONFAB_JWT_ISSUER", default_value = crate::auth::DEFAULT_ISSUER, value_parser = parse_claim)]
+    pub jwt_issuer: String,
+    /// The `aud` claim of access tokens (checked on every token).
+    #[arg(long, env = "CONFAB_JWT_AUDIENCE", default_value = crate::auth::DEFAULT_AUDIENCE, value_parser = parse_claim)]
+    pub jwt_audience: String,
     /// This node's id in logs and metrics (default: random).
     #[arg(long, env = "CONFAB_NODE_ID", default_value_t = random_id("node"), hide_default_value = true, value_parser = parse_name)]
     pub node_id: String,
@@ -186,6 +196,16 @@ impl std::ops::Deref for Origins {
     type Target = [String];
     fn deref(&self) -> &[String] {
         &self.0
+    }
+}
+
+/// Earlier token secrets, still accepted (never shown in logs).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(pub Vec<String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({} hidden)", self.0.len())
     }
 }
 
@@ -489,6 +509,22 @@ pub fn parse_keyspace(raw: &str) -> Result<Keyspace, String> {
         return Err("must be 1-64 of [A-Za-z0-9_.-]".into());
     }
     Ok(Keyspace::new(raw))
+}
+
+fn parse_secrets(raw: &str) -> Result<Secrets, String> {
+    let secrets: Vec<String> = raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    if secrets.iter().any(|s| s.len() < 32) {
+        return Err("each secret must be at least 32 bytes".into());
+    }
+    Ok(Secrets(secrets))
+}
+
+/// An `iss` or `aud` value: 1-128 printable ASCII characters.
+fn parse_claim(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > 128 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be 1-128 printable ASCII characters, no spaces".into());
+    }
+    Ok(raw.to_string())
 }
 
 fn parse_origins(raw: &str) -> Result<Origins, String> {

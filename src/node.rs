@@ -140,7 +140,13 @@ impl RunningNode {
         keeper.start(bus.clone(), seqs.clone());
 
         // Domain services.
-        let tokens = Tokens::new(&config.jwt_secret, config.token_ttl);
+        let tokens = Tokens::with(
+            &config.jwt_secret,
+            &config.jwt_previous_secrets.0,
+            &config.jwt_issuer,
+            &config.jwt_audience,
+            config.token_ttl,
+        );
         let (notifier, notification_jobs) =
             Notifier::connect(&config, store.clone(), bus.clone(), cache.clone(), registry, stop.child_token())
                 .map_err(|e| StartError::backend("Redis (notifications)")(e.into()))?;
@@ -197,6 +203,7 @@ impl RunningNode {
             edge: Arc::new(Edge {
                 trusted_proxies: config.trusted_proxies.0.clone(),
                 echo_endpoint: config.echo_endpoint,
+                cors: crate::http::cors::Cors::new(&config.allowed_origins.0),
             }),
         };
 

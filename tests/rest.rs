@@ -106,6 +106,42 @@ async fn endpoints_need_a_valid_token() {
 }
 
 #[tokio::test]
+async fn a_rotated_secret_logs_no_one_out_across_nodes() {
+    let db = common::unique_db();
+    let old_secret = common::SECRET.to_string();
+    let new_secret = "rotated-secret-0123456789abcdef0123456789abcdef".to_string();
+    // Node a: not rotated yet. Node b: signs with the new secret, still
+    // accepts the old one.
+    let a = Node::start(common::config(&db)).await;
+    let mut c = common::config(&db);
+    c.jwt_secret = new_secret.clone();
+    c.jwt_previous_secrets = confab::config::Secrets(vec![old_secret.clone()]);
+    let b = Node::start(c).await;
+    let alice = a.register("alice").await;
+    let (s, _) = b.call("GET", "/rooms", Some(&alice.token), None).await;
+    assert_eq!(s, 200, "a token of the old secret on the rotated node");
+    let (s, body) =
+        b.call("POST", "/login", None, Some(json!({"username": "alice", "password": "correct horse"}))).await;
+    assert_eq!(s, 200, "{body}");
+    let fresh = body["access_token"].as_str().unwrap();
+    let (s, _) = b.call("GET", "/rooms", Some(fresh), None).await;
+    assert_eq!(s, 200);
+    let (s, body) = a.call("GET", "/rooms", Some(fresh), None).await;
+    assert_error(s, &body, 401, "unauthorized");
+    // Once the old secret is dropped, its tokens stop working.
+    let mut c = common::config(&db);
+    c.jwt_secret = new_secret;
+    let dropped = Node::start(c).await;
+    let (s, body) = dropped.call("GET", "/rooms", Some(&alice.token), None).await;
+    assert_error(s, &body, 401, "unauthorized");
+    let (s, _) = dropped.call("GET", "/rooms", Some(fresh), None).await;
+    assert_eq!(s, 200);
+    for n in [a, b, dropped] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn rooms_create_list_join() {
     let n = node().await;
     let alice = n.register("alice").await;

@@ -7,4 +7,4 @@ mod token;
 
 pub use apikey::{ApiCaller, ApiKeys};
 pub use password::{hash_password, verify_password};
-pub use token::{Caller, Claims, Tokens};
+pub use token::{Caller, Claims, Tokens, DEFAULT_AUDIENCE, DEFAULT_ISSUER};

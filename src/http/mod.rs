@@ -6,6 +6,7 @@
 
 mod accounts;
 mod contacts;
+pub mod cors;
 mod extract;
 mod health;
 mod limit;
@@ -73,6 +74,8 @@ pub struct Edge {
     pub trusted_proxies: Vec<Cidr>,
     /// Serves `/ws/echo`, the conformance endpoint.
     pub echo_endpoint: bool,
+    /// Origins granted CORS (the WebSocket Origin list; empty: CORS off).
+    pub cors: cors::Cors,
 }
 
 impl IntoResponse for Error {
@@ -133,9 +136,10 @@ fn routes(edge: &Edge) -> Vec<(&'static str, MethodRouter<Api>)> {
 
 pub fn router(api: Api) -> Router {
     let routes = routes(&api.edge);
+    let cors = api.edge.cors.clone();
     crate::metrics::register_routes(routes.iter().map(|(path, _)| *path));
     let router = routes.into_iter().fold(Router::new(), |router, (path, handlers)| router.route(path, handlers));
-    router
+    let router = router
         .fallback(|| async { Error::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             (
@@ -158,7 +162,14 @@ pub fn router(api: Api) -> Router {
             http::HeaderValue::from_static("no-store"),
         ))
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .with_state(api)
+        .with_state(api);
+    // Outermost: a preflight is answered before routing, authentication
+    // or rate limits.
+    if cors.enabled() {
+        router.layer(middleware::from_fn_with_state(cors, cors::cors))
+    } else {
+        router
+    }
 }
 
 /// A `limit` query parameter: a whole number from 1 to `max`, `default`
