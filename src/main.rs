@@ -135,6 +135,12 @@ struct TokenArgs {
     /// Mint for this existing user id instead of fresh ones (with --count 1).
     #[arg(long)]
     user_id: Option<String>,
+    /// The `iss` claim, as the nodes are configured.
+    #[arg(long, env = "CONFAB_JWT_ISSUER", default_value = confab::auth::DEFAULT_ISSUER)]
+    jwt_issuer: String,
+    /// The `aud` claim, as the nodes are configured.
+    #[arg(long, env = "CONFAB_JWT_AUDIENCE", default_value = confab::auth::DEFAULT_AUDIENCE)]
+    jwt_audience: String,
 }
 
 /// Subcommands that read another command's file and skip keys they do not know.
@@ -241,7 +247,8 @@ fn token(args: TokenArgs) -> Result<(), String> {
     if args.jwt_secret.len() < 32 {
         return Err("invalid setting --jwt-secret (CONFAB_JWT_SECRET): must be at least 32 bytes".into());
     }
-    let tokens = confab::auth::Tokens::new(&args.jwt_secret, std::time::Duration::from_secs(args.ttl_secs));
+    let ttl = std::time::Duration::from_secs(args.ttl_secs);
+    let tokens = confab::auth::Tokens::with(&args.jwt_secret, &[], &args.jwt_issuer, &args.jwt_audience, ttl);
     let fixed = match &args.user_id {
         Some(id) => {
             Some(bson::oid::ObjectId::parse_str(id).map_err(|_| format!("--user-id: `{id}` is not a valid id"))?)
