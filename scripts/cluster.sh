@@ -11,6 +11,9 @@
 #   CONFAB_CLUSTER_DIR  state directory (default: .cluster in the repository)
 #   CONFAB_NODES        number of nodes (default 2)
 #   CONFAB_HTTP_PORT    nginx port on 127.0.0.1 (default 8080; 0 picks a free one)
+#   CONFAB_TLS=1        nginx serves https:// and wss:// with a certificate for
+#                       127.0.0.1 and localhost signed by a CA made on the spot
+#                       (openssl; kept in STATE/tls, clients trust STATE/tls/ca.pem)
 #   CONFAB_BIN          use this confab binary instead of `cargo build --release`
 #   REDIS_URL           use this Redis instead of starting one
 #   MONGO_URL           use this MongoDB instead of starting FerretDB
@@ -59,7 +62,35 @@ stop_owned() {
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # http_status URL : prints the HTTP status code (000 when nothing answers).
-http_status() { curl -s -o /dev/null -m 3 -w '%{http_code}' "$1" 2>/dev/null || true; }
+http_status() {
+  local ca=()
+  [ -f "$STATE/tls/ca.pem" ] && ca=(--cacert "$STATE/tls/ca.pem")
+  curl -s "${ca[@]}" -o /dev/null -m 3 -w '%{http_code}' "$1" 2>/dev/null || true
+}
+
+tls_on() { [ "${CONFAB_TLS:-0}" = 1 ]; }
+
+# make_certificate : a CA and a server certificate for 127.0.0.1 and
+# localhost in $STATE/tls, unless one is there and valid for another day.
+make_certificate() {
+  local dir="$STATE/tls"
+  if [ -f "$dir/server.pem" ] && openssl x509 -checkend 86400 -noout -in "$dir/server.pem" >/dev/null 2>&1; then
+    return
+  fi
+  command -v openssl >/dev/null || apt_install openssl
+  mkdir -p "$dir"
+  log "making a CA and a certificate for 127.0.0.1 in $dir"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  (
+    cd "$dir"
+    openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 30 -subj "/CN=Confab local CA" 2>/dev/null
+    openssl req "${ec[@]}" -keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 30 \
+      -extfile server.ext 2>/dev/null
+    chmod 600 ca.key server.key
+  ) || die "openssl could not make the certificate (see $dir)"
+}
 
 sed_escape() { printf '%s' "$1" | sed -e 's/[\\|&]/\\&/g'; }
 
@@ -113,10 +144,18 @@ render_nginx_conf() {
     servers+="server 127.0.0.1:$p;"
   done
   state_esc=$(sed_escape "$STATE")
+  local listen_tls="" tls_settings="# plain HTTP (CONFAB_TLS=1 for https)"
+  if tls_on; then
+    listen_tls=" ssl"
+    tls_settings="ssl_certificate $state_esc/tls/server.pem;\\n        ssl_certificate_key $state_esc/tls/server.key;"
+    tls_settings+="\\n        include $(sed_escape "$CONFAB_ROOT/nginx")/confab-tls.conf;"
+  fi
   sed -e "s|@USER_DIRECTIVE@|$(user_directive)|" \
     -e "s|@CONF_DIR@|$(sed_escape "$CONFAB_ROOT/nginx")|g" \
     -e "s|@STATE_DIR@|$state_esc|g" \
     -e "s|@LISTEN_PORT@|$port|g" \
+    -e "s|@LISTEN_TLS@|$listen_tls|" \
+    -e "s|@TLS_SETTINGS@|$tls_settings|" \
     -e "s|@UPSTREAM_SERVERS@|$servers|" \
     "$TEMPLATE" >"$STATE/nginx.conf"
 }
@@ -265,6 +304,13 @@ up() {
   local nginx
   nginx=$(nginx_bin)
   mkdir -p "$STATE/nginx-tmp"
+  local scheme=http ws=ws
+  if tls_on; then
+    make_certificate
+    scheme=https ws=wss
+  else
+    rm -rf "$STATE/tls"
+  fi
   render_nginx_conf "$http_port" "${node_ports[@]}"
   # -e (nginx >= 1.19.5) keeps nginx from opening its compiled-in error log
   # before it has read the configuration.
@@ -278,13 +324,17 @@ up() {
   log "starting nginx on 127.0.0.1:$http_port"
   "$nginx" -c "$STATE/nginx.conf" -p "$STATE/" "${early_log[@]}" >&2 ||
     { tail -n 20 "$STATE/nginx-error.log" >&2 || true; die "nginx did not start"; }
-  local url="http://127.0.0.1:$http_port"
+  local url="$scheme://127.0.0.1:$http_port"
   for ((i = 0; i < 50; i++)); do [ -s "$STATE/nginx.pid" ] && break; sleep 0.1; done
   wait_ready nginx "$url/readyz" "$STATE/nginx.pid" nginx "$STATE/nginx-error.log" || exit 1
   echo "HTTP_PORT=$http_port" >>"$STATE/cluster.env"
   echo "$url" >"$STATE/url"
   trap - EXIT
-  printf 'Confab is up: %s (ws://127.0.0.1:%s/ws)\n' "$url" "$http_port"
+  if tls_on; then
+    printf 'Confab is up: %s (%s://127.0.0.1:%s/ws; CA certificate: %s)\n' "$url" "$ws" "$http_port" "$STATE/tls/ca.pem"
+  else
+    printf 'Confab is up: %s (%s://127.0.0.1:%s/ws)\n' "$url" "$ws" "$http_port"
+  fi
 }
 
 down() {

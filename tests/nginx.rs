@@ -43,6 +43,7 @@ async fn refusals_are_json(http: &reqwest::Client, base: &str) {
 
 struct ClusterScript {
     dir: tempfile::TempDir,
+    tls: bool,
 }
 
 impl ClusterScript {
@@ -53,6 +54,7 @@ impl ClusterScript {
             .env("CONFAB_CLUSTER_DIR", self.dir.path())
             .env("CONFAB_BIN", env!("CARGO_BIN_EXE_confab"))
             .env("CONFAB_HTTP_PORT", "0")
+            .env("CONFAB_TLS", if self.tls { "1" } else { "0" })
             .env("CONFAB_NODES", "2")
             .env("CONFAB_MONGO_DB", common::unique_db())
             .env("REDIS_URL", common::redis_url())
@@ -70,7 +72,7 @@ impl Drop for ClusterScript {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_behind_nginx_exchange_messages() {
-    let cluster = ClusterScript { dir: tempfile::tempdir().unwrap() };
+    let cluster = ClusterScript { dir: tempfile::tempdir().unwrap(), tls: false };
     let up = cluster.run("up");
     assert!(up.status.success(), "cluster.sh up failed:\n{}", String::from_utf8_lossy(&up.stderr));
     let stdout = String::from_utf8(up.stdout).unwrap();
@@ -146,6 +148,75 @@ async fn two_nodes_behind_nginx_exchange_messages() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let resp = http.get(format!("{base}/healthz")).send().await.unwrap();
     json_refusal(resp, 502, "unavailable").await;
+    let down = cluster.run("down");
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+}
+
+/// A WebSocket over TLS to `url` (wss://127.0.0.1:PORT/...), trusting `ca`.
+async fn wss(url: &str, ca: &std::path::Path) -> common::Client {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let hostport = url.trim_start_matches("wss://").split('/').next().unwrap();
+    let tcp = tokio::net::TcpStream::connect(hostport).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Rustls(tls)).await.unwrap();
+    common::Client { ws, next_ref: 0, pending: Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_the_front_speaks_https_and_wss_only() {
+    let cluster = ClusterScript { dir: tempfile::tempdir().unwrap(), tls: true };
+    let up = cluster.run("up");
+    assert!(up.status.success(), "cluster.sh up failed:\n{}", String::from_utf8_lossy(&up.stderr));
+    let stdout = String::from_utf8(up.stdout).unwrap();
+    let base =
+        stdout.split_whitespace().find(|w| w.starts_with("https://")).expect("cluster.sh prints its URL").to_string();
+    let ca = cluster.dir.path().join("tls/ca.pem");
+    assert!(stdout.contains(ca.to_str().unwrap()), "{stdout}");
+
+    // Trusting the CA it made: REST works, as for any client.
+    let cert = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let http = reqwest::Client::builder().add_root_certificate(cert).build().unwrap();
+    let alice = common::register_at(&http, &base, "alice").await;
+    let (s, room) = common::call(
+        &http,
+        &format!("{base}/rooms"),
+        "POST",
+        Some(&alice.token),
+        Some(json!({"name": "secure", "type": "public"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{room}");
+    let room = room["id"].as_str().unwrap().to_string();
+    // Without trusting it, no connection.
+    assert!(reqwest::Client::new().get(format!("{base}/healthz")).send().await.is_err());
+
+    // A WebSocket over TLS, end to end.
+    let ws_base = base.replacen("https://", "wss://", 1);
+    let mut c = wss(&format!("{ws_base}/ws?token={}", alice.token), &ca).await;
+    c.join(&room).await;
+    let sent = c.say(&room, "over wss").await;
+    assert_eq!(c.recv_type("message").await["data"], sent);
+
+    // Plain HTTP to the TLS port: a JSON refusal, not nginx's page.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(base.trim_start_matches("https://")).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    assert!(raw.contains("{\"error\":{\"code\":\"https_required\""), "{raw}");
+    drop(c);
     let down = cluster.run("down");
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
 }
