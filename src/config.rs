@@ -26,6 +26,10 @@ pub use crate::backend::mongo::MongoConfig;
 pub use crate::backend::redis::RedisConfig;
 use crate::keyspace::Keyspace;
 
+/// The `iss` and `aud` of access tokens, unless configured.
+pub const DEFAULT_JWT_ISSUER: &str = "confab";
+pub const DEFAULT_JWT_AUDIENCE: &str = "confab";
+
 /// Most fan-out lanes a node may run.
 pub const MAX_LANES: usize = 64;
 
@@ -54,10 +58,10 @@ pub struct Config {
     #[arg(long, env = "CONFAB_JWT_PREVIOUS_SECRETS", default_value = "", hide_env_values = true, hide_default_value = true, value_parser = parse_secrets)]
     pub jwt_previous_secrets: Secrets,
     /// The `iss` claim of access tokens (checked on every token).
-    #[arg(long, env = "CONFAB_JWT_ISSUER", default_value = crate::auth::DEFAULT_ISSUER, value_parser = parse_claim)]
+    #[arg(long, env = "CONFAB_JWT_ISSUER", default_value = DEFAULT_JWT_ISSUER, value_parser = parse_claim)]
     pub jwt_issuer: String,
     /// The `aud` claim of access tokens (checked on every token).
-    #[arg(long, env = "CONFAB_JWT_AUDIENCE", default_value = crate::auth::DEFAULT_AUDIENCE, value_parser = parse_claim)]
+    #[arg(long, env = "CONFAB_JWT_AUDIENCE", default_value = DEFAULT_JWT_AUDIENCE, value_parser = parse_claim)]
     pub jwt_audience: String,
     /// This node's id in logs and metrics (default: random).
     #[arg(long, env = "CONFAB_NODE_ID", default_value_t = random_id("node"), hide_default_value = true, value_parser = parse_name)]

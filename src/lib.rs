@@ -8,6 +8,7 @@
 //! `config`, `keyspace`, `backend`). `node` wires one running node together;
 //! `tests/layers.rs` keeps every import pointing down.
 
+pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod bus;

@@ -33,6 +33,45 @@ enum Command {
     /// printed once), revoke one, list them.
     #[command(subcommand)]
     Apikey(ApikeyCommand),
+    /// Manage users' roles: `promote NAME` makes an administrator (the
+    /// /admin API), `demote NAME` a user again.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Print the audit log, newest first: time, action, outcome, actor,
+    /// target, address (tab-separated).
+    Audit(AuditArgs),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    Promote {
+        username: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    Demote {
+        username: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// Only entries at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only this action, e.g. login.failed.
+    #[arg(long)]
+    action: Option<String>,
+    /// Only entries by this user id.
+    #[arg(long)]
+    actor: Option<String>,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 100)]
+    limit: i64,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 /// A TOML file with any of a command's settings; keys are the flag names
@@ -144,7 +183,7 @@ struct TokenArgs {
 }
 
 /// Subcommands that read another command's file and skip keys they do not know.
-const LENIENT: &[&str] = &["jobs", "apikey"];
+const LENIENT: &[&str] = &["jobs", "apikey", "user", "audit"];
 
 fn main() {
     let cli = match parse(std::env::args_os().collect()) {
@@ -164,6 +203,8 @@ fn main() {
         Command::Worker(args) => worker(*args),
         Command::Jobs(cli) => jobs(cli),
         Command::Apikey(command) => apikey(command),
+        Command::User(command) => user(command),
+        Command::Audit(args) => audit(args),
     };
     if let Err(message) = result {
         eprintln!("confab: {message}");
@@ -267,6 +308,7 @@ fn token(args: TokenArgs) -> Result<(), String> {
 }
 
 fn apikey(command: ApikeyCommand) -> Result<(), String> {
+    use confab::audit::{Actor, Audit, Event, Source};
     use confab::auth::ApiKeys;
     use confab::clock::rfc3339;
 
@@ -275,18 +317,16 @@ fn apikey(command: ApikeyCommand) -> Result<(), String> {
             store.clone()
         }
     };
-    let mongo = store_args.mongo;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async move {
-        let store =
-            confab::store::Store::connect(&mongo.mongo_url, &mongo.mongo_db).await.map_err(|e| e.to_string())?;
-        let keys = ApiKeys::new(std::sync::Arc::new(store));
+    with_store(store_args, |store| async move {
+        let keys = ApiKeys::new(store.clone());
+        let audit = Audit::new(store);
         match command {
             ApikeyCommand::Create { name, .. } => {
                 let minted = keys.create(&name).await.map_err(|e| e.to_string())?;
+                let event = Event::new(Actor::system(), "apikey.created")
+                    .target(format!("apikey:{}", minted.key.id.to_hex()))
+                    .details(bson::doc! {"name": &minted.key.name});
+                audit.record(event, &Source::command()).await;
                 println!("{}", minted.plaintext);
                 eprintln!(
                     "created API key {} ({}); it is shown only this once: keep it secret",
@@ -297,6 +337,8 @@ fn apikey(command: ApikeyCommand) -> Result<(), String> {
             ApikeyCommand::Revoke { key, .. } => {
                 let (id, revoked) = keys.revoke(&key).await.map_err(|e| e.to_string())?;
                 if revoked {
+                    let event = Event::new(Actor::system(), "apikey.revoked").target(format!("apikey:{}", id.to_hex()));
+                    audit.record(event, &Source::command()).await;
                     println!("revoked {}", id.to_hex());
                 } else {
                     println!("{} was already revoked", id.to_hex());
@@ -308,6 +350,84 @@ fn apikey(command: ApikeyCommand) -> Result<(), String> {
                     println!("{}\t{state}\t{}\t{}", key.id.to_hex(), rfc3339(&key.created_at), key.name);
                 }
             }
+        }
+        Ok(())
+    })
+}
+
+/// Runs `work` against the store named by `store` on a one-thread runtime.
+fn with_store<F, Fut>(store: StoreArgs, work: F) -> Result<(), String>
+where
+    F: FnOnce(std::sync::Arc<confab::store::Store>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mongo = store.mongo;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let store =
+            confab::store::Store::connect(&mongo.mongo_url, &mongo.mongo_db).await.map_err(|e| e.to_string())?;
+        work(std::sync::Arc::new(store)).await
+    })
+}
+
+fn user(command: UserCommand) -> Result<(), String> {
+    use confab::audit::{Actor, Audit, Event, Source};
+    use confab::store::UserRole;
+
+    let (username, role, store) = match command {
+        UserCommand::Promote { username, store } => (username, UserRole::Admin, store),
+        UserCommand::Demote { username, store } => (username, UserRole::User, store),
+    };
+    with_store(store, |store| async move {
+        let before = store.set_user_role(&username.to_lowercase(), role).await.map_err(|e| e.to_string())?;
+        let Some(before) = before else {
+            return Err(format!("no user named `{username}`"));
+        };
+        if before.role == role {
+            println!("{} is already {}", before.username, role.as_str());
+            return Ok(());
+        }
+        let event = Event::new(Actor::system(), "user.role_changed")
+            .target(format!("user:{}", before.id.to_hex()))
+            .details(bson::doc! {"from": before.role.as_str(), "to": role.as_str()});
+        Audit::new(store).record(event, &Source::command()).await;
+        println!("{} is now {}", before.username, role.as_str());
+        Ok(())
+    })
+}
+
+fn audit(args: AuditArgs) -> Result<(), String> {
+    use confab::clock::rfc3339;
+
+    if !(1..=10_000).contains(&args.limit) {
+        return Err("--limit: must be from 1 to 10000".into());
+    }
+    let q = confab::http::admin::audit_query(
+        args.action.as_deref(),
+        args.actor.as_deref(),
+        args.since.as_deref(),
+        None,
+        args.limit,
+    )
+    .map_err(|e| e.to_string())?;
+    with_store(args.store, |store| async move {
+        let entries = confab::audit::Audit::new(store).page(&q).await.map_err(|e| e.to_string())?;
+        for e in entries {
+            let actor = match e.actor_id {
+                Some(id) => format!("{}:{}", e.actor_kind.as_str(), id.to_hex()),
+                None => e.actor_kind.as_str().to_string(),
+            };
+            println!(
+                "{}\t{}\t{}\t{actor}\t{}\t{}",
+                rfc3339(&e.at),
+                e.action,
+                e.outcome,
+                e.target.as_deref().unwrap_or("-"),
+                e.ip.as_deref().unwrap_or("-"),
+            );
         }
         Ok(())
     })

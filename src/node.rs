@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 
+use crate::audit::Audit;
 use crate::auth::{ApiKeys, Tokens};
 use crate::bus::{Bus, BusError};
 use crate::cache::Cache;
@@ -159,8 +160,9 @@ impl RunningNode {
             stop.child_token(),
         ));
         let typing = Arc::new(Typing::new(Arc::new(RedisThrottle::new(redis.clone())), keys.clone(), bus.clone()));
-        let rooms = Arc::new(Rooms::new(store.clone(), seqs.clone(), bus.clone(), cache.clone()));
-        let users = Arc::new(Users::new(store.clone(), tokens.clone(), limiter.clone()));
+        let audit = Arc::new(Audit::new(store.clone()));
+        let rooms = Arc::new(Rooms::new(store.clone(), seqs.clone(), bus.clone(), cache.clone(), audit.clone()));
+        let users = Arc::new(Users::new(store.clone(), tokens.clone(), limiter.clone(), audit.clone()));
         let messages = Arc::new(Messages::new(
             store.clone(),
             seqs.clone(),
@@ -205,6 +207,7 @@ impl RunningNode {
                 echo_endpoint: config.echo_endpoint,
                 cors: crate::http::cors::Cors::new(&config.allowed_origins.0),
             }),
+            audit: audit.clone(),
         };
 
         let tasks = TaskTracker::new();

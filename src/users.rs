@@ -6,10 +6,11 @@ use bson::oid::ObjectId;
 use chrono::Utc;
 use serde::{Deserialize, Deserializer};
 
+use crate::audit::{self, Actor, Audit, Source};
 use crate::auth::{hash_password, verify_password, Tokens};
 use crate::error::{Error, Result};
 use crate::ratelimit::SharedLimiter;
-use crate::store::{ProfileChange, Store, User};
+use crate::store::{ProfileChange, Store, User, UserRole};
 use crate::validate;
 
 #[derive(Debug, Deserialize)]
@@ -31,11 +32,12 @@ pub struct Users {
     store: Arc<Store>,
     tokens: Tokens,
     limiter: Arc<SharedLimiter>,
+    audit: Arc<Audit>,
 }
 
 impl Users {
-    pub fn new(store: Arc<Store>, tokens: Tokens, limiter: Arc<SharedLimiter>) -> Self {
-        Users { store, tokens, limiter }
+    pub fn new(store: Arc<Store>, tokens: Tokens, limiter: Arc<SharedLimiter>, audit: Arc<Audit>) -> Self {
+        Users { store, tokens, limiter, audit }
     }
 
     /// Access tokens' lifetime.
@@ -62,6 +64,7 @@ impl Users {
             display_name: None,
             display_name_key: None,
             avatar_url: None,
+            role: Default::default(),
         };
         match self.store.insert_user(&user).await {
             Ok(()) => Ok(user),
@@ -81,22 +84,46 @@ impl Users {
     /// 429 before its password is checked, right or wrong. Failures are counted
     /// per account (its username, whether it logs in by username or by email),
     /// or per name given when no account has it, so unknown names lock out too.
-    pub async fn login(&self, l: Login) -> Result<String> {
+    pub async fn login(&self, l: Login, from: &Source) -> Result<String> {
         let key = l.username.trim().to_lowercase();
         let possible = !key.is_empty() && key.len() <= 254;
         let user = if possible { self.store.user_by_login(&key).await? } else { None };
+        let failed = |user: &Option<User>, outcome: &'static str| {
+            let actor = user.as_ref().map_or(Actor::unknown_user(), |u| Actor::user(u.id));
+            let mut event = audit::Event::new(actor, "login.failed").outcome(outcome);
+            match user {
+                Some(u) => event = event.target(format!("user:{}", u.id.to_hex())),
+                // The name as typed, cut short: never the password.
+                None => event = event.details(bson::doc! {"login": key.chars().take(64).collect::<String>()}),
+            }
+            event
+        };
         // A name no account can have has nothing to guess at: not counted.
         if possible {
             let counted = user.as_ref().map_or(key.as_str(), |u| u.username_key.as_str());
-            self.limiter.login_attempt(counted).await.into_result("login")?;
+            if let Err(e) = self.limiter.login_attempt(counted).await.into_result("login") {
+                self.audit.record(failed(&user, "rate_limited"), from).await;
+                return Err(e);
+            }
         }
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         if !verify_password(l.password, hash).await {
+            let outcome = if user.is_some() { "bad_password" } else { "unknown_user" };
+            self.audit.record(failed(&user, outcome), from).await;
             return Err(Error::Unauthorized("invalid username or password".into()));
         }
         let user = user.ok_or_else(|| Error::Unauthorized("invalid username or password".into()))?;
         self.limiter.login_succeeded(&user.username_key).await;
-        self.tokens.issue(user.id, &user.username)
+        let token = self.tokens.issue(user.id, &user.username)?;
+        let event = audit::Event::new(Actor::user(user.id), "login.ok").target(format!("user:{}", user.id.to_hex()));
+        self.audit.record(event, from).await;
+        Ok(token)
+    }
+
+    /// Whether the user is an administrator now (read from the store, so a
+    /// demotion takes effect at once).
+    pub async fn is_admin(&self, id: ObjectId) -> Result<bool> {
+        Ok(self.store.user(id).await?.is_some_and(|u| u.role == UserRole::Admin))
     }
 
     /// A user by id; 404 if there is none.
@@ -120,8 +147,17 @@ impl Users {
     /// Users whose username or display name starts with `query`, ignoring case,
     /// by username; `after` is a `next_cursor` from the previous page.
     pub async fn search(&self, query: &str, after: Option<&str>, limit: i64) -> Result<Found> {
+        if query.trim().is_empty() {
+            return Err(Error::invalid("q", format!("must be 1 to {MAX_QUERY_CHARS} characters")));
+        }
+        self.find(query, after, limit).await
+    }
+
+    /// Users whose username or display name starts with `query` (all users
+    /// for an empty one), by username, for administrators.
+    pub async fn find(&self, query: &str, after: Option<&str>, limit: i64) -> Result<Found> {
         let prefix = query.trim().to_lowercase();
-        if prefix.is_empty() || prefix.chars().count() > MAX_QUERY_CHARS {
+        if prefix.chars().count() > MAX_QUERY_CHARS {
             return Err(Error::invalid("q", format!("must be 1 to {MAX_QUERY_CHARS} characters")));
         }
         if !(1..=MAX_SEARCH_PAGE).contains(&limit) {

@@ -235,6 +235,7 @@ fn user(name: &str) -> User {
         display_name: None,
         display_name_key: None,
         avatar_url: None,
+        role: Default::default(),
     }
 }
 

@@ -15,6 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "domain",
         &[
+            "audit",
             "users",
             "rooms",
             "messages",

@@ -17,9 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// The `iss` and `aud` of tokens, unless configured.
-pub const DEFAULT_ISSUER: &str = "confab";
-pub const DEFAULT_AUDIENCE: &str = "confab";
+pub use crate::config::{DEFAULT_JWT_AUDIENCE as DEFAULT_AUDIENCE, DEFAULT_JWT_ISSUER as DEFAULT_ISSUER};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {

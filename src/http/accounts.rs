@@ -8,6 +8,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{Body, ClientAddress};
+use crate::audit::Source;
 use crate::error::Result;
 use crate::protocol::views::UserView;
 use crate::ratelimit::SharedLimiter;
@@ -28,10 +29,11 @@ pub async fn login(
     State(users): State<Arc<Users>>,
     State(limiter): State<Arc<SharedLimiter>>,
     ClientAddress(from): ClientAddress,
+    source: Source,
     Body(l): Body<Login>,
 ) -> Result<Json<Value>> {
     limiter.address(from).await.into_result("auth")?;
-    let token = users.login(l).await?;
+    let token = users.login(l, &source).await?;
     Ok(Json(json!({
         "access_token": token,
         "token_type": "Bearer",

@@ -6,6 +6,7 @@ use http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::Api;
+use crate::audit::Source;
 use crate::auth::{ApiCaller, Caller};
 use crate::config::Cidr;
 use crate::error::Error;
@@ -25,6 +26,34 @@ impl FromRequestParts<Api> for Auth {
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Error> {
         let token = bearer(&parts.headers).ok_or_else(|| Error::Unauthorized("missing bearer token".into()))?;
         Ok(Auth(api.tokens.verify(token)?))
+    }
+}
+
+/// An administrator: a valid token whose user holds the `admin` role now;
+/// 403 `forbidden` for anyone else.
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<Api> for Admin {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Error> {
+        let Auth(caller) = Auth::from_request_parts(parts, api).await?;
+        if !api.users.is_admin(caller.user_id).await? {
+            return Err(Error::Forbidden("administrators only".into()));
+        }
+        Ok(Admin(caller))
+    }
+}
+
+/// Where the request came from, for the audit log: the client's address
+/// (as [`ClientAddress`]) and user agent.
+impl FromRequestParts<Api> for Source {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Error> {
+        let ClientAddress(ip) = ClientAddress::from_request_parts(parts, api).await?;
+        let user_agent = parts.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok());
+        Ok(Source::new(Some(ip.to_string()), user_agent))
     }
 }
 

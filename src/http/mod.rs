@@ -5,6 +5,7 @@
 //! its status in exactly one place (`IntoResponse` below).
 
 mod accounts;
+pub mod admin;
 mod contacts;
 pub mod cors;
 mod extract;
@@ -30,7 +31,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-pub use extract::{Auth, Body, ClientAddress, Params};
+pub use extract::{Admin, Auth, Body, ClientAddress, Params};
 
 use crate::auth::{ApiKeys, Tokens};
 use crate::config::Cidr;
@@ -65,6 +66,7 @@ pub struct Api {
     pub tokens: Tokens,
     pub limiter: Arc<SharedLimiter>,
     pub edge: Arc<Edge>,
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// How the edge itself behaves.
@@ -125,6 +127,8 @@ fn routes(edge: &Edge) -> Vec<(&'static str, MethodRouter<Api>)> {
         ("/metrics", get(health::metrics)),
         ("/messages/search", get(messages::search)),
         ("/messages/{id}", patch(messages::edit).delete(messages::delete)),
+        ("/admin/users", get(admin::users)),
+        ("/admin/audit", get(admin::audit)),
     ];
     if edge.echo_endpoint {
         routes.push(("/ws/echo", get(ws::echo)));

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Auth, Body, Params};
+use crate::audit::Source;
 use crate::error::Result;
 use crate::protocol::views::{MemberView, RoomView};
 use crate::receipts::Receipts;
@@ -82,23 +83,25 @@ pub struct RoleChange {
 pub async fn set_role(
     State(rooms): State<Arc<Rooms>>,
     Auth(caller): Auth,
+    source: Source,
     Path((id, user)): Path<(String, String)>,
     Body(r): Body<RoleChange>,
 ) -> Result<Json<MemberView>> {
     let room_id = validate::object_id("id", &id)?;
     let user_id = validate::object_id("user_id", &user)?;
-    let member = rooms.set_role(&caller, room_id, user_id, members::parse_role(&r.role)?).await?;
+    let member = rooms.set_role(&caller, room_id, user_id, members::parse_role(&r.role)?, &source).await?;
     Ok(Json(MemberView::from(&member)))
 }
 
 pub async fn remove_member(
     State(rooms): State<Arc<Rooms>>,
     Auth(caller): Auth,
+    source: Source,
     Path((id, user)): Path<(String, String)>,
 ) -> Result<StatusCode> {
     let room_id = validate::object_id("id", &id)?;
     let user_id = validate::object_id("user_id", &user)?;
-    rooms.remove(&caller, room_id, user_id).await?;
+    rooms.remove(&caller, room_id, user_id, &source).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -14,6 +14,8 @@ pub struct UserView {
     pub created_at: String,
     pub display_name: Option<String>,
     pub avatar_url: Option<String>,
+    /// `user` or `admin`.
+    pub role: &'static str,
 }
 
 impl From<&User> for UserView {
@@ -25,6 +27,7 @@ impl From<&User> for UserView {
             created_at: rfc3339(&u.created_at),
             display_name: u.display_name.clone(),
             avatar_url: u.avatar_url.clone(),
+            role: u.role.as_str(),
         }
     }
 }

@@ -13,6 +13,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::Rooms;
+use crate::audit::{self, Actor, Source};
 use crate::auth::Caller;
 use crate::bus::{Event, Topic};
 use crate::error::{Error, Result};
@@ -97,7 +98,14 @@ impl Rooms {
     }
 
     /// Changes a member's role (owner only; the owner's own role is fixed).
-    pub async fn set_role(&self, caller: &Caller, room_id: ObjectId, user_id: ObjectId, role: Role) -> Result<Member> {
+    pub async fn set_role(
+        &self,
+        caller: &Caller,
+        room_id: ObjectId,
+        user_id: ObjectId,
+        role: Role,
+        from: &Source,
+    ) -> Result<Member> {
         let (_, actor) = self.managed(caller, room_id).await?;
         if actor.role != Role::Owner {
             return Err(Error::Forbidden("only the room's owner changes roles".into()));
@@ -110,7 +118,11 @@ impl Rooms {
             if !self.store.set_role(room_id, user_id, role).await? {
                 return Err(not_a_member());
             }
-            target.role = role;
+            let was = std::mem::replace(&mut target.role, role);
+            let event = audit::Event::new(Actor::user(caller.user_id), "member.role_changed")
+                .target(format!("room:{}/user:{}", room_id.to_hex(), user_id.to_hex()))
+                .details(bson::doc! {"from": role_name(was), "to": role_name(role)});
+            self.audit.record(event, from).await;
             self.cache.user_changed(user_id).await;
             self.announce(room_id, ServerEvent::MemberUpdated { member: &target, by: caller.user_id }).await;
         }
@@ -118,7 +130,7 @@ impl Rooms {
     }
 
     /// Removes a member; a member removing themselves leaves the room.
-    pub async fn remove(&self, caller: &Caller, room_id: ObjectId, user_id: ObjectId) -> Result<()> {
+    pub async fn remove(&self, caller: &Caller, room_id: ObjectId, user_id: ObjectId, from: &Source) -> Result<()> {
         let (_, actor) = self.managed(caller, room_id).await?;
         let target = if user_id == caller.user_id {
             if actor.role == Role::Owner {
@@ -144,6 +156,10 @@ impl Rooms {
         // Before anything is acknowledged: from here on, no node stores a
         // message of theirs in the room (`seq`).
         self.seqs.membership_ended(room_id, user_id).await;
+        let event = audit::Event::new(Actor::user(caller.user_id), "member.removed")
+            .target(format!("room:{}/user:{}", room_id.to_hex(), user_id.to_hex()))
+            .details(bson::doc! {"left": user_id == caller.user_id});
+        self.audit.record(event, from).await;
         self.cache.user_changed(user_id).await;
         self.cache.members_changed(room_id, &[], &[user_id]).await;
         // Out of the room's live traffic on every node first, then the news.
@@ -193,6 +209,14 @@ pub struct MemberEntry {
 
 fn not_a_member() -> Error {
     Error::NotFound("that user is not a member of this room".into())
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Owner => "owner",
+        Role::Moderator => "moderator",
+        Role::Member => "member",
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use bson::oid::ObjectId;
 use chrono::Utc;
 use serde::Deserialize;
 
+use crate::audit::Audit;
 use crate::auth::Caller;
 use crate::bus::Bus;
 use crate::cache::Cache;
@@ -38,11 +39,12 @@ pub struct Rooms {
     seqs: Seqs,
     bus: Arc<Bus>,
     cache: Cache,
+    audit: Arc<Audit>,
 }
 
 impl Rooms {
-    pub fn new(store: Arc<Store>, seqs: Seqs, bus: Arc<Bus>, cache: Cache) -> Self {
-        Rooms { store, seqs, bus, cache }
+    pub fn new(store: Arc<Store>, seqs: Seqs, bus: Arc<Bus>, cache: Cache, audit: Arc<Audit>) -> Self {
+        Rooms { store, seqs, bus, cache, audit }
     }
 
     pub async fn create(&self, caller: &Caller, r: NewRoom) -> Result<Room> {

@@ -7,6 +7,7 @@
 //! (with contacts and API keys), `rooms` (with members and cursors),
 //! `messages`, `notifications`, and `jobs` for the worker's batch work.
 
+mod audit;
 mod batch;
 mod jobs;
 mod messages;
@@ -21,7 +22,8 @@ pub use mongo::{collections, Store};
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 
-pub use model::{ApiKey, Notification, NotificationPreferences};
+pub use audit::AuditQuery;
+pub use model::{ActorKind, ApiKey, AuditEntry, Notification, NotificationPreferences, UserRole};
 pub use model::{Contact, Cursor, Member, Message, Role, Room, RoomKind, User};
 
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,74 @@ pub struct User {
     pub display_name_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar_url: Option<String>,
+    /// `user` unless promoted (`confab user promote`); absent on accounts
+    /// made before roles, which are users.
+    #[serde(default)]
+    pub role: UserRole,
+}
+
+/// What a user may do beyond their own account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserRole {
+    #[default]
+    User,
+    /// May use the `/admin` API.
+    Admin,
+}
+
+impl UserRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserRole::User => "user",
+            UserRole::Admin => "admin",
+        }
+    }
+}
+
+/// Who did something recorded in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActorKind {
+    User,
+    Apikey,
+    /// An operator's command (`confab user`, `confab apikey`) or the node itself.
+    System,
+}
+
+impl ActorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::User => "user",
+            ActorKind::Apikey => "apikey",
+            ActorKind::System => "system",
+        }
+    }
+}
+
+/// One security-relevant event. Never holds a password, token or secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_id: Option<ObjectId>,
+    pub actor_kind: ActorKind,
+    /// e.g. `login.ok`, `member.removed` (docs/api.md lists them).
+    pub action: String,
+    /// What was acted on, e.g. `user:<id>`, `room:<id>/member:<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// `ok`, or why it failed (e.g. `bad_password`).
+    pub outcome: String,
+    #[serde(default)]
+    pub details: bson::Document,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

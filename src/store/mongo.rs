@@ -12,7 +12,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
 
-use super::{ApiKey, Notification, NotificationPreferences};
+use super::{ApiKey, AuditEntry, Notification, NotificationPreferences};
 use super::{Contact, Member, Message, Room, StoreError, StoreResult, User};
 
 /// The names of the collections that tools outside the store write to
@@ -38,6 +38,8 @@ pub struct Store {
     pub(super) notifications: Collection<Notification>,
     pub(super) preferences: Collection<NotificationPreferences>,
     pub(super) api_keys: Collection<ApiKey>,
+    /// Security-relevant events, newest read first.
+    pub(super) audit: Collection<AuditEntry>,
     /// Whether the server is FerretDB (see [`Store::equality_only`]), asked once.
     ferretdb: Arc<OnceCell<bool>>,
     /// Message inserts, grouped when they come together.
@@ -75,6 +77,7 @@ impl Store {
             notifications: db.collection("notifications"),
             preferences: db.collection("notification_preferences"),
             api_keys: db.collection("api_keys"),
+            audit: db.collection("audit"),
             ferretdb: Arc::new(OnceCell::new()),
             inserts: Arc::default(),
             db,
@@ -237,6 +240,14 @@ impl Store {
         }
         let by_user = index(doc! {"user_id": 1, "_id": -1}, "notifications_user_newest", false);
         timed("create_index", self.notifications.create_index(by_user)).await?;
+        let audit = [
+            index(doc! {"at": -1, "_id": -1}, "audit_newest", false),
+            index(doc! {"actor_id": 1, "at": -1, "_id": -1}, "audit_actor_newest", false),
+            index(doc! {"action": 1, "at": -1, "_id": -1}, "audit_action_newest", false),
+        ];
+        for model in audit {
+            timed("create_index", self.audit.create_index(model)).await?;
+        }
         Ok(())
     }
 

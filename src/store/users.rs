@@ -171,4 +171,12 @@ impl Store {
         let out = timed("revoke_api_key", self.api_keys.update_one(filter, update)).await?;
         Ok(out.modified_count > 0)
     }
+
+    /// Sets a user's role, by lower-cased username; the user as it was
+    /// before, None if there is no such user.
+    pub async fn set_user_role(&self, username_key: &str, role: super::UserRole) -> StoreResult<Option<User>> {
+        let update =
+            self.users.find_one_and_update(doc! {"username_key": username_key}, doc! {"$set": {"role": role.as_str()}});
+        timed("update_user", update.return_document(ReturnDocument::Before)).await
+    }
 }

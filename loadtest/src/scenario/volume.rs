@@ -349,6 +349,7 @@ impl Layout {
             display_name_key: Some(display.to_lowercase()),
             display_name: Some(display),
             avatar_url: None,
+            role: Default::default(),
         }
     }
 
