@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 
 use serde_json::{json, Value};
 
+use crate::audit::{self, Actor, Audit, Source};
 use crate::auth::Caller;
 use crate::bus::{Bus, Event, Topic};
 use crate::cache::{Cache, Entry, Version};
@@ -63,6 +64,7 @@ pub struct Messages {
     cache: Cache,
     rooms: Arc<Rooms>,
     notifier: Arc<Notifier>,
+    audit: Arc<Audit>,
 }
 
 impl Messages {
@@ -73,8 +75,9 @@ impl Messages {
         cache: Cache,
         rooms: Arc<Rooms>,
         notifier: Arc<Notifier>,
+        audit: Arc<Audit>,
     ) -> Self {
-        Messages { store, seqs, bus, cache, rooms, notifier }
+        Messages { store, seqs, bus, cache, rooms, notifier, audit }
     }
 
     /// Stores and publishes a message.
@@ -290,18 +293,57 @@ impl Messages {
         if !may_delete(caller.user_id, message.sender_id, role) {
             return Err(Error::Forbidden("only the sender or a room owner or moderator may delete a message".into()));
         }
-        if message.deleted {
-            return Ok(message);
+        self.erase(caller, message).await.map(|(tombstone, _)| tombstone)
+    }
+
+    /// Deletes any message, for an administrator (the caller must be one):
+    /// the same tombstone and frame as the sender's delete, and an audit
+    /// entry (`message.moderated`) when this call erased it.
+    pub async fn moderate(
+        &self,
+        admin: &Caller,
+        id: ObjectId,
+        reason: Option<String>,
+        from: &Source,
+    ) -> Result<Message> {
+        if let Some(reason) = &reason {
+            if reason.chars().count() > 500 {
+                return Err(Error::invalid("reason", "must be at most 500 characters"));
+            }
         }
-        match self.store.delete_message(id, Utc::now()).await? {
+        let message = self.existing(id).await?;
+        let (tombstone, erased) = self.erase(admin, message).await?;
+        if erased {
+            let mut details = bson::doc! {
+                "room_id": tombstone.room_id.to_hex(),
+                "sender_id": tombstone.sender_id.to_hex(),
+            };
+            if let Some(reason) = reason {
+                details.insert("reason", reason);
+            }
+            let event = audit::Event::new(Actor::user(admin.user_id), "message.moderated")
+                .target(format!("message:{}", id.to_hex()))
+                .details(details);
+            self.audit.record(event, from).await;
+        }
+        Ok(tombstone)
+    }
+
+    /// Replaces a message with its tombstone and tells the room; the
+    /// tombstone, and whether this call made it (false: it already was one).
+    async fn erase(&self, by: &Caller, message: Message) -> Result<(Message, bool)> {
+        if message.deleted {
+            return Ok((message, false));
+        }
+        match self.store.delete_message(message.id, Utc::now()).await? {
             Some(tombstone) => {
                 metrics::counter!("confab_messages_deleted_total").increment(1);
-                let frame = ServerEvent::MessageDeleted { message: &tombstone, by: caller.user_id }.encode();
+                let frame = ServerEvent::MessageDeleted { message: &tombstone, by: by.user_id }.encode();
                 self.announce(&tombstone, frame).await;
-                Ok(tombstone)
+                Ok((tombstone, true))
             }
             // Someone deleted it in between; they told the room.
-            None => self.existing(id).await,
+            None => Ok((self.existing(message.id).await?, false)),
         }
     }
 

@@ -170,6 +170,7 @@ impl RunningNode {
             cache.clone(),
             rooms.clone(),
             notifier.clone(),
+            audit.clone(),
         ));
         let receipts = Arc::new(Receipts::new(store.clone(), bus.clone(), cache.clone(), rooms.clone()));
         let health = Arc::new(Health::new(config.node_id.clone(), bus.clone(), store.clone(), {

@@ -225,3 +225,66 @@ async fn security_events_are_audited_without_secrets() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_admin_deletes_any_message_and_the_room_sees_it_on_every_node() {
+    let db = unique_db();
+    let (a, b) = (Node::start(config(&db)).await, Node::start(config(&db)).await);
+    let olga = a.register("olga").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    assert_eq!(confab(&db, &["user", "promote", "olga"]).0, 0);
+    let room = a.create_room(&alice, "moderated", "private").await;
+    let (s, _) =
+        a.call("POST", &format!("/rooms/{room}/members"), Some(&alice.token), Some(json!({"user_id": bob.id}))).await;
+    assert_eq!(s, 201);
+    let mut watcher = b.connect(&bob).await;
+    watcher.join(&room).await;
+    let posted = a.post_message(&alice, &room, "something to take down").await;
+    let id = posted["id"].as_str().unwrap().to_string();
+    assert_eq!(watcher.recv_type("message").await["data"]["id"], id.as_str());
+
+    // Not an admin (even the room's owner goes through DELETE /messages): 403.
+    let (s, body) = a.call("DELETE", &format!("/admin/messages/{id}"), Some(&bob.token), None).await;
+    assert_error(s, &body, 403, "forbidden");
+    // Bad input.
+    let (s, body) = a.call("DELETE", "/admin/messages/nope", Some(&olga.token), None).await;
+    assert_error(s, &body, 400, "bad_request");
+    let (s, body) =
+        a.call("DELETE", &format!("/admin/messages/{}", bson::oid::ObjectId::new()), Some(&olga.token), None).await;
+    assert_error(s, &body, 404, "not_found");
+    let (s, body) = a
+        .call("DELETE", &format!("/admin/messages/{id}"), Some(&olga.token), Some(json!({"reason": "x".repeat(501)})))
+        .await;
+    assert_error(s, &body, 422, "validation_failed");
+    let (s, body) =
+        a.call("DELETE", &format!("/admin/messages/{id}"), Some(&olga.token), Some(json!({"why": 1}))).await;
+    assert_error(s, &body, 400, "bad_request");
+
+    // An admin who is not in the room deletes it: a tombstone, live on the other node.
+    let (s, tomb) =
+        a.call("DELETE", &format!("/admin/messages/{id}"), Some(&olga.token), Some(json!({"reason": "spam"}))).await;
+    assert_eq!(s, 200, "{tomb}");
+    assert_eq!((tomb["deleted"].as_bool(), tomb["content"].is_null()), (Some(true), true));
+    let frame = watcher.recv_type("message_deleted").await;
+    assert_eq!(frame["data"]["id"], id.as_str());
+    assert_eq!(frame["user_id"], olga.id.as_str());
+    // Idempotent: the same tombstone, no second frame, no second entry.
+    let (s, again) = b.call("DELETE", &format!("/admin/messages/{id}"), Some(&olga.token), None).await;
+    assert_eq!((s, &again), (200, &tomb));
+    watcher.assert_silent(std::time::Duration::from_millis(300)).await;
+    let (_, page) = b.call("GET", &format!("/messages?room_id={room}"), Some(&alice.token), None).await;
+    assert_eq!(page["messages"][0]["deleted"], true);
+
+    let got = entries(&b, &olga, "?action=message.moderated").await;
+    let list = got["entries"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["actor_id"], olga.id.as_str());
+    assert_eq!(list[0]["target"], format!("message:{id}"));
+    assert_eq!(list[0]["details"]["reason"], "spam");
+    assert_eq!(list[0]["details"]["sender_id"], alice.id.as_str());
+    assert_eq!(list[0]["details"]["room_id"], room.as_str());
+    assert!(!got.to_string().contains("something to take down"), "the content is not kept in the log");
+    a.shutdown().await;
+    b.shutdown().await;
+}

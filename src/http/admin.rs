@@ -3,15 +3,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{Admin, Params};
-use crate::audit::Audit;
+use crate::audit::{Audit, Source};
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
+use crate::messages::Messages;
+use crate::protocol::views::MessageView;
 use crate::protocol::views::UserView;
 use crate::store::{AuditEntry, AuditQuery};
 use crate::users::Users;
@@ -38,6 +40,34 @@ pub async fn users(
     let found = users.find(p.q.as_deref().unwrap_or(""), p.after.as_deref(), limit).await?;
     let views: Vec<UserView> = found.users.iter().map(UserView::from).collect();
     Ok(Json(json!({ "users": views, "next_cursor": found.next_cursor })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Moderation {
+    reason: Option<String>,
+}
+
+/// `DELETE /admin/messages/{id}` with an optional `{"reason"}`: the
+/// message's tombstone (200), as the sender's own delete gives.
+pub async fn delete_message(
+    State(messages): State<Arc<Messages>>,
+    Admin(admin): Admin,
+    source: Source,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>> {
+    let id = validate::object_id("id", &id)?;
+    // The body is optional: none, or `{"reason": "..."}`.
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let m: Moderation =
+            serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
+        m.reason
+    };
+    let tombstone = messages.moderate(&admin, id, reason, &source).await?;
+    Ok(Json(json!(MessageView::from(&tombstone))))
 }
 
 #[derive(Deserialize)]

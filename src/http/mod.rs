@@ -129,6 +129,7 @@ fn routes(edge: &Edge) -> Vec<(&'static str, MethodRouter<Api>)> {
         ("/messages/{id}", patch(messages::edit).delete(messages::delete)),
         ("/admin/users", get(admin::users)),
         ("/admin/audit", get(admin::audit)),
+        ("/admin/messages/{id}", axum::routing::delete(admin::delete_message)),
     ];
     if edge.echo_endpoint {
         routes.push(("/ws/echo", get(ws::echo)));
