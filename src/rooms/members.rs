@@ -121,7 +121,7 @@ impl Rooms {
             let was = std::mem::replace(&mut target.role, role);
             let event = audit::Event::new(Actor::user(caller.user_id), "member.role_changed")
                 .target(format!("room:{}/user:{}", room_id.to_hex(), user_id.to_hex()))
-                .details(bson::doc! {"from": role_name(was), "to": role_name(role)});
+                .details(bson::doc! {"from": was.as_str(), "to": role.as_str()});
             self.audit.record(event, from).await;
             self.cache.user_changed(user_id).await;
             self.announce(room_id, ServerEvent::MemberUpdated { member: &target, by: caller.user_id }).await;
@@ -209,14 +209,6 @@ pub struct MemberEntry {
 
 fn not_a_member() -> Error {
     Error::NotFound("that user is not a member of this room".into())
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Owner => "owner",
-        Role::Moderator => "moderator",
-        Role::Member => "member",
-    }
 }
 
 #[cfg(test)]

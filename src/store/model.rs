@@ -169,6 +169,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role as the API and the audit log spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Moderator => "moderator",
+            Role::Member => "member",
+        }
+    }
+
     /// Owners and moderators manage members and delete others' messages.
     pub fn manages(self) -> bool {
         matches!(self, Role::Owner | Role::Moderator)
