@@ -5,24 +5,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{assert_error, config, unique_db, Node, User};
 use serde_json::{json, Value};
 
-/// Runs `confab <args>` against the test's database; (exit code, stdout, stderr).
-fn confab(db: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_confab"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CONFAB_MONGO_URL", common::mongo_url())
-        .env("CONFAB_MONGO_DB", db)
-        .output()
-        .expect("confab runs");
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
-}
+use common::confab_command as confab;
 
 async fn login(node: &Node, username: &str, password: &str, agent: &str) -> (u16, Value) {
     let resp = node

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Client, Cluster, Node, User};
@@ -13,17 +12,7 @@ use serde_json::{json, Value};
 
 /// Runs `confab apikey ...` against the test's database; (exit code, stdout, stderr).
 fn apikey(db: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_confab"))
-        .arg("apikey")
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CONFAB_MONGO_URL", common::mongo_url())
-        .env("CONFAB_MONGO_DB", db)
-        .output()
-        .expect("confab runs");
-    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+    common::confab_command(db, &[&["apikey"], args].concat())
 }
 
 /// A fresh key, made by the command line as an operator would.

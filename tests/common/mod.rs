@@ -29,6 +29,21 @@ pub fn mongo_url() -> String {
     std::env::var("MONGO_URL").expect("MONGO_URL is not set: run the tests with scripts/test.sh")
 }
 
+/// Runs the `confab` binary with `args` against database `db` (only the
+/// store's settings in its environment); (exit code, stdout, stderr).
+pub fn confab_command(db: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CONFAB_MONGO_URL", mongo_url())
+        .env("CONFAB_MONGO_DB", db)
+        .output()
+        .expect("confab runs");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
 pub fn unique_db() -> String {
     format!("confab_test_{:016x}", rand::random::<u64>())
 }
