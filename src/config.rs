@@ -516,11 +516,9 @@ pub fn parse_keyspace(raw: &str) -> Result<Keyspace, String> {
 }
 
 fn parse_secrets(raw: &str) -> Result<Secrets, String> {
-    let secrets: Vec<String> = raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
-    if secrets.iter().any(|s| s.len() < 32) {
-        return Err("each secret must be at least 32 bytes".into());
-    }
-    Ok(Secrets(secrets))
+    let secrets = raw.split(',').map(str::trim).filter(|s| !s.is_empty());
+    let checked = secrets.map(|s| parse_secret(s).map_err(|e| format!("each secret {e}")));
+    Ok(Secrets(checked.collect::<Result<_, _>>()?))
 }
 
 /// An `iss` or `aud` value: 1-128 printable ASCII characters.
@@ -613,6 +611,24 @@ mod tests {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!((c.fanout_lanes, c.fanout_split_at), (cores.min(64), 64));
         assert_eq!(Config::defaults("redis://r:1", "mongodb://m:2", &"s".repeat(32)).redis.url, "redis://r:1");
+    }
+
+    #[test]
+    fn previous_token_secrets_are_each_checked_and_never_shown() {
+        let (old, older) = ("o".repeat(32), "p".repeat(40));
+        let list = format!(" {old} ,{older},");
+        let c = parse_args(&["--jwt-previous-secrets", &list]).unwrap();
+        assert_eq!(c.jwt_previous_secrets.0, [old.clone(), older]);
+        assert!(!format!("{c:?}").contains(&old), "secrets stay out of Debug output");
+        assert!(parse_args(&[]).unwrap().jwt_previous_secrets.0.is_empty());
+        let err = parse_args(&["--jwt-previous-secrets", &format!("{old},short")]).unwrap_err().to_string();
+        assert!(
+            err.contains("--jwt-previous-secrets") && err.contains("each secret must be at least 32 bytes"),
+            "{err}"
+        );
+        let err = parse_args(&["--jwt-issuer", "has space"]).unwrap_err().to_string();
+        assert!(err.contains("--jwt-issuer"), "{err}");
+        assert_eq!((c.jwt_issuer.as_str(), c.jwt_audience.as_str()), ("confab", "confab"));
     }
 
     #[test]
