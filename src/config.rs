@@ -67,8 +67,16 @@ pub struct Config {
     #[arg(long, env = "CONFAB_NODE_ID", default_value_t = random_id("node"), hide_default_value = true, value_parser = parse_name)]
     pub node_id: String,
     /// Lifetime of access tokens, in seconds.
-    #[arg(long = "token-ttl-secs", env = "CONFAB_TOKEN_TTL_SECS", default_value = "3600", value_parser = secs(60, 30 * 86_400))]
+    #[arg(long = "token-ttl-secs", env = "CONFAB_TOKEN_TTL_SECS", default_value = "900", value_parser = secs(60, 86_400))]
     pub token_ttl: Duration,
+    /// Lifetime of a login session without use, in seconds: each refresh
+    /// extends it by this much.
+    #[arg(long = "refresh-ttl-secs", env = "CONFAB_REFRESH_TTL_SECS", default_value = "2592000", value_parser = secs(300, 365 * 86_400))]
+    pub refresh_ttl: Duration,
+    /// Accept access tokens without a session (`sid`), as `confab token`
+    /// mints them for load tests: off, every token must belong to a live session.
+    #[arg(long, env = "CONFAB_SESSIONLESS_TOKENS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub sessionless_tokens: bool,
     /// Largest WebSocket message accepted, in bytes (whole message, all fragments).
     #[arg(long, env = "CONFAB_MAX_MESSAGE_BYTES", default_value = "65536", value_parser = count(1024, 64 << 20))]
     pub max_message_bytes: usize,

@@ -28,8 +28,14 @@ pub enum Error {
     UnknownType(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// 401 with a code of its own (`refresh_reused`, `session_revoked`).
+    #[error("{message}")]
+    Unauthenticated { code: &'static str, message: String },
     #[error("{0}")]
     Forbidden(String),
+    /// 403 with a code of its own (`banned`, `wrong_password`).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     #[error("{0}")]
     NotFound(String),
     /// A uniqueness rule; `code` says which (e.g. `username_taken`).
@@ -67,8 +73,8 @@ impl Error {
             Error::BadRequest(_) | Error::UnknownType(_) => StatusCode::BAD_REQUEST,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Unauthorized(_) | Error::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) | Error::Refused { .. } => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::RateLimited { .. } | Error::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -85,6 +91,7 @@ impl Error {
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
+            Error::Unauthenticated { code, .. } | Error::Refused { code, .. } => code,
             Error::NotFound(_) => "not_found",
             Error::Conflict { code, .. } => code,
             Error::RateLimited { .. } => "rate_limited",

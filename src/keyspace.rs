@@ -137,6 +137,24 @@ impl Keyspace {
         self.name(format_args!("typing:{}:{}", room.to_hex(), user.to_hex()))
     }
 
+    // --- Sessions ----------------------------------------------------------
+
+    /// A login session: its user, times, client and current refresh token's
+    /// hash.
+    pub fn session(&self, user: ObjectId, session: ObjectId) -> String {
+        self.name(format_args!("session:{}:{}", user.to_hex(), session.to_hex()))
+    }
+
+    /// The hashes of a session's spent refresh tokens (reuse detection).
+    pub fn session_spent(&self, user: ObjectId, session: ObjectId) -> String {
+        self.name(format_args!("session:{}:{}:spent", user.to_hex(), session.to_hex()))
+    }
+
+    /// The ids of a user's sessions.
+    pub fn user_sessions(&self, user: ObjectId) -> String {
+        self.name(format_args!("sessions:{}", user.to_hex()))
+    }
+
     // --- Rate limits -------------------------------------------------------
 
     /// A user's REST request limit.
@@ -272,6 +290,9 @@ mod tests {
         assert_eq!(keys.user_channel(id), format!("confab:user:{}", id.to_hex()));
         assert_eq!(keys.version_public_rooms(), "confab:v:public");
         assert_eq!(keys.job_queue("delivery"), "confab:jobs:q:delivery");
+        assert_eq!(keys.session(id, id), format!("confab:session:{0}:{0}", id.to_hex()));
+        assert_eq!(keys.session_spent(id, id), format!("confab:session:{0}:{0}:spent", id.to_hex()));
+        assert_eq!(keys.user_sessions(id), format!("confab:sessions:{}", id.to_hex()));
     }
 
     #[test]

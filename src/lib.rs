@@ -33,6 +33,7 @@ pub mod receipts;
 pub mod rooms;
 pub mod search;
 pub mod seq;
+pub mod sessions;
 pub mod store;
 pub mod tasks;
 pub mod typing;

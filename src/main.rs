@@ -22,8 +22,10 @@ struct Cli {
 enum Command {
     /// Run a node: HTTP API, WebSocket gateway, Redis fan-out.
     Serve(Box<Serve>),
-    /// Mint access tokens with the cluster's secret (for load tests and
-    /// operators); prints `user_id username token`, one line per token.
+    /// Mint access tokens with the cluster's secret, for load tests: they
+    /// belong to no session, so nodes accept them only with
+    /// CONFAB_SESSIONLESS_TOKENS=true. Prints `user_id username token`,
+    /// one line per token.
     Token(TokenArgs),
     /// Run a background worker: notification delivery, archive, daily summaries.
     Worker(Box<Worker>),
@@ -300,7 +302,7 @@ fn token(args: TokenArgs) -> Result<(), String> {
     for i in 0..args.count {
         let user_id = fixed.unwrap_or_else(bson::oid::ObjectId::new);
         let username = format!("{}{i}", args.username_prefix);
-        let token = tokens.issue(user_id, &username).map_err(|e| e.to_string())?;
+        let token = tokens.issue(user_id, &username, None).map_err(|e| e.to_string())?;
         use std::io::Write;
         writeln!(out, "{} {username} {token}", user_id.to_hex()).map_err(|e| e.to_string())?;
     }

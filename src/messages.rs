@@ -363,7 +363,7 @@ impl Messages {
     /// seq, reaches subscribers live and notifies members like any other.
     pub async fn send_system(&self, room_id: ObjectId, draft: Draft) -> Result<Sent> {
         self.rooms.existing(room_id).await?;
-        let system = Caller { user_id: crate::store::model::SYSTEM_SENDER, username: "System".into() };
+        let system = Caller::system(crate::store::model::SYSTEM_SENDER, "System");
         self.send(&system, room_id, draft, Membership::Confirmed).await
     }
 }

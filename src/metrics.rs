@@ -47,6 +47,7 @@ const COUNTERS: &[&str] = &[
     "confab_messages_edited_total",
     "confab_messages_deleted_total",
     "confab_slow_consumer_disconnects_total",
+    "confab_ws_token_expired_total",
     "confab_pubsub_lagged_total",
     "confab_pubsub_duplicates_total",
     "confab_pubsub_malformed_total",

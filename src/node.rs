@@ -35,6 +35,7 @@ use crate::receipts::Receipts;
 use crate::rooms::Rooms;
 use crate::search::Searcher;
 use crate::seq::Seqs;
+use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::typing::{RedisThrottle, Typing};
 use crate::users::Users;
@@ -162,7 +163,16 @@ impl RunningNode {
         let typing = Arc::new(Typing::new(Arc::new(RedisThrottle::new(redis.clone())), keys.clone(), bus.clone()));
         let audit = Arc::new(Audit::new(store.clone()));
         let rooms = Arc::new(Rooms::new(store.clone(), seqs.clone(), bus.clone(), cache.clone(), audit.clone()));
-        let users = Arc::new(Users::new(store.clone(), tokens.clone(), limiter.clone(), audit.clone()));
+        let sessions = Arc::new(Sessions::new(
+            redis.clone(),
+            keys.clone(),
+            tokens,
+            bus.clone(),
+            store.clone(),
+            audit.clone(),
+            crate::sessions::Settings { refresh_ttl: config.refresh_ttl, sessionless: config.sessionless_tokens },
+        ));
+        let users = Arc::new(Users::new(store.clone(), sessions.clone(), limiter.clone(), audit.clone()));
         let messages = Arc::new(Messages::new(
             store.clone(),
             seqs.clone(),
@@ -182,11 +192,14 @@ impl RunningNode {
         // Edges.
         let sockets = Arc::new(Sockets::new(
             fanout.clone(),
-            messages.clone(),
-            rooms.clone(),
-            receipts.clone(),
-            presence.clone(),
-            typing,
+            ws::Services {
+                messages: messages.clone(),
+                rooms: rooms.clone(),
+                receipts: receipts.clone(),
+                presence: presence.clone(),
+                typing,
+                sessions: sessions.clone(),
+            },
             ws::Settings::of(&config),
         ));
         let api = Api {
@@ -201,7 +214,7 @@ impl RunningNode {
             notifier: notifier.clone(),
             health: health.clone(),
             sockets: sockets.clone(),
-            tokens,
+            sessions,
             limiter: limiter.clone(),
             edge: Arc::new(Edge {
                 trusted_proxies: config.trusted_proxies.0.clone(),
@@ -218,6 +231,7 @@ impl RunningNode {
         });
         notifier.start(notification_jobs, shown_rx);
         presence.start();
+        tasks.spawn(sockets.clone().expire_tokens(stop.child_token()));
 
         let accepting = CancellationToken::new();
         let service = NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(api));

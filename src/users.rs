@@ -7,10 +7,12 @@ use chrono::Utc;
 use serde::{Deserialize, Deserializer};
 
 use crate::audit::{self, Actor, Audit, Source};
-use crate::auth::{hash_password, verify_password, Tokens};
+use crate::auth::{hash_password, verify_password, Caller};
 use crate::error::{Error, Result};
+use crate::protocol::CloseCode;
 use crate::ratelimit::SharedLimiter;
-use crate::store::{ProfileChange, Store, User, UserRole};
+use crate::sessions::{self, Ending, Grant, Sessions};
+use crate::store::{Ban, ProfileChange, Store, User, UserRole};
 use crate::validate;
 
 #[derive(Debug, Deserialize)]
@@ -27,22 +29,25 @@ pub struct Login {
     pub password: String,
 }
 
+/// A password change as `PATCH /users/me/password` takes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub current_password: String,
+    pub new_password: String,
+}
+
 /// Accounts: who may register, log in, and what their profile says.
 pub struct Users {
     store: Arc<Store>,
-    tokens: Tokens,
+    sessions: Arc<Sessions>,
     limiter: Arc<SharedLimiter>,
     audit: Arc<Audit>,
 }
 
 impl Users {
-    pub fn new(store: Arc<Store>, tokens: Tokens, limiter: Arc<SharedLimiter>, audit: Arc<Audit>) -> Self {
-        Users { store, tokens, limiter, audit }
-    }
-
-    /// Access tokens' lifetime.
-    pub fn token_ttl(&self) -> std::time::Duration {
-        self.tokens.ttl()
+    pub fn new(store: Arc<Store>, sessions: Arc<Sessions>, limiter: Arc<SharedLimiter>, audit: Arc<Audit>) -> Self {
+        Users { store, sessions, limiter, audit }
     }
 
     pub async fn register(&self, r: Registration) -> Result<User> {
@@ -65,6 +70,7 @@ impl Users {
             display_name_key: None,
             avatar_url: None,
             role: Default::default(),
+            banned: None,
         };
         match self.store.insert_user(&user).await {
             Ok(()) => Ok(user),
@@ -77,14 +83,15 @@ impl Users {
         }
     }
 
-    /// Checks credentials and issues an access token. Unknown users and wrong
-    /// passwords fail identically, in the same time.
+    /// Checks credentials and opens a session. Unknown users and wrong
+    /// passwords fail identically, in the same time; a banned user who
+    /// gives the right password is told so (403 `banned`).
     ///
     /// A name whose failed attempts in the window are used up is refused with
     /// 429 before its password is checked, right or wrong. Failures are counted
     /// per account (its username, whether it logs in by username or by email),
     /// or per name given when no account has it, so unknown names lock out too.
-    pub async fn login(&self, l: Login, from: &Source) -> Result<String> {
+    pub async fn login(&self, l: Login, from: &Source) -> Result<Grant> {
         let key = l.username.trim().to_lowercase();
         let possible = !key.is_empty() && key.len() <= 254;
         let user = if possible { self.store.user_by_login(&key).await? } else { None };
@@ -114,10 +121,97 @@ impl Users {
         }
         let user = user.ok_or_else(|| Error::Unauthorized("invalid username or password".into()))?;
         self.limiter.login_succeeded(&user.username_key).await;
-        let token = self.tokens.issue(user.id, &user.username)?;
-        let event = audit::Event::new(Actor::user(user.id), "login.ok").target(format!("user:{}", user.id.to_hex()));
+        if user.banned.is_some() {
+            self.audit.record(failed(&Some(user), "banned"), from).await;
+            return Err(sessions::banned());
+        }
+        let grant = self.sessions.open(&user, from).await?;
+        let event = audit::Event::new(Actor::user(user.id), "login.ok")
+            .target(format!("user:{}", user.id.to_hex()))
+            .details(bson::doc! {"session": &grant.session_id});
         self.audit.record(event, from).await;
-        Ok(token)
+        Ok(grant)
+    }
+
+    /// Changes the caller's password, given the current one (403
+    /// `wrong_password` otherwise, counted like failed logins), and ends
+    /// every other session of theirs.
+    pub async fn change_password(&self, caller: &Caller, change: PasswordChange, from: &Source) -> Result<()> {
+        let user = self.profile(caller.user_id).await?;
+        self.limiter.login_attempt(&user.username_key).await.into_result("login")?;
+        if !verify_password(change.current_password, Some(user.password_hash.clone())).await {
+            let event = audit::Event::new(Actor::user(user.id), "password.changed")
+                .target(format!("user:{}", user.id.to_hex()))
+                .outcome("wrong_password");
+            self.audit.record(event, from).await;
+            return Err(Error::Refused { code: "wrong_password", message: "the current password is not right".into() });
+        }
+        self.limiter.login_succeeded(&user.username_key).await;
+        validate::password(&change.new_password).map_err(|e| match e {
+            Error::Invalid { message, .. } => Error::invalid("new_password", message),
+            other => other,
+        })?;
+        let hash = hash_password(change.new_password).await?;
+        if !self.store.set_password_hash(user.id, &hash).await? {
+            return Err(Error::NotFound("user not found".into()));
+        }
+        let ended = self.sessions.revoke_all(user.id, caller.session, Ending::PasswordChanged).await?;
+        let event = audit::Event::new(Actor::user(user.id), "password.changed")
+            .target(format!("user:{}", user.id.to_hex()))
+            .details(bson::doc! {"sessions_revoked": ended as i64});
+        self.audit.record(event, from).await;
+        Ok(())
+    }
+
+    /// Bans a user: logins are refused (403 `banned`), every session ends
+    /// and every socket of theirs closes. An administrator cannot ban
+    /// themselves.
+    pub async fn ban(&self, admin: &Caller, id: ObjectId, reason: Option<String>, from: &Source) -> Result<User> {
+        if id == admin.user_id {
+            return Err(Error::invalid("id", "administrators cannot ban themselves"));
+        }
+        let reason = match reason.map(|r| r.trim().to_string()).filter(|r| !r.is_empty()) {
+            Some(r) if r.chars().count() > MAX_BAN_REASON => {
+                return Err(Error::invalid("reason", format!("must be at most {MAX_BAN_REASON} characters")))
+            }
+            other => other,
+        };
+        let ban = Ban { at: Utc::now(), by: admin.user_id, reason: reason.clone() };
+        let mut user =
+            self.store.set_ban(id, Some(&ban)).await?.ok_or_else(|| Error::NotFound("user not found".into()))?;
+        let ended = self.sessions.revoke_all(id, None, Ending::Banned).await?;
+        let mut details = bson::doc! {"sessions_revoked": ended as i64};
+        if let Some(reason) = reason {
+            details.insert("reason", reason);
+        }
+        let event =
+            audit::Event::new(Actor::user(admin.user_id), "user.banned").target(format!("user:{}", id.to_hex()));
+        self.audit.record(event.details(details), from).await;
+        user.banned = Some(ban);
+        Ok(user)
+    }
+
+    /// Lifts a ban; the user logs in again.
+    pub async fn unban(&self, admin: &Caller, id: ObjectId, from: &Source) -> Result<User> {
+        let mut user = self.store.set_ban(id, None).await?.ok_or_else(|| Error::NotFound("user not found".into()))?;
+        let event =
+            audit::Event::new(Actor::user(admin.user_id), "user.unbanned").target(format!("user:{}", id.to_hex()));
+        let event = if user.banned.is_some() { event } else { event.outcome("not_banned") };
+        self.audit.record(event, from).await;
+        user.banned = None;
+        Ok(user)
+    }
+
+    /// Closes every socket of a user, on every node (4003); their sessions
+    /// live on, so they may reconnect.
+    pub async fn disconnect(&self, admin: &Caller, id: ObjectId, from: &Source) -> Result<()> {
+        self.profile(id).await?;
+        let reason = "disconnected by an administrator";
+        self.sessions.close_sockets(id, None, CloseCode::Disconnected, reason).await;
+        let event =
+            audit::Event::new(Actor::user(admin.user_id), "user.disconnected").target(format!("user:{}", id.to_hex()));
+        self.audit.record(event, from).await;
+        Ok(())
     }
 
     /// Whether the user is an administrator now (read from the store, so a
@@ -198,6 +292,9 @@ pub struct ProfilePatch {
 fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
+
+/// Longest ban reason, in characters.
+pub const MAX_BAN_REASON: usize = 500;
 
 /// Longest search term, in characters.
 pub const MAX_QUERY_CHARS: usize = 64;

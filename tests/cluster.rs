@@ -195,7 +195,8 @@ async fn alice_in_a_room(redis: &common::OwnRedis, n: usize) -> (String, Vec<Nod
 /// A Redis of our own, so the test can restart it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_resubscribe_after_a_redis_restart() {
-    let mut redis = common::OwnRedis::start();
+    // Durable, as a deployment's Redis must be: sessions survive the restart.
+    let mut redis = common::OwnRedis::durable();
     let (_, nodes, alice, room, mut clients) = alice_in_a_room(&redis, 2).await;
     let a = &nodes[0];
     let (mut on_b, mut on_a) = (clients.pop().unwrap(), clients.pop().unwrap());
@@ -316,6 +317,8 @@ async fn seqs_never_repeat_when_redis_loses_its_counters_or_falls_behind() {
     assert_eq!(counter, 32);
     let _ = client.quit().await;
 
+    // Sessions went with Redis's data: alice logs in again to read history.
+    let alice = a.login(&alice).await;
     assert_eq!(history_seqs(a, &alice, &room).await, (1..=32).collect::<Vec<_>>());
     for n in nodes {
         n.shutdown().await;
@@ -343,6 +346,8 @@ async fn with_redis_down_seqs_come_from_the_store_and_continue_after() {
     n.wait_ready().await;
     assert_eq!(c.say(&room, "redis back").await["seq"], 23);
     assert_eq!(c.say(&room, "and on").await["seq"], 24);
+    // This Redis came back empty, sessions and all: alice logs in again.
+    let alice = n.login(&alice).await;
     assert_eq!(history_seqs(&n, &alice, &room).await, (1..=24).collect::<Vec<_>>());
     n.shutdown().await;
 }
@@ -504,6 +509,8 @@ async fn a_message_missing_from_the_live_stream_is_filled_from_history_in_order(
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     let alice = a.register("alice").await;
     let carol = a.register("carol").await;
+    // The island keeps its sessions in its own Redis.
+    let alice_on_island = island.login(&alice).await;
     let room = a.create_room(&alice, "general", "public").await;
     let mut listener = a.connect(&carol).await;
     listener.join(&room).await;
@@ -511,7 +518,7 @@ async fn a_message_missing_from_the_live_stream_is_filled_from_history_in_order(
     a.post_message(&alice, &room, "one").await;
     assert_eq!(listener.recv_type("message").await["data"]["content"], "one");
     let filled_before = a.metric("confab_seq_gap_filled_total").await;
-    island.post_message(&alice, &room, "two").await; // stored, never published where A listens
+    island.post_message(&alice_on_island, &room, "two").await; // stored, never published where A listens
     b.post_message(&alice, &room, "three").await;
 
     let mut got = Vec::new();

@@ -236,6 +236,7 @@ fn user(name: &str) -> User {
         display_name_key: None,
         avatar_url: None,
         role: Default::default(),
+        banned: None,
     }
 }
 

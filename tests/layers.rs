@@ -16,6 +16,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "domain",
         &[
             "audit",
+            "sessions",
             "users",
             "rooms",
             "messages",

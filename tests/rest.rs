@@ -36,7 +36,10 @@ async fn register_and_login() {
             n.call("POST", "/login", None, Some(json!({"username": login, "password": "password1"}))).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["token_type"], "Bearer");
-        assert_eq!(body["expires_in"], 3600);
+        assert_eq!(body["expires_in"], 900);
+        assert_eq!(body["refresh_expires_in"], 2_592_000);
+        assert_eq!(body["refresh_token"].as_str().unwrap().split('.').count(), 3);
+        assert_eq!(body["session_id"].as_str().unwrap().len(), 24);
         assert!(body["access_token"].as_str().unwrap().len() > 20);
     }
 
@@ -97,7 +100,7 @@ async fn endpoints_need_a_valid_token() {
     }
     // A token signed with another secret is refused too.
     let other = confab::auth::Tokens::new(&"z".repeat(40), std::time::Duration::from_secs(60));
-    let forged = other.issue(bson::oid::ObjectId::new(), "mallory").unwrap();
+    let forged = other.issue(bson::oid::ObjectId::new(), "mallory", None).unwrap();
     let (s, b) = n.call("GET", "/rooms", Some(&forged), None).await;
     assert_error(s, &b, 401, "unauthorized");
     let resp = n.http.get(n.url("/ws")).send().await.unwrap();

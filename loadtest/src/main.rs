@@ -39,7 +39,8 @@ struct Common {
     #[arg(long = "url", required = true)]
     urls: Vec<String>,
     /// Confab's token secret: tokens are minted locally instead of
-    /// registering users over REST.
+    /// registering users over REST (they belong to no session, so the
+    /// nodes must run with CONFAB_SESSIONLESS_TOKENS=true).
     #[arg(long, env = "CONFAB_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
     /// Adapter settings, key=value (repeat). confab: `deflate=true`

@@ -6,7 +6,9 @@
 //! with any of `jwt_previous_secrets`, so the secret can be rotated without
 //! logging anyone out (add the new one, move the old one to the previous
 //! list, drop it once its tokens have expired). Claims: `iss`, `aud`,
-//! `sub`, `iat`, `exp` and a random `jti`, all checked except `jti`.
+//! `sub`, `iat`, `exp`, a random `jti`, all checked except `jti`, and `sid`,
+//! the login session the token belongs to (see `sessions`), absent only
+//! from tokens minted outside a login (`confab token`).
 
 use std::time::Duration;
 
@@ -30,6 +32,9 @@ pub struct Claims {
     pub exp: u64,
     /// Random, unique per token.
     pub jti: String,
+    /// The session (hex ObjectId), for tokens issued at login or refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// A key tokens are checked with, under its `kid`.
@@ -56,6 +61,17 @@ pub struct Tokens {
 pub struct Caller {
     pub user_id: ObjectId,
     pub username: String,
+    /// The login session the token belongs to; `None` for a minted token.
+    pub session: Option<ObjectId>,
+    /// When the token expires, Unix seconds.
+    pub expires_at: u64,
+}
+
+impl Caller {
+    /// A caller acting for the server itself, not through a token.
+    pub fn system(user_id: ObjectId, username: &str) -> Caller {
+        Caller { user_id, username: username.to_string(), session: None, expires_at: u64::MAX }
+    }
 }
 
 /// A secret's key id: the first 8 bytes of its SHA-256, in hex. It names
@@ -101,7 +117,8 @@ impl Tokens {
         self.ttl
     }
 
-    pub fn issue(&self, user_id: ObjectId, username: &str) -> Result<String> {
+    /// A token for `user_id`, of `session` if it belongs to one.
+    pub fn issue(&self, user_id: ObjectId, username: &str, session: Option<ObjectId>) -> Result<String> {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -111,6 +128,7 @@ impl Tokens {
             iat: now,
             exp: now + self.ttl.as_secs(),
             jti: hex::encode(rand::random::<[u8; 16]>()),
+            sid: session.map(|s| s.to_hex()),
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.kid.clone());
@@ -123,8 +141,13 @@ impl Tokens {
         let kid = header.kid.ok_or_else(invalid)?;
         let key = self.keys.iter().find(|k| k.kid == kid).ok_or_else(invalid)?;
         let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation).map_err(|_| invalid())?;
-        let user_id = ObjectId::parse_str(&data.claims.sub).map_err(|_| invalid())?;
-        Ok(Caller { user_id, username: data.claims.username })
+        let claims = data.claims;
+        let user_id = ObjectId::parse_str(&claims.sub).map_err(|_| invalid())?;
+        let session = match &claims.sid {
+            Some(sid) => Some(ObjectId::parse_str(sid).map_err(|_| invalid())?),
+            None => None,
+        };
+        Ok(Caller { user_id, username: claims.username, session, expires_at: claims.exp })
     }
 }
 
@@ -140,19 +163,19 @@ mod tests {
     fn issued_tokens_verify_and_foreign_ones_do_not() {
         let tokens = Tokens::new(&secret('s'), Duration::from_secs(60));
         let id = ObjectId::new();
-        let token = tokens.issue(id, "bob").unwrap();
+        let token = tokens.issue(id, "bob", None).unwrap();
         let caller = tokens.verify(&token).unwrap();
         assert_eq!((caller.user_id, caller.username.as_str()), (id, "bob"));
         let other = Tokens::new(&secret('t'), Duration::from_secs(60));
         assert!(other.verify(&token).is_err());
         assert!(tokens.verify("garbage").is_err());
-        assert_ne!(tokens.issue(id, "bob").unwrap(), token, "a fresh jti each time");
+        assert_ne!(tokens.issue(id, "bob", None).unwrap(), token, "a fresh jti each time");
     }
 
     #[test]
     fn claims_and_key_id_are_as_documented() {
         let tokens = Tokens::new(&secret('s'), Duration::from_secs(60));
-        let token = tokens.issue(ObjectId::new(), "bob").unwrap();
+        let token = tokens.issue(ObjectId::new(), "bob", None).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.kid.as_deref(), Some(kid(&secret('s')).as_str()));
         assert_eq!(header.kid.unwrap().len(), 16);
@@ -163,15 +186,20 @@ mod tests {
         assert_eq!((claims.iss.as_str(), claims.aud.as_str()), ("confab", "confab"));
         assert_eq!(claims.exp - claims.iat, 60);
         assert_eq!(claims.jti.len(), 32);
+        assert!(claims.sid.is_none(), "a minted token has no session");
+        let session = ObjectId::new();
+        let caller = tokens.verify(&tokens.issue(ObjectId::new(), "bob", Some(session)).unwrap()).unwrap();
+        assert_eq!(caller.session, Some(session));
+        assert!(caller.expires_at >= jsonwebtoken::get_current_timestamp() + 59);
     }
 
     #[test]
     fn a_rotated_secret_still_verifies_its_tokens_until_dropped() {
         let old = Tokens::new(&secret('o'), Duration::from_secs(60));
-        let old_token = old.issue(ObjectId::new(), "bob").unwrap();
+        let old_token = old.issue(ObjectId::new(), "bob", None).unwrap();
         let rotated = Tokens::with(&secret('n'), &[secret('o')], "confab", "confab", Duration::from_secs(60));
         assert!(rotated.verify(&old_token).is_ok(), "signed with a previous secret");
-        let new_token = rotated.issue(ObjectId::new(), "amy").unwrap();
+        let new_token = rotated.issue(ObjectId::new(), "amy", None).unwrap();
         assert!(rotated.verify(&new_token).is_ok());
         assert!(old.verify(&new_token).is_err(), "signed with the new one");
         let dropped = Tokens::new(&secret('n'), Duration::from_secs(60));
@@ -198,6 +226,7 @@ mod tests {
             iat: now,
             exp: now + 60,
             jti: "x".into(),
+            sid: None,
         };
         let kid = kid(&secret('s'));
         assert!(tokens.verify(&forged(&tokens, &good, Some(&kid))).is_ok());
@@ -211,6 +240,6 @@ mod tests {
         assert!(tokens.verify(&forged(&tokens, &other_audience, Some(&kid))).is_err());
         let configured = Tokens::with(&secret('s'), &[], "chat.example", "chat-api", Duration::from_secs(60));
         assert!(configured.verify(&forged(&tokens, &good, Some(&kid))).is_err(), "default claims, other settings");
-        assert!(configured.verify(&configured.issue(ObjectId::new(), "amy").unwrap()).is_ok());
+        assert!(configured.verify(&configured.issue(ObjectId::new(), "amy", None).unwrap()).is_ok());
     }
 }

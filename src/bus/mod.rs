@@ -72,6 +72,9 @@ pub enum Event<'a> {
     /// not subscribed to `room` (all of them without one). A store time of
     /// 0 means "not stored yet": a node that shows it stores it.
     Notify { id: ObjectId, room: Option<ObjectId>, stored_at_us: u64, frame: &'a [u8] },
+    /// On a user's topic: close their connections of `session` (all of
+    /// theirs without one) with close code `code` and `reason`.
+    Close { session: Option<ObjectId>, code: u16, reason: &'a [u8] },
 }
 
 /// A stored message's delivery: what ordering and latency need.
@@ -99,6 +102,7 @@ pub enum Delivery {
     MembershipEnded { room: ObjectId, frame: Bytes },
     Presence { change: ObjectId, user: ObjectId, frame: Bytes },
     Notify { id: ObjectId, room: Option<ObjectId>, stored_at_us: u64, frame: Bytes },
+    Close { session: Option<ObjectId>, code: u16, reason: Bytes },
 }
 
 impl Delivery {
@@ -112,14 +116,16 @@ impl Delivery {
     }
 }
 
-/// Wire form of a bus event: one byte of kind (`M`, `E`, `X`, `N`, `P`),
+/// Wire form of a bus event: one byte of kind (`M`, `E`, `X`, `N`, `P`, `C`),
 /// 24 bytes of event id and 24 of subject (hex ObjectIds, or `-` padding),
 /// 16 hex digits of store time (Unix µs), 16 hex digits of seq, then the
 /// client frame, untouched, so a receiver can hand the frame bytes to
 /// sockets without re-encoding. The subject is the user an ephemeral event
 /// skips, the evicted user, the room whose membership ended (`X` on a user
 /// topic: an `X` with a room on a room topic never occurs), the presence's
-/// user, or a notification's room; which one, the kind and the topic say.
+/// user, a notification's room, or the session whose connections close
+/// (`C`, whose seq field holds the close code and whose frame is the close
+/// reason); which one, the kind and the topic say.
 pub mod wire {
     use super::*;
 
@@ -151,6 +157,7 @@ pub mod wire {
             Event::MembershipEnded { room, frame } => (b'X', None, Some(room), 0, 0, frame),
             Event::Presence { change, user, frame } => (b'P', Some(change), Some(user), 0, 0, frame),
             Event::Notify { id, room, stored_at_us, frame } => (b'N', Some(id), room, stored_at_us, 0, frame),
+            Event::Close { session, code, reason } => (b'C', None, session, 0, i64::from(code), reason),
         };
         let mut out = BytesMut::with_capacity(HEADER + frame.len());
         out.put_u8(kind);
@@ -181,6 +188,9 @@ pub mod wire {
             (b'X', Topic::User(_)) => Delivery::MembershipEnded { room: subject?, frame },
             (b'P', _) => Delivery::Presence { change: id?, user: subject?, frame },
             (b'N', _) => Delivery::Notify { id: id?, room: subject, stored_at_us, frame },
+            (b'C', Topic::User(_)) => {
+                Delivery::Close { session: subject, code: u16::try_from(seq).ok()?, reason: frame }
+            }
             _ => return None,
         })
     }
@@ -231,6 +241,16 @@ pub mod wire {
                     Event::Notify { id, room: None, stored_at_us: at, frame: b"n" },
                     Delivery::Notify { id, room: None, stored_at_us: at, frame: "n".into() },
                 ),
+                (
+                    on_user,
+                    Event::Close { session: Some(id), code: 4001, reason: b"session revoked" },
+                    Delivery::Close { session: Some(id), code: 4001, reason: "session revoked".into() },
+                ),
+                (
+                    on_user,
+                    Event::Close { session: None, code: 4003, reason: b"" },
+                    Delivery::Close { session: None, code: 4003, reason: "".into() },
+                ),
             ];
             for (topic, event, delivery) in cases {
                 assert_eq!(decode(topic, encode(event)), Some(delivery), "{event:?}");
@@ -269,6 +289,8 @@ pub mod wire {
             let mut message_without_id = no_id.clone();
             message_without_id[0] = b'M';
             assert!(decode(room, Bytes::from(message_without_id)).is_none(), "a message needs its id");
+            let close = encode(Event::Close { session: None, code: 4001, reason: b"" });
+            assert!(decode(room, close).is_none(), "closes go to users, not rooms");
         }
     }
 }

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use registry::{ConnId, Outbound, Outbox, Registry, RoomFrame};
+pub use registry::{ConnId, Expiry, Outbound, Outbox, Registry, RoomFrame};
 pub use sequencer::Sequencer;
 pub use subscriptions::{Keeper, Subscriptions};
 
@@ -184,6 +184,13 @@ impl Inbox for FanoutInbox {
                     self.registry.watching.note(user, room);
                 }
             }
+            (Topic::User(user), Delivery::Close { session, code, reason }) => match CloseCode::of(code) {
+                Some(code) => {
+                    let reason = String::from_utf8_lossy(&reason);
+                    self.registry.close_user(user, session, code, &reason);
+                }
+                None => tracing::debug!(code, "a close with an unknown code; dropped"),
+            },
             (Topic::User(user), Delivery::Ephemeral { frame, .. }) => {
                 self.registry.send_to_user(user, &frame);
             }

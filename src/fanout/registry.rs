@@ -79,6 +79,14 @@ pub struct Outbox {
     /// The node's subscription to this connection's user topic was confirmed;
     /// it lasts while the connection is registered.
     user_topic: AtomicBool,
+    /// The login session the connection was opened with, if any: revoking
+    /// it closes the connection.
+    pub session: Option<ObjectId>,
+    /// When the connection's access token expires, Unix seconds (0: never);
+    /// a `refresh` moves it.
+    expires_at: AtomicU64,
+    /// The client was told its token is about to expire.
+    warned: AtomicBool,
 }
 
 struct Hold {
@@ -98,6 +106,16 @@ impl Outbox {
     /// A connection whose backlog holds up to `capacity` frames the socket
     /// has not taken yet.
     pub fn new(user_id: Option<ObjectId>, capacity: usize, kill: CancellationToken) -> Arc<Outbox> {
+        Outbox::of_session(user_id, None, capacity, kill)
+    }
+
+    /// A connection opened with a token of `session`.
+    pub fn of_session(
+        user_id: Option<ObjectId>,
+        session: Option<ObjectId>,
+        capacity: usize,
+        kill: CancellationToken,
+    ) -> Arc<Outbox> {
         Arc::new(Outbox {
             id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
             user_id,
@@ -108,7 +126,33 @@ impl Outbox {
             hold: Mutex::new(None),
             revoked: Mutex::new(Vec::new()),
             user_topic: AtomicBool::new(false),
+            session,
+            expires_at: AtomicU64::new(0),
+            warned: AtomicBool::new(false),
         })
+    }
+
+    /// Sets when the connection's token expires (Unix seconds), and that
+    /// the client has not been warned about this one yet.
+    pub fn expires_at(&self, at: u64) {
+        self.expires_at.store(at, Ordering::Release);
+        self.warned.store(false, Ordering::Release);
+    }
+
+    /// What is due for a connection whose token expires at some point, at
+    /// `now` (Unix seconds), warning `lead` seconds ahead; each warning is
+    /// due once per token.
+    pub fn expiry_due(&self, now: u64, lead: u64) -> Expiry {
+        let at = self.expires_at.load(Ordering::Acquire);
+        if at == 0 {
+            Expiry::None
+        } else if now >= at {
+            Expiry::Expired
+        } else if now + lead >= at && !self.warned.swap(true, Ordering::AcqRel) {
+            Expiry::Warn(at - now)
+        } else {
+            Expiry::None
+        }
     }
 
     /// Writes or queues a frame without waiting. `Refused::Full` means the
@@ -231,6 +275,16 @@ impl Outbox {
     }
 }
 
+/// What [`Outbox::expiry_due`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    None,
+    /// Tell the client: its token expires in this many seconds.
+    Warn(u64),
+    /// The token has expired: close the connection.
+    Expired,
+}
+
 type Members = HashMap<ConnId, Arc<Outbox>>;
 
 #[derive(Default)]
@@ -319,6 +373,26 @@ impl Registry {
     /// Every live connection (for shutdown).
     pub fn connections(&self) -> Vec<Arc<Outbox>> {
         self.conns.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Calls `f` on every live connection, one shard locked at a time.
+    pub fn each_connection(&self, mut f: impl FnMut(&Arc<Outbox>)) {
+        for entry in self.conns.iter() {
+            f(entry.value());
+        }
+    }
+
+    /// Closes `user`'s local connections of `session` (every one of theirs
+    /// without a session) with `code`; how many.
+    pub fn close_user(&self, user: ObjectId, session: Option<ObjectId>, code: CloseCode, reason: &str) -> usize {
+        let conns: Vec<Arc<Outbox>> = match self.users.get(&user) {
+            Some(conns) => conns.values().filter(|o| session.is_none() || o.session == session).cloned().collect(),
+            None => return 0,
+        };
+        for outbox in &conns {
+            outbox.close(code, reason);
+        }
+        conns.len()
     }
 
     /// Adds a connection to a room; true if it is the room's first local one.
@@ -658,5 +732,37 @@ mod tests {
         assert_eq!(op, 0x8);
         assert!(body.len() <= 125);
         assert!(std::str::from_utf8(&body[2..]).is_ok());
+    }
+
+    #[test]
+    fn closing_a_users_session_closes_only_that_sessions_connections() {
+        let registry = Registry::new();
+        let (user, other, session) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+        let ours = Outbox::of_session(Some(user), Some(session), 4, CancellationToken::new());
+        let elsewhere = Outbox::of_session(Some(user), Some(ObjectId::new()), 4, CancellationToken::new());
+        let theirs = Outbox::of_session(Some(other), Some(session), 4, CancellationToken::new());
+        for o in [&ours, &elsewhere, &theirs] {
+            registry.register(o.clone());
+        }
+        let closed =
+            |o: &Outbox| o.line.waiting().iter().any(|(op, body)| *op == 0x8 && body[..2] == 4001u16.to_be_bytes());
+        assert_eq!(registry.close_user(user, Some(session), CloseCode::SessionRevoked, "session revoked"), 1);
+        assert!(closed(&ours) && !closed(&elsewhere) && !closed(&theirs));
+        assert_eq!(registry.close_user(user, None, CloseCode::SessionRevoked, "banned"), 2, "every session of theirs");
+        assert!(closed(&elsewhere) && !closed(&theirs));
+    }
+
+    #[test]
+    fn a_token_is_warned_about_once_then_expires() {
+        let o = outbox(4);
+        assert_eq!(o.expiry_due(1_000, 60), Expiry::None, "no expiry set");
+        o.expires_at(1_100);
+        assert_eq!(o.expiry_due(1_000, 60), Expiry::None, "not yet");
+        assert_eq!(o.expiry_due(1_050, 60), Expiry::Warn(50));
+        assert_eq!(o.expiry_due(1_051, 60), Expiry::None, "warned once");
+        o.expires_at(2_000);
+        assert_eq!(o.expiry_due(1_060, 60), Expiry::None, "refreshed");
+        assert_eq!(o.expiry_due(1_950, 60), Expiry::Warn(50), "the new token is warned about too");
+        assert_eq!(o.expiry_due(2_000, 60), Expiry::Expired);
     }
 }

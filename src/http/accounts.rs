@@ -1,17 +1,17 @@
-//! `POST /register`, `POST /login`.
+//! `POST /register`, `POST /login` (which opens a session, see `sessions`).
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
 
 use super::{Body, ClientAddress};
 use crate::audit::Source;
 use crate::error::Result;
 use crate::protocol::views::UserView;
 use crate::ratelimit::SharedLimiter;
+use crate::sessions::Grant;
 use crate::users::{Login, Registration, Users};
 
 pub async fn register(
@@ -31,12 +31,7 @@ pub async fn login(
     ClientAddress(from): ClientAddress,
     source: Source,
     Body(l): Body<Login>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Grant>> {
     limiter.address(from).await.into_result("auth")?;
-    let token = users.login(l, &source).await?;
-    Ok(Json(json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": users.token_ttl().as_secs(),
-    })))
+    Ok(Json(users.login(l, &source).await?))
 }

@@ -1,5 +1,6 @@
 //! `/admin`: for users with the `admin` role (`confab user promote`), 403
-//! `forbidden` for everyone else. Users by name, and the audit log.
+//! `forbidden` for everyone else. Users by name, bans and disconnects,
+//! moderation, and the audit log.
 
 use std::sync::Arc;
 
@@ -48,6 +49,53 @@ pub struct Moderation {
     reason: Option<String>,
 }
 
+/// An optional `{"reason"}` body: none, or that object.
+fn reason_of(body: &[u8]) -> Result<Option<String>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let m: Moderation =
+        serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
+    Ok(m.reason)
+}
+
+/// `POST /admin/users/{id}/ban` with an optional `{"reason"}`: the user,
+/// banned (200); every session of theirs ends, every socket closes.
+pub async fn ban(
+    State(users): State<Arc<Users>>,
+    Admin(admin): Admin,
+    source: Source,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<UserView>> {
+    let id = validate::object_id("id", &id)?;
+    let user = users.ban(&admin, id, reason_of(&body)?, &source).await?;
+    Ok(Json(UserView::from(&user)))
+}
+
+/// `POST /admin/users/{id}/unban`: the user, no longer banned (200).
+pub async fn unban(
+    State(users): State<Arc<Users>>,
+    Admin(admin): Admin,
+    source: Source,
+    Path(id): Path<String>,
+) -> Result<Json<UserView>> {
+    let id = validate::object_id("id", &id)?;
+    Ok(Json(UserView::from(&users.unban(&admin, id, &source).await?)))
+}
+
+/// `POST /admin/users/{id}/disconnect`: closes the user's sockets (4003), 204.
+pub async fn disconnect(
+    State(users): State<Arc<Users>>,
+    Admin(admin): Admin,
+    source: Source,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode> {
+    let id = validate::object_id("id", &id)?;
+    users.disconnect(&admin, id, &source).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
 /// `DELETE /admin/messages/{id}` with an optional `{"reason"}`: the
 /// message's tombstone (200), as the sender's own delete gives.
 pub async fn delete_message(
@@ -58,15 +106,7 @@ pub async fn delete_message(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>> {
     let id = validate::object_id("id", &id)?;
-    // The body is optional: none, or `{"reason": "..."}`.
-    let reason = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let m: Moderation =
-            serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))?;
-        m.reason
-    };
-    let tombstone = messages.moderate(&admin, id, reason, &source).await?;
+    let tombstone = messages.moderate(&admin, id, reason_of(&body)?, &source).await?;
     Ok(Json(json!(MessageView::from(&tombstone))))
 }
 

@@ -11,7 +11,8 @@ use crate::auth::{ApiCaller, Caller};
 use crate::config::Cidr;
 use crate::error::Error;
 
-/// The authenticated caller, from `Authorization: Bearer <token>`.
+/// The authenticated caller, from `Authorization: Bearer <token>` whose
+/// session is live.
 pub struct Auth(pub Caller);
 
 pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
@@ -25,7 +26,7 @@ impl FromRequestParts<Api> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, Error> {
         let token = bearer(&parts.headers).ok_or_else(|| Error::Unauthorized("missing bearer token".into()))?;
-        Ok(Auth(api.tokens.verify(token)?))
+        Ok(Auth(api.sessions.authenticate(token).await?))
     }
 }
 

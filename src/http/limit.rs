@@ -19,7 +19,7 @@ pub async fn per_user(State(api): State<Api>, req: Request, next: Next) -> Respo
     if EXEMPT.contains(&req.uri().path()) {
         return next.run(req).await;
     }
-    let Some(caller) = token_of(&req).and_then(|t| api.tokens.verify(&t).ok()) else {
+    let Some(caller) = token_of(&req).and_then(|t| api.sessions.tokens().verify(&t).ok()) else {
         return next.run(req).await;
     };
     match api.limiter.rest(caller.user_id).await.into_result("rest") {

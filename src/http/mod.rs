@@ -17,6 +17,7 @@ mod presence;
 mod rooms;
 pub mod serve;
 mod server_api;
+mod sessions;
 mod users;
 mod ws;
 
@@ -33,7 +34,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use extract::{Admin, Auth, Body, ClientAddress, Params};
 
-use crate::auth::{ApiKeys, Tokens};
+use crate::auth::ApiKeys;
 use crate::config::Cidr;
 use crate::contacts::Contacts;
 use crate::error::Error;
@@ -45,6 +46,7 @@ use crate::ratelimit::SharedLimiter;
 use crate::receipts::Receipts;
 use crate::rooms::Rooms;
 use crate::search::Searcher;
+use crate::sessions::Sessions;
 use crate::users::Users;
 use crate::ws::Sockets;
 
@@ -63,7 +65,7 @@ pub struct Api {
     pub api_keys: Arc<ApiKeys>,
     pub health: Arc<Health>,
     pub sockets: Arc<Sockets>,
-    pub tokens: Tokens,
+    pub sessions: Arc<Sessions>,
     pub limiter: Arc<SharedLimiter>,
     pub edge: Arc<Edge>,
     pub audit: Arc<crate::audit::Audit>,
@@ -108,6 +110,11 @@ fn routes(edge: &Edge) -> Vec<(&'static str, MethodRouter<Api>)> {
     let mut routes = vec![
         ("/register", post(accounts::register)),
         ("/login", post(accounts::login)),
+        ("/token/refresh", post(sessions::refresh)),
+        ("/logout", post(sessions::logout)),
+        ("/logout/all", post(sessions::logout_all)),
+        ("/sessions", get(sessions::list)),
+        ("/sessions/{id}", axum::routing::delete(sessions::revoke)),
         ("/rooms", get(rooms::list).post(rooms::create)),
         ("/rooms/{id}/join", post(rooms::join)),
         ("/rooms/{id}/members", get(rooms::list_members).post(rooms::add_member)),
@@ -116,6 +123,7 @@ fn routes(edge: &Edge) -> Vec<(&'static str, MethodRouter<Api>)> {
         ("/messages", get(messages::history).post(messages::create)),
         ("/messages/{id}/status", get(messages::status)),
         ("/users/me", get(users::me).patch(users::update_me)),
+        ("/users/me/password", patch(users::change_password)),
         ("/users/search", get(users::search)),
         ("/users/{id}", get(users::profile)),
         ("/contacts", get(contacts::list)),
@@ -128,6 +136,9 @@ fn routes(edge: &Edge) -> Vec<(&'static str, MethodRouter<Api>)> {
         ("/messages/search", get(messages::search)),
         ("/messages/{id}", patch(messages::edit).delete(messages::delete)),
         ("/admin/users", get(admin::users)),
+        ("/admin/users/{id}/ban", post(admin::ban)),
+        ("/admin/users/{id}/unban", post(admin::unban)),
+        ("/admin/users/{id}/disconnect", post(admin::disconnect)),
         ("/admin/audit", get(admin::audit)),
         ("/admin/messages/{id}", axum::routing::delete(admin::delete_message)),
     ];

@@ -1,4 +1,5 @@
-//! `GET /users/me`, `PATCH /users/me`, `GET /users/{id}`, `GET /users/search`.
+//! `GET /users/me`, `PATCH /users/me`, `PATCH /users/me/password`,
+//! `GET /users/{id}`, `GET /users/search`.
 //! Only `/users/me` shows an email address; other users' profiles never do.
 
 use std::sync::Arc;
@@ -9,10 +10,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Auth, Body, Params};
+use crate::audit::Source;
 use crate::error::{Error, Result};
 use crate::protocol::views::{ProfileView, UserView};
 use crate::users::Users;
-use crate::users::{ProfilePatch, DEFAULT_SEARCH_PAGE, MAX_SEARCH_PAGE};
+use crate::users::{PasswordChange, ProfilePatch, DEFAULT_SEARCH_PAGE, MAX_SEARCH_PAGE};
 use crate::validate;
 
 pub async fn me(State(users): State<Arc<Users>>, Auth(caller): Auth) -> Result<Json<UserView>> {
@@ -27,6 +29,17 @@ pub async fn update_me(
 ) -> Result<Json<UserView>> {
     let user = users.update_profile(caller.user_id, patch).await?;
     Ok(Json(UserView::from(&user)))
+}
+
+/// `PATCH /users/me/password`: 204, and every other session ends.
+pub async fn change_password(
+    State(users): State<Arc<Users>>,
+    Auth(caller): Auth,
+    source: Source,
+    Body(change): Body<PasswordChange>,
+) -> Result<axum::http::StatusCode> {
+    users.change_password(&caller, change, &source).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 pub async fn profile(

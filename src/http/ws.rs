@@ -12,8 +12,8 @@ use http::header::SEC_WEBSOCKET_EXTENSIONS;
 use http::HeaderValue;
 
 use super::extract::bearer;
-use crate::auth::Tokens;
 use crate::error::{Error, Result};
+use crate::sessions::Sessions;
 use crate::ws::socket::Extensions;
 use crate::ws::Sockets;
 
@@ -44,9 +44,13 @@ fn upgrade(sockets: &Sockets, mut req: Request) -> Result<(Response, UpgradeFut,
     Ok((response, fut, extensions))
 }
 
-pub async fn chat(State(tokens): State<Tokens>, State(sockets): State<Arc<Sockets>>, req: Request) -> Result<Response> {
+pub async fn chat(
+    State(sessions): State<Arc<Sessions>>,
+    State(sockets): State<Arc<Sockets>>,
+    req: Request,
+) -> Result<Response> {
     let token = token_of(&req).ok_or_else(|| Error::Unauthorized("missing access token".into()))?;
-    let caller = tokens.verify(&token)?;
+    let caller = sessions.authenticate(&token).await?;
     // Browsers always send an Origin; other clients need not.
     let origin = req.headers().get(http::header::ORIGIN).map(|o| o.to_str().unwrap_or("\u{fffd}"));
     sockets.admit(&caller, origin).await?;

@@ -21,6 +21,14 @@ pub enum CloseCode {
     /// 1013: the client did not read fast enough (a slow consumer);
     /// reconnect and catch up from history.
     TryAgainLater,
+    /// 4001: the connection's login session was revoked (logout, a password
+    /// change, a reused refresh token, a ban); log in again.
+    SessionRevoked,
+    /// 4002: the connection's access token expired without a `refresh`;
+    /// get a new token and reconnect.
+    TokenExpired,
+    /// 4003: an administrator disconnected the user; reconnecting is allowed.
+    Disconnected,
 }
 
 impl CloseCode {
@@ -34,9 +42,32 @@ impl CloseCode {
             CloseCode::TooBig => 1009,
             CloseCode::InternalError => 1011,
             CloseCode::TryAgainLater => 1013,
+            CloseCode::SessionRevoked => 4001,
+            CloseCode::TokenExpired => 4002,
+            CloseCode::Disconnected => 4003,
         }
     }
+
+    /// The code a number names, among those one node asks another to send
+    /// (over the bus).
+    pub fn of(code: u16) -> Option<CloseCode> {
+        ALL.into_iter().find(|c| c.code() == code)
+    }
 }
+
+const ALL: [CloseCode; 11] = [
+    CloseCode::GoingAway,
+    CloseCode::ProtocolError,
+    CloseCode::Unsupported,
+    CloseCode::InvalidPayload,
+    CloseCode::PolicyViolation,
+    CloseCode::TooBig,
+    CloseCode::InternalError,
+    CloseCode::TryAgainLater,
+    CloseCode::SessionRevoked,
+    CloseCode::TokenExpired,
+    CloseCode::Disconnected,
+];
 
 /// A close the node decides on: its code and the reason sent with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,9 +97,14 @@ mod tests {
             (CloseCode::TooBig, 1009),
             (CloseCode::InternalError, 1011),
             (CloseCode::TryAgainLater, 1013),
+            (CloseCode::SessionRevoked, 4001),
+            (CloseCode::TokenExpired, 4002),
+            (CloseCode::Disconnected, 4003),
         ];
         for (close, code) in all {
             assert_eq!(close.code(), code);
+            assert_eq!(CloseCode::of(code), Some(close));
         }
+        assert_eq!(CloseCode::of(1000), None);
     }
 }

@@ -43,6 +43,10 @@ pub enum Command {
     Typing {
         room: ObjectId,
     },
+    /// Carry on with a new access token (of the same user).
+    Refresh {
+        access_token: String,
+    },
 }
 
 /// Where a join's replay starts: after a seq, or after a message.
@@ -75,8 +79,17 @@ pub struct Unreadable {
 }
 
 /// Every type a client may send, for bounded metric labels.
-pub const TYPES: [&str; 8] =
-    ["ping", "join_channel", "leave_channel", "send_message", "delivered", "read", "set_status", "user_typing"];
+pub const TYPES: [&str; 9] = [
+    "ping",
+    "join_channel",
+    "leave_channel",
+    "send_message",
+    "delivered",
+    "read",
+    "set_status",
+    "user_typing",
+    "refresh",
+];
 
 impl Command {
     /// The frame type, as the client wrote it.
@@ -90,6 +103,7 @@ impl Command {
             Command::Acknowledge { cursor: Cursor::Read, .. } => "read",
             Command::SetStatus { .. } => "set_status",
             Command::Typing { .. } => "user_typing",
+            Command::Refresh { .. } => "refresh",
         }
     }
 }
@@ -186,6 +200,11 @@ fn command(kind: &str, channel: Option<&str>, data: Option<&Value>) -> Result<Co
             Command::SetStatus { status: status.to_string() }
         }
         "user_typing" => Command::Typing { room: room()? },
+        "refresh" => {
+            let token = data.and_then(|d| d.get("access_token")).and_then(Value::as_str);
+            let token = token.ok_or_else(|| Error::invalid("access_token", "is required"))?;
+            Command::Refresh { access_token: token.to_string() }
+        }
         other => return Err(Error::UnknownType(validate::quoted(other))),
     })
 }
@@ -232,11 +251,15 @@ mod tests {
                 .unwrap();
         assert_eq!(r.command, Command::Acknowledge { room, cursor: Cursor::Read, message_id: m });
         assert_eq!(r.command.label(), "read");
+        let r = parse(serde_json::json!({"type": "refresh", "data": {"access_token": "abc"}, "ref": 1})).unwrap();
+        assert_eq!(r.command, Command::Refresh { access_token: "abc".into() });
+        let e = parse(serde_json::json!({"type": "refresh", "data": {}, "ref": 2})).unwrap_err();
+        assert_eq!((e.error.code(), e.reference), ("validation_failed", Some(Value::from(2))));
         for t in TYPES {
             let data = if t == "join_channel" {
                 Value::Null
             } else {
-                serde_json::json!({"content": "x", "message_id": m.to_hex(), "status": "away"})
+                serde_json::json!({"content": "x", "message_id": m.to_hex(), "status": "away", "access_token": "t"})
             };
             let frame = serde_json::json!({"type": t, "channel": room.to_hex(), "data": data});
             assert_eq!(parse(frame).unwrap().command.label(), t, "labels match the wire names");

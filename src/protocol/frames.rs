@@ -80,7 +80,7 @@ pub enum ServerEvent<'a> {
 }
 
 /// Every kind of server frame, as its `type` names it.
-pub const KINDS: [&str; 15] = [
+pub const KINDS: [&str; 16] = [
     "message",
     "message_updated",
     "message_deleted",
@@ -96,6 +96,7 @@ pub const KINDS: [&str; 15] = [
     "ack",
     "pong",
     "error",
+    "token_expiring",
 ];
 
 impl ServerEvent<'_> {
@@ -227,6 +228,25 @@ pub fn ack<D: Serialize>(reference: Option<&Value>, channel: Option<&str>, data:
 
 pub fn pong(reference: Option<&Value>) -> Bytes {
     encode(&Envelope { kind: "pong", channel: None, data: Value::Null, timestamp: now_ms(), user_id: None, reference })
+}
+
+#[derive(Serialize)]
+struct Expiring {
+    expires_in: u64,
+}
+
+/// `token_expiring`: the connection's access token expires in
+/// `expires_in` seconds; answer with `refresh`, or the socket closes (4002).
+pub fn token_expiring(expires_in: u64) -> Bytes {
+    let data = Expiring { expires_in };
+    encode(&Envelope {
+        kind: "token_expiring",
+        channel: None,
+        data,
+        timestamp: now_ms(),
+        user_id: None,
+        reference: None,
+    })
 }
 
 #[derive(Serialize)]

@@ -14,4 +14,4 @@ pub mod views;
 
 pub use close::{Close, CloseCode};
 pub use command::{Command, ReplayFrom, Request, Unreadable};
-pub use frames::{ack, error, pong, ServerEvent};
+pub use frames::{ack, error, pong, token_expiring, ServerEvent};

@@ -16,6 +16,17 @@ pub struct UserView {
     pub avatar_url: Option<String>,
     /// `user` or `admin`.
     pub role: &'static str,
+    /// Present while the user is banned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub banned: Option<BanView>,
+}
+
+/// A ban, as administrators see it on a user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BanView {
+    pub at: String,
+    pub by: String,
+    pub reason: Option<String>,
 }
 
 impl From<&User> for UserView {
@@ -28,6 +39,11 @@ impl From<&User> for UserView {
             display_name: u.display_name.clone(),
             avatar_url: u.avatar_url.clone(),
             role: u.role.as_str(),
+            banned: u.banned.as_ref().map(|b| BanView {
+                at: rfc3339(&b.at),
+                by: b.by.to_hex(),
+                reason: b.reason.clone(),
+            }),
         }
     }
 }

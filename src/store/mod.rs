@@ -23,7 +23,7 @@ use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 
 pub use audit::AuditQuery;
-pub use model::{ActorKind, ApiKey, AuditEntry, Notification, NotificationPreferences, UserRole};
+pub use model::{ActorKind, ApiKey, AuditEntry, Ban, Notification, NotificationPreferences, UserRole};
 pub use model::{Contact, Cursor, Member, Message, Role, Room, RoomKind, User};
 
 #[derive(Debug, thiserror::Error)]

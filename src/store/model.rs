@@ -28,6 +28,20 @@ pub struct User {
     /// made before roles, which are users.
     #[serde(default)]
     pub role: UserRole,
+    /// Set while an administrator bars the user from logging in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub banned: Option<Ban>,
+}
+
+/// Why and since when a user is banned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ban {
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub at: DateTime<Utc>,
+    /// The administrator who banned them.
+    pub by: ObjectId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What a user may do beyond their own account.

@@ -179,4 +179,21 @@ impl Store {
             self.users.find_one_and_update(doc! {"username_key": username_key}, doc! {"$set": {"role": role.as_str()}});
         timed("update_user", update.return_document(ReturnDocument::Before)).await
     }
+
+    /// Bans (`Some`) or unbans (`None`) a user; the user as stored before,
+    /// `None` if unknown.
+    pub async fn set_ban(&self, id: ObjectId, ban: Option<&super::Ban>) -> StoreResult<Option<User>> {
+        let update = match ban {
+            Some(ban) => doc! {"$set": {"banned": bson::to_bson(ban).map_err(|e| StoreError::Other(e.into()))?}},
+            None => doc! {"$unset": {"banned": ""}},
+        };
+        let update = self.users.find_one_and_update(doc! {"_id": id}, update);
+        timed("update_user", update.return_document(ReturnDocument::Before)).await
+    }
+
+    /// Replaces a user's password hash; false if the user is unknown.
+    pub async fn set_password_hash(&self, id: ObjectId, hash: &str) -> StoreResult<bool> {
+        let update = self.users.update_one(doc! {"_id": id}, doc! {"$set": {"password_hash": hash}});
+        Ok(timed("update_user", update).await?.matched_count == 1)
+    }
 }

@@ -25,11 +25,12 @@ use crate::auth::Caller;
 use crate::config::{Config, RateLimits};
 use crate::error::{Error, Result};
 use crate::fanout::line::Compression;
-use crate::fanout::{Fanout, Outbox};
+use crate::fanout::{Expiry, Fanout, Outbound, Outbox};
 use crate::messages::Messages;
 use crate::presence::Presence;
 use crate::receipts::Receipts;
 use crate::rooms::Rooms;
+use crate::sessions::Sessions;
 use crate::typing::Typing;
 
 /// An upgraded WebSocket, as the HTTP layer hands it over.
@@ -44,8 +45,25 @@ pub struct Sockets {
     receipts: Arc<Receipts>,
     presence: Arc<Presence>,
     typing: Arc<Typing>,
+    sessions: Arc<Sessions>,
     settings: Settings,
     tasks: TaskTracker,
+}
+
+/// The domain services a chat connection uses.
+pub struct Services {
+    pub messages: Arc<Messages>,
+    pub rooms: Arc<Rooms>,
+    pub receipts: Arc<Receipts>,
+    pub presence: Arc<Presence>,
+    pub typing: Arc<Typing>,
+    pub sessions: Arc<Sessions>,
+}
+
+/// How long before its token expires a connection is told so: a minute,
+/// or half the token's life for shorter ones.
+pub fn expiry_warning(token_ttl: std::time::Duration) -> u64 {
+    (token_ttl.as_secs() / 2).min(60)
 }
 
 /// The socket settings, from the node's configuration.
@@ -76,16 +94,35 @@ impl Settings {
 }
 
 impl Sockets {
-    pub fn new(
-        fanout: Fanout,
-        messages: Arc<Messages>,
-        rooms: Arc<Rooms>,
-        receipts: Arc<Receipts>,
-        presence: Arc<Presence>,
-        typing: Arc<Typing>,
-        settings: Settings,
-    ) -> Self {
-        Sockets { fanout, messages, rooms, receipts, presence, typing, settings, tasks: TaskTracker::new() }
+    pub fn new(fanout: Fanout, services: Services, settings: Settings) -> Self {
+        let Services { messages, rooms, receipts, presence, typing, sessions } = services;
+        Sockets { fanout, messages, rooms, receipts, presence, typing, sessions, settings, tasks: TaskTracker::new() }
+    }
+
+    /// Once a second, tells each connection whose token expires soon
+    /// (`token_expiring`, see [`expiry_warning`]) and closes those whose
+    /// token has expired without a `refresh` (4002), until `stop`.
+    pub async fn expire_tokens(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let lead = expiry_warning(self.sessions.tokens().ttl());
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = jsonwebtoken::get_current_timestamp();
+            self.fanout.registry.each_connection(|outbox| match outbox.expiry_due(now, lead) {
+                Expiry::None => {}
+                Expiry::Warn(left) => {
+                    let _ = outbox.offer(Outbound::Text(crate::protocol::token_expiring(left)));
+                }
+                Expiry::Expired => {
+                    metrics::counter!("confab_ws_token_expired_total").increment(1);
+                    outbox.close(crate::protocol::CloseCode::TokenExpired, "token expired");
+                }
+            });
+        }
     }
 
     /// Whether `caller` may open a chat connection from a page at `origin`
@@ -108,9 +145,19 @@ impl Sockets {
         socket::Extensions { deflate }
     }
 
-    /// A new connection's outbox, compressing as agreed.
-    fn outbox(&self, user: Option<bson::oid::ObjectId>, extensions: socket::Extensions) -> Arc<Outbox> {
-        let outbox = Outbox::new(user, self.settings.outbound_queue, self.fanout.shutdown.child_token());
+    /// A new connection's outbox, compressing as agreed: the caller's, or
+    /// an anonymous one (echo).
+    fn outbox(&self, caller: Option<&Caller>, extensions: socket::Extensions) -> Arc<Outbox> {
+        let kill = self.fanout.shutdown.child_token();
+        let outbox = Outbox::of_session(
+            caller.map(|c| c.user_id),
+            caller.and_then(|c| c.session),
+            self.settings.outbound_queue,
+            kill,
+        );
+        if let Some(caller) = caller {
+            outbox.expires_at(caller.expires_at);
+        }
         if let (Some(agreed), Some(min_bytes)) = (extensions.deflate, self.settings.deflate_min_bytes) {
             outbox.line.compress_with(Compression { min_bytes, window: agreed.window, compress: deflate::shared });
         }
@@ -147,7 +194,7 @@ impl Sockets {
     async fn run_chat(self: Arc<Self>, caller: Caller, extensions: socket::Extensions, ws: Upgraded) {
         let Some(halves) = split(ws) else { return };
         let fanout = &self.fanout;
-        let outbox = self.outbox(Some(caller.user_id), extensions);
+        let outbox = self.outbox(Some(&caller), extensions);
         fanout.registry.register(outbox.clone());
         // Receipts and presence reach a user through their own topic. Counting
         // the connection for presence goes alongside: with Redis down, each

@@ -110,6 +110,18 @@ impl ChatSession {
                 let relayed = self.sockets.typing.relay(self.caller.user_id, *room).await;
                 Ok(ack(&json!({ "room_id": channel, "relayed": relayed })))
             }
+            Command::Refresh { access_token } => {
+                let fresh = self.sockets.sessions.authenticate(access_token).await?;
+                if fresh.user_id != self.caller.user_id || fresh.session != self.caller.session {
+                    return Err(Error::Forbidden(
+                        "the token is not of this connection's session: reconnect with it instead".into(),
+                    ));
+                }
+                self.outbox.expires_at(fresh.expires_at);
+                self.caller.expires_at = fresh.expires_at;
+                let left = fresh.expires_at.saturating_sub(jsonwebtoken::get_current_timestamp());
+                Ok(ack(&json!({ "expires_in": left })))
+            }
         }
     }
 

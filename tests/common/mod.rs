@@ -189,6 +189,16 @@ impl Node {
         register_at(&self.http, &format!("http://{}", self.addr), username).await
     }
 
+    /// Logs `user` in again on this node: a new session, as after a Redis
+    /// that lost its data (sessions live there), or on a node with a Redis
+    /// of its own.
+    pub async fn login(&self, user: &User) -> User {
+        let body = json!({"username": user.username, "password": "correct horse"});
+        let (status, grant) = self.call("POST", "/login", None, Some(body)).await;
+        assert_eq!(status, 200, "{grant}");
+        User { token: grant["access_token"].as_str().unwrap().into(), ..user.clone() }
+    }
+
     pub async fn create_room(&self, user: &User, name: &str, kind: &str) -> String {
         let (status, body) =
             self.call("POST", "/rooms", Some(&user.token), Some(json!({"name": name, "type": kind}))).await;

@@ -40,7 +40,7 @@ pub struct HistoryResult {
 pub async fn run(urls: &[String], secret: &str, p: &HistoryParams) -> Result<HistoryResult> {
     let tokens = confab::auth::Tokens::new(secret, Duration::from_secs(86_400));
     let user = bson::oid::ObjectId::new();
-    let token = tokens.issue(user, "lthistory").map_err(|e| anyhow!("{e}"))?;
+    let token = tokens.issue(user, "lthistory", None).map_err(|e| anyhow!("{e}"))?;
     let http = reqwest::Client::new();
     let base = &urls[0];
     let name = format!("loadtest-history-{:08x}", rand::random::<u32>());

@@ -200,7 +200,7 @@ pub async fn run(urls: &[String], secret: &str, p: &IngestParams, server_pids: &
     let run_id = format!("{:08x}", rand::random::<u32>());
     let mut tokens_of = Vec::with_capacity(p.rooms * p.members);
     for i in 0..p.rooms * p.members {
-        tokens_of.push(tokens.issue(ObjectId::new(), &format!("lt{run_id}m{i}")).map_err(|e| anyhow!("{e}"))?);
+        tokens_of.push(tokens.issue(ObjectId::new(), &format!("lt{run_id}m{i}"), None).map_err(|e| anyhow!("{e}"))?);
     }
     let token = |room: usize, member: usize| tokens_of[room * p.members + member].clone();
     let node = |room: usize, member: usize| urls[(room + member) % urls.len()].clone();

@@ -350,6 +350,7 @@ impl Layout {
             display_name: Some(display),
             avatar_url: None,
             role: Default::default(),
+            banned: None,
         }
     }
 
@@ -673,7 +674,7 @@ impl Ctx {
     fn new(urls: &[String], secret: &str, layout: Layout, store: Store) -> Result<Ctx> {
         let tokens = confab::auth::Tokens::new(secret, Duration::from_secs(86_400));
         let tokens = (0..layout.users)
-            .map(|u| tokens.issue(layout.user(u), &Layout::username(u)).map_err(|e| anyhow!("{e}")))
+            .map(|u| tokens.issue(layout.user(u), &Layout::username(u), None).map_err(|e| anyhow!("{e}")))
             .collect::<Result<Vec<_>>>()?;
         let rooms_of = layout.rooms_of_users();
         let readers = (0..layout.users).filter(|u| !rooms_of[*u as usize].is_empty()).collect();

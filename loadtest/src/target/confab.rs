@@ -70,7 +70,7 @@ impl Confab {
         if let Some(secret) = &self.secret {
             let tokens = confab::auth::Tokens::new(secret, Duration::from_secs(86_400));
             let id = bson::oid::ObjectId::new();
-            return Ok(Identity { token: tokens.issue(id, name).map_err(|e| anyhow!("{e}"))? });
+            return Ok(Identity { token: tokens.issue(id, name, None).map_err(|e| anyhow!("{e}"))? });
         }
         let base = self.url(0);
         let password = "loadtest-password";
