@@ -83,7 +83,7 @@ start_node() {
   # above the load keep the limiters' cost in the figures but never refuse.
   CONFAB_LISTEN="127.0.0.1:$port" CONFAB_REDIS_URL="redis://127.0.0.1:$rport" \
     CONFAB_REST_RATE_PER_MINUTE=1000000 CONFAB_SOCKET_RATE_PER_SEC=1000000 CONFAB_SOCKET_BURST=1000000 \
-    CONFAB_MONGO_URL="mongodb://127.0.0.1:$mport" CONFAB_MONGO_DB=confab_bench CONFAB_JWT_SECRET="$SECRET" \
+    CONFAB_MONGO_URL="mongodb://127.0.0.1:$mport" CONFAB_MONGO_DB=confab_bench CONFAB_JWT_SECRET="$SECRET" CONFAB_SESSIONLESS_TOKENS=true \
     CONFAB_NODE_ID="$name" CONFAB_LOG=warn "$CONFAB" serve >"$work/$name.log" 2>&1 &
   echo $! >"$work/$name.pid"
   wait_port "$port" 30 || die "$name did not start"

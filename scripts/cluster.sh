@@ -243,7 +243,7 @@ up() {
     ensure_redis
     port=$(free_port)
     log "starting Redis on 127.0.0.1:$port"
-    start_redis "$STATE" "$port"
+    start_redis "$STATE" "$port" durable
     redis_url="redis://127.0.0.1:$port"
   fi
   if [ -n "${MONGO_URL:-}" ]; then

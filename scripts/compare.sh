@@ -193,7 +193,7 @@ run_confab() {
     port=$(free_port)
     start "confab-$n" env CONFAB_LISTEN="127.0.0.1:$port" CONFAB_REDIS_URL="$REDIS_URL" \
       CONFAB_MONGO_URL="$MONGO_URL" CONFAB_MONGO_DB="compare_$$" \
-      CONFAB_JWT_SECRET="$secret" CONFAB_NODE_ID="compare-$n" CONFAB_LOG="${CONFAB_LOG:-warn}" \
+      CONFAB_JWT_SECRET="$secret" CONFAB_SESSIONLESS_TOKENS=true CONFAB_NODE_ID="compare-$n" CONFAB_LOG="${CONFAB_LOG:-warn}" \
       CONFAB_WS_DEFLATE="$deflate" "$BIN/confab" serve
     wait_port "$port" 60 || die "confab node $n did not start (see $DIR/confab-$n.log)"
     pids+="$(cat "$DIR/confab-$n.pid") "

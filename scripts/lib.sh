@@ -60,10 +60,13 @@ wait_port() {
 }
 
 start_redis() {
-  # start_redis DIR PORT : a throwaway Redis (no persistence), pid in DIR/redis.pid
-  local dir=$1 port=$2
+  # start_redis DIR PORT [durable] : a Redis, pid in DIR/redis.pid; throwaway
+  # (no persistence) unless `durable`: then an append-only file in DIR keeps
+  # its keys (sessions among them) across restarts.
+  local dir=$1 port=$2 aof=no
+  [[ ${3:-} == durable ]] && aof=yes
   mkdir -p "$dir"
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly "$aof" --daemonize yes \
     --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir" >/dev/null
   wait_port "$port" 20 || die "redis did not start (see $dir/redis.log)"
 }

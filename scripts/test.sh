@@ -93,7 +93,7 @@ urls=() pids=()
 for n in 1 2; do
   port=$(free_port)
   CONFAB_LISTEN="127.0.0.1:$port" CONFAB_REDIS_URL="$REDIS_URL" CONFAB_MONGO_URL="$MONGO_URL" \
-    CONFAB_MONGO_DB="confab_loadtest_smoke" CONFAB_JWT_SECRET="$secret" CONFAB_NODE_ID="smoke-$n" CONFAB_LOG=warn \
+    CONFAB_MONGO_DB="confab_loadtest_smoke" CONFAB_JWT_SECRET="$secret" CONFAB_SESSIONLESS_TOKENS=true CONFAB_NODE_ID="smoke-$n" CONFAB_LOG=warn \
     CONFAB_FANOUT_LANES=2 CONFAB_FANOUT_SPLIT_AT=4 "$bin" serve >"$work/smoke-node-$n.log" 2>&1 &
   echo $! >"$work/smoke-node-$n.pid"
   wait_port "$port" 30 || die "smoke node $n did not start"
