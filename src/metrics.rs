@@ -85,6 +85,7 @@ const LABELLED_COUNTERS: &[(&str, &str, &[&str])] = &[
             "read",
             "set_status",
             "user_typing",
+            "refresh",
             "unknown",
             "malformed",
         ],
@@ -152,4 +153,18 @@ pub fn register_worker(jobs: &[&'static str]) {
     }
     metrics::gauge!("confab_deliveries_dead_letter").increment(0.0);
     metrics::counter!("confab_deliveries_dead_lettered_total").increment(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_frame_type_has_its_frames_in_series() {
+        let (_, _, types) = LABELLED_COUNTERS.iter().find(|(name, _, _)| *name == "confab_ws_frames_in_total").unwrap();
+        for t in crate::protocol::command::TYPES {
+            assert!(types.contains(&t), "`{t}` is registered at zero");
+        }
+        assert_eq!(types.len(), crate::protocol::command::TYPES.len() + 2, "plus unknown and malformed");
+    }
 }
