@@ -10,19 +10,6 @@ use serde_json::{json, Value};
 
 use common::confab_command as confab;
 
-async fn login(node: &Node, username: &str, password: &str, agent: &str) -> (u16, Value) {
-    let resp = node
-        .http
-        .post(node.url("/login"))
-        .header("User-Agent", agent)
-        .json(&json!({"username": username, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// The audit entries an admin sees with `query`.
 async fn entries(node: &Node, admin: &User, query: &str) -> Value {
     let (s, body) = node.call("GET", &format!("/admin/audit{query}"), Some(&admin.token), None).await;
@@ -106,11 +93,11 @@ async fn security_events_are_audited_without_secrets() {
     assert_eq!(confab(&db, &["user", "promote", "olga"]).0, 0);
 
     // Logins, good and bad, through both nodes.
-    let (s, ok) = login(&a, "alice", "correct horse", "agent-ok/1.0").await;
+    let (s, ok) = a.login_as("alice", "correct horse", "agent-ok/1.0").await;
     assert_eq!(s, 200);
-    let (s, _) = login(&b, "alice", "wrong password!", "agent-bad/2.0").await;
+    let (s, _) = b.login_as("alice", "wrong password!", "agent-bad/2.0").await;
     assert_eq!(s, 401);
-    let (s, _) = login(&b, "nobody-here", "whatever pass", "agent-bad/2.0").await;
+    let (s, _) = b.login_as("nobody-here", "whatever pass", "agent-bad/2.0").await;
     assert_eq!(s, 401);
 
     // Membership: a role change and a removal, on different nodes.

@@ -15,21 +15,8 @@ use common::confab_command as confab;
 const PASSWORD: &str = "correct horse";
 
 /// Logs `username` in on `node` with a user agent; the whole answer.
-async fn login(node: &Node, username: &str, password: &str, agent: &str) -> (u16, Value) {
-    let resp = node
-        .http
-        .post(node.url("/login"))
-        .header("User-Agent", agent)
-        .json(&json!({"username": username, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn session(node: &Node, username: &str, agent: &str) -> Value {
-    let (s, grant) = login(node, username, PASSWORD, agent).await;
+    let (s, grant) = node.login_as(username, PASSWORD, agent).await;
     assert_eq!(s, 200, "{grant}");
     grant
 }
@@ -255,9 +242,9 @@ async fn a_password_change_keeps_this_session_and_ends_the_others() {
     refused_within(&a, token(&other), Duration::from_secs(1)).await;
     let (s, _) = b.call("GET", "/users/me", Some(&dana.token), None).await;
     assert_eq!(s, 200, "the session that changed it goes on");
-    let (s, body) = login(&a, "dana", PASSWORD, "x").await;
+    let (s, body) = a.login_as("dana", PASSWORD, "x").await;
     assert_error(s, &body, 401, "unauthorized");
-    let (s, _) = login(&b, "dana", "n3w passw0rd", "x").await;
+    let (s, _) = b.login_as("dana", "n3w passw0rd", "x").await;
     assert_eq!(s, 200);
 
     let changes = audit(&a, &root, "password.changed").await;
@@ -308,9 +295,9 @@ async fn a_ban_ends_every_session_and_refuses_logins_until_lifted_and_a_disconne
     assert_eq!(phone_socket.ended().await, Ended::Close(Some(4001)));
     refused_within(&a, &erin.token, Duration::from_secs(1)).await;
     refused_within(&b, token(&phone), Duration::from_secs(1)).await;
-    let (s, body) = login(&a, "erin", PASSWORD, "x").await;
+    let (s, body) = a.login_as("erin", PASSWORD, "x").await;
     assert_error(s, &body, 403, "banned");
-    let (s, body) = login(&a, "erin", "not her password", "x").await;
+    let (s, body) = a.login_as("erin", "not her password", "x").await;
     assert_error(s, &body, 401, "unauthorized");
     let (s, body) = refresh(&b, phone["refresh_token"].as_str().unwrap()).await;
     assert_error(s, &body, 401, "invalid_refresh_token");

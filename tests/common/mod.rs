@@ -189,6 +189,20 @@ impl Node {
         register_at(&self.http, &format!("http://{}", self.addr), username).await
     }
 
+    /// `POST /login` with a user agent: the status and the body.
+    pub async fn login_as(&self, username: &str, password: &str, agent: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url("/login"))
+            .header("User-Agent", agent)
+            .json(&json!({"username": username, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// Logs `user` in again on this node: a new session, as after a Redis
     /// that lost its data (sessions live there), or on a node with a Redis
     /// of its own.
