@@ -7,6 +7,12 @@
 #   scripts/cluster.sh status   list what runs (exit 0 all up, 1 partly, 3 nothing)
 #   scripts/cluster.sh down     stop everything this script started
 #
+# Faults, for trying clients against failures (on a running cluster):
+#   scripts/cluster.sh kill-node N    SIGKILL node N (a crash: no goodbye)
+#   scripts/cluster.sh start-node N   start node N again, on its port
+#   scripts/cluster.sh restart-redis  stop and start the cluster's own Redis
+#                                     (its append-only file keeps the data)
+#
 # Environment (all optional):
 #   CONFAB_CLUSTER_DIR  state directory (default: .cluster in the repository)
 #   CONFAB_NODES        number of nodes (default 2)
@@ -259,8 +265,10 @@ up() {
 
   local secret mongo_db=${CONFAB_MONGO_DB:-confab}
   secret=$(jwt_secret)
+  # The running cluster's secret, for start-node.
+  (umask 077 && printf '%s\n' "$secret" >"$STATE/running_secret")
   {
-    printf 'REDIS_URL=%s\nMONGO_URL=%s\nMONGO_DB=%s\n' "$redis_url" "$mongo_url" "$mongo_db"
+    printf 'REDIS_URL=%s\nMONGO_URL=%s\nMONGO_DB=%s\nBIN=%s\n' "$redis_url" "$mongo_url" "$mongo_db" "$bin"
   } >"$STATE/cluster.env"
 
   local i node_ports=()
@@ -268,16 +276,9 @@ up() {
     port=$(free_port)
     while [[ " ${node_ports[*]} " == *" $port "* ]] || [ "$port" = "$http_port" ]; do port=$(free_port); done
     node_ports+=("$port")
-    log "starting node-$i on 127.0.0.1:$port"
-    CONFAB_LISTEN="127.0.0.1:$port" \
-      CONFAB_REDIS_URL="$redis_url" \
-      CONFAB_MONGO_URL="$mongo_url" \
-      CONFAB_MONGO_DB="$mongo_db" \
-      CONFAB_JWT_SECRET="$secret" \
-      CONFAB_NODE_ID="node-$i" \
-      nohup "$bin" serve </dev/null >"$STATE/node-$i.log" 2>&1 &
-    echo $! >"$STATE/node-$i.pid"
     echo "NODE_$i=127.0.0.1:$port" >>"$STATE/cluster.env"
+    : >"$STATE/node-$i.log"
+    start_node "$i" "$port" "$bin" "$redis_url" "$mongo_url" "$mongo_db" "$secret"
   done
   for ((i = 1; i <= nodes; i++)); do
     wait_ready "node-$i" "http://127.0.0.1:${node_ports[i - 1]}/readyz" \
@@ -337,6 +338,56 @@ up() {
   fi
 }
 
+# start_node I PORT BIN REDIS_URL MONGO_URL MONGO_DB SECRET : node-I on PORT.
+start_node() {
+  local i=$1 port=$2 bin=$3
+  log "starting node-$i on 127.0.0.1:$port"
+  CONFAB_LISTEN="127.0.0.1:$port" \
+    CONFAB_REDIS_URL="$4" \
+    CONFAB_MONGO_URL="$5" \
+    CONFAB_MONGO_DB="$6" \
+    CONFAB_JWT_SECRET="$7" \
+    CONFAB_NODE_ID="node-$i" \
+    nohup "$bin" serve </dev/null >>"$STATE/node-$i.log" 2>&1 &
+  echo $! >"$STATE/node-$i.pid"
+}
+
+# env_value NAME : NAME's value in the running cluster's cluster.env.
+env_value() {
+  [ -f "$STATE/cluster.env" ] || die "no cluster is running in $STATE (scripts/cluster.sh up)"
+  sed -n "s/^$1=//p" "$STATE/cluster.env"
+}
+
+kill_node() {
+  local i=$1
+  [ -f "$STATE/node-$i.pid" ] && pid_alive "$STATE/node-$i.pid" confab || die "node-$i is not running"
+  kill -KILL "$(cat "$STATE/node-$i.pid")"
+  log "node-$i killed (scripts/cluster.sh start-node $i starts it again)"
+}
+
+restart_node() {
+  local i=$1 addr
+  addr=$(env_value "NODE_$i")
+  [ -n "$addr" ] || die "the cluster has no node-$i"
+  if [ -f "$STATE/node-$i.pid" ] && pid_alive "$STATE/node-$i.pid" confab; then
+    die "node-$i is already running"
+  fi
+  start_node "$i" "${addr##*:}" "$(env_value BIN)" "$(env_value REDIS_URL)" "$(env_value MONGO_URL)" \
+    "$(env_value MONGO_DB)" "$(cat "$STATE/running_secret")"
+  wait_ready "node-$i" "http://$addr/readyz" "$STATE/node-$i.pid" confab "$STATE/node-$i.log" || exit 1
+  log "node-$i ready"
+}
+
+restart_redis() {
+  [ -f "$STATE/redis.pid" ] || die "this cluster uses an outside Redis; restart it yourself"
+  local url port
+  url=$(env_value REDIS_URL)
+  port=${url##*:}
+  stop_owned "$STATE/redis.pid" redis-server
+  start_redis "$STATE" "$port" durable
+  log "Redis restarted on 127.0.0.1:$port"
+}
+
 down() {
   [ -d "$STATE" ] || { log "nothing to stop ($STATE does not exist)"; return 0; }
   local f
@@ -348,7 +399,7 @@ down() {
   stop_owned "$STATE/worker.pid" confab
   stop_owned "$STATE/ferretdb.pid" ferretdb
   stop_owned "$STATE/redis.pid" redis-server
-  rm -f "$STATE/url" "$STATE/cluster.env"
+  rm -f "$STATE/url" "$STATE/cluster.env" "$STATE/running_secret"
   log "stopped (state, data and logs stay in $STATE)"
 }
 
@@ -395,10 +446,20 @@ status() {
   return 1
 }
 
-[ $# -eq 1 ] || usage
+node_number() {
+  [[ "${1:-}" =~ ^[1-9][0-9]*$ ]] || die "expected a node number (1, 2, ...), got '${1:-}'"
+}
+
+case "${1:-}" in
+  kill-node | start-node) [ $# -eq 2 ] || usage; node_number "$2" ;;
+  *) [ $# -eq 1 ] || usage ;;
+esac
 case "$1" in
   up) up ;;
   down) down ;;
+  kill-node) kill_node "$2" ;;
+  start-node) restart_node "$2" ;;
+  restart-redis) restart_redis ;;
   status)
     rc=0
     status || rc=$?
