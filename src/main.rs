@@ -187,6 +187,20 @@ struct TokenArgs {
 /// Subcommands that read another command's file and skip keys they do not know.
 const LENIENT: &[&str] = &["jobs", "apikey", "user", "audit"];
 
+/// Logs to stdout, filtered by `CONFAB_LOG` (default `info`): lines of
+/// text, or with `CONFAB_LOG_FORMAT=json` one JSON object per line (for log
+/// collectors), with the span fields of each event.
+fn init_logs(format: Option<&str>) -> Result<(), String> {
+    let filter = EnvFilter::try_from_env("CONFAB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format.unwrap_or("text") {
+        "text" => logs.init(),
+        "json" => logs.json().flatten_event(true).with_current_span(true).init(),
+        other => return Err(format!("invalid setting CONFAB_LOG_FORMAT: `{other}` (expected text or json)")),
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = match parse(std::env::args_os().collect()) {
         Ok(Parsed::Ok(cli)) => cli,
@@ -196,9 +210,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("CONFAB_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    if let Err(message) = init_logs(std::env::var("CONFAB_LOG_FORMAT").ok().as_deref()) {
+        eprintln!("confab: {message}");
+        std::process::exit(2);
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),

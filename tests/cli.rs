@@ -36,6 +36,7 @@ fn missing_and_invalid_settings_name_themselves_in_one_line() {
         (&[("CONFAB_LISTEN", "everywhere")], "--listen (CONFAB_LISTEN)"),
         (&[("CONFAB_NODE_ID", "no spaces please")], "--node-id (CONFAB_NODE_ID)"),
         (&[("CONFAB_CONFIG", "/nonexistent/confab.toml")], "--config (CONFAB_CONFIG)"),
+        (&[("CONFAB_LOG_FORMAT", "xml")], "CONFAB_LOG_FORMAT"),
     ];
     for (overrides, needle) in cases {
         let (code, stderr) = serve(&[], &with(overrides));
@@ -55,6 +56,46 @@ fn an_address_in_use_is_one_clear_line_too() {
     let (code, stderr) = serve(&[], &with(&[("CONFAB_LISTEN", addr)]));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.trim().starts_with("confab: cannot listen on") && stderr.trim().lines().count() == 1, "{stderr}");
+}
+
+#[test]
+fn logs_are_one_json_object_per_line_when_asked() {
+    use std::io::BufRead;
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mongo = std::env::var("MONGO_URL").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs([
+            ("CONFAB_REDIS_URL", redis.as_str()),
+            ("CONFAB_MONGO_URL", mongo.as_str()),
+            ("CONFAB_MONGO_DB", "confab_cli_json_logs"),
+            ("CONFAB_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("CONFAB_LISTEN", "127.0.0.1:0"),
+            ("CONFAB_NODE_ID", "json-logs"),
+            ("CONFAB_LOG_FORMAT", "json"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("confab runs");
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut serving = None;
+    for line in stdout.lines().take(50) {
+        let line = line.unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if entry["message"] == "confab node serving" {
+            serving = Some(entry);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let entry = serving.expect("the node logged that it serves");
+    assert_eq!(entry["level"], "INFO", "{entry}");
+    assert_eq!(entry["node"], "json-logs", "event fields are top-level: {entry}");
+    assert!(entry["timestamp"].is_string() && entry["target"].is_string(), "{entry}");
 }
 
 #[test]
