@@ -70,6 +70,12 @@ impl Keyspace {
         self.name(format_args!("user:{}", user.to_hex()))
     }
 
+    /// The channel a bus sends its delivery probes to itself on (`id` is
+    /// the bus's own random id); not a [`Channel`].
+    pub fn probe_channel(&self, id: &str) -> String {
+        self.name(format_args!("probe:{id}"))
+    }
+
     /// What a channel of this keyspace carries; `None` for a foreign one.
     pub fn channel(&self, name: &str) -> Option<Channel> {
         let rest = name.strip_prefix(&*self.prefix)?.strip_prefix(':')?;
@@ -280,6 +286,7 @@ mod tests {
         assert_eq!(keys.channel(&Keyspace::default().room_channel(id)), None, "another deployment's channel");
         assert_eq!(keys.channel("staging:room:nope"), None);
         assert_eq!(keys.channel("staging"), None);
+        assert_eq!(keys.channel(&keys.probe_channel("ab12")), None, "a probe is no room or user");
     }
 
     #[test]

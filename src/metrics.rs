@@ -52,6 +52,7 @@ const COUNTERS: &[&str] = &[
     "confab_pubsub_duplicates_total",
     "confab_pubsub_malformed_total",
     "confab_bus_publish_failures_total",
+    "confab_bus_probe_failures_total",
     "confab_redis_reconnects_total",
     "confab_seq_collisions_total",
     "confab_store_batch_orphans_total",
@@ -103,8 +104,12 @@ const LABELLED_COUNTERS: &[(&str, &str, &[&str])] = &[
 
 const GAUGES: &[&str] = &["confab_connections_active", "confab_bus_subscriptions"];
 
-const HISTOGRAMS: &[&str] =
-    &["confab_message_delivery_latency_seconds", "confab_redis_publish_seconds", "confab_store_insert_batch_size"];
+const HISTOGRAMS: &[&str] = &[
+    "confab_message_delivery_latency_seconds",
+    "confab_redis_publish_seconds",
+    "confab_bus_probe_seconds",
+    "confab_store_insert_batch_size",
+];
 
 /// The store operations on the send and read paths, whose timings exist from start.
 const STORE_OPS: &[&str] = &["insert_message", "insert_messages", "history", "find_member", "highest_seq"];

@@ -7,8 +7,15 @@
 //!   `confab_pubsub_lagged_total` and logged, never dropped silently.
 //! - fred re-sends in-flight commands after a reconnect, so a PUBLISH can
 //!   arrive twice: events are de-duplicated by id before delivery.
+//! - A subscriber connection can wedge: open, answering nothing, while
+//!   publishes succeed, so messages are lost without an error anywhere. The
+//!   bus sends itself a probe every [`PROBE_EVERY`] on a channel of its own;
+//!   when none has come back for [`PROBE_DEADLINE`], the bus counts
+//!   `confab_bus_probe_failures_total`, reports itself not ready, and forces
+//!   the subscriber to reconnect (which subscribes to every channel again).
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +38,7 @@ pub struct Bus {
     publisher: Client,
     subscriber: SubscriberClient,
     keys: Keyspace,
+    probe: Arc<Probe>,
     /// The reader and the reconnect watcher; end at `shutdown`.
     tasks: TaskTracker,
     stop: CancellationToken,
@@ -73,8 +81,10 @@ impl Bus {
         }
         subscriber.manage_subscriptions();
         let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        let probe = Arc::new(Probe::new(keys.probe_channel(&hex::encode(rand::random::<[u8; 8]>()))));
         let rx = subscriber.message_rx();
-        tasks.spawn(read_loop(rx, keys.clone(), inbox.clone(), stop.clone()));
+        tasks.spawn(read_loop(rx, keys.clone(), inbox.clone(), probe.clone(), stop.clone()));
+        tasks.spawn(probe_loop(publisher.clone(), subscriber.clone(), probe.clone(), tasks.clone(), stop.clone()));
         let mut reconnects = subscriber.reconnect_rx();
         let resubscribed = inbox.clone();
         let stopped = stop.clone();
@@ -90,7 +100,7 @@ impl Bus {
             }
         });
         tasks.close();
-        Ok(Arc::new(Bus { publisher, subscriber, keys, tasks, stop }))
+        Ok(Arc::new(Bus { publisher, subscriber, keys, probe, tasks, stop }))
     }
 
     /// Publishes the live effect of something already stored or decided (a
@@ -150,7 +160,11 @@ impl Bus {
         self.subscriber.unsubscribe(channel(&self.keys, topic)).await.map_err(Into::into)
     }
 
+    /// Whether both connections answer and the delivery probe comes back.
     pub async fn ping(&self) -> Result<(), BusError> {
+        if self.probe.failing() {
+            return Err(BusError::Reply("the delivery probe has not come back: subscriptions wedged".into()));
+        }
         let _: String = self.publisher.ping(None).await?;
         let _: () = self.subscriber.ping(None).await?;
         Ok(())
@@ -189,10 +203,105 @@ impl Bus {
     }
 }
 
+/// How often the bus sends itself a probe.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long without a probe coming back before the bus counts as wedged.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The delivery probe's state: its channel, and when a probe last came back.
+struct Probe {
+    channel: String,
+    started: Instant,
+    /// Milliseconds after `started` when a probe last came back (0: never).
+    seen_at: AtomicU64,
+    failing: AtomicBool,
+}
+
+impl Probe {
+    fn new(channel: String) -> Self {
+        Probe { channel, started: Instant::now(), seen_at: AtomicU64::new(0), failing: AtomicBool::new(false) }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// A probe came back, sent at `sent_ms`.
+    fn seen(&self, sent_ms: Option<u64>) {
+        let now = self.now_ms();
+        self.seen_at.store(now.max(1), Ordering::Release);
+        if let Some(sent) = sent_ms.filter(|s| *s <= now) {
+            metrics::histogram!("confab_bus_probe_seconds").record((now - sent) as f64 / 1000.0);
+        }
+    }
+
+    /// How long since a probe last came back (since the start, if none has).
+    fn silent_for(&self) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(self.seen_at.load(Ordering::Acquire)))
+    }
+
+    fn failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+}
+
+/// Sends a probe every [`PROBE_EVERY`]; past [`PROBE_DEADLINE`] without
+/// one back, counts a failure each round, marks the bus not ready, and
+/// forces the subscriber to reconnect (at most once per deadline).
+async fn probe_loop(
+    publisher: Client,
+    subscriber: SubscriberClient,
+    probe: Arc<Probe>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    let mut subscribed = false;
+    let mut forced: Option<Instant> = None;
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !subscribed {
+            // Once subscribed, fred subscribes again after every reconnect.
+            let attempt = tokio::time::timeout(PROBE_EVERY, subscriber.subscribe(probe.channel.clone()));
+            subscribed = matches!(attempt.await, Ok(Ok(())));
+        }
+        let sent = probe.now_ms().to_string();
+        let publish = publisher.publish::<i64, _, _>(probe.channel.clone(), sent);
+        let _ = tokio::time::timeout(PROBE_EVERY, publish).await;
+        if probe.silent_for() <= PROBE_DEADLINE {
+            if probe.failing.swap(false, Ordering::AcqRel) {
+                tracing::info!("the bus's delivery probe comes back again");
+            }
+            continue;
+        }
+        metrics::counter!("confab_bus_probe_failures_total").increment(1);
+        if !probe.failing.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                silent_ms = probe.silent_for().as_millis() as u64,
+                "the bus's delivery probe has not come back: subscriptions look wedged; reconnecting the subscriber"
+            );
+        }
+        if forced.is_none_or(|at| at.elapsed() >= PROBE_DEADLINE) {
+            forced = Some(Instant::now());
+            let subscriber = subscriber.clone();
+            // Not awaited here: on a wedged connection it may take a while.
+            tasks.spawn(async move {
+                let _ = tokio::time::timeout(PROBE_DEADLINE, subscriber.force_reconnection()).await;
+            });
+        }
+    }
+}
+
 async fn read_loop(
     mut rx: tokio::sync::broadcast::Receiver<RedisMessage>,
     keys: Keyspace,
     inbox: Arc<dyn Inbox>,
+    probe: Arc<Probe>,
     stop: CancellationToken,
 ) {
     let mut seen = RecentIds::new(65_536);
@@ -210,6 +319,10 @@ async fn read_loop(
             }
             Err(RecvError::Closed) => return,
         };
+        if *message.channel == *probe.channel {
+            probe.seen(message.value.as_string().and_then(|s| s.parse().ok()));
+            continue;
+        }
         let Some(topic) = topic_of(&keys, &message.channel) else {
             continue;
         };
