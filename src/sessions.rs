@@ -318,6 +318,15 @@ impl Sessions {
         }
     }
 
+    /// Whether a session is live now, asking Redis (no cache).
+    pub async fn is_live(&self, user: ObjectId, session: ObjectId) -> Result<bool> {
+        let live: i64 = self.redis.exists(self.keys.session(user, session)).await.map_err(redis_error)?;
+        if live == 0 {
+            self.alive.remove(&session);
+        }
+        Ok(live == 1)
+    }
+
     /// Ends one session: its tokens are refused and its sockets closed,
     /// on every node. False if it was not live.
     async fn end(&self, user: ObjectId, session: ObjectId, why: Ending) -> Result<bool> {

@@ -144,3 +144,29 @@ async fn a_wedged_subscriber_is_noticed_counted_and_replaced() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A logout whose close event node a missed (its subscriber wedged at the
+/// time) still closes the session's socket there, once the bus is back: the
+/// node checks its sockets' sessions after every resubscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_missed_while_wedged_still_closes_the_socket() {
+    let db = unique_db();
+    let (proxy, url) = Proxy::start(upstream()).await;
+    let mut through_proxy = config(&db);
+    through_proxy.redis = RedisConfig::new(url);
+    let a = Node::start(through_proxy).await;
+    let b = Node::start(config(&db)).await;
+    let alice = b.register("alice").await;
+    let mut on_a = a.connect(&alice).await;
+    on_a.request(serde_json::json!({"type": "ping"})).await;
+
+    assert!(proxy.wedge_subscribers() >= 1);
+    let (s, _) = b.call("POST", "/logout", Some(&alice.token), None).await;
+    assert_eq!(s, 204);
+    // The close never reaches node a live; once its subscriber is replaced,
+    // it finds the session gone and closes the socket.
+    let ended = tokio::time::timeout(Duration::from_secs(20), on_a.ended()).await;
+    assert_eq!(ended.expect("the socket closes once the bus is back"), common::Ended::Close(Some(4001)));
+    a.shutdown().await;
+    b.shutdown().await;
+}

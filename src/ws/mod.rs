@@ -101,15 +101,22 @@ impl Sockets {
 
     /// Once a second, tells each connection whose token expires soon
     /// (`token_expiring`, see [`expiry_warning`]) and closes those whose
-    /// token has expired without a `refresh` (4002), until `stop`.
+    /// token has expired without a `refresh` (4002), until `stop`. After the
+    /// bus lost its subscriptions (a revocation's close may have been
+    /// missed), checks every connection's session again first.
     pub async fn expire_tokens(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let lead = expiry_warning(self.sessions.tokens().ttl());
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut epoch = self.fanout.registry.bus_epoch();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
+            }
+            let now_epoch = self.fanout.registry.bus_epoch();
+            if now_epoch != epoch && self.recheck_sessions().await {
+                epoch = now_epoch;
             }
             let now = jsonwebtoken::get_current_timestamp();
             self.fanout.registry.each_connection(|outbox| match outbox.expiry_due(now, lead) {
@@ -143,6 +150,40 @@ impl Sockets {
     pub fn extensions<'a>(&self, offers: impl IntoIterator<Item = &'a str>) -> socket::Extensions {
         let deflate = self.settings.deflate_min_bytes.and_then(|_| deflate::negotiate(offers));
         socket::Extensions { deflate }
+    }
+
+    /// Closes (4001) the connections whose session has ended; false if
+    /// Redis could not say for some (they are checked again next time).
+    async fn recheck_sessions(&self) -> bool {
+        use futures::StreamExt;
+        let mut sessions = std::collections::HashSet::new();
+        self.fanout.registry.each_connection(|o| {
+            if let (Some(user), Some(session)) = (o.user_id, o.session) {
+                sessions.insert((user, session));
+            }
+        });
+        let checks = futures::stream::iter(sessions)
+            .map(|(user, session)| async move { (user, session, self.sessions.is_live(user, session).await) })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        let mut complete = true;
+        for (user, session, live) in checks {
+            match live {
+                Ok(true) => {}
+                Ok(false) => {
+                    let reason = "session revoked";
+                    self.fanout.registry.close_user(
+                        user,
+                        Some(session),
+                        crate::protocol::CloseCode::SessionRevoked,
+                        reason,
+                    );
+                }
+                Err(_) => complete = false,
+            }
+        }
+        complete
     }
 
     /// A new connection's outbox, compressing as agreed: the caller's, or
