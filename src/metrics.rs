@@ -53,6 +53,7 @@ const COUNTERS: &[&str] = &[
     "confab_pubsub_malformed_total",
     "confab_bus_publish_failures_total",
     "confab_bus_probe_failures_total",
+    "confab_audit_write_failures_total",
     "confab_redis_reconnects_total",
     "confab_seq_collisions_total",
     "confab_store_batch_orphans_total",
