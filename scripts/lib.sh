@@ -28,6 +28,18 @@ ensure_nginx() { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_in
 # FerretDB's module source lacks the version file its build embeds, so
 # `go install` gives a binary that refuses to start. Build it from the module
 # cache with the version written in.
+PROMTOOL_VERSION="v0.316.0"
+PROMTOOL_BIN="${PROMTOOL_BIN:-$GOBIN/promtool}"
+
+ensure_promtool() {
+  # Prometheus's rule checker, built from the Go module proxy (a few minutes, once).
+  if [ -x "$PROMTOOL_BIN" ] && "$PROMTOOL_BIN" --version >/dev/null 2>&1; then return 0; fi
+  command -v go >/dev/null || die "Go is needed to build promtool (apt-get install golang-go)"
+  log "building promtool $PROMTOOL_VERSION"
+  GOBIN="$(dirname "$PROMTOOL_BIN")" GOFLAGS=-mod=mod go install "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION" ||
+    die "promtool did not build"
+}
+
 ensure_ferretdb() {
   if [ -x "$FERRETDB_BIN" ] && "$FERRETDB_BIN" --version >/dev/null 2>&1; then return 0; fi
   command -v go >/dev/null || die "Go is needed to build FerretDB (apt-get install golang-go)"

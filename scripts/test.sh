@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, against real services: installs what is missing
-# (Redis, nginx, FerretDB, the Autobahn runner), starts Redis and FerretDB on
+# (Redis, nginx, FerretDB, the Autobahn runner, promtool), starts Redis and FerretDB on
 # free ports in a temporary directory, runs lints, unit and integration tests
 # and the RFC 6455 conformance cases, checks that the load generator runs a
 # small fan-out across two nodes without loss, then stops everything it
@@ -37,6 +37,7 @@ python3 -c 'import kosoku' 2>/dev/null || { log "installing kosoku (Autobahn cas
 # (pyenv shims, ~/.local/bin).
 kosoku() { python3 -c 'import sys; from kosoku._cli import main; sys.argv[0] = "kosoku"; sys.exit(main())' "$@"; }
 python3 -c 'import kosoku' || die "kosoku did not install"
+ensure_promtool
 
 if [ -z "${REDIS_URL:-}" ]; then
   port=$(free_port)
@@ -57,6 +58,11 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # No Docker engine needed: the Compose file and what it mounts are checked
 # as Compose reads them.
 CONFAB_JWT_SECRET=compose-config-check docker-compose config -q
+CONFAB_JWT_SECRET=compose-config-check docker-compose --profile monitoring config -q
+
+log "alert rules: promtool check rules, promtool test rules"
+"$PROMTOOL_BIN" check rules deploy/prometheus/alerts.yml
+(cd deploy/prometheus && "$PROMTOOL_BIN" test rules alerts.test.yml)
 
 log "unit and integration tests"
 cargo test --workspace --all-targets
