@@ -64,6 +64,9 @@ log "alert rules: promtool check rules, promtool test rules"
 "$PROMTOOL_BIN" check rules deploy/prometheus/alerts.yml
 (cd deploy/prometheus && "$PROMTOOL_BIN" test rules alerts.test.yml)
 
+log "Kubernetes manifests: built as kubectl apply -k would, decoded strictly, offline"
+(cd deploy/k8s/check && go run . ..)
+
 log "unit and integration tests"
 cargo test --workspace --all-targets
 
