@@ -352,7 +352,17 @@ pub fn parse_with<C: clap::Parser>(
 fn with_file(command: Command, path: &[String], file: &Path, strict: bool) -> Result<Command, ConfigError> {
     let bad = |why: String| invalid("config", "CONFAB_CONFIG", format!("{}: {why}", file.display()));
     let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        // The parser's message may run over several lines; ours is one.
+        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        match e.span() {
+            Some(span) => {
+                let line = text.as_bytes()[..span.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1;
+                bad(format!("line {line}: {message}"))
+            }
+            None => bad(message),
+        }
+    })?;
     let mut values = Vec::new();
     for (key, value) in table {
         let text = match value {
@@ -682,6 +692,10 @@ mod tests {
         let (_dir, path) = file("lissten = \"x\"\n");
         let err = parse_args(&["--config", &path]).unwrap_err();
         assert!(err.0.contains("--config") && err.0.contains("lissten"), "{err}");
+        // Found by fuzzing: the TOML parser's message for this is two lines.
+        let (_dir, path) = file("listeni = 5\nunknown = n\"x\"\n");
+        let err = parse_args(&["--config", &path]).unwrap_err().to_string();
+        assert!(!err.contains('\n') && err.contains("line 2: invalid string"), "{err}");
         let (_dir, path) = file("allowed_origins = [\"https://a.example\", \"https://B.example/\"]\n");
         assert_eq!(
             parse_args(&["--config", &path]).unwrap().allowed_origins.0,
