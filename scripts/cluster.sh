@@ -49,7 +49,9 @@ pid_alive() {
   pid=$(cat "$file" 2>/dev/null) || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   comm=$(ps -o comm= -p "$pid" 2>/dev/null) || return 1
-  [ "$comm" = "$name" ]
+  [ "$comm" = "$name" ] || return 1
+  # A killed process not yet reaped is gone for our purposes.
+  [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" != Z* ]]
 }
 
 # stop_owned FILE NAME : stop the process in FILE if it is still ours; a stale
@@ -362,6 +364,8 @@ kill_node() {
   local i=$1
   [ -f "$STATE/node-$i.pid" ] && pid_alive "$STATE/node-$i.pid" confab || die "node-$i is not running"
   kill -KILL "$(cat "$STATE/node-$i.pid")"
+  local n
+  for ((n = 0; n < 50; n++)); do pid_alive "$STATE/node-$i.pid" confab || break; sleep 0.1; done
   log "node-$i killed (scripts/cluster.sh start-node $i starts it again)"
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, against real services: installs what is missing
-# (Redis, nginx, FerretDB, the Autobahn runner, promtool), starts Redis and FerretDB on
+# (Redis, nginx, FerretDB, the Autobahn runner, promtool, npm), starts Redis and FerretDB on
 # free ports in a temporary directory, runs lints, unit and integration tests
 # and the RFC 6455 conformance cases, checks that the load generator runs a
 # small fan-out across two nodes without loss, then stops everything it
@@ -15,6 +15,9 @@ cd "$CONFAB_ROOT"
 work="$(mktemp -d -t confab-test.XXXXXX)"
 cleanup() {
   local rc=$?
+  if [ -d "$work/sdk-cluster" ]; then
+    CONFAB_CLUSTER_DIR="$work/sdk-cluster" scripts/cluster.sh down >/dev/null 2>&1 || true
+  fi
   stop_pidfile "$work/echo-node.pid"
   stop_pidfile "$work/smoke-node-1.pid"
   stop_pidfile "$work/smoke-node-2.pid"
@@ -32,6 +35,7 @@ log "checking tools"
 ensure_redis
 ensure_nginx
 command -v docker-compose >/dev/null || apt_install docker-compose
+command -v npm >/dev/null || apt_install npm
 python3 -c 'import kosoku' 2>/dev/null || { log "installing kosoku (Autobahn cases)"; python3 -m pip install --quiet kosoku; }
 # Run it through the interpreter: a fresh pip install may not be on PATH yet
 # (pyenv shims, ~/.local/bin).
@@ -78,6 +82,18 @@ target="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,
 bin="$target/debug/confab"
 loadtest="$target/debug/confab-loadtest"
 [ -x "$bin" ] && [ -x "$loadtest" ] || die "cargo build did not leave $bin and $loadtest"
+
+log "TypeScript SDK (clients/js): build, types, unit tests"
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
+log "TypeScript SDK against a two-node cluster: a node killed and Redis restarted mid-conversation"
+sdk_state="$work/sdk-cluster"
+sdk_url=$(env -u REDIS_URL -u MONGO_URL CONFAB_BIN="$bin" CONFAB_CLUSTER_DIR="$sdk_state" CONFAB_HTTP_PORT=0 \
+  scripts/cluster.sh up | sed -n 's/^Confab is up: \([^ ]*\).*/\1/p')
+[ -n "$sdk_url" ] || die "the SDK's cluster did not start"
+CONFAB_URL="$sdk_url" CONFAB_CLUSTER_CTL="env CONFAB_CLUSTER_DIR=$sdk_state $CONFAB_ROOT/scripts/cluster.sh" \
+  npm --prefix clients/js run --silent test:integration
+CONFAB_CLUSTER_DIR="$sdk_state" scripts/cluster.sh down >/dev/null 2>&1
 
 log "RFC 6455 conformance (Autobahn cases) against a node's echo endpoint"
 port=$(free_port)
