@@ -247,8 +247,9 @@ impl Probe {
 }
 
 /// Sends a probe every [`PROBE_EVERY`]; past [`PROBE_DEADLINE`] without
-/// one back, counts a failure each round, marks the bus not ready, and
-/// forces the subscriber to reconnect (at most once per deadline).
+/// one back, counts a failure each round, marks the bus not ready, and,
+/// if publishing still works (the subscriber alone is wedged), forces the
+/// subscriber to reconnect (at most once per deadline).
 async fn probe_loop(
     publisher: Client,
     subscriber: SubscriberClient,
@@ -272,7 +273,7 @@ async fn probe_loop(
         }
         let sent = probe.now_ms().to_string();
         let publish = publisher.publish::<i64, _, _>(probe.channel.clone(), sent);
-        let _ = tokio::time::timeout(PROBE_EVERY, publish).await;
+        let published = matches!(tokio::time::timeout(PROBE_EVERY, publish).await, Ok(Ok(_)));
         if probe.silent_for() <= PROBE_DEADLINE {
             if probe.failing.swap(false, Ordering::AcqRel) {
                 tracing::info!("the bus's delivery probe comes back again");
@@ -286,7 +287,9 @@ async fn probe_loop(
                 "the bus's delivery probe has not come back: subscriptions look wedged; reconnecting the subscriber"
             );
         }
-        if forced.is_none_or(|at| at.elapsed() >= PROBE_DEADLINE) {
+        // Only a wedge is ours to mend: while Redis cannot be reached at
+        // all, publishing fails too, and fred is reconnecting already.
+        if published && forced.is_none_or(|at| at.elapsed() >= PROBE_DEADLINE) {
             forced = Some(Instant::now());
             let subscriber = subscriber.clone();
             // Not awaited here: on a wedged connection it may take a while.
