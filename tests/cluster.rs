@@ -273,6 +273,27 @@ async fn with_redis_down_sends_are_stored_and_joins_say_unavailable() {
     n.shutdown().await;
 }
 
+/// After Redis came back empty: each of alice's sockets is closed as her
+/// session is gone (4001); she logs in again and reconnects on each node,
+/// joined to `room`. Her new self and her new sockets, one per node.
+async fn relogin(
+    nodes: &[Node],
+    alice: &common::User,
+    room: &str,
+    on_a: &mut Client,
+    on_b: &mut Client,
+) -> (common::User, Client, Client) {
+    for socket in [on_a, on_b] {
+        assert_eq!(socket.ended().await, common::Ended::Close(Some(4001)));
+    }
+    let alice = nodes[0].login(alice).await;
+    let mut on_a = nodes[0].connect(&alice).await;
+    on_a.join(room).await;
+    let mut on_b = nodes[1].connect(&alice).await;
+    on_b.join(room).await;
+    (alice, on_a, on_b)
+}
+
 /// Seqs of a room's whole history, oldest first.
 async fn history_seqs(n: &Node, user: &common::User, room: &str) -> Vec<i64> {
     let (s, page) = n.call("GET", &format!("/messages?room_id={room}&limit=200"), Some(&user.token), None).await;
@@ -299,6 +320,9 @@ async fn seqs_never_repeat_when_redis_loses_its_counters_or_falls_behind() {
     for n in &nodes {
         n.wait_ready().await;
     }
+    // Sessions went with the data: the nodes close alice's sockets (4001)
+    // once they are back on the bus, and she logs in again.
+    let (alice, mut on_a, mut on_b) = relogin(&nodes, &alice, &room, &mut on_a, &mut on_b).await;
     assert_eq!(on_b.say(&room, "after the restart").await["seq"], 4);
     assert_eq!(on_a.say(&room, "and from the other node").await["seq"], 5);
 
@@ -317,8 +341,6 @@ async fn seqs_never_repeat_when_redis_loses_its_counters_or_falls_behind() {
     assert_eq!(counter, 32);
     let _ = client.quit().await;
 
-    // Sessions went with Redis's data: alice logs in again to read history.
-    let alice = a.login(&alice).await;
     assert_eq!(history_seqs(a, &alice, &room).await, (1..=32).collect::<Vec<_>>());
     for n in nodes {
         n.shutdown().await;
@@ -344,10 +366,14 @@ async fn with_redis_down_seqs_come_from_the_store_and_continue_after() {
 
     redis.resume();
     n.wait_ready().await;
+    // This Redis came back empty, sessions and all: alice's socket is closed
+    // (4001) and she logs in again.
+    assert_eq!(c.ended().await, common::Ended::Close(Some(4001)));
+    let alice = n.login(&alice).await;
+    let mut c = n.connect(&alice).await;
+    c.join(&room).await;
     assert_eq!(c.say(&room, "redis back").await["seq"], 23);
     assert_eq!(c.say(&room, "and on").await["seq"], 24);
-    // This Redis came back empty, sessions and all: alice logs in again.
-    let alice = n.login(&alice).await;
     assert_eq!(history_seqs(&n, &alice, &room).await, (1..=24).collect::<Vec<_>>());
     n.shutdown().await;
 }
