@@ -237,11 +237,7 @@ impl Sessions {
     pub async fn refresh(&self, token: &str, from: &Source) -> Result<Grant> {
         let (user, session, secret) = parse_refresh(token).ok_or_else(invalid_refresh)?;
         let (new_token, new_hash) = Self::refresh_token(user, session);
-        let keys = vec![
-            self.keys.session(user, session),
-            self.keys.session_spent(user, session),
-            self.keys.user_sessions(user),
-        ];
+        let keys = self.session_keys(user, session);
         let args = vec![
             hash(secret),
             new_hash,
@@ -300,21 +296,17 @@ impl Sessions {
         if checked.is_some_and(|at| at.elapsed() < ALIVE_FOR) {
             return Ok(());
         }
-        let live: std::result::Result<i64, _> = self.redis.exists(self.keys.session(user, session)).await;
-        match live {
-            Ok(1) => {
+        match self.is_live(user, session).await {
+            Ok(true) => {
                 self.alive.insert(session, Instant::now());
                 Ok(())
             }
-            Ok(_) => {
-                self.alive.remove(&session);
-                Err(revoked())
-            }
+            Ok(false) => Err(revoked()),
             Err(e) if checked.is_some_and(|at| at.elapsed() < STALE_IF_ERROR) => {
                 tracing::debug!(error = %e, "session check failed; accepting a recently live session");
                 Ok(())
             }
-            Err(e) => Err(redis_error(e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -330,14 +322,23 @@ impl Sessions {
     /// Ends one session: its tokens are refused and its sockets closed,
     /// on every node. False if it was not live.
     async fn end(&self, user: ObjectId, session: ObjectId, why: Ending) -> Result<bool> {
-        let keys = vec![
-            self.keys.session(user, session),
-            self.keys.session_spent(user, session),
-            self.keys.user_sessions(user),
-        ];
+        let ended = self.forget(user, session).await?;
+        self.close_sockets(user, Some(session), CloseCode::SessionRevoked, why.reason()).await;
+        Ok(ended)
+    }
+
+    /// A session's keys, as the scripts take them: the record, its spent
+    /// refresh hashes, and the user's set of sessions.
+    fn session_keys(&self, user: ObjectId, session: ObjectId) -> Vec<String> {
+        vec![self.keys.session(user, session), self.keys.session_spent(user, session), self.keys.user_sessions(user)]
+    }
+
+    /// Deletes a session from Redis and this node's cache; true if it was
+    /// live. Its sockets are the caller's to close.
+    async fn forget(&self, user: ObjectId, session: ObjectId) -> Result<bool> {
+        let keys = self.session_keys(user, session);
         let ended: i64 = self.redis.eval(REVOKE, keys, vec![session.to_hex()]).await.map_err(redis_error)?;
         self.alive.remove(&session);
-        self.close_sockets(user, Some(session), CloseCode::SessionRevoked, why.reason()).await;
         Ok(ended == 1)
     }
 
@@ -369,20 +370,18 @@ impl Sessions {
     /// Ends every session of `user` but `keep`; how many ended.
     pub async fn revoke_all(&self, user: ObjectId, keep: Option<ObjectId>, why: Ending) -> Result<usize> {
         let ids: Vec<String> = self.redis.smembers(self.keys.user_sessions(user)).await.map_err(redis_error)?;
+        let ids: Vec<ObjectId> =
+            ids.iter().filter_map(|id| ObjectId::parse_str(id).ok()).filter(|id| Some(*id) != keep).collect();
         let mut ended = 0;
-        for id in ids.iter().filter_map(|id| ObjectId::parse_str(id).ok()).filter(|id| Some(*id) != keep) {
-            let keys =
-                vec![self.keys.session(user, id), self.keys.session_spent(user, id), self.keys.user_sessions(user)];
-            let live: i64 = self.redis.eval(REVOKE, keys, vec![id.to_hex()]).await.map_err(redis_error)?;
-            self.alive.remove(&id);
-            ended += live as usize;
+        for &id in &ids {
+            ended += usize::from(self.forget(user, id).await?);
         }
         match keep {
             // One close for all their sockets, including any opened with a
             // session just ended by another node.
             None => self.close_sockets(user, None, CloseCode::SessionRevoked, why.reason()).await,
             Some(_) => {
-                for id in ids.iter().filter_map(|id| ObjectId::parse_str(id).ok()).filter(|id| Some(*id) != keep) {
+                for &id in &ids {
                     self.close_sockets(user, Some(id), CloseCode::SessionRevoked, why.reason()).await;
                 }
             }
