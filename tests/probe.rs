@@ -88,14 +88,18 @@ fn upstream() -> String {
     common::redis_url().trim_start_matches("redis://").trim_end_matches('/').to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wedged_subscriber_is_noticed_counted_and_replaced() {
+/// Node a reaches Redis through the proxy, node b directly; one database.
+async fn nodes_behind_proxy() -> (Proxy, Node, Node) {
     let db = unique_db();
     let (proxy, url) = Proxy::start(upstream()).await;
     let mut through_proxy = config(&db);
     through_proxy.redis = RedisConfig::new(url);
-    let a = Node::start(through_proxy).await;
-    let b = Node::start(config(&db)).await;
+    (proxy, Node::start(through_proxy).await, Node::start(config(&db)).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_subscriber_is_noticed_counted_and_replaced() {
+    let (proxy, a, b) = nodes_behind_proxy().await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room = b.create_room(&bob, "general", "public").await;
@@ -150,12 +154,7 @@ async fn a_wedged_subscriber_is_noticed_counted_and_replaced() {
 /// node checks its sockets' sessions after every resubscription.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_missed_while_wedged_still_closes_the_socket() {
-    let db = unique_db();
-    let (proxy, url) = Proxy::start(upstream()).await;
-    let mut through_proxy = config(&db);
-    through_proxy.redis = RedisConfig::new(url);
-    let a = Node::start(through_proxy).await;
-    let b = Node::start(config(&db)).await;
+    let (proxy, a, b) = nodes_behind_proxy().await;
     let alice = b.register("alice").await;
     let mut on_a = a.connect(&alice).await;
     on_a.request(serde_json::json!({"type": "ping"})).await;
