@@ -307,9 +307,7 @@ impl Messages {
         from: &Source,
     ) -> Result<Message> {
         if let Some(reason) = &reason {
-            if reason.chars().count() > 500 {
-                return Err(Error::invalid("reason", "must be at most 500 characters"));
-            }
+            validate::reason(reason)?;
         }
         let message = self.existing(id).await?;
         let (tombstone, erased) = self.erase(admin, message).await?;

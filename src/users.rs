@@ -170,12 +170,10 @@ impl Users {
         if id == admin.user_id {
             return Err(Error::invalid("id", "administrators cannot ban themselves"));
         }
-        let reason = match reason.map(|r| r.trim().to_string()).filter(|r| !r.is_empty()) {
-            Some(r) if r.chars().count() > MAX_BAN_REASON => {
-                return Err(Error::invalid("reason", format!("must be at most {MAX_BAN_REASON} characters")))
-            }
-            other => other,
-        };
+        let reason = reason.map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
+        if let Some(reason) = &reason {
+            validate::reason(reason)?;
+        }
         let ban = Ban { at: Utc::now(), by: admin.user_id, reason: reason.clone() };
         let mut user =
             self.store.set_ban(id, Some(&ban)).await?.ok_or_else(|| Error::NotFound("user not found".into()))?;
@@ -292,9 +290,6 @@ pub struct ProfilePatch {
 fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
-
-/// Longest ban reason, in characters.
-pub const MAX_BAN_REASON: usize = 500;
 
 /// Longest search term, in characters.
 pub const MAX_QUERY_CHARS: usize = 64;

@@ -12,6 +12,18 @@ pub fn object_id(field: &'static str, raw: &str) -> Result<ObjectId> {
     ObjectId::parse_str(raw).map_err(|_| Error::BadRequest(format!("{field}: {} is not a valid id", quoted(raw))))
 }
 
+/// Longest reason an administrator gives for a ban or a moderation
+/// delete, in characters.
+pub const MAX_REASON: usize = 500;
+
+/// An administrator's reason (ban, moderation delete).
+pub fn reason(raw: &str) -> Result<()> {
+    if raw.chars().count() > MAX_REASON {
+        return Err(Error::invalid("reason", format!("must be at most {MAX_REASON} characters")));
+    }
+    Ok(())
+}
+
 /// Usernames nobody may register: the server API's system messages show as
 /// "System", and these read as the service speaking.
 pub const RESERVED_USERNAMES: &[&str] = &["system", "admin", "administrator", "root", "confab", "moderator", "support"];
