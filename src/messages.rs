@@ -406,9 +406,17 @@ pub struct Page {
     pub include_archived: bool,
 }
 
+/// A page of messages, as history and search answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct MessagePage<'a> {
+    pub messages: Vec<MessageView<'a>>,
+    /// More messages lie beyond the page, in the direction it was read.
+    pub has_more: bool,
+}
+
 fn render(messages: &[Message], has_more: bool) -> Value {
-    let views: Vec<MessageView> = messages.iter().map(MessageView::from).collect();
-    json!({ "messages": views, "has_more": has_more })
+    let messages = messages.iter().map(MessageView::from).collect();
+    json!(MessagePage { messages, has_more })
 }
 
 /// One page from a page of live history and a page of the archive, each

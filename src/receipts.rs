@@ -31,7 +31,8 @@ pub const LISTED_RECIPIENTS: usize = 50;
 /// of them, so every sender hears of their latest message.
 const RECEIPT_SCAN: i64 = 500;
 
-#[derive(Debug, Serialize)]
+/// A member's delivery and read cursors in a room (message ids).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Cursors {
     pub room_id: String,
     pub delivered_up_to: Option<String>,
@@ -141,12 +142,15 @@ fn newest_by_sender(messages: &[Message], reader: ObjectId) -> HashMap<ObjectId,
     newest
 }
 
-#[derive(Debug, Serialize)]
+/// How far a message has reached its room's other members.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = MessageStatus)]
 pub struct Status {
     pub message_id: String,
     pub room_id: String,
     /// `read` once every recipient read it, `delivered` once every recipient
     /// has it, else `sent`.
+    #[schema(value_type = String, pattern = "^(sent|delivered|read)$")]
     pub status: &'static str,
     pub recipients: usize,
     pub delivered_count: usize,

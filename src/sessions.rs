@@ -82,9 +82,12 @@ return redis.call('DEL', KEYS[1])
 "#;
 
 /// What a login or a refresh hands out.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Grant {
+    /// A JWT for `Authorization: Bearer`.
     pub access_token: String,
+    /// Always `Bearer`.
+    #[schema(value_type = String, example = "Bearer")]
     pub token_type: &'static str,
     /// Seconds the access token is valid for.
     pub expires_in: u64,
@@ -95,10 +98,13 @@ pub struct Grant {
 }
 
 /// One of a user's sessions, as `GET /sessions` lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Session)]
 pub struct SessionView {
     pub id: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub last_used_at: String,
     pub user_agent: Option<String>,
     pub ip: Option<String>,

@@ -15,14 +15,23 @@ use crate::sessions::{self, Ending, Grant, Sessions};
 use crate::store::{Ban, ProfileChange, Store, User, UserRole};
 use crate::validate;
 
-#[derive(Debug, Deserialize)]
+/// A new account as `POST /register` takes it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Registration {
+    /// 3–32 characters of `A–Z a–z 0–9 _ . -`, unique ignoring case; a few
+    /// names (`admin`, `system`, …) are reserved.
+    #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]+$")]
     pub username: String,
+    /// Stored lower-cased; unique.
+    #[schema(format = Email)]
     pub email: String,
+    /// At least 8 characters, at most 1024 bytes.
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// Credentials as `POST /login` takes them.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Login {
     /// A username or an email address.
     pub username: String,
@@ -30,10 +39,12 @@ pub struct Login {
 }
 
 /// A password change as `PATCH /users/me/password` takes it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     pub current_password: String,
+    /// The password rule of `POST /register`.
+    #[schema(min_length = 8, max_length = 1024)]
     pub new_password: String,
 }
 
@@ -252,8 +263,10 @@ impl Users {
         if prefix.chars().count() > MAX_QUERY_CHARS {
             return Err(Error::invalid("q", format!("must be 1 to {MAX_QUERY_CHARS} characters")));
         }
-        if !(1..=MAX_SEARCH_PAGE).contains(&limit) {
-            return Err(Error::invalid("limit", format!("must be a whole number from 1 to {MAX_SEARCH_PAGE}")));
+        // Each edge bounds `limit` as it documents (user search 100,
+        // administrators 200).
+        if limit < 1 {
+            return Err(Error::invalid("limit", "must be a whole number, at least 1"));
         }
         // A cursor is a username key: at most 32 characters of [a-z0-9_.-].
         if after.is_some_and(|a| a.is_empty() || a.len() > 32) {
@@ -277,12 +290,18 @@ fn taken(field: &str) -> Error {
 
 /// A profile edit as `PATCH /users/me` takes it: a field left out stays as
 /// it is, `null` clears it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfilePatch {
+    /// 1–64 characters once trimmed, no control, direction-override or
+    /// zero-width characters; `null` clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 64)]
     pub display_name: Option<Option<String>>,
+    /// An absolute `https://` URL with a host, at most 2048 characters;
+    /// `null` clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = "uri", max_length = 2048)]
     pub avatar_url: Option<Option<String>>,
 }
 

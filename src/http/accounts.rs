@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
-use super::{Body, ClientAddress};
+use super::openapi::{BadRequest, Internal, PayloadTooLarge, RateLimited, Unauthorized, Unavailable};
+use super::{Body, ClientAddress, ErrorBody};
 use crate::audit::Source;
 use crate::error::Result;
 use crate::protocol::views::UserView;
@@ -14,6 +15,24 @@ use crate::ratelimit::SharedLimiter;
 use crate::sessions::Grant;
 use crate::users::{Login, Registration, Users};
 
+/// Creates an account.
+#[utoipa::path(
+    post,
+    path = "/register",
+    tag = "accounts",
+    operation_id = "register",
+    request_body = Registration,
+    responses(
+        (status = 201, description = "The new account", body = UserView),
+        (status = 400, response = BadRequest),
+        (status = 409, description = "`username_taken` or `email_taken`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, description = "`validation_failed`: a rule broken, a field missing or mistyped", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn register(
     State(users): State<Arc<Users>>,
     State(limiter): State<Arc<SharedLimiter>>,
@@ -25,6 +44,25 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }
 
+/// Opens a session: an access token and a refresh token.
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "accounts",
+    operation_id = "login",
+    request_body = Login,
+    responses(
+        (status = 200, description = "The new session's tokens", body = Grant),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`banned`: the account is banned", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, description = "`validation_failed`: a field missing or mistyped", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn login(
     State(users): State<Arc<Users>>,
     State(limiter): State<Arc<SharedLimiter>>,

@@ -106,13 +106,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge("the request body is larger than this endpoint accepts".into())
-            } else {
-                Error::BadRequest("could not read the request body".into())
-            }
-        })?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
@@ -125,6 +119,25 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
         })?;
         de.end().map_err(|e| Error::BadRequest(format!("request body is not valid JSON: {e}")))?;
         Ok(Body(value))
+    }
+}
+
+/// The body's bytes, whatever they are; one over the size limit is 413 with
+/// our error body.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge("the request body is larger than this endpoint accepts".into())
+            } else {
+                Error::BadRequest("could not read the request body".into())
+            }
+        })?;
+        Ok(RawBody(bytes))
     }
 }
 

@@ -11,10 +11,11 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Auth, Body, Params};
+use super::openapi::{BadRequest, Internal, PayloadTooLarge, RateLimited, Unauthorized, Unavailable};
+use super::{Auth, Body, ErrorBody, Params};
 use crate::error::{Error, Result};
 use crate::messages::Messages;
-use crate::messages::{self, Draft, Page, DEFAULT_PAGE, MAX_PAGE};
+use crate::messages::{self, Draft, MessagePage, Page, DEFAULT_PAGE, MAX_PAGE};
 use crate::protocol::views::MessageView;
 use crate::receipts::Receipts;
 use crate::rooms::Rooms;
@@ -22,18 +23,51 @@ use crate::search::Searcher;
 use crate::search::{self, Search};
 use crate::{receipts, validate};
 
-#[derive(Deserialize)]
+/// A message to send: into a room (`room_id`) or to a user (`to_user_id`).
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewMessage {
+    /// The room; give this or `to_user_id`.
     #[serde(default)]
+    #[schema(value_type = String, required = false, pattern = "^[0-9a-fA-F]{24}$")]
     room_id: Option<String>,
     /// A direct message: to this user instead of into a room.
     #[serde(default)]
+    #[schema(value_type = String, required = false, pattern = "^[0-9a-fA-F]{24}$")]
     to_user_id: Option<String>,
+    /// 1–4000 characters, not only whitespace.
+    #[schema(min_length = 1, max_length = 4000)]
     content: String,
+    /// 1–64 printable ASCII characters: the same value from the same sender
+    /// returns the original message instead of storing it twice.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     client_msg_id: Option<String>,
 }
 
+/// Sends a message into a room, or to a user (a direct message).
+#[utoipa::path(
+    post,
+    path = "/messages",
+    tag = "messages",
+    operation_id = "send_message",
+    security(("bearer" = [])),
+    request_body = NewMessage,
+    responses(
+        (status = 201, description = "The stored message", body = MessageView),
+        (status = 200, description = "A `client_msg_id` used before: the original message", body = MessageView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: the caller may not post there", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such room or user", body = ErrorBody),
+        (status = 409, description = "`client_msg_id_reused`: the `client_msg_id` was used for another room", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, description = "`validation_failed`: bad content or `client_msg_id`, both or neither of \
+            `room_id` and `to_user_id`, a message to oneself", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn create(
     State(messages): State<Arc<Messages>>,
     Auth(caller): Auth,
@@ -52,17 +86,35 @@ pub async fn create(
     Ok((status, Json(json!(MessageView::from(&sent.message)))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryParams {
+    /// The room; give this or `peer`.
+    #[param(pattern = "^[0-9a-fA-F]{24}$")]
     room_id: Option<String>,
     /// A direct conversation, by the other user's id.
+    #[param(pattern = "^[0-9a-fA-F]{24}$")]
     peer: Option<String>,
+    /// Messages per page, 1–200 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     limit: Option<String>,
+    /// The newest messages older than this message.
+    #[param(pattern = "^[0-9a-fA-F]{24}$")]
     before: Option<String>,
+    /// The oldest messages after this message.
+    #[param(pattern = "^[0-9a-fA-F]{24}$")]
     after: Option<String>,
+    /// The oldest messages after this seq (not with `after`).
+    #[param(value_type = Option<i64>, minimum = 0)]
     after_seq: Option<String>,
+    /// Only messages sent at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// Only messages sent at or before this time (RFC 3339).
+    #[param(format = DateTime)]
     until: Option<String>,
+    /// Page across the archive too (default false).
+    #[param(value_type = Option<bool>)]
     include_archived: Option<String>,
 }
 
@@ -109,6 +161,28 @@ fn page(room_id: ObjectId, p: HistoryParams) -> Result<Page> {
     Ok(page)
 }
 
+/// One page of a room's (or a direct conversation's) history, in seq order.
+#[utoipa::path(
+    get,
+    path = "/messages",
+    tag = "messages",
+    operation_id = "history",
+    security(("bearer" = [])),
+    params(HistoryParams),
+    responses(
+        (status = 200, description = "One page of messages, oldest first", body = MessagePage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: the caller may not read the room", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such room or user, or a cursor that is not a message of the \
+            room", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `limit`, `after_seq`, a time or `include_archived` out \
+            of bounds; both or neither of `room_id` and `peer`", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn history(
     State(rooms): State<Arc<Rooms>>,
     State(messages): State<Arc<Messages>>,
@@ -131,7 +205,25 @@ pub async fn history(
     Ok(Json(messages.history_page(&caller, page(room_id, p)?).await?))
 }
 
-/// `GET /messages/{id}/status`
+/// How far a message has reached its room's other members.
+#[utoipa::path(
+    get,
+    path = "/messages/{id}/status",
+    tag = "messages",
+    operation_id = "message_status",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A message id", pattern = "^[0-9a-fA-F]{24}$")),
+    responses(
+        (status = 200, description = "The message's delivery and read status", body = receipts::Status),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: the caller may not read the room", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such message", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn status(
     State(receipts): State<Arc<Receipts>>,
     Auth(caller): Auth,
@@ -141,11 +233,38 @@ pub async fn status(
     Ok(Json(receipts.status(&caller, id).await?))
 }
 
-#[derive(Deserialize)]
+/// A message's new content.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Edit {
+    /// 1–4000 characters, not only whitespace.
+    #[schema(min_length = 1, max_length = 4000)]
     content: String,
 }
 
+/// Edits one of the caller's messages.
+#[utoipa::path(
+    patch,
+    path = "/messages/{id}",
+    tag = "messages",
+    operation_id = "edit_message",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A message id", pattern = "^[0-9a-fA-F]{24}$")),
+    request_body = Edit,
+    responses(
+        (status = 200, description = "The message with its new content", body = MessageView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: not the caller's message, or the caller can no longer read the \
+            room", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such message", body = ErrorBody),
+        (status = 409, description = "`message_deleted`", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, description = "`validation_failed`: bad content, a field missing or mistyped", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn edit(
     State(messages): State<Arc<Messages>>,
     Auth(caller): Auth,
@@ -157,8 +276,28 @@ pub async fn edit(
     Ok(Json(json!(MessageView::from(&message))))
 }
 
+/// Deletes a message: its sender, or the room's owner or a moderator.
+///
 /// Answers with the tombstone (200, not 204), also when it was deleted
 /// before: clients replace the message in place with what they get.
+#[utoipa::path(
+    delete,
+    path = "/messages/{id}",
+    tag = "messages",
+    operation_id = "delete_message",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A message id", pattern = "^[0-9a-fA-F]{24}$")),
+    responses(
+        (status = 200, description = "The tombstone that takes the message's place", body = MessageView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: neither the sender nor the room's owner or a moderator", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such message", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn delete(
     State(messages): State<Arc<Messages>>,
     Auth(caller): Auth,
@@ -169,14 +308,44 @@ pub async fn delete(
     Ok(Json(json!(MessageView::from(&tombstone))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
+    /// Words that must all appear in a message, 1–200 characters.
+    #[param(required = true, min_length = 1, max_length = 200)]
     q: Option<String>,
+    /// Only this room (else every room the caller can read).
+    #[param(pattern = "^[0-9a-fA-F]{24}$")]
     room_id: Option<String>,
+    /// Messages per page, 1–100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// Matches older than this message.
+    #[param(pattern = "^[0-9a-fA-F]{24}$")]
     before: Option<String>,
 }
 
+/// Messages whose content has every word of `q`, newest first.
+#[utoipa::path(
+    get,
+    path = "/messages/search",
+    tag = "messages",
+    operation_id = "search_messages",
+    security(("bearer" = [])),
+    params(SearchParams),
+    responses(
+        (status = 200, description = "One page of matches, newest first", body = MessagePage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: the caller may not read the room", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such room, or a `before` that is not a message of the rooms \
+            searched", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: `q` missing, blank or too long; `limit` out of range", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn search(
     State(searcher): State<Arc<Searcher>>,
     Auth(caller): Auth,
@@ -191,6 +360,6 @@ pub async fn search(
         limit,
     };
     let (messages, has_more) = searcher.search(&caller, s).await?;
-    let views: Vec<MessageView> = messages.iter().map(MessageView::from).collect();
-    Ok(Json(json!({ "messages": views, "has_more": has_more })))
+    let messages = messages.iter().map(MessageView::from).collect();
+    Ok(Json(json!(MessagePage { messages, has_more })))
 }

@@ -13,6 +13,7 @@ mod health;
 mod limit;
 mod messages;
 mod notifications;
+pub mod openapi;
 mod presence;
 mod rooms;
 pub mod serve;
@@ -29,10 +30,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, MethodRouter};
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-pub use extract::{Admin, Auth, Body, ClientAddress, Params};
+pub use extract::{Admin, Auth, Body, ClientAddress, Params, RawBody};
 
 use crate::auth::ApiKeys;
 use crate::config::Cidr;
@@ -82,10 +83,34 @@ pub struct Edge {
     pub cors: cors::Cors,
 }
 
+/// Every failure's body: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "validation_failed", "message": "password: must be at least 8 \
+    characters"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a machine-readable code and a message for people.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// What kind of failure (`validation_failed`, `not_found`, …; docs/api.md lists them).
+    pub code: &'static str,
+    /// What failed, at most 300 characters; starts with the field's name for
+    /// `validation_failed`.
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        ErrorBody { error: ErrorDetail { code, message: message.into() } }
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = Json(json!({"error": {"code": self.code(), "message": self.public_message()}}));
+        let body = Json(ErrorBody::new(self.code(), self.public_message()));
         let mut response = (status, body).into_response();
         if status == http::StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
@@ -141,6 +166,7 @@ fn routes(edge: &Edge) -> Vec<(&'static str, MethodRouter<Api>)> {
         ("/admin/users/{id}/disconnect", post(admin::disconnect)),
         ("/admin/audit", get(admin::audit)),
         ("/admin/messages/{id}", axum::routing::delete(admin::delete_message)),
+        ("/openapi.json", get(openapi::serve)),
     ];
     if edge.echo_endpoint {
         routes.push(("/ws/echo", get(ws::echo)));
@@ -148,6 +174,12 @@ fn routes(edge: &Edge) -> Vec<(&'static str, MethodRouter<Api>)> {
     routes.extend(notifications::routes());
     routes.extend(server_api::routes());
     routes
+}
+
+/// Every route's path template (`/ws/echo` included, though a node serves
+/// it only with `echo_endpoint`).
+pub fn route_paths() -> Vec<&'static str> {
+    routes(&Edge { echo_endpoint: true, ..Edge::default() }).into_iter().map(|(path, _)| path).collect()
 }
 
 pub fn router(api: Api) -> Router {
@@ -160,9 +192,7 @@ pub fn router(api: Api) -> Router {
         .method_not_allowed_fallback(|| async {
             (
                 http::StatusCode::METHOD_NOT_ALLOWED,
-                Json(
-                    json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this endpoint"}}),
-                ),
+                Json(ErrorBody::new("method_not_allowed", "method not allowed on this endpoint")),
             )
         })
         .layer(middleware::from_fn_with_state(api.clone(), limit::per_user))

@@ -9,13 +9,14 @@ use axum::routing::{get, post, put, MethodRouter};
 use axum::Json;
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer};
-use serde_json::{json, Value};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
-use super::{Auth, Body, Params};
+use super::openapi::{BadRequest, Internal, PayloadTooLarge, RateLimited, Unauthorized, Unavailable};
+use super::{Auth, Body, ErrorBody, Params};
 use crate::error::{Error, Result};
 use crate::notifications::preferences::PreferencesView;
-use crate::notifications::Notifier;
+use crate::notifications::{NotificationPage, Notifier};
 use crate::notifications::{DEFAULT_PAGE, MAX_PAGE};
 use crate::store::PreferencesChange;
 use crate::validate;
@@ -30,9 +31,14 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<super::Api>)> {
     ]
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// Notifications per page, 1–200 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     limit: Option<String>,
+    /// Notifications older than this one.
+    #[param(pattern = "^[0-9a-fA-F]{24}$")]
     before: Option<String>,
 }
 
@@ -43,7 +49,25 @@ pub(super) fn page(p: PageParams) -> Result<(Option<ObjectId>, i64)> {
     Ok((before, limit))
 }
 
-async fn history(
+/// The caller's notifications, newest first.
+#[utoipa::path(
+    get,
+    path = "/notifications",
+    tag = "notifications",
+    operation_id = "notifications",
+    security(("bearer" = [])),
+    params(PageParams),
+    responses(
+        (status = 200, description = "One page of notifications", body = NotificationPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, description = "`validation_failed`: `limit` out of range", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn history(
     State(notifier): State<Arc<Notifier>>,
     Auth(caller): Auth,
     Params(p): Params<PageParams>,
@@ -52,20 +76,51 @@ async fn history(
     Ok(Json(notifier.history(caller.user_id, before, limit).await?))
 }
 
-#[derive(Deserialize)]
+/// Which notifications to mark read: `ids`, or `"all": true`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReadBody {
+pub struct ReadBody {
+    /// At most 1000 notification ids.
     #[serde(default)]
+    #[schema(schema_with = super::openapi::ids_up_to_1000)]
     ids: Option<Vec<String>>,
+    /// `true`: every notification of the caller's.
     #[serde(default)]
+    #[schema(value_type = bool, required = false)]
     all: Option<bool>,
 }
 
-async fn read(
+/// How many notifications became read.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Marked {
+    marked: u64,
+}
+
+/// Marks notifications read.
+#[utoipa::path(
+    post,
+    path = "/notifications/read",
+    tag = "notifications",
+    operation_id = "read_notifications",
+    security(("bearer" = [])),
+    request_body = ReadBody,
+    responses(
+        (status = 200, description = "How many unread notifications became read", body = Marked),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, description = "`validation_failed`: both or neither of `ids` and `all`, `all` false, more \
+            than 1000 ids, a field mistyped or unknown", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn read(
     State(notifier): State<Arc<Notifier>>,
     Auth(caller): Auth,
     Body(b): Body<ReadBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Marked>> {
     let ids = match (b.ids, b.all) {
         (Some(_), Some(_)) => return Err(Error::invalid("all", "give ids or all, not both")),
         (None, Some(true)) => None,
@@ -75,14 +130,54 @@ async fn read(
         (Some(ids), None) => Some(ids.iter().map(|id| validate::object_id("ids", id)).collect::<Result<Vec<_>>>()?),
     };
     let marked = notifier.mark_read(caller.user_id, ids).await?;
-    Ok(Json(json!({ "marked": marked })))
+    Ok(Json(Marked { marked }))
 }
 
-async fn unread_count(State(notifier): State<Arc<Notifier>>, Auth(caller): Auth) -> Result<Json<Value>> {
-    Ok(Json(json!({ "unread_count": notifier.unread_count(caller.user_id).await? })))
+/// How many of the caller's notifications are unread.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UnreadCount {
+    /// Counted up to 1000 (show "999+").
+    unread_count: i64,
 }
 
-async fn get_preferences(State(notifier): State<Arc<Notifier>>, Auth(caller): Auth) -> Result<Json<PreferencesView>> {
+/// How many of the caller's notifications are unread.
+#[utoipa::path(
+    get,
+    path = "/notifications/unread_count",
+    tag = "notifications",
+    operation_id = "unread_count",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The unread count", body = UnreadCount),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn unread_count(State(notifier): State<Arc<Notifier>>, Auth(caller): Auth) -> Result<Json<UnreadCount>> {
+    Ok(Json(UnreadCount { unread_count: notifier.unread_count(caller.user_id).await? }))
+}
+
+/// The caller's notification preferences (the defaults if never set).
+#[utoipa::path(
+    get,
+    path = "/notifications/preferences",
+    tag = "notifications",
+    operation_id = "get_preferences",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's preferences", body = PreferencesView),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn get_preferences(
+    State(notifier): State<Arc<Notifier>>,
+    Auth(caller): Auth,
+) -> Result<Json<PreferencesView>> {
     Ok(Json(PreferencesView::from(&notifier.get(caller.user_id).await?)))
 }
 
@@ -92,16 +187,23 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> std::result:
     T::deserialize(d).map(Some)
 }
 
-#[derive(Deserialize)]
+/// A change of preferences: the fields given change, the others stay.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PreferencesBody {
+pub struct PreferencesBody {
+    /// Off: no notifications about messages at all.
     #[serde(default)]
     enabled: Option<bool>,
+    /// Replaces the list of muted rooms (at most 1000).
     #[serde(default)]
+    #[schema(schema_with = super::openapi::ids_up_to_1000)]
     muted_rooms: Option<Vec<String>>,
+    /// Only messages that mention the caller, and direct messages.
     #[serde(default)]
     mentions_only: Option<bool>,
+    /// No notifications until then (RFC 3339); `null` ends do-not-disturb.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     dnd_until: Option<Option<String>>,
 }
 
@@ -111,7 +213,29 @@ fn instant(field: &'static str, raw: &str) -> Result<DateTime<Utc>> {
         .map_err(|_| Error::invalid(field, "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z, or null"))
 }
 
-async fn put_preferences(
+/// Changes the caller's notification preferences.
+#[utoipa::path(
+    put,
+    path = "/notifications/preferences",
+    tag = "notifications",
+    operation_id = "put_preferences",
+    security(("bearer" = [])),
+    request_body = PreferencesBody,
+    responses(
+        (status = 200, description = "The preferences after the change", body = PreferencesView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: a newly muted room the caller is not a member of", body = ErrorBody),
+        (status = 404, description = "`not_found`: a newly muted room that does not exist", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, description = "`validation_failed`: a bad time, more than 1000 rooms, a field mistyped or \
+            unknown", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn put_preferences(
     State(notifier): State<Arc<Notifier>>,
     Auth(caller): Auth,
     Body(b): Body<PreferencesBody>,
@@ -131,13 +255,36 @@ async fn put_preferences(
     Ok(Json(PreferencesView::from(&saved)))
 }
 
-#[derive(Deserialize)]
+/// Whether a room is muted.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MuteBody {
+pub struct MuteBody {
     muted: bool,
 }
 
-async fn mute_room(
+/// Mutes or unmutes one room's notifications for the caller.
+#[utoipa::path(
+    put,
+    path = "/rooms/{id}/notifications",
+    tag = "notifications",
+    operation_id = "mute_room",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A room id", pattern = "^[0-9a-fA-F]{24}$")),
+    request_body = MuteBody,
+    responses(
+        (status = 200, description = "The preferences after the change", body = PreferencesView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: muting a room the caller is not a member of", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such room", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, description = "`validation_failed`: `muted` missing or not a bool, an unknown field", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn mute_room(
     State(notifier): State<Arc<Notifier>>,
     Auth(caller): Auth,
     Path(id): Path<String>,

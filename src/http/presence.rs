@@ -6,25 +6,53 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-use super::{Auth, Params};
+use super::openapi::{BadRequest, Internal, RateLimited, Unauthorized, Unavailable};
+use super::{Auth, ErrorBody, Params};
 use crate::error::{Error, Result};
-use crate::presence::Presence;
 use crate::presence::MAX_LOOKUP;
+use crate::presence::{Presence, PresenceView};
 use crate::validate;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LookupParams {
+    /// 1–500 user ids, comma-separated.
+    #[param(required = true, pattern = "^[0-9a-fA-F]{24}(,[0-9a-fA-F]{24})*$")]
     user_ids: Option<String>,
 }
 
+/// Users' presence, in the order asked.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PresenceList {
+    /// A repeated id is answered once; ids of no user come back `offline`.
+    presence: Vec<PresenceView>,
+}
+
+/// Many users' presence in one request.
+#[utoipa::path(
+    get,
+    path = "/presence",
+    tag = "contacts",
+    operation_id = "presence",
+    security(("bearer" = [])),
+    params(LookupParams),
+    responses(
+        (status = 200, description = "The users' presence", body = PresenceList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 422, description = "`validation_failed`: no ids, or more than 500", body = ErrorBody),
+        (status = 429, response = RateLimited),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn lookup(
     State(presence): State<Arc<Presence>>,
     Auth(_): Auth,
     Params(p): Params<LookupParams>,
-) -> Result<Json<Value>> {
+) -> Result<Json<PresenceList>> {
     let raw = p.user_ids.unwrap_or_default();
     let wrong = || Error::invalid("user_ids", format!("give 1 to {MAX_LOOKUP} comma-separated user ids"));
     let parts: Vec<&str> = raw.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
@@ -39,6 +67,5 @@ pub async fn lookup(
             ids.push(id);
         }
     }
-    let views = presence.lookup(&ids).await?;
-    Ok(Json(json!({ "presence": views })))
+    Ok(Json(PresenceList { presence: presence.lookup(&ids).await? }))
 }

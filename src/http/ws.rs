@@ -12,6 +12,8 @@ use http::header::SEC_WEBSOCKET_EXTENSIONS;
 use http::HeaderValue;
 
 use super::extract::bearer;
+use super::openapi::{Internal, Unauthorized, Unavailable};
+use super::ErrorBody;
 use crate::error::{Error, Result};
 use crate::sessions::Sessions;
 use crate::ws::socket::Extensions;
@@ -44,6 +46,26 @@ fn upgrade(sockets: &Sockets, mut req: Request) -> Result<(Response, UpgradeFut,
     Ok((response, fut, extensions))
 }
 
+/// Opens the chat WebSocket (docs/api.md describes its protocol). The token
+/// comes in `Authorization: Bearer`, or as `?token=` from browsers.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "operations",
+    operation_id = "websocket",
+    security(("bearer" = [])),
+    params(("token" = Option<String>, Query, description = "The access token, for clients that cannot set headers")),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol"),
+        (status = 400, description = "`bad_request`: not a WebSocket upgrade request, or a bad handshake", body = ErrorBody),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: a browser `Origin` not on the node's list", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (the user's REST limit), or `too_many_connections` (the user \
+            holds the most sockets allowed)", body = ErrorBody),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn chat(
     State(sessions): State<Arc<Sessions>>,
     State(sockets): State<Arc<Sockets>>,

@@ -114,10 +114,14 @@ pub enum Route {
 }
 
 /// What a dispatch did.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[schema(as = NotifyCounts)]
 pub struct Outcome {
+    /// Users notified (each once).
     pub notified: usize,
+    /// Of those, the ones shown the notification on a connection.
     pub delivered_realtime: usize,
+    /// Of those, the ones without a connection: queued for external delivery.
     pub queued_external: usize,
 }
 
@@ -134,14 +138,17 @@ fn count(channel: &'static str, n: usize) {
 }
 
 /// A notification as its live frame carries it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = LiveNotification)]
 pub struct LiveView {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
     pub message: String,
+    #[schema(value_type = Object)]
     pub data: Value,
+    #[schema(format = DateTime)]
     pub timestamp: String,
 }
 
@@ -159,14 +166,27 @@ impl From<&Notification> for LiveView {
 }
 
 /// A notification as history shows it: the live frame's fields and its state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Notification)]
 pub struct NotificationView {
     #[serde(flatten)]
     pub live: LiveView,
     pub read: bool,
+    #[schema(format = DateTime)]
     pub read_at: Option<String>,
+    /// Shown on a connection (or, from a backend, the user had one when it was sent).
     pub delivered_realtime: bool,
+    /// `pending` while queued for external delivery, then what its consumer
+    /// records; null when not needed.
     pub external: Option<String>,
+}
+
+/// One page of a user's notifications, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NotificationPage {
+    pub notifications: Vec<NotificationView>,
+    /// Older notifications exist: pass the last id as `before`.
+    pub has_more: bool,
 }
 
 impl From<&Notification> for NotificationView {
@@ -207,8 +227,8 @@ impl Notifier {
     /// One page of a user's notifications, newest first: `{"notifications", "has_more"}`.
     pub async fn history(&self, user: ObjectId, before: Option<ObjectId>, limit: i64) -> Result<Value> {
         let (page, has_more) = self.store.notifications(user, before, limit).await?;
-        let views: Vec<NotificationView> = page.iter().map(NotificationView::from).collect();
-        Ok(serde_json::json!({ "notifications": views, "has_more": has_more }))
+        let notifications = page.iter().map(NotificationView::from).collect();
+        Ok(serde_json::json!(NotificationPage { notifications, has_more }))
     }
 
     /// Marks the user's notifications read: those named, or all. Ids of other

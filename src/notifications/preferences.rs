@@ -72,11 +72,17 @@ pub fn check(
 }
 
 /// Preferences as clients see them.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = NotificationPreferences)]
 pub struct PreferencesView {
+    /// Off: no notifications about messages at all.
     pub enabled: bool,
+    /// Rooms whose messages notify no one.
     pub muted_rooms: Vec<String>,
+    /// Only messages that mention the user, and direct messages.
     pub mentions_only: bool,
+    /// No notifications until then.
+    #[schema(format = DateTime)]
     pub dnd_until: Option<String>,
 }
 

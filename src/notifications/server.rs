@@ -24,15 +24,24 @@ const BROADCAST_PAGE: i64 = 1000;
 const MAX_DEPTH: usize = 16;
 
 /// A notification as a backend writes it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationInput {
+    /// 1–64 characters, no spaces or control characters.
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 64)]
     pub kind: String,
+    /// 1–200 characters, not blank.
+    #[schema(min_length = 1, max_length = 200)]
     pub title: String,
+    /// At most 2000 characters.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub message: String,
+    /// A JSON object of at most 16 KiB, nested at most 16 levels; no key
+    /// starts with `$` or contains `.`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
 }
 
@@ -99,7 +108,7 @@ fn check_keys(value: &Value, depth: usize) -> Result<()> {
 }
 
 /// What `notify` did, and which ids named no user.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct NotifyOutcome {
     #[serde(flatten)]
     pub outcome: Outcome,

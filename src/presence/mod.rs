@@ -45,8 +45,9 @@ use crate::tasks::Tasks;
 /// Most ids one bulk lookup may ask about.
 pub const MAX_LOOKUP: usize = 500;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = PresenceStatus)]
 pub enum Status {
     Online,
     Away,
@@ -107,10 +108,13 @@ impl State {
 }
 
 /// A user's presence as clients see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Presence)]
 pub struct PresenceView {
     pub user_id: String,
     pub status: Status,
+    /// When the user last connected or went offline; null if never.
+    #[schema(format = DateTime)]
     pub last_seen: Option<String>,
 }
 

@@ -3,18 +3,23 @@
 
 use crate::clock::rfc3339;
 use crate::store::model::SYSTEM_SENDER;
-use crate::store::{Member, Message, Role, Room, RoomKind, User};
+use crate::store::{Member, Message, Role, Room, RoomKind, User, UserRole};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-#[derive(Debug, Serialize)]
+/// An account as its owner (and administrators) see it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Account)]
 pub struct UserView {
     pub id: String,
     pub username: String,
     pub email: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
     pub display_name: Option<String>,
     pub avatar_url: Option<String>,
     /// `user` or `admin`.
+    #[schema(value_type = UserRole)]
     pub role: &'static str,
     /// Present while the user is banned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -22,9 +27,12 @@ pub struct UserView {
 }
 
 /// A ban, as administrators see it on a user.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Ban)]
 pub struct BanView {
+    #[schema(format = DateTime)]
     pub at: String,
+    /// The administrator who banned the user.
     pub by: String,
     pub reason: Option<String>,
 }
@@ -48,13 +56,16 @@ impl From<&User> for UserView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A room.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Room)]
 pub struct RoomView {
     pub id: String,
     pub name: String,
     #[serde(rename = "type")]
     pub kind: RoomKind,
     pub created_by: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
@@ -70,11 +81,14 @@ impl From<&Room> for RoomView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A membership: a user in a room, with their read status.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Membership)]
 pub struct MemberView {
     pub room_id: String,
     pub user_id: String,
     pub role: Role,
+    #[schema(format = DateTime)]
     pub joined_at: String,
     pub delivered_up_to: Option<String>,
     pub read_up_to: Option<String>,
@@ -93,19 +107,25 @@ impl From<&Member> for MemberView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A stored message, or the tombstone of a deleted one.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Message)]
 pub struct MessageView<'a> {
     pub id: String,
     pub room_id: String,
+    /// The room's storage order: only grows, never reused, may skip.
     pub seq: i64,
     pub sender_id: String,
-    /// `None` for a tombstone.
+    /// Null for a tombstone.
     pub content: Option<&'a str>,
     pub client_msg_id: Option<&'a str>,
+    #[schema(format = DateTime)]
     pub timestamp: String,
+    #[schema(format = DateTime)]
     pub edited_at: Option<String>,
     pub deleted: bool,
-    /// Posted by a backend through the server API (`sender_id` is [`SYSTEM_SENDER`]).
+    /// Posted by a backend through the server API; then `sender_id` is the
+    /// all-zero id (`SYSTEM_SENDER`), which no user has. Absent otherwise.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub system: bool,
 }
@@ -128,12 +148,14 @@ impl<'a> From<&'a Message> for MessageView<'a> {
 }
 
 /// A user as other users see them: no email.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Profile)]
 pub struct ProfileView {
     pub id: String,
     pub username: String,
     pub display_name: Option<String>,
     pub avatar_url: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 

@@ -30,7 +30,9 @@ pub const UNREAD_CAP: i64 = 1000;
 pub const DEFAULT_PAGE: i64 = 50;
 pub const MAX_PAGE: i64 = 200;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A room in the caller's list: the room, the caller's place in it, and its
+/// latest message.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoomSummary {
     /// The room as every answer shows it.
     #[serde(flatten)]
@@ -39,19 +41,21 @@ pub struct RoomSummary {
     pub role: Option<Role>,
     /// Messages from others after the caller's read cursor (members only).
     pub unread_count: Option<i64>,
+    #[schema(value_type = Option<MessageView>)]
     pub last_message: Option<Value>,
     /// The other user of a direct room.
     pub peer: Option<Peer>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The other user of a direct room.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Peer {
     pub id: String,
     pub username: Option<String>,
 }
 
 /// One page of the list, and where the next one starts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoomPage {
     pub rooms: Vec<RoomSummary>,
     /// Give it as `cursor` for the next page; null on the last one.

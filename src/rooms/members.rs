@@ -200,7 +200,8 @@ impl Rooms {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A membership in a room's member list, with the member's username.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MemberEntry {
     #[serde(flatten)]
     pub member: MemberView,

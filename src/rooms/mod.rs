@@ -24,10 +24,17 @@ use crate::store::Store;
 use crate::store::{Member, Role, Room, RoomKind, StoreError};
 use crate::validate;
 
-#[derive(Debug, Deserialize)]
+/// A room as `POST /rooms` takes it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewRoom {
+    /// 1–64 characters, no leading or trailing spaces, no control,
+    /// direction-override or zero-width characters; unique ignoring case;
+    /// `dm:` starts only direct rooms' names.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
+    /// `public` or `private` (direct rooms are made by direct messages).
     #[serde(rename = "type")]
+    #[schema(pattern = "^(public|private)$")]
     pub kind: String,
 }
 

@@ -45,7 +45,7 @@ pub struct Ban {
 }
 
 /// What a user may do beyond their own account.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UserRole {
     #[default]
@@ -64,7 +64,7 @@ impl UserRole {
 }
 
 /// Who did something recorded in the audit log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ActorKind {
     User,
@@ -108,8 +108,9 @@ pub struct AuditEntry {
     pub details: bson::Document,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = RoomType)]
 pub enum RoomKind {
     Public,
     Private,
@@ -174,8 +175,9 @@ impl Room {
 /// Names starting with this are reserved for direct rooms.
 pub const DIRECT_PREFIX: &str = "dm:";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = RoomRole)]
 pub enum Role {
     Owner,
     Moderator,
