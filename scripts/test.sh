@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, against real services: installs what is missing
-# (Redis, nginx, FerretDB, the Autobahn runner, promtool, npm), starts Redis and FerretDB on
-# free ports in a temporary directory, runs lints, unit and integration tests
-# and the RFC 6455 conformance cases, checks that the load generator runs a
-# small fan-out across two nodes without loss, then stops everything it
-# started.
+# (Redis, nginx, FerretDB, the Autobahn runner, Schemathesis, promtool, npm),
+# starts Redis and FerretDB on free ports in a temporary directory, runs
+# lints, unit and integration tests, Schemathesis over the OpenAPI document,
+# the SDK's tests against a cluster and the RFC 6455 conformance cases,
+# checks that the load generator runs a small fan-out across two nodes
+# without loss, then stops everything it started.
 #
 # Set REDIS_URL / MONGO_URL to test against servers of your own instead
 # (a real mongod works unchanged).
@@ -82,6 +83,9 @@ target="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,
 bin="$target/debug/confab"
 loadtest="$target/debug/confab-loadtest"
 [ -x "$bin" ] && [ -x "$loadtest" ] || die "cargo build did not leave $bin and $loadtest"
+
+log "the REST API against its OpenAPI document: Schemathesis over every operation"
+CONFAB_BIN="$bin" scripts/schemathesis.sh
 
 log "TypeScript SDK (clients/js): build, types, unit tests"
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test)
