@@ -25,6 +25,11 @@
 #   MONGO_URL           use this MongoDB instead of starting FerretDB
 #   CONFAB_MONGO_DB     database name (default confab)
 #   CONFAB_JWT_SECRET   token secret (default: random, kept in the state directory)
+#   CONFAB_WEB_DIST     serve this built web app at / (a directory with
+#                       index.html) instead of web/dist, which is built
+#                       (npm ci, vite build) when missing or older than its
+#                       sources (web/, clients/js/)
+#   CONFAB_WEB=0        no web app: / answers the API's 404, as before it existed
 # Other CONFAB_* node settings (e.g. CONFAB_LOG, CONFAB_TOKEN_TTL_SECS) pass
 # through to the nodes. Progress goes to stderr; `up` prints one line on stdout.
 set -euo pipefail
@@ -119,6 +124,43 @@ confab_binary() {
   printf '%s\n' "$target/release/confab"
 }
 
+# web_sources_newer DIST : prints a web app source newer than DIST/index.html, if any.
+web_sources_newer() {
+  local web="$CONFAB_ROOT/web" sdk="$CONFAB_ROOT/clients/js"
+  find "$web/index.html" "$web/package.json" "$web/package-lock.json" "$web/vite.config.mjs" \
+    "$web/tsconfig.json" "$web/src" "$sdk/package.json" "$sdk/package-lock.json" "$sdk/src" \
+    -newer "$1/index.html" -print -quit 2>/dev/null
+}
+
+# web_root : the directory nginx serves the web app from (see CONFAB_WEB_DIST
+# and CONFAB_WEB above); builds web/ when its dist is missing or stale.
+web_root() {
+  if [ -n "${CONFAB_WEB_DIST:-}" ]; then
+    [ -f "$CONFAB_WEB_DIST/index.html" ] || die "CONFAB_WEB_DIST=$CONFAB_WEB_DIST has no index.html"
+    (cd "$CONFAB_WEB_DIST" && pwd)
+    return
+  fi
+  if [ "${CONFAB_WEB:-1}" = 0 ]; then
+    mkdir -p "$STATE/no-web"
+    printf '%s\n' "$STATE/no-web"
+    return
+  fi
+  local web="$CONFAB_ROOT/web"
+  if [ ! -f "$web/dist/index.html" ] || [ -n "$(web_sources_newer "$web/dist")" ]; then
+    command -v npm >/dev/null || apt_install npm >&2
+    log "building the web app (web/: npm ci, vite build)"
+    (
+      cd "$web"
+      # npm ci only when the lock file changed since the last install.
+      if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+        npm ci --no-audit --no-fund --loglevel=error
+      fi
+      npm run --silent build
+    ) >&2 || die "the web app did not build (web/; or set CONFAB_WEB_DIST, or CONFAB_WEB=0)"
+  fi
+  printf '%s\n' "$web/dist"
+}
+
 jwt_secret() {
   if [ -n "${CONFAB_JWT_SECRET:-}" ]; then
     printf '%s\n' "$CONFAB_JWT_SECRET"
@@ -133,11 +175,13 @@ jwt_secret() {
 }
 
 # nginx refuses to run its workers as an unprivileged user that cannot reach
-# the temp directories; as root, keep workers as root only when needed.
+# the temp directories (nor can such workers read the web app); as root, keep
+# workers as root only when needed.
 user_directive() {
   [ "$(id -u)" = 0 ] || { echo "# (not root: nginx workers run as $(id -un))"; return; }
-  if command -v runuser >/dev/null && runuser -u nobody -- test -x "$STATE/nginx-tmp" 2>/dev/null; then
-    echo "# (root: workers run as nginx's default user, which can reach the state dir)"
+  if command -v runuser >/dev/null && runuser -u nobody -- test -x "$STATE/nginx-tmp" 2>/dev/null &&
+    runuser -u nobody -- test -r "$WEB_ROOT/index.html" -o ! -e "$WEB_ROOT/index.html" 2>/dev/null; then
+    echo "# (root: workers run as nginx's default user, which can reach the state dir and the web app)"
   else
     echo "user root;"
   fi
@@ -162,6 +206,7 @@ render_nginx_conf() {
     -e "s|@CONF_DIR@|$(sed_escape "$CONFAB_ROOT/nginx")|g" \
     -e "s|@STATE_DIR@|$state_esc|g" \
     -e "s|@LISTEN_PORT@|$port|g" \
+    -e "s|@WEB_ROOT@|$(sed_escape "$WEB_ROOT")|" \
     -e "s|@LISTEN_TLS@|$listen_tls|" \
     -e "s|@TLS_SETTINGS@|$tls_settings|" \
     -e "s|@UPSTREAM_SERVERS@|$servers|" \
@@ -241,6 +286,7 @@ up() {
 
   local bin
   bin=$(confab_binary)
+  WEB_ROOT=$(web_root)
   rm -f "$STATE/url" "$STATE/cluster.env"
 
   local redis_url mongo_url port

@@ -64,6 +64,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # as Compose reads them.
 CONFAB_JWT_SECRET=compose-config-check docker-compose config -q
 CONFAB_JWT_SECRET=compose-config-check docker-compose --profile monitoring config -q
+CONFAB_JWT_SECRET=compose-config-check docker-compose --profile tls config -q
 
 log "alert rules: promtool check rules, promtool test rules"
 "$PROMTOOL_BIN" check rules deploy/prometheus/alerts.yml
@@ -97,6 +98,11 @@ sdk_url=$(env -u REDIS_URL -u MONGO_URL CONFAB_BIN="$bin" CONFAB_CLUSTER_DIR="$s
 [ -n "$sdk_url" ] || die "the SDK's cluster did not start"
 CONFAB_URL="$sdk_url" CONFAB_CLUSTER_CTL="env CONFAB_CLUSTER_DIR=$sdk_state $CONFAB_ROOT/scripts/cluster.sh" \
   npm --prefix clients/js run --silent test:integration
+
+log "web app (web/) in Chromium against the same cluster: two users through its nginx front"
+[ -x /usr/bin/chromium ] || apt_install chromium
+(cd web && npm ci --no-audit --no-fund --loglevel=error)
+CONFAB_URL="$sdk_url" CONFAB_CLUSTER_DIR="$sdk_state" npm --prefix web run --silent test:browser
 CONFAB_CLUSTER_DIR="$sdk_state" scripts/cluster.sh down >/dev/null 2>&1
 
 log "RFC 6455 conformance (Autobahn cases) against a node's echo endpoint"
