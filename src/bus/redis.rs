@@ -42,6 +42,10 @@ pub struct Bus {
     /// The reader and the reconnect watcher; end at `shutdown`.
     tasks: TaskTracker,
     stop: CancellationToken,
+    /// fred's task that subscribes again after a reconnect. It holds the
+    /// subscriber, so the channel it waits on never closes: it is aborted
+    /// at `shutdown`.
+    resubscriber: tokio::task::AbortHandle,
 }
 
 /// The Redis channel of a topic.
@@ -79,7 +83,7 @@ impl Bus {
                 tracing::warn!(connection = name, "redis not reachable yet; will keep retrying");
             }
         }
-        subscriber.manage_subscriptions();
+        let resubscriber = subscriber.manage_subscriptions().abort_handle();
         let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
         let probe = Arc::new(Probe::new(keys.probe_channel(&hex::encode(rand::random::<[u8; 8]>()))));
         let rx = subscriber.message_rx();
@@ -100,7 +104,7 @@ impl Bus {
             }
         });
         tasks.close();
-        Ok(Arc::new(Bus { publisher, subscriber, keys, probe, tasks, stop }))
+        Ok(Arc::new(Bus { publisher, subscriber, keys, probe, tasks, stop, resubscriber }))
     }
 
     /// Publishes the live effect of something already stored or decided (a
@@ -125,6 +129,7 @@ impl Bus {
         self.stop.cancel();
         self.tasks.wait().await;
         let _ = tokio::join!(self.subscriber.quit(), self.publisher.quit());
+        self.resubscriber.abort();
     }
 }
 
@@ -263,6 +268,10 @@ async fn probe_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // Checked first: a round takes about a tick, so the next is
+            // always due by then and would otherwise win half the time,
+            // keeping the loop (and the node's shutdown) going.
+            biased;
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
