@@ -265,7 +265,13 @@ impl Notifier {
         loop {
             reach.listening.store(false, Ordering::Release);
             reach.forget_all();
-            if let Err(e) = reach.subscriber.subscribe(&channel).await {
+            // Raced with the stop: a subscription asked of a client that is
+            // shut down meanwhile would never be answered.
+            let subscribed = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                r = reach.subscriber.subscribe(&channel) => r,
+            };
+            if let Err(e) = subscribed {
                 tracing::debug!(error = %e, "reach changes not subscribed; retrying");
                 tokio::select! {
                     _ = self.stop.cancelled() => return,
