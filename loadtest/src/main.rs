@@ -16,6 +16,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use scenario::chaos::ChaosParams;
 use scenario::churn::{Churn, ChurnParams, ChurnResult};
 use scenario::connections::ConnectionsParams;
 use scenario::fanout::{FanoutParams, FanoutResult};
@@ -126,6 +127,16 @@ enum Scenario {
         #[command(flatten)]
         params: VolumeParams,
     },
+    /// Users chatting through the front (rooms, DMs, churn, history reads)
+    /// while a seeded fault schedule breaks the cluster, then exact
+    /// accounting; fails unless nothing was lost, duplicated or reordered
+    /// (Confab only; scripts/chaos.sh runs it).
+    Chaos {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        params: ChaosParams,
+    },
     /// REST history reads per second (Confab only; needs --jwt-secret).
     History {
         #[command(flatten)]
@@ -197,6 +208,15 @@ async fn run(cli: Cli) -> Result<()> {
             let secret = common.jwt_secret.as_deref().context("volume needs --jwt-secret")?;
             let r = scenario::volume::run(&common.urls, secret, &params).await?;
             finish(&common.out, &r, &scenario::volume::markdown(&r))
+        }
+        Scenario::Chaos { common, params } => {
+            let r = scenario::chaos::run(&common.urls[0], &params, &common.out).await?;
+            let spans: Vec<(f64, f64, String)> =
+                r.faults.iter().map(|f| (f.started_secs, f.healed_secs, format!("{} {}", f.kind, f.arg))).collect();
+            report::write_timeline_png(&common.out, &r.timeline, &spans)?;
+            finish(&common.out, &r, &scenario::chaos::markdown(&r))?;
+            anyhow::ensure!(r.passed, "the chaos run failed its accounting or a fault (see summary.md)");
+            Ok(())
         }
         Scenario::History { common, params } => {
             let secret = common.jwt_secret.as_deref().context("history needs --jwt-secret")?;

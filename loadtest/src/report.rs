@@ -136,6 +136,63 @@ pub fn write_saturation_png(path: &Path, series: &[(String, Vec<(f64, f64)>)], l
     Ok(())
 }
 
+/// A chaos run over time: deliveries per second above, p99 latency (ms, log
+/// axis) below, each fault shaded from its start to its heal and named.
+pub fn write_timeline_png(dir: &Path, timeline: &[(u64, f64, usize)], faults: &[(f64, f64, String)]) -> Result<()> {
+    if timeline.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let labelled = load_font();
+    let path = dir.join("timeline.png");
+    let root = BitMapBackend::new(&path, (1200, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(350);
+    let xmax = timeline.len() as f64;
+    let rate_max = timeline.iter().map(|t| t.0).max().unwrap_or(1).max(1) as f64 * 1.15;
+    let lat_max = timeline.iter().map(|t| t.1).fold(10.0, f64::max) * 2.0;
+    let shade = RGBColor(220, 50, 50).mix(0.18);
+    let mut rates = ChartBuilder::on(&top);
+    rates.margin(15);
+    if labelled {
+        rates
+            .caption("chaos: deliveries and latency against faults", ("sans-serif", 20))
+            .x_label_area_size(30)
+            .y_label_area_size(60);
+    }
+    let mut chart = rates.build_cartesian_2d(0.0..xmax, 0.0..rate_max)?;
+    if labelled {
+        chart.configure_mesh().y_desc("deliveries / s").draw()?;
+    }
+    chart.draw_series(
+        faults.iter().map(|(a, b, _)| Rectangle::new([(*a, 0.0), (b.max(a + 0.5), rate_max)], shade.filled())),
+    )?;
+    if labelled {
+        chart.draw_series(
+            faults
+                .iter()
+                .map(|(a, _, name)| Text::new(name.clone(), (*a, rate_max * 0.97), ("sans-serif", 13).into_font())),
+        )?;
+    }
+    chart.draw_series(LineSeries::new(timeline.iter().enumerate().map(|(i, t)| (i as f64, t.0 as f64)), &BLUE))?;
+    let mut lat = ChartBuilder::on(&bottom);
+    lat.margin(15);
+    if labelled {
+        lat.x_label_area_size(35).y_label_area_size(60);
+    }
+    let mut chart = lat.build_cartesian_2d(0.0..xmax, (1.0f64..lat_max).log_scale())?;
+    if labelled {
+        chart.configure_mesh().x_desc("seconds").y_desc("p99 latency (ms)").draw()?;
+    }
+    chart.draw_series(
+        faults.iter().map(|(a, b, _)| Rectangle::new([(*a, 1.0), (b.max(a + 0.5), lat_max)], shade.filled())),
+    )?;
+    let points = timeline.iter().enumerate().filter(|(_, t)| t.1 > 0.0).map(|(i, t)| (i as f64, t.1.max(1.0)));
+    chart.draw_series(LineSeries::new(points, &RED))?;
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +228,16 @@ mod tests {
         let png = dir.join("saturation.png");
         write_saturation_png(&png, &[("confab".into(), points)], 50.0).unwrap();
         assert!(std::fs::metadata(&png).unwrap().len() > 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_timeline_is_drawn_with_its_faults() {
+        let dir = std::env::temp_dir().join(format!("lt-timeline-{}", std::process::id()));
+        let timeline: Vec<(u64, f64, usize)> =
+            (0..60).map(|i| (if i % 20 < 3 { 0 } else { 40 }, 12.0 + i as f64, 10)).collect();
+        write_timeline_png(&dir, &timeline, &[(20.0, 23.5, "kill-node 2".into())]).unwrap();
+        assert!(std::fs::metadata(dir.join("timeline.png")).unwrap().len() > 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! Load scenarios. Each runs bounded in count and time, stops by itself, and
 //! returns a JSON-serialisable result.
 
+pub mod chaos;
 pub mod churn;
 pub mod connections;
 pub mod fanout;
