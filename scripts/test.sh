@@ -4,8 +4,8 @@
 # starts Redis and FerretDB on free ports in a temporary directory, runs
 # lints, unit and integration tests, Schemathesis over the OpenAPI document,
 # the SDK's tests against a cluster and the RFC 6455 conformance cases,
-# checks that the load generator runs a small fan-out across two nodes
-# without loss, then stops everything it started.
+# fuzzes every parser briefly, checks that the load generator runs a small
+# fan-out across two nodes without loss, then stops everything it started.
 #
 # Set REDIS_URL / MONGO_URL to test against servers of your own instead
 # (a real mongod works unchanged).
@@ -119,6 +119,11 @@ echo $! >"$work/echo-node.pid"
 wait_port "$port" 30 || die "the conformance node did not start"
 kosoku "ws://127.0.0.1:$port/ws/echo" -p 2 -o "$work/autobahn" | tail -n 3
 stop_pidfile "$work/echo-node.pid"
+
+log "fuzzing: every parser that takes outside bytes, 20 s each from its seed corpus"
+# The long runs are docs/testing.md's ("Fuzzing"); this catches a parser
+# change that breaks a target or fails on the first inputs.
+scripts/fuzz.sh 20
 
 log "load generator: a small fan-out across two nodes must lose nothing"
 # Two fan-out lanes splitting from 4 receivers: the rooms' ~10 members per

@@ -313,6 +313,18 @@ pub fn parse_with<C: clap::Parser>(
     lenient: &[&str],
     command: Command,
 ) -> Result<Parsed<C>, ConfigError> {
+    parse_reading(args, lenient, command, |file| std::fs::read_to_string(file))
+}
+
+/// [`parse_with`], with `read` giving the text of the file `--config` names
+/// (`std::fs::read_to_string` for a real command line; a fuzz target gives
+/// its bytes without a file).
+pub fn parse_reading<C: clap::Parser>(
+    args: Vec<OsString>,
+    lenient: &[&str],
+    command: Command,
+    read: impl FnOnce(&Path) -> std::io::Result<String>,
+) -> Result<Parsed<C>, ConfigError> {
     // A setting given twice takes its last value, as the environment would.
     let command = overriding(command);
     // A first pass that minds no error, to find the subcommand and its file.
@@ -331,7 +343,7 @@ pub fn parse_with<C: clap::Parser>(
         }
         if let Some((path, file)) = file {
             let strict = !path.iter().any(|p| lenient.contains(&p.as_str()));
-            command = with_file(command, &path, &file, strict)?;
+            command = with_file(command, &path, &file, read, strict)?;
         }
     }
     let matches = match command.clone().try_get_matches_from(args) {
@@ -349,9 +361,15 @@ pub fn parse_with<C: clap::Parser>(
 
 /// `command` with the settings of the subcommand at `path` defaulting to
 /// the file's values.
-fn with_file(command: Command, path: &[String], file: &Path, strict: bool) -> Result<Command, ConfigError> {
+fn with_file(
+    command: Command,
+    path: &[String],
+    file: &Path,
+    read: impl FnOnce(&Path) -> std::io::Result<String>,
+    strict: bool,
+) -> Result<Command, ConfigError> {
     let bad = |why: String| invalid("config", "CONFAB_CONFIG", format!("{}: {why}", file.display()));
-    let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
+    let text = read(file).map_err(|e| bad(e.to_string()))?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
         // The parser's message may run over several lines; ours is one.
         let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
@@ -575,6 +593,8 @@ fn parse_proxies(raw: &str) -> Result<Proxies, String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
     #[derive(clap::Parser)]
@@ -597,11 +617,18 @@ mod tests {
         &["confab", "serve", "--redis-url", "redis://127.0.0.1:6379", "--mongo-url", "mongodb://127.0.0.1:27017"];
 
     fn parse_args(extra: &[&str]) -> Result<Config, ConfigError> {
+        parse_args_reading(extra, |file| std::fs::read_to_string(file))
+    }
+
+    fn parse_args_reading(
+        extra: &[&str],
+        read: impl FnOnce(&Path) -> std::io::Result<String>,
+    ) -> Result<Config, ConfigError> {
         let secret = "x".repeat(32);
         let mut args: Vec<OsString> = BASE.iter().map(OsString::from).collect();
         args.extend(["--jwt-secret", secret.as_str()].iter().map(OsString::from));
         args.extend(extra.iter().map(OsString::from));
-        match parse::<Cli>(args, &[])? {
+        match parse_reading::<Cli>(args, &[], Cli::command(), read)? {
             Parsed::Ok(Cli { command: Sub::Serve { settings, .. } }) => {
                 settings.validate()?;
                 Ok(*settings)
@@ -701,6 +728,28 @@ mod tests {
             parse_args(&["--config", &path]).unwrap().allowed_origins.0,
             ["https://a.example", "https://b.example"]
         );
+    }
+
+    #[test]
+    fn a_text_given_directly_reads_as_its_file_would() {
+        let cases: [&[u8]; 4] = [
+            b"node_id = \"n1\"\nlisten = \"127.0.0.1:9999\"\nsocket_burst = 5\n",
+            b"node_id = \"n1\"\nsocket_burst = 0\n",
+            b"listeni = 5\nunknown = n\"x\"\n",
+            b"node_id = \"\xff\"\n",
+        ];
+        for bytes in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("node.toml");
+            std::fs::write(&path, bytes).unwrap();
+            let args = ["--config", path.to_str().unwrap()];
+            let shown = |r: Result<Config, ConfigError>| r.map(|c| format!("{c:?}")).map_err(|e| e.0);
+            let given = shown(parse_args_reading(&args, |_| std::io::read_to_string(bytes)));
+            assert_eq!(given, shown(parse_args(&args)), "{}", String::from_utf8_lossy(bytes));
+            if let Err(e) = given {
+                assert_eq!(e.lines().count(), 1, "{e}");
+            }
+        }
     }
 
     #[test]
