@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, against real services: installs what is missing
-# (Redis, nginx, FerretDB, the Autobahn runner, Schemathesis, promtool, npm),
+# (Redis, nginx, FerretDB, the Autobahn runner, Schemathesis, promtool, npm,
+# Chromium, cargo-fuzz),
 # starts Redis and FerretDB on free ports in a temporary directory, runs
 # lints, unit and integration tests, Schemathesis over the OpenAPI document,
-# the SDK's tests against a cluster and the RFC 6455 conformance cases,
-# fuzzes every parser briefly, checks that the load generator runs a small
-# fan-out across two nodes without loss, then stops everything it started.
+# the SDK's tests and the web app in Chromium against a cluster, the RFC 6455
+# conformance cases, fuzzes every parser briefly, checks that the load
+# generator runs a small fan-out across two nodes without loss, runs a
+# two-minute chaos soak, then stops everything it started.
 #
 # Set REDIS_URL / MONGO_URL to test against servers of your own instead
 # (a real mongod works unchanged).
