@@ -14,7 +14,8 @@
 # restart-store, partition-node 3 (node 3 runs in a network namespace of its
 # own; its packets to Redis are dropped for CHAOS_PARTITION_SECS, default
 # 8, then let through again), slow-client (one client stops reading while
-# its room is flooded, until its node cuts it off).
+# its room is flooded, until its node cuts it off; it talks to node 1
+# directly, as nginx's buffers would absorb the flood).
 #
 # Needs root for the network namespace (without it, or without iproute2 and
 # iptables, node 3 runs beside the others and partition-node is left out).
@@ -303,6 +304,7 @@ rc=0
 "$CONFAB_LOADTEST_BIN" chaos --url "http://127.0.0.1:$http_port" --out "$out" \
   --duration "$duration" --nodes "$NODES" --partition-nodes "$NETNS_NODE" --faults "$faults" \
   --fault-cmd "$CONFAB_ROOT/scripts/chaos.sh fault" ${CHAOS_SEED:+--seed "$CHAOS_SEED"} \
+  --slow-url "http://127.0.0.1:$NODE_1_PORT" \
   ${CHAOS_ARGS:-} || rc=$?
 
 problems=()

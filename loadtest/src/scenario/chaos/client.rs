@@ -152,6 +152,10 @@ pub struct Client {
     sent: u64,
     /// Reads only this much socket buffer (the slow client).
     pub slow: bool,
+    /// Where its socket goes, if not through the front (the slow client
+    /// goes to a node directly, so that nginx's buffers do not absorb what
+    /// should fill the node's queue).
+    pub socket_base: Option<String>,
 }
 
 /// What ended one connection.
@@ -164,7 +168,17 @@ enum Ended {
 impl Client {
     pub fn new(name: String, password: String, token: String, rooms: Vec<String>) -> Client {
         let streams = rooms.iter().map(|r| (r.clone(), Stream::default())).collect();
-        Client { name, password, token, rooms, streams, pending: BTreeMap::new(), sent: 0, slow: false }
+        Client {
+            name,
+            password,
+            token,
+            rooms,
+            streams,
+            pending: BTreeMap::new(),
+            sent: 0,
+            slow: false,
+            socket_base: None,
+        }
     }
 
     /// Runs until the run stops sending and every message of this client is
@@ -226,8 +240,9 @@ impl Client {
             // A small window: the front's buffers fill, then the node's queue.
             socket.set_recv_buffer_size(4096)?;
         }
-        let stream = socket.connect(crate::target::socket_addr(&run.base)?).await?;
-        let url = format!("{}/ws?token={}", run.base.replacen("http", "ws", 1), self.token);
+        let base = self.socket_base.as_deref().unwrap_or(&run.base);
+        let stream = socket.connect(crate::target::socket_addr(base)?).await?;
+        let url = format!("{}/ws?token={}", base.replacen("http", "ws", 1), self.token);
         let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
         Ok(ws)
     }
@@ -332,8 +347,8 @@ impl Client {
                         let join = json!({"type": "join_channel", "channel": room, "data": {"after_seq": last}, "ref": format!("j:{room}")});
                         tx.send(Message::Text(join.to_string())).await?;
                     }
-                    // A gap the server did not fill within a second: read it.
-                    let gapped: Vec<String> = self.streams.iter().filter(|(_, s)| s.held_since.is_some_and(|t| now - t > Duration::from_secs(1))).map(|(r, _)| r.clone()).collect();
+                    // A gap the server did not fill within 2 s: read it.
+                    let gapped: Vec<String> = self.streams.iter().filter(|(_, s)| s.held_since.is_some_and(|t| now - t > Duration::from_secs(2))).map(|(r, _)| r.clone()).collect();
                     for room in gapped {
                         run.counters.gap_fills.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = self.fill_gap(&room, run).await {

@@ -80,6 +80,9 @@ pub struct ChaosParams {
     /// healed. slow-client is done in-process.
     #[arg(long)]
     pub fault_cmd: Option<String>,
+    /// A node's own URL for the slow reader's socket (default: the front).
+    #[arg(long)]
+    pub slow_url: Option<String>,
     /// Seconds allowed after the traffic for acknowledgements and catch-up.
     #[arg(long, default_value_t = 120)]
     pub drain: u64,
@@ -450,6 +453,7 @@ pub async fn run(base: &str, p: &ChaosParams, out: &Path) -> Result<ChaosResult>
     }
     let mut slow_client = Client::new(slow.name, slow.password, slow.token, vec![rooms[0].clone()]);
     slow_client.slow = true;
+    slow_client.socket_base = p.slow_url.clone();
     tasks.push(tokio::spawn(slow_client.run(run.clone())));
 
     let started = Instant::now();
