@@ -146,18 +146,21 @@ web_root() {
     return
   fi
   local web="$CONFAB_ROOT/web"
-  if [ ! -f "$web/dist/index.html" ] || [ -n "$(web_sources_newer "$web/dist")" ]; then
-    command -v npm >/dev/null || apt_install npm >&2
-    log "building the web app (web/: npm ci, vite build)"
-    (
+  (
+    # One build at a time: clusters started at once (the tests start
+    # several) share web/, and two `npm ci` in one directory break each other.
+    flock 9 || exit 1
+    if [ ! -f "$web/dist/index.html" ] || [ -n "$(web_sources_newer "$web/dist")" ]; then
+      command -v npm >/dev/null || apt_install npm
+      log "building the web app (web/: npm ci, vite build)"
       cd "$web"
       # npm ci only when the lock file changed since the last install.
       if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-        npm ci --no-audit --no-fund --loglevel=error
+        npm ci --no-audit --no-fund --loglevel=error || exit 1
       fi
-      npm run --silent build
-    ) >&2 || die "the web app did not build (web/; or set CONFAB_WEB_DIST, or CONFAB_WEB=0)"
-  fi
+      npm run --silent build || exit 1
+    fi
+  ) 9>"$web/.build.lock" >&2 || die "the web app did not build (web/; or set CONFAB_WEB_DIST, or CONFAB_WEB=0)"
   printf '%s\n' "$web/dist"
 }
 
