@@ -51,6 +51,8 @@ pub struct Stream {
     held_since: Option<Instant>,
     pub log: Vec<(u64, String)>,
     pub joined: bool,
+    /// Seqs given up on (missing for `SKIP_AFTER`).
+    pub skipped: std::collections::HashSet<u64>,
 }
 
 impl Stream {
@@ -117,6 +119,7 @@ impl Stream {
         if self.held_since.is_some_and(|since| since.elapsed() >= SKIP_AFTER) {
             if let Some((&t, _)) = self.held.first_key_value() {
                 run.counters.skipped_seqs.fetch_add(t - self.last_seq - 1, Ordering::Relaxed);
+                self.skipped.extend(self.last_seq + 1..t);
                 let m = self.held.remove(&t).unwrap();
                 self.accept(m, run);
                 self.drain(run);
@@ -536,6 +539,7 @@ mod tests {
         s.fill(&[], &run);
         assert_eq!(seqs(&s), [1, 2, 3, 4, 5, 7]);
         assert_eq!(run.counters.skipped_seqs.load(Ordering::Relaxed), 1);
+        assert!(s.skipped.contains(&6) && s.skipped.len() == 1);
     }
 
     #[test]

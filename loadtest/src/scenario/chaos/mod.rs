@@ -80,6 +80,11 @@ pub struct ChaosParams {
     /// healed. slow-client is done in-process.
     #[arg(long)]
     pub fault_cmd: Option<String>,
+    /// Pass although some deliveries were lost, if every one is a seq the
+    /// clients gave up on and that was stored later (the known problem of
+    /// docs/testing.md, "A gap given up too soon"); they are still reported.
+    #[arg(long)]
+    pub tolerate_late_stores: bool,
     /// A node's own URL for the slow reader's socket (default: the front).
     #[arg(long)]
     pub slow_url: Option<String>,
@@ -310,6 +315,10 @@ pub struct Accounting {
     pub history_disorder: usize,
     /// Messages of a client's rooms missing from its log.
     pub lost: usize,
+    /// Of those, messages whose seq the client gave up on after
+    /// `client::SKIP_AFTER` and that were stored later still: a known
+    /// problem (docs/testing.md), counted apart.
+    pub lost_stored_late: usize,
     pub duplicated: usize,
     pub out_of_order: usize,
     /// Messages still waiting for an acknowledgement when the drain ended.
@@ -321,11 +330,15 @@ pub struct Accounting {
 }
 
 impl Accounting {
-    pub fn clean(&self) -> bool {
+    /// Nothing lost, repeated, reordered or left; with `tolerate_late`,
+    /// losses that are all seqs stored after the clients gave up on them
+    /// are reported but pass.
+    pub fn clean(&self, tolerate_late: bool) -> bool {
+        let lost = if tolerate_late { self.lost - self.lost_stored_late } else { self.lost };
         self.acknowledged_missing == 0
             && self.stored_twice == 0
             && self.history_disorder == 0
-            && self.lost == 0
+            && lost == 0
             && self.duplicated == 0
             && self.out_of_order == 0
             && self.unacknowledged == 0
@@ -556,7 +569,7 @@ pub async fn run(base: &str, p: &ChaosParams, out: &Path) -> Result<ChaosResult>
         "history_reads": c.history_reads.load(Ordering::Relaxed), "history_errors": c.history_errors.load(Ordering::Relaxed),
         "flood_sent": c.flood_sent.load(Ordering::Relaxed), "flood_unacknowledged": c.flood_unacknowledged.load(Ordering::Relaxed),
     });
-    let passed = accounting.clean() && faults.iter().all(|f| f.ok);
+    let passed = accounting.clean(p.tolerate_late_stores) && faults.iter().all(|f| f.ok);
     let closes = run.closes.lock().unwrap().clone();
     let errors = run.errors.lock().unwrap().clone();
     Ok(ChaosResult {
@@ -807,6 +820,8 @@ async fn account(run: &Run, clients: &[Client]) -> Result<Accounting> {
             let missing: Vec<u64> =
                 history.iter().filter(|(m, _)| !seen.contains(m.id.as_str())).map(|(m, _)| m.seq).collect();
             a.lost += missing.len();
+            let skipped = &c.streams[*room].skipped;
+            a.lost_stored_late += missing.iter().filter(|seq| skipped.contains(seq)).count();
             if !missing.is_empty() && a.lost_examples.len() < 20 {
                 let shown: Vec<String> = missing.iter().take(12).map(u64::to_string).collect();
                 a.lost_examples.push(format!(
@@ -852,11 +867,11 @@ pub fn markdown(r: &ChaosResult) -> String {
         ));
     }
     md.push_str(&format!(
-        "\n| stored | acknowledged | acknowledged missing | stored twice | history disorder | client logs | delivered | lost | duplicated | out of order | unacknowledged |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n\
-         | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n\n",
+        "\n| stored | acknowledged | acknowledged missing | stored twice | history disorder | client logs | delivered | lost | of which stored late | duplicated | out of order | unacknowledged |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n\
+         | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n\n",
         a.stored, a.acknowledged, a.acknowledged_missing, a.stored_twice, a.history_disorder, a.client_logs,
-        a.delivered_total, a.lost, a.duplicated, a.out_of_order, a.unacknowledged,
+        a.delivered_total, a.lost, a.lost_stored_late, a.duplicated, a.out_of_order, a.unacknowledged,
     ));
     md.push_str(&format!(
         "delivery latency (send to the client's log, catch-ups included): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n\n",
@@ -921,6 +936,18 @@ mod tests {
         let s = schedule(&p, 1);
         assert!((3..=6).contains(&s.len()), "{s:?}");
         assert!(s.iter().all(|f| f.kind == "kill-node" || f.kind == "restart-redis"));
+    }
+
+    #[test]
+    fn late_stored_losses_pass_only_when_tolerated_and_only_alone() {
+        let late = Accounting { lost: 3, lost_stored_late: 3, ..Default::default() };
+        assert!(!late.clean(false));
+        assert!(late.clean(true));
+        let mixed = Accounting { lost: 4, lost_stored_late: 3, ..Default::default() };
+        assert!(!mixed.clean(true));
+        let duplicated = Accounting { duplicated: 1, ..Default::default() };
+        assert!(!duplicated.clean(true));
+        assert!(Accounting::default().clean(false));
     }
 
     #[test]
