@@ -223,16 +223,7 @@ impl Client {
     }
 
     async fn login(&mut self, run: &Run) -> Result<()> {
-        let resp = run
-            .http
-            .post(format!("{}/login", run.base))
-            .json(&json!({"username": self.name, "password": self.password}))
-            .send()
-            .await?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let token = body["access_token"].as_str().ok_or_else(|| anyhow!("login {status}: {body}"))?;
-        self.token = token.to_string();
+        self.token = login(run, &self.name, &self.password).await?;
         run.counters.relogins.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -418,28 +409,9 @@ impl Client {
         }
     }
 
-    async fn page_after(&self, room: &str, after: u64, run: &Run) -> Result<(Vec<Msg>, bool)> {
-        let resp = run
-            .http
-            .get(format!("{}/messages", run.base))
-            .query(&[("room_id", room), ("after_seq", &after.to_string()), ("limit", "200")])
-            .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("history {status}: {body}");
-        }
-        let msgs =
-            body["messages"].as_array().map(|a| a.iter().filter_map(Msg::from_json).collect()).unwrap_or_default();
-        Ok((msgs, body["has_more"].as_bool().unwrap_or(false)))
-    }
-
     async fn fill_gap(&mut self, room: &str, run: &Run) -> Result<()> {
         let after = self.streams[room].last_seq;
-        let (page, _) = self.page_after(room, after, run).await?;
+        let (page, _) = page_after(run, &self.token, room, after).await?;
         self.streams.get_mut(room).unwrap().fill(&page, run);
         Ok(())
     }
@@ -451,7 +423,7 @@ impl Client {
             let mut failures = 0;
             loop {
                 let after = self.streams[&room].last_seq;
-                match self.page_after(&room, after, run).await {
+                match page_after(run, &self.token, &room, after).await {
                     Ok((page, more)) => {
                         let s = self.streams.get_mut(&room).unwrap();
                         for m in &page {
@@ -486,6 +458,40 @@ impl Client {
     pub fn unacknowledged(&self) -> usize {
         self.pending.len()
     }
+}
+
+/// `POST /login`: a new access token for `name`.
+pub async fn login(run: &Run, name: &str, password: &str) -> Result<String> {
+    let resp = run
+        .http
+        .post(format!("{}/login", run.base))
+        .json(&json!({"username": name, "password": password}))
+        .send()
+        .await?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let token = body["access_token"].as_str().ok_or_else(|| anyhow!("login {name} {status}: {body}"))?;
+    Ok(token.to_string())
+}
+
+/// One page of a room's history after `after` (`GET /messages?after_seq=`,
+/// 200 at most): the messages, and whether more follow.
+pub async fn page_after(run: &Run, token: &str, room: &str, after: u64) -> Result<(Vec<Msg>, bool)> {
+    let resp = run
+        .http
+        .get(format!("{}/messages", run.base))
+        .query(&[("room_id", room), ("after_seq", &after.to_string()), ("limit", "200")])
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("history {status}: {body}");
+    }
+    let msgs = body["messages"].as_array().map(|a| a.iter().filter_map(Msg::from_json).collect()).unwrap_or_default();
+    Ok((msgs, body["has_more"].as_bool().unwrap_or(false)))
 }
 
 fn jitter(d: Duration) -> Duration {

@@ -377,15 +377,7 @@ async fn register(run: &Run, name: String) -> Result<User> {
     let body = json!({"username": name, "email": format!("{name}@chaos.invalid"), "password": password});
     let reg: Value = run.http.post(format!("{}/register", run.base)).json(&body).send().await?.json().await?;
     let id = reg["id"].as_str().ok_or_else(|| anyhow!("register {name}: {reg}"))?.to_string();
-    let login: Value = run
-        .http
-        .post(format!("{}/login", run.base))
-        .json(&json!({"username": name, "password": password}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = login["access_token"].as_str().ok_or_else(|| anyhow!("login {name}: {login}"))?.to_string();
+    let token = client::login(run, &name, &password).await?;
     Ok(User { name, password, id, token })
 }
 
@@ -459,6 +451,7 @@ pub async fn run(base: &str, p: &ChaosParams, out: &Path) -> Result<ChaosResult>
         dm_rooms.len()
     );
 
+    let flooder = (users[0].name.clone(), users[0].password.clone());
     let mut tasks = Vec::new();
     for (i, u) in users.into_iter().enumerate() {
         let c = Client::new(u.name, u.password, u.token, std::mem::take(&mut rooms_of[i]));
@@ -488,15 +481,8 @@ pub async fn run(base: &str, p: &ChaosParams, out: &Path) -> Result<ChaosResult>
             }
         })
     };
-    let flooder_token = post(
-        &run,
-        "",
-        "/login",
-        json!({"username": format!("chaos{tag}u0"), "password": format!("chaos-chaos{tag}u0-pw")}),
-    )
-    .await
-    .ok()
-    .and_then(|v| v["access_token"].as_str().map(str::to_string));
+    // A session of its own for the first user, who floods the slow reader's room.
+    let flooder_token = client::login(&run, &flooder.0, &flooder.1).await.ok();
     let flood = tokio::spawn(flood(run.clone(), flooder_token, rooms[0].clone(), side.clone()));
 
     // The faults, on schedule.
@@ -685,11 +671,8 @@ async fn read_history(run: Arc<Run>, mut reader: User, rooms: Vec<String>, rate:
                 run.counters.history_errors.fetch_add(1, Ordering::Relaxed);
                 run.with_second(|s| s.history_errors += 1);
                 if r.status() == 401 {
-                    let login = json!({"username": reader.name, "password": reader.password});
-                    if let Ok(v) = post(&run, "", "/login", login).await {
-                        if let Some(t) = v["access_token"].as_str() {
-                            reader.token = t.to_string();
-                        }
+                    if let Ok(token) = client::login(&run, &reader.name, &reader.password).await {
+                        reader.token = token;
                     }
                 }
             }
@@ -746,38 +729,26 @@ async fn flood_lane(run: Arc<Run>, token: String, room: String, on: Arc<AtomicBo
 }
 
 /// Every room's whole history, read as one of its members.
-async fn history_of(run: &Run, room: &str, token: &str) -> Result<Vec<(Msg, Value)>> {
-    let mut out = Vec::new();
-    let mut after = 0u64;
+async fn history_of(run: &Run, room: &str, token: &str) -> Result<Vec<Msg>> {
+    let mut out: Vec<Msg> = Vec::new();
     let mut failures = 0;
     loop {
-        let resp = run
-            .http
-            .get(format!("{}/messages", run.base))
-            .query(&[("room_id", room), ("after_seq", &after.to_string()), ("limit", "200")])
-            .bearer_auth(token)
-            .send()
-            .await;
-        let body: Value = match resp {
-            Ok(r) if r.status().is_success() => r.json().await?,
-            other => {
+        let after = out.last().map_or(0, |m| m.seq);
+        match client::page_after(run, token, room, after).await {
+            Ok((page, more)) => {
+                let done = !more || page.is_empty();
+                out.extend(page);
+                if done {
+                    return Ok(out);
+                }
+            }
+            Err(e) => {
                 failures += 1;
                 if failures > 20 {
-                    bail!("reading the history of {room}: {:?}", other.map(|r| r.status()));
+                    return Err(e.context(format!("reading the history of {room}")));
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
             }
-        };
-        let page = body["messages"].as_array().cloned().unwrap_or_default();
-        for v in &page {
-            if let Some(m) = Msg::from_json(v) {
-                after = after.max(m.seq);
-                out.push((m, v.clone()));
-            }
-        }
-        if !body["has_more"].as_bool().unwrap_or(false) || page.is_empty() {
-            return Ok(out);
         }
     }
 }
@@ -800,7 +771,7 @@ async fn account(run: &Run, clients: &[Client]) -> Result<Accounting> {
         let mut cmids = HashSet::new();
         let mut ids = HashSet::new();
         let mut last = 0;
-        for (m, _) in &history {
+        for m in &history {
             if m.seq <= last || !ids.insert(m.id.clone()) {
                 a.history_disorder += 1;
             }
@@ -817,8 +788,7 @@ async fn account(run: &Run, clients: &[Client]) -> Result<Accounting> {
             a.client_logs += 1;
             a.delivered_total += log.len();
             let seen: HashSet<&str> = log.iter().map(|(_, id)| id.as_str()).collect();
-            let missing: Vec<u64> =
-                history.iter().filter(|(m, _)| !seen.contains(m.id.as_str())).map(|(m, _)| m.seq).collect();
+            let missing: Vec<u64> = history.iter().filter(|m| !seen.contains(m.id.as_str())).map(|m| m.seq).collect();
             a.lost += missing.len();
             let skipped = &c.streams[*room].skipped;
             a.lost_stored_late += missing.iter().filter(|seq| skipped.contains(seq)).count();
