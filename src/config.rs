@@ -120,6 +120,11 @@ pub struct Config {
     /// Milliseconds a gap in a room's live seqs may stay open before it is filled from history.
     #[arg(long = "gap-wait-ms", env = "CONFAB_GAP_WAIT_MS", default_value = "250", value_parser = millis(1, 10_000))]
     pub gap_wait: Duration,
+    /// Milliseconds after a later message was stored that a seq still
+    /// missing below it is given up for good (voided): catch-up reads wait
+    /// this long for a slow write before they read past its seq.
+    #[arg(long = "seq-void-after-ms", env = "CONFAB_SEQ_VOID_AFTER_MS", default_value = "5000", value_parser = millis(100, 600_000))]
+    pub seq_void_after: Duration,
     #[command(flatten)]
     pub rate_limits: RateLimits,
     /// Comma-separated addresses or CIDR ranges of proxies whose

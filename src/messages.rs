@@ -65,7 +65,12 @@ pub struct Messages {
     rooms: Arc<Rooms>,
     notifier: Arc<Notifier>,
     audit: Arc<Audit>,
+    /// How long catch-up reads wait for a missing seq (`Store::history_after`).
+    void_after: std::time::Duration,
 }
+
+/// `void_after` unless configured (`--seq-void-after-ms`).
+pub const VOID_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Messages {
     pub fn new(
@@ -77,7 +82,13 @@ impl Messages {
         notifier: Arc<Notifier>,
         audit: Arc<Audit>,
     ) -> Self {
-        Messages { store, seqs, bus, cache, rooms, notifier, audit }
+        Messages { store, seqs, bus, cache, rooms, notifier, audit, void_after: VOID_AFTER }
+    }
+
+    /// Sets how long catch-up reads wait for a missing seq before voiding it.
+    pub fn void_after(mut self, wait: std::time::Duration) -> Self {
+        self.void_after = wait;
+        self
     }
 
     /// Stores and publishes a message.
@@ -219,6 +230,10 @@ impl Messages {
             limit: page.limit,
         };
         if !archived {
+            if query.after_seq.is_some() {
+                // Catch-up: no hole in the page may fill later.
+                return Ok(self.store.history_after(&query, self.void_after).await?);
+            }
             return Ok(self.store.history(&query).await?);
         }
         let (live, archive) = tokio::try_join!(self.store.history(&query), self.store.archived_history(&query))?;
@@ -252,7 +267,7 @@ impl Messages {
     /// follow. The caller has joined the room.
     pub async fn replay_page(&self, room_id: ObjectId, after_seq: i64, limit: i64) -> Result<(Vec<Message>, bool)> {
         let query = HistoryQuery { room_id, after_seq: Some(after_seq), forward: true, limit, ..Default::default() };
-        Ok(self.store.history(&query).await?)
+        Ok(self.store.history_after(&query, self.void_after).await?)
     }
 
     async fn existing(&self, id: ObjectId) -> Result<Message> {

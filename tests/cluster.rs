@@ -558,3 +558,94 @@ async fn a_message_missing_from_the_live_stream_is_filled_from_history_in_order(
     island.shutdown().await;
     c.shutdown().await;
 }
+
+/// A seq is handed out before its message is stored, so a later seq can be
+/// stored first. Catch-up reads (`after_seq`) never show a hole that may
+/// still fill: a young hole ends the page; one older than
+/// `seq_void_after` is voided for good, and the late write is refused by
+/// the store and re-sequenced by its sender, not lost (docs/api.md, "Seqs
+/// that skip").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seq_stored_late_is_waited_for_and_one_never_stored_is_voided() {
+    use fred::interfaces::{ClientLike, KeysInterface};
+    let db = common::unique_db();
+    let mut config = common::config(&db);
+    config.seq_void_after = Duration::from_millis(1500);
+    let (a, b) = (Node::start(config.clone()).await, Node::start(config).await);
+    let alice = a.register("alice").await;
+    let room = a.create_room(&alice, "general", "public").await;
+    let room_id = bson::oid::ObjectId::parse_str(&room).unwrap();
+    let mut on_a = a.connect(&alice).await;
+    on_a.join(&room).await;
+    let redis = confab::jobs::redis_client(&RedisConfig::new(common::redis_url())).await.unwrap();
+    let counter = confab::keyspace::Keyspace::new(&db).room_seq(room_id);
+    let store = confab::store::Store::connect(&common::mongo_url(), &db).await.unwrap();
+    let after = |seq: i64| format!("/messages?room_id={room}&after_seq={seq}");
+    let page_seqs = |page: &serde_json::Value| -> Vec<i64> {
+        page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect()
+    };
+    // A sender that took a seq and has not stored it yet.
+    let take = || async { redis.incr::<i64, _>(&counter).await.unwrap() };
+    let late = |seq: i64| {
+        let mut m = confab::store::Message::void(room_id, seq, chrono::Utc::now());
+        m.id = bson::oid::ObjectId::new();
+        m.sender_id = bson::oid::ObjectId::parse_str(&alice.id).unwrap();
+        m.content = format!("late {seq}");
+        m.dedup_key = m.id.to_hex();
+        m.deleted = false;
+        m.deleted_at = None;
+        m
+    };
+
+    assert_eq!(on_a.say(&room, "one").await["seq"], 1);
+    assert_eq!(take().await, 2);
+    assert_eq!(on_a.say(&room, "three").await["seq"], 3);
+    // 2 may still come: the page stops before it, on either node.
+    for n in [&a, &b] {
+        let (s, page) = n.call("GET", &after(1), Some(&alice.token), None).await;
+        assert_eq!(s, 200, "{page}");
+        assert_eq!((page_seqs(&page), &page["has_more"]), (vec![], &json!(false)));
+        let (_, page) = n.call("GET", &after(0), Some(&alice.token), None).await;
+        assert_eq!(page_seqs(&page), [1]);
+    }
+    // It comes, late but within the wait: shown, in its place.
+    store.insert_message(&late(2)).await.unwrap();
+    let (_, page) = b.call("GET", &after(0), Some(&alice.token), None).await;
+    assert_eq!(page_seqs(&page), [1, 2, 3]);
+
+    // 4 is taken and never stored (its node died, say).
+    assert_eq!(take().await, 4);
+    assert_eq!(on_a.say(&room, "five").await["seq"], 5);
+    let (_, page) = b.call("GET", &after(3), Some(&alice.token), None).await;
+    assert_eq!(page_seqs(&page), Vec::<i64>::new());
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // After the wait 4 is given up for good: the page reads past it.
+    let (_, page) = b.call("GET", &after(3), Some(&alice.token), None).await;
+    assert_eq!((page_seqs(&page), &page["has_more"]), (vec![5], &json!(false)));
+    assert_eq!(b.metric("confab_seq_voided_total").await, 1.0);
+    // Its write, should it come now, is refused: no one would show it.
+    assert!(matches!(store.insert_message(&late(4)).await, Err(confab::store::StoreError::Duplicate)));
+    // A send that was handed 4 (a counter behind, as a slow sender's was)
+    // collides with the void and is stored under a new seq.
+    let _: () = redis.set(&counter, 3, None, None, false).await.unwrap();
+    assert_eq!(on_a.say(&room, "six").await["seq"], 6);
+    for n in [&a, &b] {
+        let (_, page) = n.call("GET", &after(0), Some(&alice.token), None).await;
+        assert_eq!(page_seqs(&page), [1, 2, 3, 5, 6], "the void is never shown");
+        let (_, page) = n.call("GET", &format!("/messages?room_id={room}"), Some(&alice.token), None).await;
+        assert_eq!(page_seqs(&page), [1, 2, 3, 5, 6]);
+    }
+    // Nor counted as unread, nor shown as the room's last message.
+    let (_, rooms) = a.call("GET", "/rooms", Some(&alice.token), None).await;
+    let listed = rooms["rooms"].as_array().unwrap().iter().find(|r| r["id"] == room.as_str()).unwrap().clone();
+    assert_eq!(listed["last_message"]["seq"], 6, "{listed}");
+
+    // A socket that joins after 3 gets 5 and 6, nothing in 4's place.
+    let mut fresh = b.connect(&alice).await;
+    fresh.send(json!({"type": "join_channel", "channel": room, "data": {"after_seq": 3}, "ref": 1})).await;
+    let replayed: Vec<i64> = messages(&mut fresh, 2).await.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(replayed, [5, 6]);
+    let _ = redis.quit().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

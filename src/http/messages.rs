@@ -101,10 +101,12 @@ pub struct HistoryParams {
     /// The newest messages older than this message.
     #[param(pattern = "^[0-9a-fA-F]{24}$")]
     before: Option<String>,
-    /// The oldest messages after this message.
+    /// The oldest messages after this message. A seq the page lacks below
+    /// its last message will never be stored; the page stops early, with
+    /// `has_more` false, before a seq that may still be.
     #[param(pattern = "^[0-9a-fA-F]{24}$")]
     after: Option<String>,
-    /// The oldest messages after this seq (not with `after`).
+    /// The oldest messages after this seq (not with `after`); holes as for `after`.
     #[param(value_type = Option<i64>, minimum = 0)]
     after_seq: Option<String>,
     /// Only messages sent at or after this time (RFC 3339).

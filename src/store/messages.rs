@@ -1,6 +1,7 @@
 //! Messages: seqs, history (live and archived), edits, search.
 
 use std::future::IntoFuture;
+use std::time::Duration;
 
 use bson::{doc, oid::ObjectId, Bson, Document};
 use chrono::{DateTime, Utc};
@@ -9,7 +10,7 @@ use mongodb::options::ReturnDocument;
 use mongodb::Collection;
 
 use super::mongo::{split_reads, timed};
-use super::{HistoryQuery, Message, SearchQuery, Store, StoreResult};
+use super::{HistoryQuery, Message, SearchQuery, Store, StoreError, StoreResult};
 
 impl Store {
     /// Hands out the room's next seq from the room document's counter: the
@@ -33,14 +34,8 @@ impl Store {
         let Some(room) = timed("find_room", self.rooms.find_one(doc! {"_id": room_id})).await? else {
             return Ok(None);
         };
-        // Only the seq is read: the newest by the unique (room_id, seq) index.
-        let newest = |c: Collection<Document>| async move {
-            let found =
-                c.find_one(doc! {"room_id": room_id}).sort(doc! {"seq": -1}).projection(doc! {"seq": 1}).await?;
-            Ok(found.and_then(|d| d.get_i64("seq").ok()))
-        };
-        let live = timed("highest_seq", newest(self.messages.clone_with_type()));
-        let archived = timed("highest_seq", newest(self.archive.clone_with_type()));
+        let live = timed("highest_seq", newest_seq(self.messages.clone_with_type(), room_id));
+        let archived = timed("highest_seq", newest_seq(self.archive.clone_with_type(), room_id));
         let (live, archived) = tokio::try_join!(live, archived)?;
         Ok(Some([live, archived].into_iter().flatten().fold(room.last_seq, i64::max)))
     }
@@ -67,7 +62,7 @@ impl Store {
     }
 
     /// The stored messages with these (room, seq) pairs, in no order; pairs
-    /// with no stored message are left out. One read however many pairs
+    /// with no stored message (or a void) are left out. One read however many pairs
     /// (on FerretDB one equality read per pair, timed as one operation:
     /// see [`Store::equality_only`]).
     pub async fn messages_at(&self, at: &[(ObjectId, i64)]) -> StoreResult<Vec<Message>> {
@@ -77,7 +72,7 @@ impl Store {
                 .map(|(room, seq)| self.messages.find_one(doc! {"room_id": room, "seq": seq}).into_future())
                 .collect();
             let found: Vec<Option<Message>> = timed("messages_at", split_reads(each)).await?;
-            return Ok(found.into_iter().flatten().collect());
+            return Ok(found.into_iter().flatten().filter(|m| !m.is_void()).collect());
         }
         let mut found = Vec::with_capacity(at.len());
         for chunk in at.chunks(500) {
@@ -85,7 +80,7 @@ impl Store {
             let page: Vec<Message> =
                 timed("messages_at", async { self.messages.find(doc! {"$or": any}).await?.try_collect().await })
                     .await?;
-            found.extend(page);
+            found.extend(page.into_iter().filter(|m| !m.is_void()));
         }
         Ok(found)
     }
@@ -94,6 +89,74 @@ impl Store {
     /// beyond the page (older when reading back, newer when reading forward).
     pub async fn history(&self, q: &HistoryQuery) -> StoreResult<(Vec<Message>, bool)> {
         history_page(&self.messages, q, "history").await
+    }
+
+    /// A forward page after `q.after_seq` with no open holes: every seq
+    /// missing from it below its last message is void, never to be stored.
+    /// What catch-up and gap filling read (join replays, `after_seq`).
+    ///
+    /// A seq is handed out before its message is stored, so a later seq can
+    /// be stored first: a slow write, a store restart, a node killed between
+    /// the two (then it is never stored). A hole below a message stored at
+    /// least `void_after` ago is closed with a void (`Message::void`) in the
+    /// hole's place; the unique (room, seq) index then refuses the late
+    /// write, whose sender takes a new seq and stores its message there.
+    /// A younger hole ends the page (`has_more` false): its message is
+    /// probably on its way, and the reader asks again. Seqs at or below
+    /// the archive's newest are never voided (the archive holds them).
+    pub async fn history_after(&self, q: &HistoryQuery, void_after: Duration) -> StoreResult<(Vec<Message>, bool)> {
+        let mut page = Vec::new();
+        let mut from = q.after_seq.unwrap_or(0);
+        // The archive's newest seq, read once if a hole is to be voided.
+        let mut archived: Option<Option<i64>> = None;
+        for _ in 0..READ_ROUNDS {
+            let read =
+                HistoryQuery { after_seq: Some(from), forward: true, limit: q.limit - page.len() as i64, ..q.clone() };
+            let (mut raw, more) = raw_page(&self.messages, &read, "history").await?;
+            let plan = holes(from, &raw, Utc::now(), void_after);
+            let mut taken = false;
+            if !plan.voids.is_empty() {
+                let floor = match archived {
+                    Some(floor) => floor,
+                    None => *archived
+                        .insert(timed("highest_seq", newest_seq(self.archive.clone_with_type(), q.room_id)).await?),
+                };
+                for &(seq, at) in plan.voids.iter().filter(|(seq, _)| floor.is_none_or(|f| *seq > f)) {
+                    match timed("void_seq", self.messages.insert_one(Message::void(q.room_id, seq, at))).await {
+                        Ok(_) => metrics::counter!("confab_seq_voided_total").increment(1),
+                        // A late message won the race for its seq.
+                        Err(StoreError::Duplicate) => taken = true,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            if taken || matches!(plan.end, End::Capped(_)) {
+                // Read the same stretch again: it has changed.
+                continue;
+            }
+            let young = match plan.end {
+                End::Young(at) => {
+                    raw.truncate(at);
+                    true
+                }
+                _ => false,
+            };
+            if let Some(last) = raw.last() {
+                from = last.seq;
+            }
+            page.extend(raw.into_iter().filter(|m| !m.is_void()));
+            if young {
+                return Ok((page, false));
+            }
+            if !more || page.len() as i64 >= q.limit {
+                return Ok((page, more));
+            }
+            // Voids took places in the page: read on to fill it.
+        }
+        if page.is_empty() {
+            return Err(StoreError::Other("history kept changing, or held only voids, for too long".into()));
+        }
+        Ok((page, true))
     }
 
     /// `history` over the archive: messages the archive job moved out of
@@ -189,9 +252,75 @@ impl Store {
     }
 }
 
+/// The newest seq of a room in `c`, voids included; only the seq is read,
+/// the newest by the unique (room_id, seq) index.
+async fn newest_seq(c: Collection<Document>, room_id: ObjectId) -> mongodb::error::Result<Option<i64>> {
+    let found = c.find_one(doc! {"room_id": room_id}).sort(doc! {"seq": -1}).projection(doc! {"seq": 1}).await?;
+    Ok(found.and_then(|d| d.get_i64("seq").ok()))
+}
+
+/// Reads one `history_after` page may take: one, unless it voided a hole
+/// wider than [`MAX_VOIDS`], lost a race to a late message, or met voids.
+const READ_ROUNDS: usize = 32;
+/// Most seqs one page voids; a wider hole is closed over several reads.
+const MAX_VOIDS: usize = 256;
+
+/// Where a forward page's holes leave it.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// No hole left open: the page stands as read.
+    Open,
+    /// A hole too young to void before the message at this index.
+    Young(usize),
+    /// [`MAX_VOIDS`] reached in the hole below the message at this index:
+    /// the rest of it is voided by the next read.
+    Capped(usize),
+}
+
+#[derive(Debug, PartialEq)]
+struct Holes {
+    /// Seqs to void, each with its later neighbour's store time.
+    voids: Vec<(i64, DateTime<Utc>)>,
+    end: End,
+}
+
+/// The holes in a forward page read after `after` (voids included, seq
+/// order): those below a message stored at least `void_after` before `now`
+/// are to be voided; the first younger one ends the page.
+fn holes(after: i64, page: &[Message], now: DateTime<Utc>, void_after: Duration) -> Holes {
+    let mut voids = Vec::new();
+    let mut expected = after + 1;
+    for (i, m) in page.iter().enumerate() {
+        if m.seq > expected {
+            let age = now.signed_duration_since(m.timestamp).to_std().unwrap_or_default();
+            if age < void_after {
+                return Holes { voids, end: End::Young(i) };
+            }
+            let room = MAX_VOIDS - voids.len();
+            voids.extend((expected..m.seq).take(room).map(|seq| (seq, m.timestamp)));
+            if (m.seq - expected) as usize > room {
+                return Holes { voids, end: End::Capped(i) };
+            }
+        }
+        expected = expected.max(m.seq + 1);
+    }
+    Holes { voids, end: End::Open }
+}
+
 /// One page of a room's history from `messages` or the archive: the same
-/// query on either collection.
+/// query on either collection. Voids are left out.
 async fn history_page(
+    messages: &Collection<Message>,
+    q: &HistoryQuery,
+    op: &'static str,
+) -> StoreResult<(Vec<Message>, bool)> {
+    let (mut page, has_more) = raw_page(messages, q, op).await?;
+    page.retain(|m| !m.is_void());
+    Ok((page, has_more))
+}
+
+/// [`history_page`] with the voids.
+async fn raw_page(
     messages: &Collection<Message>,
     q: &HistoryQuery,
     op: &'static str,
@@ -255,10 +384,11 @@ pub(super) fn literal_pattern(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{literal_pattern, newest_of};
+    use super::{holes, literal_pattern, newest_of, End, Holes, MAX_VOIDS};
     use crate::store::Message;
     use bson::oid::ObjectId;
     use chrono::{TimeZone, Utc};
+    use std::time::Duration;
 
     #[test]
     fn split_search_pages_merge_newest_first_with_ids_breaking_ties() {
@@ -274,6 +404,77 @@ mod tests {
             newest_of(vec![one, two], 4).iter().map(|m| (m.timestamp.timestamp(), m.id.bytes()[0])).collect();
         assert_eq!(merged, [(30, 9), (30, 1), (20, 3), (10, 2)]);
         assert!(newest_of(vec![vec![], vec![]], 3).is_empty());
+    }
+
+    fn stored(seq: i64, secs_ago: i64) -> Message {
+        let mut m = Message::sample();
+        m.seq = seq;
+        m.timestamp = Utc::now() - chrono::Duration::seconds(secs_ago);
+        m
+    }
+
+    fn seqs(h: &Holes) -> Vec<i64> {
+        h.voids.iter().map(|(seq, _)| *seq).collect()
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_page_without_holes_stands_as_read() {
+        let page = [stored(4, 1), stored(5, 0), stored(6, 0)];
+        assert_eq!(holes(3, &page, Utc::now(), WAIT), Holes { voids: vec![], end: End::Open });
+        assert_eq!(holes(3, &[], Utc::now(), WAIT), Holes { voids: vec![], end: End::Open });
+    }
+
+    #[test]
+    fn holes_below_a_message_stored_long_enough_ago_are_voided_with_its_time() {
+        // 4 and 6..=7 missing; 5 and 8 were stored 10 s ago.
+        let page = [stored(5, 10), stored(8, 10), stored(9, 0)];
+        let h = holes(3, &page, Utc::now(), WAIT);
+        assert_eq!(seqs(&h), [4, 6, 7]);
+        assert_eq!(h.voids[1].1, page[1].timestamp, "a void sorts with the message above it");
+        assert_eq!(h.end, End::Open);
+    }
+
+    #[test]
+    fn a_young_hole_ends_the_page_before_the_message_above_it() {
+        // 5 missing below 6, stored a second ago: 6 and after are not shown yet.
+        let page = [stored(3, 9), stored(4, 9), stored(6, 1), stored(7, 0)];
+        let h = holes(2, &page, Utc::now(), WAIT);
+        assert_eq!(h, Holes { voids: vec![], end: End::Young(2) });
+        // Older holes before it are still voided.
+        let page = [stored(4, 9), stored(6, 1)];
+        let h = holes(2, &page, Utc::now(), WAIT);
+        assert_eq!((seqs(&h), h.end), (vec![3], End::Young(1)));
+        // At the very start of the page.
+        assert_eq!(holes(0, &[stored(2, 0)], Utc::now(), WAIT).end, End::Young(0));
+    }
+
+    #[test]
+    fn a_clock_ahead_of_the_reader_counts_as_young() {
+        let page = [stored(3, -30)];
+        assert_eq!(holes(1, &page, Utc::now(), WAIT).end, End::Young(0));
+    }
+
+    #[test]
+    fn voids_in_the_page_are_not_holes() {
+        let room = ObjectId::new();
+        let mut void = Message::void(room, 4, Utc::now());
+        void.room_id = room;
+        let page = [stored(3, 0), void, stored(5, 0)];
+        assert_eq!(holes(2, &page, Utc::now(), WAIT), Holes { voids: vec![], end: End::Open });
+        assert!(page[1].is_void() && page[1].deleted && !page[0].is_void());
+    }
+
+    #[test]
+    fn a_wide_hole_is_closed_over_several_reads() {
+        let page = [stored(10, 9), stored(MAX_VOIDS as i64 + 20, 9)];
+        let h = holes(0, &page, Utc::now(), WAIT);
+        assert_eq!((h.voids.len(), &h.end), (MAX_VOIDS, &End::Capped(1)));
+        assert_eq!(seqs(&h)[9..11], [11, 12]);
+        let h = holes(500, &[stored(MAX_VOIDS as i64 * 3 + 501, 9)], Utc::now(), WAIT);
+        assert_eq!((h.voids.len(), &h.end), (MAX_VOIDS, &End::Capped(0)));
+        assert_eq!(h.voids.last().unwrap().0, 500 + MAX_VOIDS as i64);
     }
 
     #[test]

@@ -298,6 +298,37 @@ pub struct Message {
 /// API: all zeros, an id no user can have.
 pub const SYSTEM_SENDER: ObjectId = ObjectId::from_bytes([0; 12]);
 
+/// The sender of a void: the stand-in for a seq that was handed out and
+/// never stored, written so that it never can be (`Store::history_after`).
+/// All ones, an id no user can have.
+pub const VOID_SENDER: ObjectId = ObjectId::from_bytes([0xff; 12]);
+
+impl Message {
+    /// A void, not a message: never shown, never counted (it is also a
+    /// tombstone, so whatever skips tombstones skips it).
+    pub fn is_void(&self) -> bool {
+        self.sender_id == VOID_SENDER
+    }
+
+    /// The void for `seq` of `room_id`; `at` is when the later message that
+    /// showed the hole was stored, so the void sorts with its neighbours.
+    pub fn void(room_id: ObjectId, seq: i64, at: DateTime<Utc>) -> Message {
+        Message {
+            id: ObjectId::new(),
+            room_id,
+            seq,
+            sender_id: VOID_SENDER,
+            content: String::new(),
+            client_msg_id: None,
+            dedup_key: format!("{room_id}:{seq}"),
+            timestamp: at,
+            edited_at: None,
+            deleted: true,
+            deleted_at: Some(Utc::now()),
+        }
+    }
+}
+
 /// A user's notification preferences; `_id` is the user id, so reading them
 /// is a primary-key lookup. A user without a document has the defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
