@@ -1,7 +1,7 @@
 import { backoffDelay, closeAction, TokenBucket } from "./backoff.js";
 import { Emitter } from "./emitter.js";
 import { ConfabError, request, type FetchLike, type GetToken, type Query } from "./rest.js";
-import { RoomStream } from "./room.js";
+import { RoomStream, recheckDelay } from "./room.js";
 import type {
   ClientFrame,
   Envelope,
@@ -207,6 +207,7 @@ export class Client extends Emitter<ClientEvents> {
         deliver: (message) => this.emit("message", message),
         fetchAfter: (afterSeq) => this.history(room, { after_seq: afterSeq, limit: 200 }),
         wait: (attempt) => new Promise((done) => this.later(this.backoff(attempt), done)),
+        recheck: (attempt) => new Promise((done) => this.later(recheckDelay(attempt), done)),
         onError: (error) => this.emit("error", asConfabError(error)),
       });
       this.rooms.set(room, { stream, joined: false, waiters: [{ resolve, reject }] });

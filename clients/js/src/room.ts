@@ -8,6 +8,8 @@ export interface RoomStreamHooks {
   fetchAfter(afterSeq: number): Promise<MessagePage>;
   /** Resolves after the backoff delay for the given failed attempt (0, 1, ...). */
   wait(attempt: number): Promise<void>;
+  /** Resolves after the delay before reading a hole that may still fill again (`recheckDelay`). */
+  recheck(attempt: number): Promise<void>;
   /** A history read failed (it is retried). */
   onError(error: unknown): void;
 }
@@ -16,8 +18,11 @@ export interface RoomStreamHooks {
  * One room's messages, delivered to the application once each and in seq
  * order, whatever the socket brings: duplicates (seq at or below the last
  * delivered) are dropped; a message beyond a gap is held while the gap is
- * read from history over REST. Seqs that history does not have either were
- * skipped by the server (seqs may skip) and are not waited for.
+ * read from history over REST. A catch-up page never shows a hole that may
+ * still fill (docs/api.md, "Seqs that skip"): the seqs it lacks below its
+ * last message are gone for good and skipped; a page that stops short of
+ * the held message means a message is still being stored, and the gap is
+ * read again a little later.
  */
 export class RoomStream {
   private readonly held = new Map<number, Message>();
@@ -81,6 +86,7 @@ export class RoomStream {
   private async fill(): Promise<void> {
     this.filling = true;
     let failures = 0;
+    let rechecks = 0;
     try {
       while (!this.stopped) {
         this.drain();
@@ -97,22 +103,37 @@ export class RoomStream {
         if (this.stopped || this.held.size === 0) return;
         // Held messages may have come in meanwhile: fill only below the lowest.
         const target = Math.min(...this.held.keys());
+        let reached = false;
         for (const m of page.messages) {
-          if (m.seq >= target) break;
+          if (m.seq >= target) {
+            reached = true;
+            break;
+          }
+          // Seqs the page lacks below this one will never be stored.
           if (m.seq > this.lastSeq) this.accept(m);
         }
-        const complete = !page.has_more || page.messages.some((m) => m.seq >= target);
-        if (complete && this.lastSeq < target) {
-          // History has nothing more before `target`: those seqs were skipped.
+        if (reached && this.lastSeq < target) {
+          // Nothing more before `target` will ever be stored.
           const next = this.held.get(target);
           if (next) {
             this.held.delete(target);
             this.accept(next);
           }
+          rechecks = 0;
+        } else if (!reached && !page.has_more) {
+          // The page stopped at a hole that may still fill: a message
+          // stored late. Ask again shortly; the server settles it within
+          // its `seq_void_after_ms`.
+          await this.hooks.recheck(rechecks++);
         }
       }
     } finally {
       this.filling = false;
     }
   }
+}
+
+/** The delay before the `attempt`-th re-read (0, 1, ...) of a hole that may still fill: 250 ms, doubling to 2 s. */
+export function recheckDelay(attempt: number): number {
+  return Math.min(250 * 2 ** Math.min(attempt, 3), 2000);
 }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import { connect } from "../dist/index.js";
+import { recheckDelay } from "../dist/room.js";
 import { fakeFetch, fakeSocketClass, message, tick, until } from "./fakes.mjs";
 
 /**
@@ -295,6 +296,25 @@ describe("rooms", () => {
     ws.push({ type: "message", channel: "r1", data: message(4) });
     assert.deepEqual(t.log, [1, 3, 4]);
     t.client.close();
+  });
+
+  test("a hole history stops short of is read again until its message comes", async () => {
+    const t = setup();
+    const ws = await joined(t);
+    // 2 is being stored late: the server's page stops before the hole.
+    t.history.r1 = [message(1)];
+    ws.push({ type: "message", channel: "r1", data: message(1) });
+    ws.push({ type: "message", channel: "r1", data: message(3) });
+    await until(() => t.fetch.calls.filter((c) => c.query.after_seq === "1").length >= 2);
+    assert.deepEqual(t.log, [1], "3 waits for 2");
+    t.history.r1 = [1, 2, 3].map((s) => message(s));
+    await until(() => t.log.length === 3);
+    assert.deepEqual(t.log, [1, 2, 3]);
+    t.client.close();
+  });
+
+  test("recheck delays double from 250 ms to 2 s", () => {
+    assert.deepEqual([0, 1, 2, 3, 4, 20].map(recheckDelay), [250, 500, 1000, 2000, 2000, 2000]);
   });
 
   test("a failed history read is retried", async () => {
