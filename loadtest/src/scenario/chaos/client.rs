@@ -49,9 +49,11 @@ pub struct Stream {
     pub last_seq: u64,
     held: BTreeMap<u64, Msg>,
     held_since: Option<Instant>,
+    /// When the open gap was last read from history.
+    gap_read_at: Option<Instant>,
     pub log: Vec<(u64, String)>,
     pub joined: bool,
-    /// Seqs given up on (missing for `SKIP_AFTER`).
+    /// Seqs skipped because history read past them (void for good).
     pub skipped: std::collections::HashSet<u64>,
 }
 
@@ -100,41 +102,36 @@ impl Stream {
         n
     }
 
-    /// Messages from history after `last_seq` (one page, in seq order): what
-    /// follows on from the log is delivered, the rest held. A seq missing
-    /// from both the socket and history was skipped, or a node is still
-    /// storing it (a store restart can hold one write for seconds while a
-    /// later seq is stored and delivered): it is given up on only once it
-    /// has been missing for [`SKIP_AFTER`].
+    /// Messages from history after `last_seq` (one page, in seq order), as
+    /// the SDK's `RoomStream` takes them. Such a page never shows a hole
+    /// that may still fill (docs/api.md, "Seqs that skip"): seqs it lacks
+    /// below its last message will never be stored and are skipped; if it
+    /// stops short of the held messages, one is still being stored and the
+    /// gap is read again later.
     fn fill(&mut self, page: &[Msg], run: &Run) {
+        let Some(last) = page.last().map(|m| m.seq) else { return };
         for m in page {
             if m.seq > self.last_seq {
                 self.held.entry(m.seq).or_insert_with(|| m.clone());
             }
         }
-        if !self.held.is_empty() {
-            self.held_since.get_or_insert_with(Instant::now);
+        while let Some((&seq, _)) = self.held.first_key_value() {
+            if seq > last {
+                break;
+            }
+            let m = self.held.pop_first().unwrap().1;
+            if seq <= self.last_seq {
+                continue;
+            }
+            if seq > self.last_seq + 1 {
+                run.counters.skipped_seqs.fetch_add(seq - self.last_seq - 1, Ordering::Relaxed);
+                self.skipped.extend(self.last_seq + 1..seq);
+            }
+            self.accept(m, run);
         }
         self.drain(run);
-        if self.held_since.is_some_and(|since| since.elapsed() >= SKIP_AFTER) {
-            if let Some((&t, _)) = self.held.first_key_value() {
-                run.counters.skipped_seqs.fetch_add(t - self.last_seq - 1, Ordering::Relaxed);
-                self.skipped.extend(self.last_seq + 1..t);
-                let m = self.held.remove(&t).unwrap();
-                self.accept(m, run);
-                self.drain(run);
-                self.held_since = (!self.held.is_empty()).then(Instant::now);
-            }
-        }
     }
 }
-
-/// How long a seq missing from both the socket and history is waited for
-/// before it counts as skipped. Longer than the SDK's patience (it skips as
-/// soon as history lacks the seq): the first soaks found seqs stored more
-/// than 10 s after a later one was delivered (a loaded machine, a store
-/// restart), which a client that skips sooner loses (docs/testing.md).
-pub const SKIP_AFTER: Duration = Duration::from_secs(60);
 
 /// A message sent and not yet acknowledged.
 struct Pending {
@@ -341,8 +338,14 @@ impl Client {
                         let join = json!({"type": "join_channel", "channel": room, "data": {"after_seq": last}, "ref": format!("j:{room}")});
                         tx.send(Message::Text(join.to_string())).await?;
                     }
-                    // A gap the server did not fill within 2 s: read it.
-                    let gapped: Vec<String> = self.streams.iter().filter(|(_, s)| s.held_since.is_some_and(|t| now - t > Duration::from_secs(2))).map(|(r, _)| r.clone()).collect();
+                    // A gap the server did not fill within 2 s: read it,
+                    // and again each second while it stays open (a message
+                    // being stored late).
+                    let due = |s: &Stream| {
+                        s.held_since.is_some_and(|t| now - t > Duration::from_secs(2))
+                            && s.gap_read_at.is_none_or(|t| now - t >= Duration::from_secs(1))
+                    };
+                    let gapped: Vec<String> = self.streams.iter().filter(|(_, s)| due(s)).map(|(r, _)| r.clone()).collect();
                     for room in gapped {
                         run.counters.gap_fills.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = self.fill_gap(&room, run).await {
@@ -412,7 +415,9 @@ impl Client {
     async fn fill_gap(&mut self, room: &str, run: &Run) -> Result<()> {
         let after = self.streams[room].last_seq;
         let (page, _) = page_after(run, &self.token, room, after).await?;
-        self.streams.get_mut(room).unwrap().fill(&page, run);
+        let stream = self.streams.get_mut(room).unwrap();
+        stream.gap_read_at = Some(Instant::now());
+        stream.fill(&page, run);
         Ok(())
     }
 
@@ -526,26 +531,34 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_history_does_not_have_is_skipped_and_one_it_has_is_filled() {
+    fn a_gap_is_filled_from_history_and_what_history_reads_past_is_skipped() {
+        let run = Run::for_tests();
+        let mut s = Stream::default();
+        s.push(msg(1), &run);
+        s.push(msg(6), &run);
+        // History has 2 and 4 and reads on to 6: 3 and 5 are void for good.
+        s.fill(&[msg(2), msg(4), msg(6)], &run);
+        assert_eq!(seqs(&s), [1, 2, 4, 6]);
+        assert_eq!(run.counters.skipped_seqs.load(Ordering::Relaxed), 2);
+        assert!(s.skipped.contains(&3) && s.skipped.contains(&5) && s.skipped.len() == 2);
+        assert!(s.held_since.is_none());
+    }
+
+    #[test]
+    fn a_page_that_stops_short_of_the_held_message_leaves_the_gap_open() {
         let run = Run::for_tests();
         let mut s = Stream::default();
         s.push(msg(1), &run);
         s.push(msg(5), &run);
-        // History holds 2 and 4 (3 was skipped, or is still being stored).
-        s.fill(&[msg(2), msg(4), msg(5)], &run);
-        assert_eq!(seqs(&s), [1, 2], "3 is waited for");
-        // Stored late: it comes, in order.
-        s.fill(&[msg(3), msg(4), msg(5)], &run);
-        assert_eq!(seqs(&s), [1, 2, 3, 4, 5]);
-        s.push(msg(7), &run);
+        // 4 is still being stored: the page stops at 3 (or is empty).
+        s.fill(&[msg(2), msg(3)], &run);
         s.fill(&[], &run);
+        assert_eq!(seqs(&s), [1, 2, 3], "5 waits for 4");
+        assert!(s.held_since.is_some(), "read again later");
+        // Stored late: it comes, in order, nothing skipped.
+        s.fill(&[msg(4), msg(5)], &run);
         assert_eq!(seqs(&s), [1, 2, 3, 4, 5]);
-        // Missing for SKIP_AFTER: skipped.
-        s.held_since = Some(Instant::now() - SKIP_AFTER);
-        s.fill(&[], &run);
-        assert_eq!(seqs(&s), [1, 2, 3, 4, 5, 7]);
-        assert_eq!(run.counters.skipped_seqs.load(Ordering::Relaxed), 1);
-        assert!(s.skipped.contains(&6) && s.skipped.len() == 1);
+        assert!(s.skipped.is_empty() && s.held_since.is_none());
     }
 
     #[test]

@@ -80,11 +80,6 @@ pub struct ChaosParams {
     /// healed. slow-client is done in-process.
     #[arg(long)]
     pub fault_cmd: Option<String>,
-    /// Pass although some deliveries were lost, if every one is a seq the
-    /// clients gave up on and that was stored later (the known problem of
-    /// docs/testing.md, "A gap given up too soon"); they are still reported.
-    #[arg(long)]
-    pub tolerate_late_stores: bool,
     /// A node's own URL for the slow reader's socket (default: the front).
     #[arg(long)]
     pub slow_url: Option<String>,
@@ -315,9 +310,10 @@ pub struct Accounting {
     pub history_disorder: usize,
     /// Messages of a client's rooms missing from its log.
     pub lost: usize,
-    /// Of those, messages whose seq the client gave up on after
-    /// `client::SKIP_AFTER` and that were stored later still: a known
-    /// problem (docs/testing.md), counted apart.
+    /// Of those, messages whose seq the client skipped because history
+    /// read past it (it was to be void forever) and that are in history
+    /// after all: the server broke its word on holes (docs/api.md, "Seqs
+    /// that skip").
     pub lost_stored_late: usize,
     pub duplicated: usize,
     pub out_of_order: usize,
@@ -330,15 +326,12 @@ pub struct Accounting {
 }
 
 impl Accounting {
-    /// Nothing lost, repeated, reordered or left; with `tolerate_late`,
-    /// losses that are all seqs stored after the clients gave up on them
-    /// are reported but pass.
-    pub fn clean(&self, tolerate_late: bool) -> bool {
-        let lost = if tolerate_late { self.lost - self.lost_stored_late } else { self.lost };
+    /// Nothing lost, repeated, reordered or left.
+    pub fn clean(&self) -> bool {
         self.acknowledged_missing == 0
             && self.stored_twice == 0
             && self.history_disorder == 0
-            && lost == 0
+            && self.lost == 0
             && self.duplicated == 0
             && self.out_of_order == 0
             && self.unacknowledged == 0
@@ -555,7 +548,7 @@ pub async fn run(base: &str, p: &ChaosParams, out: &Path) -> Result<ChaosResult>
         "history_reads": c.history_reads.load(Ordering::Relaxed), "history_errors": c.history_errors.load(Ordering::Relaxed),
         "flood_sent": c.flood_sent.load(Ordering::Relaxed), "flood_unacknowledged": c.flood_unacknowledged.load(Ordering::Relaxed),
     });
-    let passed = accounting.clean(p.tolerate_late_stores) && faults.iter().all(|f| f.ok);
+    let passed = accounting.clean() && faults.iter().all(|f| f.ok);
     let closes = run.closes.lock().unwrap().clone();
     let errors = run.errors.lock().unwrap().clone();
     Ok(ChaosResult {
@@ -909,15 +902,20 @@ mod tests {
     }
 
     #[test]
-    fn late_stored_losses_pass_only_when_tolerated_and_only_alone() {
-        let late = Accounting { lost: 3, lost_stored_late: 3, ..Default::default() };
-        assert!(!late.clean(false));
-        assert!(late.clean(true));
-        let mixed = Accounting { lost: 4, lost_stored_late: 3, ..Default::default() };
-        assert!(!mixed.clean(true));
-        let duplicated = Accounting { duplicated: 1, ..Default::default() };
-        assert!(!duplicated.clean(true));
-        assert!(Accounting::default().clean(false));
+    fn any_loss_repeat_or_leftover_fails_the_run() {
+        assert!(Accounting::default().clean());
+        for bad in [
+            Accounting { lost: 3, lost_stored_late: 3, ..Default::default() },
+            Accounting { lost: 1, ..Default::default() },
+            Accounting { duplicated: 1, ..Default::default() },
+            Accounting { out_of_order: 1, ..Default::default() },
+            Accounting { unacknowledged: 1, ..Default::default() },
+            Accounting { stored_twice: 1, ..Default::default() },
+            Accounting { acknowledged_missing: 1, ..Default::default() },
+            Accounting { history_disorder: 1, ..Default::default() },
+        ] {
+            assert!(!bad.clean(), "{bad:?}");
+        }
     }
 
     #[test]
