@@ -138,8 +138,14 @@ struct Pending {
     room: String,
     content: String,
     /// When to send it (again): at once if None (new, or after a reconnect);
-    /// a second after an error reply; 15 s after a send that got no reply.
+    /// a second after an error reply.
     retry_at: Option<Instant>,
+    /// Sent on this connection and waiting for its reply: not sent again
+    /// until the reply is an error or the connection is new. As the SDK,
+    /// never on a timer: resending what a slow server has not answered yet
+    /// only adds to its load (the first release soak's clients resent every
+    /// 15 s and turned a slow minute into a retry storm).
+    awaiting: bool,
 }
 
 pub struct Client {
@@ -274,6 +280,7 @@ impl Client {
         }
         for p in self.pending.values_mut() {
             p.retry_at = None;
+            p.awaiting = false;
         }
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let send_every = run.send_interval();
@@ -319,14 +326,13 @@ impl Client {
                         return Ok(Ended::Dropped);
                     }
                     // (Re)send what waits for an acknowledgement, as the SDK
-                    // does: on each connection, after an error reply, and
-                    // after a long silence.
+                    // does: on each connection and after an error reply.
                     for (cmid, p) in self.pending.iter_mut() {
-                        if p.retry_at.is_none_or(|t| now >= t) && self.streams[&p.room].joined {
+                        if !p.awaiting && p.retry_at.is_none_or(|t| now >= t) && self.streams[&p.room].joined {
                             if p.retry_at.is_some() {
                                 run.counters.resends.fetch_add(1, Ordering::Relaxed);
                             }
-                            p.retry_at = Some(now + Duration::from_secs(15));
+                            p.awaiting = true;
                             let f = json!({"type": "send_message", "channel": p.room, "data": {"content": p.content, "client_msg_id": cmid}, "ref": format!("s:{cmid}")});
                             tx.send(Message::Text(f.to_string())).await?;
                         }
@@ -371,7 +377,7 @@ impl Client {
         let cmid = format!("{}-{}", self.name, self.sent);
         let content = format!("chaos {} #{} t={}", self.name, self.sent, now_ms());
         run.counters.sent.fetch_add(1, Ordering::Relaxed);
-        self.pending.insert(cmid, Pending { room, content, retry_at: None });
+        self.pending.insert(cmid, Pending { room, content, retry_at: None, awaiting: false });
     }
 
     fn handle(&mut self, v: &Value, run: &Run, rejoin_at: &mut HashMap<String, Instant>) {
@@ -406,6 +412,7 @@ impl Client {
                 run.counters.send_errors.fetch_add(1, Ordering::Relaxed);
                 if let Some(p) = self.pending.get_mut(&reference[2..]) {
                     p.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    p.awaiting = false;
                 }
             }
             _ => {}
@@ -430,19 +437,9 @@ impl Client {
                 let after = self.streams[&room].last_seq;
                 match page_after(run, &self.token, &room, after).await {
                     Ok((page, more)) => {
-                        let s = self.streams.get_mut(&room).unwrap();
-                        for m in &page {
-                            if m.seq > s.last_seq {
-                                s.held.insert(m.seq, m.clone());
-                            }
-                        }
-                        // Past a seq history skipped, as the SDK's catch-up does.
-                        while let Some((&seq, _)) = s.held.first_key_value() {
-                            let m = s.held.remove(&seq).unwrap();
-                            if seq > s.last_seq {
-                                s.accept(m, run);
-                            }
-                        }
+                        // Past what the page lacks below its last message,
+                        // as the SDK's catch-up does.
+                        self.streams.get_mut(&room).unwrap().fill(&page, run);
                         if !more || page.is_empty() {
                             break;
                         }

@@ -506,8 +506,10 @@ pub async fn run(base: &str, p: &ChaosParams, out: &Path) -> Result<ChaosResult>
         clients.push(t.await.context("client task")?);
     }
     // Every client's last messages are in (or given up): now each catches
-    // up from history, as after its last reconnect.
+    // up from history, as after its last reconnect, once every hole in it
+    // is settled (the nodes' seq_void_after_ms, 5 s by default).
     println!("chaos: every client done sending; final catch-up from history");
+    tokio::time::sleep(SETTLE).await;
     for c in &mut clients {
         c.final_catch_up(&run).await;
     }
@@ -720,6 +722,10 @@ async fn flood_lane(run: Arc<Run>, token: String, room: String, on: Arc<AtomicBo
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
 }
+
+/// How long the final catch-up waits for the last holes to be settled:
+/// more than the nodes' default `seq_void_after_ms`.
+const SETTLE: Duration = Duration::from_secs(6);
 
 /// Every room's whole history, read as one of its members.
 async fn history_of(run: &Run, room: &str, token: &str) -> Result<Vec<Msg>> {
