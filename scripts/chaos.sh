@@ -224,6 +224,10 @@ cleanup() {
 trap cleanup EXIT
 
 faults="kill-node,restart-redis,pause-redis,kill-subscriber,restart-store,partition-node,slow-client"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  command -v ip >/dev/null || apt_install iproute2
+  command -v iptables >/dev/null || apt_install iptables
+fi
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null && command -v iptables >/dev/null &&
   ip netns add "confab-chaos-$$" 2>/dev/null; then
   NETNS="confab-chaos-$$"
