@@ -56,6 +56,7 @@ const COUNTERS: &[&str] = &[
     "confab_audit_write_failures_total",
     "confab_redis_reconnects_total",
     "confab_seq_collisions_total",
+    "confab_seq_voided_total",
     "confab_store_batch_orphans_total",
     "confab_replayed_messages_total",
     "confab_seq_gaps_total",
