@@ -230,8 +230,9 @@ impl Messages {
             limit: page.limit,
         };
         if !archived {
-            if query.after_seq.is_some() {
-                // Catch-up: no hole in the page may fill later.
+            if query.after_seq.is_some() && query.since.is_none() && query.until.is_none() {
+                // Catch-up: no hole in the page may fill later. (A time
+                // bound leaves out messages that are there: not holes.)
                 return Ok(self.store.history_after(&query, self.void_after).await?);
             }
             return Ok(self.store.history(&query).await?);

@@ -635,6 +635,12 @@ async fn a_seq_stored_late_is_waited_for_and_one_never_stored_is_voided() {
         let (_, page) = n.call("GET", &format!("/messages?room_id={room}"), Some(&alice.token), None).await;
         assert_eq!(page_seqs(&page), [1, 2, 3, 5, 6]);
     }
+    // A time bound is not a hole: what it leaves out is not voided.
+    let (_, newest) = a.call("GET", &format!("/messages?room_id={room}&limit=1"), Some(&alice.token), None).await;
+    let at = newest["messages"][0]["timestamp"].as_str().unwrap().to_string();
+    let bounded = format!("/messages?room_id={room}&after_seq=0&since={}", at.replace('+', "%2B"));
+    let (s, page) = a.call("GET", &bounded, Some(&alice.token), None).await;
+    assert_eq!((s, page_seqs(&page)), (200, vec![6]), "{page}");
     // Nor counted as unread, nor shown as the room's last message.
     let (_, rooms) = a.call("GET", "/rooms", Some(&alice.token), None).await;
     let listed = rooms["rooms"].as_array().unwrap().iter().find(|r| r["id"] == room.as_str()).unwrap().clone();
