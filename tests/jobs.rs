@@ -222,6 +222,38 @@ async fn history_pages_across_live_and_archived_messages() {
     node.shutdown().await;
 }
 
+/// A catch-up read that starts below the archive reads live history from
+/// where it begins: the archived seqs are not holes, and nothing is voided
+/// in their place, however many they are.
+#[tokio::test]
+async fn a_catch_up_read_below_the_archive_voids_nothing() {
+    let name = common::unique_db();
+    let node = common::Node::start(common::config(&name)).await;
+    let alice = node.register("alice").await;
+    let room = node.create_room(&alice, "long-ago", "public").await;
+    let room_id = ObjectId::parse_str(&room).unwrap();
+    let db = database(&name).await;
+    let store = store(&name).await;
+    let old = Utc::now() - chrono::Duration::days(60);
+    let sender = ObjectId::parse_str(&alice.id).unwrap();
+    let messages: Collection<Message> = db.collection("messages");
+    messages.insert_many((1..=300).map(|seq| message(room_id, seq, sender, old))).await.unwrap();
+    assert_eq!(archive::run(&store, Utc::now(), 30, 500).await.unwrap().messages, 300);
+    // The room's counter, as 300 sends would have left it.
+    let redis = redis().await;
+    let _: () = redis.set(Keyspace::new(&name).room_seq(room_id), 300, None, None, false).await.unwrap();
+    for i in 0..3 {
+        node.post_message(&alice, &room, &format!("new {i}")).await;
+    }
+    let url = format!("/messages?room_id={room}&after_seq=0");
+    let (status, body) = node.call("GET", &url, Some(&alice.token), None).await;
+    assert_eq!(status, 200, "{body}");
+    let seqs: Vec<i64> = body["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!((seqs, &body["has_more"]), (vec![301, 302, 303], &serde_json::json!(false)));
+    assert_eq!(messages.count_documents(doc! {"room_id": room_id}).await.unwrap(), 3, "no voids");
+    node.shutdown().await;
+}
+
 // --------------------------------------------------------------- summaries
 
 fn user(name: &str) -> User {

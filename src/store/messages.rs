@@ -113,15 +113,20 @@ impl Store {
             let read =
                 HistoryQuery { after_seq: Some(from), forward: true, limit: q.limit - page.len() as i64, ..q.clone() };
             let (mut raw, more) = raw_page(&self.messages, &read, "history").await?;
-            let plan = holes(from, &raw, Utc::now(), void_after);
+            let now = Utc::now();
+            let mut plan = holes(from, &raw, now, void_after);
             let mut taken = false;
-            if !plan.voids.is_empty() {
+            if !plan.voids.is_empty() || plan.end != End::Open {
                 let floor = match archived {
                     Some(floor) => floor,
                     None => *archived
                         .insert(timed("highest_seq", newest_seq(self.archive.clone_with_type(), q.room_id)).await?),
                 };
-                for &(seq, at) in plan.voids.iter().filter(|(seq, _)| floor.is_none_or(|f| *seq > f)) {
+                if let Some(floor) = floor.filter(|f| *f > from) {
+                    // The archive holds what lies below its newest seq.
+                    plan = holes(floor, &raw, now, void_after);
+                }
+                for &(seq, at) in &plan.voids {
                     match timed("void_seq", self.messages.insert_one(Message::void(q.room_id, seq, at))).await {
                         Ok(_) => metrics::counter!("confab_seq_voided_total").increment(1),
                         // A late message won the race for its seq.
@@ -448,6 +453,14 @@ mod tests {
         assert_eq!((seqs(&h), h.end), (vec![3], End::Young(1)));
         // At the very start of the page.
         assert_eq!(holes(0, &[stored(2, 0)], Utc::now(), WAIT).end, End::Young(0));
+    }
+
+    #[test]
+    fn seqs_at_or_below_the_start_are_not_holes() {
+        // Read from the archive's newest (12): live 10 and 11 are passed over.
+        let page = [stored(10, 9), stored(11, 9), stored(13, 9), stored(15, 9)];
+        let h = holes(12, &page, Utc::now(), WAIT);
+        assert_eq!((seqs(&h), h.end), (vec![14], End::Open));
     }
 
     #[test]
