@@ -286,7 +286,18 @@ impl Cidr {
 pub struct ConfigError(pub String);
 
 pub fn invalid(flag: &str, env: &str, why: impl std::fmt::Display) -> ConfigError {
-    ConfigError(format!("invalid setting --{flag} ({env}): {why}"))
+    // `why` may quote the value, which a multi-line TOML string can break
+    // over lines: control characters are shown escaped, so the message
+    // stays one line.
+    let mut why_line = String::new();
+    for c in why.to_string().chars() {
+        if c.is_control() {
+            why_line.extend(c.escape_default());
+        } else {
+            why_line.push(c);
+        }
+    }
+    ConfigError(format!("invalid setting --{flag} ({env}): {why_line}"))
 }
 
 fn missing(flag: &str, env: &str) -> ConfigError {
@@ -728,6 +739,10 @@ mod tests {
         let (_dir, path) = file("listeni = 5\nunknown = n\"x\"\n");
         let err = parse_args(&["--config", &path]).unwrap_err().to_string();
         assert!(!err.contains('\n') && err.contains("line 2: invalid string"), "{err}");
+        // Found by fuzzing: a multi-line string quoted in the message.
+        let (_dir, path) = file("listen = \"\"\"\nnope\n\"\"\"\n");
+        let err = parse_args(&["--config", &path]).unwrap_err().to_string();
+        assert!(!err.contains('\n') && err.contains("--listen (CONFAB_LISTEN): `nope\\n` is not host:port"), "{err}");
         let (_dir, path) = file("allowed_origins = [\"https://a.example\", \"https://B.example/\"]\n");
         assert_eq!(
             parse_args(&["--config", &path]).unwrap().allowed_origins.0,
@@ -737,11 +752,12 @@ mod tests {
 
     #[test]
     fn a_text_given_directly_reads_as_its_file_would() {
-        let cases: [&[u8]; 4] = [
+        let cases: [&[u8]; 5] = [
             b"node_id = \"n1\"\nlisten = \"127.0.0.1:9999\"\nsocket_burst = 5\n",
             b"node_id = \"n1\"\nsocket_burst = 0\n",
             b"listeni = 5\nunknown = n\"x\"\n",
             b"node_id = \"\xff\"\n",
+            include_bytes!("../fuzz/corpus/config_file/multi-line-value-in-message"),
         ];
         for bytes in cases {
             let dir = tempfile::tempdir().unwrap();
