@@ -5,6 +5,7 @@
 #![no_main]
 
 use std::ffi::OsString;
+use std::sync::OnceLock;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use confab::config::{parse_reading, Config, Parsed};
@@ -26,9 +27,14 @@ enum Command {
     },
 }
 
+/// The command is built once: building it is a fair share of the loader's
+/// work per input, and the same for every input.
+static COMMAND: OnceLock<clap::Command> = OnceLock::new();
+
 fuzz_target!(|data: &[u8]| {
+    let command = COMMAND.get_or_init(Cli::command).clone();
     let args: Vec<OsString> = ["confab", "serve", "--config", "node.toml"].iter().map(OsString::from).collect();
-    match parse_reading::<Cli>(args, &[], Cli::command(), |_| std::io::read_to_string(data)) {
+    match parse_reading::<Cli>(args, &[], command, |_| std::io::read_to_string(data)) {
         Ok(Parsed::Ok(_)) | Ok(Parsed::Shown(_)) => {}
         Err(e) => {
             let message = e.to_string();
