@@ -36,6 +36,16 @@ pub const MAX_LANES: usize = 64;
 /// Local receivers from which an event is split over the lanes, unless configured.
 pub const SPLIT_AT: usize = 64;
 
+/// `--seq-void-after-ms` unless configured, as clap takes a default.
+pub const SEQ_VOID_AFTER_MS: &str = "5000";
+
+/// `--seq-void-after-ms` unless configured: how long a seq may be missing
+/// below a stored one before catch-up reads void it. A client that must see
+/// every hole settled (the chaos soak's final catch-up) waits longer.
+pub fn default_seq_void_after() -> Duration {
+    Duration::from_millis(SEQ_VOID_AFTER_MS.parse().expect("SEQ_VOID_AFTER_MS is a number"))
+}
+
 /// A node's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -123,7 +133,7 @@ pub struct Config {
     /// Milliseconds after a later message was stored that a seq still
     /// missing below it is given up for good (voided): catch-up reads wait
     /// this long for a slow write before they read past its seq.
-    #[arg(long = "seq-void-after-ms", env = "CONFAB_SEQ_VOID_AFTER_MS", default_value = "5000", value_parser = millis(100, 600_000))]
+    #[arg(long = "seq-void-after-ms", env = "CONFAB_SEQ_VOID_AFTER_MS", default_value = SEQ_VOID_AFTER_MS, value_parser = millis(100, 600_000))]
     pub seq_void_after: Duration,
     #[command(flatten)]
     pub rate_limits: RateLimits,
@@ -631,6 +641,12 @@ mod tests {
 
     const BASE: &[&str] =
         &["confab", "serve", "--redis-url", "redis://127.0.0.1:6379", "--mongo-url", "mongodb://127.0.0.1:27017"];
+
+    #[test]
+    fn the_seq_void_wait_defaults_to_its_constant() {
+        assert_eq!(parse_args(&[]).unwrap().seq_void_after, default_seq_void_after());
+        assert_eq!(default_seq_void_after(), Duration::from_secs(5));
+    }
 
     fn parse_args(extra: &[&str]) -> Result<Config, ConfigError> {
         parse_args_reading(extra, |file| std::fs::read_to_string(file))

@@ -69,10 +69,10 @@ pub struct Messages {
     void_after: std::time::Duration,
 }
 
-/// `void_after` unless configured (`--seq-void-after-ms`).
-pub const VOID_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl Messages {
+    /// `void_after`: how long catch-up reads wait for a missing seq before
+    /// voiding it (`--seq-void-after-ms`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<Store>,
         seqs: Seqs,
@@ -81,14 +81,9 @@ impl Messages {
         rooms: Arc<Rooms>,
         notifier: Arc<Notifier>,
         audit: Arc<Audit>,
+        void_after: std::time::Duration,
     ) -> Self {
-        Messages { store, seqs, bus, cache, rooms, notifier, audit, void_after: VOID_AFTER }
-    }
-
-    /// Sets how long catch-up reads wait for a missing seq before voiding it.
-    pub fn void_after(mut self, wait: std::time::Duration) -> Self {
-        self.void_after = wait;
-        self
+        Messages { store, seqs, bus, cache, rooms, notifier, audit, void_after }
     }
 
     /// Stores and publishes a message.

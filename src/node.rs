@@ -173,18 +173,16 @@ impl RunningNode {
             crate::sessions::Settings { refresh_ttl: config.refresh_ttl, sessionless: config.sessionless_tokens },
         ));
         let users = Arc::new(Users::new(store.clone(), sessions.clone(), limiter.clone(), audit.clone()));
-        let messages = Arc::new(
-            Messages::new(
-                store.clone(),
-                seqs.clone(),
-                bus.clone(),
-                cache.clone(),
-                rooms.clone(),
-                notifier.clone(),
-                audit.clone(),
-            )
-            .void_after(config.seq_void_after),
-        );
+        let messages = Arc::new(Messages::new(
+            store.clone(),
+            seqs.clone(),
+            bus.clone(),
+            cache.clone(),
+            rooms.clone(),
+            notifier.clone(),
+            audit.clone(),
+            config.seq_void_after,
+        ));
         let receipts = Arc::new(Receipts::new(store.clone(), bus.clone(), cache.clone(), rooms.clone()));
         let health = Arc::new(Health::new(config.node_id.clone(), bus.clone(), store.clone(), {
             let handle = crate::metrics::handle();

@@ -507,9 +507,9 @@ pub async fn run(base: &str, p: &ChaosParams, out: &Path) -> Result<ChaosResult>
     }
     // Every client's last messages are in (or given up): now each catches
     // up from history, as after its last reconnect, once every hole in it
-    // is settled (the nodes' seq_void_after_ms, 5 s by default).
+    // is settled (the nodes' seq_void_after_ms).
     println!("chaos: every client done sending; final catch-up from history");
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(confab::config::default_seq_void_after() + SETTLE_MARGIN).await;
     for c in &mut clients {
         c.final_catch_up(&run).await;
     }
@@ -723,9 +723,9 @@ async fn flood_lane(run: Arc<Run>, token: String, room: String, on: Arc<AtomicBo
     }
 }
 
-/// How long the final catch-up waits for the last holes to be settled:
-/// more than the nodes' default `seq_void_after_ms`.
-const SETTLE: Duration = Duration::from_secs(6);
+/// How much longer than the nodes' default `seq_void_after_ms` the final
+/// catch-up waits, so that the last holes are settled when it reads.
+const SETTLE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Every room's whole history, read as one of its members.
 async fn history_of(run: &Run, room: &str, token: &str) -> Result<Vec<Msg>> {
