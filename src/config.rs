@@ -93,6 +93,12 @@ pub struct Config {
     /// Frames queued for one connection before it is cut off as a slow consumer.
     #[arg(long, env = "CONFAB_OUTBOUND_QUEUE", default_value = "1024", value_parser = count(8, 1_000_000))]
     pub outbound_queue: usize,
+    /// Bytes of kernel send buffer per connection (`SO_SNDBUF`; the kernel
+    /// doubles it). 0: the kernel sizes it, up to `net.ipv4.tcp_wmem`'s
+    /// maximum. A fixed size bounds the memory a connection that does not
+    /// read can hold, so a slow consumer reaches `outbound_queue` sooner.
+    #[arg(long = "socket-send-buffer-bytes", env = "CONFAB_SOCKET_SEND_BUFFER_BYTES", default_value = "0", value_parser = count(0, 64 << 20))]
+    pub socket_send_buffer: usize,
     /// Seconds a connection may take to send a request's head once it began.
     #[arg(long = "header-timeout-secs", env = "CONFAB_HEADER_TIMEOUT_SECS", default_value = "10", value_parser = secs(1, 600))]
     pub header_timeout: Duration,

@@ -236,8 +236,12 @@ impl RunningNode {
 
         let accepting = CancellationToken::new();
         let service = NormalizePathLayer::trim_trailing_slash().layer(crate::http::router(api));
-        let timeouts = crate::http::serve::Timeouts { header: config.header_timeout, idle: config.idle_timeout };
-        let accept = tokio::spawn(crate::http::serve::accept_loop(listener, service, timeouts, accepting.clone()));
+        let limits = crate::http::serve::Limits {
+            header: config.header_timeout,
+            idle: config.idle_timeout,
+            send_buffer: (config.socket_send_buffer > 0).then_some(config.socket_send_buffer),
+        };
+        let accept = tokio::spawn(crate::http::serve::accept_loop(listener, service, limits, accepting.clone()));
         tracing::info!(node = %config.node_id, %addr, "confab node serving");
         Ok(RunningNode {
             addr,

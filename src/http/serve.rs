@@ -31,11 +31,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long connections may wait; see the module doc.
+/// How long connections may wait (see the module doc), and how much the
+/// kernel may hold unsent for each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
+pub struct Limits {
     pub header: Duration,
     pub idle: Duration,
+    /// The socket's send buffer (`SO_SNDBUF`), or the kernel's own sizing.
+    /// A fixed buffer bounds the kernel memory a connection that does not
+    /// read can hold, and makes a slow consumer's queue fill sooner.
+    pub send_buffer: Option<usize>,
 }
 
 type Service = tower_http::normalize_path::NormalizePath<axum::Router>;
@@ -142,7 +147,7 @@ impl AsyncWrite for Watched {
 /// Accepts connections and serves each until `stop`; then each connection
 /// finishes its request in flight and closes (upgraded sockets are
 /// `ws::Sockets`' to close), and the loop returns once all have.
-pub async fn accept_loop(listener: TcpListener, service: Service, timeouts: Timeouts, stop: CancellationToken) {
+pub async fn accept_loop(listener: TcpListener, service: Service, limits: Limits, stop: CancellationToken) {
     let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -157,7 +162,7 @@ pub async fn accept_loop(listener: TcpListener, service: Service, timeouts: Time
                 }
             },
         };
-        connections.spawn(serve_connection(tcp, peer, service.clone(), timeouts, stop.clone()));
+        connections.spawn(serve_connection(tcp, peer, service.clone(), limits, stop.clone()));
     }
     drop(listener);
     connections.close();
@@ -173,10 +178,15 @@ async fn serve_connection(
     tcp: TcpStream,
     peer: std::net::SocketAddr,
     service: Service,
-    timeouts: Timeouts,
+    limits: Limits,
     stop: CancellationToken,
 ) {
     let _ = tcp.set_nodelay(true);
+    if let Some(bytes) = limits.send_buffer {
+        if let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(bytes) {
+            tracing::warn!(error = %e, bytes, "cannot set the socket's send buffer");
+        }
+    }
     let watch = Arc::new(Watch::default());
     let io = Watched { tcp, watch: watch.clone() };
     let watched = watch.clone();
@@ -195,13 +205,13 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         // hyper's header timer runs from when the connection is ready for a
         // request: that is the idle allowance. The head's own is below.
-        .header_read_timeout(timeouts.idle)
+        .header_read_timeout(limits.idle)
         .serve_connection(TokioIo::new(io), hyper_util::service::TowerToHyperService::new(service))
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = watch.head_overdue(timeouts.header) => {
+        _ = watch.head_overdue(limits.header) => {
             tracing::debug!("request head not complete in time; connection closed");
             return;
         }
