@@ -15,7 +15,9 @@
 # own; its packets to Redis are dropped for CHAOS_PARTITION_SECS, default
 # 8, then let through again), slow-client (one client stops reading while
 # its room is flooded, until its node cuts it off; it talks to node 1
-# directly, as nginx's buffers would absorb the flood).
+# directly, as nginx's buffers would absorb the flood, and the nodes run
+# with a 32 KB socket send buffer and a queue of 64 frames, so that the
+# flood overflows them).
 #
 # Needs root for the network namespace (without it, or without iproute2 and
 # iptables, node 3 runs beside the others and partition-node is left out).
@@ -28,6 +30,7 @@
 #   CHAOS_OUT       where the report goes (chaos-results): results.json,
 #                   summary.md, timeline.png, and the nodes' logs
 #   CHAOS_ARGS      more `confab-loadtest chaos` options (e.g. "--rate 40")
+#   CHAOS_FAULTS    the fault kinds to draw from, comma-separated (all)
 #   CONFAB_BIN, CONFAB_LOADTEST_BIN   binaries to use (default: cargo build
 #                   --release of both)
 #
@@ -88,7 +91,7 @@ start_node() {
     CONFAB_REDIS_URL="redis://$redis_host:$REDIS_PORT" CONFAB_MONGO_URL="mongodb://$STORE_HOST:$STORE_PORT" \
     CONFAB_MONGO_DB=confab_chaos CONFAB_JWT_SECRET="$SECRET" CONFAB_LOG="${CONFAB_LOG:-warn}" \
     CONFAB_AUTH_RATE_PER_MINUTE=100000 CONFAB_REST_RATE_PER_MINUTE=100000 \
-    CONFAB_OUTBOUND_QUEUE=128 \
+    CONFAB_OUTBOUND_QUEUE=64 CONFAB_SOCKET_SEND_BUFFER_BYTES=32768 \
     "$CONFAB_BIN" serve >>"$CHAOS_STATE/node-$n.log" 2>&1 &
   echo $! >"$CHAOS_STATE/node-$n.pid"
 }
@@ -223,7 +226,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-faults="kill-node,restart-redis,pause-redis,kill-subscriber,restart-store,partition-node,slow-client"
+faults=${CHAOS_FAULTS:-kill-node,restart-redis,pause-redis,kill-subscriber,restart-store,partition-node,slow-client}
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   command -v ip >/dev/null || apt_install iproute2
   command -v iptables >/dev/null || apt_install iptables
@@ -243,7 +246,7 @@ if [ "$(id -u)" = 0 ] && command -v ip >/dev/null && command -v iptables >/dev/n
 else
   log "no network namespace (needs root, iproute2 and iptables): node $NETNS_NODE runs beside the others, partition-node is left out"
   NETNS="" STORE_HOST=127.0.0.1 REDIS_BIND=127.0.0.1
-  faults=${faults/partition-node,/}
+  faults=$(echo "$faults" | tr , '\n' | grep -vx partition-node | paste -sd, -)
 fi
 
 REDIS_PORT=$(free_port)

@@ -210,7 +210,12 @@ impl Client {
                     }
                     attempt += 1;
                 }
-                Ok(Ended::Dropped) => attempt = 1,
+                Ok(Ended::Dropped) => {
+                    if self.slow {
+                        run.counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    attempt = 1
+                }
                 Err(e) => {
                     run.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
                     run.note_error(&format!("connect: {e}"));

@@ -107,6 +107,9 @@ pub struct Counters {
     pub history_errors: AtomicU64,
     pub flood_sent: AtomicU64,
     pub flood_unacknowledged: AtomicU64,
+    /// The slow reader's connection ended by the server's side (a cut-off
+    /// whose close frame sat behind the full buffers is an end of stream).
+    pub slow_dropped: AtomicU64,
 }
 
 /// One second of the run.
@@ -549,6 +552,7 @@ pub async fn run(base: &str, p: &ChaosParams, out: &Path) -> Result<ChaosResult>
         "redelivered_dropped": c.redelivered.load(Ordering::Relaxed),
         "history_reads": c.history_reads.load(Ordering::Relaxed), "history_errors": c.history_errors.load(Ordering::Relaxed),
         "flood_sent": c.flood_sent.load(Ordering::Relaxed), "flood_unacknowledged": c.flood_unacknowledged.load(Ordering::Relaxed),
+        "slow_dropped": c.slow_dropped.load(Ordering::Relaxed),
     });
     let passed = accounting.clean() && faults.iter().all(|f| f.ok);
     let closes = run.closes.lock().unwrap().clone();
@@ -849,6 +853,11 @@ pub fn markdown(r: &ChaosResult) -> String {
     for example in &a.lost_examples {
         md.push_str(&format!("- lost: {example}\n"));
     }
+    let slow_faults = r.faults.iter().filter(|f| f.kind == "slow-client").count();
+    md.push_str(&format!(
+        "the slow reader's connection: {} ended by the server in {slow_faults} slow-client faults (a kill of node 1 ends it too), {} of them with close 1013 seen (a cut-off's close frame may be lost behind the full buffers)\n",
+        r.counters["slow_dropped"], r.closes.get(&1013).copied().unwrap_or(0)
+    ));
     md.push_str(&format!("\nclient counters: {}\n\nclose codes seen: {:?}\n", r.counters, r.closes));
     if !r.errors.is_empty() {
         md.push_str(&format!("\nclient-side errors by kind: {:?}\n", r.errors));
