@@ -25,6 +25,16 @@
 # PostgreSQL (VOLUME_SKIP_GIN=1 skips that). Each store plan is printed. Sizes:
 #   VOLUME_MESSAGES (1000000) VOLUME_ROOMS (10000) VOLUME_USERS (1000)
 #   VOLUME_MEMBERS (10 a room) VOLUME_READERS (2) VOLUME_READ_SECS (10)
+#
+# `scripts/bench.sh scale` opens SCALE_CONNECTIONS (100000) idle
+# authenticated sockets, each a different user, spread evenly over
+# SCALE_NODES (6) nodes, one load generator process per node (one process
+# may hold at most its open-file limit of sockets: 20,000 where this was
+# measured, hence six). Once all are up it runs a fan-out across every node
+# while they are held (SCALE_ROOMS 10 x SCALE_SUBSCRIBERS 100, 10 publishers
+# at SCALE_RATE 20 msgs/s, SCALE_DURATION 30 s; SCALE_HOLD 240 s in all).
+# It samples the nodes' open sockets and RSS each second and reports the
+# connect rate, RSS per connection, and the fan-out's deliveries and loss.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$CONFAB_ROOT"
@@ -41,12 +51,12 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
 MODE=${1:-standard}
-case "$MODE" in standard | ingest | volume) ;; *) die "usage: scripts/bench.sh [standard|ingest|volume]" ;; esac
+case "$MODE" in standard | ingest | volume | scale) ;; *) die "usage: scripts/bench.sh [standard|ingest|volume|scale]" ;; esac
 
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 ensure_redis
 ensure_ferretdb
-[ "$MODE" = standard ] || ensure_postgresql
+case "$MODE" in ingest | volume) ensure_postgresql ;; esac
 
 log "building (release)"
 cargo build --release -q -p confab -p confab-loadtest
@@ -72,7 +82,7 @@ trap cleanup EXIT
 
 rport=$(free_port); start_redis "$work" "$rport"
 mport=$(free_port)
-if [ "$MODE" = standard ]; then start_ferretdb "$work" "$mport"; else start_ferretdb_pg "$work" "$mport"; fi
+case "$MODE" in standard | scale) start_ferretdb "$work" "$mport" ;; *) start_ferretdb_pg "$work" "$mport" ;; esac
 SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 
 start_node() {
@@ -90,6 +100,95 @@ start_node() {
   for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
   echo "$port"
 }
+
+if [ "$MODE" = scale ]; then
+  total=${SCALE_CONNECTIONS:-100000} nodes=${SCALE_NODES:-6}
+  per_node=$(((total + nodes - 1) / nodes))
+  # The held sockets never read, so they cannot answer pings: the nodes ping
+  # every 10 minutes instead of every 25 s for this run.
+  export CONFAB_PING_INTERVAL_SECS=600
+  urls=() node_pids=()
+  for n in $(seq 1 "$nodes"); do
+    port=$(start_node "scale-node-$n")
+    urls+=("http://127.0.0.1:$port")
+    node_pids+=("$(cat "$work/scale-node-$n.pid")")
+  done
+  # One line a second: seconds, the nodes' open descriptors, their RSS in KiB.
+  (
+    start=$(date +%s.%N)
+    while :; do
+      fds=0 rss=0
+      for pid in "${node_pids[@]}"; do
+        fds=$((fds + $(ls "/proc/$pid/fd" 2>/dev/null | wc -l)))
+        rss=$((rss + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)))
+      done
+      echo "$(awk -v now="$(date +%s.%N)" -v start="$start" 'BEGIN { printf "%.1f", now - start }') $fds $rss"
+      sleep 1
+    done
+  ) >"$OUT/scale-samples.txt" &
+  sampler=$!
+  sleep 2
+  base_fds=$(tail -n 1 "$OUT/scale-samples.txt" | awk '{print $2}')
+  log "scale: $((per_node * nodes)) idle authenticated sockets, $per_node on each of $nodes nodes, one generator process each"
+  gen_pids=()
+  for n in $(seq 1 "$nodes"); do
+    "$LOADTEST" connections --url "${urls[$((n - 1))]}" --jwt-secret "$SECRET" --server-pid "${node_pids[$((n - 1))]}" \
+      --connections "$per_node" --hold "${SCALE_HOLD:-240}" --out "$OUT/scale-idle-$n" >"$OUT/scale-idle-$n.txt" 2>&1 &
+    gen_pids+=($!)
+  done
+  # Once every socket is up, a fan-out across all the nodes while they are held.
+  for _ in $(seq 1 600); do
+    now=$(tail -n 1 "$OUT/scale-samples.txt" | awk '{print $2}')
+    [ $((now - base_fds)) -ge $((per_node * nodes * 99 / 100)) ] && break
+    sleep 1
+  done
+  sleep 5
+  at_peak=$(tail -n 1 "$OUT/scale-samples.txt")
+  gen_rss=0
+  for pid in "${gen_pids[@]}"; do gen_rss=$((gen_rss + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0))); done
+  fan=(--rooms "${SCALE_ROOMS:-10}" --subscribers "${SCALE_SUBSCRIBERS:-100}" --publishers 10 --rate "${SCALE_RATE:-20}"
+    --warmup 5 --duration "${SCALE_DURATION:-30}" --settle 20 --settle-below 0.6)
+  log "scale: fan-out across the $nodes nodes while the idle sockets are held (${fan[*]})"
+  fanout_urls=()
+  for u in "${urls[@]}"; do fanout_urls+=(--url "$u"); done
+  "$LOADTEST" fanout "${fanout_urls[@]}" --jwt-secret "$SECRET" "${fan[@]}" --out "$OUT/scale-fanout" >"$OUT/scale-fanout.txt" 2>&1 || true
+  after_fanout=$(tail -n 1 "$OUT/scale-samples.txt")
+  failed=0
+  for pid in "${gen_pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+  kill "$sampler" 2>/dev/null || true
+  python3 - "$OUT" "$nodes" "$base_fds" "$at_peak" "$after_fanout" "$gen_rss" "$failed" <<'PY' | tee "$OUT/summary.md"
+import json, os, sys
+out, nodes, base_fds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+peak, after, gen_rss_kib, failed = sys.argv[4].split(), sys.argv[5].split(), int(sys.argv[6]), int(sys.argv[7])
+samples = [tuple(map(float, l.split())) for l in open(os.path.join(out, "scale-samples.txt")) if len(l.split()) == 3]
+base_rss = samples[0][2]
+held = int(float(peak[1])) - base_fds
+first = next(s for s in samples if s[1] > base_fds + 10)
+full = next(s for s in samples if s[1] - base_fds >= 0.99 * held)
+idle = [json.load(open(os.path.join(out, f"scale-idle-{n}", "results.json"))) for n in range(1, nodes + 1)
+        if os.path.exists(os.path.join(out, f"scale-idle-{n}", "results.json"))]
+print("| figure | value |\n|---|---|")
+print(f"| idle sockets opened by the generators | {sum(r['opened'] for r in idle):,} ({sum(r['failures'] for r in idle)} failed; {len(idle)} of {nodes} generators reported, {failed} failed) |")
+print(f"| sockets held by the nodes (open descriptors over the idle nodes') | {held:,} |")
+print(f"| connect phase, all generators at once (first to 99%) | {full[0] - first[0]:.0f} s: {0.99 * held / max(full[0] - first[0], 1):,.0f} connections/s |")
+rates = ", ".join(format(r["connects_per_sec"], ",.0f") for r in idle)
+print(f"| per generator (each against its own node) | {rates} connections/s |")
+print(f"| nodes' RSS, idle -> all connected | {base_rss / 1024:,.0f} MiB -> {float(peak[2]) / 1024:,.0f} MiB: {(float(peak[2]) - base_rss) / max(held, 1):.1f} KiB per connection |")
+print(f"| generators' RSS with every socket open | {gen_rss_kib / 1024:,.0f} MiB |")
+print(f"| nodes' RSS after the fan-out | {float(after[2]) / 1024:,.0f} MiB |")
+fp = os.path.join(out, "scale-fanout", "results.json")
+if os.path.exists(fp):
+    f = json.load(open(fp)); l = f["latency"]; p = f["params"]
+    print(f"| fan-out meanwhile: {p['rooms']} x {p['subscribers']}, {p['publishers']} pubs @ {p['rate']:.0f}/s over {nodes} nodes | "
+          f"{f['delivered_per_sec']:,.0f} deliveries/s; p50 {l['p50_ms']:.1f} ms, p99 {l['p99_ms']:.1f} ms; "
+          f"owed {f['expected']:,}, delivered {f['delivered']:,}, lost {f['lost']}, dup {f['duplicated']}, subscribers dropped {f['subscriber_disconnects']} |")
+else:
+    print("| fan-out meanwhile | FAILED (see scale-fanout.txt) |")
+PY
+  log "results in $OUT"
+  [ "$failed" = 0 ] && [ -f "$OUT/scale-fanout/results.json" ] || die "a generator failed (see $OUT/scale-*.txt)"
+  exit 0
+fi
 
 p1=$(start_node bench-node-1)
 p2=$(start_node bench-node-2)
