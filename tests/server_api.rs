@@ -251,6 +251,9 @@ async fn broadcast_reaches_every_member_of_a_room() {
         (json!({"room_id": "507f1f77bcf86cd799439011", "notification": note("x")}), 404),
         (json!({"room_id": "nope", "notification": note("x")}), 400),
         (json!({"room_id": room}), 422),
+        // An array directly in an array, which the store may not keep:
+        // refused up front, where it was a 500 from the store.
+        (json!({"room_id": room, "notification": {"type": "t", "title": "x", "data": {"a": [[], {}, null]}}}), 422),
     ] {
         assert_eq!(api(b, "POST", "/api/broadcast", Some(&key), Some(body)).await.0, status);
     }
