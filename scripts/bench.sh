@@ -113,16 +113,19 @@ if [ "$MODE" = scale ]; then
     urls+=("http://127.0.0.1:$port")
     node_pids+=("$(cat "$work/scale-node-$n.pid")")
   done
+  # rss_kib PID... : the processes' resident memory together, in KiB.
+  rss_kib() {
+    local pid kib=0
+    for pid in "$@"; do kib=$((kib + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0))); done
+    echo "$kib"
+  }
   # One line a second: seconds, the nodes' open descriptors, their RSS in KiB.
   (
     start=$(date +%s.%N)
     while :; do
-      fds=0 rss=0
-      for pid in "${node_pids[@]}"; do
-        fds=$((fds + $(ls "/proc/$pid/fd" 2>/dev/null | wc -l)))
-        rss=$((rss + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)))
-      done
-      echo "$(awk -v now="$(date +%s.%N)" -v start="$start" 'BEGIN { printf "%.1f", now - start }') $fds $rss"
+      fds=0
+      for pid in "${node_pids[@]}"; do fds=$((fds + $(ls "/proc/$pid/fd" 2>/dev/null | wc -l))); done
+      echo "$(awk -v now="$(date +%s.%N)" -v start="$start" 'BEGIN { printf "%.1f", now - start }') $fds $(rss_kib "${node_pids[@]}")"
       sleep 1
     done
   ) >"$OUT/scale-samples.txt" &
@@ -144,8 +147,7 @@ if [ "$MODE" = scale ]; then
   done
   sleep 5
   at_peak=$(tail -n 1 "$OUT/scale-samples.txt")
-  gen_rss=0
-  for pid in "${gen_pids[@]}"; do gen_rss=$((gen_rss + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0))); done
+  gen_rss=$(rss_kib "${gen_pids[@]}")
   fan=(--rooms "${SCALE_ROOMS:-10}" --subscribers "${SCALE_SUBSCRIBERS:-100}" --publishers 10 --rate "${SCALE_RATE:-20}"
     --warmup 5 --duration "${SCALE_DURATION:-30}" --settle 20 --settle-below 0.6)
   log "scale: fan-out across the $nodes nodes while the idle sockets are held (${fan[*]})"
