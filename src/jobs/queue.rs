@@ -10,15 +10,15 @@
 use std::time::{Duration, SystemTime};
 
 use apalis::prelude::{TaskBuilder, TaskSink};
-use apalis_redis::{ConnectionManager, RedisStorage};
+use apalis_redis::RedisStorage;
 
 use super::delivery::Delivery;
 use super::runner::Run;
 use super::JobError;
-use crate::backend::redis::RedisConfig;
+use crate::backend::redis::{QueueConnection, RedisConfig};
 use crate::keyspace::Keyspace;
 
-pub type Storage<T> = RedisStorage<T, ConnectionManager>;
+pub type Storage<T> = RedisStorage<T, QueueConnection>;
 
 /// How long an idempotency key keeps a second push of the same job out.
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(7 * 86_400);
