@@ -332,8 +332,11 @@ async fn current(redis: &Client, keys: &[String]) -> Option<Vec<i64>> {
     if keys.is_empty() {
         return Some(Vec::new());
     }
-    let values: Vec<Option<i64>> =
-        if keys.len() == 1 { vec![redis.get(&keys[0]).await.ok()?] } else { redis.mget(keys.to_vec()).await.ok()? };
+    let values: Vec<Option<i64>> = if keys.len() == 1 {
+        vec![redis.get(&keys[0]).await.ok()?]
+    } else {
+        crate::backend::redis::get_many(redis, keys.to_vec()).await.ok()?
+    };
     Some(values.into_iter().map(Option::unwrap_or_default).collect())
 }
 

@@ -19,6 +19,9 @@ use bson::oid::ObjectId;
 /// The prefix used when none is configured.
 pub const DEFAULT_PREFIX: &str = "confab";
 
+/// The name apalis keeps its list of queues under, whatever the queue.
+pub const APALIS_QUEUES: &str = "core:apalis:queues:list";
+
 /// Checks a prefix: 1-64 of `[A-Za-z0-9_.-]`, so that it can never contain
 /// the `:` that separates a name's parts, nor a hash tag's braces.
 pub fn valid_prefix(prefix: &str) -> bool {
@@ -33,9 +36,32 @@ pub enum Channel {
 }
 
 /// The names of one deployment. Cheap to clone.
+///
+/// On Redis Cluster ([`Keyspace::hash_tagged`]), the id that a key belongs
+/// to is written as a hash tag (`seq:{<room>}`), so that every key of one
+/// room, one user or one job queue lands in one slot and the scripts and
+/// transactions that touch several of them stay legal. Elsewhere names
+/// keep their plain form, the one deployments running today use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keyspace {
     prefix: Arc<str>,
+    tagged: bool,
+}
+
+/// An id as a name shows it: plain, or as a hash tag.
+struct Part<'a> {
+    text: &'a str,
+    tagged: bool,
+}
+
+impl std::fmt::Display for Part<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tagged {
+            write!(f, "{{{}}}", self.text)
+        } else {
+            f.write_str(self.text)
+        }
+    }
 }
 
 impl Default for Keyspace {
@@ -47,7 +73,23 @@ impl Default for Keyspace {
 impl Keyspace {
     /// A keyspace under `prefix` (validated by the configuration).
     pub fn new(prefix: &str) -> Self {
-        Keyspace { prefix: prefix.into() }
+        Keyspace { prefix: prefix.into(), tagged: false }
+    }
+
+    /// The same names, with hash tags when `on` (for Redis Cluster).
+    pub fn hash_tagged(mut self, on: bool) -> Self {
+        self.tagged = on;
+        self
+    }
+
+    /// Whether names carry hash tags.
+    pub fn is_hash_tagged(&self) -> bool {
+        self.tagged
+    }
+
+    /// The part of a name that decides its slot on Redis Cluster.
+    fn tag<'a>(&self, text: &'a str) -> Part<'a> {
+        Part { text, tagged: self.tagged }
     }
 
     pub fn prefix(&self) -> &str {
@@ -62,12 +104,12 @@ impl Keyspace {
 
     /// The channel a room's events travel on.
     pub fn room_channel(&self, room: ObjectId) -> String {
-        self.name(format_args!("room:{}", room.to_hex()))
+        self.name(format_args!("room:{}", self.tag(&room.to_hex())))
     }
 
     /// The channel a user's events travel on (receipts, presence, notices).
     pub fn user_channel(&self, user: ObjectId) -> String {
-        self.name(format_args!("user:{}", user.to_hex()))
+        self.name(format_args!("user:{}", self.tag(&user.to_hex())))
     }
 
     /// The channel a bus sends its delivery probes to itself on (`id` is
@@ -79,10 +121,14 @@ impl Keyspace {
     /// What a channel of this keyspace carries; `None` for a foreign one.
     pub fn channel(&self, name: &str) -> Option<Channel> {
         let rest = name.strip_prefix(&*self.prefix)?.strip_prefix(':')?;
+        let id = |hex: &str| {
+            let hex = if self.tagged { hex.strip_prefix('{')?.strip_suffix('}')? } else { hex };
+            ObjectId::parse_str(hex).ok()
+        };
         if let Some(hex) = rest.strip_prefix("room:") {
-            return ObjectId::parse_str(hex).ok().map(Channel::Room);
+            return id(hex).map(Channel::Room);
         }
-        ObjectId::parse_str(rest.strip_prefix("user:")?).ok().map(Channel::User)
+        id(rest.strip_prefix("user:")?).map(Channel::User)
     }
 
     /// The channel on which nodes announce changes of notification reach.
@@ -94,36 +140,30 @@ impl Keyspace {
 
     /// A room's seq counter.
     pub fn room_seq(&self, room: ObjectId) -> String {
-        self.name(format_args!("seq:{}", room.to_hex()))
+        self.name(format_args!("seq:{}", self.tag(&room.to_hex())))
     }
 
     /// Marks, for a while, that `user`'s membership of `room` ended: the
     /// seq script refuses them a seq unless the store confirms them again.
     pub fn membership_ended(&self, room: ObjectId, user: ObjectId) -> String {
-        self.name(format_args!("gone:{}:{}", room.to_hex(), user.to_hex()))
+        self.name(format_args!("gone:{}:{}", self.tag(&room.to_hex()), user.to_hex()))
     }
 
     // --- Presence ----------------------------------------------------------
 
-    /// What the presence scripts put in front of the names they build
-    /// themselves (`conns:<user>`, `user:<user>`, `node:<node>:<what>`).
-    pub fn presence_prefix(&self) -> String {
-        self.name(format_args!("presence:"))
-    }
-
     /// A user's counted connections, cluster-wide (a hash).
     pub fn presence_connections(&self, user: ObjectId) -> String {
-        self.name(format_args!("presence:conns:{}", user.to_hex()))
+        self.name(format_args!("presence:conns:{}", self.tag(&user.to_hex())))
     }
 
     /// A user's explicit status and last-seen time (a hash).
     pub fn presence_user(&self, user: ObjectId) -> String {
-        self.name(format_args!("presence:user:{}", user.to_hex()))
+        self.name(format_args!("presence:user:{}", self.tag(&user.to_hex())))
     }
 
     /// A node's connection set (`what` = `conns`) or heartbeat (`alive`).
     pub fn presence_node(&self, node: &str, what: &str) -> String {
-        self.name(format_args!("presence:node:{node}:{what}"))
+        self.name(format_args!("presence:node:{}:{what}", self.tag(node)))
     }
 
     /// The set of nodes that ever registered a heartbeat.
@@ -148,17 +188,17 @@ impl Keyspace {
     /// A login session: its user, times, client and current refresh token's
     /// hash.
     pub fn session(&self, user: ObjectId, session: ObjectId) -> String {
-        self.name(format_args!("session:{}:{}", user.to_hex(), session.to_hex()))
+        self.name(format_args!("session:{}:{}", self.tag(&user.to_hex()), session.to_hex()))
     }
 
     /// The hashes of a session's spent refresh tokens (reuse detection).
     pub fn session_spent(&self, user: ObjectId, session: ObjectId) -> String {
-        self.name(format_args!("session:{}:{}:spent", user.to_hex(), session.to_hex()))
+        self.name(format_args!("session:{}:{}:spent", self.tag(&user.to_hex()), session.to_hex()))
     }
 
     /// The ids of a user's sessions.
     pub fn user_sessions(&self, user: ObjectId) -> String {
-        self.name(format_args!("sessions:{}", user.to_hex()))
+        self.name(format_args!("sessions:{}", self.tag(&user.to_hex())))
     }
 
     // --- Rate limits -------------------------------------------------------
@@ -187,12 +227,12 @@ impl Keyspace {
 
     /// A room's version: its messages.
     pub fn version_room(&self, room: ObjectId) -> String {
-        self.name(format_args!("v:room:{}", room.to_hex()))
+        self.name(format_args!("v:room:{}", self.tag(&room.to_hex())))
     }
 
     /// A user's version: their memberships and cursors.
     pub fn version_user(&self, user: ObjectId) -> String {
-        self.name(format_args!("v:user:{}", user.to_hex()))
+        self.name(format_args!("v:user:{}", self.tag(&user.to_hex())))
     }
 
     /// The version of the set of public rooms.
@@ -202,51 +242,57 @@ impl Keyspace {
 
     /// A room's members version.
     pub fn version_members(&self, room: ObjectId) -> String {
-        self.name(format_args!("v:members:{}", room.to_hex()))
+        self.name(format_args!("v:members:{}", self.tag(&room.to_hex())))
     }
 
     /// The log of a room's recent member changes.
     pub fn members_log(&self, room: ObjectId) -> String {
-        self.name(format_args!("ml:{}", room.to_hex()))
+        self.name(format_args!("ml:{}", self.tag(&room.to_hex())))
     }
 
     /// A user's cached room list.
     pub fn cached_rooms(&self, user: ObjectId) -> String {
-        self.name(format_args!("c:rooms:{}", user.to_hex()))
+        self.name(format_args!("c:rooms:{}", self.tag(&user.to_hex())))
     }
 
     /// A room's cached newest history page.
     pub fn cached_history(&self, room: ObjectId) -> String {
-        self.name(format_args!("c:history:{}", room.to_hex()))
+        self.name(format_args!("c:history:{}", self.tag(&room.to_hex())))
     }
 
     // --- Notifications -----------------------------------------------------
 
     /// A user's cached notification preferences.
     pub fn notification_preferences(&self, user: ObjectId) -> String {
-        self.name(format_args!("np:{}", user.to_hex()))
+        self.name(format_args!("np:{}", self.tag(&user.to_hex())))
     }
 
     /// A room's watching hints.
     pub fn watching(&self, room: ObjectId) -> String {
-        self.name(format_args!("nw:{}", room.to_hex()))
+        self.name(format_args!("nw:{}", self.tag(&room.to_hex())))
     }
 
     /// The list of notification ids waiting for external delivery: nodes
     /// push onto it, workers take from it.
     pub fn external_notifications(&self) -> String {
-        self.name(format_args!("notify:external"))
+        self.name(format_args!("notify:{}", self.tag("external")))
     }
 
     /// Where a worker keeps the ids it has taken until they are queued.
     pub fn external_notifications_moving(&self) -> String {
-        self.name(format_args!("notify:external:moving"))
+        self.name(format_args!("notify:{}:moving", self.tag("external")))
     }
 
     // --- Jobs --------------------------------------------------------------
 
-    /// A job queue's apalis namespace.
+    /// A job queue's apalis namespace. Tagged, every queue shares the slot
+    /// of [`APALIS_QUEUES`]: apalis's worker registration script also writes
+    /// that fixed name, and a script on Redis Cluster may only touch keys
+    /// its own master serves.
     pub fn job_queue(&self, name: &str) -> String {
+        if self.tagged {
+            return self.name(format_args!("jobs:q:{{{APALIS_QUEUES}}}:{name}"));
+        }
         self.name(format_args!("jobs:q:{name}"))
     }
 
@@ -300,6 +346,30 @@ mod tests {
         assert_eq!(keys.session(id, id), format!("confab:session:{0}:{0}", id.to_hex()));
         assert_eq!(keys.session_spent(id, id), format!("confab:session:{0}:{0}:spent", id.to_hex()));
         assert_eq!(keys.user_sessions(id), format!("confab:sessions:{}", id.to_hex()));
+    }
+
+    #[test]
+    fn tagged_names_keep_what_one_script_touches_in_one_slot() {
+        let keys = Keyspace::new("confab").hash_tagged(true);
+        let (room, user, session) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+        let slot = |name: String| fred::util::redis_keyslot(name.as_bytes());
+        assert_eq!(keys.room_seq(room), format!("confab:seq:{{{}}}", room.to_hex()));
+        assert_eq!(slot(keys.room_seq(room)), slot(keys.membership_ended(room, user)));
+        assert_eq!(slot(keys.version_members(room)), slot(keys.members_log(room)));
+        assert_eq!(slot(keys.session(user, session)), slot(keys.session_spent(user, session)));
+        assert_eq!(slot(keys.session(user, session)), slot(keys.user_sessions(user)));
+        assert_eq!(slot(keys.presence_connections(user)), slot(keys.presence_user(user)));
+        assert_eq!(slot(keys.external_notifications()), slot(keys.external_notifications_moving()));
+        let queue = keys.job_queue("delivery");
+        assert_eq!(slot(format!("{queue}:active")), slot(format!("{queue}:inflight:worker-1")));
+        assert_eq!(slot(format!("{queue}:active")), slot(APALIS_QUEUES.to_string()));
+        assert_ne!(slot(keys.room_seq(room)), slot(keys.room_seq(ObjectId::new())), "rooms spread over slots");
+        for topic in [keys.room_channel(room), keys.user_channel(user)] {
+            assert!(topic.contains('{'), "{topic}");
+        }
+        assert_eq!(keys.channel(&keys.room_channel(room)), Some(Channel::Room(room)));
+        assert_eq!(keys.channel(&keys.user_channel(user)), Some(Channel::User(user)));
+        assert_eq!(keys.channel(&Keyspace::new("confab").room_channel(room)), None, "an untagged name");
     }
 
     #[test]

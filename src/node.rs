@@ -106,7 +106,9 @@ impl StartError {
 
 impl RunningNode {
     /// Connects to Redis and MongoDB and starts serving on `config.listen`.
-    pub async fn start(config: Config) -> Result<RunningNode, StartError> {
+    pub async fn start(mut config: Config) -> Result<RunningNode, StartError> {
+        // On Redis Cluster, what one script touches shares a hash tag.
+        config.keys = config.keys.clone().hash_tagged(config.redis.is_cluster());
         let listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Listen(config.listen, e))?;
         let addr = listener.local_addr().map_err(|e| StartError::Listen(config.listen, e))?;
         let stop = CancellationToken::new();

@@ -230,7 +230,8 @@ impl Seqs {
             return Vec::new();
         }
         let keys: Vec<String> = rooms.iter().map(|r| self.key(*r)).collect();
-        let values: Vec<Option<i64>> = self.redis.mget(keys).await.unwrap_or_else(|_| vec![None; rooms.len()]);
+        let values: Vec<Option<i64>> =
+            crate::backend::redis::get_many(&self.redis, keys).await.unwrap_or_else(|_| vec![None; rooms.len()]);
         if values.len() != rooms.len() {
             return vec![None; rooms.len()];
         }

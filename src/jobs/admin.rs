@@ -29,7 +29,7 @@ pub async fn execute(config: &JobsConfig, command: Command) -> Result<String, Jo
 }
 
 async fn execute_inner(config: &JobsConfig, command: Command) -> Result<String, JobError> {
-    let keys = config.keys.clone();
+    let keys = config.keys.clone().hash_tagged(config.redis.is_cluster());
     let redis = super::redis_client(&config.redis).await?;
     let out = match command {
         Command::Run(job) => {

@@ -56,7 +56,7 @@ pub struct Shared {
 impl Shared {
     /// Connects to MongoDB and Redis for `config`.
     pub async fn connect(config: &WorkerConfig) -> Result<Shared, JobError> {
-        let keys = config.keys.clone();
+        let keys = config.keys.clone().hash_tagged(config.redis.is_cluster());
         let redis = super::redis_client(&config.redis).await?;
         Ok(Shared {
             store: Store::connect_as(&config.mongo.mongo_url, &config.mongo.mongo_db, "confab-worker").await?,

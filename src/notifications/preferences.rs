@@ -186,7 +186,7 @@ impl Notifier {
             let cached: Vec<Option<String>> = if keys.len() == 1 {
                 redis.get::<Option<String>, _>(&keys[0]).await.map(|v| vec![v]).unwrap_or_default()
             } else {
-                redis.mget(keys).await.unwrap_or_default()
+                crate::backend::redis::get_many(redis, keys).await.unwrap_or_default()
             };
             for (user, raw) in users.iter().zip(cached) {
                 if let Some(p) = raw.and_then(|r| Cached::decode(&r)) {
