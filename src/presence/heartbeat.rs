@@ -82,11 +82,16 @@ impl Presence {
                     changes.push((user, state));
                 }
             }
-            for (conn, user) in local.into_iter().filter(|(conn, _)| !counted_ids.contains(conn)) {
+            // Every local connection is counted again (idempotent): one in
+            // the node's set may have missed its count when Redis failed
+            // between the two (see the tracker).
+            for (conn, user) in local {
                 if !presence.local().contains_key(&conn) {
                     continue; // closed meanwhile
                 }
-                fixed += 1;
+                if !counted_ids.contains(&conn) {
+                    fixed += 1;
+                }
                 if let Some(state) = presence.tracker.connect(presence.connection(conn, user), now_ms()).await? {
                     changes.push((user, state));
                 }

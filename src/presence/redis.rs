@@ -10,10 +10,15 @@
 //! | `nodes` | set | every node that has beaten and not been swept or retired |
 //!
 //! Every change that decides a transition (first connection, last one) runs
-//! as one Lua script, so two nodes can never both see themselves as first
-//! or last. Scripts go by EVAL: they are short, and Redis caches their
-//! compilation. The sweep script derives keys from set members, which a
-//! single Redis (or a replicated one) allows and Redis Cluster would not.
+//! as one Lua script on the user's two keys, so two nodes can never both
+//! see themselves as first or last. Scripts go by EVAL: they are short, and
+//! Redis caches their compilation. No script touches keys of two users or
+//! of a user and a node, so every script is legal on Redis Cluster, where
+//! a user's keys share the user's hash tag. A node's own set is kept beside
+//! the scripts: added to before a connection is counted and removed from
+//! after it is not, so the set always holds at least what is counted (a
+//! repair after a Redis failure counts every local connection again, so
+//! one left in the set but not counted is counted then).
 
 use std::time::Duration;
 
@@ -32,11 +37,10 @@ const SWEEP_BATCH: usize = 500;
 /// Counts a connection; returns `{1, status, last_seen}` if it is the
 /// user's first, else `{0}`.
 const CONNECT: &str = r#"
-local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('HSET', KEYS[2], 'last_seen', ARGV[3])
+local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'last_seen', ARGV[2])
 if added == 1 and redis.call('HLEN', KEYS[1]) == 1 then
-  return {1, redis.call('HGET', KEYS[2], 'status') or '', ARGV[3]}
+  return {1, redis.call('HGET', KEYS[2], 'status') or '', ARGV[2]}
 end
 return {0}
 "#;
@@ -45,10 +49,9 @@ return {0}
 /// the user's last, else `{0}`.
 const DISCONNECT: &str = r#"
 local removed = redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('SREM', KEYS[3], ARGV[2])
 if removed == 1 and redis.call('HLEN', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[2], 'last_seen', ARGV[3])
-  return {1, redis.call('HGET', KEYS[2], 'status') or '', ARGV[3]}
+  redis.call('HSET', KEYS[2], 'last_seen', ARGV[2])
+  return {1, redis.call('HGET', KEYS[2], 'status') or '', ARGV[2]}
 end
 return {0}
 "#;
@@ -81,56 +84,33 @@ redis.call('PEXPIRE', KEYS[1], 86400000)
 return {2}
 "#;
 
-/// Refreshes the heartbeat; returns 1 if it had not expired.
-const HEARTBEAT: &str = r#"
-local was = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-return was
-"#;
+/// A connection's field in its user's hash: `<node>:<conn>`.
+fn field(c: Connection<'_>) -> String {
+    format!("{}:{}", c.node, c.conn)
+}
 
-/// The registered nodes without a heartbeat.
-const DEAD_NODES: &str = r#"
-local dead = {}
-for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[1] .. 'node:' .. node .. ':alive') == 0 then
-    dead[#dead + 1] = node
-  end
-end
-return dead
-"#;
+/// A connection's member of its node's set: `<user>:<conn>`.
+fn member(c: Connection<'_>) -> String {
+    format!("{}:{}", c.user.to_hex(), c.conn)
+}
 
-/// Removes a batch of a dead node's connections; returns `{'done' | 'more',
-/// users who went offline...}`. Stops at once if the node beats again.
-const SWEEP: &str = r#"
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'done'} end
-local out = {'more'}
-for _, m in ipairs(redis.call('SPOP', KEYS[1], ARGV[4])) do
-  local sep = string.find(m, ':', 1, true)
-  if sep then
-    local user = string.sub(m, 1, sep - 1)
-    local conns = ARGV[1] .. 'conns:' .. user
-    if redis.call('HDEL', conns, ARGV[2] .. ':' .. string.sub(m, sep + 1)) == 1
-        and redis.call('HLEN', conns) == 0 then
-      redis.call('HSET', ARGV[1] .. 'user:' .. user, 'last_seen', ARGV[3])
-      out[#out + 1] = user
-    end
-  end
-end
-if redis.call('SCARD', KEYS[1]) == 0 then
-  redis.call('SREM', KEYS[3], ARGV[2])
-  out[1] = 'done'
-end
-return out
-"#;
+/// The transition a CONNECT or DISCONNECT reply reports, if any.
+fn transition(reply: &[Value], connected: bool) -> Option<State> {
+    if reply.first().and_then(Value::as_i64) != Some(1) {
+        return None;
+    }
+    Some(State {
+        connected,
+        explicit: reply.get(1).and_then(Value::as_string).as_deref().and_then(Status::explicit),
+        last_seen_ms: reply.get(2).and_then(Value::as_i64),
+    })
+}
 
 /// Cluster-wide connection counts, explicit statuses and node liveness, in
 /// Redis.
 pub struct Tracker {
     client: Client,
     keys: Keyspace,
-    /// What the scripts put in front of the names they build.
-    prefix: String,
 }
 
 /// A Redis client for presence and typing, apart from the bus's
@@ -145,7 +125,7 @@ pub fn client(redis: &RedisConfig) -> Result<Client, TrackerError> {
 
 impl Tracker {
     pub fn new(client: Client, keys: Keyspace) -> Self {
-        Tracker { client, prefix: keys.presence_prefix(), keys }
+        Tracker { client, keys }
     }
 
     fn conns_key(&self, user: ObjectId) -> String {
@@ -168,26 +148,18 @@ impl Tracker {
         self.client.eval(script, keys, args).await.map_err(Into::into)
     }
 
-    /// Runs CONNECT or DISCONNECT for one connection.
+    /// Runs CONNECT or DISCONNECT on `user`'s keys for the connection
+    /// `field` (`<node>:<conn>`).
     async fn change(
         &self,
         script: &'static str,
-        c: Connection<'_>,
+        user: ObjectId,
+        field: String,
         now_ms: i64,
-        connected: bool,
     ) -> Result<Option<State>, TrackerError> {
-        let keys = vec![self.conns_key(c.user), self.user_key(c.user), self.node_key(c.node, "conns")];
-        let args =
-            vec![format!("{}:{}", c.node, c.conn), format!("{}:{}", c.user.to_hex(), c.conn), now_ms.to_string()];
-        let out = self.eval(script, keys, args).await?.into_array();
-        if out.first().and_then(Value::as_i64) != Some(1) {
-            return Ok(None);
-        }
-        Ok(Some(State {
-            connected,
-            explicit: out.get(1).and_then(Value::as_string).as_deref().and_then(Status::explicit),
-            last_seen_ms: out.get(2).and_then(Value::as_i64),
-        }))
+        let keys = vec![self.conns_key(user), self.user_key(user)];
+        let out = self.eval(script, keys, vec![field, now_ms.to_string()]).await?.into_array();
+        Ok(transition(&out, script == CONNECT))
     }
 }
 
@@ -195,13 +167,19 @@ impl Tracker {
     /// Counts a connection (idempotent); the user's state if it was their
     /// first anywhere, i.e. they came online.
     pub async fn connect(&self, c: Connection<'_>, now_ms: i64) -> Result<Option<State>, TrackerError> {
-        self.change(CONNECT, c, now_ms, true).await
+        // The node's set first: it must never miss a counted connection,
+        // or a sweep after the node's death could not uncount it.
+        let _: i64 = self.client.sadd(self.node_key(c.node, "conns"), member(c)).await?;
+        self.change(CONNECT, c.user, field(c), now_ms).await
     }
 
     /// Stops counting a connection (idempotent); the user's state if it was
     /// their last anywhere, i.e. they went offline.
     pub async fn disconnect(&self, c: Connection<'_>, now_ms: i64) -> Result<Option<State>, TrackerError> {
-        self.change(DISCONNECT, c, now_ms, false).await
+        // The node's set last, once the connection is no longer counted.
+        let state = self.change(DISCONNECT, c.user, field(c), now_ms).await?;
+        let _: i64 = self.client.srem(self.node_key(c.node, "conns"), member(c)).await?;
+        Ok(state)
     }
 
     /// Sets the explicit status (`None` clears it); the state before and after.
@@ -276,28 +254,54 @@ impl Tracker {
     /// Registers the node and refreshes its heartbeat for `ttl`; false if
     /// the heartbeat had expired (or never existed).
     pub async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<bool, TrackerError> {
-        let keys = vec![self.node_key(node, "alive"), self.nodes_key()];
-        let args = vec![ttl.as_millis().to_string(), node.to_string()];
-        Ok(self.eval(HEARTBEAT, keys, args).await?.as_i64() == Some(1))
+        let expiry = Some(Expiration::PX(ttl.as_millis() as i64));
+        let was: Option<String> = self.client.set(self.node_key(node, "alive"), "1", expiry, None, true).await?;
+        let _: i64 = self.client.sadd(self.nodes_key(), node).await?;
+        Ok(was.is_some())
     }
 
     /// Registered nodes whose heartbeat has expired.
     pub async fn dead_nodes(&self) -> Result<Vec<String>, TrackerError> {
-        let out = self.eval(DEAD_NODES, vec![self.nodes_key()], vec![self.prefix.clone()]).await?;
-        Ok(out.into_array().iter().filter_map(Value::as_string).collect())
+        let nodes: Vec<String> = self.client.smembers(self.nodes_key()).await?;
+        if nodes.is_empty() {
+            return Ok(nodes);
+        }
+        let pipeline = self.client.pipeline();
+        for node in &nodes {
+            let _: () = pipeline.exists(self.node_key(node, "alive")).await?;
+        }
+        let alive: Vec<i64> = pipeline.all().await?;
+        if alive.len() != nodes.len() {
+            return Err(TrackerError::Reply(format!("{} replies to {} commands", alive.len(), nodes.len())));
+        }
+        Ok(nodes.into_iter().zip(alive).filter(|(_, alive)| *alive == 0).map(|(node, _)| node).collect())
     }
 
     /// Stops counting every connection of a dead node and forgets the node,
-    /// unless its heartbeat is back; the users that went offline.
+    /// unless its heartbeat is back; the users that went offline. Works in
+    /// batches of [`SWEEP_BATCH`], checking the heartbeat before each.
     pub async fn sweep(&self, node: &str, now_ms: i64) -> Result<Vec<ObjectId>, TrackerError> {
-        let keys = vec![self.node_key(node, "conns"), self.node_key(node, "alive"), self.nodes_key()];
-        let args = vec![self.prefix.clone(), node.to_string(), now_ms.to_string(), SWEEP_BATCH.to_string()];
+        let (set, alive) = (self.node_key(node, "conns"), self.node_key(node, "alive"));
         let mut offline = Vec::new();
         loop {
-            let out = self.eval(SWEEP, keys.clone(), args.clone()).await?.into_array();
-            let done = out.first().and_then(Value::as_string).as_deref() != Some("more");
-            offline.extend(out.iter().skip(1).filter_map(|v| ObjectId::parse_str(v.as_string()?).ok()));
-            if done {
+            if self.client.exists::<i64, _>(&alive).await? == 1 {
+                return Ok(offline);
+            }
+            let members: Vec<String> = self.client.spop(&set, Some(SWEEP_BATCH)).await?;
+            let swept: Vec<(ObjectId, String)> = members
+                .iter()
+                .filter_map(|m| {
+                    let (user, conn) = m.split_once(':')?;
+                    Some((ObjectId::parse_str(user).ok()?, format!("{node}:{conn}")))
+                })
+                .collect();
+            let ended = futures::future::try_join_all(swept.into_iter().map(|(user, field)| async move {
+                Ok::<_, TrackerError>(self.change(DISCONNECT, user, field, now_ms).await?.map(|_| user))
+            }))
+            .await?;
+            offline.extend(ended.into_iter().flatten());
+            if members.len() < SWEEP_BATCH && self.client.scard::<i64, _>(&set).await? == 0 {
+                let _: i64 = self.client.srem(self.nodes_key(), node).await?;
                 return Ok(offline);
             }
         }
