@@ -13,6 +13,14 @@
 //!   when none has come back for [`PROBE_DEADLINE`], the bus counts
 //!   `confab_bus_probe_failures_total`, reports itself not ready, and forces
 //!   the subscriber to reconnect (which subscribes to every channel again).
+//!
+//! On Redis Cluster, room and user channels (and the probe) are sharded
+//! (`SPUBLISH` / `SSUBSCRIBE`): a message goes only to the master that owns
+//! its channel's slot and to the nodes subscribed there, instead of being
+//! copied to every master of the cluster. fred keeps one subscriber
+//! connection per master and subscribes again, per slot, after a
+//! reconnect. The probe travels one shard: it proves the connection to that
+//! master, not to every one.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +47,8 @@ pub struct Bus {
     subscriber: SubscriberClient,
     keys: Keyspace,
     probe: Arc<Probe>,
+    /// Sharded Pub/Sub (Redis Cluster).
+    sharded: bool,
     /// The reader and the reconnect watcher; end at `shutdown`.
     tasks: TaskTracker,
     stop: CancellationToken,
@@ -88,7 +98,9 @@ impl Bus {
         let probe = Arc::new(Probe::new(keys.probe_channel(&hex::encode(rand::random::<[u8; 8]>()))));
         let rx = subscriber.message_rx();
         tasks.spawn(read_loop(rx, keys.clone(), inbox.clone(), probe.clone(), stop.clone()));
-        tasks.spawn(probe_loop(publisher.clone(), subscriber.clone(), probe.clone(), tasks.clone(), stop.clone()));
+        let sharded = redis.is_cluster();
+        let prober = Prober { publisher: publisher.clone(), subscriber: subscriber.clone(), sharded };
+        tasks.spawn(probe_loop(prober, probe.clone(), tasks.clone(), stop.clone()));
         let mut reconnects = subscriber.reconnect_rx();
         let resubscribed = inbox.clone();
         let stopped = stop.clone();
@@ -104,7 +116,7 @@ impl Bus {
             }
         });
         tasks.close();
-        Ok(Arc::new(Bus { publisher, subscriber, keys, probe, tasks, stop, resubscriber }))
+        Ok(Arc::new(Bus { publisher, subscriber, keys, probe, sharded, tasks, stop, resubscriber }))
     }
 
     /// Publishes the live effect of something already stored or decided (a
@@ -150,19 +162,36 @@ impl Bus {
     /// Publishes an already-encoded client frame to every node subscribed to
     /// the topic. A message's id lets receivers drop re-deliveries.
     pub async fn publish(&self, topic: Topic, event: Event<'_>) -> Result<(), BusError> {
-        let start = Instant::now();
-        let payload = wire::encode(event);
-        let out: Result<i64, _> = self.publisher.publish(channel(&self.keys, topic), payload).await;
-        metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
-        out.map(|_| ()).map_err(Into::into)
+        self.publish_counted(topic, event).await.map(|_| ())
+    }
+
+    /// PUBLISH, or SPUBLISH on a cluster; the subscribed connections.
+    async fn send(&self, channel: String, payload: bytes::Bytes) -> Result<i64, fred::error::Error> {
+        if self.sharded {
+            self.publisher.spublish(channel, payload).await
+        } else {
+            self.publisher.publish(channel, payload).await
+        }
     }
 
     pub async fn subscribe(&self, topic: Topic) -> Result<(), BusError> {
-        self.subscriber.subscribe(channel(&self.keys, topic)).await.map_err(Into::into)
+        let channel = channel(&self.keys, topic);
+        let out = if self.sharded {
+            self.subscriber.ssubscribe(channel).await
+        } else {
+            self.subscriber.subscribe(channel).await
+        };
+        out.map_err(Into::into)
     }
 
     pub async fn unsubscribe(&self, topic: Topic) -> Result<(), BusError> {
-        self.subscriber.unsubscribe(channel(&self.keys, topic)).await.map_err(Into::into)
+        let channel = channel(&self.keys, topic);
+        let out = if self.sharded {
+            self.subscriber.sunsubscribe(channel).await
+        } else {
+            self.subscriber.unsubscribe(channel).await
+        };
+        out.map_err(Into::into)
     }
 
     /// Whether both connections answer and the delivery probe comes back.
@@ -181,7 +210,7 @@ impl Bus {
     /// node is subscribed to the topic). Buses that cannot tell say 1.
     pub async fn publish_counted(&self, topic: Topic, event: Event<'_>) -> Result<usize, BusError> {
         let start = Instant::now();
-        let out: Result<i64, _> = self.publisher.publish(channel(&self.keys, topic), wire::encode(event)).await;
+        let out = self.send(channel(&self.keys, topic), wire::encode(event)).await;
         metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
         out.map(|n| n.max(0) as usize).map_err(Into::into)
     }
@@ -193,7 +222,17 @@ impl Bus {
         let mut counts = Vec::with_capacity(topics.len());
         for chunk in topics.chunks(1000) {
             let channels: Vec<String> = chunk.iter().map(|t| channel(&self.keys, *t)).collect();
-            let reply: Vec<Value> = self.publisher.pubsub_numsub(channels).await?;
+            let reply: Vec<Value> = if self.sharded {
+                // Each channel asked of the master that owns its slot.
+                let pipeline = self.publisher.pipeline();
+                for channel in channels {
+                    let _: () = pipeline.pubsub_shardnumsub(channel).await?;
+                }
+                let replies: Vec<Value> = pipeline.all().await?;
+                replies.into_iter().flat_map(Value::into_array).collect()
+            } else {
+                self.publisher.pubsub_numsub(channels).await?
+            };
             // [channel, count, channel, count, ...] in the order asked.
             counts.extend(reply.iter().skip(1).step_by(2).map(|v| v.as_i64().unwrap_or(0).max(0) as usize));
         }
@@ -255,13 +294,32 @@ impl Probe {
 /// one back, counts a failure each round, marks the bus not ready, and,
 /// if publishing still works (the subscriber alone is wedged), forces the
 /// subscriber to reconnect (at most once per deadline).
-async fn probe_loop(
+/// The probe's two connections, and how it talks on them.
+struct Prober {
     publisher: Client,
     subscriber: SubscriberClient,
-    probe: Arc<Probe>,
-    tasks: TaskTracker,
-    stop: CancellationToken,
-) {
+    sharded: bool,
+}
+
+impl Prober {
+    async fn subscribe(&self, channel: &str) -> Result<(), fred::error::Error> {
+        if self.sharded {
+            self.subscriber.ssubscribe(channel).await
+        } else {
+            self.subscriber.subscribe(channel).await
+        }
+    }
+
+    async fn publish(&self, channel: &str, sent: String) -> Result<i64, fred::error::Error> {
+        if self.sharded {
+            self.publisher.spublish(channel, sent).await
+        } else {
+            self.publisher.publish(channel, sent).await
+        }
+    }
+}
+
+async fn probe_loop(prober: Prober, probe: Arc<Probe>, tasks: TaskTracker, stop: CancellationToken) {
     let mut subscribed = false;
     let mut forced: Option<Instant> = None;
     let mut tick = tokio::time::interval(PROBE_EVERY);
@@ -277,11 +335,11 @@ async fn probe_loop(
         }
         if !subscribed {
             // Once subscribed, fred subscribes again after every reconnect.
-            let attempt = tokio::time::timeout(PROBE_EVERY, subscriber.subscribe(probe.channel.clone()));
+            let attempt = tokio::time::timeout(PROBE_EVERY, prober.subscribe(&probe.channel));
             subscribed = matches!(attempt.await, Ok(Ok(())));
         }
         let sent = probe.now_ms().to_string();
-        let publish = publisher.publish::<i64, _, _>(probe.channel.clone(), sent);
+        let publish = prober.publish(&probe.channel, sent);
         let published = matches!(tokio::time::timeout(PROBE_EVERY, publish).await, Ok(Ok(_)));
         if probe.silent_for() <= PROBE_DEADLINE {
             if probe.failing.swap(false, Ordering::AcqRel) {
@@ -300,7 +358,7 @@ async fn probe_loop(
         // all, publishing fails too, and fred is reconnecting already.
         if published && forced.is_none_or(|at| at.elapsed() >= PROBE_DEADLINE) {
             forced = Some(Instant::now());
-            let subscriber = subscriber.clone();
+            let subscriber = prober.subscriber.clone();
             // Not awaited here: on a wedged connection it may take a while.
             tasks.spawn(async move {
                 let _ = tokio::time::timeout(PROBE_DEADLINE, subscriber.force_reconnection()).await;
