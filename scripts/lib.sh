@@ -83,6 +83,32 @@ start_redis() {
   wait_port "$port" 20 || die "redis did not start (see $dir/redis.log)"
 }
 
+start_redis_cluster() {
+  # start_redis_cluster DIR PORT... : a Redis Cluster of one master per port
+  # (no replicas, no persistence), each in DIR/<port> with its pid in
+  # DIR/<port>/redis.pid; returns once every slot is served. Prints the
+  # cluster's URL (redis-cluster://...).
+  local dir=$1 port url sep i
+  shift
+  for port in "$@"; do
+    mkdir -p "$dir/$port"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+      --cluster-enabled yes --cluster-config-file "$dir/$port/nodes.conf" --cluster-node-timeout 2000 \
+      --pidfile "$dir/$port/redis.pid" --logfile "$dir/$port/redis.log" --dir "$dir/$port" >/dev/null
+    wait_port "$port" 20 || die "redis (cluster, port $port) did not start (see $dir/$port/redis.log)"
+  done
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "$@") --cluster-replicas 0 --cluster-yes \
+    >"$dir/create.log" 2>&1 || die "redis-cli --cluster create failed (see $dir/create.log)"
+  for ((i = 0; i < 100; i++)); do
+    redis-cli -p "$1" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && break
+    sleep 0.1
+  done
+  redis-cli -p "$1" cluster info | grep -q '^cluster_state:ok' || die "the Redis Cluster did not become ready"
+  url="redis-cluster://127.0.0.1:$1" sep='?'
+  for port in "${@:2}"; do url+="${sep}node=127.0.0.1:$port" sep='&'; done
+  echo "$url"
+}
+
 start_ferretdb() {
   # start_ferretdb DIR PORT : FerretDB on SQLite files in DIR/ferretdb, pid in DIR/ferretdb.pid
   # WAL with synchronous=NORMAL: a commit does not wait for fsync (the WAL is

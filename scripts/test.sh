@@ -6,7 +6,8 @@
 # lints, unit and integration tests, Schemathesis over the OpenAPI document,
 # the SDK's tests and the web app in Chromium against a cluster, the RFC 6455
 # conformance cases, fuzzes every parser briefly, checks that the load
-# generator runs a small fan-out across two nodes without loss, runs a
+# generator runs a small fan-out across two nodes without loss, runs the
+# cross-node suites again on a three-master Redis Cluster, runs a
 # two-minute chaos soak, then stops everything it started.
 #
 # Set REDIS_URL / MONGO_URL to test against servers of your own instead
@@ -26,6 +27,7 @@ cleanup() {
   stop_pidfile "$work/smoke-node-2.pid"
   stop_pidfile "$work/ferretdb.pid"
   stop_pidfile "$work/redis.pid"
+  for f in "$work"/redis-cluster/*/redis.pid; do stop_pidfile "$f"; done
   if [ $rc -ne 0 ]; then
     for f in "$work"/*.log; do [ -f "$f" ] && { echo "--- tail of $f"; tail -n 30 "$f"; }; done
   fi
@@ -77,6 +79,17 @@ log "Kubernetes manifests: built as kubectl apply -k would, decoded strictly, of
 
 log "unit and integration tests"
 cargo test --workspace --all-targets
+
+# The same nodes on a Redis Cluster of three masters: the suites whose
+# behaviour rests on Redis (cross-node delivery and seqs, presence,
+# sessions, rate limits, caches, receipts, notifications, jobs), with
+# hash-tagged names and sharded channels. (tests/redis_topologies.rs starts
+# clusters and sentinels of its own as well.)
+log "cross-node suites again on a three-master Redis Cluster"
+cluster_ports=("$(free_port)" "$(free_port)" "$(free_port)")
+redis_cluster_url=$(start_redis_cluster "$work/redis-cluster" "${cluster_ports[@]}")
+REDIS_URL="$redis_cluster_url" cargo test --test cluster --test presence --test sessions --test ratelimit \
+  --test cache --test receipts --test conversations --test notifications --test jobs
 
 # Every binary this script runs is built here: `cargo test` builds only what
 # the tests need, and a fresh clone has nothing else.

@@ -387,7 +387,6 @@ async fn seqs(c: &mut Client, n: usize) -> Vec<i64> {
 /// as a node that stored it would.
 async fn publish_seq(redis: &fred::prelude::Client, db: &str, room: &str, seq: i64) {
     use confab::bus::{wire, Event, Topic};
-    use fred::prelude::*;
     let message = confab::store::Message {
         id: bson::oid::ObjectId::new(),
         room_id: bson::oid::ObjectId::parse_str(room).unwrap(),
@@ -404,9 +403,9 @@ async fn publish_seq(redis: &fred::prelude::Client, db: &str, room: &str, seq: i
     let frame = confab::protocol::ServerEvent::Message(&message).encode();
     let event =
         wire::encode(Event::Message { id: message.id, seq, stored_at_us: confab::clock::now_us(), frame: &frame });
-    let keys = confab::keyspace::Keyspace::new(db);
+    let keys = common::keys(db);
     let channel = confab::bus::redis::channel(&keys, Topic::Room(message.room_id));
-    let _: i64 = redis.publish(channel, event).await.unwrap();
+    common::bus_publish(redis, channel, event).await;
 }
 
 /// The first two messages a node gets after it subscribes to a room keep
@@ -578,7 +577,7 @@ async fn a_seq_stored_late_is_waited_for_and_one_never_stored_is_voided() {
     let mut on_a = a.connect(&alice).await;
     on_a.join(&room).await;
     let redis = confab::jobs::redis_client(&RedisConfig::new(common::redis_url())).await.unwrap();
-    let counter = confab::keyspace::Keyspace::new(&db).room_seq(room_id);
+    let counter = common::keys(&db).room_seq(room_id);
     let store = confab::store::Store::connect(&common::mongo_url(), &db).await.unwrap();
     let after = |seq: i64| format!("/messages?room_id={room}&after_seq={seq}");
     let page_seqs = |page: &serde_json::Value| -> Vec<i64> {

@@ -280,7 +280,7 @@ async fn the_seq_counter_refuses_a_remembered_sender_whose_membership_ended() {
     let store = confab::store::Store::connect(&common::mongo_url(), &db).await.unwrap();
     let seqs = Seqs::connect(
         &confab::backend::redis::RedisConfig::new(redis.url()),
-        confab::keyspace::Keyspace::new(&db),
+        common::keys(&db),
         std::sync::Arc::new(store),
     )
     .unwrap();

@@ -21,7 +21,6 @@ use confab::jobs::config::WorkerConfig;
 use confab::jobs::runner::{Run, RunningWorker, Shared};
 use confab::jobs::sink::SinkConfig;
 use confab::jobs::{archive, delivery, status, summary, JobKind, Queues};
-use confab::keyspace::Keyspace;
 use confab::store::Notification;
 use confab::store::{Member, Message, Role, Room, RoomKind, Store, User};
 use fred::prelude::*;
@@ -34,7 +33,7 @@ fn prefix() -> String {
 }
 
 fn worker_config(db: &str, prefix: &str) -> WorkerConfig {
-    common::worker_config(db, RedisConfig::new(common::redis_url()), Keyspace::new(prefix))
+    common::worker_config(db, RedisConfig::new(common::redis_url()), common::keys(prefix))
 }
 
 /// The raw database, for what a test seeds or inspects behind the store.
@@ -241,7 +240,7 @@ async fn a_catch_up_read_below_the_archive_voids_nothing() {
     assert_eq!(archive::run(&store, Utc::now(), 30, 500).await.unwrap().messages, 300);
     // The room's counter, as 300 sends would have left it.
     let redis = redis().await;
-    let _: () = redis.set(Keyspace::new(&name).room_seq(room_id), 300, None, None, false).await.unwrap();
+    let _: () = redis.set(common::keys(&name).room_seq(room_id), 300, None, None, false).await.unwrap();
     for i in 0..3 {
         node.post_message(&alice, &room, &format!("new {i}")).await;
     }
@@ -417,7 +416,7 @@ async fn a_short_cron_tick_runs_once_with_two_workers() {
     b.shutdown().await;
 
     let redis = redis().await;
-    let keys = Keyspace::new(&prefix);
+    let keys = common::keys(&prefix);
     let runs = status::history(&redis, &keys, JobKind::Archive).await.unwrap();
     let mut ticks: Vec<u64> = runs.iter().map(|r| r.tick.expect("a scheduled run")).collect();
     ticks.sort();
@@ -515,7 +514,7 @@ async fn jobs_cli(prefix: &str, args: &[&str]) -> String {
         other => panic!("not a jobs command: {other:?}"),
     };
     let config =
-        confab::jobs::config::JobsConfig { redis: RedisConfig::new(common::redis_url()), keys: Keyspace::new(prefix) };
+        confab::jobs::config::JobsConfig { redis: RedisConfig::new(common::redis_url()), keys: common::keys(prefix) };
     admin::execute(&config, command).await.unwrap()
 }
 
@@ -535,7 +534,7 @@ async fn webhook_retries_dead_letters_and_retry_dead_delivers() {
 
     // A node hands the notification over the way the contract says.
     let redis = redis().await;
-    let keys = Keyspace::new(&prefix);
+    let keys = common::keys(&prefix);
     let _: i64 = redis.lpush(keys.external_notifications(), n.id.to_hex()).await.unwrap();
 
     // Three attempts (the configured maximum), each a 500, then the dead-letter list.
@@ -590,7 +589,7 @@ async fn jobs_run_queues_a_run_that_status_then_shows() {
     assert!(before.contains("archive    never ran"), "{before}");
     assert!(jobs_cli(&prefix, &["run", "archive"]).await.contains("queued a run of archive"));
     let redis = redis().await;
-    let keys = Keyspace::new(&prefix);
+    let keys = common::keys(&prefix);
     eventually(Duration::from_secs(10), "the archive ran", || async {
         status::read(&redis, &keys, "archive").await.unwrap().contains_key("runs")
     })
@@ -624,7 +623,7 @@ async fn jobs_run_queues_a_run_that_status_then_shows() {
 /// parked on the moving list until it is queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_intake_waits_on_an_empty_list_without_failing() {
-    let keys = Keyspace::new(&prefix());
+    let keys = common::keys(&prefix());
     let redis = redis().await;
     let waited = std::time::Instant::now();
     assert_eq!(confab::jobs::intake::take(&redis, &keys).await.unwrap(), None);
@@ -684,7 +683,7 @@ async fn a_delivery_cut_off_by_a_killed_worker_is_made_by_another() {
     notifications.insert_one(&n).await.unwrap();
     let first = Process::start(config.clone()).await;
     let redis = redis().await;
-    let keys = Keyspace::new(&prefix);
+    let keys = common::keys(&prefix);
     let _: i64 = redis.lpush(keys.external_notifications(), n.id.to_hex()).await.unwrap();
     eventually(Duration::from_secs(10), "the first worker is delivering", || async {
         receiver.hits.load(Ordering::SeqCst) == 1

@@ -40,11 +40,8 @@ async fn every_documented_series_is_there_from_start_at_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workers_documented_series_are_there_from_start() {
     let db = common::unique_db();
-    let mut config = common::worker_config(
-        &db,
-        confab::backend::redis::RedisConfig::new(common::redis_url()),
-        confab::keyspace::Keyspace::new(&db),
-    );
+    let mut config =
+        common::worker_config(&db, confab::backend::redis::RedisConfig::new(common::redis_url()), common::keys(&db));
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let worker = confab::jobs::runner::RunningWorker::start(config).await.unwrap();
     let url = format!("http://{}/metrics", worker.metrics_addr.unwrap());

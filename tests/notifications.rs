@@ -372,10 +372,7 @@ async fn watching_hint(db: &str, room: &str, user: &User) -> bool {
     use fred::prelude::*;
     let client = confab::jobs::redis_client(&RedisConfig::new(common::redis_url())).await.unwrap();
     let lapse: Option<f64> = client
-        .zscore(
-            confab::keyspace::Keyspace::new(db).watching(bson::oid::ObjectId::parse_str(room).unwrap()),
-            user.id.as_str(),
-        )
+        .zscore(common::keys(db).watching(bson::oid::ObjectId::parse_str(room).unwrap()), user.id.as_str())
         .await
         .unwrap();
     let _ = client.quit().await;

@@ -44,6 +44,23 @@ pub fn confab_command(db: &str, args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
 }
 
+/// The Redis names under `prefix`, as nodes on the test's Redis write them
+/// (with hash tags on a Redis Cluster).
+pub fn keys(prefix: &str) -> confab::keyspace::Keyspace {
+    confab::keyspace::Keyspace::new(prefix).hash_tagged(RedisConfig::new(redis_url()).is_cluster())
+}
+
+/// Publishes `payload` on a bus channel as nodes do: sharded on a Redis
+/// Cluster.
+pub async fn bus_publish(redis: &fred::prelude::Client, channel: String, payload: bytes::Bytes) {
+    use fred::prelude::*;
+    let _: i64 = if RedisConfig::new(redis_url()).is_cluster() {
+        redis.spublish(channel, payload).await.unwrap()
+    } else {
+        redis.publish(channel, payload).await.unwrap()
+    };
+}
+
 pub fn unique_db() -> String {
     format!("confab_test_{:016x}", rand::random::<u64>())
 }
@@ -53,7 +70,7 @@ pub fn config(db: &str) -> Config {
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.mongo.mongo_db = db.to_string();
     // Each test's Redis names apart from every other test's.
-    c.keys = confab::keyspace::Keyspace::new(db);
+    c.keys = keys(db);
     c.node_id = format!("test-{:06x}", rand::random::<u32>() & 0xffffff);
     // Every event for two or more local connections is split over three
     // lanes, so that every test checks the lanes keep each connection's
@@ -633,7 +650,7 @@ pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str
 pub async fn external_queue(db: &str) -> Vec<String> {
     use fred::prelude::*;
     let client = confab::jobs::redis_client(&RedisConfig::new(redis_url())).await.unwrap();
-    let keys = confab::keyspace::Keyspace::new(db);
+    let keys = keys(db);
     let ids: Vec<String> = client.lrange(keys.external_notifications(), 0, -1).await.unwrap();
     let _ = client.quit().await;
     ids
