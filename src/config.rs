@@ -162,6 +162,10 @@ pub struct Config {
     /// users' connections are swept (at least twice the heartbeat).
     #[arg(long = "node-ttl-secs", env = "CONFAB_NODE_TTL_SECS", default_value = "15", value_parser = secs(2, 600))]
     pub node_ttl: Duration,
+    /// OpenTelemetry collector to send traces to over OTLP/HTTP: its base
+    /// URL (`/v1/traces` is added) or the whole traces URL. Empty: no traces.
+    #[arg(long, env = "CONFAB_OTLP_ENDPOINT", default_value = "", value_parser = parse_endpoint)]
+    pub otlp_endpoint: String,
 }
 
 /// Rate limits (docs/adr/0006-rate-limits.md). A zero rate turns that limit off.
@@ -604,6 +608,14 @@ fn parse_origins(raw: &str) -> Result<Origins, String> {
         return Err(format!("`{bad}` is not an http(s) origin"));
     }
     Ok(Origins(origins))
+}
+
+fn parse_endpoint(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    if !(raw.is_empty() || raw.starts_with("http://") || raw.starts_with("https://")) {
+        return Err(format!("`{raw}` is not an http(s) URL"));
+    }
+    Ok(raw.to_string())
 }
 
 fn parse_lanes(raw: &str) -> Result<usize, String> {
