@@ -28,7 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{wire, BusError, Event, Inbox, Topic};
+use super::{wire, BusError, Delivery, Event, Inbox, Topic};
 use crate::backend::redis::RedisConfig;
 use crate::keyspace::{Channel, Keyspace};
 
@@ -151,7 +151,11 @@ impl Bus {
     /// the topic. A message's id lets receivers drop re-deliveries.
     pub async fn publish(&self, topic: Topic, event: Event<'_>) -> Result<(), BusError> {
         let start = Instant::now();
-        let payload = wire::encode(event);
+        let payload = if crate::telemetry::enabled() {
+            wire::encode_traced(event, crate::telemetry::TraceParent::current().as_ref())
+        } else {
+            wire::encode(event)
+        };
         let out: Result<i64, _> = self.publisher.publish(channel(&self.keys, topic), payload).await;
         metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
         out.map(|_| ()).map_err(Into::into)
@@ -347,7 +351,7 @@ async fn read_loop(
         else {
             continue;
         };
-        let Some(delivery) = wire::decode(topic, payload) else {
+        let Some((delivery, trace)) = wire::decode_traced(topic, payload) else {
             metrics::counter!("confab_pubsub_malformed_total").increment(1);
             continue;
         };
@@ -359,7 +363,26 @@ async fn read_loop(
                 continue;
             }
         }
-        inbox.deliver(topic, delivery);
+        match (&delivery, topic) {
+            (Delivery::Message { id, message }, Topic::Room(room)) if crate::telemetry::enabled() => {
+                // One span per message per node, around its delivery to this
+                // node's sockets, in the trace of the send when it came with one.
+                let span = tracing::trace_span!(
+                    target: crate::telemetry::TARGET,
+                    "fanout.deliver",
+                    otel.kind = "consumer",
+                    messaging.system = "redis",
+                    confab.room_id = %room,
+                    confab.message_id = %id,
+                    confab.seq = message.seq,
+                );
+                if let Some(trace) = trace {
+                    trace.adopt(&span);
+                }
+                span.in_scope(|| inbox.deliver(topic, delivery));
+            }
+            _ => inbox.deliver(topic, delivery),
+        }
     }
 }
 
