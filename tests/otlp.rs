@@ -217,6 +217,8 @@ async fn a_messages_trace_runs_from_the_send_to_the_fan_out_on_another_node() {
     .await;
     assert_eq!(status, 201, "{room}");
     let room = room["id"].as_str().unwrap().to_string();
+    let mut on_a = Client::connect(&format!("ws://{}/ws?token={}", a.addr, alice.token)).await;
+    on_a.join(&room).await;
     let mut on_b = Client::connect(&format!("ws://{}/ws?token={}", b.addr, bob.token)).await;
     on_b.join(&room).await;
     let mut on_c = Client::connect(&format!("ws://{}/ws?token={}", c.addr, carol.token)).await;
@@ -237,7 +239,12 @@ async fn a_messages_trace_runs_from_the_send_to_the_fan_out_on_another_node() {
     // A node that does not trace reads a traced event all the same.
     let got = on_c.recv_type("message").await;
     assert_eq!(got["data"]["id"], message_id.as_str());
-    drop((on_b, on_c));
+    // And back, from B's socket to A's.
+    let reply_id = on_b.say(&room, "reply").await["id"].as_str().unwrap().to_string();
+    for client in [&mut on_a, &mut on_c] {
+        while client.recv_type("message").await["data"]["id"] != reply_id.as_str() {}
+    }
+    drop((on_a, on_b, on_c));
 
     // A exports on its own within its batch delay; B has not yet.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -251,14 +258,15 @@ async fn a_messages_trace_runs_from_the_send_to_the_fan_out_on_another_node() {
         node.stop().await;
     }
     let spans = collector.spans();
-    let of = |instance: &str, name: &str| -> Vec<Span> {
+    let of_message = |id: &String, instance: &str, name: &str| -> Vec<Span> {
         spans
             .iter()
             .filter(|s| s.instance == instance && s.name == name)
-            .filter(|s| s.attributes.get("confab.message_id") == Some(&message_id))
+            .filter(|s| s.attributes.get("confab.message_id") == Some(id))
             .cloned()
             .collect()
     };
+    let of = |instance: &str, name: &str| of_message(&message_id, instance, name);
     let names: Vec<(String, String)> = spans.iter().map(|s| (s.instance.clone(), s.name.clone())).collect();
     assert!(spans.iter().all(|s| s.service == "confab"), "{names:?}");
     assert!(spans.iter().all(|s| s.instance == id_a || s.instance == id_b), "only A and B export: {names:?}");
@@ -281,4 +289,14 @@ async fn a_messages_trace_runs_from_the_send_to_the_fan_out_on_another_node() {
     assert_eq!((&publish.trace_id, &publish.parent), (trace, &send.span_id), "publish in the send");
     assert_eq!(&fanout.trace_id, trace, "B's fan-out joins the trace from A");
     assert_eq!(fanout.parent, publish.span_id, "B's fan-out is the publish's child");
+
+    // The reply's trace runs from B's socket to A's fan-out.
+    let send = of_message(&reply_id, id_b, "message.send");
+    let publish = of_message(&reply_id, id_b, "bus.publish");
+    let fanout = of_message(&reply_id, id_a, "fanout.deliver");
+    assert!(send.len() == 1 && publish.len() == 1 && fanout.len() == 1, "the reply's spans: {names:?}");
+    assert_eq!(send[0].attributes.get("confab.via").map(String::as_str), Some("socket"));
+    assert_eq!((&publish[0].trace_id, &publish[0].parent), (&send[0].trace_id, &send[0].span_id));
+    assert_eq!((&fanout[0].trace_id, &fanout[0].parent), (&send[0].trace_id, &publish[0].span_id));
+    assert_ne!(send[0].trace_id, *trace, "a trace per message");
 }
