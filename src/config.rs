@@ -824,6 +824,15 @@ mod tests {
     }
 
     #[test]
+    fn the_otlp_endpoint_is_off_or_an_http_url() {
+        assert_eq!(parse_endpoint(""), Ok(String::new()));
+        assert_eq!(parse_endpoint(" http://otel:4318 "), Ok("http://otel:4318".into()));
+        assert!(parse_endpoint("https://otel.example/v1/traces").is_ok());
+        assert!(parse_endpoint("otel:4318").is_err());
+        assert!(parse_endpoint("grpc://otel:4317").is_err());
+    }
+
+    #[test]
     fn proxies_match_their_ranges() {
         let c = Cidr::parse("10.1.0.0/16").unwrap();
         assert!(c.contains("10.1.200.3".parse().unwrap()) && !c.contains("10.2.0.1".parse().unwrap()));
