@@ -162,6 +162,10 @@ pub struct Config {
     /// users' connections are swept (at least twice the heartbeat).
     #[arg(long = "node-ttl-secs", env = "CONFAB_NODE_TTL_SECS", default_value = "15", value_parser = secs(2, 600))]
     pub node_ttl: Duration,
+    /// OpenTelemetry collector to send traces to over OTLP/HTTP: its base
+    /// URL (`/v1/traces` is added) or the whole traces URL. Empty: no traces.
+    #[arg(long, env = "CONFAB_OTLP_ENDPOINT", default_value = "", value_parser = parse_endpoint)]
+    pub otlp_endpoint: String,
 }
 
 /// Rate limits (docs/adr/0006-rate-limits.md). A zero rate turns that limit off.
@@ -606,6 +610,14 @@ fn parse_origins(raw: &str) -> Result<Origins, String> {
     Ok(Origins(origins))
 }
 
+fn parse_endpoint(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    if !(raw.is_empty() || raw.starts_with("http://") || raw.starts_with("https://")) {
+        return Err(format!("`{raw}` is not an http(s) URL"));
+    }
+    Ok(raw.to_string())
+}
+
 fn parse_lanes(raw: &str) -> Result<usize, String> {
     match raw.parse::<usize>() {
         Ok(0) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_LANES)),
@@ -809,6 +821,15 @@ mod tests {
             let key = arg.get_long().unwrap().replace('-', "_");
             assert!(shown.contains(&key), "config/confab.example.toml does not show `{key}`");
         }
+    }
+
+    #[test]
+    fn the_otlp_endpoint_is_off_or_an_http_url() {
+        assert_eq!(parse_endpoint(""), Ok(String::new()));
+        assert_eq!(parse_endpoint(" http://otel:4318 "), Ok("http://otel:4318".into()));
+        assert!(parse_endpoint("https://otel.example/v1/traces").is_ok());
+        assert!(parse_endpoint("otel:4318").is_err());
+        assert!(parse_endpoint("grpc://otel:4317").is_err());
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod seq;
 pub mod sessions;
 pub mod store;
 pub mod tasks;
+pub mod telemetry;
 pub mod typing;
 pub mod users;
 pub mod validate;

@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 use confab::config::{Config, MongoConfig, Parsed};
 use confab::jobs::config::{JobsConfig, WorkerConfig};
 use confab::node::RunningNode;
+use confab::telemetry::Traces;
 
 #[derive(Parser)]
 #[command(name = "confab", version, about = "Confab: a horizontally scaled real-time chat backend")]
@@ -189,16 +190,38 @@ const LENIENT: &[&str] = &["jobs", "apikey", "user", "audit"];
 
 /// Logs to stdout, filtered by `CONFAB_LOG` (default `info`): lines of
 /// text, or with `CONFAB_LOG_FORMAT=json` one JSON object per line (for log
-/// collectors), with the span fields of each event.
-fn init_logs(format: Option<&str>) -> Result<(), String> {
+/// collectors), with the span fields of each event. With `traces` (an OTLP
+/// endpoint and the node's id), message spans also go out over OTLP; the
+/// returned handle sends what is left at shutdown.
+fn init_logs(format: Option<&str>, traces: Option<(&str, &str)>) -> Result<Option<Traces>, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = EnvFilter::try_from_env("CONFAB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match format.unwrap_or("text") {
-        "text" => logs.init(),
-        "json" => logs.json().flatten_event(true).with_current_span(true).init(),
-        other => return Err(format!("invalid setting CONFAB_LOG_FORMAT: `{other}` (expected text or json)")),
+    let format = format.unwrap_or("text");
+    if !matches!(format, "text" | "json") {
+        return Err(format!("invalid setting CONFAB_LOG_FORMAT: `{format}` (expected text or json)"));
     }
-    Ok(())
+    let Some((endpoint, instance)) = traces else {
+        // No traces: the subscriber as always, so the message spans stay
+        // disabled at their call sites.
+        let logs = tracing_subscriber::fmt().with_env_filter(filter);
+        match format {
+            "json" => logs.json().flatten_event(true).with_current_span(true).init(),
+            _ => logs.init(),
+        }
+        return Ok(None);
+    };
+    let traces = Traces::start(endpoint, instance)?;
+    // The log filter applies to the logs alone: the traces take their spans
+    // whatever CONFAB_LOG says.
+    let logs = match format {
+        "json" => tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true).boxed(),
+        _ => tracing_subscriber::fmt::layer().boxed(),
+    };
+    tracing_subscriber::registry().with(logs.with_filter(filter)).with(traces.layer()).init();
+    Ok(Some(traces))
 }
 
 fn main() {
@@ -210,10 +233,20 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(message) = init_logs(std::env::var("CONFAB_LOG_FORMAT").ok().as_deref()) {
-        eprintln!("confab: {message}");
-        std::process::exit(2);
-    }
+    // Only a node traces: the other commands have no message spans.
+    let traced = match &cli.command {
+        Command::Serve(args) if !args.settings.otlp_endpoint.is_empty() => {
+            Some((args.settings.otlp_endpoint.as_str(), args.settings.node_id.as_str()))
+        }
+        _ => None,
+    };
+    let traces = match init_logs(std::env::var("CONFAB_LOG_FORMAT").ok().as_deref(), traced) {
+        Ok(traces) => traces,
+        Err(message) => {
+            eprintln!("confab: {message}");
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
@@ -223,6 +256,9 @@ fn main() {
         Command::User(command) => user(command),
         Command::Audit(args) => audit(args),
     };
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
     if let Err(message) = result {
         eprintln!("confab: {message}");
         std::process::exit(2);

@@ -15,6 +15,7 @@ use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use crate::audit::{self, Actor, Audit, Source};
 use crate::auth::Caller;
@@ -86,6 +87,21 @@ impl Messages {
         Messages { store, seqs, bus, cache, rooms, notifier, audit, void_after }
     }
 
+    /// The span of one message's send, from `via` (`rest`, `socket`,
+    /// `server_api`): the root of the message's trace when traces are on
+    /// (`crate::telemetry`), which the edges run `send` in.
+    pub fn send_span(via: &'static str) -> tracing::Span {
+        tracing::trace_span!(
+            target: crate::telemetry::TARGET,
+            "message.send",
+            otel.kind = "server",
+            confab.via = via,
+            confab.room_id = tracing::field::Empty,
+            confab.message_id = tracing::field::Empty,
+            confab.seq = tracing::field::Empty,
+        )
+    }
+
     /// Stores and publishes a message.
     pub async fn send(&self, caller: &Caller, room_id: ObjectId, draft: Draft, membership: Membership) -> Result<Sent> {
         validate::content(&draft.content)?;
@@ -112,8 +128,26 @@ impl Messages {
         let frame = ServerEvent::Message(&message).encode();
         let event =
             Event::Message { id: message.id, seq: message.seq, stored_at_us: crate::clock::now_us(), frame: &frame };
+        let publish = self.bus.publish_live(Topic::Room(room_id), event);
         // The cache bump and the publish are independent: one round trip's wait.
-        tokio::join!(self.bus.publish_live(Topic::Room(room_id), event), self.cache.room_changed(room_id));
+        if crate::telemetry::enabled() {
+            let send = tracing::Span::current();
+            send.record("confab.room_id", tracing::field::display(room_id));
+            send.record("confab.message_id", tracing::field::display(message.id));
+            send.record("confab.seq", message.seq);
+            let span = tracing::trace_span!(
+                target: crate::telemetry::TARGET,
+                "bus.publish",
+                otel.kind = "producer",
+                messaging.system = "redis",
+                confab.room_id = %room_id,
+                confab.message_id = %message.id,
+                confab.seq = message.seq,
+            );
+            tokio::join!(publish.instrument(span), self.cache.room_changed(room_id));
+        } else {
+            tokio::join!(publish, self.cache.room_changed(room_id));
+        }
         // Queued, not awaited: notifications never hold up the ack.
         self.notifier.message_sent(&message, &caller.username);
         Ok(Sent { message, created: true })
@@ -142,8 +176,9 @@ impl Messages {
             deleted_at: None,
         };
         for attempt in 0..SEQ_ATTEMPTS {
+            let seq = seq_span(room_id);
             message.seq = loop {
-                match self.seqs.next(room_id, sender, attempt > 0).await? {
+                match self.seqs.next(room_id, sender, attempt > 0).instrument(seq.clone()).await? {
                     Taken::Seq(seq) => break seq,
                     Taken::Recheck => {
                         self.rooms.require_member(caller, room_id).await?;
@@ -152,7 +187,8 @@ impl Messages {
                 }
             };
             message.timestamp = Utc::now();
-            match self.store.insert_message(&message).await {
+            let insert = store_span(&message);
+            match self.store.insert_message(&message).instrument(insert).await {
                 Ok(()) => return Ok(Stored::New(message)),
                 Err(StoreError::Duplicate) => {
                     if let Some(original) = self.store.message_by_client_id(caller.user_id, &message.dedup_key).await? {
@@ -375,6 +411,25 @@ impl Messages {
         let system = Caller::system(crate::store::model::SYSTEM_SENDER, "System");
         self.send(&system, room_id, draft, Membership::Confirmed).await
     }
+}
+
+/// The span of a message's seq assignment (`crate::telemetry`); with traces
+/// off, a disabled span that costs a level check.
+fn seq_span(room_id: ObjectId) -> tracing::Span {
+    tracing::trace_span!(target: crate::telemetry::TARGET, "message.seq", confab.room_id = %room_id)
+}
+
+/// The span of a message's insert into the store.
+fn store_span(message: &Message) -> tracing::Span {
+    tracing::trace_span!(
+        target: crate::telemetry::TARGET,
+        "message.store",
+        db.system = "mongodb",
+        db.operation = "insert",
+        confab.room_id = %message.room_id,
+        confab.message_id = %message.id,
+        confab.seq = message.seq,
+    )
 }
 
 enum Stored {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Bottom to top. A module may use its own layer and those before it.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("core", &["error", "clock", "keyspace", "config", "backend", "metrics", "tasks"]),
+    ("core", &["error", "clock", "keyspace", "config", "backend", "metrics", "tasks", "telemetry"]),
     ("backends", &["store", "bus", "cache", "seq", "ratelimit", "auth"]),
     ("protocol", &["protocol", "validate"]),
     ("fanout", &["fanout"]),

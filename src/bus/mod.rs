@@ -126,8 +126,23 @@ impl Delivery {
 /// user, a notification's room, or the session whose connections close
 /// (`C`, whose seq field holds the close code and whose frame is the close
 /// reason); which one, the kind and the topic say.
+///
+/// Traced events: while the publishing node exports traces (and only
+/// then), an event published inside a traced span is sent as one byte `T`,
+/// the span's W3C `traceparent` (55 bytes, `00-<32 hex>-<16 hex>-<2 hex>`),
+/// then the event exactly as above. Without tracing the bytes are those of
+/// the previous release. A node of the previous release refuses a `T`
+/// event as foreign (counted in `confab_pubsub_malformed_total`), never
+/// reads it as another kind: turn traces on once every node runs a release
+/// that reads them. A trace context that does not parse is ignored and the
+/// event inside delivered; a `T` inside a `T` is refused.
 pub mod wire {
     use super::*;
+    use crate::telemetry::TraceParent;
+
+    /// The kind byte of a traced event, and the length of its prefix.
+    const TRACED: u8 = b'T';
+    const TRACED_PREFIX: usize = 1 + TraceParent::LEN;
 
     const ID: usize = 1 + 24;
     const SUBJECT: usize = ID + 24;
@@ -149,6 +164,38 @@ pub mod wire {
         Some(Some(ObjectId::parse_str(std::str::from_utf8(raw).ok()?).ok()?))
     }
 
+    /// The event as `encode` writes it, after the trace context of the
+    /// span that publishes it, if there is one.
+    pub fn encode_traced(event: Event<'_>, trace: Option<&TraceParent>) -> Bytes {
+        let Some(trace) = trace else {
+            return encode(event);
+        };
+        let inner = encode(event);
+        let mut out = BytesMut::with_capacity(TRACED_PREFIX + inner.len());
+        out.put_u8(TRACED);
+        out.put_slice(&trace.to_header());
+        out.put_slice(&inner);
+        out.freeze()
+    }
+
+    /// Like `decode`, with the trace context the event carried, if any.
+    pub fn decode_traced(topic: Topic, payload: Bytes) -> Option<(Delivery, Option<TraceParent>)> {
+        if payload.first() != Some(&TRACED) {
+            return Some((decode_plain(topic, payload)?, None));
+        }
+        if payload.len() < TRACED_PREFIX || payload.get(TRACED_PREFIX) == Some(&TRACED) {
+            return None;
+        }
+        let trace = TraceParent::parse(&payload[1..TRACED_PREFIX]);
+        Some((decode_plain(topic, payload.slice(TRACED_PREFIX..))?, trace))
+    }
+
+    /// The delivery a payload carries on `topic`, traced or not; `None`
+    /// for a foreign payload.
+    pub fn decode(topic: Topic, payload: Bytes) -> Option<Delivery> {
+        decode_traced(topic, payload).map(|(delivery, _)| delivery)
+    }
+
     pub fn encode(event: Event<'_>) -> Bytes {
         let (kind, id, subject, stored_at_us, seq, frame): (u8, _, _, u64, i64, &[u8]) = match event {
             Event::Message { id, seq, stored_at_us, frame } => (b'M', Some(id), None, stored_at_us, seq, frame),
@@ -168,9 +215,7 @@ pub mod wire {
         out.freeze()
     }
 
-    /// The delivery a payload carries on `topic`; `None` for a foreign
-    /// payload.
-    pub fn decode(topic: Topic, payload: Bytes) -> Option<Delivery> {
+    fn decode_plain(topic: Topic, payload: Bytes) -> Option<Delivery> {
         if payload.len() < HEADER {
             return None;
         }
@@ -269,6 +314,57 @@ pub mod wire {
                 encode(Event::Notify { id: user, room: None, stored_at_us: 0, frame: b"" }).first(),
                 Some(&b'N')
             );
+        }
+
+        const TRACE: TraceParent = TraceParent { trace_id: [0x4b; 16], span_id: [0x0f; 8], flags: 1 };
+
+        #[test]
+        fn a_traced_event_is_the_event_after_its_trace_context() {
+            let (id, room) = (ObjectId::new(), ObjectId::new());
+            let event = Event::Message { id, seq: 7, stored_at_us: 99, frame: b"{\"m\":1}" };
+            let plain = encode(event);
+            assert_eq!(encode_traced(event, None), plain, "untraced: the bytes of the previous release");
+            let traced = encode_traced(event, Some(&TRACE));
+            assert_eq!(traced[0], b'T');
+            assert_eq!(&traced[1..56], b"00-4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b-0f0f0f0f0f0f0f0f-01");
+            assert_eq!(&traced[56..], &plain[..]);
+            let expected =
+                Delivery::Message { id, message: Stored { seq: 7, stored_at_us: 99, frame: "{\"m\":1}".into() } };
+            let on = Topic::Room(room);
+            assert_eq!(decode_traced(on, traced.clone()), Some((expected.clone(), Some(TRACE))));
+            assert_eq!(decode(on, traced), Some(expected.clone()), "a node that does not trace skips it");
+            assert_eq!(decode_traced(on, plain), Some((expected, None)));
+            let close = encode_traced(Event::Close { session: None, code: 4001, reason: b"" }, Some(&TRACE));
+            assert!(decode_traced(on, close).is_none(), "the event inside is checked as ever");
+        }
+
+        #[test]
+        fn garbled_trace_context_is_ignored_and_garbled_events_refused() {
+            let room = Topic::Room(ObjectId::new());
+            let event = Event::Ephemeral { skip: None, frame: b"{}" };
+            let traced = encode_traced(event, Some(&TRACE)).to_vec();
+            let delivered = Delivery::Ephemeral { skip: None, frame: "{}".into() };
+            // Foreign or damaged trace bytes: the event arrives without them.
+            for (at, byte) in [(1, b'9'), (3, b'Z'), (30, 0xff), (36, b'0'), (55, b'x')] {
+                let mut bad = traced.clone();
+                bad[at] = byte;
+                assert_eq!(decode_traced(room, Bytes::from(bad)), Some((delivered.clone(), None)), "byte {at}");
+            }
+            let mut zero = traced.clone();
+            zero[3..35].fill(b'0');
+            assert_eq!(decode_traced(room, Bytes::from(zero)), Some((delivered.clone(), None)));
+            // What the prefix is too short for, or hides, is refused.
+            for len in [1, 2, 55, 56, 56 + HEADER - 1] {
+                assert!(decode_traced(room, Bytes::from(traced[..len].to_vec())).is_none(), "cut to {len}");
+            }
+            assert!(decode_traced(room, Bytes::from_static(b"T")).is_none());
+            let nested = encode_traced(event, Some(&TRACE));
+            let mut twice = traced[..56].to_vec();
+            twice.extend_from_slice(&nested);
+            assert!(decode_traced(room, Bytes::from(twice)).is_none(), "a T inside a T");
+            let mut wrong_kind = traced.clone();
+            wrong_kind[56] = b'Q';
+            assert!(decode_traced(room, Bytes::from(wrong_kind)).is_none());
         }
 
         #[test]

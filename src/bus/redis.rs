@@ -36,7 +36,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{wire, BusError, Event, Inbox, Topic};
+use super::{wire, BusError, Delivery, Event, Inbox, Topic};
 use crate::backend::redis::RedisConfig;
 use crate::keyspace::{Channel, Keyspace};
 
@@ -165,6 +165,16 @@ impl Bus {
         self.publish_counted(topic, event).await.map(|_| ())
     }
 
+    /// The event's bytes: with the publishing span's trace context while
+    /// tracing is on (see `wire`).
+    fn encode(event: Event<'_>) -> bytes::Bytes {
+        if crate::telemetry::enabled() {
+            wire::encode_traced(event, crate::telemetry::TraceParent::current().as_ref())
+        } else {
+            wire::encode(event)
+        }
+    }
+
     /// PUBLISH, or SPUBLISH on a cluster; the subscribed connections.
     async fn send(&self, channel: String, payload: bytes::Bytes) -> Result<i64, fred::error::Error> {
         if self.sharded {
@@ -210,7 +220,7 @@ impl Bus {
     /// node is subscribed to the topic). Buses that cannot tell say 1.
     pub async fn publish_counted(&self, topic: Topic, event: Event<'_>) -> Result<usize, BusError> {
         let start = Instant::now();
-        let out = self.send(channel(&self.keys, topic), wire::encode(event)).await;
+        let out = self.send(channel(&self.keys, topic), Self::encode(event)).await;
         metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
         out.map(|n| n.max(0) as usize).map_err(Into::into)
     }
@@ -405,7 +415,7 @@ async fn read_loop(
         else {
             continue;
         };
-        let Some(delivery) = wire::decode(topic, payload) else {
+        let Some((delivery, trace)) = wire::decode_traced(topic, payload) else {
             metrics::counter!("confab_pubsub_malformed_total").increment(1);
             continue;
         };
@@ -417,7 +427,26 @@ async fn read_loop(
                 continue;
             }
         }
-        inbox.deliver(topic, delivery);
+        match (&delivery, topic) {
+            (Delivery::Message { id, message }, Topic::Room(room)) if crate::telemetry::enabled() => {
+                // One span per message per node, around its delivery to this
+                // node's sockets, in the trace of the send when it came with one.
+                let span = tracing::trace_span!(
+                    target: crate::telemetry::TARGET,
+                    "fanout.deliver",
+                    otel.kind = "consumer",
+                    messaging.system = "redis",
+                    confab.room_id = %room,
+                    confab.message_id = %id,
+                    confab.seq = message.seq,
+                );
+                if let Some(trace) = trace {
+                    trace.adopt(&span);
+                }
+                span.in_scope(|| inbox.deliver(topic, delivery));
+            }
+            _ => inbox.deliver(topic, delivery),
+        }
     }
 }
 

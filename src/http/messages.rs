@@ -10,6 +10,7 @@ use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::openapi::{BadRequest, Internal, PayloadTooLarge, RateLimited, Unauthorized, Unavailable};
 use super::{Auth, Body, ErrorBody, Params};
@@ -74,11 +75,16 @@ pub async fn create(
     Body(m): Body<NewMessage>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let draft = Draft { content: m.content, client_msg_id: m.client_msg_id };
+    let span = Messages::send_span("rest");
     let sent = match (m.room_id, m.to_user_id) {
         (Some(room), None) => {
-            messages.send(&caller, validate::object_id("room_id", &room)?, draft, messages::Membership::Lookup).await?
+            let room = validate::object_id("room_id", &room)?;
+            messages.send(&caller, room, draft, messages::Membership::Lookup).instrument(span).await?
         }
-        (None, Some(peer)) => messages.send_direct(&caller, validate::object_id("to_user_id", &peer)?, draft).await?,
+        (None, Some(peer)) => {
+            let peer = validate::object_id("to_user_id", &peer)?;
+            messages.send_direct(&caller, peer, draft).instrument(span).await?
+        }
         (Some(_), Some(_)) => return Err(Error::invalid("to_user_id", "give room_id or to_user_id, not both")),
         (None, None) => return Err(Error::invalid("room_id", "is required (or to_user_id for a direct message)")),
     };

@@ -15,6 +15,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::notifications::{page, PageParams};
 use super::openapi::{BadRequest, Internal, PayloadTooLarge, RateLimited, Unauthorized, Unavailable};
@@ -211,7 +212,8 @@ pub async fn publish(
     Body(b): Body<PublishBody>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let room = validate::object_id("room_id", &b.room_id)?;
-    let sent = messages.send_system(room, Draft { content: b.content, client_msg_id: b.client_msg_id }).await?;
+    let draft = Draft { content: b.content, client_msg_id: b.client_msg_id };
+    let sent = messages.send_system(room, draft).instrument(Messages::send_span("server_api")).await?;
     tracing::info!(api_key = %caller.key_id, key_name = %caller.name, room = %room, message = %sent.message.id, "server API: publish");
     let status = if sent.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(json!(MessageView::from(&sent.message)))))

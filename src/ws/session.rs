@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bson::oid::ObjectId;
 use bytes::Bytes;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::assembler::DataMessage;
 use super::socket::Handler;
@@ -17,7 +18,7 @@ use super::Sockets;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::fanout::registry::{Outbound, Outbox};
-use crate::messages::{Draft, Membership};
+use crate::messages::{Draft, Membership, Messages};
 use crate::protocol::views::MessageView;
 use crate::protocol::{self, Close, CloseCode, Command, ReplayFrom, Request, ServerEvent};
 use crate::ratelimit::{self, Admit, FrameLimiter};
@@ -91,7 +92,8 @@ impl ChatSession {
             Command::Send { room, content, client_msg_id } => {
                 let draft = Draft { content: content.clone(), client_msg_id: client_msg_id.clone() };
                 let membership = if self.is_known_member(*room) { Membership::Remembered } else { Membership::Lookup };
-                let sent = self.sockets.messages.send(&self.caller, *room, draft, membership).await?;
+                let span = Messages::send_span("socket");
+                let sent = self.sockets.messages.send(&self.caller, *room, draft, membership).instrument(span).await?;
                 self.note_member(*room);
                 Ok(ack(&MessageView::from(&sent.message)))
             }
