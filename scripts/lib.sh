@@ -87,13 +87,15 @@ start_redis_cluster() {
   # start_redis_cluster DIR PORT... : a Redis Cluster of one master per port
   # (no replicas, no persistence), each in DIR/<port> with its pid in
   # DIR/<port>/redis.pid; returns once every slot is served. Prints the
-  # cluster's URL (redis-cluster://...).
+  # cluster's URL (redis-cluster://...). Each server's cluster bus gets a
+  # free port of its own (the default, PORT + 10000, may be past 65535).
   local dir=$1 port url sep i
   shift
   for port in "$@"; do
     mkdir -p "$dir/$port"
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
-      --cluster-enabled yes --cluster-config-file "$dir/$port/nodes.conf" --cluster-node-timeout 2000 \
+      --cluster-enabled yes --cluster-port "$(free_port)" \
+      --cluster-config-file "$dir/$port/nodes.conf" --cluster-node-timeout 2000 \
       --pidfile "$dir/$port/redis.pid" --logfile "$dir/$port/redis.log" --dir "$dir/$port" >/dev/null
     wait_port "$port" 20 || die "redis (cluster, port $port) did not start (see $dir/$port/redis.log)"
   done

@@ -109,8 +109,11 @@ fn own_cluster(servers: &mut Servers) -> (Vec<u16>, String) {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     for port in &ports {
         let conf = format!("nodes-{port}.conf");
-        let args = ["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "2000"];
-        servers.spawn(*port, &[&args[..], &["--save", "", "--appendonly", "no"]].concat());
+        // The cluster bus's default port, PORT + 10000, may be past 65535.
+        let bus = free_port().to_string();
+        let args = ["--cluster-enabled", "yes", "--cluster-port", &bus, "--cluster-config-file", &conf];
+        let rest = ["--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"];
+        servers.spawn(*port, &[&args[..], &rest[..]].concat());
     }
     let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let created = Command::new("redis-cli")
