@@ -11,6 +11,8 @@
 #   BENCH_WARMUP (seconds of publishing before the measured duration)
 #   BENCH_CONNECTIONS (default 10000; the 100k target: BENCH_CONNECTIONS=100000)
 #   BENCH_SKIP_MICRO=1 skips criterion.
+#   BENCH_REDIS=cluster runs the nodes on a Redis Cluster of three masters
+#   (sharded channels, hash-tagged names) instead of one Redis server.
 #
 # `scripts/bench.sh ingest` runs the ingest scenario instead: 2,000 rooms of
 # three members on two nodes, the offered rate stepping up, and beside it the
@@ -71,7 +73,7 @@ fi
 
 work=$(mktemp -d -t confab-bench.XXXXXX)
 cleanup() {
-  for f in "$work"/*.pid; do [ -f "$f" ] && stop_pidfile "$f"; done
+  for f in "$work"/*.pid "$work"/redis-cluster/*/redis.pid; do [ -f "$f" ] && stop_pidfile "$f"; done
   # The servers' logs stay with the results.
   mkdir -p "$OUT/logs" && cp "$work"/*.log "$OUT/logs/" 2>/dev/null || true
   # PostgreSQL's data (start_ferretdb_pg) lives apart from $work.
@@ -80,7 +82,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rport=$(free_port); start_redis "$work" "$rport"
+if [ "${BENCH_REDIS:-single}" = cluster ]; then
+  redis_url=$(start_redis_cluster "$work/redis-cluster" "$(free_port)" "$(free_port)" "$(free_port)")
+else
+  rport=$(free_port); start_redis "$work" "$rport"
+  redis_url="redis://127.0.0.1:$rport"
+fi
 mport=$(free_port)
 case "$MODE" in standard | scale) start_ferretdb "$work" "$mport" ;; *) start_ferretdb_pg "$work" "$mport" ;; esac
 SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
@@ -91,7 +98,7 @@ start_node() {
   port=$(free_port)
   # The history readers share one user and publishers may be fast: limits far
   # above the load keep the limiters' cost in the figures but never refuse.
-  CONFAB_LISTEN="127.0.0.1:$port" CONFAB_REDIS_URL="redis://127.0.0.1:$rport" \
+  CONFAB_LISTEN="127.0.0.1:$port" CONFAB_REDIS_URL="$redis_url" \
     CONFAB_REST_RATE_PER_MINUTE=1000000 CONFAB_SOCKET_RATE_PER_SEC=1000000 CONFAB_SOCKET_BURST=1000000 \
     CONFAB_MONGO_URL="mongodb://127.0.0.1:$mport" CONFAB_MONGO_DB=confab_bench CONFAB_JWT_SECRET="$SECRET" CONFAB_SESSIONLESS_TOKENS=true \
     CONFAB_NODE_ID="$name" CONFAB_LOG=warn "$CONFAB" serve >"$work/$name.log" 2>&1 &
@@ -214,7 +221,7 @@ if [ "$MODE" = volume ]; then
     --members "${VOLUME_MEMBERS:-10}")
   store=(--mongo-url "mongodb://127.0.0.1:$mport" --mongo-db confab_bench)
   log "volume: seeding ${sizes[*]}, FerretDB on PostgreSQL"
-  "$LOADTEST" seed "${sizes[@]}" "${store[@]}" --redis-url "redis://127.0.0.1:$rport" --out "$OUT/seed" | tee "$OUT/seed.txt"
+  "$LOADTEST" seed "${sizes[@]}" "${store[@]}" --redis-url "$redis_url" --out "$OUT/seed" | tee "$OUT/seed.txt"
   log "volume: VACUUM ANALYZE, as autovacuum would soon after a bulk load"
   pg_vacuum "$work"
   volume_reads() {
