@@ -111,6 +111,21 @@ start_redis_cluster() {
   echo "$url"
 }
 
+test_binary() {
+  # test_binary NAME : the path of the integration test NAME as
+  # `cargo test --workspace --all-targets` built it (nothing is compiled).
+  cargo test --workspace --all-targets --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("kind") == ["test"] and t.get("name") == sys.argv[1]:
+        print(m["executable"])
+        sys.exit(0)
+sys.exit(1)
+' "$1"
+}
+
 start_ferretdb() {
   # start_ferretdb DIR PORT : FerretDB on SQLite files in DIR/ferretdb, pid in DIR/ferretdb.pid
   # WAL with synchronous=NORMAL: a commit does not wait for fsync (the WAL is
