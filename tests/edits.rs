@@ -43,16 +43,6 @@ async fn joined(n: &Node, user: &User, room: &str) -> Client {
     c
 }
 
-/// Like `joined`, for a user who was not a member yet: the join's own
-/// `room_added` (to all of the user's connections) is read first, so the
-/// next frame is the room's traffic.
-async fn newly_joined(n: &Node, user: &User, room: &str) -> Client {
-    let mut c = joined(n, user, room).await;
-    let added = c.recv_type("room_added").await;
-    assert_eq!(added["data"]["room_id"], room, "{added}");
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_reaches_subscribers_on_the_other_node_and_history() {
     let c = Cluster::start(2).await;
@@ -63,7 +53,7 @@ async fn an_edit_reaches_subscribers_on_the_other_node_and_history() {
     let sent = a.post_message(&alice, &room, "helo wrold").await;
     let id = sent["id"].as_str().unwrap();
     assert!(sent["edited_at"].is_null() && sent["deleted"] == false, "{sent}");
-    let mut on_b = newly_joined(b, &bob, &room).await;
+    let mut on_b = joined(b, &bob, &room).await;
 
     let (s, edited) = edit(a, &alice, id, json!({"content": "hello world"})).await;
     assert_eq!(s, 200, "{edited}");
@@ -145,7 +135,7 @@ async fn deletes_leave_tombstones_in_place_for_history_and_replay() {
         let m = b.post_message(&bob, &room, &format!("m{i}")).await;
         ids.push(m["id"].as_str().unwrap().to_string());
     }
-    let mut on_b = newly_joined(b, &carol, &room).await;
+    let mut on_b = joined(b, &carol, &room).await;
 
     // The sender deletes on node A; a subscriber on node B sees it.
     let (s, tomb) = delete(a, &bob, &ids[0]).await;
