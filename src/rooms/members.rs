@@ -189,7 +189,7 @@ impl Rooms {
     }
 
     /// Tells the room's subscribers about a membership change.
-    pub(super) async fn announce(&self, room_id: ObjectId, event: ServerEvent<'_>) {
+    async fn announce(&self, room_id: ObjectId, event: ServerEvent<'_>) {
         self.publish(Topic::Room(room_id), Event::Ephemeral { skip: None, frame: &event.encode() }).await;
     }
 

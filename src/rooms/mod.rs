@@ -16,10 +16,9 @@ use serde::Deserialize;
 
 use crate::audit::Audit;
 use crate::auth::Caller;
-use crate::bus::{Bus, Event, Topic};
+use crate::bus::Bus;
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::protocol::ServerEvent;
 use crate::seq::Seqs;
 use crate::store::Store;
 use crate::store::{Member, Role, Room, RoomKind, StoreError};
@@ -87,9 +86,7 @@ impl Rooms {
     }
 
     /// Joins a public room (idempotent); a private room only confirms an
-    /// existing membership. A new member is announced as one added by an
-    /// owner would be: `member_added` (by the joiner) to the room's
-    /// subscribers, `room_added` to the joiner's connections.
+    /// existing membership.
     pub async fn join(&self, caller: &Caller, room_id: ObjectId) -> Result<Member> {
         let room = self.existing(room_id).await?;
         if let Some(member) = self.store.member(room_id, caller.user_id).await? {
@@ -107,10 +104,6 @@ impl Rooms {
         self.seqs.membership_started(room_id, caller.user_id).await;
         self.cache.user_changed(caller.user_id).await;
         self.cache.members_changed(room_id, &[caller.user_id], &[]).await;
-        let by = caller.user_id;
-        self.announce(room_id, ServerEvent::MemberAdded { member: &member, by }).await;
-        let frame = ServerEvent::RoomAdded { room: room_id, by }.encode();
-        self.publish(Topic::User(by), Event::Ephemeral { skip: None, frame: &frame }).await;
         Ok(member)
     }
 
