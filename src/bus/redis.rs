@@ -43,12 +43,9 @@ use crate::keyspace::{Channel, Keyspace};
 /// The bus: one connection to publish on, one to receive; the reader task
 /// hands what arrives to the [`Inbox`].
 pub struct Bus {
-    publisher: Client,
-    subscriber: SubscriberClient,
+    links: Links,
     keys: Keyspace,
     probe: Arc<Probe>,
-    /// Sharded Pub/Sub (Redis Cluster).
-    sharded: bool,
     /// The reader and the reconnect watcher; end at `shutdown`.
     tasks: TaskTracker,
     stop: CancellationToken,
@@ -98,9 +95,8 @@ impl Bus {
         let probe = Arc::new(Probe::new(keys.probe_channel(&hex::encode(rand::random::<[u8; 8]>()))));
         let rx = subscriber.message_rx();
         tasks.spawn(read_loop(rx, keys.clone(), inbox.clone(), probe.clone(), stop.clone()));
-        let sharded = redis.is_cluster();
-        let prober = Prober { publisher: publisher.clone(), subscriber: subscriber.clone(), sharded };
-        tasks.spawn(probe_loop(prober, probe.clone(), tasks.clone(), stop.clone()));
+        let links = Links { publisher, subscriber: subscriber.clone(), sharded: redis.is_cluster() };
+        tasks.spawn(probe_loop(links.clone(), probe.clone(), tasks.clone(), stop.clone()));
         let mut reconnects = subscriber.reconnect_rx();
         let resubscribed = inbox.clone();
         let stopped = stop.clone();
@@ -116,7 +112,7 @@ impl Bus {
             }
         });
         tasks.close();
-        Ok(Arc::new(Bus { publisher, subscriber, keys, probe, sharded, tasks, stop, resubscriber }))
+        Ok(Arc::new(Bus { links, keys, probe, tasks, stop, resubscriber }))
     }
 
     /// Publishes the live effect of something already stored or decided (a
@@ -140,7 +136,7 @@ impl Bus {
     pub async fn shutdown(&self) {
         self.stop.cancel();
         self.tasks.wait().await;
-        let _ = tokio::join!(self.subscriber.quit(), self.publisher.quit());
+        let _ = tokio::join!(self.links.subscriber.quit(), self.links.publisher.quit());
         self.resubscriber.abort();
     }
 }
@@ -175,33 +171,12 @@ impl Bus {
         }
     }
 
-    /// PUBLISH, or SPUBLISH on a cluster; the subscribed connections.
-    async fn send(&self, channel: String, payload: bytes::Bytes) -> Result<i64, fred::error::Error> {
-        if self.sharded {
-            self.publisher.spublish(channel, payload).await
-        } else {
-            self.publisher.publish(channel, payload).await
-        }
-    }
-
     pub async fn subscribe(&self, topic: Topic) -> Result<(), BusError> {
-        let channel = channel(&self.keys, topic);
-        let out = if self.sharded {
-            self.subscriber.ssubscribe(channel).await
-        } else {
-            self.subscriber.subscribe(channel).await
-        };
-        out.map_err(Into::into)
+        self.links.subscribe(channel(&self.keys, topic)).await.map_err(Into::into)
     }
 
     pub async fn unsubscribe(&self, topic: Topic) -> Result<(), BusError> {
-        let channel = channel(&self.keys, topic);
-        let out = if self.sharded {
-            self.subscriber.sunsubscribe(channel).await
-        } else {
-            self.subscriber.unsubscribe(channel).await
-        };
-        out.map_err(Into::into)
+        self.links.unsubscribe(channel(&self.keys, topic)).await.map_err(Into::into)
     }
 
     /// Whether both connections answer and the delivery probe comes back.
@@ -209,8 +184,8 @@ impl Bus {
         if self.probe.failing() {
             return Err(BusError::Reply("the delivery probe has not come back: subscriptions wedged".into()));
         }
-        let _: String = self.publisher.ping(None).await?;
-        let _: () = self.subscriber.ping(None).await?;
+        let _: String = self.links.publisher.ping(None).await?;
+        let _: () = self.links.subscriber.ping(None).await?;
         Ok(())
     }
 
@@ -220,7 +195,7 @@ impl Bus {
     /// node is subscribed to the topic). Buses that cannot tell say 1.
     pub async fn publish_counted(&self, topic: Topic, event: Event<'_>) -> Result<usize, BusError> {
         let start = Instant::now();
-        let out = self.send(channel(&self.keys, topic), Self::encode(event)).await;
+        let out = self.links.publish(channel(&self.keys, topic), Self::encode(event)).await;
         metrics::histogram!("confab_redis_publish_seconds").record(start.elapsed().as_secs_f64());
         out.map(|n| n.max(0) as usize).map_err(Into::into)
     }
@@ -232,16 +207,16 @@ impl Bus {
         let mut counts = Vec::with_capacity(topics.len());
         for chunk in topics.chunks(1000) {
             let channels: Vec<String> = chunk.iter().map(|t| channel(&self.keys, *t)).collect();
-            let reply: Vec<Value> = if self.sharded {
+            let reply: Vec<Value> = if self.links.sharded {
                 // Each channel asked of the master that owns its slot.
-                let pipeline = self.publisher.pipeline();
+                let pipeline = self.links.publisher.pipeline();
                 for channel in channels {
                     let _: () = pipeline.pubsub_shardnumsub(channel).await?;
                 }
                 let replies: Vec<Value> = pipeline.all().await?;
                 replies.into_iter().flat_map(Value::into_array).collect()
             } else {
-                self.publisher.pubsub_numsub(channels).await?
+                self.links.publisher.pubsub_numsub(channels).await?
             };
             // [channel, count, channel, count, ...] in the order asked.
             counts.extend(reply.iter().skip(1).step_by(2).map(|v| v.as_i64().unwrap_or(0).max(0) as usize));
@@ -304,15 +279,26 @@ impl Probe {
 /// one back, counts a failure each round, marks the bus not ready, and,
 /// if publishing still works (the subscriber alone is wedged), forces the
 /// subscriber to reconnect (at most once per deadline).
-/// The probe's two connections, and how it talks on them.
-struct Prober {
+/// The bus's two connections, and which Pub/Sub they speak: classic, or
+/// sharded on a Redis Cluster. The bus and its probe both talk through it.
+#[derive(Clone)]
+struct Links {
     publisher: Client,
     subscriber: SubscriberClient,
     sharded: bool,
 }
 
-impl Prober {
-    async fn subscribe(&self, channel: &str) -> Result<(), fred::error::Error> {
+impl Links {
+    /// PUBLISH, or SPUBLISH; the subscribed connections.
+    async fn publish(&self, channel: String, payload: bytes::Bytes) -> Result<i64, fred::error::Error> {
+        if self.sharded {
+            self.publisher.spublish(channel, payload).await
+        } else {
+            self.publisher.publish(channel, payload).await
+        }
+    }
+
+    async fn subscribe(&self, channel: String) -> Result<(), fred::error::Error> {
         if self.sharded {
             self.subscriber.ssubscribe(channel).await
         } else {
@@ -320,16 +306,16 @@ impl Prober {
         }
     }
 
-    async fn publish(&self, channel: &str, sent: String) -> Result<i64, fred::error::Error> {
+    async fn unsubscribe(&self, channel: String) -> Result<(), fred::error::Error> {
         if self.sharded {
-            self.publisher.spublish(channel, sent).await
+            self.subscriber.sunsubscribe(channel).await
         } else {
-            self.publisher.publish(channel, sent).await
+            self.subscriber.unsubscribe(channel).await
         }
     }
 }
 
-async fn probe_loop(prober: Prober, probe: Arc<Probe>, tasks: TaskTracker, stop: CancellationToken) {
+async fn probe_loop(prober: Links, probe: Arc<Probe>, tasks: TaskTracker, stop: CancellationToken) {
     let mut subscribed = false;
     let mut forced: Option<Instant> = None;
     let mut tick = tokio::time::interval(PROBE_EVERY);
@@ -345,11 +331,11 @@ async fn probe_loop(prober: Prober, probe: Arc<Probe>, tasks: TaskTracker, stop:
         }
         if !subscribed {
             // Once subscribed, fred subscribes again after every reconnect.
-            let attempt = tokio::time::timeout(PROBE_EVERY, prober.subscribe(&probe.channel));
+            let attempt = tokio::time::timeout(PROBE_EVERY, prober.subscribe(probe.channel.clone()));
             subscribed = matches!(attempt.await, Ok(Ok(())));
         }
         let sent = probe.now_ms().to_string();
-        let publish = prober.publish(&probe.channel, sent);
+        let publish = prober.publish(probe.channel.clone(), sent.into());
         let published = matches!(tokio::time::timeout(PROBE_EVERY, publish).await, Ok(Ok(_)));
         if probe.silent_for() <= PROBE_DEADLINE {
             if probe.failing.swap(false, Ordering::AcqRel) {
